@@ -1,0 +1,114 @@
+//! Lookup and build times of `tower_hashring::Ring` side by side with `pingora-ketama` and
+//! the `hashring` crate, on the same keys and node sets.
+//!
+//! `cargo bench -p tower-hashring --bench ring`
+
+use std::{
+    hint::black_box,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tower_hashring::{HashScheme, Ring};
+
+/// Lookups per measured iteration.
+const KEYS: usize = 1024;
+
+fn addrs(nodes: usize) -> Vec<SocketAddr> {
+    (0..nodes)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1), 7100)))
+        .collect()
+}
+
+fn keys() -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    (0..KEYS).map(|_| format!("user-{}", rng.u64(..))).collect()
+}
+
+fn ring(nodes: &[SocketAddr], scheme: HashScheme) -> Ring {
+    nodes
+        .iter()
+        .fold(Ring::builder().scheme(scheme), |b, &a| b.node(a, 1))
+        .build()
+        .expect("ring builds")
+}
+
+fn pingora(nodes: &[SocketAddr]) -> pingora_ketama::Continuum {
+    let buckets: Vec<_> = nodes.iter().map(|&a| pingora_ketama::Bucket::new(a, 1)).collect();
+    pingora_ketama::Continuum::new(&buckets)
+}
+
+fn hashring_crate(nodes: &[SocketAddr]) -> hashring::HashRing<hashring_node::Vnode> {
+    let mut ring = hashring::HashRing::new();
+    for &addr in nodes {
+        // The crate hashes each entry once: give it as many virtual nodes as ketama.
+        for replica in 0..160 {
+            ring.add(hashring_node::Vnode { addr, replica });
+        }
+    }
+    ring
+}
+
+mod hashring_node {
+    #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+    pub(crate) struct Vnode {
+        pub(crate) addr: std::net::SocketAddr,
+        pub(crate) replica: u32,
+    }
+}
+
+fn lookup(c: &mut Criterion) {
+    let keys = keys();
+    let mut group = c.benchmark_group("lookup");
+    group.throughput(Throughput::Elements(KEYS as u64));
+    for nodes in [10, 100, 1000] {
+        let set = addrs(nodes);
+        let default = ring(&set, HashScheme::default());
+        let ketama = ring(&set, HashScheme::Ketama);
+        let pingora = pingora(&set);
+        let other = hashring_crate(&set);
+        group.bench_with_input(BenchmarkId::new("tower-hashring", nodes), &keys, |b, keys| {
+            b.iter(|| {
+                for key in keys {
+                    black_box(default.route(black_box(key.as_bytes())));
+                }
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("tower-hashring-ketama", nodes), &keys, |b, keys| {
+            b.iter(|| {
+                for key in keys {
+                    black_box(ketama.route(black_box(key.as_bytes())));
+                }
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("pingora-ketama", nodes), &keys, |b, keys| {
+            b.iter(|| {
+                for key in keys {
+                    black_box(pingora.node(black_box(key.as_bytes())));
+                }
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("hashring", nodes), &keys, |b, keys| {
+            b.iter(|| {
+                for key in keys {
+                    black_box(other.get(black_box(key)));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn build(c: &mut Criterion) {
+    let set = addrs(1000);
+    let mut group = c.benchmark_group("build-1000-nodes");
+    group.sample_size(10);
+    group.bench_function("tower-hashring", |b| b.iter(|| ring(black_box(&set), HashScheme::default())));
+    group.bench_function("tower-hashring-ketama", |b| b.iter(|| ring(black_box(&set), HashScheme::Ketama)));
+    group.bench_function("pingora-ketama", |b| b.iter(|| pingora(black_box(&set))));
+    group.bench_function("hashring", |b| b.iter(|| hashring_crate(black_box(&set))));
+    group.finish();
+}
+
+criterion_group!(benches, lookup, build);
+criterion_main!(benches);

@@ -1,0 +1,230 @@
+//! What both balancer forms share: membership, ring publication and candidate selection.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use crate::{
+    error::MissingKey,
+    ring::{LoadFactor, LoadSource, NodeId, Ring, SuccessorCursor, MAX_POINTS},
+    snapshot::{RingPublisher, RingSnapshot, RingWatch},
+    HashScheme, KeyExtractor, MissingKeyPolicy, Node,
+};
+
+/// Gives each discovered node its weight; see [`HashRingLayer::weights`](super::HashRingLayer::weights).
+///
+/// Implemented for closures `Fn(&NodeId, &S) -> u32`.
+///
+/// ```
+/// use tower_hashring::{balance::NodeWeight, NodeId};
+///
+/// struct Backend { weight: u32 }
+/// let by_field = |_: &NodeId, b: &Backend| b.weight;
+/// assert_eq!(by_field.weight(&NodeId::from("a"), &Backend { weight: 3 }), 3);
+/// ```
+pub trait NodeWeight<S> {
+    /// The weight of a node when it is inserted (0 drains it).
+    fn weight(&self, id: &NodeId, service: &S) -> u32;
+}
+
+impl<S, F: Fn(&NodeId, &S) -> u32> NodeWeight<S> for F {
+    fn weight(&self, id: &NodeId, service: &S) -> u32 {
+        self(id, service)
+    }
+}
+
+/// Every node gets weight 1: the default [`NodeWeight`].
+///
+/// ```
+/// use tower_hashring::{balance::{EqualWeight, NodeWeight}, NodeId};
+/// assert_eq!(EqualWeight.weight(&NodeId::from("a"), &()), 1);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EqualWeight;
+
+impl<S> NodeWeight<S> for EqualWeight {
+    fn weight(&self, _: &NodeId, _: &S) -> u32 {
+        1
+    }
+}
+
+/// The members and their weights; rebuilds and publishes the ring once per batch of changes.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    scheme: HashScheme,
+    weights: BTreeMap<NodeId, u32>,
+    changed: bool,
+    publisher: RingPublisher,
+}
+
+impl Membership {
+    pub(crate) fn new(scheme: HashScheme) -> Self {
+        Self {
+            scheme,
+            weights: BTreeMap::new(),
+            changed: false,
+            publisher: RingPublisher::new(scheme),
+        }
+    }
+
+    /// Inserts or re-weights a node. Refuses (returns false) a weight that would push the
+    /// ring past [`MAX_POINTS`], keeping the ring buildable.
+    pub(crate) fn insert(&mut self, id: NodeId, weight: u32) -> bool {
+        let others: u64 = self
+            .weights
+            .iter()
+            .filter(|(k, _)| **k != id)
+            .map(|(_, &w)| self.scheme.points_for(w))
+            .sum();
+        if others + self.scheme.points_for(weight) > MAX_POINTS {
+            tracing::warn!(node = %id, weight, "refusing node: its weight exceeds the ring's point limit");
+            return false;
+        }
+        if self.weights.insert(id, weight) != Some(weight) {
+            self.changed = true;
+        }
+        true
+    }
+
+    pub(crate) fn remove(&mut self, id: &NodeId) {
+        if self.weights.remove(id).is_some() {
+            self.changed = true;
+        }
+    }
+
+    /// Rebuilds and publishes the ring if anything changed since the last call.
+    pub(crate) fn publish_if_changed(&mut self) -> Option<Arc<RingSnapshot>> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        let ring = Ring::builder()
+            .scheme(self.scheme)
+            .nodes(self.weights.iter().map(|(id, &w)| Node::new(id.clone(), w)))
+            .build()
+            // `insert` keeps the total under the limit, so the build cannot fail;
+            // keep the last ring rather than panic if that ever changes.
+            .ok()?;
+        let snapshot = self.publisher.publish(ring);
+        tracing::debug!(version = snapshot.version(), nodes = snapshot.ring().nodes().len(), "ring changed");
+        Some(snapshot)
+    }
+
+    pub(crate) fn current(&self) -> Arc<RingSnapshot> {
+        self.publisher.current()
+    }
+
+    pub(crate) fn subscribe(&self) -> RingWatch {
+        self.publisher.subscribe()
+    }
+}
+
+/// Per-request routing decisions: key extraction, missing-key policy, bounded loads.
+pub(crate) struct Router<E> {
+    pub(crate) extractor: E,
+    pub(crate) missing_key: MissingKeyPolicy,
+    pub(crate) bounded: Option<BoundedLoads>,
+    /// Weyl sequence for round-robin positions: successive values are spread evenly.
+    next_fallback: AtomicU64,
+}
+
+#[derive(Clone)]
+pub(crate) struct BoundedLoads {
+    pub(crate) factor: LoadFactor,
+    pub(crate) loads: Arc<dyn LoadSource + Send + Sync>,
+}
+
+/// 2^64 / golden ratio: consecutive multiples cover the ring evenly.
+const WEYL_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl<E> Router<E> {
+    pub(crate) fn new(extractor: E) -> Self {
+        Self {
+            extractor,
+            missing_key: MissingKeyPolicy::default(),
+            bounded: None,
+            next_fallback: AtomicU64::new(0),
+        }
+    }
+
+    /// The ring position a request routes to.
+    pub(crate) fn position<Req>(&self, scheme: HashScheme, request: &Req) -> Result<u64, MissingKey>
+    where
+        E: KeyExtractor<Req>,
+    {
+        match self.extractor.extract(request) {
+            Some(key) => Ok(scheme.key_position(key.as_bytes())),
+            None => match self.missing_key {
+                MissingKeyPolicy::Reject => Err(MissingKey::new()),
+                MissingKeyPolicy::RoundRobin => {
+                    Ok(self.next_fallback.fetch_add(WEYL_STEP, Ordering::Relaxed))
+                }
+                MissingKeyPolicy::Random => Ok(fastrand::u64(..)),
+            },
+        }
+    }
+
+    pub(crate) fn candidates(&self, ring: &Ring, position: u64) -> Candidates {
+        let preferred = self.bounded.as_ref().and_then(|b| {
+            let node = ring.route_bounded(position, b.factor, &*b.loads)?;
+            ring.node_index(node.id().as_str())
+        });
+        Candidates {
+            preferred,
+            preferred_taken: false,
+            cursor: SuccessorCursor::new(ring, position),
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Router<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("extractor", &self.extractor)
+            .field("missing_key", &self.missing_key)
+            .field("bounded", &self.bounded.as_ref().map(|b| b.factor))
+            .finish()
+    }
+}
+
+impl<E: Clone> Clone for Router<E> {
+    fn clone(&self) -> Self {
+        Self {
+            extractor: self.extractor.clone(),
+            missing_key: self.missing_key,
+            bounded: self.bounded.clone(),
+            next_fallback: AtomicU64::new(self.next_fallback.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// The nodes to try for one request, in order: the bounded-loads choice (if any), then the
+/// owner and its distinct successors.
+#[derive(Debug)]
+pub(crate) struct Candidates {
+    preferred: Option<usize>,
+    preferred_taken: bool,
+    cursor: SuccessorCursor,
+}
+
+impl Candidates {
+    /// The next candidate's index in `ring.nodes()`.
+    pub(crate) fn next(&mut self, ring: &Ring) -> Option<usize> {
+        if !self.preferred_taken {
+            self.preferred_taken = true;
+            if self.preferred.is_some() {
+                return self.preferred;
+            }
+        }
+        loop {
+            let (index, _) = self.cursor.next(ring)?;
+            if Some(index) != self.preferred {
+                return Some(index);
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use pin_project_lite::pin_project;
+use tokio::sync::watch;
+use tower::discover::{Change, Discover};
+use tower_service::Service;
+
+use super::{
+    error::{BoxError, DiscoverError, NoBackend, NoReadyBackend},
+    membership::{Candidates, Membership, NodeWeight, Router},
+};
+use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
+
+/// One ring version with the backend service of each of its nodes.
+struct RouteTable<S> {
+    snapshot: Arc<RingSnapshot>,
+    /// Indexed like `snapshot.ring().nodes()`.
+    services: Box<[Option<S>]>,
+}
+
+/// The `Clone + Send + Sync` form of the balancer: every clone routes on the latest table
+/// published by its [`RingDriver`], so it drops into `axum::Router::route_service`.
+///
+/// Backend services must be `Clone` (as hyper clients are); each request calls a clone of
+/// its owner's service. See the [module docs](super) for readiness.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use axum::{body::Body, error_handling::HandleErrorLayer, http::Request, Router};
+/// use futures_util::stream;
+/// use tower::{discover::Change, service_fn, ServiceBuilder};
+/// use tower_hashring::{error::{http_status, BoxError}, HashRingLayer, HttpKey, NodeId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let backend = |name: &'static str| {
+///     service_fn(move |_: Request<Body>| async move { Ok::<_, Infallible>(name.to_owned()) })
+/// };
+/// let discover = stream::iter([
+///     Ok::<_, Infallible>(Change::Insert(NodeId::from("a"), backend("a"))),
+///     Ok(Change::Insert(NodeId::from("b"), backend("b"))),
+/// ]);
+/// let key = HttpKey::new().path("/users/{id}")?;
+/// let (ring_service, driver) = HashRingLayer::new(key).shared(discover);
+/// tokio::spawn(driver);
+///
+/// // Balancer errors become responses: 400 for a missing key, 503 for no backend.
+/// let app: Router = Router::new().route_service(
+///     "/users/{id}",
+///     ServiceBuilder::new()
+///         .layer(HandleErrorLayer::new(|error: BoxError| async move {
+///             (http_status(&*error), error.to_string())
+///         }))
+///         .service(ring_service),
+/// );
+/// # let _ = app;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SharedHashRing<S, E> {
+    routes: watch::Receiver<Arc<RouteTable<S>>>,
+    snapshots: RingWatch,
+    router: Arc<Router<E>>,
+}
+
+impl<S, E> SharedHashRing<S, E> {
+    /// Subscribes to ring snapshots.
+    pub fn subscribe(&self) -> RingWatch {
+        self.snapshots.clone()
+    }
+
+    /// The latest published ring.
+    pub fn snapshot(&self) -> Arc<RingSnapshot> {
+        self.routes.borrow().snapshot.clone()
+    }
+}
+
+impl<S, E> Clone for SharedHashRing<S, E> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            snapshots: self.snapshots.clone(),
+            router: self.router.clone(),
+        }
+    }
+}
+
+impl<S, E: fmt::Debug> fmt::Debug for SharedHashRing<S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedHashRing")
+            .field("ring_version", &self.routes.borrow().snapshot.version())
+            .field("router", &self.router)
+            .finish()
+    }
+}
+
+impl<S, E, Req> Service<Req> for SharedHashRing<S, E>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+    E: KeyExtractor<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = SharedResponseFuture<S, Req>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let table = self.routes.borrow().clone();
+        let ring = table.snapshot.ring();
+        let position = match self.router.position(ring.scheme(), &request) {
+            Ok(position) => position,
+            Err(missing) => return SharedResponseFuture::failed(missing),
+        };
+        if ring.is_empty() {
+            return SharedResponseFuture::failed(NoBackend::new());
+        }
+        let mut walk = Walk {
+            candidates: self.router.candidates(ring, position),
+            table,
+            tried: 0,
+        };
+        match walk.next_service() {
+            Some(service) => SharedResponseFuture {
+                state: SharedState::Readying {
+                    service,
+                    request: Some(request),
+                },
+                walk: Some(walk),
+            },
+            None => SharedResponseFuture::failed(NoBackend::new()),
+        }
+    }
+}
+
+struct Walk<S> {
+    table: Arc<RouteTable<S>>,
+    candidates: Candidates,
+    tried: usize,
+}
+
+impl<S: Clone> Walk<S> {
+    fn next_service(&mut self) -> Option<S> {
+        let ring = self.table.snapshot.ring();
+        loop {
+            let index = self.candidates.next(ring)?;
+            if let Some(service) = &self.table.services[index] {
+                self.tried += 1;
+                return Some(service.clone());
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`SharedHashRing`]: waits for the owner's readiness, fails over
+    /// to successors whose `poll_ready` does not fail, then calls.
+    pub struct SharedResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: SharedState<S, Req>,
+        walk: Option<Walk<S>>,
+    }
+}
+
+pin_project! {
+    #[project = SharedStateProj]
+    enum SharedState<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Readying { service: S, request: Option<Req> },
+        Calling { #[pin] future: S::Future },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S: Service<Req>, Req> SharedResponseFuture<S, Req> {
+    fn failed(error: impl Into<BoxError>) -> Self {
+        Self {
+            state: SharedState::Failed {
+                error: Some(error.into()),
+            },
+            walk: None,
+        }
+    }
+}
+
+impl<S, Req> Future for SharedResponseFuture<S, Req>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                SharedStateProj::Calling { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+                SharedStateProj::Failed { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .expect("SharedResponseFuture polled after completion")));
+                }
+                SharedStateProj::Readying { service, request } => {
+                    let error = match service.poll_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => {
+                            let request = request
+                                .take()
+                                .expect("SharedResponseFuture polled after completion");
+                            let future = service.call(request);
+                            this.state.set(SharedState::Calling { future });
+                            continue;
+                        }
+                        Poll::Ready(Err(error)) => error.into(),
+                    };
+                    let request = request.take();
+                    let next = this.walk.as_mut().and_then(Walk::next_service);
+                    let next_state = match next {
+                        Some(service) => SharedState::Readying { service, request },
+                        None => SharedState::Failed {
+                            error: Some(Box::new(NoReadyBackend::new(
+                                this.walk.as_ref().map_or(1, |w| w.tried),
+                                Some(error),
+                            ))),
+                        },
+                    };
+                    this.state.set(next_state);
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for SharedResponseFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Drains a [`Discover`] stream and publishes routing tables to a [`SharedHashRing`].
+///
+/// Resolves when the stream ends (the service keeps routing on the last table) or fails
+/// with [`DiscoverError`]. Created by [`HashRingLayer::shared`](super::HashRingLayer::shared).
+pub struct RingDriver<D: Discover, W> {
+    discover: D,
+    membership: Membership,
+    services: HashMap<NodeId, D::Service>,
+    routes: watch::Sender<Arc<RouteTable<D::Service>>>,
+    weights: W,
+}
+
+impl<D, W> RingDriver<D, W>
+where
+    D: Discover,
+    D::Key: Into<NodeId>,
+    D::Service: Clone,
+{
+    pub(crate) fn new<E>(
+        discover: D,
+        router: Router<E>,
+        scheme: HashScheme,
+        weights: W,
+    ) -> (SharedHashRing<D::Service, E>, Self) {
+        let membership = Membership::new(scheme);
+        let (routes, receiver) = watch::channel(Arc::new(RouteTable {
+            snapshot: membership.current(),
+            services: Box::default(),
+        }));
+        let service = SharedHashRing {
+            routes: receiver,
+            snapshots: membership.subscribe(),
+            router: Arc::new(router),
+        };
+        let driver = Self {
+            discover,
+            membership,
+            services: HashMap::new(),
+            routes,
+            weights,
+        };
+        (service, driver)
+    }
+
+    fn publish_if_changed(&mut self) {
+        if let Some(snapshot) = self.membership.publish_if_changed() {
+            let services = snapshot
+                .ring()
+                .nodes()
+                .iter()
+                .map(|node| self.services.get(node.id()).cloned())
+                .collect();
+            self.routes.send_replace(Arc::new(RouteTable { snapshot, services }));
+        }
+    }
+}
+
+impl<D, W> Future for RingDriver<D, W>
+where
+    D: Discover + Unpin,
+    D::Key: Into<NodeId>,
+    D::Error: Into<BoxError>,
+    D::Service: Clone,
+    W: NodeWeight<D::Service>,
+{
+    type Output = Result<(), DiscoverError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            let change = match Pin::new(&mut this.discover).poll_discover(cx) {
+                Poll::Pending => {
+                    this.publish_if_changed();
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    this.publish_if_changed();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    this.publish_if_changed();
+                    return Poll::Ready(Err(DiscoverError::new(error.into())));
+                }
+                Poll::Ready(Some(Ok(change))) => change,
+            };
+            match change {
+                Change::Insert(key, service) => {
+                    let id: NodeId = key.into();
+                    let weight = this.weights.weight(&id, &service);
+                    if this.membership.insert(id.clone(), weight) {
+                        this.services.insert(id, service);
+                    }
+                }
+                Change::Remove(key) => {
+                    let id: NodeId = key.into();
+                    this.membership.remove(&id);
+                    this.services.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+// The driver never pins its backends or weights, only the stream, which must be `Unpin`.
+impl<D: Discover + Unpin, W> Unpin for RingDriver<D, W> {}
+
+impl<D: Discover, W> fmt::Debug for RingDriver<D, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingDriver")
+            .field("backends", &self.services.len())
+            .field("ring_version", &self.membership.current().version())
+            .finish()
+    }
+}

@@ -1,0 +1,350 @@
+//! The consistent hash ring: an immutable, sorted array of points with an O(1) bucket index.
+
+mod bounded;
+mod diff;
+mod node;
+mod scheme;
+mod successors;
+
+pub use self::{
+    bounded::{InvalidLoadFactor, LoadFactor, LoadSource},
+    diff::{MovedRange, RingDiff},
+    node::{Node, NodeId},
+    scheme::{HashScheme, DEFAULT_POINTS_PER_WEIGHT},
+    successors::{SuccessorCursor, Successors},
+};
+
+use std::{collections::BTreeMap, fmt};
+
+/// The most points a ring may hold (16.7 M, about 200 MiB with its index).
+pub const MAX_POINTS: u64 = 1 << 24;
+
+/// An immutable consistent hash ring.
+///
+/// Build one with [`Ring::builder`]. Lookups hash the key once, then find the owning point
+/// through a bucket index over the top bits of the position (about one point per bucket),
+/// so they cost the same at 10 or 1000 nodes and never allocate.
+///
+/// The layout is fully determined by the [`HashScheme`] and the set of `(id, weight)`
+/// pairs: the order in which nodes were added does not matter.
+///
+/// ```
+/// use tower_hashring::Ring;
+///
+/// let ring = Ring::builder()
+///     .node("backend-a", 1)
+///     .node("backend-b", 1)
+///     .node("backend-c", 2)
+///     .build()?;
+/// let owner = ring.route(b"user-42").expect("the ring is not empty");
+/// // The same key always has the same owner.
+/// assert_eq!(ring.route(b"user-42"), Some(owner));
+/// // Failover order: the distinct nodes after the owner.
+/// let order: Vec<_> = ring.successors(b"user-42").map(|n| n.id().as_str()).collect();
+/// assert_eq!(order.len(), 3);
+/// assert_eq!(order[0], owner.id().as_str());
+/// # Ok::<(), tower_hashring::RingError>(())
+/// ```
+#[derive(Clone)]
+pub struct Ring {
+    scheme: HashScheme,
+    /// Members sorted by id; owners refer to them by index.
+    nodes: Box<[Node]>,
+    /// Sorted, distinct point positions.
+    positions: Box<[u64]>,
+    /// `owners[i]` is the index in `nodes` of the node owning `positions[i]`.
+    owners: Box<[u32]>,
+    /// `index[b]` is the first point at or after bucket `b`'s start (`b << index_shift`);
+    /// it has one more entry than there are buckets.
+    index: Box<[u32]>,
+    index_shift: u32,
+    /// Nodes with at least one point.
+    routable: usize,
+    total_weight: u64,
+}
+
+/// Why a ring could not be built.
+///
+/// ```
+/// use tower_hashring::{Ring, RingError};
+///
+/// let err = Ring::builder().node("huge", u32::MAX).build().unwrap_err();
+/// assert!(matches!(err, RingError::TooManyPoints { .. }));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RingError {
+    /// The weights ask for more than [`MAX_POINTS`] points.
+    TooManyPoints {
+        /// Points the weights ask for.
+        requested: u64,
+    },
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingError::TooManyPoints { requested } => write!(
+                f,
+                "the node weights ask for {requested} ring points, more than the limit of {MAX_POINTS}; lower the weights or the points per weight"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RingError {}
+
+/// Collects nodes, then builds a [`Ring`].
+///
+/// Adding the same id twice keeps the last weight, so a repeated announcement never doubles
+/// a node's share.
+///
+/// ```
+/// use tower_hashring::{HashScheme, Ring};
+///
+/// let ring = Ring::builder()
+///     .scheme(HashScheme::Ketama)
+///     .node("127.0.0.1:8080", 1)
+///     .node("127.0.0.1:8080", 1) // idempotent
+///     .build()?;
+/// assert_eq!(ring.len_points(), 160);
+/// # Ok::<(), tower_hashring::RingError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct RingBuilder {
+    scheme: HashScheme,
+    nodes: BTreeMap<NodeId, u32>,
+}
+
+impl RingBuilder {
+    /// Sets the hash scheme (default: [`HashScheme::default`]).
+    pub fn scheme(mut self, scheme: HashScheme) -> Self {
+        self.scheme = scheme;
+        self
+    }
+
+    /// Adds a node, or sets its weight if it is already there.
+    pub fn node(mut self, id: impl Into<NodeId>, weight: u32) -> Self {
+        self.nodes.insert(id.into(), weight);
+        self
+    }
+
+    /// Adds several nodes.
+    pub fn nodes<I: IntoIterator<Item = Node>>(mut self, nodes: I) -> Self {
+        self.nodes
+            .extend(nodes.into_iter().map(|n| (n.id, n.weight)));
+        self
+    }
+
+    /// Builds the ring.
+    pub fn build(self) -> Result<Ring, RingError> {
+        Ring::from_sorted(
+            self.scheme,
+            self.nodes
+                .into_iter()
+                .map(|(id, weight)| Node::new(id, weight))
+                .collect(),
+        )
+    }
+}
+
+impl Ring {
+    /// Starts building a ring.
+    pub fn builder() -> RingBuilder {
+        RingBuilder::default()
+    }
+
+    /// An empty ring: every lookup answers `None`.
+    pub fn empty(scheme: HashScheme) -> Ring {
+        Ring {
+            scheme,
+            nodes: Box::default(),
+            positions: Box::default(),
+            owners: Box::default(),
+            index: vec![0, 0].into_boxed_slice(),
+            index_shift: 63,
+            routable: 0,
+            total_weight: 0,
+        }
+    }
+
+    /// `nodes` must be sorted by id and free of duplicates.
+    fn from_sorted(scheme: HashScheme, nodes: Vec<Node>) -> Result<Ring, RingError> {
+        let requested: u64 = nodes.iter().map(|n| scheme.points_for(n.weight)).sum();
+        if requested > MAX_POINTS {
+            return Err(RingError::TooManyPoints { requested });
+        }
+        let mut points: Vec<(u64, u32)> = Vec::with_capacity(requested as usize);
+        let mut scratch = Vec::new();
+        for (index, node) in nodes.iter().enumerate() {
+            scratch.clear();
+            scheme.push_points(node.id.as_str(), node.weight, &mut scratch);
+            points.extend(scratch.iter().map(|&p| (p, index as u32)));
+        }
+        // Ties on position go to the smaller node index, which is the smaller id.
+        points.sort_unstable();
+        points.dedup_by_key(|p| p.0);
+
+        let (positions, owners): (Vec<u64>, Vec<u32>) = points.into_iter().unzip();
+        let mut has_points = vec![false; nodes.len()];
+        for &owner in &owners {
+            has_points[owner as usize] = true;
+        }
+        let (index, index_shift) = build_index(&positions);
+        Ok(Ring {
+            scheme,
+            routable: has_points.iter().filter(|&&b| b).count(),
+            total_weight: nodes.iter().map(|n| u64::from(n.weight)).sum(),
+            nodes: nodes.into_boxed_slice(),
+            positions: positions.into_boxed_slice(),
+            owners: owners.into_boxed_slice(),
+            index,
+            index_shift,
+        })
+    }
+
+    /// The hash scheme.
+    pub fn scheme(&self) -> HashScheme {
+        self.scheme
+    }
+
+    /// All members, drained ones included, sorted by id.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The member with this id.
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.node_index(id).map(|i| &self.nodes[i])
+    }
+
+    /// The index of a member in [`Ring::nodes`].
+    pub fn node_index(&self, id: &str) -> Option<usize> {
+        self.nodes
+            .binary_search_by(|n| n.id.as_str().cmp(id))
+            .ok()
+    }
+
+    /// How many members own at least one point.
+    pub fn routable_nodes(&self) -> usize {
+        self.routable
+    }
+
+    /// Whether no key can be routed (no members, or all drained).
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// The number of points on the ring.
+    pub fn len_points(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The sum of all members' weights.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Iterates over the points in ring order as `(position, owner)`.
+    pub fn points(&self) -> impl ExactSizeIterator<Item = (u64, &Node)> + '_ {
+        self.positions
+            .iter()
+            .zip(self.owners.iter())
+            .map(|(&p, &o)| (p, &self.nodes[o as usize]))
+    }
+
+    /// The ring position of a key under this ring's scheme.
+    #[inline]
+    pub fn key_position(&self, key: &[u8]) -> u64 {
+        self.scheme.key_position(key)
+    }
+
+    /// The owner of a key.
+    #[inline]
+    pub fn route(&self, key: &[u8]) -> Option<&Node> {
+        self.owner_of(self.key_position(key))
+    }
+
+    /// The owner of a ring position.
+    #[inline]
+    pub fn owner_of(&self, position: u64) -> Option<&Node> {
+        let point = self.point_at_or_after(position)?;
+        Some(&self.nodes[self.owners[point] as usize])
+    }
+
+    /// The distinct nodes in ring order from a key's owner on: the owner, then failover
+    /// candidates. Allocates only past the eighth node.
+    pub fn successors(&self, key: &[u8]) -> Successors<'_> {
+        self.successors_of(self.key_position(key))
+    }
+
+    /// [`Ring::successors`] for a ring position.
+    pub fn successors_of(&self, position: u64) -> Successors<'_> {
+        Successors::new(self, SuccessorCursor::new(self, position))
+    }
+
+    /// The index of the first point at or after `position`, wrapping to the first point.
+    #[inline]
+    fn point_at_or_after(&self, position: u64) -> Option<usize> {
+        if self.positions.is_empty() {
+            return None;
+        }
+        let bucket = (position >> self.index_shift) as usize;
+        let start = self.index[bucket] as usize;
+        let end = self.index[bucket + 1] as usize;
+        let found = start + self.positions[start..end].partition_point(|&p| p < position);
+        Some(if found == self.positions.len() {
+            0
+        } else {
+            found
+        })
+    }
+
+    pub(crate) fn owner_index_at(&self, point: usize) -> usize {
+        self.owners[point] as usize
+    }
+
+    pub(crate) fn positions(&self) -> &[u64] {
+        &self.positions
+    }
+}
+
+/// Builds the bucket index: one bucket per point, rounded up to a power of two.
+fn build_index(positions: &[u64]) -> (Box<[u32]>, u32) {
+    let bits = positions
+        .len()
+        .next_power_of_two()
+        .trailing_zeros()
+        .clamp(1, 32);
+    let shift = 64 - bits;
+    let buckets = 1usize << bits;
+    let mut index = Vec::with_capacity(buckets + 1);
+    let mut point = 0usize;
+    for bucket in 0..buckets {
+        let start = (bucket as u64) << shift;
+        while point < positions.len() && positions[point] < start {
+            point += 1;
+        }
+        index.push(point as u32);
+    }
+    index.push(positions.len() as u32);
+    (index.into_boxed_slice(), shift)
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("scheme", &self.scheme)
+            .field("nodes", &self.nodes)
+            .field("points", &self.positions.len())
+            .finish()
+    }
+}
+
+impl PartialEq for Ring {
+    fn eq(&self, other: &Self) -> bool {
+        self.scheme == other.scheme && self.nodes == other.nodes
+    }
+}
+
+impl Eq for Ring {}
