@@ -51,7 +51,9 @@ fn bounded_load(ring: &Ring, keys: &[String], factor: LoadFactor) -> f64 {
     let mut counts = Counts::default();
     for key in keys {
         let position = ring.key_position(key.as_bytes());
-        let owner = ring.route_bounded(position, factor, &counts).expect("non-empty ring");
+        let owner = ring
+            .route_bounded(position, factor, &counts)
+            .expect("non-empty ring");
         *counts.per_node.entry(owner.id().clone()).or_insert(0) += 1;
         counts.total += 1;
     }
@@ -86,7 +88,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    println!("Adding one node to 10 (ideal moved fraction 1/11 = {:.4}):", 1.0 / 11.0);
+    println!(
+        "Adding one node to 10 (ideal moved fraction 1/11 = {:.4}):",
+        1.0 / 11.0
+    );
     println!("| scheme | moved fraction | ratio to ideal |");
     println!("|---|---|---|");
     for scheme in [default, HashScheme::Ketama] {

@@ -86,11 +86,7 @@ impl NoReadyBackend {
 
 impl fmt::Display for NoReadyBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "none of the {} candidate backends was ready",
-            self.tried
-        )
+        write!(f, "none of the {} candidate backends was ready", self.tried)
     }
 }
 

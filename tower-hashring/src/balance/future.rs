@@ -51,7 +51,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { future } => Poll::Ready(ready!(future.poll(cx)).map_err(Into::into)),
+            StateProj::Called { future } => {
+                Poll::Ready(ready!(future.poll(cx)).map_err(Into::into))
+            }
             StateProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .expect("ResponseFuture polled after completion"))),

@@ -16,25 +16,26 @@ use crate::{HashScheme, KeyExtractor, LoadFactor, LoadSource, MissingKeyPolicy, 
 /// `Clone + Send + Sync` [`SharedHashRing`] and the [`RingDriver`] to spawn.
 ///
 /// ```
-/// use std::{convert::Infallible, net::SocketAddr};
-/// use tower::{discover::ServiceList, service_fn, Layer, ServiceExt};
-/// use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+/// use std::convert::Infallible;
+/// use futures_util::stream;
+/// use http::Request;
+/// use tower::{discover::Change, service_fn, Layer, ServiceBuilder, ServiceExt};
+/// use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower_hashring::error::BoxError> {
-/// // Two backends that answer with their own name.
-/// let backend = |name: &'static str| service_fn(move |_: http::Request<()>| async move {
-///     Ok::<_, Infallible>(name)
-/// });
-/// let discover = tower::discover::ServiceList::new(vec![backend("a"), backend("b")]);
-/// # let _ = discover;
-/// let discover = futures_util::stream::iter(vec![
-///     Ok::<_, Infallible>(tower::discover::Change::Insert(NodeId::from("a"), backend("a"))),
-///     Ok(tower::discover::Change::Insert(NodeId::from("b"), backend("b"))),
+/// let backend = |name: &'static str| {
+///     service_fn(move |_: Request<()>| async move { Ok::<_, Infallible>(name) })
+/// };
+/// let discover = stream::iter([
+///     Ok::<_, Infallible>(Change::Insert(NodeId::from("a"), backend("a"))),
+///     Ok(Change::Insert(NodeId::from("b"), backend("b"))),
 /// ]);
-/// let balance = HashRingLayer::new(HttpKey::new().query("userId")).layer(discover);
-/// let req = || http::Request::get("/send?userId=42").body(()).unwrap();
-/// let first = balance.oneshot(req()).await?;
+/// let balance = ServiceBuilder::new()
+///     .layer(HashRingLayer::new(HttpKey::new().query("userId")).missing_key(MissingKeyPolicy::Reject))
+///     .service(discover);
+/// let answer = balance.oneshot(Request::get("/send?userId=42").body(()).unwrap()).await?;
+/// assert!(answer == "a" || answer == "b");
 /// # Ok(())
 /// # }
 /// ```
@@ -92,7 +93,11 @@ impl<E, W, Req> HashRingLayer<E, W, Req> {
             _request: PhantomData,
         }
     }
+}
 
+// The shared form serves any request type, so `Req` plays no part: fixing it to `()` here
+// lets `HashRingLayer::new(key).shared(discover)` infer it.
+impl<E, W> HashRingLayer<E, W, ()> {
     /// Builds the `Clone + Send + Sync` form and the driver that feeds it from `discover`.
     /// Spawn the driver (e.g. `tokio::spawn(driver)`); the service routes on the last ring
     /// the driver published.
@@ -117,7 +122,12 @@ where
     type Service = HashRingBalance<D, E, Req, W>;
 
     fn layer(&self, discover: D) -> Self::Service {
-        HashRingBalance::from_parts(discover, self.router.clone(), self.scheme, self.weights.clone())
+        HashRingBalance::from_parts(
+            discover,
+            self.router.clone(),
+            self.scheme,
+            self.weights.clone(),
+        )
     }
 }
 
@@ -132,11 +142,11 @@ impl<E: Clone, W: Clone, Req> Clone for HashRingLayer<E, W, Req> {
     }
 }
 
-impl<E: fmt::Debug, W, Req> fmt::Debug for HashRingLayer<E, W, Req> {
+impl<E, W, Req> fmt::Debug for HashRingLayer<E, W, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HashRingLayer")
-            .field("router", &self.router)
             .field("scheme", &self.scheme)
-            .finish()
+            .field("missing_key", &self.router.missing_key)
+            .finish_non_exhaustive()
     }
 }

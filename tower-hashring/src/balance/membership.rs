@@ -2,7 +2,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -110,7 +109,11 @@ impl Membership {
             // keep the last ring rather than panic if that ever changes.
             .ok()?;
         let snapshot = self.publisher.publish(ring);
-        tracing::debug!(version = snapshot.version(), nodes = snapshot.ring().nodes().len(), "ring changed");
+        tracing::debug!(
+            version = snapshot.version(),
+            nodes = snapshot.ring().nodes().len(),
+            "ring changed"
+        );
         Some(snapshot)
     }
 
@@ -178,16 +181,6 @@ impl<E> Router<E> {
             preferred_taken: false,
             cursor: SuccessorCursor::new(ring, position),
         }
-    }
-}
-
-impl<E: fmt::Debug> fmt::Debug for Router<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Router")
-            .field("extractor", &self.extractor)
-            .field("missing_key", &self.missing_key)
-            .field("bounded", &self.bounded.as_ref().map(|b| b.factor))
-            .finish()
     }
 }
 

@@ -15,15 +15,15 @@
 //! - `HashRingBalance::poll_ready` drains the discovery stream (rebuilding the ring once per
 //!   batch of changes), drives pending backends towards readiness, and returns ready when at
 //!   least one backend is ready, or when the ring is empty (so that `call` fails at once with
-//!   [`NoBackend`](error::NoBackend) instead of waiting). `call` then uses the owner if it is
+//!   [`error::NoBackend`] instead of waiting). `call` then uses the owner if it is
 //!   ready, otherwise the first ready successor, otherwise fails with
-//!   [`NoReadyBackend`](error::NoReadyBackend).
+//!   [`error::NoReadyBackend`].
 //! - `SharedHashRing::poll_ready` is always ready; its response future waits on the owner's
 //!   `poll_ready` (backpressure keeps the key on its owner) and moves to the next successor
 //!   only if the owner's `poll_ready` fails.
 //!
-//! Every ring change is published as a versioned [`RingSnapshot`](crate::RingSnapshot);
-//! `subscribe()` on either form returns a [`RingWatch`](crate::RingWatch).
+//! Every ring change is published as a versioned [`crate::RingSnapshot`];
+//! `subscribe()` on either form returns a [`crate::RingWatch`].
 
 pub mod error;
 mod future;
@@ -63,7 +63,7 @@ use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
 /// ```
 /// use std::convert::Infallible;
 /// use futures_util::stream;
-/// use tower::{discover::Change, service_fn, Layer, ServiceExt};
+/// use tower::{discover::Change, service_fn, Layer, Service, ServiceExt};
 /// use tower_hashring::{HashRingLayer, NodeId};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -103,7 +103,12 @@ where
     D::Key: Into<NodeId>,
     D::Service: Service<Req>,
 {
-    pub(crate) fn from_parts(discover: D, router: Router<E>, scheme: HashScheme, weights: W) -> Self {
+    pub(crate) fn from_parts(
+        discover: D,
+        router: Router<E>,
+        scheme: HashScheme,
+        weights: W,
+    ) -> Self {
         let membership = Membership::new(scheme);
         Self {
             discover,
@@ -231,17 +236,15 @@ where
 
 impl<D, E, Req, W> fmt::Debug for HashRingBalance<D, E, Req, W>
 where
-    D: Discover + fmt::Debug,
+    D: Discover,
     D::Service: Service<Req>,
-    E: fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HashRingBalance")
-            .field("discover", &self.discover)
             .field("backends", &self.services.len())
             .field("ready", &self.services.ready_len())
             .field("ring_version", &self.snapshot.version())
-            .field("router", &self.router)
-            .finish()
+            .field("missing_key", &self.router.missing_key)
+            .finish_non_exhaustive()
     }
 }

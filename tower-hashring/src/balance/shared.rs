@@ -92,12 +92,12 @@ impl<S, E> Clone for SharedHashRing<S, E> {
     }
 }
 
-impl<S, E: fmt::Debug> fmt::Debug for SharedHashRing<S, E> {
+impl<S, E> fmt::Debug for SharedHashRing<S, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedHashRing")
             .field("ring_version", &self.routes.borrow().snapshot.version())
-            .field("router", &self.router)
-            .finish()
+            .field("missing_key", &self.router.missing_key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,7 +250,8 @@ where
 
 impl<S: Service<Req>, Req> fmt::Debug for SharedResponseFuture<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedResponseFuture").finish_non_exhaustive()
+        f.debug_struct("SharedResponseFuture")
+            .finish_non_exhaustive()
     }
 }
 
@@ -306,7 +307,8 @@ where
                 .iter()
                 .map(|node| self.services.get(node.id()).cloned())
                 .collect();
-            self.routes.send_replace(Arc::new(RouteTable { snapshot, services }));
+            self.routes
+                .send_replace(Arc::new(RouteTable { snapshot, services }));
         }
     }
 }

@@ -139,7 +139,7 @@ struct RangesBuilder<'a> {
 impl RangesBuilder<'_> {
     fn push(&mut self, start: u64, end: u64, from: Option<u32>, to: Option<u32>) {
         let from_in_new = from.and_then(|f| self.old_to_new[f as usize]);
-        let unchanged = from.is_some() && from_in_new == to;
+        let unchanged = from_in_new.is_some() && from_in_new == to;
         if unchanged || (from.is_none() && to.is_none()) {
             return;
         }

@@ -220,9 +220,7 @@ impl Ring {
 
     /// The index of a member in [`Ring::nodes`].
     pub fn node_index(&self, id: &str) -> Option<usize> {
-        self.nodes
-            .binary_search_by(|n| n.id.as_str().cmp(id))
-            .ok()
+        self.nodes.binary_search_by(|n| n.id.as_str().cmp(id)).ok()
     }
 
     /// How many members own at least one point.

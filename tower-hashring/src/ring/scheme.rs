@@ -1,4 +1,4 @@
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// The points per unit of weight used by [`HashScheme::default`].
 ///
@@ -30,9 +30,11 @@ const KETAMA_POINTS_PER_WEIGHT: u32 = 160;
 pub enum HashScheme {
     /// The default: XXH3-64 (the xxHash specification's `XXH3_64bits`).
     ///
-    /// - key position = `XXH3_64bits_withSeed(key bytes, seed 0)`;
+    /// - key position = `XXH3_64bits(key bytes)` (seed 0);
     /// - point `i` of node `id`, for `i` in `0 .. points_per_weight × weight`, is at
-    ///   `XXH3_64bits_withSeed(UTF-8 bytes of id, seed = i)`.
+    ///   `XXH3_64bits(le32(i) ‖ UTF-8 bytes of id)`: the point number as 4 little-endian
+    ///   bytes, then the id. (Not the id with seed `i`: XXH3 mixes a seed linearly into
+    ///   short inputs, so the points of ids such as `n0` and `n1` would coincide.)
     ///
     /// Raising a node's weight only adds points, so it only pulls keys toward that node.
     Xxh3 {
@@ -81,7 +83,13 @@ impl HashScheme {
         let count = self.points_for(weight);
         match self {
             HashScheme::Xxh3 { .. } => {
-                out.extend((0..count).map(|i| xxh3_64_with_seed(id.as_bytes(), i)));
+                let mut input = vec![0; 4];
+                input.extend_from_slice(id.as_bytes());
+                // `count` fits in u32: rings are capped at MAX_POINTS (2^24) points.
+                for i in 0..count as u32 {
+                    input[..4].copy_from_slice(&i.to_le_bytes());
+                    out.push(xxh3_64(&input));
+                }
             }
             HashScheme::Ketama => {
                 let (host, port) = match id.rfind(':') {

@@ -1,0 +1,390 @@
+//! The balancers against `tower-test` mocks: routing by key, discovery changes, readiness,
+//! failover and typed errors.
+
+use std::time::Duration;
+
+use futures_util::{stream, Stream};
+use tokio::sync::mpsc;
+use tower::{discover::Change, Layer, Service, ServiceExt};
+use tower_hashring::{
+    balance::NodeWeight,
+    error::{BoxError, DiscoverError, MissingKey, NoBackend, NoReadyBackend},
+    HashRingBalance, HashRingLayer, MissingKeyPolicy, NodeId,
+};
+use tower_test::mock::{self, Handle, Mock};
+
+type Req = String;
+type Backend = Mock<Req, &'static str>;
+type DiscoveryItem = Result<Change<NodeId, Backend>, BoxError>;
+type Discovery =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Change<NodeId, Backend>, BoxError>> + Send>>;
+
+/// A discovery stream fed through a channel, so tests can add and remove nodes later.
+fn discovery() -> (mpsc::UnboundedSender<DiscoveryItem>, Discovery) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    (tx, Box::pin(stream::poll_fn(move |cx| rx.poll_recv(cx))))
+}
+
+/// A mock backend that answers every request with its own name.
+fn backend() -> (Backend, Handle<Req, &'static str>) {
+    mock::pair()
+}
+
+fn answer_forever(name: &'static str, mut handle: Handle<Req, &'static str>) {
+    handle.allow(u64::MAX);
+    tokio::spawn(async move {
+        while let Some((_, respond)) = handle.next_request().await {
+            respond.send_response(name);
+        }
+    });
+}
+
+fn insert(name: &'static str, service: Backend) -> Result<Change<NodeId, Backend>, BoxError> {
+    Ok(Change::Insert(NodeId::from(name), service))
+}
+
+/// The key is the request itself; requests without a key are empty strings.
+fn by_request(req: &Req) -> Option<String> {
+    (!req.is_empty()).then(|| req.clone())
+}
+
+type Balance = HashRingBalance<Discovery, fn(&Req) -> Option<String>, Req>;
+
+fn balance(discover: Discovery) -> Balance {
+    HashRingLayer::new(by_request as fn(&Req) -> Option<String>).layer(discover)
+}
+
+async fn send(balance: &mut Balance, key: &str) -> Result<&'static str, BoxError> {
+    balance.ready().await?.call(key.to_owned()).await
+}
+
+fn owner(balance: &Balance, key: &str) -> String {
+    balance
+        .snapshot()
+        .ring()
+        .route(key.as_bytes())
+        .unwrap()
+        .id()
+        .to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_every_key_to_its_ring_owner() {
+    let (tx, discover) = discovery();
+    for name in ["a", "b", "c"] {
+        let (service, handle) = backend();
+        answer_forever(name, handle);
+        tx.send(insert(name, service)).unwrap();
+    }
+    let mut balance = balance(discover);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..300 {
+        let key = format!("user-{i}");
+        let served_by = send(&mut balance, &key).await.unwrap();
+        assert_eq!(served_by, owner(&balance, &key), "{key}");
+        assert_eq!(send(&mut balance, &key).await.unwrap(), served_by, "sticky");
+        seen.insert(served_by);
+    }
+    assert_eq!(seen.len(), 3, "keys spread over all backends");
+}
+
+#[tokio::test(start_paused = true)]
+async fn discovery_changes_move_only_the_affected_keys() {
+    let (tx, discover) = discovery();
+    for name in ["a", "b"] {
+        let (service, handle) = backend();
+        answer_forever(name, handle);
+        tx.send(insert(name, service)).unwrap();
+    }
+    let mut balance = balance(discover);
+    let mut watch = balance.subscribe();
+    let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let mut before = vec![];
+    for key in &keys {
+        before.push(send(&mut balance, key).await.unwrap());
+    }
+    assert_eq!(
+        watch.borrow_and_update().version(),
+        1,
+        "two inserts, one rebuild"
+    );
+
+    let (service, handle) = backend();
+    answer_forever("c", handle);
+    tx.send(insert("c", service)).unwrap();
+    let mut moved_to_c = 0;
+    for (key, old) in keys.iter().zip(&before) {
+        let now = send(&mut balance, key).await.unwrap();
+        assert!(now == *old || now == "c", "{key} moved from {old} to {now}");
+        moved_to_c += usize::from(now == "c");
+    }
+    assert!(moved_to_c > 0);
+    assert!(watch.has_changed().unwrap());
+    let snapshot = watch.borrow_and_update().clone();
+    assert_eq!(snapshot.version(), 2);
+    assert_eq!(snapshot.ring().nodes().len(), 3);
+
+    tx.send(Ok(Change::Remove(NodeId::from("a")))).unwrap();
+    for (key, old) in keys.iter().zip(&before) {
+        let now = send(&mut balance, key).await.unwrap();
+        assert!(now != "a");
+        if *old == "b" {
+            assert!(
+                now == "b" || now == "c",
+                "only a's keys and keys taken by c differ"
+            );
+        }
+    }
+    assert_eq!(watch.borrow_and_update().ring().nodes().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unready_owner_fails_over_to_the_next_successor() {
+    let (tx, discover) = discovery();
+    let mut handles = vec![];
+    for name in ["a", "b", "c"] {
+        let (service, mut handle) = backend();
+        handle.allow(0);
+        handles.push((name, handle));
+        tx.send(insert(name, service)).unwrap();
+    }
+    let mut balance = balance(discover);
+    let mut ready = tower_test::mock::Spawn::new(balance);
+    // No backend admits requests yet: the balancer is not ready.
+    assert!(ready.poll_ready().is_pending());
+    balance = ready.into_inner();
+
+    let key = "user-1";
+    let order: Vec<String> = balance
+        .snapshot()
+        .ring()
+        .successors(key.as_bytes())
+        .map(|n| n.id().to_string())
+        .collect();
+    // Only the owner's first successor admits requests.
+    for (name, handle) in &mut handles {
+        if *name != order[0] {
+            handle.allow(if *name == order[1] { 1 } else { 0 });
+        }
+    }
+    let mut ready = tower_test::mock::Spawn::new(balance);
+    assert!(ready.poll_ready().is_ready());
+    let response = ready.call(key.to_owned());
+    let (name, handle) = handles.iter_mut().find(|(n, _)| *n == order[1]).unwrap();
+    let (request, respond) = handle.next_request().await.unwrap();
+    assert_eq!(request, key);
+    respond.send_response(name);
+    assert_eq!(response.await.unwrap(), order[1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_ring_and_missing_key_are_typed_errors() {
+    let (tx, discover) = discovery();
+    let mut balance = balance(discover);
+    let err = send(&mut balance, "user-1").await.unwrap_err();
+    assert!(err.is::<NoBackend>(), "{err}");
+
+    let (service, handle) = backend();
+    answer_forever("a", handle);
+    tx.send(insert("a", service)).unwrap();
+    let err = send(&mut balance, "").await.unwrap_err();
+    assert!(err.is::<MissingKey>(), "{err}");
+    assert_eq!(send(&mut balance, "user-1").await.unwrap(), "a");
+
+    // Draining the only node (weight 0) leaves no backend for new keys.
+    let (service, _handle) = backend();
+    let drained = HashRingLayer::new(by_request as fn(&Req) -> Option<String>)
+        .weights(|_: &NodeId, _: &Backend| 0)
+        .layer(Box::pin(stream::iter([insert("a", service)])) as Discovery);
+    let mut drained = drained;
+    let err = drained
+        .ready()
+        .await
+        .unwrap()
+        .call("user-1".into())
+        .await
+        .unwrap_err();
+    assert!(err.is::<NoBackend>(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyless_requests_can_be_spread_round_robin() {
+    let (tx, discover) = discovery();
+    for name in ["a", "b", "c"] {
+        let (service, handle) = backend();
+        answer_forever(name, handle);
+        tx.send(insert(name, service)).unwrap();
+    }
+    let mut balance = HashRingLayer::new(by_request as fn(&Req) -> Option<String>)
+        .missing_key(MissingKeyPolicy::RoundRobin)
+        .layer(discover);
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..300 {
+        let name = balance
+            .ready()
+            .await
+            .unwrap()
+            .call(String::new())
+            .await
+            .unwrap();
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3);
+    assert!(counts.values().all(|&n| n > 50), "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_come_from_the_hook_and_a_discovery_error_surfaces() {
+    #[derive(Clone)]
+    struct Weighted;
+    impl NodeWeight<Backend> for Weighted {
+        fn weight(&self, id: &NodeId, _: &Backend) -> u32 {
+            if id.as_str() == "heavy" {
+                3
+            } else {
+                1
+            }
+        }
+    }
+    let (tx, discover) = discovery();
+    for name in ["heavy", "light"] {
+        let (service, handle) = backend();
+        answer_forever(name, handle);
+        tx.send(insert(name, service)).unwrap();
+    }
+    let mut balance = HashRingLayer::new(by_request as fn(&Req) -> Option<String>)
+        .weights(Weighted)
+        .layer(discover);
+    let mut heavy = 0;
+    for i in 0..2000 {
+        heavy += usize::from(
+            balance
+                .ready()
+                .await
+                .unwrap()
+                .call(format!("k{i}"))
+                .await
+                .unwrap()
+                == "heavy",
+        );
+    }
+    assert!(
+        (1350..1650).contains(&heavy),
+        "about 3/4 of 2000, got {heavy}"
+    );
+
+    tx.send(Err("registry unreachable".into())).unwrap();
+    let err = balance.ready().await.unwrap_err();
+    assert!(err.is::<DiscoverError>(), "{err}");
+}
+
+mod shared {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn clones_route_by_key_and_follow_discovery() {
+        let (tx, discover) = discovery();
+        for name in ["a", "b"] {
+            let (service, handle) = backend();
+            answer_forever(name, handle);
+            tx.send(insert(name, service)).unwrap();
+        }
+        let (service, driver) =
+            HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
+        let mut watch = service.subscribe();
+        tokio::spawn(driver);
+        watch.changed().await.unwrap();
+        assert_eq!(watch.borrow().ring().nodes().len(), 2);
+
+        let clones: Vec<_> = (0..4).map(|_| service.clone()).collect();
+        for i in 0..100 {
+            let key = format!("user-{i}");
+            let expected = service
+                .snapshot()
+                .ring()
+                .route(key.as_bytes())
+                .unwrap()
+                .id()
+                .to_string();
+            let answered = clones[i % 4].clone().oneshot(key).await.unwrap();
+            assert_eq!(answered, expected);
+        }
+
+        tx.send(Ok(Change::Remove(NodeId::from("a")))).unwrap();
+        watch.changed().await.unwrap();
+        for i in 0..50 {
+            assert_eq!(
+                service.clone().oneshot(format!("user-{i}")).await.unwrap(),
+                "b"
+            );
+        }
+        tx.send(Ok(Change::Remove(NodeId::from("b")))).unwrap();
+        watch.changed().await.unwrap();
+        let err = service.clone().oneshot("user-1".into()).await.unwrap_err();
+        assert!(err.is::<NoBackend>(), "{err}");
+        let err = service.clone().oneshot(String::new()).await.unwrap_err();
+        assert!(err.is::<MissingKey>(), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_owner_falls_over_and_waiting_keeps_the_key_on_its_owner() {
+        let (tx, discover) = discovery();
+        let mut handles = std::collections::HashMap::new();
+        for name in ["a", "b", "c"] {
+            let (service, handle) = backend();
+            handles.insert(name, handle);
+            tx.send(insert(name, service)).unwrap();
+        }
+        let (service, driver) =
+            HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
+        let mut watch = service.subscribe();
+        tokio::spawn(driver);
+        watch.changed().await.unwrap();
+        let key = "user-9";
+        let order: Vec<String> = service
+            .snapshot()
+            .ring()
+            .successors(key.as_bytes())
+            .map(|n| n.id().to_string())
+            .collect();
+        let owner = handles.get_mut(order[0].as_str()).unwrap();
+        owner.allow(0);
+
+        // The owner is merely busy: the request waits for it rather than moving.
+        let waiting = tokio::spawn(service.clone().oneshot(key.to_owned()));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished());
+        owner.allow(1);
+        let (request, respond) = owner.next_request().await.unwrap();
+        assert_eq!(request, key);
+        respond.send_response("owner");
+        assert_eq!(waiting.await.unwrap().unwrap(), "owner");
+
+        // The owner's readiness fails: the next successor serves the request.
+        let owner = handles.get_mut(order[0].as_str()).unwrap();
+        owner.send_error("connection refused");
+        let next = handles.get_mut(order[1].as_str()).unwrap();
+        next.allow(1);
+        let call = tokio::spawn(service.clone().oneshot(key.to_owned()));
+        let (_, respond) = next.next_request().await.unwrap();
+        respond.send_response("successor");
+        assert_eq!(call.await.unwrap().unwrap(), "successor");
+
+        // All fail: a typed error carrying the last cause.
+        for name in &order {
+            handles.get_mut(name.as_str()).unwrap().send_error("down");
+        }
+        let err = service.clone().oneshot(key.to_owned()).await.unwrap_err();
+        let err = err
+            .downcast_ref::<NoReadyBackend>()
+            .expect("NoReadyBackend");
+        assert_eq!(err.tried(), 3);
+        assert!(std::error::Error::source(err).is_some());
+    }
+
+    #[test]
+    fn the_shared_form_is_clone_send_sync() {
+        fn assert_traits<T: Clone + Send + Sync + 'static>() {}
+        assert_traits::<tower_hashring::SharedHashRing<Backend, fn(&Req) -> Option<String>>>();
+    }
+}
