@@ -1,7 +1,7 @@
 //! The balancers against `tower-test` mocks: routing by key, discovery changes, readiness,
 //! failover and typed errors.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{stream, Stream};
 use tokio::sync::mpsc;
@@ -9,7 +9,7 @@ use tower::{discover::Change, Layer, Service, ServiceExt};
 use tower_hashring::{
     balance::NodeWeight,
     error::{BoxError, DiscoverError, MissingKey, NoBackend, NoReadyBackend},
-    HashRingBalance, HashRingLayer, MissingKeyPolicy, NodeId,
+    HashRingBalance, HashRingLayer, LoadFactor, LoadSource, MissingKeyPolicy, NodeId, Ring,
 };
 use tower_test::mock::{self, Handle, Mock};
 
@@ -37,6 +37,15 @@ fn answer_forever(name: &'static str, mut handle: Handle<Req, &'static str>) {
             respond.send_response(name);
         }
     });
+}
+
+/// Adds backends that answer with their names.
+fn serve(tx: &mpsc::UnboundedSender<DiscoveryItem>, names: &[&'static str]) {
+    for &name in names {
+        let (service, handle) = backend();
+        answer_forever(name, handle);
+        tx.send(insert(name, service)).unwrap();
+    }
 }
 
 fn insert(name: &'static str, service: Backend) -> Result<Change<NodeId, Backend>, BoxError> {
@@ -71,11 +80,7 @@ fn owner(balance: &Balance, key: &str) -> String {
 #[tokio::test(start_paused = true)]
 async fn routes_every_key_to_its_ring_owner() {
     let (tx, discover) = discovery();
-    for name in ["a", "b", "c"] {
-        let (service, handle) = backend();
-        answer_forever(name, handle);
-        tx.send(insert(name, service)).unwrap();
-    }
+    serve(&tx, &["a", "b", "c"]);
     let mut balance = balance(discover);
     let mut seen = std::collections::HashSet::new();
     for i in 0..300 {
@@ -91,11 +96,7 @@ async fn routes_every_key_to_its_ring_owner() {
 #[tokio::test(start_paused = true)]
 async fn discovery_changes_move_only_the_affected_keys() {
     let (tx, discover) = discovery();
-    for name in ["a", "b"] {
-        let (service, handle) = backend();
-        answer_forever(name, handle);
-        tx.send(insert(name, service)).unwrap();
-    }
+    serve(&tx, &["a", "b"]);
     let mut balance = balance(discover);
     let mut watch = balance.subscribe();
     let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
@@ -207,14 +208,53 @@ async fn empty_ring_and_missing_key_are_typed_errors() {
     assert!(err.is::<NoBackend>(), "{err}");
 }
 
+/// All 100 loads sit on one node.
+struct AllOn(NodeId);
+
+impl LoadSource for AllOn {
+    fn load(&self, node: &NodeId) -> u64 {
+        if *node == self.0 {
+            100
+        } else {
+            0
+        }
+    }
+
+    fn total(&self) -> u64 {
+        100
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_loads_steer_keys_away_from_a_full_owner() {
+    let (tx, discover) = discovery();
+    serve(&tx, &["a", "b", "c"]);
+    let same_ring = Ring::builder()
+        .node("a", 1)
+        .node("b", 1)
+        .node("c", 1)
+        .build()
+        .unwrap();
+    let full = same_ring.route(b"user-1").unwrap().id().clone();
+    let mut balance = HashRingLayer::new(by_request as fn(&Req) -> Option<String>)
+        .bounded_loads(
+            LoadFactor::new(1.25).unwrap(),
+            Arc::new(AllOn(full.clone())),
+        )
+        .layer(discover);
+    let served = send(&mut balance, "user-1").await.unwrap();
+    assert_eq!(
+        full.as_str(),
+        owner(&balance, "user-1"),
+        "the ring owner is unchanged"
+    );
+    assert_ne!(served, full.as_str(), "the full owner is skipped");
+}
+
 #[tokio::test(start_paused = true)]
 async fn keyless_requests_can_be_spread_round_robin() {
     let (tx, discover) = discovery();
-    for name in ["a", "b", "c"] {
-        let (service, handle) = backend();
-        answer_forever(name, handle);
-        tx.send(insert(name, service)).unwrap();
-    }
+    serve(&tx, &["a", "b", "c"]);
     let mut balance = HashRingLayer::new(by_request as fn(&Req) -> Option<String>)
         .missing_key(MissingKeyPolicy::RoundRobin)
         .layer(discover);
@@ -247,11 +287,7 @@ async fn weights_come_from_the_hook_and_a_discovery_error_surfaces() {
         }
     }
     let (tx, discover) = discovery();
-    for name in ["heavy", "light"] {
-        let (service, handle) = backend();
-        answer_forever(name, handle);
-        tx.send(insert(name, service)).unwrap();
-    }
+    serve(&tx, &["heavy", "light"]);
     let mut balance = HashRingLayer::new(by_request as fn(&Req) -> Option<String>)
         .weights(Weighted)
         .layer(discover);
@@ -284,11 +320,7 @@ mod shared {
     #[tokio::test(start_paused = true)]
     async fn clones_route_by_key_and_follow_discovery() {
         let (tx, discover) = discovery();
-        for name in ["a", "b"] {
-            let (service, handle) = backend();
-            answer_forever(name, handle);
-            tx.send(insert(name, service)).unwrap();
-        }
+        serve(&tx, &["a", "b"]);
         let (service, driver) =
             HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
         let mut watch = service.subscribe();

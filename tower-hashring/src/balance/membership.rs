@@ -8,6 +8,8 @@ use std::{
     },
 };
 
+use tower::discover::Change;
+
 use crate::{
     error::MissingKey,
     ring::{LoadFactor, LoadSource, NodeId, Ring, SuccessorCursor, MAX_POINTS},
@@ -93,6 +95,28 @@ impl Membership {
     pub(crate) fn remove(&mut self, id: &NodeId) {
         if self.weights.remove(id).is_some() {
             self.changed = true;
+        }
+    }
+
+    /// Applies a discovery change to the membership and says what the caller's service
+    /// store must do with it.
+    pub(crate) fn apply<K: Into<NodeId>, S>(
+        &mut self,
+        change: Change<K, S>,
+        weights: &impl NodeWeight<S>,
+    ) -> Option<Change<NodeId, S>> {
+        match change {
+            Change::Insert(key, service) => {
+                let id: NodeId = key.into();
+                let weight = weights.weight(&id, &service);
+                self.insert(id.clone(), weight)
+                    .then_some(Change::Insert(id, service))
+            }
+            Change::Remove(key) => {
+                let id: NodeId = key.into();
+                self.remove(&id);
+                Some(Change::Remove(id))
+            }
         }
     }
 

@@ -158,19 +158,12 @@ where
                 }
                 Poll::Ready(Some(change)) => change.map_err(|e| DiscoverError::new(e.into()))?,
             };
-            match change {
-                Change::Insert(key, service) => {
-                    let id: NodeId = key.into();
-                    let weight = self.weights.weight(&id, &service);
-                    if self.membership.insert(id.clone(), weight) {
-                        self.services.push(id, service);
-                    }
-                }
-                Change::Remove(key) => {
-                    let id: NodeId = key.into();
-                    self.membership.remove(&id);
+            match self.membership.apply(change, &self.weights) {
+                Some(Change::Insert(id, service)) => self.services.push(id, service),
+                Some(Change::Remove(id)) => {
                     self.services.evict(&id);
                 }
+                None => {}
             }
         }
         if let Some(snapshot) = self.membership.publish_if_changed() {

@@ -341,19 +341,14 @@ where
                 }
                 Poll::Ready(Some(Ok(change))) => change,
             };
-            match change {
-                Change::Insert(key, service) => {
-                    let id: NodeId = key.into();
-                    let weight = this.weights.weight(&id, &service);
-                    if this.membership.insert(id.clone(), weight) {
-                        this.services.insert(id, service);
-                    }
+            match this.membership.apply(change, &this.weights) {
+                Some(Change::Insert(id, service)) => {
+                    this.services.insert(id, service);
                 }
-                Change::Remove(key) => {
-                    let id: NodeId = key.into();
-                    this.membership.remove(&id);
+                Some(Change::Remove(id)) => {
                     this.services.remove(&id);
                 }
+                None => {}
             }
         }
     }
