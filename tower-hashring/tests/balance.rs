@@ -252,6 +252,19 @@ async fn bounded_loads_steer_keys_away_from_a_full_owner() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn all_backends_failed_is_an_error_not_a_hang() {
+    let (service, mut handle) = backend();
+    handle.send_error("connection refused");
+    // A static list: the stream ends, so nothing but the balancer could wake the caller.
+    let mut balance = balance(Box::pin(stream::iter([insert("a", service)])));
+    let err = tokio::time::timeout(Duration::from_secs(5), send(&mut balance, "user-1"))
+        .await
+        .expect("must not hang")
+        .unwrap_err();
+    assert!(err.is::<NoReadyBackend>(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn keyless_requests_can_be_spread_round_robin() {
     let (tx, discover) = discovery();
     serve(&tx, &["a", "b", "c"]);
@@ -412,6 +425,27 @@ mod shared {
             .expect("NoReadyBackend");
         assert_eq!(err.tried(), 3);
         assert!(std::error::Error::source(err).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reinserted_service_replaces_the_old_one() {
+        let (tx, discover) = discovery();
+        serve(&tx, &["old"]);
+        let (service, driver) =
+            HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
+        let mut routes = service.subscribe();
+        tokio::spawn(driver);
+        routes.changed().await.unwrap();
+        assert_eq!(service.clone().oneshot("k".into()).await.unwrap(), "old");
+
+        // Same id, same weight, new connection: the ring is unchanged but the service is not.
+        let (replacement, handle) = backend();
+        answer_forever("new", handle);
+        tx.send(Ok(Change::Insert(NodeId::from("old"), replacement)))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(service.clone().oneshot("k".into()).await.unwrap(), "new");
+        assert_eq!(service.snapshot().version(), 1, "no new ring version");
     }
 
     #[test]

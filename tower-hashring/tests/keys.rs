@@ -32,6 +32,10 @@ fn path_pattern_matches_whole_paths_only() {
         "not UTF-8 after decoding"
     );
 
+    let trailing = HttpKey::new().path("/connect/{userId}/").unwrap();
+    assert_eq!(key(&trailing, &get("/connect/42")), Some("42".into()));
+    assert_eq!(key(&trailing, &get("/connect/42/")), Some("42".into()));
+
     let middle = HttpKey::new().path("/rooms/{room}/join").unwrap();
     assert_eq!(
         key(&middle, &get("/rooms/lobby/join")),

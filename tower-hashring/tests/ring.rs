@@ -197,6 +197,23 @@ fn oversized_weights_are_an_error_not_a_panic() {
         }
     );
     assert!(err.to_string().contains(&MAX_POINTS.to_string()));
+
+    // Sums that overflow u64 are too many points too, in debug and release builds.
+    let huge = HashScheme::Xxh3 {
+        points_per_weight: u32::MAX,
+    };
+    let err = Ring::builder()
+        .scheme(huge)
+        .node("a", u32::MAX)
+        .node("b", u32::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RingError::TooManyPoints {
+            requested: u64::MAX
+        }
+    );
 }
 
 #[test]

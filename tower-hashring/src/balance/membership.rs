@@ -80,9 +80,10 @@ impl Membership {
             .weights
             .iter()
             .filter(|(k, _)| **k != id)
-            .map(|(_, &w)| self.scheme.points_for(w))
-            .sum();
-        if others + self.scheme.points_for(weight) > MAX_POINTS {
+            .fold(0u64, |sum, (_, &w)| {
+                sum.saturating_add(self.scheme.points_for(w))
+            });
+        if others.saturating_add(self.scheme.points_for(weight)) > MAX_POINTS {
             tracing::warn!(node = %id, weight, "refusing node: its weight exceeds the ring's point limit");
             return false;
         }

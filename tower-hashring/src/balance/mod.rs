@@ -14,8 +14,9 @@
 //!
 //! - `HashRingBalance::poll_ready` drains the discovery stream (rebuilding the ring once per
 //!   batch of changes), drives pending backends towards readiness, and returns ready when at
-//!   least one backend is ready, or when the ring is empty (so that `call` fails at once with
-//!   [`error::NoBackend`] instead of waiting). `call` then uses the owner if it is
+//!   least one backend is ready, or when none can become ready (the ring is empty, or every
+//!   backend failed), so that `call` fails at once with [`error::NoBackend`] or
+//!   [`error::NoReadyBackend`] instead of waiting. `call` then uses the owner if it is
 //!   ready, otherwise the first ready successor, otherwise fails with
 //!   [`error::NoReadyBackend`].
 //! - `SharedHashRing::poll_ready` is always ready; its response future waits on the owner's
@@ -199,7 +200,10 @@ where
                 }
             }
         }
-        if self.snapshot.ring().is_empty() || self.services.ready_len() > 0 {
+        // Pending only while some backend may still become ready: with none ready or
+        // pending (all failed), nothing would wake us, so let `call` fail instead.
+        let waiting = self.services.ready_len() == 0 && self.services.pending_len() > 0;
+        if self.snapshot.ring().is_empty() || !waiting {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending

@@ -264,6 +264,8 @@ pub struct RingDriver<D: Discover, W> {
     membership: Membership,
     services: HashMap<NodeId, D::Service>,
     routes: watch::Sender<Arc<RouteTable<D::Service>>>,
+    /// A service was replaced or removed since the last table, even if the ring is the same.
+    services_changed: bool,
     weights: W,
 }
 
@@ -294,22 +296,27 @@ where
             membership,
             services: HashMap::new(),
             routes,
+            services_changed: false,
             weights,
         };
         (service, driver)
     }
 
     fn publish_if_changed(&mut self) {
-        if let Some(snapshot) = self.membership.publish_if_changed() {
-            let services = snapshot
-                .ring()
-                .nodes()
-                .iter()
-                .map(|node| self.services.get(node.id()).cloned())
-                .collect();
-            self.routes
-                .send_replace(Arc::new(RouteTable { snapshot, services }));
-        }
+        let snapshot = match self.membership.publish_if_changed() {
+            Some(snapshot) => snapshot,
+            None if self.services_changed => self.membership.current(),
+            None => return,
+        };
+        self.services_changed = false;
+        let services = snapshot
+            .ring()
+            .nodes()
+            .iter()
+            .map(|node| self.services.get(node.id()).cloned())
+            .collect();
+        self.routes
+            .send_replace(Arc::new(RouteTable { snapshot, services }));
     }
 }
 
@@ -344,9 +351,10 @@ where
             match this.membership.apply(change, &this.weights) {
                 Some(Change::Insert(id, service)) => {
                     this.services.insert(id, service);
+                    this.services_changed = true;
                 }
                 Some(Change::Remove(id)) => {
-                    this.services.remove(&id);
+                    this.services_changed |= this.services.remove(&id).is_some();
                 }
                 None => {}
             }

@@ -40,6 +40,7 @@ impl KeySource {
         let rest = pattern
             .strip_prefix('/')
             .ok_or_else(|| invalid("must start with '/'"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
         let segments: Vec<Option<String>> = rest
             .split('/')
             .map(|s| {

@@ -170,7 +170,9 @@ impl Ring {
 
     /// `nodes` must be sorted by id and free of duplicates.
     fn from_sorted(scheme: HashScheme, nodes: Vec<Node>) -> Result<Ring, RingError> {
-        let requested: u64 = nodes.iter().map(|n| scheme.points_for(n.weight)).sum();
+        let requested = nodes.iter().fold(0u64, |sum, n| {
+            sum.saturating_add(scheme.points_for(n.weight))
+        });
         if requested > MAX_POINTS {
             return Err(RingError::TooManyPoints { requested });
         }
