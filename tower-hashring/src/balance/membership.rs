@@ -11,7 +11,7 @@ use std::{
 use tower::discover::Change;
 
 use crate::{
-    error::MissingKey,
+    error::{BoxError, MissingKey, NoBackend},
     ring::{LoadFactor, LoadSource, NodeId, Ring, SuccessorCursor, MAX_POINTS},
     snapshot::{RingPublisher, RingSnapshot, RingWatch},
     HashScheme, KeyExtractor, MissingKeyPolicy, Node,
@@ -179,8 +179,21 @@ impl<E> Router<E> {
         }
     }
 
+    /// The nodes to try for a request, in order; fails when the request has no key (under
+    /// [`MissingKeyPolicy::Reject`]) or the ring routes nothing.
+    pub(crate) fn route<Req>(&self, ring: &Ring, request: &Req) -> Result<Candidates, BoxError>
+    where
+        E: KeyExtractor<Req>,
+    {
+        let position = self.position(ring.scheme(), request)?;
+        if ring.is_empty() {
+            return Err(NoBackend::new().into());
+        }
+        Ok(self.candidates(ring, position))
+    }
+
     /// The ring position a request routes to.
-    pub(crate) fn position<Req>(&self, scheme: HashScheme, request: &Req) -> Result<u64, MissingKey>
+    fn position<Req>(&self, scheme: HashScheme, request: &Req) -> Result<u64, MissingKey>
     where
         E: KeyExtractor<Req>,
     {
@@ -196,7 +209,7 @@ impl<E> Router<E> {
         }
     }
 
-    pub(crate) fn candidates(&self, ring: &Ring, position: u64) -> Candidates {
+    fn candidates(&self, ring: &Ring, position: u64) -> Candidates {
         let preferred = self.bounded.as_ref().and_then(|b| {
             let node = ring.route_bounded(position, b.factor, &*b.loads)?;
             ring.node_index(node.id().as_str())

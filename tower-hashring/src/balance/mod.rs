@@ -53,7 +53,7 @@ use tower::{
 use tower_service::Service;
 
 use self::{
-    error::{BoxError, DiscoverError, NoBackend, NoReadyBackend},
+    error::{BoxError, DiscoverError, NoReadyBackend},
     membership::{Membership, Router},
 };
 use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
@@ -212,14 +212,10 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let ring = self.snapshot.ring();
-        let position = match self.router.position(ring.scheme(), &request) {
-            Ok(position) => position,
-            Err(missing) => return ResponseFuture::failed(missing),
+        let mut candidates = match self.router.route(ring, &request) {
+            Ok(candidates) => candidates,
+            Err(error) => return ResponseFuture::failed(error),
         };
-        if ring.is_empty() {
-            return ResponseFuture::failed(NoBackend::new());
-        }
-        let mut candidates = self.router.candidates(ring, position);
         let mut tried = 0;
         while let Some(node) = candidates.next(ring) {
             tried += 1;

@@ -117,18 +117,13 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let table = self.routes.borrow().clone();
-        let ring = table.snapshot.ring();
-        let position = match self.router.position(ring.scheme(), &request) {
-            Ok(position) => position,
-            Err(missing) => return SharedResponseFuture::failed(missing),
-        };
-        if ring.is_empty() {
-            return SharedResponseFuture::failed(NoBackend::new());
-        }
-        let mut walk = Walk {
-            candidates: self.router.candidates(ring, position),
-            table,
-            tried: 0,
+        let mut walk = match self.router.route(table.snapshot.ring(), &request) {
+            Ok(candidates) => Walk {
+                candidates,
+                table,
+                tried: 0,
+            },
+            Err(error) => return SharedResponseFuture::failed(error),
         };
         match walk.next_service() {
             Some(service) => SharedResponseFuture {
