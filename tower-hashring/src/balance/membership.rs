@@ -210,10 +210,10 @@ impl<E> Router<E> {
     }
 
     fn candidates(&self, ring: &Ring, position: u64) -> Candidates {
-        let preferred = self.bounded.as_ref().and_then(|b| {
-            let node = ring.route_bounded(position, b.factor, &*b.loads)?;
-            ring.node_index(node.id().as_str())
-        });
+        let preferred = self
+            .bounded
+            .as_ref()
+            .and_then(|b| ring.route_bounded_index(position, b.factor, &*b.loads));
         Candidates {
             preferred,
             preferred_taken: false,

@@ -132,14 +132,26 @@ impl Ring {
         factor: LoadFactor,
         loads: &L,
     ) -> Option<&Node> {
+        self.route_bounded_index(position, factor, loads)
+            .map(|index| &self.nodes()[index])
+    }
+
+    /// [`Ring::route_bounded`] as an index into [`Ring::nodes`].
+    pub(crate) fn route_bounded_index<L: LoadSource + ?Sized>(
+        &self,
+        position: u64,
+        factor: LoadFactor,
+        loads: &L,
+    ) -> Option<usize> {
         let start = self.point_at_or_after(position)?;
         let total = loads.total();
         let points = self.len_points();
         (0..points)
-            .map(|step| &self.nodes()[self.owner_index_at((start + step) % points)])
-            .find(|node| {
+            .map(|step| self.owner_index_at((start + step) % points))
+            .find(|&index| {
+                let node = &self.nodes()[index];
                 loads.load(node.id()) < factor.capacity(node.weight(), self.total_weight(), total)
             })
-            .or_else(|| self.owner_of(position))
+            .or_else(|| Some(self.owner_index_at(start)))
     }
 }
