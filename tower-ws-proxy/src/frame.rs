@@ -1,0 +1,277 @@
+//! Finding WebSocket frame and message boundaries in a byte stream without decoding payloads.
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A frame's opcode (RFC 6455 §5.2).
+///
+/// ```
+/// use tower_ws_proxy::frame::OpCode;
+/// assert!(OpCode::from_bits(0x8).is_control());
+/// assert!(!OpCode::from_bits(0x1).is_control());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpCode {
+    /// A later fragment of a message.
+    Continuation,
+    /// The first frame of a text message.
+    Text,
+    /// The first frame of a binary message.
+    Binary,
+    /// A close frame.
+    Close,
+    /// A ping.
+    Ping,
+    /// A pong.
+    Pong,
+    /// A reserved opcode: a protocol error.
+    Reserved(u8),
+}
+
+impl OpCode {
+    /// Decodes the low four bits of a frame's first byte.
+    pub fn from_bits(bits: u8) -> Self {
+        match bits & 0x0f {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xa => OpCode::Pong,
+            other => OpCode::Reserved(other),
+        }
+    }
+
+    /// Whether this is a control frame (close, ping, pong).
+    pub fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+/// What the tracker learned when a frame ended.
+///
+/// ```
+/// use tower_ws_proxy::frame::{FrameTracker, OpCode};
+///
+/// let mut tracker = FrameTracker::default();
+/// // An unmasked, final text frame "hi".
+/// let (consumed, end) = tracker.feed(&[0x81, 0x02, b'h', b'i']).unwrap().unwrap();
+/// assert_eq!(consumed, 4);
+/// assert_eq!(end.opcode, OpCode::Text);
+/// assert!(end.message_boundary);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameEnd {
+    /// The frame's opcode.
+    pub opcode: OpCode,
+    /// Whether the frame had its FIN bit set.
+    pub fin: bool,
+    /// Whether the stream is now between messages, where a frame may be injected.
+    pub message_boundary: bool,
+    /// For a close frame with a status code, the code.
+    pub close_code: Option<u16>,
+}
+
+/// The stream broke RFC 6455 framing; the relay answers with close code 1002.
+///
+/// ```
+/// use tower_ws_proxy::frame::FrameTracker;
+///
+/// let mut tracker = FrameTracker::default();
+/// // A ping without FIN: control frames must not be fragmented.
+/// let err = tracker.feed(&[0x09, 0x00]).unwrap_err();
+/// assert_eq!(err.to_string(), "websocket protocol error: fragmented control frame");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtocolError(&'static str);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "websocket protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// Follows one direction of a WebSocket connection and reports where frames end.
+///
+/// It reads only frame headers (and the two status-code bytes of a close frame), so payloads
+/// pass through untouched: masked frames stay masked, compressed ones (RSV1,
+/// permessage-deflate) stay compressed.
+#[derive(Clone, Debug, Default)]
+pub struct FrameTracker {
+    header: [u8; 14],
+    header_len: usize,
+    frame: Option<Frame>,
+    /// Inside a fragmented data message: control frames may still interleave.
+    in_message: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    opcode: OpCode,
+    fin: bool,
+    mask: Option<[u8; 4]>,
+    remaining: u64,
+    read: u64,
+    close_code: [u8; 2],
+}
+
+impl FrameTracker {
+    /// Whether the stream is between messages and not inside a frame.
+    pub fn at_message_boundary(&self) -> bool {
+        self.header_len == 0 && self.frame.is_none() && !self.in_message
+    }
+
+    /// Consumes bytes up to the end of the next frame. Returns how many bytes of `data` that
+    /// took and what ended, or `None` if all of `data` was consumed inside a frame.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<(usize, FrameEnd)>, ProtocolError> {
+        let mut pos = 0;
+        loop {
+            if let Some(frame) = &mut self.frame {
+                let take = frame.remaining.min((data.len() - pos) as u64) as usize;
+                if frame.opcode == OpCode::Close {
+                    for (i, byte) in data[pos..pos + take].iter().enumerate() {
+                        let at = frame.read + i as u64;
+                        if at < 2 {
+                            let key = frame.mask.map_or(0, |m| m[(at % 4) as usize]);
+                            frame.close_code[at as usize] = byte ^ key;
+                        }
+                    }
+                }
+                frame.read += take as u64;
+                frame.remaining -= take as u64;
+                pos += take;
+                if frame.remaining > 0 {
+                    return Ok(None);
+                }
+                return Ok(Some((pos, self.finish_frame())));
+            }
+            // Header: at least two bytes, then the length they announce.
+            let needed = self.header_needed();
+            let take = (needed - self.header_len).min(data.len() - pos);
+            self.header[self.header_len..self.header_len + take]
+                .copy_from_slice(&data[pos..pos + take]);
+            self.header_len += take;
+            pos += take;
+            if self.header_len < self.header_needed() {
+                if pos == data.len() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            self.start_frame()?;
+            if self.frame.is_some_and(|f| f.remaining == 0) {
+                return Ok(Some((pos, self.finish_frame())));
+            }
+            if pos == data.len() {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn header_needed(&self) -> usize {
+        if self.header_len < 2 {
+            return 2;
+        }
+        let length = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + length + mask
+    }
+
+    fn start_frame(&mut self) -> Result<(), ProtocolError> {
+        let h = &self.header;
+        let fin = h[0] & 0x80 != 0;
+        let opcode = OpCode::from_bits(h[0]);
+        let (remaining, mask_at) = match h[1] & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 => {
+                let length = u64::from_be_bytes(h[2..10].try_into().expect("8 bytes"));
+                if length >> 63 != 0 {
+                    return Err(ProtocolError("payload length has its top bit set"));
+                }
+                (length, 10)
+            }
+            short => (u64::from(short), 2),
+        };
+        let mask = (h[1] & 0x80 != 0).then(|| h[mask_at..mask_at + 4].try_into().expect("4 bytes"));
+        match opcode {
+            OpCode::Reserved(_) => return Err(ProtocolError("reserved opcode")),
+            op if op.is_control() && !fin => return Err(ProtocolError("fragmented control frame")),
+            op if op.is_control() && remaining > 125 => {
+                return Err(ProtocolError("control frame longer than 125 bytes"))
+            }
+            OpCode::Continuation if !self.in_message => {
+                return Err(ProtocolError("continuation frame outside a message"))
+            }
+            OpCode::Text | OpCode::Binary if self.in_message => {
+                return Err(ProtocolError("new message inside a fragmented message"))
+            }
+            _ => {}
+        }
+        self.header_len = 0;
+        self.frame = Some(Frame {
+            opcode,
+            fin,
+            mask,
+            remaining,
+            read: 0,
+            close_code: [0; 2],
+        });
+        Ok(())
+    }
+
+    fn finish_frame(&mut self) -> FrameEnd {
+        let frame = self.frame.take().expect("a frame is in progress");
+        if !frame.opcode.is_control() {
+            self.in_message = !frame.fin;
+        }
+        FrameEnd {
+            opcode: frame.opcode,
+            fin: frame.fin,
+            message_boundary: !self.in_message,
+            close_code: (frame.opcode == OpCode::Close && frame.read >= 2)
+                .then(|| u16::from_be_bytes(frame.close_code)),
+        }
+    }
+}
+
+/// Encodes a close frame. Frames toward a server must be masked (RFC 6455 §5.3): pass
+/// `masked = true` for those, and a random mask is used.
+///
+/// ```
+/// use tower_ws_proxy::frame::{close_frame, FrameTracker};
+///
+/// let frame = close_frame(1001, "going away", true);
+/// let (_, end) = FrameTracker::default().feed(&frame).unwrap().unwrap();
+/// assert_eq!(end.close_code, Some(1001));
+/// ```
+pub fn close_frame(code: u16, reason: &str, masked: bool) -> Bytes {
+    // Control payloads are at most 125 bytes: 2 for the code, the rest for the reason.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason);
+
+    let mut frame = BytesMut::with_capacity(6 + payload.len());
+    frame.put_u8(0x88);
+    if masked {
+        let mask = fastrand::u32(..).to_be_bytes();
+        frame.put_u8(0x80 | payload.len() as u8);
+        frame.put_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        frame.put_u8(payload.len() as u8);
+        frame.put_slice(&payload);
+    }
+    frame.freeze()
+}

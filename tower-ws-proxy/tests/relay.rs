@@ -1,0 +1,177 @@
+//! The relay between a real tokio-tungstenite client and server over loopback TCP.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_tungstenite::tungstenite::{
+    protocol::{frame::coding::CloseCode, CloseFrame},
+    Message,
+};
+use tower_ws_proxy::{relay, RelayConfig, RelayHandle, RelayOutcome};
+
+/// An echo server that records the close it received.
+async fn echo_server() -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut close = None;
+        // Keep polling after the close: that is what sends tungstenite's answer to it.
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+                Message::Text(_) | Message::Binary(_) => {
+                    let Ok(()) = ws.send(message).await else {
+                        break;
+                    };
+                }
+                _ => {}
+            }
+        }
+        close
+    });
+    (addr, task)
+}
+
+/// Copies the HTTP upgrade exchange byte by byte (so no frame byte is read early), then relays.
+async fn proxy(
+    upstream: std::net::SocketAddr,
+    config: RelayConfig,
+) -> (std::net::SocketAddr, RelayHandle, JoinHandle<RelayOutcome>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handle, commands) = RelayHandle::new();
+    let task = tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        let mut server = TcpStream::connect(upstream).await.unwrap();
+        copy_head(&mut client, &mut server).await;
+        copy_head(&mut server, &mut client).await;
+        relay(client, server, config, commands).await
+    });
+    (addr, handle, task)
+}
+
+async fn copy_head(from: &mut TcpStream, to: &mut TcpStream) {
+    let mut head = vec![];
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(from.read_u8().await.unwrap());
+    }
+    to.write_all(&head).await.unwrap();
+}
+
+#[tokio::test]
+async fn messages_and_a_client_close_pass_through() {
+    let (server, server_task) = echo_server().await;
+    let (proxy, _handle, relay_task) = proxy(server, RelayConfig::default()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    let big = "x".repeat(200_000);
+    for text in ["hello", "", big.as_str()] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    // The server's answer to the close comes back through the relay.
+    while let Some(Ok(message)) = ws.next().await {
+        assert!(message.is_close(), "{message:?}");
+    }
+    assert_eq!(server_task.await.unwrap(), Some(4000));
+    let outcome = relay_task.await.unwrap();
+    assert_eq!(outcome.client_close, Some(4000));
+    assert_eq!(outcome.upstream_close, Some(4000));
+    assert_eq!(outcome.relay_close, None);
+    assert!(outcome.client_bytes > 200_000 && outcome.upstream_bytes > 200_000);
+}
+
+/// Under continuous traffic of large messages, a requested close reaches both sides between
+/// messages: every message the client receives is whole, then the close with the code.
+#[tokio::test]
+async fn a_requested_close_lands_between_messages_on_both_sides() {
+    let (server, server_task) = echo_server().await;
+    let (proxy, handle, relay_task) = proxy(server, RelayConfig::default()).await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let payload = "y".repeat(50_000);
+    let sender = {
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                if sink.send(Message::text(payload.clone())).await.is_err() {
+                    break;
+                }
+            }
+            sink
+        })
+    };
+    // Let traffic flow, then ask for the close mid-stream.
+    let mut echoes = 0;
+    while echoes < 5 {
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            Message::text(payload.clone())
+        );
+        echoes += 1;
+    }
+    handle.close(1001, "gateway shutting down");
+    let close = loop {
+        match stream.next().await.unwrap().unwrap() {
+            Message::Text(text) => assert_eq!(text.len(), payload.len(), "whole messages only"),
+            Message::Close(frame) => break frame.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "gateway shutting down");
+    drop(sender.await.unwrap());
+    drop(stream);
+    assert_eq!(
+        server_task.await.unwrap(),
+        Some(1001),
+        "the upstream got the close too"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), relay_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.relay_close, Some(1001));
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_1001() {
+    let (server, server_task) = echo_server().await;
+    let config = RelayConfig::default().idle_timeout(Some(Duration::from_millis(300)));
+    let (proxy, handle, relay_task) = proxy(server, config).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "idle timeout");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    drop(ws);
+    assert_eq!(server_task.await.unwrap(), Some(1001));
+    relay_task.await.unwrap();
+    assert!(handle.is_finished());
+}
