@@ -448,6 +448,32 @@ mod shared {
         assert_eq!(service.snapshot().version(), 1, "no new ring version");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn candidates_follow_the_ring_order_for_callers_that_retry() {
+        let (tx, discover) = discovery();
+        serve(&tx, &["a", "b", "c"]);
+        let (service, driver) =
+            HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
+        let mut routes = service.subscribe();
+        tokio::spawn(driver);
+        routes.changed().await.unwrap();
+        let key = "user-3".to_owned();
+        let expected: Vec<String> = service
+            .snapshot()
+            .ring()
+            .successors(key.as_bytes())
+            .map(|n| n.id().to_string())
+            .collect();
+        let got: Vec<String> = service
+            .candidates(&key)
+            .unwrap()
+            .map(|(id, _)| id.to_string())
+            .collect();
+        assert_eq!(got, expected);
+        let err = service.candidates(&String::new()).unwrap_err();
+        assert!(err.is::<MissingKey>(), "{err}");
+    }
+
     #[test]
     fn the_shared_form_is_clone_send_sync() {
         fn assert_traits<T: Clone + Send + Sync + 'static>() {}

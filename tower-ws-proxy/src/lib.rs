@@ -1,9 +1,30 @@
-//! Proxying WebSocket connections without decoding them: a frame-aware [`relay`] that
-//! passes bytes through but knows where frames and messages end, so a close (or, later, an
-//! upstream switch) can be injected between messages.
+//! The WebSocket-aware data plane of a consistent-hash gateway.
+//!
+//! - [`Upstream`]: one backend; forwards HTTP (pooled HTTP/1.1) and opens WebSocket
+//!   handshakes, stripping hop-by-hop headers and keeping `Sec-WebSocket-*` end to end.
+//! - [`relay`]: the frame-aware relay. It passes bytes through without re-encoding (masks and
+//!   permessage-deflate survive) but follows frame and message boundaries with a
+//!   [`frame::FrameTracker`], so a close can be injected toward either side between messages
+//!   through a [`RelayHandle`] (the migration layer will also switch upstreams there).
+//! - [`HashRingProxy`]: a `tower::Service` that routes each request by key through a
+//!   [`tower_hashring::SharedHashRing`] of upstreams, fails over on refused handshakes, and
+//!   answers errors with clear statuses.
+//! - [`LiveConnections`]: the proxied WebSockets, counted per backend, capped, and closed
+//!   with 1001 over a paced window on shutdown.
 #![forbid(unsafe_code)]
 
+mod connections;
 pub mod frame;
+mod proxy;
 mod relay;
+mod upstream;
 
-pub use self::relay::{relay, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome};
+pub use self::{
+    connections::{Admission, LiveConnections, Refusal, Registration},
+    proxy::{text_response, HashRingProxy},
+    relay::{relay, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome},
+    upstream::{
+        is_websocket_upgrade, strip_hop_by_hop, BoxError, ProxyBody, Upstream, UpstreamConfig,
+        UpstreamError, WebSocketAnswer,
+    },
+};

@@ -36,7 +36,7 @@ pub use self::{
     future::ResponseFuture,
     layer::HashRingLayer,
     membership::{EqualWeight, NodeWeight},
-    shared::{RingDriver, SharedHashRing, SharedResponseFuture},
+    shared::{RingDriver, RouteCandidates, SharedHashRing, SharedResponseFuture},
 };
 
 use std::{

@@ -80,6 +80,48 @@ impl<S, E> SharedHashRing<S, E> {
     pub fn snapshot(&self) -> Arc<RingSnapshot> {
         self.routes.borrow().snapshot.clone()
     }
+
+    /// The backends to try for a request, in order (bounded-loads choice, owner, distinct
+    /// successors), for callers that retry on their own, e.g. a proxy that can only replay a
+    /// WebSocket handshake by rebuilding it. Fails like `call` does: [`MissingKey`] or
+    /// [`NoBackend`].
+    ///
+    /// [`MissingKey`]: super::error::MissingKey
+    pub fn candidates<Req>(&self, request: &Req) -> Result<RouteCandidates<S>, BoxError>
+    where
+        E: KeyExtractor<Req>,
+    {
+        let table = self.routes.borrow().clone();
+        let candidates = self.router.route(table.snapshot.ring(), request)?;
+        Ok(RouteCandidates {
+            walk: Walk {
+                table,
+                candidates,
+                tried: 0,
+            },
+        })
+    }
+}
+
+/// The backends to try for one request, in order; see [`SharedHashRing::candidates`].
+pub struct RouteCandidates<S> {
+    walk: Walk<S>,
+}
+
+impl<S: Clone> Iterator for RouteCandidates<S> {
+    type Item = (NodeId, S);
+
+    fn next(&mut self) -> Option<(NodeId, S)> {
+        self.walk.next_node()
+    }
+}
+
+impl<S> fmt::Debug for RouteCandidates<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteCandidates")
+            .field("ring_version", &self.walk.table.snapshot.version())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, E> Clone for SharedHashRing<S, E> {
@@ -146,12 +188,17 @@ struct Walk<S> {
 
 impl<S: Clone> Walk<S> {
     fn next_service(&mut self) -> Option<S> {
+        let (_, service) = self.next_node()?;
+        self.tried += 1;
+        Some(service)
+    }
+
+    fn next_node(&mut self) -> Option<(NodeId, S)> {
         let ring = self.table.snapshot.ring();
         loop {
             let index = self.candidates.next(ring)?;
             if let Some(service) = &self.table.services[index] {
-                self.tried += 1;
-                return Some(service.clone());
+                return Some((ring.nodes()[index].id().clone(), service.clone()));
             }
         }
     }

@@ -1,0 +1,216 @@
+//! The reference backend: a stateful WebSocket service that keeps each user's connections.
+//!
+//! - `GET /connect/{userId}` (WebSocket): sends `{"type":"connected","server":ID,"count":N}`
+//!   on open, then echoes each text message as `{"type":"echo","server":ID,"content":…}`.
+//!   Several connections of one user are all kept.
+//! - `POST /send?userId=U` (body = message) and `GET /send?userId=U&message=M`: deliver
+//!   `{"type":"message","server":ID,"content":M}` to every local connection of `U`; answers
+//!   the number delivered, or 404 with a reason when `U` has none here.
+//! - `GET /count`: the local connection count; `GET /health`: `ok`.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use axum::{
+    extract::{
+        ws::{Message, WebSocket, WebSocketUpgrade},
+        Path, Query, State,
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::{net::TcpListener, sync::mpsc};
+
+/// The connections of one backend, by user.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    next_connection: AtomicU64,
+    users: Mutex<HashMap<String, HashMap<u64, mpsc::UnboundedSender<String>>>>,
+}
+
+impl Backend {
+    /// A backend named `id` (the `server` field of its messages).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id: id.into(),
+                next_connection: AtomicU64::new(0),
+                users: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The backend's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Live WebSocket connections on this backend.
+    pub fn connection_count(&self) -> usize {
+        self.users().values().map(HashMap::len).sum()
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/connect/{user}", get(connect))
+            .route("/send", get(send_query).post(send_body))
+            .route("/count", get(count))
+            .route("/health", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    fn users(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, mpsc::UnboundedSender<String>>>>
+    {
+        self.inner.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn message(&self, kind: &str, content: &str) -> String {
+        json!({ "type": kind, "server": self.id(), "content": content }).to_string()
+    }
+
+    fn deliver(&self, user: &str, content: &str) -> usize {
+        let message = self.message("message", content);
+        self.users().get(user).map_or(0, |conns| {
+            conns
+                .values()
+                .filter(|tx| tx.send(message.clone()).is_ok())
+                .count()
+        })
+    }
+}
+
+async fn connect(
+    State(backend): State<Backend>,
+    Path(user): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| session(backend, user, socket))
+}
+
+async fn session(backend: Backend, user: String, socket: WebSocket) {
+    let id = backend
+        .inner
+        .next_connection
+        .fetch_add(1, Ordering::Relaxed);
+    let (tx, mut outbox) = mpsc::unbounded_channel();
+    let count = {
+        let mut users = backend.users();
+        users
+            .entry(user.clone())
+            .or_default()
+            .insert(id, tx.clone());
+        users.values().map(HashMap::len).sum::<usize>()
+    };
+    let (mut sink, mut stream) = socket.split();
+    let hello = json!({ "type": "connected", "server": backend.id(), "count": count }).to_string();
+    let _ = tx.send(hello);
+    let writer = tokio::spawn(async move {
+        while let Some(text) = outbox.recv().await {
+            if sink.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            Message::Text(text) => {
+                let _ = tx.send(backend.message("echo", text.as_str()));
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    {
+        let mut users = backend.users();
+        if let Some(conns) = users.get_mut(&user) {
+            conns.remove(&id);
+            if conns.is_empty() {
+                users.remove(&user);
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[derive(Deserialize)]
+struct SendQuery {
+    #[serde(rename = "userId")]
+    user: Option<String>,
+    message: Option<String>,
+}
+
+async fn send_query(State(backend): State<Backend>, Query(query): Query<SendQuery>) -> Response {
+    match (query.user, query.message) {
+        (Some(user), Some(message)) => send(&backend, &user, &message),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "send needs the query parameters userId and message\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn send_body(
+    State(backend): State<Backend>,
+    Query(query): Query<SendQuery>,
+    body: String,
+) -> Response {
+    match query.user {
+        Some(user) => send(&backend, &user, &body),
+        None => (
+            StatusCode::BAD_REQUEST,
+            "send needs the query parameter userId\n",
+        )
+            .into_response(),
+    }
+}
+
+fn send(backend: &Backend, user: &str, message: &str) -> Response {
+    match backend.deliver(user, message) {
+        0 => (
+            StatusCode::NOT_FOUND,
+            format!("user {user} has no connection on {}\n", backend.id()),
+        )
+            .into_response(),
+        delivered => {
+            Json(json!({ "delivered": delivered, "server": backend.id() })).into_response()
+        }
+    }
+}
+
+async fn count(State(backend): State<Backend>) -> Json<serde_json::Value> {
+    Json(json!({ "server": backend.id(), "count": backend.connection_count() }))
+}

@@ -1,0 +1,338 @@
+//! The reference gateway: the hash-ring balancer and the WebSocket proxy over axum, plus an
+//! admin API that shows the ring and, in demo mode, starts and stops in-process backends.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use futures_util::Stream;
+use serde_json::json;
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tower::discover::Change;
+use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
+
+use crate::backend::Backend;
+
+/// Settings of a gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The public listener (clients).
+    pub public: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Where requests carry their key.
+    pub key: HttpKey,
+    /// Relay timeouts.
+    pub relay: RelayConfig,
+    /// Backend timeouts.
+    pub upstream: UpstreamConfig,
+    /// The most WebSockets proxied at once; past it, 503.
+    pub max_connections: usize,
+    /// On shutdown, WebSockets are closed with 1001 spread over this window.
+    pub shutdown_window: Duration,
+}
+
+impl GatewayConfig {
+    /// The default routes: `/connect/{userId}`, then `?userId=`.
+    pub fn default_key() -> HttpKey {
+        HttpKey::new()
+            .path("/connect/{userId}")
+            .expect("a valid built-in pattern")
+            .query("userId")
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            public: ([127, 0, 0, 1], 7000).into(),
+            admin: ([127, 0, 0, 1], 7001).into(),
+            key: Self::default_key(),
+            relay: RelayConfig::default(),
+            upstream: UpstreamConfig::default(),
+            max_connections: 100_000,
+            shutdown_window: Duration::from_secs(5),
+        }
+    }
+}
+
+type Discovery = Pin<Box<dyn Stream<Item = Result<Change<NodeId, Upstream>, Infallible>> + Send>>;
+
+/// A backend the gateway routes to, as the admin API shows it.
+#[derive(Clone, Debug)]
+struct Member {
+    address: SocketAddr,
+    /// Set for backends the demo started in this process: stops them.
+    stop: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Membership changes from the admin API and static configuration.
+#[derive(Clone)]
+struct Members {
+    changes: mpsc::UnboundedSender<Result<Change<NodeId, Upstream>, Infallible>>,
+    members: Arc<Mutex<BTreeMap<NodeId, Member>>>,
+    upstream: UpstreamConfig,
+}
+
+impl Members {
+    fn insert(&self, id: NodeId, member: Member) {
+        let upstream = Upstream::new(member.address.to_string(), self.upstream);
+        self.lock().insert(id.clone(), member);
+        let _ = self.changes.send(Ok(Change::Insert(id, upstream)));
+    }
+
+    fn remove(&self, id: &NodeId) -> Option<Member> {
+        let member = self.lock().remove(id)?;
+        let _ = self.changes.send(Ok(Change::Remove(id.clone())));
+        Some(member)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where clients connect.
+    pub public: SocketAddr,
+    /// Where the admin API listens.
+    pub admin: SocketAddr,
+    connections: LiveConnections,
+    stop: Arc<tokio::sync::Notify>,
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
+    shutdown_window: Duration,
+}
+
+impl Gateway {
+    /// Starts a gateway that routes over `backends` (`id`, `address`) and, with
+    /// `demo_backends`, starts that many reference backends in this process first.
+    pub async fn start(
+        config: GatewayConfig,
+        backends: Vec<(NodeId, SocketAddr)>,
+        demo_backends: usize,
+    ) -> std::io::Result<Gateway> {
+        let (changes, receiver) = mpsc::unbounded_channel();
+        let discovery: Discovery = Box::pin(ChannelDiscovery(receiver));
+        let members = Members {
+            changes,
+            members: Arc::default(),
+            upstream: config.upstream,
+        };
+        for (id, address) in backends {
+            members.insert(
+                id,
+                Member {
+                    address,
+                    stop: None,
+                },
+            );
+        }
+        for n in 0..demo_backends {
+            start_demo_backend(&members, format!("backend-{}", (b'a' + n as u8) as char)).await?;
+        }
+
+        let (ring, driver) = HashRingLayer::new(config.key.clone()).shared(discovery);
+        tokio::spawn(driver);
+        let connections = LiveConnections::new(config.max_connections);
+        let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
+
+        let public_listener = TcpListener::bind(config.public).await?;
+        let admin_listener = TcpListener::bind(config.admin).await?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let public_app = Router::new().fallback_service(proxy.clone());
+        let admin_app = admin_router(AdminState { proxy, members });
+        let (public, admin) = (public_listener.local_addr()?, admin_listener.local_addr()?);
+        let servers = vec![
+            serve(public, public_listener, public_app, stop.clone()),
+            serve(admin, admin_listener, admin_app, stop.clone()),
+        ];
+        Ok(Gateway {
+            public,
+            admin,
+            connections,
+            stop,
+            servers,
+            shutdown_window: config.shutdown_window,
+        })
+    }
+
+    /// The live WebSocket connections.
+    pub fn connections(&self) -> &LiveConnections {
+        &self.connections
+    }
+
+    /// Stops accepting, closes WebSockets with 1001 over the shutdown window, and lets
+    /// in-flight HTTP requests finish.
+    pub async fn shutdown(self) {
+        self.stop.notify_waiters();
+        self.connections
+            .shutdown(
+                self.shutdown_window,
+                self.shutdown_window + Duration::from_secs(5),
+            )
+            .await;
+        for server in self.servers {
+            let _ = server.await;
+        }
+    }
+}
+
+fn serve(
+    addr: SocketAddr,
+    listener: TcpListener,
+    app: Router,
+    stop: Arc<tokio::sync::Notify>,
+) -> JoinHandle<std::io::Result<()>> {
+    tracing::info!(%addr, "listening");
+    let stopped = async move { stop.notified().await };
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    })
+}
+
+async fn start_demo_backend(members: &Members, id: String) -> std::io::Result<NodeId> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let address = listener.local_addr()?;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let backend = Backend::new(id.clone());
+    tokio::spawn(backend.serve(listener, async move { stopped.notified().await }));
+    let id = NodeId::from(id);
+    members.insert(
+        id.clone(),
+        Member {
+            address,
+            stop: Some(stop),
+        },
+    );
+    tracing::info!(backend = %id, %address, "started in-process backend");
+    Ok(id)
+}
+
+struct ChannelDiscovery(mpsc::UnboundedReceiver<Result<Change<NodeId, Upstream>, Infallible>>);
+
+impl Stream for ChannelDiscovery {
+    type Item = Result<Change<NodeId, Upstream>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    proxy: HashRingProxy<HttpKey>,
+    members: Members,
+}
+
+fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/ring", get(ring))
+        .route("/admin/backends", post(add_backend))
+        .route("/admin/backends/{id}", delete(remove_backend))
+        .with_state(state)
+}
+
+async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let snapshot = state.proxy.ring().snapshot();
+    let counts = state.proxy.connections().per_backend();
+    let members = state.members.lock().clone();
+    let nodes: Vec<_> = snapshot
+        .ring()
+        .nodes()
+        .iter()
+        .map(|node| {
+            json!({
+                "id": node.id().as_str(),
+                "address": members.get(node.id()).map(|m| m.address.to_string()),
+                "weight": node.weight(),
+                "connections": counts.get(node.id()).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Json(json!({
+        "version": snapshot.version(),
+        "points": snapshot.ring().len_points(),
+        "members": nodes,
+        "connections": state.proxy.connections().len(),
+    }))
+}
+
+async fn add_backend(State(state): State<AdminState>) -> Response {
+    let taken = state.members.lock().len();
+    let id = (taken..)
+        .map(|n| format!("backend-{n}"))
+        .find(|id| !state.members.lock().contains_key(id.as_str()))
+        .unwrap_or_default();
+    match start_demo_backend(&state.members, id).await {
+        Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id.as_str() }))).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot start a backend: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    let id = NodeId::from(id);
+    match state.members.remove(&id) {
+        Some(member) => {
+            // Its clients reconnect; the ring already sends them to their new owners.
+            state
+                .proxy
+                .connections()
+                .close_backend(&id, 1012, "backend removed", Duration::from_secs(1))
+                .await;
+            if let Some(stop) = member.stop {
+                stop.notify_waiters();
+            }
+            Json(json!({ "removed": id.as_str() })).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no backend {id} on the ring\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// A future that resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

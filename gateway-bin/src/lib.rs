@@ -1,0 +1,7 @@
+//! The reference gateway, its reference backend and the embedded demo.
+//!
+//! The gateway is a composition of reusable layers: [`tower_hashring`] picks the backend
+//! by key, [`tower_ws_proxy`] forwards HTTP and relays WebSockets, axum serves them.
+
+pub mod backend;
+pub mod gateway;

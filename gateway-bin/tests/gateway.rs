@@ -1,0 +1,328 @@
+//! The gateway end to end on loopback: real backends, real WebSocket clients.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use gateway_bin::gateway::{Gateway, GatewayConfig};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    tungstenite::{self, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+use tower_hashring::{NodeId, Ring};
+use tower_ws_proxy::RelayConfig;
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn any_port() -> GatewayConfig {
+    GatewayConfig {
+        public: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        shutdown_window: Duration::from_millis(200),
+        // Test clients do not always answer a close; do not wait 5 s for them.
+        relay: RelayConfig::default().close_timeout(Duration::from_millis(300)),
+        ..GatewayConfig::default()
+    }
+}
+
+async fn demo(backends: usize) -> Gateway {
+    Gateway::start(any_port(), vec![], backends).await.unwrap()
+}
+
+async fn next_json(client: &mut Client) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Connects as `user`; returns the client and the server named in its `connected` message.
+async fn connect(gateway: &Gateway, user: &str) -> (Client, String) {
+    let url = format!("ws://{}/connect/{user}", gateway.public);
+    let (mut client, response) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let hello = next_json(&mut client).await;
+    assert_eq!(hello["type"], "connected");
+    (client, hello["server"].as_str().unwrap().to_owned())
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_raw(addr, &format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await
+}
+
+async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn ring_json(gateway: &Gateway) -> Value {
+    let (status, body) = http(gateway.admin, "GET", "/admin/ring", "").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn each_user_lands_on_its_ring_owner_every_time() {
+    let gateway = demo(3).await;
+    // The gateway's ring is the documented default over the demo ids.
+    let ring = Ring::builder()
+        .node("backend-a", 1)
+        .node("backend-b", 1)
+        .node("backend-c", 1)
+        .build()
+        .unwrap();
+    for user in ["1", "2", "alice", "bob", "42"] {
+        let (mut first, server) = connect(&gateway, user).await;
+        let (_second, again) = connect(&gateway, user).await;
+        assert_eq!(server, again, "user {user} is sticky");
+        assert_eq!(server, ring.route(user.as_bytes()).unwrap().id().as_str());
+        first.send(Message::text("ping me")).await.unwrap();
+        let echo = next_json(&mut first).await;
+        assert_eq!(
+            (echo["type"].as_str(), echo["content"].as_str()),
+            (Some("echo"), Some("ping me"))
+        );
+        assert_eq!(echo["server"], server.as_str());
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_thousand_users_spread_over_all_backends() {
+    let gateway = demo(3).await;
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    let mut clients = vec![];
+    for n in 0..1000 {
+        let (client, server) = connect(&gateway, &format!("user-{}", fastrand_like(n))).await;
+        *per_server.entry(server).or_default() += 1;
+        clients.push(client);
+    }
+    assert_eq!(per_server.len(), 3, "{per_server:?}");
+    for count in per_server.values() {
+        assert!((200..470).contains(count), "{per_server:?}");
+    }
+    assert_eq!(gateway.connections().len(), 1000);
+    let ring = ring_json(&gateway).await;
+    let listed: u64 = ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(listed, 1000);
+    gateway.shutdown().await;
+}
+
+/// A deterministic scramble, so user ids look random but the test is repeatable.
+fn fastrand_like(n: u64) -> u64 {
+    n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
+}
+
+#[tokio::test]
+async fn send_reaches_every_socket_of_the_user_through_its_owner() {
+    let gateway = demo(3).await;
+    let (mut a, server) = connect(&gateway, "carol").await;
+    let (mut b, _) = connect(&gateway, "carol").await;
+    let (status, body) = http(gateway.public, "POST", "/send?userId=carol", "hello carol").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["delivered"], 2);
+    assert_eq!(answer["server"], server.as_str());
+    for client in [&mut a, &mut b] {
+        let message = next_json(client).await;
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["content"], "hello carol");
+    }
+    let (status, _) = http(
+        gateway.public,
+        "GET",
+        "/send?userId=carol&message=again",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_json(&mut a).await["content"], "again");
+
+    let (status, body) = http(gateway.public, "GET", "/send?userId=nobody&message=x", "").await;
+    assert_eq!(
+        status, 404,
+        "the owner answers: nobody has no connection there"
+    );
+    assert!(body.contains("nobody"), "{body}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_a_backend_sends_its_users_to_their_new_owners() {
+    let gateway = demo(3).await;
+    let mut clients = vec![];
+    for n in 0..30 {
+        let user = format!("u{n}");
+        let (client, server) = connect(&gateway, &user).await;
+        clients.push((user, client, server));
+    }
+    let (status, _) = http(gateway.admin, "DELETE", "/admin/backends/backend-b", "").await;
+    assert_eq!(status, 200);
+    let ring = ring_json(&gateway).await;
+    assert_eq!(ring["members"].as_array().unwrap().len(), 2);
+
+    let mut moved = 0;
+    for (user, client, server) in &mut clients {
+        if server == "backend-b" {
+            moved += 1;
+            match tokio::time::timeout(Duration::from_secs(5), client.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1012),
+                other => panic!("expected close 1012, got {other:?}"),
+            }
+            let (_, new_server) = connect(&gateway, user).await;
+            assert_ne!(new_server, "backend-b");
+        } else {
+            // Untouched: the same connection still echoes.
+            client.send(Message::text("still here")).await.unwrap();
+            let echo = next_json(client).await;
+            assert_eq!(echo["type"], "echo");
+            assert_eq!(echo["server"], server.as_str());
+        }
+    }
+    assert!(moved > 0);
+    let (status, body) = http(gateway.admin, "DELETE", "/admin/backends/backend-b", "").await;
+    assert_eq!(
+        (status, body.trim()),
+        (404, "no backend backend-b on the ring")
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_status() {
+    let gateway = demo(1).await;
+    let (status, body) = http(gateway.public, "GET", "/count", "").await;
+    assert_eq!(
+        (status, body.trim()),
+        (400, "the request carries no routing key")
+    );
+
+    let huge = "x".repeat(1 << 20);
+    let (status, _) = http_raw(
+        gateway.public,
+        &format!(
+            "GET /count?userId=1 HTTP/1.1\r\nhost: t\r\nx-big: {huge}\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 431);
+
+    http(gateway.admin, "DELETE", "/admin/backends/backend-a", "").await;
+    let (status, body) = http(gateway.public, "GET", "/count?userId=1", "").await;
+    assert_eq!((status, body.trim()), (503, "no backend is on the ring"));
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/connect/1", gateway.public))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tungstenite::Error::Http(ref r) if r.status() == 503),
+        "{err}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusing_owner_fails_over_to_its_successor_then_502() {
+    // Port 1 on loopback refuses connections.
+    let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let ids = ["dead-1", "dead-2", "dead-3"];
+    let backends: Vec<_> = ids.iter().map(|id| (NodeId::from(*id), dead)).collect();
+    let gateway = Gateway::start(any_port(), backends, 1).await.unwrap();
+    let ring = Ring::builder()
+        .node("dead-1", 1)
+        .node("dead-2", 1)
+        .node("dead-3", 1)
+        .node("backend-a", 1)
+        .build()
+        .unwrap();
+    let user = (0..)
+        .map(|n| format!("user-{n}"))
+        .find(|u| ring.route(u.as_bytes()).unwrap().id().as_str() != "backend-a")
+        .unwrap();
+    let (_client, server) = connect(&gateway, &user).await;
+    assert_eq!(
+        server, "backend-a",
+        "the live successor took the refused user"
+    );
+
+    http(gateway.admin, "DELETE", "/admin/backends/backend-a", "").await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/connect/{user}", gateway.public))
+        .await
+        .unwrap_err();
+    match err {
+        tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 502);
+            let body = String::from_utf8(response.into_body().unwrap_or_default()).unwrap();
+            assert!(body.contains("no backend accepted the websocket"), "{body}");
+        }
+        other => panic!("expected 502, got {other}"),
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_answers_503_past_it() {
+    let config = GatewayConfig {
+        max_connections: 2,
+        ..any_port()
+    };
+    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let _a = connect(&gateway, "1").await;
+    let _b = connect(&gateway, "2").await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/connect/3", gateway.public))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tungstenite::Error::Http(ref r) if r.status() == 503),
+        "{err}"
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001() {
+    let gateway = demo(2).await;
+    let (mut client, _) = connect(&gateway, "dave").await;
+    let shutdown = tokio::spawn(gateway.shutdown());
+    match tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "gateway shutting down");
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,199 @@
+//! The live, proxied WebSocket connections: counted per backend, capped, and closed on shutdown.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tower_hashring::NodeId;
+
+use crate::RelayHandle;
+
+/// Why a new connection was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The connection cap is reached.
+    AtCapacity,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::AtCapacity => "the gateway is at its websocket connection limit",
+            Refusal::ShuttingDown => "the gateway is shutting down",
+        })
+    }
+}
+
+/// The live WebSocket connections of a proxy; cheap to clone.
+///
+/// ```
+/// use tower_ws_proxy::LiveConnections;
+///
+/// let live = LiveConnections::new(10_000);
+/// assert_eq!(live.len(), 0);
+/// ```
+#[derive(Clone)]
+pub struct LiveConnections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limit: Arc<Semaphore>,
+    next_id: AtomicU64,
+    entries: Mutex<HashMap<u64, (NodeId, RelayHandle)>>,
+    shutting_down: AtomicBool,
+    emptied: Notify,
+}
+
+/// A reserved place for one connection; frees it when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Removes a connection from the registry when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    live: LiveConnections,
+    id: u64,
+    _admission: Admission,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut entries = self
+            .live
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        entries.remove(&self.id);
+        if entries.is_empty() {
+            self.live.inner.emptied.notify_waiters();
+        }
+    }
+}
+
+impl LiveConnections {
+    /// A registry admitting at most `limit` connections at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                limit: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
+                next_id: AtomicU64::new(0),
+                entries: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
+                emptied: Notify::new(),
+            }),
+        }
+    }
+
+    /// Reserves a place for a new connection.
+    pub fn admit(&self) -> Result<Admission, Refusal> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Refusal::ShuttingDown);
+        }
+        let permit = self
+            .inner
+            .limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::AtCapacity)?;
+        Ok(Admission { _permit: permit })
+    }
+
+    /// Records an established connection to `backend`, controlled through `handle`.
+    pub fn register(
+        &self,
+        admission: Admission,
+        backend: NodeId,
+        handle: RelayHandle,
+    ) -> Registration {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, (backend, handle));
+        Registration {
+            live: self.clone(),
+            id,
+            _admission: admission,
+        }
+    }
+
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Live connections per backend.
+    pub fn per_backend(&self) -> HashMap<NodeId, usize> {
+        let mut counts = HashMap::new();
+        for (backend, _) in self.lock().values() {
+            *counts.entry(backend.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Closes the connections to one backend with `code`, paced evenly over `window`.
+    pub async fn close_backend(&self, backend: &NodeId, code: u16, reason: &str, window: Duration) {
+        let handles: Vec<RelayHandle> = self
+            .lock()
+            .values()
+            .filter(|(b, _)| b == backend)
+            .map(|(_, h)| h.clone())
+            .collect();
+        close_paced(handles, code, reason, window).await;
+    }
+
+    /// Refuses new connections, closes the live ones with 1001 paced evenly over `window`,
+    /// then waits up to `grace` for them to finish.
+    pub async fn shutdown(&self, window: Duration, grace: Duration) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let handles: Vec<RelayHandle> = self.lock().values().map(|(_, h)| h.clone()).collect();
+        close_paced(handles, 1001, "gateway shutting down", window).await;
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                let emptied = self.inner.emptied.notified();
+                if self.is_empty() {
+                    return;
+                }
+                emptied.await;
+            }
+        })
+        .await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (NodeId, RelayHandle)>> {
+        self.inner.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn close_paced(handles: Vec<RelayHandle>, code: u16, reason: &str, window: Duration) {
+    let gap = window / u32::try_from(handles.len().max(1)).unwrap_or(u32::MAX);
+    for (i, handle) in handles.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        handle.close(code, reason);
+    }
+}
+
+impl fmt::Debug for LiveConnections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveConnections")
+            .field("live", &self.len())
+            .finish_non_exhaustive()
+    }
+}
