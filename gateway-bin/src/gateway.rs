@@ -22,7 +22,7 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tower::discover::Change;
-use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
 use crate::backend::Backend;
@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub admin: SocketAddr,
     /// Where requests carry their key.
     pub key: HttpKey,
+    /// What happens to requests without a key.
+    pub missing_key: MissingKeyPolicy,
     /// Relay timeouts.
     pub relay: RelayConfig,
     /// Backend timeouts.
@@ -62,6 +64,7 @@ impl Default for GatewayConfig {
             public: ([127, 0, 0, 1], 7000).into(),
             admin: ([127, 0, 0, 1], 7001).into(),
             key: Self::default_key(),
+            missing_key: MissingKeyPolicy::Reject,
             relay: RelayConfig::default(),
             upstream: UpstreamConfig::default(),
             max_connections: 100_000,
@@ -147,7 +150,9 @@ impl Gateway {
             start_demo_backend(&members, format!("backend-{}", (b'a' + n as u8) as char)).await?;
         }
 
-        let (ring, driver) = HashRingLayer::new(config.key.clone()).shared(discovery);
+        let (ring, driver) = HashRingLayer::new(config.key.clone())
+            .missing_key(config.missing_key)
+            .shared(discovery);
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);

@@ -4,4 +4,5 @@
 //! by key, [`tower_ws_proxy`] forwards HTTP and relays WebSockets, axum serves them.
 
 pub mod backend;
+pub mod config;
 pub mod gateway;

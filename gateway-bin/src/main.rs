@@ -1,9 +1,12 @@
 //! The reference gateway. `gateway-bin demo` runs it with three in-process backends.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use gateway_bin::gateway::{shutdown_signal, Gateway, GatewayConfig};
+use gateway_bin::{
+    config::ConfigFile,
+    gateway::{shutdown_signal, Gateway},
+};
 use tower_hashring::NodeId;
 
 #[derive(Parser)]
@@ -12,22 +15,15 @@ use tower_hashring::NodeId;
     about = "A consistent-hash gateway for stateful WebSocket backends"
 )]
 struct Cli {
-    /// Public listener (clients).
-    #[arg(
-        long,
-        env = "WSCLUSTER_PUBLIC",
-        default_value = "127.0.0.1:7000",
-        global = true
-    )]
-    public: SocketAddr,
-    /// Admin listener.
-    #[arg(
-        long,
-        env = "WSCLUSTER_ADMIN",
-        default_value = "127.0.0.1:7001",
-        global = true
-    )]
-    admin: SocketAddr,
+    /// A TOML configuration file (see the README); flags and environment override it.
+    #[arg(long, env = "WSCLUSTER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Public listener (clients) [default: 127.0.0.1:7000].
+    #[arg(long, env = "WSCLUSTER_PUBLIC", global = true)]
+    public: Option<SocketAddr>,
+    /// Admin listener [default: 127.0.0.1:7001].
+    #[arg(long, env = "WSCLUSTER_ADMIN", global = true)]
+    admin: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,10 +36,10 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         backends: usize,
     },
-    /// Route to running backends, each given as `id=host:port`.
+    /// Route to running backends: the file's `[[backends]]` plus any `--backend`.
     Run {
         /// A backend, e.g. `--backend backend-a=127.0.0.1:7100` (repeat for more).
-        #[arg(long = "backend", value_parser = parse_backend, required = true)]
+        #[arg(long = "backend", value_parser = parse_backend)]
         backends: Vec<(NodeId, SocketAddr)>,
     },
 }
@@ -66,21 +62,28 @@ async fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let config = GatewayConfig {
-        public: cli.public,
-        admin: cli.admin,
-        ..GatewayConfig::default()
+    let file = match cli.config.as_deref().map(ConfigFile::load).transpose() {
+        Ok(file) => file.unwrap_or_default(),
+        Err(error) => return fail(&error),
     };
+    let mut config = match file.gateway_config() {
+        Ok(config) => config,
+        Err(error) => return fail(&error),
+    };
+    config.public = cli.public.unwrap_or(config.public);
+    config.admin = cli.admin.unwrap_or(config.admin);
     let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
-        Command::Demo { backends } => (vec![], backends),
-        Command::Run { backends } => (backends, 0),
+        Command::Demo { backends } => (file.backends(), backends),
+        Command::Run { backends } => ([file.backends(), backends].concat(), 0),
     };
+    if backends.is_empty() && demo == 0 {
+        return fail(
+            &"no backends: give `--backend id=host:port` or `[[backends]]` in the config file",
+        );
+    }
     let gateway = match Gateway::start(config, backends, demo).await {
         Ok(gateway) => gateway,
-        Err(error) => {
-            eprintln!("error: cannot start the gateway: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&format!("cannot start the gateway: {error}")),
     };
     println!(
         "wscluster gateway on ws://{0} (admin on http://{1})",
@@ -100,4 +103,9 @@ async fn main() -> ExitCode {
     println!("shutting down: closing websockets with 1001");
     gateway.shutdown().await;
     ExitCode::SUCCESS
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::FAILURE
 }

@@ -1,0 +1,270 @@
+//! The gateway's configuration file (TOML). Flags and environment variables override it.
+//!
+//! ```toml
+//! [listen]
+//! public = "127.0.0.1:7000"
+//! admin = "127.0.0.1:7001"
+//!
+//! [routing]
+//! # Tried in order; each entry is one of path, query, header, cookie.
+//! key = [{ path = "/connect/{userId}" }, { query = "userId" }]
+//! missing_key = "reject"        # or "round-robin", "random"
+//!
+//! [limits]
+//! max_connections = 100000
+//!
+//! [timeouts]                    # milliseconds
+//! connect_ms = 2000
+//! handshake_ms = 5000
+//! idle_ms = 0                   # 0: no idle timeout
+//! close_ms = 5000
+//! shutdown_window_ms = 5000
+//!
+//! [[backends]]
+//! id = "backend-a"
+//! address = "127.0.0.1:7100"
+//! ```
+
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use http::HeaderName;
+use serde::Deserialize;
+use tower_hashring::{HttpKey, KeySource, MissingKeyPolicy, NodeId};
+use tower_ws_proxy::{RelayConfig, UpstreamConfig};
+
+use crate::gateway::GatewayConfig;
+
+/// The file's contents; every section and field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    listen: Listen,
+    #[serde(default)]
+    routing: Routing,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    backends: Vec<BackendEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Listen {
+    public: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Routing {
+    key: Option<Vec<KeyRule>>,
+    missing_key: Option<MissingKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum KeyRule {
+    Path(String),
+    Query(String),
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MissingKey {
+    Reject,
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Timeouts {
+    connect_ms: Option<u64>,
+    handshake_ms: Option<u64>,
+    idle_ms: Option<u64>,
+    close_ms: Option<u64>,
+    shutdown_window_ms: Option<u64>,
+}
+
+/// A static backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendEntry {
+    id: String,
+    address: SocketAddr,
+}
+
+/// A configuration that cannot be used; the message names the file and field.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigFile {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The static backends.
+    pub fn backends(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.backends
+            .iter()
+            .map(|b| (NodeId::from(b.id.as_str()), b.address))
+            .collect()
+    }
+
+    /// The gateway settings: this file over the defaults.
+    pub fn gateway_config(&self) -> Result<GatewayConfig, ConfigError> {
+        let defaults = GatewayConfig::default();
+        let ms = Duration::from_millis;
+        let t = &self.timeouts;
+        let key = match &self.routing.key {
+            None => defaults.key,
+            Some(rules) if rules.is_empty() => {
+                return Err(ConfigError(
+                    "routing.key: give at least one key rule".into(),
+                ))
+            }
+            Some(rules) => {
+                rules
+                    .iter()
+                    .enumerate()
+                    .try_fold(HttpKey::new(), |key, (i, rule)| {
+                        let source = match rule {
+                            KeyRule::Path(pattern) => KeySource::path(pattern)
+                                .map_err(|e| ConfigError(format!("routing.key[{i}].path: {e}")))?,
+                            KeyRule::Query(name) => KeySource::Query(name.clone()),
+                            KeyRule::Cookie(name) => KeySource::Cookie(name.clone()),
+                            KeyRule::Header(name) => KeySource::Header(
+                                HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                                    ConfigError(format!(
+                                    "routing.key[{i}].header: `{name}` is not a valid header name"
+                                ))
+                                })?,
+                            ),
+                        };
+                        Ok(key.source(source))
+                    })?
+            }
+        };
+        Ok(GatewayConfig {
+            public: self.listen.public.unwrap_or(defaults.public),
+            admin: self.listen.admin.unwrap_or(defaults.admin),
+            key,
+            missing_key: match self.routing.missing_key {
+                None => defaults.missing_key,
+                Some(MissingKey::Reject) => MissingKeyPolicy::Reject,
+                Some(MissingKey::RoundRobin) => MissingKeyPolicy::RoundRobin,
+                Some(MissingKey::Random) => MissingKeyPolicy::Random,
+            },
+            max_connections: match self.limits.max_connections {
+                Some(0) => {
+                    return Err(ConfigError(
+                        "limits.max_connections: must be at least 1".into(),
+                    ))
+                }
+                other => other.unwrap_or(defaults.max_connections),
+            },
+            upstream: {
+                let mut upstream = UpstreamConfig::default();
+                upstream.connect_timeout = t.connect_ms.map_or(upstream.connect_timeout, ms);
+                upstream.handshake_timeout = t.handshake_ms.map_or(upstream.handshake_timeout, ms);
+                upstream
+            },
+            relay: RelayConfig::default()
+                .idle_timeout(t.idle_ms.filter(|&v| v > 0).map(ms))
+                .close_timeout(t.close_ms.map_or(defaults.relay.close_timeout, ms)),
+            shutdown_window: t.shutdown_window_ms.map_or(defaults.shutdown_window, ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_sets_every_field() {
+        let file = ConfigFile::parse(
+            r#"
+            [listen]
+            public = "127.0.0.1:9000"
+            [routing]
+            key = [{ header = "x-room" }, { cookie = "room" }]
+            missing_key = "round-robin"
+            [limits]
+            max_connections = 7
+            [timeouts]
+            idle_ms = 1500
+            shutdown_window_ms = 10
+            [[backends]]
+            id = "b1"
+            address = "127.0.0.1:7100"
+            "#,
+        )
+        .unwrap();
+        let config = file.gateway_config().unwrap();
+        assert_eq!(config.public.port(), 9000);
+        assert_eq!(config.admin.port(), 7001, "default kept");
+        assert_eq!(config.key.sources().len(), 2);
+        assert_eq!(config.missing_key, MissingKeyPolicy::RoundRobin);
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.relay.idle_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(config.shutdown_window, Duration::from_millis(10));
+        assert_eq!(file.backends()[0].0.as_str(), "b1");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("[listen]\npublic = \"nowhere\"", "public"),
+            (
+                "[limits]\nmax_conections = 1",
+                "unknown field `max_conections`",
+            ),
+            (
+                "[routing]\nkey = [{ path = \"/connect\" }]",
+                "routing.key[0].path",
+            ),
+            (
+                "[routing]\nkey = [{ header = \"bad header\" }]",
+                "routing.key[0].header",
+            ),
+            ("[routing]\nmissing_key = \"sometimes\"", "missing_key"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[[backends]]\nid = \"a\"", "missing field `address`"),
+        ];
+        for (text, expected) in cases {
+            let error = ConfigFile::parse(text)
+                .and_then(|f| f.gateway_config())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{text:?} gave {error:?}");
+        }
+    }
+}
