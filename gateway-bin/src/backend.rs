@@ -115,7 +115,10 @@ async fn connect(
     Path(user): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| session(backend, user, socket))
+    // A subprotocol is offered so that its negotiation can be checked through proxies.
+    upgrade
+        .protocols(["wscluster.v1"])
+        .on_upgrade(move |socket| session(backend, user, socket))
 }
 
 async fn session(backend: Backend, user: String, socket: WebSocket) {

@@ -19,6 +19,7 @@
 //! idle_ms = 0                   # 0: no idle timeout
 //! close_ms = 5000
 //! shutdown_window_ms = 5000
+//! request_ms = 30000          # HTTP response head (408 past it)
 //!
 //! [[backends]]
 //! id = "backend-a"
@@ -95,6 +96,7 @@ struct Timeouts {
     idle_ms: Option<u64>,
     close_ms: Option<u64>,
     shutdown_window_ms: Option<u64>,
+    request_ms: Option<u64>,
 }
 
 /// A static backend.
@@ -200,6 +202,7 @@ impl ConfigFile {
                 .idle_timeout(t.idle_ms.filter(|&v| v > 0).map(ms))
                 .close_timeout(t.close_ms.map_or(defaults.relay.close_timeout, ms)),
             shutdown_window: t.shutdown_window_ms.map_or(defaults.shutdown_window, ms),
+            request_timeout: t.request_ms.map_or(defaults.request_timeout, ms),
         })
     }
 }

@@ -6,14 +6,17 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use axum::{
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderName, HeaderValue, Request, StatusCode},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
     Json, Router,
@@ -21,8 +24,9 @@ use axum::{
 use futures_util::Stream;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
-use tower::discover::Change;
+use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
+use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
 use crate::backend::Backend;
@@ -46,6 +50,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// On shutdown, WebSockets are closed with 1001 spread over this window.
     pub shutdown_window: Duration,
+    /// The most an HTTP response head may take (408 past it).
+    pub request_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -69,6 +75,7 @@ impl Default for GatewayConfig {
             upstream: UpstreamConfig::default(),
             max_connections: 100_000,
             shutdown_window: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -160,7 +167,10 @@ impl Gateway {
         let public_listener = TcpListener::bind(config.public).await?;
         let admin_listener = TcpListener::bind(config.admin).await?;
         let stop = Arc::new(tokio::sync::Notify::new());
-        let public_app = Router::new().fallback_service(proxy.clone());
+        let public_app = with_public_layers(
+            Router::new().fallback_service(proxy.clone()),
+            config.request_timeout,
+        );
         let admin_app = admin_router(AdminState { proxy, members });
         let (public, admin) = (public_listener.local_addr()?, admin_listener.local_addr()?);
         let servers = vec![
@@ -196,6 +206,28 @@ impl Gateway {
             let _ = server.await;
         }
     }
+}
+
+/// What every public request goes through before the proxy: a request id (kept if the
+/// client sent one, forwarded to the backend), a tracing span, and a timeout (408) on the
+/// response head; a WebSocket's head is its 101, so relays are not cut by it.
+fn with_public_layers(app: Router, timeout: Duration) -> Router {
+    let next_id = Arc::new(AtomicU64::new(0));
+    app.layer(
+        ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::if_not_present(
+            HeaderName::from_static("x-request-id"),
+            move |_: &Request<axum::body::Body>| {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                HeaderValue::from_str(&format!("{:x}-{id}", std::process::id())).ok()
+            },
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), id)
+        }))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+    )
 }
 
 fn serve(

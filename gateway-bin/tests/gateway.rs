@@ -106,6 +106,37 @@ async fn each_user_lands_on_its_ring_owner_every_time() {
     gateway.shutdown().await;
 }
 
+/// `Sec-WebSocket-*` headers cross the gateway both ways, and pings are answered end to end.
+#[tokio::test]
+async fn subprotocols_and_pings_pass_through() {
+    use tungstenite::client::IntoClientRequest;
+
+    let gateway = demo(2).await;
+    let mut request = format!("ws://{}/connect/erin", gateway.public)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "other, wscluster.v1".parse().unwrap(),
+    );
+    let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "wscluster.v1");
+    assert!(response.headers().contains_key("sec-websocket-accept"));
+    assert_eq!(next_json(&mut client).await["type"], "connected");
+    client
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Pong(payload))) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_thousand_users_spread_over_all_backends() {
     let gateway = demo(3).await;
