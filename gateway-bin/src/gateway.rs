@@ -22,8 +22,14 @@ use axum::{
     Json, Router,
 };
 use futures_util::Stream;
+use hyper::server::conn::http1;
+use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use serde_json::json;
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::{JoinHandle, JoinSet},
+};
 use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
@@ -124,7 +130,7 @@ pub struct Gateway {
     /// Where the admin API listens.
     pub admin: SocketAddr,
     connections: LiveConnections,
-    stop: Arc<tokio::sync::Notify>,
+    stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     shutdown_window: Duration,
 }
@@ -166,7 +172,7 @@ impl Gateway {
 
         let public_listener = TcpListener::bind(config.public).await?;
         let admin_listener = TcpListener::bind(config.admin).await?;
-        let stop = Arc::new(tokio::sync::Notify::new());
+        let (stop, stopped) = watch::channel(false);
         let public_app = with_public_layers(
             Router::new().fallback_service(proxy.clone()),
             config.request_timeout,
@@ -174,8 +180,8 @@ impl Gateway {
         let admin_app = admin_router(AdminState { proxy, members });
         let (public, admin) = (public_listener.local_addr()?, admin_listener.local_addr()?);
         let servers = vec![
-            serve(public, public_listener, public_app, stop.clone()),
-            serve(admin, admin_listener, admin_app, stop.clone()),
+            serve(public, public_listener, public_app, stopped.clone()),
+            serve(admin, admin_listener, admin_app, stopped),
         ];
         Ok(Gateway {
             public,
@@ -195,7 +201,7 @@ impl Gateway {
     /// Stops accepting, closes WebSockets with 1001 over the shutdown window, and lets
     /// in-flight HTTP requests finish.
     pub async fn shutdown(self) {
-        self.stop.notify_waiters();
+        self.stop.send_replace(true);
         self.connections
             .shutdown(
                 self.shutdown_window,
@@ -230,19 +236,64 @@ fn with_public_layers(app: Router, timeout: Duration) -> Router {
     )
 }
 
+/// Serves HTTP/1.1 with upgrades on `listener` until `stop` turns true, then waits for
+/// in-flight requests. Upgraded WebSockets are detached from hyper: the proxy's registry
+/// closes them. (hyper's HTTP/1 builder, not axum::serve: the relay needs the raw TCP socket
+/// back from an upgrade, which the auto-detecting builder wraps.)
 fn serve(
     addr: SocketAddr,
     listener: TcpListener,
     app: Router,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<std::io::Result<()>> {
     tracing::info!(%addr, "listening");
-    let stopped = async move { stop.notified().await };
     tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
+        let mut connections = JoinSet::new();
+        let service = TowerToHyperService::new(app);
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(error) => {
+                        // Out of descriptors, typically: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut stop) => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let connection = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service.clone())
+                .with_upgrades();
+            let mut stop = stop.clone();
+            connections.spawn(async move {
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = stopped(&mut stop) => {
+                        // Finish the request in flight, then close; upgraded sockets are
+                        // already detached and closed by the proxy's registry.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
+        Ok(())
     })
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 async fn start_demo_backend(members: &Members, id: String) -> std::io::Result<NodeId> {

@@ -22,9 +22,9 @@ mod upstream;
 pub use self::{
     connections::{Admission, LiveConnections, Refusal, Registration},
     proxy::{text_response, HashRingProxy},
-    relay::{relay, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome},
+    relay::{relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome},
     upstream::{
-        is_websocket_upgrade, strip_hop_by_hop, BoxError, ProxyBody, Upstream, UpstreamConfig,
-        UpstreamError, WebSocketAnswer,
+        is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody, Upstream,
+        UpstreamConfig, UpstreamError, WebSocketAnswer,
     },
 };

@@ -12,13 +12,13 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 use tower_hashring::{balance::RouteCandidates, error::http_status, KeyExtractor, SharedHashRing};
 use tower_service::Service;
 
 use crate::{
-    is_websocket_upgrade, relay, upstream::BoxError, LiveConnections, ProxyBody, RelayConfig,
-    RelayHandle, Upstream, UpstreamError, WebSocketAnswer,
+    is_websocket_upgrade, relay,
+    upstream::{tcp_peer, BoxError},
+    LiveConnections, ProxyBody, RelayConfig, RelayHandle, Upstream, UpstreamError, WebSocketAnswer,
 };
 
 /// Routes every request to the owner of its key: ordinary HTTP is forwarded, WebSocket
@@ -161,12 +161,13 @@ impl WebSocketRoute {
                             .register(admission, backend.clone(), handle);
                     let config = self.relay;
                     tokio::spawn(async move {
-                        match client_upgrade.await {
-                            Ok(client) => {
-                                let outcome =
-                                    relay(TokioIo::new(client), upstream_io, config, commands)
-                                        .await;
+                        match client_upgrade.await.map(tcp_peer) {
+                            Ok(Ok(client)) => {
+                                let outcome = relay(client, upstream_io, config, commands).await;
                                 tracing::debug!(%backend, ?outcome, "websocket closed");
+                            }
+                            Ok(Err(_)) => {
+                                tracing::warn!("the client connection is not TCP; dropping it")
                             }
                             Err(error) => tracing::debug!(%error, "client upgrade failed"),
                         }

@@ -9,14 +9,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
     sync::{watch, Notify},
     time::Instant,
 };
 
-use crate::frame::{close_frame, FrameTracker, OpCode};
+use crate::frame::{close_frame, FrameTracker, OpCode, ProtocolError};
 
 /// Timeouts of a relay.
 ///
@@ -174,6 +174,35 @@ impl Shared {
     }
 }
 
+/// One side of a relayed connection: its socket and any bytes already read from it (for
+/// example frames that arrived together with the HTTP upgrade).
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// use tower_ws_proxy::Peer;
+///
+/// let stream = tokio::net::TcpStream::connect("127.0.0.1:7100").await?;
+/// let peer = Peer::new(stream);
+/// # let _ = peer; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Peer {
+    stream: TcpStream,
+    preread: Bytes,
+}
+
+impl Peer {
+    /// A peer with nothing read yet.
+    pub fn new(stream: TcpStream) -> Self {
+        Self::with_preread(stream, Bytes::new())
+    }
+
+    /// A peer whose first bytes were already read (they are relayed first).
+    pub fn with_preread(stream: TcpStream, preread: Bytes) -> Self {
+        Self { stream, preread }
+    }
+}
+
 /// Relays an upgraded WebSocket connection until both sides have closed.
 ///
 /// Bytes pass through unchanged; [`FrameTracker`]s follow each direction so that a close
@@ -181,18 +210,16 @@ impl Shared {
 /// messages. After injecting a close toward one side, the relay drops whatever the other
 /// side still sends that way up to its own close, so neither side sees a second close.
 /// A framing error ends the relay (both connections are dropped).
-pub async fn relay<C, U>(
-    client: C,
-    upstream: U,
+///
+/// The relay waits for socket readiness and reads into a stack buffer that it writes out
+/// before waiting again, so an idle connection holds no buffer at all; bytes are copied to
+/// the heap only while the destination cannot take them.
+pub async fn relay(
+    client: Peer,
+    upstream: Peer,
     config: RelayConfig,
     commands: RelayCommands,
-) -> RelayOutcome
-where
-    C: AsyncRead + AsyncWrite,
-    U: AsyncRead + AsyncWrite,
-{
-    let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+) -> RelayOutcome {
     let shared = Shared {
         config,
         start: Instant::now(),
@@ -201,15 +228,17 @@ where
         handshake_done: Notify::new(),
     };
     let up = pump(
-        client_read,
-        upstream_write,
+        &client.stream,
+        &upstream.stream,
+        client.preread,
         Toward::Upstream,
         commands.receiver.clone(),
         &shared,
     );
     let down = pump(
-        upstream_read,
-        client_write,
+        &upstream.stream,
+        &client.stream,
+        upstream.preread,
         Toward::Client,
         commands.receiver.clone(),
         &shared,
@@ -247,126 +276,206 @@ async fn idle_watch(shared: &Shared, commands: &watch::Sender<RelayCommand>) -> 
     std::future::pending().await
 }
 
-/// Copies one direction, injecting a requested close at the first message boundary.
-async fn pump<R, W>(
-    mut src: R,
-    mut dst: W,
+/// What to send on after reading some bytes.
+enum Plan {
+    /// All of them, unchanged (the common case: no copy).
+    All,
+    /// These bytes instead (a close was injected, or part is swallowed).
+    Bytes(Vec<u8>),
+}
+
+/// The state of one direction.
+struct Direction<'a> {
     toward: Toward,
-    mut commands: watch::Receiver<RelayCommand>,
-    shared: &Shared,
-) -> DirectionEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut tracker = FrameTracker::default();
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut end = DirectionEnd::default();
-    let mut requested: Option<(u16, String)> = None;
-    let mut deadline: Option<Instant> = None;
-    let mut handshake_complete = false;
-    loop {
-        if requested.is_none() && end.injected.is_none() {
-            if let RelayCommand::Close { code, reason } = &*commands.borrow_and_update() {
-                requested = Some((*code, reason.clone()));
-            }
-        }
-        // Between messages and nothing half-forwarded: inject right away.
-        if tracker.at_message_boundary() && end.close.is_none() {
-            if let Some((code, reason)) = requested.take() {
-                if inject(&mut dst, toward, code, &reason).await.is_err() {
-                    return end;
-                }
-                end.injected = Some(code);
-                deadline = Some(Instant::now() + shared.config.close_timeout);
-            }
-        }
-        let read = tokio::select! {
-            read = src.read_buf(&mut buf) => read,
-            Ok(()) = commands.changed(), if end.injected.is_none() && requested.is_none() => continue,
-            () = sleep_until_some(deadline) => {
-                let _ = dst.shutdown().await;
-                return end;
-            }
-            () = shared.handshake_done.notified() => {
-                let _ = dst.shutdown().await;
-                return end;
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => {
-                let _ = dst.shutdown().await;
-                return end;
-            }
-            Ok(_) => shared.touch(),
-        }
+    shared: &'a Shared,
+    tracker: FrameTracker,
+    end: DirectionEnd,
+    requested: Option<(u16, String)>,
+    deadline: Option<Instant>,
+    handshake_complete: bool,
+}
+
+impl Direction<'_> {
+    /// Follows the frames in `data`, injecting a requested close at a message boundary.
+    fn plan(&mut self, data: &[u8]) -> Result<Plan, ProtocolError> {
+        let mut out: Option<Vec<u8>> = None;
         let mut forward_from = 0;
         let mut pos = 0;
-        while pos < buf.len() {
-            let frame = match tracker.feed(&buf[pos..]) {
-                Ok(Some((consumed, frame))) => {
-                    pos += consumed;
-                    frame
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(%error, ?toward, "dropping websocket relay");
-                    return end;
-                }
+        while pos < data.len() {
+            let Some((consumed, frame)) = self.tracker.feed(&data[pos..])? else {
+                break;
             };
-            if frame.opcode == OpCode::Close && end.close.is_none() {
-                end.close = Some(frame.close_code.unwrap_or(1005));
-                deadline.get_or_insert(Instant::now() + shared.config.close_timeout);
-                if shared.closes.fetch_add(1, Ordering::AcqRel) == 1 {
+            pos += consumed;
+            if frame.opcode == OpCode::Close && self.end.close.is_none() {
+                self.end.close = Some(frame.close_code.unwrap_or(1005));
+                self.deadline
+                    .get_or_insert(Instant::now() + self.shared.config.close_timeout);
+                if self.shared.closes.fetch_add(1, Ordering::AcqRel) == 1 {
                     // Both sides have closed: nothing valid can follow either way.
-                    handshake_complete = true;
-                    shared.handshake_done.notify_one();
+                    self.handshake_complete = true;
+                    self.shared.handshake_done.notify_one();
                 }
             }
-            if end.injected.is_some() {
+            if self.end.injected.is_some() {
                 // Swallowing: the destination already got our close.
+                out.get_or_insert_with(Vec::new);
                 forward_from = pos;
                 continue;
             }
             if frame.message_boundary && frame.opcode != OpCode::Close {
-                if let Some((code, reason)) = requested.take() {
-                    if dst.write_all(&buf[forward_from..pos]).await.is_err() {
-                        return end;
-                    }
-                    end.bytes += (pos - forward_from) as u64;
-                    if inject(&mut dst, toward, code, &reason).await.is_err() {
-                        return end;
-                    }
-                    end.injected = Some(code);
-                    deadline = Some(Instant::now() + shared.config.close_timeout);
+                if let Some((code, reason)) = self.requested.take() {
+                    let buf = out.get_or_insert_with(Vec::new);
+                    buf.extend_from_slice(&data[forward_from..pos]);
+                    buf.extend_from_slice(&self.close_frame(code, &reason));
                     forward_from = pos;
                 }
             }
         }
-        if end.injected.is_none() {
-            if dst.write_all(&buf[forward_from..]).await.is_err() {
-                return end;
+        Ok(match out {
+            None => Plan::All,
+            Some(mut buf) => {
+                if self.end.injected.is_none() {
+                    buf.extend_from_slice(&data[forward_from..]);
+                }
+                Plan::Bytes(buf)
             }
-            end.bytes += (buf.len() - forward_from) as u64;
+        })
+    }
+
+    fn close_frame(&mut self, code: u16, reason: &str) -> Bytes {
+        self.end.injected = Some(code);
+        self.deadline = Some(Instant::now() + self.shared.config.close_timeout);
+        close_frame(code, reason, self.toward == Toward::Upstream)
+    }
+
+    /// Whether nothing more needs to go this way.
+    fn finished(&self) -> bool {
+        self.handshake_complete || (self.end.injected.is_some() && self.end.close.is_some())
+    }
+}
+
+/// Copies one direction, injecting a requested close at the first message boundary.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    preread: Bytes,
+    toward: Toward,
+    mut commands: watch::Receiver<RelayCommand>,
+    shared: &Shared,
+) -> DirectionEnd {
+    let mut this = Direction {
+        toward,
+        shared,
+        tracker: FrameTracker::default(),
+        end: DirectionEnd::default(),
+        requested: None,
+        deadline: None,
+        handshake_complete: false,
+    };
+    let mut pending: Option<Vec<u8>> = None;
+    if !preread.is_empty() {
+        match this.plan(&preread) {
+            Ok(Plan::All) => pending = Some(preread.to_vec()),
+            Ok(Plan::Bytes(bytes)) => pending = Some(bytes),
+            Err(_) => return this.end,
         }
-        buf.clear();
-        if handshake_complete || (end.injected.is_some() && end.close.is_some()) {
-            // Our close went out and the source answered: this direction is done.
-            let _ = dst.shutdown().await;
-            return end;
+        this.end.bytes += preread.len() as u64;
+    }
+    loop {
+        if let Some(bytes) = pending.take() {
+            if write_all(dst, &bytes).await.is_err() {
+                return this.end;
+            }
+        }
+        if this.finished() {
+            shutdown_write(dst);
+            return this.end;
+        }
+        if this.requested.is_none() && this.end.injected.is_none() {
+            if let RelayCommand::Close { code, reason } = &*commands.borrow_and_update() {
+                this.requested = Some((*code, reason.clone()));
+            }
+        }
+        // Between messages and nothing half-forwarded: inject right away.
+        if this.tracker.at_message_boundary() && this.end.close.is_none() {
+            if let Some((code, reason)) = this.requested.take() {
+                let frame = this.close_frame(code, &reason);
+                if write_all(dst, &frame).await.is_err() {
+                    return this.end;
+                }
+            }
+        }
+        tokio::select! {
+            ready = src.readable() => if ready.is_err() {
+                return this.end;
+            },
+            Ok(()) = commands.changed(), if this.end.injected.is_none() && this.requested.is_none() => continue,
+            () = sleep_until_some(this.deadline) => {
+                shutdown_write(dst);
+                return this.end;
+            }
+            () = shared.handshake_done.notified() => {
+                shutdown_write(dst);
+                return this.end;
+            }
+        }
+        // Read and forward without holding a buffer across an await: the stack buffer only
+        // lives in this block, and what `dst` cannot take now is copied to `pending`.
+        let mut buf = [0u8; 16 * 1024];
+        let read = match src.try_read(&mut buf) {
+            Ok(0) => {
+                shutdown_write(dst);
+                return this.end;
+            }
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                shutdown_write(dst);
+                return this.end;
+            }
+        };
+        shared.touch();
+        this.end.bytes += read as u64;
+        match this.plan(&buf[..read]) {
+            Ok(Plan::All) => match try_write_all(dst, &buf[..read]) {
+                Ok(written) if written == read => {}
+                Ok(written) => pending = Some(buf[written..read].to_vec()),
+                Err(_) => return this.end,
+            },
+            Ok(Plan::Bytes(bytes)) => pending = Some(bytes),
+            Err(error) => {
+                tracing::debug!(%error, ?toward, "dropping websocket relay");
+                return this.end;
+            }
         }
     }
 }
 
-async fn inject<W: AsyncWrite + Unpin>(
-    dst: &mut W,
-    toward: Toward,
-    code: u16,
-    reason: &str,
-) -> std::io::Result<()> {
-    dst.write_all(&close_frame(code, reason, toward == Toward::Upstream))
-        .await?;
-    dst.flush().await
+/// Writes as much as the socket takes now; returns how much that was.
+fn try_write_all(dst: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match dst.try_write(&data[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        let written = try_write_all(dst, data)?;
+        data = &data[written..];
+    }
+    Ok(())
+}
+
+/// Half-closes toward `dst`: it reads EOF after what was sent.
+fn shutdown_write(dst: &TcpStream) {
+    let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

@@ -15,6 +15,8 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 
+use crate::Peer;
+
 /// A request body the upstream can send (boxed so retries can swap it for an empty one).
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -81,7 +83,7 @@ pub struct WebSocketAnswer {
     /// The backend's response, hop-by-hop headers removed.
     pub response: Response<Incoming>,
     /// The upgraded connection when the response is `101 Switching Protocols`.
-    pub upgraded: Option<TokioIo<Upgraded>>,
+    pub upgraded: Option<Peer>,
 }
 
 /// One backend reached at `host:port` over HTTP/1.1.
@@ -179,12 +181,13 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Http(e.into()))?;
         let upgraded = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upgrade = hyper::upgrade::on(&mut response);
-            Some(TokioIo::new(
-                tokio::time::timeout(self.config.handshake_timeout, upgrade)
-                    .await
-                    .map_err(|_| UpstreamError::HandshakeTimeout)?
-                    .map_err(|e| UpstreamError::Http(e.into()))?,
-            ))
+            let upgraded = tokio::time::timeout(self.config.handshake_timeout, upgrade)
+                .await
+                .map_err(|_| UpstreamError::HandshakeTimeout)?
+                .map_err(|e| UpstreamError::Http(e.into()))?;
+            Some(tcp_peer(upgraded).map_err(|_| {
+                UpstreamError::Http("the upgraded backend connection is not TCP".into())
+            })?)
         } else {
             None
         };
@@ -265,6 +268,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// The TCP socket under an upgraded hyper connection, with the bytes hyper already read.
+pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer, Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>()?;
+    Ok(Peer::with_preread(parts.io.into_inner(), parts.read_buf))
 }
 
 fn set_upgrade_headers(headers: &mut HeaderMap) {

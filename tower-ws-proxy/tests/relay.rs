@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{
     protocol::{frame::coding::CloseCode, CloseFrame},
     Message,
 };
-use tower_ws_proxy::{relay, RelayConfig, RelayHandle, RelayOutcome};
+use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle, RelayOutcome};
 
 /// An echo server that records the close it received.
 async fn echo_server() -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
@@ -52,7 +52,7 @@ async fn proxy(
         let mut server = TcpStream::connect(upstream).await.unwrap();
         copy_head(&mut client, &mut server).await;
         copy_head(&mut server, &mut client).await;
-        relay(client, server, config, commands).await
+        relay(Peer::new(client), Peer::new(server), config, commands).await
     });
     (addr, handle, task)
 }

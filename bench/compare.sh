@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Side-by-side on loopback: the same 3 reference backends and the same wsload runs, direct to
+# one backend, through wscluster's gateway, and through nginx (`hash $arg_userId consistent`).
+# Rounds are interleaved and medians reported. Bounded: every run has a count and a time limit.
+# Usage: bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3} conns=${2:-1000} msgs=${3:-200} size=${4:-64} idle=${5:-9000}
+# A proxy holds two descriptors per connection: 10k idle connections need a hard limit above
+# 20,000 open files, which not every sandbox grants (then pass a smaller idle count).
+
+command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+cargo build --release -q -p gateway-bin --bins
+bin=target/release
+ulimit -n "$(ulimit -Hn)"
+
+tmp=$(mktemp -d); chmod 755 "$tmp"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+for i in 1 2 3; do
+  "$bin/wsbackend" --id "backend-$i" --listen "127.0.0.1:1710$i" >"$tmp/backend-$i.log" 2>&1 & pids+=($!)
+done
+RUST_LOG=warn "$bin/gateway-bin" --public 127.0.0.1:17000 --admin 127.0.0.1:17001 run \
+  --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
+  >"$tmp/gateway.log" 2>&1 & gateway=$!; pids+=($gateway)
+
+cat >"$tmp/nginx.conf" <<CONF
+daemon off;
+worker_processes 2;
+worker_rlimit_nofile 200000;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log error;
+events { worker_connections 65536; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/cb; proxy_temp_path $tmp/px; fastcgi_temp_path $tmp/fc; uwsgi_temp_path $tmp/uw; scgi_temp_path $tmp/sc;
+  upstream backends {
+    hash \$arg_userId consistent;
+    server 127.0.0.1:17101; server 127.0.0.1:17102; server 127.0.0.1:17103;
+    keepalive 64;
+  }
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  server {
+    listen 127.0.0.1:17080 backlog=4096;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 600s;
+    }
+  }
+}
+CONF
+nginx -c "$tmp/nginx.conf" -p "$tmp" & nginx_master=$!; pids+=($nginx_master)
+sleep 1
+
+rss_kb() { # RSS of a process and its children, in KiB
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
+
+declare -A url=(
+  [direct]="ws://127.0.0.1:17101/connect/{user}?userId={user}"
+  [wscluster]="ws://127.0.0.1:17000/connect/{user}?userId={user}"
+  [nginx]="ws://127.0.0.1:17080/connect/{user}?userId={user}"
+)
+order=(direct wscluster nginx)
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1)"
+echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
+for round in $(seq "$rounds"); do
+  for target in "${order[@]}"; do
+    "$bin/wsload" --url "${url[$target]}" --connections "$conns" --messages "$msgs" --size "$size" \
+      --time-limit 120 --label "$target" | tee -a "$tmp/results.txt"
+  done
+done
+
+# Idle memory: RSS before and while holding $idle idle connections, per proxy.
+for target in wscluster nginx; do
+  pid=$([ "$target" = wscluster ] && echo "$gateway" || echo "$nginx_master")
+  before=$(rss_kb "$pid")
+  "$bin/wsload" --url "${url[$target]}" --connections "$idle" --hold 15 --time-limit 120 --label "$target-idle" \
+    >"$tmp/idle-$target.txt" & loader=$!
+  sleep 12
+  during=$(rss_kb "$pid")
+  wait "$loader"
+  echo "$target idle: $(cat "$tmp/idle-$target.txt"); RSS ${before} KiB -> ${during} KiB" | tee -a "$tmp/idle.txt"
+  echo "$target rss_per_conn $(( (during - before) * 1024 / idle ))" >>"$tmp/rss.txt"
+done
+
+python3 - "$tmp/results.txt" "$tmp/rss.txt" <<'PY'
+import re, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s, (\d+) msgs/s, rtt p50 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms, (\d+) errors", line)
+    if m:
+        rows.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
+rss = dict(l.split()[0::2] for l in open(sys.argv[2]))
+med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
+print()
+print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | RSS/idle conn |")
+print("|---|---|---|---|---|---|---|---|")
+for t in ["direct", "wscluster", "nginx"]:
+    h, m, p50, p99, p999, e = med[t]
+    r = f"{int(rss[t]):,} B" if t in rss else "-"
+    print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {r} |")
+g, n = med["wscluster"], med["nginx"]
+print()
+print(f"wscluster / nginx: msgs/s {g[1]/n[1]:.2f}x (target >= 1.25), p99 {g[3]/n[3]:.2f}x (target <= 1), "
+      f"handshakes/s {g[0]/n[0]:.2f}x (target >= 1), RSS/idle conn {int(rss['wscluster'])/int(rss['nginx']):.2f}x (target <= 0.5)")
+PY

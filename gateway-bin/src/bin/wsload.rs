@@ -1,0 +1,215 @@
+//! A bounded WebSocket load generator for loopback targets.
+//!
+//! Opens `--connections` WebSockets to `--url` (with `{user}` replaced by a user id), waits
+//! for each backend's `connected` message, then does `--messages` echo round trips of
+//! `--size` bytes per connection (at `--rate` messages/s per connection if given). Prints
+//! handshakes/s, messages/s, round-trip percentiles and errors. `--hold SECS` instead keeps
+//! the connections open and idle (for memory measurements). Refuses non-loopback targets,
+//! and stops by itself after `--time-limit`.
+
+use std::{
+    net::{IpAddr, ToSocketAddrs},
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Clone)]
+#[command(about = "Bounded WebSocket load against a loopback target")]
+struct Args {
+    /// Target, with `{user}` for the user id, e.g. `ws://127.0.0.1:7000/connect/{user}`.
+    #[arg(long)]
+    url: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Echo round trips per connection.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages per second per connection (default: as fast as echoes come back).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    handshake_concurrency: usize,
+    /// Keep the connections open and idle this many seconds instead of sending messages.
+    #[arg(long)]
+    hold: Option<u64>,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 120)]
+    time_limit: u64,
+    /// A label for the report line.
+    #[arg(long, default_value = "target")]
+    label: String,
+}
+
+#[derive(Default)]
+struct ConnectionReport {
+    connected: bool,
+    errors: usize,
+    round_trips_us: Vec<u32>,
+}
+
+fn check_loopback(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("only ws:// URLs are supported, got `{url}`"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let addrs = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{authority}`: {e}"))?;
+    for addr in addrs {
+        let loopback = match addr.ip() {
+            IpAddr::V4(ip) => ip.is_loopback(),
+            IpAddr::V6(ip) => ip.is_loopback(),
+        };
+        if !loopback {
+            return Err(format!(
+                "`{authority}` is not a loopback address; wsload only loads loopback"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn one_connection(
+    args: Arc<Args>,
+    user: usize,
+    handshakes: Arc<Semaphore>,
+    start_messages: Arc<tokio::sync::Barrier>,
+) -> ConnectionReport {
+    let mut report = ConnectionReport::default();
+    let url = args.url.replace("{user}", &format!("u{user}"));
+    let permit = handshakes.acquire().await;
+    let connected = tokio_tungstenite::connect_async(url).await;
+    drop(permit);
+    let mut socket = match connected {
+        Ok((mut socket, _)) => match socket.next().await {
+            Some(Ok(Message::Text(_))) => socket,
+            _ => {
+                report.errors += 1;
+                start_messages.wait().await;
+                return report;
+            }
+        },
+        Err(_) => {
+            report.errors += 1;
+            start_messages.wait().await;
+            return report;
+        }
+    };
+    report.connected = true;
+    start_messages.wait().await;
+    if let Some(hold) = args.hold {
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+        let _ = socket.close(None).await;
+        return report;
+    }
+    let payload = "x".repeat(args.size);
+    let gap = args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut next_send = Instant::now();
+    report.round_trips_us.reserve(args.messages);
+    for _ in 0..args.messages {
+        if let Some(gap) = gap {
+            tokio::time::sleep_until(next_send.into()).await;
+            next_send += gap;
+        }
+        let sent = Instant::now();
+        if socket.send(Message::text(payload.clone())).await.is_err() {
+            report.errors += 1;
+            break;
+        }
+        match socket.next().await {
+            Some(Ok(Message::Text(_))) => {
+                report
+                    .round_trips_us
+                    .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+            _ => {
+                report.errors += 1;
+                break;
+            }
+        }
+    }
+    let _ = socket.close(None).await;
+    report
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    f64::from(sorted[rank]) / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Arc::new(Args::parse());
+    if let Err(error) = check_loopback(&args.url) {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
+    let handshakes = Arc::new(Semaphore::new(args.handshake_concurrency.max(1)));
+    let start_messages = Arc::new(tokio::sync::Barrier::new(args.connections + 1));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|user| {
+            tokio::spawn(one_connection(
+                args.clone(),
+                user,
+                handshakes.clone(),
+                start_messages.clone(),
+            ))
+        })
+        .collect();
+    let limit = Duration::from_secs(args.time_limit);
+    let run = async {
+        start_messages.wait().await;
+        let handshake_time = started.elapsed();
+        let messages_started = Instant::now();
+        let mut reports = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            reports.push(task.await.unwrap_or_default());
+        }
+        (handshake_time, messages_started.elapsed(), reports)
+    };
+    let Ok((handshake_time, message_time, reports)) = tokio::time::timeout(limit, run).await else {
+        eprintln!("error: time limit of {}s reached", args.time_limit);
+        return ExitCode::FAILURE;
+    };
+    let connected = reports.iter().filter(|r| r.connected).count();
+    let errors: usize = reports.iter().map(|r| r.errors).sum();
+    let mut rtts: Vec<u32> = reports.into_iter().flat_map(|r| r.round_trips_us).collect();
+    rtts.sort_unstable();
+    let handshakes_per_s = connected as f64 / handshake_time.as_secs_f64();
+    if args.hold.is_some() {
+        println!(
+            "{}: {connected} connections held ({:.0} handshakes/s), {errors} errors",
+            args.label, handshakes_per_s
+        );
+    } else {
+        println!(
+            "{}: {connected} conns, {:.0} handshakes/s, {:.0} msgs/s, rtt p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms, {errors} errors",
+            args.label,
+            handshakes_per_s,
+            rtts.len() as f64 / message_time.as_secs_f64(),
+            percentile(&rtts, 50.0),
+            percentile(&rtts, 99.0),
+            percentile(&rtts, 99.9),
+        );
+    }
+    if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
