@@ -373,6 +373,8 @@ async fn pump(
         handshake_complete: false,
     };
     let mut pending: Option<Vec<u8>> = None;
+    // Consumed here so nothing keeps it alive for the rest of the connection.
+    let preread = preread;
     if !preread.is_empty() {
         match this.plan(&preread) {
             Ok(Plan::All) => pending = Some(preread.to_vec()),
@@ -381,6 +383,7 @@ async fn pump(
         }
         this.end.bytes += preread.len() as u64;
     }
+    drop(preread);
     loop {
         if let Some(bytes) = pending.take() {
             if write_all(dst, &bytes).await.is_err() {
@@ -419,36 +422,54 @@ async fn pump(
                 return this.end;
             }
         }
-        // Read and forward without holding a buffer across an await: the stack buffer only
-        // lives in this block, and what `dst` cannot take now is copied to `pending`.
-        let mut buf = [0u8; 16 * 1024];
-        let read = match src.try_read(&mut buf) {
-            Ok(0) => {
+        // Read and forward without holding a buffer across an await: the per-thread buffer is
+        // only borrowed in this synchronous step, and what `dst` cannot take now is copied.
+        let step = READ_BUFFER.with_borrow_mut(|buf| {
+            let read = match src.try_read(buf) {
+                Ok(0) => return Step::Eof,
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Again,
+                Err(_) => return Step::Eof,
+            };
+            shared.touch();
+            this.end.bytes += read as u64;
+            match this.plan(&buf[..read]) {
+                Ok(Plan::All) => match try_write_all(dst, &buf[..read]) {
+                    Ok(written) if written == read => Step::Sent,
+                    Ok(written) => Step::Pending(buf[written..read].to_vec()),
+                    Err(_) => Step::Broken,
+                },
+                Ok(Plan::Bytes(bytes)) => Step::Pending(bytes),
+                Err(error) => {
+                    tracing::debug!(%error, ?toward, "dropping websocket relay");
+                    Step::Broken
+                }
+            }
+        });
+        match step {
+            Step::Sent | Step::Again => {}
+            Step::Pending(bytes) => pending = Some(bytes),
+            Step::Eof => {
                 shutdown_write(dst);
                 return this.end;
             }
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => {
-                shutdown_write(dst);
-                return this.end;
-            }
-        };
-        shared.touch();
-        this.end.bytes += read as u64;
-        match this.plan(&buf[..read]) {
-            Ok(Plan::All) => match try_write_all(dst, &buf[..read]) {
-                Ok(written) if written == read => {}
-                Ok(written) => pending = Some(buf[written..read].to_vec()),
-                Err(_) => return this.end,
-            },
-            Ok(Plan::Bytes(bytes)) => pending = Some(bytes),
-            Err(error) => {
-                tracing::debug!(%error, ?toward, "dropping websocket relay");
-                return this.end;
-            }
+            Step::Broken => return this.end,
         }
     }
+}
+
+/// The outcome of one synchronous read-and-forward step.
+enum Step {
+    Sent,
+    Again,
+    Pending(Vec<u8>),
+    Eof,
+    Broken,
+}
+
+thread_local! {
+    /// One read buffer per runtime thread, shared by every relay on it.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
 }
 
 /// Writes as much as the socket takes now; returns how much that was.

@@ -273,7 +273,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The TCP socket under an upgraded hyper connection, with the bytes hyper already read.
 pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer, Upgraded> {
     let parts = upgraded.downcast::<TokioIo<TcpStream>>()?;
-    Ok(Peer::with_preread(parts.io.into_inner(), parts.read_buf))
+    // `read_buf` can share hyper's whole read buffer; copying the few leftover bytes lets
+    // that buffer go, instead of pinning it for the connection's lifetime.
+    let preread = Bytes::copy_from_slice(&parts.read_buf);
+    Ok(Peer::with_preread(parts.io.into_inner(), preread))
 }
 
 fn set_upgrade_headers(headers: &mut HeaderMap) {
