@@ -313,7 +313,7 @@ impl Direction<'_> {
                 if self.shared.closes.fetch_add(1, Ordering::AcqRel) == 1 {
                     // Both sides have closed: nothing valid can follow either way.
                     self.handshake_complete = true;
-                    self.shared.handshake_done.notify_one();
+                    self.shared.handshake_done.notify_waiters();
                 }
             }
             if self.end.injected.is_some() {
@@ -384,19 +384,40 @@ async fn pump(
         this.end.bytes += preread.len() as u64;
     }
     drop(preread);
+
+    // The rare signals wait in futures made once, so the hot path registers nothing: only
+    // when the socket has nothing to read does the pump wait on them too.
+    let mut close_watch = commands.clone();
+    let close_requested = async move {
+        let command = close_watch
+            .wait_for(|c| matches!(c, RelayCommand::Close { .. }))
+            .await;
+        command.ok().map(|c| c.clone())
+    };
+    tokio::pin!(close_requested);
+    let mut close_request_seen = false;
+    let handshake_done = shared.handshake_done.notified();
+    tokio::pin!(handshake_done);
+    handshake_done.as_mut().enable();
+    let close_deadline = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(close_deadline);
+
     loop {
         if let Some(bytes) = pending.take() {
             if write_all(dst, &bytes).await.is_err() {
                 return this.end;
             }
         }
-        if this.finished() {
+        if this.finished() || shared.closes.load(Ordering::Acquire) >= 2 {
             shutdown_write(dst);
             return this.end;
         }
-        if this.requested.is_none() && this.end.injected.is_none() {
+        // An atomic version check: cheap enough for every read.
+        if commands.has_changed().unwrap_or(false) {
             if let RelayCommand::Close { code, reason } = &*commands.borrow_and_update() {
-                this.requested = Some((*code, reason.clone()));
+                if this.requested.is_none() && this.end.injected.is_none() {
+                    this.requested = Some((*code, reason.clone()));
+                }
             }
         }
         // Between messages and nothing half-forwarded: inject right away.
@@ -406,20 +427,7 @@ async fn pump(
                 if write_all(dst, &frame).await.is_err() {
                     return this.end;
                 }
-            }
-        }
-        tokio::select! {
-            ready = src.readable() => if ready.is_err() {
-                return this.end;
-            },
-            Ok(()) = commands.changed(), if this.end.injected.is_none() && this.requested.is_none() => continue,
-            () = sleep_until_some(this.deadline) => {
-                shutdown_write(dst);
-                return this.end;
-            }
-            () = shared.handshake_done.notified() => {
-                shutdown_write(dst);
-                return this.end;
+                continue;
             }
         }
         // Read and forward without holding a buffer across an await: the per-thread buffer is
@@ -447,7 +455,35 @@ async fn pump(
             }
         });
         match step {
-            Step::Sent | Step::Again => {}
+            Step::Sent => tokio::task::consume_budget().await,
+            Step::Again => {
+                if let Some(deadline) = this.deadline {
+                    if close_deadline.deadline() != deadline {
+                        close_deadline.as_mut().reset(deadline);
+                    }
+                }
+                tokio::select! {
+                    ready = src.readable() => if ready.is_err() {
+                        return this.end;
+                    },
+                    command = &mut close_requested, if !close_request_seen => {
+                        close_request_seen = true;
+                        if let Some(RelayCommand::Close { code, reason }) = command {
+                            if this.requested.is_none() && this.end.injected.is_none() {
+                                this.requested = Some((code, reason));
+                            }
+                        }
+                    }
+                    () = &mut close_deadline, if this.deadline.is_some() => {
+                        shutdown_write(dst);
+                        return this.end;
+                    }
+                    () = &mut handshake_done => {
+                        shutdown_write(dst);
+                        return this.end;
+                    }
+                }
+            }
             Step::Pending(bytes) => pending = Some(bytes),
             Step::Eof => {
                 shutdown_write(dst);
@@ -497,11 +533,4 @@ async fn write_all(dst: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
 /// Half-closes toward `dst`: it reads EOF after what was sent.
 fn shutdown_write(dst: &TcpStream) {
     let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
