@@ -357,3 +357,32 @@ async fn shutdown_closes_websockets_with_1001() {
         .unwrap()
         .unwrap();
 }
+
+/// An HTTP request in flight when shutdown starts still gets its answer.
+#[tokio::test]
+async fn shutdown_finishes_in_flight_http() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_backend = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "done"
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gateway = Gateway::start(any_port(), vec![(NodeId::from("slow"), slow_backend)], 0)
+        .await
+        .unwrap();
+    let public = gateway.public;
+    let request = tokio::spawn(async move { http(public, "GET", "/slow?userId=1", "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shutdown = tokio::spawn(gateway.shutdown());
+    let (status, body) = request.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "done"));
+    shutdown.await.unwrap();
+    assert!(
+        TcpStream::connect(public).await.is_err(),
+        "no longer accepting"
+    );
+}

@@ -175,3 +175,47 @@ async fn an_idle_connection_is_closed_with_1001() {
     relay_task.await.unwrap();
     assert!(handle.is_finished());
 }
+
+/// A close the backend starts reaches the client with its code, and the answer goes back.
+#[tokio::test]
+async fn a_backend_close_reaches_the_client_with_its_code() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "kicked".into(),
+        }))
+        .await
+        .unwrap();
+        // The client's answer to the close comes back through the relay.
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    });
+    let (proxy, _handle, relay_task) = proxy(server_addr, RelayConfig::default()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4001);
+            assert_eq!(frame.reason.as_str(), "kicked");
+        }
+        other => panic!("expected the backend's close, got {other:?}"),
+    }
+    while ws.next().await.is_some() {}
+    let _ = server.await.unwrap();
+    let outcome = relay_task.await.unwrap();
+    assert_eq!(outcome.upstream_close, Some(4001));
+    assert_eq!(
+        outcome.client_close,
+        Some(4001),
+        "tungstenite answers with the same code"
+    );
+}
