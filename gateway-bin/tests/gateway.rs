@@ -74,6 +74,18 @@ async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Asserts that a WebSocket for `user` is refused with `status`; returns the reason body.
+async fn assert_ws_refused(gateway: &Gateway, user: &str, status: u16) -> String {
+    let url = format!("ws://{}/connect/{user}", gateway.public);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), status);
+            String::from_utf8(response.into_body().unwrap_or_default()).unwrap()
+        }
+        other => panic!("expected a refusal with {status}, got {other:?}"),
+    }
+}
+
 async fn ring_json(gateway: &Gateway) -> Value {
     let (status, body) = http(gateway.admin, "GET", "/admin/ring", "").await;
     assert_eq!(status, 200);
@@ -268,13 +280,7 @@ async fn bad_input_gets_a_clear_status() {
     http(gateway.admin, "DELETE", "/admin/backends/backend-a", "").await;
     let (status, body) = http(gateway.public, "GET", "/count?userId=1", "").await;
     assert_eq!((status, body.trim()), (503, "no backend is on the ring"));
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/connect/1", gateway.public))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, tungstenite::Error::Http(ref r) if r.status() == 503),
-        "{err}"
-    );
+    assert_ws_refused(&gateway, "1", 503).await;
     gateway.shutdown().await;
 }
 
@@ -303,17 +309,8 @@ async fn a_refusing_owner_fails_over_to_its_successor_then_502() {
     );
 
     http(gateway.admin, "DELETE", "/admin/backends/backend-a", "").await;
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/connect/{user}", gateway.public))
-        .await
-        .unwrap_err();
-    match err {
-        tungstenite::Error::Http(response) => {
-            assert_eq!(response.status(), 502);
-            let body = String::from_utf8(response.into_body().unwrap_or_default()).unwrap();
-            assert!(body.contains("no backend accepted the websocket"), "{body}");
-        }
-        other => panic!("expected 502, got {other}"),
-    }
+    let body = assert_ws_refused(&gateway, &user, 502).await;
+    assert!(body.contains("no backend accepted the websocket"), "{body}");
     gateway.shutdown().await;
 }
 
@@ -326,13 +323,7 @@ async fn the_connection_limit_answers_503_past_it() {
     let gateway = Gateway::start(config, vec![], 1).await.unwrap();
     let _a = connect(&gateway, "1").await;
     let _b = connect(&gateway, "2").await;
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/connect/3", gateway.public))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, tungstenite::Error::Http(ref r) if r.status() == 503),
-        "{err}"
-    );
+    assert_ws_refused(&gateway, "3", 503).await;
     gateway.shutdown().await;
 }
 
