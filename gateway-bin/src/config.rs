@@ -4,6 +4,7 @@
 //! [listen]
 //! public = "127.0.0.1:7000"
 //! admin = "127.0.0.1:7001"
+//! workers = 2                   # threads serving the public listener; 0: the main runtime
 //!
 //! [routing]
 //! # Tried in order; each entry is one of path, query, header, cookie.
@@ -56,6 +57,7 @@ pub struct ConfigFile {
 struct Listen {
     public: Option<SocketAddr>,
     admin: Option<SocketAddr>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +205,7 @@ impl ConfigFile {
                 .close_timeout(t.close_ms.map_or(defaults.relay.close_timeout, ms)),
             shutdown_window: t.shutdown_window_ms.map_or(defaults.shutdown_window, ms),
             request_timeout: t.request_ms.map_or(defaults.request_timeout, ms),
+            workers: self.listen.workers.unwrap_or(defaults.workers),
         })
     }
 }

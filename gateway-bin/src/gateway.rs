@@ -22,20 +22,20 @@ use axum::{
     Json, Router,
 };
 use futures_util::Stream;
-use hyper::server::conn::http1;
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use serde_json::json;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
-    task::{JoinHandle, JoinSet},
 };
 use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
-use crate::backend::Backend;
+use crate::{
+    backend::Backend,
+    serve::{self, Stopped},
+};
 
 /// Settings of a gateway.
 #[derive(Clone, Debug)]
@@ -58,6 +58,10 @@ pub struct GatewayConfig {
     pub shutdown_window: Duration,
     /// The most an HTTP response head may take (408 past it).
     pub request_timeout: Duration,
+    /// Threads serving the public listener, each a single-threaded runtime with its own
+    /// `SO_REUSEPORT` listener, so a WebSocket's relay never wakes another thread. 0 serves
+    /// on the runtime that started the gateway.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -82,6 +86,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             shutdown_window: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -123,7 +128,6 @@ impl Members {
 }
 
 /// A running gateway.
-#[derive(Debug)]
 pub struct Gateway {
     /// Where clients connect.
     pub public: SocketAddr,
@@ -131,8 +135,19 @@ pub struct Gateway {
     pub admin: SocketAddr,
     connections: LiveConnections,
     stop: watch::Sender<bool>,
-    servers: Vec<JoinHandle<std::io::Result<()>>>,
+    exit: watch::Sender<bool>,
+    servers: Vec<Stopped>,
     shutdown_window: Duration,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("public", &self.public)
+            .field("admin", &self.admin)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
@@ -170,24 +185,32 @@ impl Gateway {
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
 
-        let public_listener = TcpListener::bind(config.public).await?;
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
+        let (exit, exited) = watch::channel(false);
         let public_app = with_public_layers(
             Router::new().fallback_service(proxy.clone()),
             config.request_timeout,
         );
         let admin_app = admin_router(AdminState { proxy, members });
-        let (public, admin) = (public_listener.local_addr()?, admin_listener.local_addr()?);
-        let servers = vec![
-            serve(public, public_listener, public_app, stopped.clone()),
-            serve(admin, admin_listener, admin_app, stopped),
-        ];
+        let (public, mut servers) = if config.workers == 0 {
+            let listener = TcpListener::bind(config.public).await?;
+            let public = listener.local_addr()?;
+            let server = serve::on_current_runtime(listener, public_app, stopped.clone());
+            (public, vec![server])
+        } else {
+            let workers = config.workers;
+            serve::on_worker_threads(config.public, workers, public_app, stopped.clone(), exited)?
+        };
+        let admin = admin_listener.local_addr()?;
+        servers.push(serve::on_current_runtime(admin_listener, admin_app, stopped));
+        tracing::info!(%public, %admin, workers = config.workers, "listening");
         Ok(Gateway {
             public,
             admin,
             connections,
             stop,
+            exit,
             servers,
             shutdown_window: config.shutdown_window,
         })
@@ -209,8 +232,10 @@ impl Gateway {
             )
             .await;
         for server in self.servers {
-            let _ = server.await;
+            server.await;
         }
+        // Relays are closed: worker threads may drop their runtimes.
+        self.exit.send_replace(true);
     }
 }
 
@@ -234,66 +259,6 @@ fn with_public_layers(app: Router, timeout: Duration) -> Router {
         }))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
     )
-}
-
-/// Serves HTTP/1.1 with upgrades on `listener` until `stop` turns true, then waits for
-/// in-flight requests. Upgraded WebSockets are detached from hyper: the proxy's registry
-/// closes them. (hyper's HTTP/1 builder, not axum::serve: the relay needs the raw TCP socket
-/// back from an upgrade, which the auto-detecting builder wraps.)
-fn serve(
-    addr: SocketAddr,
-    listener: TcpListener,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tracing::info!(%addr, "listening");
-    tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        let service = TowerToHyperService::new(app);
-        loop {
-            let tcp = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
-                    Err(error) => {
-                        // Out of descriptors, typically: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stopped(&mut stop) => break,
-            };
-            let _ = tcp.set_nodelay(true);
-            let connection = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service.clone())
-                .with_upgrades();
-            let mut stop = stop.clone();
-            connections.spawn(async move {
-                tokio::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = stopped(&mut stop) => {
-                        // Finish the request in flight, then close; upgraded sockets are
-                        // already detached and closed by the proxy's registry.
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
-            while connections.try_join_next().is_some() {}
-        }
-        drop(listener);
-        while connections.join_next().await.is_some() {}
-        Ok(())
-    })
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 async fn start_demo_backend(members: &Members, id: String) -> std::io::Result<NodeId> {

@@ -6,3 +6,4 @@
 pub mod backend;
 pub mod config;
 pub mod gateway;
+mod serve;

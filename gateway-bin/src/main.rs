@@ -24,6 +24,10 @@ struct Cli {
     /// Admin listener [default: 127.0.0.1:7001].
     #[arg(long, env = "WSCLUSTER_ADMIN", global = true)]
     admin: Option<SocketAddr>,
+    /// Threads serving the public listener, each with its own runtime and listener; 0 serves
+    /// on the main runtime.
+    #[arg(long, env = "WSCLUSTER_WORKERS", global = true)]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +76,7 @@ async fn main() -> ExitCode {
     };
     config.public = cli.public.unwrap_or(config.public);
     config.admin = cli.admin.unwrap_or(config.admin);
+    config.workers = cli.workers.unwrap_or(config.workers);
     let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
         Command::Demo { backends } => (file.backends(), backends),
         Command::Run { backends } => ([file.backends(), backends].concat(), 0),

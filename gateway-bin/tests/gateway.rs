@@ -377,3 +377,42 @@ async fn shutdown_finishes_in_flight_http() {
         "no longer accepting"
     );
 }
+
+/// With per-thread workers (one `SO_REUSEPORT` listener each), users still land on their
+/// owners, relays echo, and shutdown still closes every WebSocket with 1001 before the
+/// worker runtimes go away.
+#[tokio::test]
+async fn worker_threads_route_relay_and_shut_down_cleanly() {
+    let config = GatewayConfig {
+        workers: 2,
+        ..any_port()
+    };
+    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let mut clients = Vec::new();
+    for user in 0..20 {
+        let user = format!("worker-user-{user}");
+        let (mut client, server) = connect(&gateway, &user).await;
+        let (_again, same) = connect(&gateway, &user).await;
+        assert_eq!(server, same, "user {user} is sticky across workers");
+        client.send(Message::text(user.clone())).await.unwrap();
+        let echo = next_json(&mut client).await;
+        assert_eq!(echo["content"], user.as_str());
+        assert_eq!(echo["server"], server.as_str());
+        clients.push(client);
+    }
+    let shutdown = tokio::spawn(gateway.shutdown());
+    for client in &mut clients {
+        match tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+    drop(clients);
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
