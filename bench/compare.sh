@@ -25,6 +25,10 @@ done
 RUST_LOG=warn "$bin/gateway-bin" --public 127.0.0.1:17000 --admin 127.0.0.1:17001 run \
   --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
   >"$tmp/gateway.log" 2>&1 & gateway=$!; pids+=($gateway)
+# The same gateway with 2 per-thread workers (one runtime and SO_REUSEPORT listener each).
+RUST_LOG=warn "$bin/gateway-bin" --workers 2 --public 127.0.0.1:17010 --admin 127.0.0.1:17011 run \
+  --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
+  >"$tmp/gateway-workers.log" 2>&1 & pids+=($!)
 
 cat >"$tmp/nginx.conf" <<CONF
 daemon off;
@@ -68,9 +72,10 @@ rss_kb() { # RSS of a process and its children, in KiB
 declare -A url=(
   [direct]="ws://127.0.0.1:17101/connect/{user}?userId={user}"
   [wscluster]="ws://127.0.0.1:17000/connect/{user}?userId={user}"
+  [wscluster-workers]="ws://127.0.0.1:17010/connect/{user}?userId={user}"
   [nginx]="ws://127.0.0.1:17080/connect/{user}?userId={user}"
 )
-order=(direct wscluster nginx)
+order=(direct wscluster wscluster-workers nginx)
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1)"
 echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
 for round in $(seq "$rounds"); do
@@ -105,12 +110,15 @@ med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
 print()
 print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | RSS/idle conn |")
 print("|---|---|---|---|---|---|---|---|")
-for t in ["direct", "wscluster", "nginx"]:
+for t in ["direct", "wscluster", "wscluster-workers", "nginx"]:
     h, m, p50, p99, p999, e = med[t]
     r = f"{int(rss[t]):,} B" if t in rss else "-"
     print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {r} |")
-g, n = med["wscluster"], med["nginx"]
+n = med["nginx"]
 print()
+w = med["wscluster-workers"]
+print(f"wscluster-workers / nginx: msgs/s {w[1]/n[1]:.2f}x, p99 {w[3]/n[3]:.2f}x, handshakes/s {w[0]/n[0]:.2f}x")
+g = med["wscluster"]
 print(f"wscluster / nginx: msgs/s {g[1]/n[1]:.2f}x (target >= 1.25), p99 {g[3]/n[3]:.2f}x (target <= 1), "
       f"handshakes/s {g[0]/n[0]:.2f}x (target >= 1), RSS/idle conn {int(rss['wscluster'])/int(rss['nginx']):.2f}x (target <= 0.5)")
 PY

@@ -203,7 +203,11 @@ impl Gateway {
             serve::on_worker_threads(config.public, workers, public_app, stopped.clone(), exited)?
         };
         let admin = admin_listener.local_addr()?;
-        servers.push(serve::on_current_runtime(admin_listener, admin_app, stopped));
+        servers.push(serve::on_current_runtime(
+            admin_listener,
+            admin_app,
+            stopped,
+        ));
         tracing::info!(%public, %admin, workers = config.workers, "listening");
         Ok(Gateway {
             public,

@@ -416,3 +416,88 @@ async fn worker_threads_route_relay_and_shut_down_cleanly() {
         .unwrap()
         .unwrap();
 }
+
+/// Reads an HTTP head (up to the blank line) byte by byte, so nothing after it is consumed.
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// permessage-deflate survives the gateway: the extension offer and answer cross it, and
+/// compressed frames (RSV1 set) pass byte for byte both ways, the client's still masked.
+#[tokio::test]
+async fn permessage_deflate_frames_pass_byte_for_byte() {
+    // deflate("hello") without its trailer, as permessage-deflate sends it.
+    let compressed = [0xf2u8, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut client_frame = vec![0xC1, 0x80 | compressed.len() as u8];
+    client_frame.extend(mask);
+    client_frame.extend(
+        compressed
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m),
+    );
+    let mut server_frame = vec![0xC1, compressed.len() as u8];
+    server_frame.extend(compressed);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (expected, reply) = (client_frame.clone(), server_frame.clone());
+    let backend = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut tcp).await.to_ascii_lowercase();
+        assert!(
+            head.contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"),
+            "the offer reaches the backend: {head}"
+        );
+        tcp.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+              sec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut received = vec![0; expected.len()];
+        tcp.read_exact(&mut received).await.unwrap();
+        assert_eq!(received, expected, "the client's frame arrives unchanged");
+        tcp.write_all(&reply).await.unwrap();
+        // Hold the socket until the client has read the reply.
+        let _ = tcp.read_u8().await;
+    });
+
+    let gateway = Gateway::start(any_port(), vec![(NodeId::from("deflate"), backend_addr)], 0)
+        .await
+        .unwrap();
+    let mut client = TcpStream::connect(gateway.public).await.unwrap();
+    client
+        .write_all(
+            b"GET /connect/zip HTTP/1.1\r\nhost: test\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover"),
+        "the answer reaches the client: {head}"
+    );
+    client.write_all(&client_frame).await.unwrap();
+    let mut received = vec![0; server_frame.len()];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut received))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        received, server_frame,
+        "the backend's frame arrives unchanged"
+    );
+    drop(client);
+    backend.await.unwrap();
+    gateway.shutdown().await;
+}
