@@ -44,6 +44,17 @@ async fn next_json(client: &mut Client) -> Value {
 }
 
 /// Connects as `user`; returns the client and the server named in its `connected` message.
+/// The next close frame's code and reason; panics on anything else or after 5 s.
+async fn next_close(client: &mut Client) -> (u16, String) {
+    match tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => (frame.code.into(), frame.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
 async fn connect(gateway: &Gateway, user: &str) -> (Client, String) {
     let url = format!("ws://{}/connect/{user}", gateway.public);
     let (mut client, response) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -232,13 +243,7 @@ async fn removing_a_backend_sends_its_users_to_their_new_owners() {
     for (user, client, server) in &mut clients {
         if server == "backend-b" {
             moved += 1;
-            match tokio::time::timeout(Duration::from_secs(5), client.next())
-                .await
-                .unwrap()
-            {
-                Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1012),
-                other => panic!("expected close 1012, got {other:?}"),
-            }
+            assert_eq!(next_close(client).await.0, 1012);
             let (_, new_server) = connect(&gateway, user).await;
             assert_ne!(new_server, "backend-b");
         } else {
@@ -332,16 +337,8 @@ async fn shutdown_closes_websockets_with_1001() {
     let gateway = demo(2).await;
     let (mut client, _) = connect(&gateway, "dave").await;
     let shutdown = tokio::spawn(gateway.shutdown());
-    match tokio::time::timeout(Duration::from_secs(5), client.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(Message::Close(Some(frame)))) => {
-            assert_eq!(u16::from(frame.code), 1001);
-            assert_eq!(frame.reason.as_str(), "gateway shutting down");
-        }
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    let (code, reason) = next_close(&mut client).await;
+    assert_eq!((code, reason.as_str()), (1001, "gateway shutting down"));
     drop(client);
     tokio::time::timeout(Duration::from_secs(10), shutdown)
         .await
@@ -402,13 +399,7 @@ async fn worker_threads_route_relay_and_shut_down_cleanly() {
     }
     let shutdown = tokio::spawn(gateway.shutdown());
     for client in &mut clients {
-        match tokio::time::timeout(Duration::from_secs(5), client.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
-            other => panic!("expected close 1001, got {other:?}"),
-        }
+        assert_eq!(next_close(client).await.0, 1001);
     }
     drop(clients);
     tokio::time::timeout(Duration::from_secs(10), shutdown)
