@@ -492,3 +492,32 @@ async fn permessage_deflate_frames_pass_byte_for_byte() {
     backend.await.unwrap();
     gateway.shutdown().await;
 }
+
+/// A backend that accepts the TCP connection but never answers the handshake is given up
+/// after the configured handshake timeout: the client gets a 502 with the reason, not a hang.
+#[tokio::test]
+async fn a_silent_backend_times_out_its_handshake_with_502() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            sockets.push(tcp); // Read nothing, answer nothing.
+        }
+    });
+    let mut config = any_port();
+    config.upstream.handshake_timeout = Duration::from_millis(300);
+    let gateway = Gateway::start(config, vec![(NodeId::from("silent"), silent_addr)], 0)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let body = assert_ws_refused(&gateway, "1", 502).await;
+    assert!(body.contains("no backend accepted the websocket"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up after the handshake timeout, not the default 5 s: {:?}",
+        started.elapsed()
+    );
+    held.abort();
+    gateway.shutdown().await;
+}
