@@ -1,1 +1,36 @@
-//! Tracks live WebSocket connections and migrates those whose owner changed on the ring (filled by a later issue).
+//! Tracks live WebSocket connections by routing key and, when the hash ring changes,
+//! migrates exactly those whose owner changed: paced, and reported to a hook.
+//!
+//! The pieces, usable on their own:
+//! - [`Registry`]: the live connections (key position, backend, start time, a handle that
+//!   can move the connection), with per-backend counts;
+//! - [`plan`]: which registered connections a ring change affects, from the ring diff;
+//! - [`Pacing`]: at most R migrations per second, with jitter;
+//! - [`MigrationHook`]: called for each migration; closures implement it;
+//! - [`Migrator`]: subscribes to a ring's snapshots and runs the above on every change.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_ws_migrate::{MigrationPolicy, Pacing};
+//!
+//! let policy = MigrationPolicy::reconnect(); // 1012 "Service Restart"
+//! let pacing = Pacing::per_second(500).jitter(0.2);
+//! assert_eq!(pacing.gap(), Some(Duration::from_millis(2)));
+//! # let _ = policy;
+//! ```
+
+mod hook;
+mod migrator;
+mod pace;
+mod plan;
+mod policy;
+mod registry;
+
+pub use self::{
+    hook::{Migration, MigrationHook, MigrationStats, Outcome},
+    migrator::Migrator,
+    pace::Pacing,
+    plan::{plan, PlannedMove},
+    policy::{Migrate, MigrationPolicy},
+    registry::{ConnectionId, Registered, Registry, Tracked},
+};

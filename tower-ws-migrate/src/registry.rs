@@ -1,0 +1,186 @@
+//! The live connections: who they belong to, where they are, and how to move them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tokio::time::Instant;
+use tower_hashring::NodeId;
+
+/// A registered connection's identity within one [`Registry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+/// One live connection as the registry sees it.
+#[derive(Clone, Debug)]
+pub struct Tracked<H> {
+    /// Its identity in the registry.
+    pub id: ConnectionId,
+    /// The routing key (user id, room id).
+    pub key: Arc<[u8]>,
+    /// The key's position on the ring (`Ring::key_position`).
+    pub position: u64,
+    /// The backend it is relayed to now.
+    pub backend: NodeId,
+    /// The version of the ring snapshot it was routed with.
+    pub ring_version: u64,
+    /// When it was established.
+    pub started: Instant,
+    /// Moves it.
+    pub handle: H,
+}
+
+/// The live connections, shared by the proxy (which registers them) and the migrator
+/// (which moves them); cheap to clone.
+///
+/// ```
+/// use tower_hashring::NodeId;
+/// use tower_ws_migrate::Registry;
+///
+/// let registry = Registry::new();
+/// let guard = registry.register(b"42", 7, NodeId::from("backend-a"), 1, ());
+/// assert_eq!(registry.per_backend()[&NodeId::from("backend-a")], 1);
+/// drop(guard); // the connection ended
+/// assert!(registry.is_empty());
+/// ```
+pub struct Registry<H> {
+    inner: Arc<Mutex<Entries<H>>>,
+}
+
+struct Entries<H> {
+    next_id: u64,
+    // Ordered by id, i.e. by age: plans move older connections first, deterministically.
+    connections: BTreeMap<ConnectionId, Tracked<H>>,
+}
+
+impl<H> Clone for Registry<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<H> Default for Registry<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H> fmt::Debug for Registry<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("connections", &self.len())
+            .finish()
+    }
+}
+
+impl<H> Registry<H> {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Entries {
+                next_id: 0,
+                connections: BTreeMap::new(),
+            })),
+        }
+    }
+
+    /// Records a connection for `key` (at ring `position`) relayed to `backend`, routed with
+    /// ring snapshot `ring_version`. It stays registered until the returned guard is dropped.
+    ///
+    /// The version closes a race: a connection routed on an older ring but registered after
+    /// the migrator planned the change is still checked against the newer ring.
+    pub fn register(
+        &self,
+        key: &[u8],
+        position: u64,
+        backend: NodeId,
+        ring_version: u64,
+        handle: H,
+    ) -> Registered<H> {
+        let mut entries = self.lock();
+        let id = ConnectionId(entries.next_id);
+        entries.next_id += 1;
+        entries.connections.insert(
+            id,
+            Tracked {
+                id,
+                key: key.into(),
+                position,
+                backend,
+                ring_version,
+                started: Instant::now(),
+                handle,
+            },
+        );
+        Registered {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        self.lock().connections.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Live connections per backend (feeds the ring's bounded-loads lookup and the admin API).
+    pub fn per_backend(&self) -> HashMap<NodeId, usize> {
+        let mut counts = HashMap::new();
+        for tracked in self.lock().connections.values() {
+            *counts.entry(tracked.backend.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Calls `f` with every live connection, oldest first, under the registry's lock.
+    pub fn for_each(&self, mut f: impl FnMut(&Tracked<H>)) {
+        for tracked in self.lock().connections.values() {
+            f(tracked);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Entries<H>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps a connection registered; dropping it (the relay ended) unregisters it.
+pub struct Registered<H> {
+    registry: Registry<H>,
+    id: ConnectionId,
+}
+
+impl<H> Registered<H> {
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Records that the connection now runs to `backend` (after a live move).
+    pub fn set_backend(&self, backend: NodeId) {
+        if let Some(tracked) = self.registry.lock().connections.get_mut(&self.id) {
+            tracked.backend = backend;
+        }
+    }
+}
+
+impl<H> fmt::Debug for Registered<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registered").field("id", &self.id).finish()
+    }
+}
+
+impl<H> Drop for Registered<H> {
+    fn drop(&mut self) {
+        self.registry.lock().connections.remove(&self.id);
+    }
+}
