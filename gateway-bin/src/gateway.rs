@@ -28,9 +28,14 @@ use tokio::{
     sync::{mpsc, watch},
 };
 use tower::{discover::Change, ServiceBuilder};
+use tower_hashring::KeyExtractor;
 use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
-use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
+use tower_ws_migrate::{Migrator, Registry};
+use tower_ws_proxy::{
+    HashRingProxy, LiveConnections, ObserveConnections, OpenedConnection, RelayConfig, RelayHandle,
+    Upstream, UpstreamConfig,
+};
 
 use crate::{
     backend::Backend,
@@ -184,15 +189,26 @@ impl Gateway {
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
+        // Every WebSocket is registered by key; on a ring change the migrator tells exactly
+        // those whose owner changed to reconnect (1012), paced.
+        let registry: Registry<RelayHandle> = Registry::new();
+        tokio::spawn(Migrator::new(registry.clone(), proxy.ring().subscribe()).run());
+        let observe = observe_connections(registry.clone(), config.key.clone());
 
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
         let public_app = with_public_layers(
-            Router::new().fallback_service(proxy.clone()),
+            Router::new()
+                .fallback_service(proxy.clone())
+                .layer(axum::Extension(observe)),
             config.request_timeout,
         );
-        let admin_app = admin_router(AdminState { proxy, members });
+        let admin_app = admin_router(AdminState {
+            proxy,
+            members,
+            registry,
+        });
         let (public, mut servers) = if config.workers == 0 {
             let listener = TcpListener::bind(config.public).await?;
             let public = listener.local_addr()?;
@@ -294,10 +310,26 @@ impl Stream for ChannelDiscovery {
     }
 }
 
+/// Registers each new WebSocket in `registry` under its key, until its relay ends.
+fn observe_connections(registry: Registry<RelayHandle>, key: HttpKey) -> ObserveConnections {
+    ObserveConnections::new(move |opened: &OpenedConnection<'_>| {
+        let request = Request::from_parts(opened.request.clone(), ());
+        let key = key.extract(&request);
+        registry.register(
+            key.as_ref().map_or(&[][..], |k| k.as_bytes()),
+            opened.key_position,
+            opened.backend.clone(),
+            opened.ring_version,
+            opened.handle.clone(),
+        )
+    })
+}
+
 #[derive(Clone)]
 struct AdminState {
     proxy: HashRingProxy<HttpKey>,
     members: Members,
+    registry: Registry<RelayHandle>,
 }
 
 fn admin_router(state: AdminState) -> Router {
@@ -353,12 +385,14 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
     let id = NodeId::from(id);
     match state.members.remove(&id) {
         Some(member) => {
-            // Its clients reconnect; the ring already sends them to their new owners.
-            state
-                .proxy
-                .connections()
-                .close_backend(&id, 1012, "backend removed", Duration::from_secs(1))
-                .await;
+            // The ring change makes the migrator tell its clients to reconnect (1012) to
+            // their new owners; stop the backend once they have gone (or after 5 s).
+            let drained = async {
+                while state.registry.per_backend().contains_key(&id) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
             if let Some(stop) = member.stop {
                 stop.notify_waiters();
             }

@@ -263,6 +263,55 @@ async fn removing_a_backend_sends_its_users_to_their_new_owners() {
     gateway.shutdown().await;
 }
 
+/// Scaling up through the admin API moves exactly the users the new backend now owns: they
+/// get a 1012 close and reconnect to it; everyone else keeps the same connection.
+#[tokio::test]
+async fn adding_a_backend_moves_exactly_the_users_it_now_owns() {
+    let gateway = demo(3).await;
+    let mut clients = vec![];
+    for n in 0..60 {
+        let user = format!("scale-{n}");
+        let (client, server) = connect(&gateway, &user).await;
+        clients.push((user, client, server));
+    }
+    let (status, body) = http(gateway.admin, "POST", "/admin/backends", "").await;
+    assert_eq!(status, 201, "{body}");
+    let added: Value = serde_json::from_str(&body).unwrap();
+    let added = added["id"].as_str().unwrap().to_owned();
+    let ids = ["backend-a", "backend-b", "backend-c", added.as_str()];
+    let ring = ids
+        .iter()
+        .fold(Ring::builder(), |b, id| b.node(*id, 1))
+        .build()
+        .unwrap();
+
+    let mut moved = 0;
+    for (user, client, server) in &mut clients {
+        let owner = ring
+            .route(user.as_bytes())
+            .unwrap()
+            .id()
+            .as_str()
+            .to_owned();
+        if owner != *server {
+            moved += 1;
+            assert_eq!(owner, added, "only the new backend takes users");
+            assert_eq!(next_close(client).await.0, 1012);
+            let (_, new_server) = connect(&gateway, user).await;
+            assert_eq!(new_server, added);
+        } else {
+            client.send(Message::text("still here")).await.unwrap();
+            let echo = next_json(client).await;
+            assert_eq!(
+                (echo["type"].as_str(), echo["server"].as_str()),
+                (Some("echo"), Some(server.as_str()))
+            );
+        }
+    }
+    assert!(moved > 0, "a 4th backend takes some of 60 users");
+    gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_status() {
     let gateway = demo(1).await;

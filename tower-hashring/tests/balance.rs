@@ -464,11 +464,15 @@ mod shared {
             .successors(key.as_bytes())
             .map(|n| n.id().to_string())
             .collect();
-        let got: Vec<String> = service
-            .candidates(&key)
-            .unwrap()
-            .map(|(id, _)| id.to_string())
-            .collect();
+        let candidates = service.candidates(&key).unwrap();
+        let snapshot = service.snapshot();
+        assert_eq!(candidates.ring_version(), snapshot.version());
+        assert_eq!(
+            candidates.key_position(),
+            snapshot.ring().key_position(key.as_bytes()),
+            "the position a migration layer registers the connection at"
+        );
+        let got: Vec<String> = candidates.map(|(id, _)| id.to_string()).collect();
         assert_eq!(got, expected);
         let err = service.candidates(&String::new()).unwrap_err();
         assert!(err.is::<MissingKey>(), "{err}");

@@ -9,18 +9,22 @@
 //! - [`HashRingProxy`]: a `tower::Service` that routes each request by key through a
 //!   [`tower_hashring::SharedHashRing`] of upstreams, fails over on refused handshakes, and
 //!   answers errors with clear statuses.
+//! - [`ObserveConnections`]: a request extension through which a layer above the proxy
+//!   hears of every WebSocket it establishes (backend, ring position and version, handle).
 //! - [`LiveConnections`]: the proxied WebSockets, counted per backend, capped, and closed
 //!   with 1001 over a paced window on shutdown.
 #![forbid(unsafe_code)]
 
 mod connections;
 pub mod frame;
+mod observe;
 mod proxy;
 mod relay;
 mod upstream;
 
 pub use self::{
     connections::{Admission, LiveConnections, Refusal, Registration},
+    observe::{ConnectionObserver, ObserveConnections, OpenedConnection},
     proxy::{text_response, HashRingProxy},
     relay::{relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome},
     upstream::{

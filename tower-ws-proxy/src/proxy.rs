@@ -18,7 +18,8 @@ use tower_service::Service;
 use crate::{
     is_websocket_upgrade, relay,
     upstream::{tcp_peer, BoxError},
-    LiveConnections, ProxyBody, RelayConfig, RelayHandle, Upstream, UpstreamError, WebSocketAnswer,
+    LiveConnections, ObserveConnections, OpenedConnection, ProxyBody, RelayConfig, RelayHandle,
+    Upstream, UpstreamError, WebSocketAnswer,
 };
 
 /// Routes every request to the owner of its key: ordinary HTTP is forwarded, WebSocket
@@ -148,6 +149,8 @@ impl WebSocketRoute {
         };
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
+        let observer = parts.extensions.get::<ObserveConnections>().cloned();
+        let (key_position, ring_version) = (candidates.key_position(), candidates.ring_version());
         let mut failures = Vec::new();
         for (backend, upstream) in candidates {
             let error = match upstream.open_websocket(&parts).await {
@@ -156,6 +159,15 @@ impl WebSocketRoute {
                     upgraded: Some(upstream_io),
                 }) => {
                     let (handle, commands) = RelayHandle::new();
+                    let observed = observer.map(|observer| {
+                        observer.opened(&OpenedConnection {
+                            request: &parts,
+                            backend: &backend,
+                            key_position,
+                            ring_version,
+                            handle: &handle,
+                        })
+                    });
                     let registration =
                         self.connections
                             .register(admission, backend.clone(), handle);
@@ -171,7 +183,7 @@ impl WebSocketRoute {
                             }
                             Err(error) => tracing::debug!(%error, "client upgrade failed"),
                         }
-                        drop(registration);
+                        drop((registration, observed));
                     });
                     return boxed(response);
                 }

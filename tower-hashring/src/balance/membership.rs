@@ -215,6 +215,7 @@ impl<E> Router<E> {
             .as_ref()
             .and_then(|b| ring.route_bounded_index(position, b.factor, &*b.loads));
         Candidates {
+            position,
             preferred,
             preferred_taken: false,
             cursor: SuccessorCursor::new(ring, position),
@@ -237,6 +238,7 @@ impl<E: Clone> Clone for Router<E> {
 /// owner and its distinct successors.
 #[derive(Debug)]
 pub(crate) struct Candidates {
+    pub(crate) position: u64,
     preferred: Option<usize>,
     preferred_taken: bool,
     cursor: SuccessorCursor,

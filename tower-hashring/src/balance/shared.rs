@@ -108,6 +108,20 @@ pub struct RouteCandidates<S> {
     walk: Walk<S>,
 }
 
+impl<S> RouteCandidates<S> {
+    /// The version of the ring snapshot these candidates come from: a connection routed with
+    /// them belongs to that ring (a migration layer checks it against newer ones).
+    pub fn ring_version(&self) -> u64 {
+        self.walk.table.snapshot.version()
+    }
+
+    /// The ring position the request routed to (its key's, or the fallback's for a keyless
+    /// request).
+    pub fn key_position(&self) -> u64 {
+        self.walk.candidates.position
+    }
+}
+
 impl<S: Clone> Iterator for RouteCandidates<S> {
     type Item = (NodeId, S);
 
