@@ -2,16 +2,23 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, AtomicU8, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::{
-    net::TcpStream,
+    io::{AsyncRead, ReadBuf},
+    net::{
+        tcp::{ReadHalf, WriteHalf},
+        TcpStream,
+    },
     sync::{watch, Notify},
     time::Instant,
 };
@@ -227,17 +234,20 @@ pub async fn relay(
         closes: AtomicU8::new(0),
         handshake_done: Notify::new(),
     };
+    let (mut client_stream, mut upstream_stream) = (client.stream, upstream.stream);
+    let (client_read, client_write) = client_stream.split();
+    let (upstream_read, upstream_write) = upstream_stream.split();
     let up = pump(
-        &client.stream,
-        &upstream.stream,
+        client_read,
+        upstream_write,
         client.preread,
         Toward::Upstream,
         commands.receiver.clone(),
         &shared,
     );
     let down = pump(
-        &upstream.stream,
-        &client.stream,
+        upstream_read,
+        client_write,
         upstream.preread,
         Toward::Client,
         commands.receiver.clone(),
@@ -297,9 +307,10 @@ struct Direction<'a> {
 
 impl Direction<'_> {
     /// Follows the frames in `data`, injecting a requested close at a message boundary.
+    /// Nothing after an injected close goes out: the destination already has our close.
     fn plan(&mut self, data: &[u8]) -> Result<Plan, ProtocolError> {
+        let already_closed = self.end.injected.is_some();
         let mut out: Option<Vec<u8>> = None;
-        let mut forward_from = 0;
         let mut pos = 0;
         while pos < data.len() {
             let Some((consumed, frame)) = self.tracker.feed(&data[pos..])? else {
@@ -316,29 +327,22 @@ impl Direction<'_> {
                     self.shared.handshake_done.notify_waiters();
                 }
             }
-            if self.end.injected.is_some() {
-                // Swallowing: the destination already got our close.
-                out.get_or_insert_with(Vec::new);
-                forward_from = pos;
-                continue;
-            }
-            if frame.message_boundary && frame.opcode != OpCode::Close {
+            if self.end.injected.is_none()
+                && frame.message_boundary
+                && frame.opcode != OpCode::Close
+            {
                 if let Some((code, reason)) = self.requested.take() {
-                    let buf = out.get_or_insert_with(Vec::new);
-                    buf.extend_from_slice(&data[forward_from..pos]);
+                    let mut buf = data[..pos].to_vec();
                     buf.extend_from_slice(&self.close_frame(code, &reason));
-                    forward_from = pos;
+                    out = Some(buf);
                 }
             }
         }
         Ok(match out {
+            // The close went in here: what came before it, then the close.
+            Some(buf) => Plan::Bytes(buf),
+            None if already_closed => Plan::Bytes(Vec::new()),
             None => Plan::All,
-            Some(mut buf) => {
-                if self.end.injected.is_none() {
-                    buf.extend_from_slice(&data[forward_from..]);
-                }
-                Plan::Bytes(buf)
-            }
         })
     }
 
@@ -356,13 +360,14 @@ impl Direction<'_> {
 
 /// Copies one direction, injecting a requested close at the first message boundary.
 async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    mut src: ReadHalf<'_>,
+    dst: WriteHalf<'_>,
     preread: Bytes,
     toward: Toward,
     mut commands: watch::Receiver<RelayCommand>,
     shared: &Shared,
 ) -> DirectionEnd {
+    let dst = dst.as_ref();
     let mut this = Direction {
         toward,
         shared,
@@ -386,7 +391,7 @@ async fn pump(
     drop(preread);
 
     // The rare signals wait in futures made once, so the hot path registers nothing: only
-    // when the socket has nothing to read does the pump wait on them too.
+    // when the socket has nothing to read does the pump poll them too.
     let mut close_watch = commands.clone();
     let close_requested = async move {
         let command = close_watch
@@ -430,62 +435,43 @@ async fn pump(
                 continue;
             }
         }
-        // Read and forward without holding a buffer across an await: the per-thread buffer is
-        // only borrowed in this synchronous step, and what `dst` cannot take now is copied.
-        let step = READ_BUFFER.with_borrow_mut(|buf| {
-            let read = match src.try_read(buf) {
-                Ok(0) => return Step::Eof,
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Again,
-                Err(_) => return Step::Eof,
-            };
-            shared.touch();
-            this.end.bytes += read as u64;
-            match this.plan(&buf[..read]) {
-                Ok(Plan::All) => match try_write_all(dst, &buf[..read]) {
-                    Ok(written) if written == read => Step::Sent,
-                    Ok(written) => Step::Pending(buf[written..read].to_vec()),
-                    Err(_) => Step::Broken,
-                },
-                Ok(Plan::Bytes(bytes)) => Step::Pending(bytes),
-                Err(error) => {
-                    tracing::debug!(%error, ?toward, "dropping websocket relay");
-                    Step::Broken
+        if let Some(deadline) = this.deadline {
+            if close_deadline.deadline() != deadline {
+                close_deadline.as_mut().reset(deadline);
+            }
+        }
+        let step = std::future::poll_fn(|cx| {
+            // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
+            // each message costs one `read` and one `write`, with no `read` that finds nothing.
+            if let Poll::Ready(step) = read_and_forward(cx, &mut src, dst, &mut this) {
+                return Poll::Ready(step);
+            }
+            if !close_request_seen {
+                if let Poll::Ready(command) = close_requested.as_mut().poll(cx) {
+                    close_request_seen = true;
+                    return Poll::Ready(Step::Command(command));
                 }
             }
-        });
+            if this.deadline.is_some() && close_deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Finished);
+            }
+            if handshake_done.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Finished);
+            }
+            Poll::Pending
+        })
+        .await;
         match step {
-            Step::Sent => tokio::task::consume_budget().await,
-            Step::Again => {
-                if let Some(deadline) = this.deadline {
-                    if close_deadline.deadline() != deadline {
-                        close_deadline.as_mut().reset(deadline);
-                    }
-                }
-                tokio::select! {
-                    ready = src.readable() => if ready.is_err() {
-                        return this.end;
-                    },
-                    command = &mut close_requested, if !close_request_seen => {
-                        close_request_seen = true;
-                        if let Some(RelayCommand::Close { code, reason }) = command {
-                            if this.requested.is_none() && this.end.injected.is_none() {
-                                this.requested = Some((code, reason));
-                            }
-                        }
-                    }
-                    () = &mut close_deadline, if this.deadline.is_some() => {
-                        shutdown_write(dst);
-                        return this.end;
-                    }
-                    () = &mut handshake_done => {
-                        shutdown_write(dst);
-                        return this.end;
+            Step::Sent => {}
+            Step::Command(command) => {
+                if let Some(RelayCommand::Close { code, reason }) = command {
+                    if this.requested.is_none() && this.end.injected.is_none() {
+                        this.requested = Some((code, reason));
                     }
                 }
             }
             Step::Pending(bytes) => pending = Some(bytes),
-            Step::Eof => {
+            Step::Finished => {
                 shutdown_write(dst);
                 return this.end;
             }
@@ -494,12 +480,54 @@ async fn pump(
     }
 }
 
-/// The outcome of one synchronous read-and-forward step.
+/// Reads what `src` has and forwards it, without holding a buffer across an await: the
+/// per-thread buffer is only borrowed in this synchronous step, and what `dst` cannot take
+/// now is copied.
+fn read_and_forward(
+    cx: &mut Context<'_>,
+    src: &mut ReadHalf<'_>,
+    dst: &TcpStream,
+    this: &mut Direction<'_>,
+) -> Poll<Step> {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let mut read_buf = ReadBuf::new(buf);
+        let read = match Pin::new(&mut *src).poll_read(cx, &mut read_buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Step::Finished),
+            Poll::Ready(Ok(())) if read_buf.filled().is_empty() => {
+                return Poll::Ready(Step::Finished)
+            }
+            Poll::Ready(Ok(())) => read_buf.filled().len(),
+        };
+        this.shared.touch();
+        this.end.bytes += read as u64;
+        Poll::Ready(match this.plan(&buf[..read]) {
+            Ok(Plan::All) => match try_write_all(dst, &buf[..read]) {
+                Ok(written) if written == read => Step::Sent,
+                Ok(written) => Step::Pending(buf[written..read].to_vec()),
+                Err(_) => Step::Broken,
+            },
+            Ok(Plan::Bytes(bytes)) if bytes.is_empty() => Step::Sent,
+            Ok(Plan::Bytes(bytes)) => Step::Pending(bytes),
+            Err(error) => {
+                tracing::debug!(%error, toward = ?this.toward, "dropping websocket relay");
+                Step::Broken
+            }
+        })
+    })
+}
+
+/// What one wait of a pump produced.
 enum Step {
+    /// Everything read was forwarded.
     Sent,
-    Again,
+    /// A command arrived while the socket had nothing to read.
+    Command(Option<RelayCommand>),
+    /// These bytes still have to be written.
     Pending(Vec<u8>),
-    Eof,
+    /// The source ended, the close deadline passed, or the close handshake completed.
+    Finished,
+    /// The destination failed or the framing was invalid: drop both sides.
     Broken,
 }
 

@@ -219,3 +219,49 @@ async fn a_backend_close_reaches_the_client_with_its_code() {
         "tungstenite answers with the same code"
     );
 }
+
+/// After the relay injected a close toward the client, nothing the upstream still sends
+/// reaches the client, not even a large frame that spans many reads.
+#[tokio::test]
+async fn nothing_follows_an_injected_close() {
+    let (client_side, relay_client) = socket_pair().await;
+    let (upstream_side, relay_upstream) = socket_pair().await;
+    let (handle, commands) = RelayHandle::new();
+    handle.close(1012, "moving");
+    let relay_task = tokio::spawn(relay(
+        Peer::new(relay_client),
+        Peer::new(relay_upstream),
+        RelayConfig::default(),
+        commands,
+    ));
+    let expected_close = tower_ws_proxy::frame::close_frame(1012, "moving", false);
+    let (mut client_side, mut upstream_side) = (client_side, upstream_side);
+
+    // The upstream, unaware, sends a 200 KB binary frame and then answers the close.
+    let mut frame = vec![0x82, 127];
+    frame.extend_from_slice(&(200_000u64).to_be_bytes());
+    frame.resize(frame.len() + 200_000, 0xab);
+    upstream_side.write_all(&frame).await.unwrap();
+    upstream_side
+        .write_all(&tower_ws_proxy::frame::close_frame(1012, "", false))
+        .await
+        .unwrap();
+    client_side
+        .write_all(&tower_ws_proxy::frame::close_frame(1012, "", true))
+        .await
+        .unwrap();
+
+    let mut received = Vec::new();
+    client_side.read_to_end(&mut received).await.unwrap();
+    assert_eq!(received, expected_close, "the close, then nothing");
+    let outcome = relay_task.await.unwrap();
+    assert_eq!(outcome.relay_close, Some(1012));
+}
+
+/// A connected pair of loopback sockets.
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (accepted, connected) = tokio::join!(listener.accept(), connect);
+    (connected.unwrap(), accepted.unwrap().0)
+}
