@@ -22,13 +22,15 @@ trap cleanup EXIT
 for i in 1 2 3; do
   "$bin/wsbackend" --id "backend-$i" --listen "127.0.0.1:1710$i" >"$tmp/backend-$i.log" 2>&1 & pids+=($!)
 done
-RUST_LOG=warn "$bin/gateway-bin" --public 127.0.0.1:17000 --admin 127.0.0.1:17001 run \
+# The reference gateway as it ships: one worker per core (a current-thread runtime and an
+# SO_REUSEPORT listener each), like nginx's 2 workers here.
+RUST_LOG=warn "$bin/gateway-bin" --workers 2 --public 127.0.0.1:17000 --admin 127.0.0.1:17001 run \
   --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
   >"$tmp/gateway.log" 2>&1 & gateway=$!; pids+=($gateway)
-# The same gateway with 2 per-thread workers (one runtime and SO_REUSEPORT listener each).
-RUST_LOG=warn "$bin/gateway-bin" --workers 2 --public 127.0.0.1:17010 --admin 127.0.0.1:17011 run \
+# The same gateway on one shared multi-threaded runtime (`--workers 0`, what an embedding app gets).
+RUST_LOG=warn "$bin/gateway-bin" --workers 0 --public 127.0.0.1:17010 --admin 127.0.0.1:17011 run \
   --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
-  >"$tmp/gateway-workers.log" 2>&1 & pids+=($!)
+  >"$tmp/gateway-shared.log" 2>&1 & gateway_shared=$!; pids+=($gateway_shared)
 
 cat >"$tmp/nginx.conf" <<CONF
 daemon off;
@@ -72,16 +74,29 @@ rss_kb() { # RSS of a process and its children, in KiB
 declare -A url=(
   [direct]="ws://127.0.0.1:17101/connect/{user}?userId={user}"
   [wscluster]="ws://127.0.0.1:17000/connect/{user}?userId={user}"
-  [wscluster-workers]="ws://127.0.0.1:17010/connect/{user}?userId={user}"
+  [wscluster-shared-rt]="ws://127.0.0.1:17010/connect/{user}?userId={user}"
   [nginx]="ws://127.0.0.1:17080/connect/{user}?userId={user}"
 )
-order=(direct wscluster wscluster-workers nginx)
+order=(direct wscluster wscluster-shared-rt nginx)
+declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared [nginx]=$nginx_master)
+cpu_ticks() { # user + system clock ticks of a process and its children
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1)"
 echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
 for round in $(seq "$rounds"); do
   for target in "${order[@]}"; do
+    pid=${proxy_pid[$target]}
+    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     "$bin/wsload" --url "${url[$target]}" --connections "$conns" --messages "$msgs" --size "$size" \
       --time-limit 120 --label "$target" | tee -a "$tmp/results.txt"
+    # The proxy's CPU time per echo round trip (two relayed messages), in microseconds.
+    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    echo "$target $(( after - before )) $(getconf CLK_TCK) $(( conns * msgs ))" >>"$tmp/cpu.txt"
   done
 done
 
@@ -98,7 +113,7 @@ for target in wscluster nginx; do
   echo "$target rss_per_conn $(( (during - before) * 1024 / idle ))" >>"$tmp/rss.txt"
 done
 
-python3 - "$tmp/results.txt" "$tmp/rss.txt" <<'PY'
+python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -106,18 +121,23 @@ for line in open(sys.argv[1]):
     if m:
         rows.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
 rss = dict(l.split()[0::2] for l in open(sys.argv[2]))
+cpu = {}
+for l in open(sys.argv[3]):
+    t, ticks, hz, round_trips = l.split()
+    cpu.setdefault(t, []).append(int(ticks) / int(hz) * 1e6 / int(round_trips))
 med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
 print()
-print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | RSS/idle conn |")
-print("|---|---|---|---|---|---|---|---|")
-for t in ["direct", "wscluster", "wscluster-workers", "nginx"]:
+print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs / round trip | RSS/idle conn |")
+print("|---|---|---|---|---|---|---|---|---|")
+for t in ["direct", "wscluster", "wscluster-shared-rt", "nginx"]:
     h, m, p50, p99, p999, e = med[t]
     r = f"{int(rss[t]):,} B" if t in rss else "-"
-    print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {r} |")
+    c = f"{statistics.median(cpu[t]):.1f}" if t != "direct" else "-"
+    print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {c} | {r} |")
 n = med["nginx"]
 print()
-w = med["wscluster-workers"]
-print(f"wscluster-workers / nginx: msgs/s {w[1]/n[1]:.2f}x, p99 {w[3]/n[3]:.2f}x, handshakes/s {w[0]/n[0]:.2f}x")
+w = med["wscluster-shared-rt"]
+print(f"wscluster-shared-rt / nginx: msgs/s {w[1]/n[1]:.2f}x, p99 {w[3]/n[3]:.2f}x, handshakes/s {w[0]/n[0]:.2f}x")
 g = med["wscluster"]
 print(f"wscluster / nginx: msgs/s {g[1]/n[1]:.2f}x (target >= 1.25), p99 {g[3]/n[3]:.2f}x (target <= 1), "
       f"handshakes/s {g[0]/n[0]:.2f}x (target >= 1), RSS/idle conn {int(rss['wscluster'])/int(rss['nginx']):.2f}x (target <= 0.5)")

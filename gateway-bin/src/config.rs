@@ -4,7 +4,7 @@
 //! [listen]
 //! public = "127.0.0.1:7000"
 //! admin = "127.0.0.1:7001"
-//! workers = 2                   # threads serving the public listener; 0: the main runtime
+//! workers = 2                   # threads serving the public listener (default: one per core); 0: the main runtime
 //!
 //! [routing]
 //! # Tried in order; each entry is one of path, query, header, cookie.
@@ -205,9 +205,15 @@ impl ConfigFile {
                 .close_timeout(t.close_ms.map_or(defaults.relay.close_timeout, ms)),
             shutdown_window: t.shutdown_window_ms.map_or(defaults.shutdown_window, ms),
             request_timeout: t.request_ms.map_or(defaults.request_timeout, ms),
-            workers: self.listen.workers.unwrap_or(defaults.workers),
+            workers: self.listen.workers.unwrap_or_else(default_workers),
         })
     }
+}
+
+/// The reference binary's default: one worker per core (measured better than one shared
+/// multi-threaded runtime on every axis; see `bench/README.md`).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ struct Cli {
     /// Admin listener [default: 127.0.0.1:7001].
     #[arg(long, env = "WSCLUSTER_ADMIN", global = true)]
     admin: Option<SocketAddr>,
-    /// Threads serving the public listener, each with its own runtime and listener; 0 serves
-    /// on the main runtime.
+    /// Threads serving the public listener, each with its own runtime and listener (default:
+    /// one per core); 0 serves on the main runtime.
     #[arg(long, env = "WSCLUSTER_WORKERS", global = true)]
     workers: Option<usize>,
     #[command(subcommand)]

@@ -124,6 +124,24 @@ impl FrameTracker {
         self.header_len == 0 && self.frame.is_none() && !self.in_message
     }
 
+    /// The opcode of the frame in progress, once its first byte has been seen.
+    ///
+    /// ```
+    /// use tower_ws_proxy::frame::{FrameTracker, OpCode};
+    ///
+    /// let mut tracker = FrameTracker::default();
+    /// assert_eq!(tracker.current_opcode(), None);
+    /// tracker.feed(&[0x88]).unwrap(); // the first byte of a close frame
+    /// assert_eq!(tracker.current_opcode(), Some(OpCode::Close));
+    /// ```
+    pub fn current_opcode(&self) -> Option<OpCode> {
+        match &self.frame {
+            Some(frame) => Some(frame.opcode),
+            None if self.header_len > 0 => Some(OpCode::from_bits(self.header[0])),
+            None => None,
+        }
+    }
+
     /// Consumes bytes up to the end of the next frame. Returns how many bytes of `data` that
     /// took and what ended, or `None` if all of `data` was consumed inside a frame.
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<(usize, FrameEnd)>, ProtocolError> {

@@ -26,7 +26,10 @@ pub use self::{
     connections::{Admission, LiveConnections, Refusal, Registration},
     observe::{ConnectionObserver, ObserveConnections, OpenedConnection},
     proxy::{text_response, HashRingProxy},
-    relay::{relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome},
+    relay::{
+        relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome,
+        SwitchError,
+    },
     upstream::{
         is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody, Upstream,
         UpstreamConfig, UpstreamError, WebSocketAnswer,

@@ -2,11 +2,12 @@
 
 use std::{
     convert::Infallible,
+    fmt,
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicU8, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Duration,
@@ -19,7 +20,7 @@ use tokio::{
         tcp::{ReadHalf, WriteHalf},
         TcpStream,
     },
-    sync::{watch, Notify},
+    sync::{oneshot, watch, Notify},
     time::Instant,
 };
 
@@ -80,6 +81,54 @@ pub enum RelayCommand {
         /// The reason text (cut to fit a control frame).
         reason: String,
     },
+    /// Move the connection to the upstream handed to [`RelayHandle::switch_to`]: at a message
+    /// boundary of the client, stop reading from it and close the old upstream; forward what
+    /// the old upstream still sends up to its close; then relay to the new upstream.
+    Switch,
+}
+
+/// Why [`RelayHandle::switch_to`] did not switch.
+///
+/// ```
+/// use tower_ws_proxy::SwitchError;
+///
+/// assert_eq!(SwitchError::Busy.to_string(), "another switch is in progress");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SwitchError {
+    /// Another switch is in progress.
+    Busy,
+    /// The relay is closing or has ended (a close was requested, or a side closed).
+    Ended,
+    /// The old upstream closed in the middle of a message, so the client could not be moved
+    /// without seeing half a message; it was closed with 1012 instead.
+    Interrupted,
+}
+
+impl fmt::Display for SwitchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwitchError::Busy => "another switch is in progress",
+            SwitchError::Ended => "the connection is closing or has ended",
+            SwitchError::Interrupted => "the old backend closed in the middle of a message",
+        })
+    }
+}
+
+impl std::error::Error for SwitchError {}
+
+/// An upstream waiting to take over, and who to tell how it went.
+#[derive(Debug)]
+struct PendingSwitch {
+    upstream: Peer,
+    done: oneshot::Sender<Result<(), SwitchError>>,
+}
+
+type SwitchSlot = Arc<Mutex<Option<PendingSwitch>>>;
+
+fn lock(slot: &SwitchSlot) -> std::sync::MutexGuard<'_, Option<PendingSwitch>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Controls a running relay; cheap to clone.
@@ -93,6 +142,7 @@ pub enum RelayCommand {
 #[derive(Clone, Debug)]
 pub struct RelayHandle {
     commands: Arc<watch::Sender<RelayCommand>>,
+    switch: SwitchSlot,
 }
 
 /// The receiving end of a [`RelayHandle`], given to [`relay`].
@@ -101,6 +151,7 @@ pub struct RelayCommands {
     receiver: watch::Receiver<RelayCommand>,
     // The relay's own idle timer closes through the same channel.
     sender: Arc<watch::Sender<RelayCommand>>,
+    switch: SwitchSlot,
 }
 
 impl RelayHandle {
@@ -108,12 +159,41 @@ impl RelayHandle {
     pub fn new() -> (Self, RelayCommands) {
         let (sender, receiver) = watch::channel(RelayCommand::Run);
         let sender = Arc::new(sender);
+        let switch = SwitchSlot::default();
         (
             Self {
                 commands: sender.clone(),
+                switch: switch.clone(),
             },
-            RelayCommands { receiver, sender },
+            RelayCommands {
+                receiver,
+                sender,
+                switch,
+            },
         )
+    }
+
+    /// Moves the connection to `upstream`, a WebSocket already handshaken with the new
+    /// backend (same subprotocol and extensions as the client negotiated). Resolves once the
+    /// client is relayed to it; the client sees no close, and no frame is lost or reordered.
+    ///
+    /// On an error the relay goes on as before (or ends, as it was going to) and `upstream` is
+    /// dropped.
+    pub async fn switch_to(&self, upstream: Peer) -> Result<(), SwitchError> {
+        let done = {
+            let mut slot = lock(&self.switch);
+            if slot.is_some() {
+                return Err(SwitchError::Busy);
+            }
+            if self.is_finished() || matches!(*self.commands.borrow(), RelayCommand::Close { .. }) {
+                return Err(SwitchError::Ended);
+            }
+            let (done, receiver) = oneshot::channel();
+            *slot = Some(PendingSwitch { upstream, done });
+            self.commands.send_replace(RelayCommand::Switch);
+            receiver
+        };
+        done.await.unwrap_or(Err(SwitchError::Ended))
     }
 
     /// Asks the relay to close both sides at their next message boundaries.
@@ -144,6 +224,8 @@ pub struct RelayOutcome {
     pub client_bytes: u64,
     /// Bytes relayed from the upstream to the client.
     pub upstream_bytes: u64,
+    /// How many times the connection moved to another upstream.
+    pub switches: u32,
 }
 
 /// Which way a direction flows; frames toward the upstream must be masked.
@@ -160,24 +242,42 @@ struct DirectionEnd {
     /// The close code the relay injected toward the destination.
     injected: Option<u16>,
     bytes: u64,
+    /// Toward the upstream, switching: the client's bytes read past the message boundary
+    /// where the old upstream was closed; they go to the new upstream first.
+    handover: Option<Vec<u8>>,
+    /// Toward the client, switching: the old upstream has closed (or timed out, or gone) and
+    /// everything it sent before that reached the client.
+    handed_over: bool,
 }
 
-/// Shared by both directions of one relay.
-struct Shared {
-    config: RelayConfig,
+/// Activity of the whole relay, across upstream switches.
+struct Activity {
     start: Instant,
     /// Milliseconds since `start` of the last byte read either way.
-    last_activity: AtomicU64,
-    /// Close frames seen, one per direction at most; at 2 the close handshake is complete.
-    closes: AtomicU8,
-    /// Tells the other direction that the handshake completed.
-    handshake_done: Notify,
+    last: AtomicU64,
 }
 
-impl Shared {
+/// Shared by both directions while they relay to one upstream.
+struct Shared<'a> {
+    config: RelayConfig,
+    activity: &'a Activity,
+    /// Close frames seen, one per direction at most; at 2 the close handshake is complete.
+    closes: AtomicU8,
+    /// Set when the other direction must stop too (the close handshake completed, or a
+    /// switch failed).
+    stopped: AtomicBool,
+    stop: Notify,
+}
+
+impl Shared<'_> {
     fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_activity.store(now, Ordering::Relaxed);
+        let now = self.activity.start.elapsed().as_millis() as u64;
+        self.activity.last.store(now, Ordering::Relaxed);
+    }
+
+    fn stop_both(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_waiters();
     }
 }
 
@@ -210,6 +310,10 @@ impl Peer {
     }
 }
 
+/// The close sent to an old upstream when its client moves to another backend.
+const MOVED_CODE: u16 = 1001;
+const MOVED_REASON: &str = "moved to another backend";
+
 /// Relays an upgraded WebSocket connection until both sides have closed.
 ///
 /// Bytes pass through unchanged; [`FrameTracker`]s follow each direction so that a close
@@ -218,29 +322,114 @@ impl Peer {
 /// side still sends that way up to its own close, so neither side sees a second close.
 /// A framing error ends the relay (both connections are dropped).
 ///
-/// The relay waits for socket readiness and reads into a stack buffer that it writes out
-/// before waiting again, so an idle connection holds no buffer at all; bytes are copied to
-/// the heap only while the destination cannot take them.
+/// [`RelayHandle::switch_to`] moves the client to another upstream without a close: the
+/// relay then runs again on the new pair.
+///
+/// The relay waits for socket readiness and reads into a per-thread buffer that it writes
+/// out before waiting again, so an idle connection holds no buffer at all; bytes are copied
+/// to the heap only while the destination cannot take them.
 pub async fn relay(
     client: Peer,
     upstream: Peer,
     config: RelayConfig,
     commands: RelayCommands,
 ) -> RelayOutcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+    };
+    let idle = idle_watch(config, &activity, &commands.sender);
+    let phases = async {
+        let Peer {
+            stream: mut client_stream,
+            preread: mut client_bytes,
+        } = client;
+        let mut upstream = upstream;
+        let mut outcome = RelayOutcome {
+            client_close: None,
+            upstream_close: None,
+            relay_close: None,
+            client_bytes: 0,
+            upstream_bytes: 0,
+            switches: 0,
+        };
+        loop {
+            let (up, down) = relay_to(
+                &mut client_stream,
+                client_bytes,
+                upstream,
+                config,
+                &commands,
+                &activity,
+            )
+            .await;
+            outcome.client_bytes += up.bytes;
+            outcome.upstream_bytes += down.bytes;
+            let pending = lock(&commands.switch).take();
+            match (up.handover, down.handed_over, pending) {
+                (Some(leftover), true, Some(next)) => {
+                    client_bytes = leftover.into();
+                    upstream = next.upstream;
+                    outcome.switches += 1;
+                    commands.sender.send_if_modified(|command| {
+                        let switching = *command == RelayCommand::Switch;
+                        if switching {
+                            *command = RelayCommand::Run;
+                        }
+                        switching
+                    });
+                    let _ = next.done.send(Ok(()));
+                }
+                (_, _, pending) => {
+                    if let Some(pending) = pending {
+                        let error = if down.injected == Some(1012) {
+                            SwitchError::Interrupted
+                        } else {
+                            SwitchError::Ended
+                        };
+                        let _ = pending.done.send(Err(error));
+                    }
+                    outcome.client_close = up.close;
+                    outcome.upstream_close = down.close;
+                    outcome.relay_close = up.injected.or(down.injected);
+                    return outcome;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        outcome = phases => outcome,
+        never = idle => match never {},
+    }
+}
+
+/// Relays between the client and one upstream until both have closed, or until a switch
+/// handed the client over (then the upstream is dropped).
+async fn relay_to(
+    client: &mut TcpStream,
+    client_bytes: Bytes,
+    upstream: Peer,
+    config: RelayConfig,
+    commands: &RelayCommands,
+    activity: &Activity,
+) -> (DirectionEnd, DirectionEnd) {
+    let Peer {
+        stream: mut upstream_stream,
+        preread: upstream_bytes,
+    } = upstream;
     let shared = Shared {
         config,
-        start: Instant::now(),
-        last_activity: AtomicU64::new(0),
+        activity,
         closes: AtomicU8::new(0),
-        handshake_done: Notify::new(),
+        stopped: AtomicBool::new(false),
+        stop: Notify::new(),
     };
-    let (mut client_stream, mut upstream_stream) = (client.stream, upstream.stream);
-    let (client_read, client_write) = client_stream.split();
+    let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream_stream.split();
     let up = pump(
         client_read,
         upstream_write,
-        client.preread,
+        client_bytes,
         Toward::Upstream,
         commands.receiver.clone(),
         &shared,
@@ -248,31 +437,24 @@ pub async fn relay(
     let down = pump(
         upstream_read,
         client_write,
-        upstream.preread,
+        upstream_bytes,
         Toward::Client,
         commands.receiver.clone(),
         &shared,
     );
-    let idle = idle_watch(&shared, &commands.sender);
-    let (up, down) = tokio::select! {
-        both = async { tokio::join!(up, down) } => both,
-        never = idle => match never {},
-    };
-    RelayOutcome {
-        client_close: up.close,
-        upstream_close: down.close,
-        relay_close: up.injected.or(down.injected),
-        client_bytes: up.bytes,
-        upstream_bytes: down.bytes,
-    }
+    tokio::join!(up, down)
 }
 
 /// Requests a 1001 close once nothing has moved for the idle timeout; never completes.
-async fn idle_watch(shared: &Shared, commands: &watch::Sender<RelayCommand>) -> Infallible {
-    if let Some(idle) = shared.config.idle_timeout {
+async fn idle_watch(
+    config: RelayConfig,
+    activity: &Activity,
+    commands: &watch::Sender<RelayCommand>,
+) -> Infallible {
+    if let Some(idle) = config.idle_timeout {
         loop {
             let last =
-                shared.start + Duration::from_millis(shared.last_activity.load(Ordering::Relaxed));
+                activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
             if Instant::now() >= last + idle {
                 commands.send_replace(RelayCommand::Close {
                     code: 1001,
@@ -290,25 +472,62 @@ async fn idle_watch(shared: &Shared, commands: &watch::Sender<RelayCommand>) -> 
 enum Plan {
     /// All of them, unchanged (the common case: no copy).
     All,
-    /// These bytes instead (a close was injected, or part is swallowed).
+    /// These bytes instead (a close was injected, or part is swallowed or held back).
     Bytes(Vec<u8>),
+}
+
+/// What a direction was asked to inject at its next message boundary.
+enum Injection {
+    /// A close frame, then swallow what the source sends up to its own close.
+    Close(u16, String),
+    /// Toward the upstream: a close, then stop reading from the client (a switch).
+    Handover,
 }
 
 /// The state of one direction.
 struct Direction<'a> {
     toward: Toward,
-    shared: &'a Shared,
+    shared: &'a Shared<'a>,
     tracker: FrameTracker,
     end: DirectionEnd,
-    requested: Option<(u16, String)>,
+    requested: Option<Injection>,
     deadline: Option<Instant>,
     handshake_complete: bool,
+    /// Toward the client, switching: forward the old upstream's frames up to its close.
+    switching: bool,
+    /// Toward the client, switching: the start of a frame that may be the old upstream's
+    /// close, held back until it is known.
+    held: Vec<u8>,
 }
 
 impl Direction<'_> {
+    /// Takes a command into account.
+    fn on_command(&mut self, command: &RelayCommand) {
+        let closing =
+            self.end.close.is_some() || self.end.injected.is_some() || self.requested.is_some();
+        match command {
+            RelayCommand::Close { code, reason } if !closing && !self.switching => {
+                self.requested = Some(Injection::Close(*code, reason.clone()));
+            }
+            RelayCommand::Switch if !closing && !self.switching => match self.toward {
+                Toward::Upstream => self.requested = Some(Injection::Handover),
+                // A close frame the client has partly seen cannot be taken back.
+                Toward::Client if self.tracker.current_opcode() != Some(OpCode::Close) => {
+                    self.switching = true;
+                    self.deadline = Some(Instant::now() + self.shared.config.close_timeout);
+                }
+                Toward::Client => {}
+            },
+            _ => {}
+        }
+    }
+
     /// Follows the frames in `data`, injecting a requested close at a message boundary.
     /// Nothing after an injected close goes out: the destination already has our close.
     fn plan(&mut self, data: &[u8]) -> Result<Plan, ProtocolError> {
+        if self.switching {
+            return self.plan_switching(data).map(Plan::Bytes);
+        }
         let already_closed = self.end.injected.is_some();
         let mut out: Option<Vec<u8>> = None;
         let mut pos = 0;
@@ -324,17 +543,27 @@ impl Direction<'_> {
                 if self.shared.closes.fetch_add(1, Ordering::AcqRel) == 1 {
                     // Both sides have closed: nothing valid can follow either way.
                     self.handshake_complete = true;
-                    self.shared.handshake_done.notify_waiters();
+                    self.shared.stop_both();
                 }
             }
             if self.end.injected.is_none()
                 && frame.message_boundary
                 && frame.opcode != OpCode::Close
             {
-                if let Some((code, reason)) = self.requested.take() {
-                    let mut buf = data[..pos].to_vec();
-                    buf.extend_from_slice(&self.close_frame(code, &reason));
-                    out = Some(buf);
+                match self.requested.take() {
+                    Some(Injection::Close(code, reason)) => {
+                        let mut buf = data[..pos].to_vec();
+                        buf.extend_from_slice(&self.close_frame(code, &reason));
+                        out = Some(buf);
+                    }
+                    Some(Injection::Handover) => {
+                        let mut buf = data[..pos].to_vec();
+                        buf.extend_from_slice(&self.close_frame(MOVED_CODE, MOVED_REASON));
+                        // The rest belongs to the next upstream, unread by the tracker.
+                        self.end.handover = Some(data[pos..].to_vec());
+                        return Ok(Plan::Bytes(buf));
+                    }
+                    None => {}
                 }
             }
         }
@@ -344,6 +573,44 @@ impl Direction<'_> {
             None if already_closed => Plan::Bytes(Vec::new()),
             None => Plan::All,
         })
+    }
+
+    /// Toward the client while switching: forwards the old upstream's frames up to its
+    /// close, which (with anything after it) the client never sees.
+    fn plan_switching(&mut self, data: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let frame_start = pos;
+            let Some((consumed, frame)) = self.tracker.feed(&data[pos..])? else {
+                // Inside a frame that goes on in the next read: hold it back if it is the
+                // close, forward it otherwise.
+                if self.tracker.current_opcode() == Some(OpCode::Close) {
+                    self.held.extend_from_slice(&data[pos..]);
+                } else {
+                    out.extend_from_slice(&data[pos..]);
+                }
+                break;
+            };
+            pos += consumed;
+            if frame.opcode == OpCode::Close {
+                self.held = Vec::new();
+                self.end.close = Some(frame.close_code.unwrap_or(1005));
+                if self.tracker.at_message_boundary() {
+                    self.end.handed_over = true;
+                } else {
+                    // Moving now would leave the client with half a message.
+                    out.extend_from_slice(&close_frame(1012, "Service Restart", false));
+                    self.end.injected = Some(1012);
+                    self.shared.stop_both();
+                }
+                self.switching = false;
+                return Ok(out);
+            }
+            out.extend_from_slice(&std::mem::take(&mut self.held));
+            out.extend_from_slice(&data[frame_start..pos]);
+        }
+        Ok(out)
     }
 
     fn close_frame(&mut self, code: u16, reason: &str) -> Bytes {
@@ -365,7 +632,7 @@ async fn pump(
     preread: Bytes,
     toward: Toward,
     mut commands: watch::Receiver<RelayCommand>,
-    shared: &Shared,
+    shared: &Shared<'_>,
 ) -> DirectionEnd {
     let dst = dst.as_ref();
     let mut this = Direction {
@@ -376,6 +643,8 @@ async fn pump(
         requested: None,
         deadline: None,
         handshake_complete: false,
+        switching: false,
+        held: Vec::new(),
     };
     let mut pending: Option<Vec<u8>> = None;
     // Consumed here so nothing keeps it alive for the rest of the connection.
@@ -392,18 +661,16 @@ async fn pump(
 
     // The rare signals wait in futures made once, so the hot path registers nothing: only
     // when the socket has nothing to read does the pump poll them too.
-    let mut close_watch = commands.clone();
-    let close_requested = async move {
-        let command = close_watch
-            .wait_for(|c| matches!(c, RelayCommand::Close { .. }))
-            .await;
+    let mut command_watch = commands.clone();
+    let command_arrived = async move {
+        let command = command_watch.wait_for(|c| *c != RelayCommand::Run).await;
         command.ok().map(|c| c.clone())
     };
-    tokio::pin!(close_requested);
-    let mut close_request_seen = false;
-    let handshake_done = shared.handshake_done.notified();
-    tokio::pin!(handshake_done);
-    handshake_done.as_mut().enable();
+    tokio::pin!(command_arrived);
+    let mut command_seen = false;
+    let stop = shared.stop.notified();
+    tokio::pin!(stop);
+    stop.as_mut().enable();
     let close_deadline = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(close_deadline);
 
@@ -413,26 +680,35 @@ async fn pump(
                 return this.end;
             }
         }
-        if this.finished() || shared.closes.load(Ordering::Acquire) >= 2 {
+        if this.end.handover.is_some() || this.end.handed_over {
+            return this.end;
+        }
+        if this.finished() || shared.stopped.load(Ordering::Acquire) {
             shutdown_write(dst);
             return this.end;
         }
         // An atomic version check: cheap enough for every read.
         if commands.has_changed().unwrap_or(false) {
-            if let RelayCommand::Close { code, reason } = &*commands.borrow_and_update() {
-                if this.requested.is_none() && this.end.injected.is_none() {
-                    this.requested = Some((*code, reason.clone()));
-                }
-            }
+            let command = commands.borrow_and_update().clone();
+            this.on_command(&command);
         }
         // Between messages and nothing half-forwarded: inject right away.
         if this.tracker.at_message_boundary() && this.end.close.is_none() {
-            if let Some((code, reason)) = this.requested.take() {
-                let frame = this.close_frame(code, &reason);
-                if write_all(dst, &frame).await.is_err() {
+            match this.requested.take() {
+                Some(Injection::Close(code, reason)) => {
+                    let frame = this.close_frame(code, &reason);
+                    if write_all(dst, &frame).await.is_err() {
+                        return this.end;
+                    }
+                    continue;
+                }
+                Some(Injection::Handover) => {
+                    let frame = this.close_frame(MOVED_CODE, MOVED_REASON);
+                    let _ = write_all(dst, &frame).await;
+                    this.end.handover = Some(Vec::new());
                     return this.end;
                 }
-                continue;
+                None => {}
             }
         }
         if let Some(deadline) = this.deadline {
@@ -446,16 +722,16 @@ async fn pump(
             if let Poll::Ready(step) = read_and_forward(cx, &mut src, dst, &mut this) {
                 return Poll::Ready(step);
             }
-            if !close_request_seen {
-                if let Poll::Ready(command) = close_requested.as_mut().poll(cx) {
-                    close_request_seen = true;
+            if !command_seen {
+                if let Poll::Ready(command) = command_arrived.as_mut().poll(cx) {
+                    command_seen = true;
                     return Poll::Ready(Step::Command(command));
                 }
             }
             if this.deadline.is_some() && close_deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::Finished);
             }
-            if handshake_done.as_mut().poll(cx).is_ready() {
+            if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::Finished);
             }
             Poll::Pending
@@ -464,13 +740,17 @@ async fn pump(
         match step {
             Step::Sent => {}
             Step::Command(command) => {
-                if let Some(RelayCommand::Close { code, reason }) = command {
-                    if this.requested.is_none() && this.end.injected.is_none() {
-                        this.requested = Some((code, reason));
-                    }
+                if let Some(command) = command {
+                    this.on_command(&command);
                 }
             }
             Step::Pending(bytes) => pending = Some(bytes),
+            // The old upstream ended or missed its deadline while handing over: the client
+            // is not closed, it moves on.
+            Step::Finished if this.switching => {
+                this.end.handed_over = true;
+                return this.end;
+            }
             Step::Finished => {
                 shutdown_write(dst);
                 return this.end;

@@ -265,3 +265,123 @@ async fn socket_pair() -> (TcpStream, TcpStream) {
     let (accepted, connected) = tokio::join!(listener.accept(), connect);
     (connected.unwrap(), accepted.unwrap().0)
 }
+
+/// An echo server that tags each echo with its name and records the close it received.
+async fn tagged_echo_server(tag: &'static str) -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut close = None;
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+                Message::Text(text) => {
+                    let Ok(()) = ws.send(Message::text(format!("{tag}:{text}"))).await else {
+                        break;
+                    };
+                }
+                _ => {}
+            }
+        }
+        close
+    });
+    (addr, task)
+}
+
+/// Opens a WebSocket to `addr` the way the gateway does, reading the 101 byte by byte so that
+/// no frame byte is taken early.
+async fn handshaken(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// Under a steady stream of messages, the relay moves the client to another upstream: no
+/// close reaches the client, and every message gets exactly one echo, in order, first from
+/// the old upstream and then from the new one.
+#[tokio::test]
+async fn a_switch_moves_the_client_without_a_close_or_a_lost_message() {
+    let (old, old_task) = tagged_echo_server("old").await;
+    let (new, new_task) = tagged_echo_server("new").await;
+    let (proxy, handle, relay_task) = proxy(old, RelayConfig::default()).await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    let (mut sink, mut stream) = ws.split();
+    const MESSAGES: usize = 400;
+    let sender = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            sink.send(Message::text(format!("m{i}"))).await.unwrap();
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        sink
+    });
+    let mut echoes = Vec::new();
+    let mut switched = None;
+    while echoes.len() < MESSAGES {
+        match stream.next().await.unwrap().unwrap() {
+            Message::Text(text) => echoes.push(text.to_string()),
+            other => panic!("the client saw {other:?} before all its echoes"),
+        }
+        if echoes.len() == 50 {
+            let handle = handle.clone();
+            switched = Some(tokio::spawn(async move {
+                handle.switch_to(Peer::new(handshaken(new).await)).await
+            }));
+        }
+    }
+    switched
+        .unwrap()
+        .await
+        .unwrap()
+        .expect("the switch succeeded");
+    let from_old = echoes.iter().take_while(|e| e.starts_with("old:")).count();
+    let expected: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("{}:m{i}", if i < from_old { "old" } else { "new" }))
+        .collect();
+    assert_eq!(
+        echoes, expected,
+        "one echo per message, in order, old then new"
+    );
+    assert!(from_old < MESSAGES, "the switch happened mid-stream");
+
+    let mut sink = sender.await.unwrap();
+    sink.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    })))
+    .await
+    .unwrap();
+    while stream.next().await.is_some() {}
+    assert_eq!(
+        old_task.await.unwrap(),
+        Some(1001),
+        "the old upstream was closed"
+    );
+    assert_eq!(
+        new_task.await.unwrap(),
+        Some(1000),
+        "the client's close reached the new one"
+    );
+    let outcome = relay_task.await.unwrap();
+    assert_eq!(outcome.switches, 1);
+    assert_eq!(outcome.client_close, Some(1000));
+}
