@@ -13,8 +13,10 @@ use crate::MigrationPolicy;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// The connection was told to move.
+    /// The connection moved: switched live, or told to reconnect under Reconnect.
     Moved,
+    /// Live was impossible, so the client was told to reconnect; the reason says why.
+    FellBack(String),
     /// It could not be moved; the reason says why (e.g. it had already ended).
     Failed(String),
 }
@@ -69,7 +71,7 @@ impl MigrationHook for () {
 /// use tower_ws_migrate::MigrationStats;
 ///
 /// let stats = MigrationStats::default();
-/// assert_eq!((stats.moved(), stats.failed()), (0, 0));
+/// assert_eq!((stats.moved(), stats.fell_back(), stats.failed()), (0, 0, 0));
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct MigrationStats {
@@ -79,6 +81,7 @@ pub struct MigrationStats {
 #[derive(Debug, Default)]
 struct Counters {
     moved: AtomicU64,
+    fell_back: AtomicU64,
     failed: AtomicU64,
     ring_changes: AtomicU64,
 }
@@ -87,6 +90,11 @@ impl MigrationStats {
     /// Connections told to move.
     pub fn moved(&self) -> u64 {
         self.inner.moved.load(Ordering::Relaxed)
+    }
+
+    /// Connections told to reconnect because a live move was impossible.
+    pub fn fell_back(&self) -> u64 {
+        self.inner.fell_back.load(Ordering::Relaxed)
     }
 
     /// Connections that could not be moved.
@@ -102,6 +110,7 @@ impl MigrationStats {
     pub(crate) fn count(&self, outcome: &Outcome) {
         let counter = match outcome {
             Outcome::Moved => &self.inner.moved,
+            Outcome::FellBack(_) => &self.inner.fell_back,
             Outcome::Failed(_) => &self.inner.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,10 @@
 //! - [`plan`]: which registered connections a ring change affects, from the ring diff;
 //! - [`Pacing`]: at most R migrations per second, with jitter;
 //! - [`MigrationHook`]: called for each migration; closures implement it;
-//! - [`Migrator`]: subscribes to a ring's snapshots and runs the above on every change.
+//! - [`Migrator`]: subscribes to a ring's snapshots and runs the above on every change;
+//! - [`MigrateLayer`]: the tower layer in front of `tower_ws_proxy::HashRingProxy` that
+//!   registers each proxied WebSocket as a [`ProxiedConnection`], which moves live (dial the
+//!   new owner, switch the relay at a message boundary) or by reconnect.
 //!
 //! ```
 //! use std::time::Duration;
@@ -19,7 +22,11 @@
 //! # let _ = policy;
 //! ```
 
+#![forbid(unsafe_code)]
+
+mod connection;
 mod hook;
+mod layer;
 mod migrator;
 mod pace;
 mod plan;
@@ -27,10 +34,12 @@ mod policy;
 mod registry;
 
 pub use self::{
+    connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
     hook::{Migration, MigrationHook, MigrationStats, Outcome},
+    layer::{MigrateLayer, MigrateService},
     migrator::Migrator,
     pace::Pacing,
     plan::{plan, PlannedMove},
-    policy::{Migrate, MigrationPolicy},
+    policy::{Migrate, MigrateFuture, MigrationPolicy},
     registry::{ConnectionId, Registered, Registry, Tracked},
 };

@@ -1,12 +1,12 @@
 //! The migrator: follows the ring's snapshots and moves the affected connections, paced.
 
-use std::{collections::HashSet, fmt, sync::Arc};
+use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 
 use tower_hashring::{RingSnapshot, RingWatch};
 
 use crate::{
     plan, ConnectionId, Migrate, Migration, MigrationHook, MigrationPolicy, MigrationStats,
-    Outcome, Pacing, Registry,
+    Outcome, Pacing, PlannedMove, Registry,
 };
 
 /// Moves the connections of a [`Registry`] whose owner changed, on every new ring snapshot.
@@ -36,6 +36,7 @@ pub struct Migrator<H> {
     current: Arc<RingSnapshot>,
     policy: MigrationPolicy,
     pacing: Pacing,
+    drain_window: Duration,
     hook: Arc<dyn MigrationHook>,
     stats: MigrationStats,
 }
@@ -46,13 +47,14 @@ impl<H> fmt::Debug for Migrator<H> {
             .field("registry", &self.registry)
             .field("policy", &self.policy)
             .field("pacing", &self.pacing)
+            .field("drain_window", &self.drain_window)
             .finish_non_exhaustive()
     }
 }
 
 impl<H> Migrator<H>
 where
-    H: Migrate + Clone + Send + 'static,
+    H: Migrate,
 {
     /// A migrator over `registry`, following `ring`; Reconnect with 1012 and the default
     /// pacing.
@@ -65,20 +67,29 @@ where
             current,
             policy: MigrationPolicy::default(),
             pacing: Pacing::default(),
+            drain_window: Duration::ZERO,
             hook: Arc::new(()),
             stats: MigrationStats::default(),
         }
     }
 
-    /// The policy applied to affected connections.
+    /// The policy applied to affected connections registered without one of their own.
     pub fn policy(mut self, policy: MigrationPolicy) -> Self {
         self.policy = policy;
         self
     }
 
-    /// How fast connections are moved.
+    /// How fast connections whose owner changed are moved.
     pub fn pacing(mut self, pacing: Pacing) -> Self {
         self.pacing = pacing;
+        self
+    }
+
+    /// Connections of a backend that left the ring (or went to weight 0) are moved spread
+    /// evenly over this window, or at the pacing's rate where that is slower (default: zero,
+    /// i.e. at the pacing's rate).
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.drain_window = window;
         self
     }
 
@@ -108,7 +119,7 @@ where
                     affected = moves.len(),
                     "ring changed"
                 );
-                match self.apply(moves, &mut told).await {
+                match self.apply(moves, &newest, &mut told).await {
                     None => break,
                     // A newer ring arrived mid-batch: what is left is planned against it.
                     Some(newer) => newest = newer,
@@ -118,39 +129,82 @@ where
         }
     }
 
-    /// Moves each connection in turn, paced. Returns a newer snapshot if one arrived before
-    /// the batch finished.
+    /// Starts each move at its scheduled time; each runs in a task of its own, so slow
+    /// live dials overlap. Returns a newer snapshot if one arrived before the batch was
+    /// started in full.
     async fn apply(
         &mut self,
-        moves: Vec<crate::PlannedMove<H>>,
+        moves: Vec<PlannedMove<H>>,
+        ring: &RingSnapshot,
         told: &mut HashSet<ConnectionId>,
     ) -> Option<Arc<RingSnapshot>> {
-        // Deadlines from the batch's start, so timer rounding never adds up over a batch.
-        let mut due = tokio::time::Instant::now();
-        for (n, planned) in moves.into_iter().enumerate() {
-            if n > 0 {
-                if let Some(gap) = self.pacing.next_gap() {
-                    due += gap;
-                    tokio::time::sleep_until(due).await;
-                }
+        for (due, planned) in self.schedule(moves, ring) {
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
             }
             if self.ring.has_changed().unwrap_or(false) {
                 return Some(self.ring.borrow_and_update().clone());
             }
             told.insert(planned.id);
-            let outcome = match planned.handle.migrate(&self.policy) {
-                Ok(()) => Outcome::Moved,
-                Err(reason) => Outcome::Failed(reason),
-            };
-            self.stats.count(&outcome);
-            self.hook.on_migration(&Migration {
-                key: &planned.key,
-                from: &planned.from,
-                to: planned.to.as_ref(),
-                policy: &self.policy,
-                outcome: &outcome,
+            let policy = planned.policy.unwrap_or_else(|| Arc::new(self.policy.clone()));
+            let migration = planned
+                .handle
+                .migrate(&policy, &planned.from, planned.to.as_ref());
+            let (registry, stats, hook) = (self.registry.clone(), self.stats.clone(), self.hook.clone());
+            tokio::spawn(async move {
+                let outcome = migration.await;
+                if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =
+                    (&outcome, &*policy, &planned.to)
+                {
+                    registry.set_backend(planned.id, to.clone());
+                }
+                stats.count(&outcome);
+                hook.on_migration(&Migration {
+                    key: &planned.key,
+                    from: &planned.from,
+                    to: planned.to.as_ref(),
+                    policy: &policy,
+                    outcome: &outcome,
+                });
             });
         }
         None
+    }
+
+    /// When each move starts: moves off a departed backend spread over the drain window,
+    /// the others at the pacing's rate, both from now. Deadlines are absolute, so timer
+    /// rounding never adds up over a batch.
+    fn schedule(
+        &self,
+        moves: Vec<PlannedMove<H>>,
+        ring: &RingSnapshot,
+    ) -> Vec<(tokio::time::Instant, PlannedMove<H>)> {
+        let start = tokio::time::Instant::now();
+        let departed = |m: &PlannedMove<H>| {
+            ring.ring()
+                .node(m.from.as_str())
+                .is_none_or(|node| node.weight() == 0)
+        };
+        let (drains, changed): (Vec<_>, Vec<_>) = moves.into_iter().partition(departed);
+        // The drain never runs faster than the pacing allows.
+        let over_window = Pacing::over(self.drain_window, drains.len());
+        let drain_pacing = if over_window.gap() > self.pacing.gap() {
+            over_window
+        } else {
+            self.pacing
+        };
+        let mut timed = Vec::with_capacity(changed.len() + drains.len());
+        for (moves, pacing) in [(changed, self.pacing), (drains, drain_pacing)] {
+            let mut due = start;
+            for (n, planned) in moves.into_iter().enumerate() {
+                if n > 0 {
+                    due += pacing.next_gap().unwrap_or_default();
+                }
+                timed.push((due, planned));
+            }
+        }
+        // Stable: equal deadlines keep their order (oldest connection first).
+        timed.sort_by_key(|(due, _)| *due);
+        timed
     }
 }

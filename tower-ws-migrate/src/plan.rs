@@ -15,6 +15,8 @@ pub struct PlannedMove<H> {
     pub from: NodeId,
     /// Its owner on the new ring (`None`: the new ring is empty).
     pub to: Option<NodeId>,
+    /// Its route's policy, if it has its own.
+    pub policy: Option<std::sync::Arc<crate::MigrationPolicy>>,
     /// Moves it.
     pub handle: H,
 }
@@ -74,6 +76,7 @@ pub fn plan<H: Clone>(
             key: tracked.key.clone(),
             from: tracked.backend.clone(),
             to,
+            policy: tracked.policy.clone(),
             handle: tracked.handle.clone(),
         });
     });

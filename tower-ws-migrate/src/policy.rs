@@ -1,6 +1,11 @@
 //! What happens to a connection whose owner changed, and the handle that carries it out.
 
+use std::{future::Future, pin::Pin};
+
+use tower_hashring::NodeId;
 use tower_ws_proxy::RelayHandle;
+
+use crate::Outcome;
 
 /// How a connection whose owner changed is moved.
 ///
@@ -10,6 +15,7 @@ use tower_ws_proxy::RelayHandle;
 /// // The seed project's behaviour: a normal close, and the client reconnects.
 /// let seed = MigrationPolicy::Reconnect { code: 1000, reason: "moved".into() };
 /// assert_ne!(seed, MigrationPolicy::reconnect());
+/// assert!(matches!(MigrationPolicy::live(), MigrationPolicy::Live { code: 1012, .. }));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -22,6 +28,16 @@ pub enum MigrationPolicy {
         /// The close reason sent to the client.
         reason: String,
     },
+    /// Dial the new owner with the client's original request, then switch the relay to it
+    /// at a message boundary: the client sees no close and loses no frame. Where that is
+    /// impossible (the dial fails, a negotiated extension keeps state across messages),
+    /// fall back to [`Reconnect`](Self::Reconnect) with this code and reason.
+    Live {
+        /// The close code of the fallback.
+        code: u16,
+        /// The close reason of the fallback.
+        reason: String,
+    },
 }
 
 impl MigrationPolicy {
@@ -32,6 +48,23 @@ impl MigrationPolicy {
             reason: "Service Restart".into(),
         }
     }
+
+    /// Live, falling back to a 1012 "Service Restart" close.
+    pub fn live() -> Self {
+        MigrationPolicy::Live {
+            code: 1012,
+            reason: "Service Restart".into(),
+        }
+    }
+
+    /// The close sent to the client when it has to reconnect under this policy.
+    pub fn close(&self) -> (u16, &str) {
+        match self {
+            MigrationPolicy::Reconnect { code, reason } | MigrationPolicy::Live { code, reason } => {
+                (*code, reason)
+            }
+        }
+    }
 }
 
 impl Default for MigrationPolicy {
@@ -40,29 +73,47 @@ impl Default for MigrationPolicy {
     }
 }
 
-/// A live connection that can be moved: implemented by the relay's handle, and by test
+/// The future of one migration; resolves with how it ended.
+pub type MigrateFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// A live connection that can be moved: implemented by the relay's handle (Reconnect only),
+/// by [`ProxiedConnection`](crate::ProxiedConnection) (Reconnect and Live), and by test
 /// doubles.
 ///
 /// ```
-/// use tower_ws_migrate::{Migrate, MigrationPolicy};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tower_hashring::NodeId;
+/// use tower_ws_migrate::{Migrate, MigrationPolicy, Outcome};
 /// use tower_ws_proxy::RelayHandle;
 ///
 /// let (handle, _commands) = RelayHandle::new();
-/// assert!(handle.migrate(&MigrationPolicy::reconnect()).is_ok());
+/// let (from, to) = (NodeId::from("a"), NodeId::from("b"));
+/// let outcome = handle.migrate(&MigrationPolicy::reconnect(), &from, Some(&to)).await;
+/// assert_eq!(outcome, Outcome::Moved);
+/// # }
 /// ```
-pub trait Migrate {
-    /// Starts moving the connection per `policy`. An error says why it could not.
-    fn migrate(&self, policy: &MigrationPolicy) -> Result<(), String>;
+pub trait Migrate: Clone + Send + Sync + 'static {
+    /// Moves the connection from `from` to `to` (`None`: the new ring is empty) per
+    /// `policy`.
+    fn migrate(&self, policy: &MigrationPolicy, from: &NodeId, to: Option<&NodeId>)
+        -> MigrateFuture;
 }
 
 impl Migrate for RelayHandle {
-    fn migrate(&self, policy: &MigrationPolicy) -> Result<(), String> {
-        if self.is_finished() {
-            return Err("the connection already ended".into());
-        }
-        match policy {
-            MigrationPolicy::Reconnect { code, reason } => self.close(*code, reason.clone()),
-        }
-        Ok(())
+    fn migrate(&self, policy: &MigrationPolicy, _: &NodeId, _: Option<&NodeId>) -> MigrateFuture {
+        let outcome = if self.is_finished() {
+            Outcome::Failed("the connection already ended".into())
+        } else {
+            let (code, reason) = policy.close();
+            self.close(code, reason);
+            match policy {
+                MigrationPolicy::Live { .. } => {
+                    Outcome::FellBack("a bare relay handle cannot dial the new owner".into())
+                }
+                _ => Outcome::Moved,
+            }
+        };
+        Box::pin(std::future::ready(outcome))
     }
 }

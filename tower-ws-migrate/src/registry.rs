@@ -7,7 +7,9 @@ use std::{
 };
 
 use tokio::time::Instant;
-use tower_hashring::NodeId;
+use tower_hashring::{LoadSource, NodeId};
+
+use crate::MigrationPolicy;
 
 /// A registered connection's identity within one [`Registry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +30,8 @@ pub struct Tracked<H> {
     pub ring_version: u64,
     /// When it was established.
     pub started: Instant,
+    /// Its route's policy; `None`: the migrator's.
+    pub policy: Option<Arc<MigrationPolicy>>,
     /// Moves it.
     pub handle: H,
 }
@@ -53,6 +57,21 @@ struct Entries<H> {
     next_id: u64,
     // Ordered by id, i.e. by age: plans move older connections first, deterministically.
     connections: BTreeMap<ConnectionId, Tracked<H>>,
+    // Kept with every change, so bounded-loads lookups cost no scan.
+    per_backend: HashMap<NodeId, u64>,
+}
+
+impl<H> Entries<H> {
+    fn count(&mut self, backend: &NodeId, up: bool) {
+        if up {
+            *self.per_backend.entry(backend.clone()).or_insert(0) += 1;
+        } else if let Some(count) = self.per_backend.get_mut(backend) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_backend.remove(backend);
+            }
+        }
+    }
 }
 
 impl<H> Clone for Registry<H> {
@@ -84,6 +103,7 @@ impl<H> Registry<H> {
             inner: Arc::new(Mutex::new(Entries {
                 next_id: 0,
                 connections: BTreeMap::new(),
+                per_backend: HashMap::new(),
             })),
         }
     }
@@ -101,9 +121,24 @@ impl<H> Registry<H> {
         ring_version: u64,
         handle: H,
     ) -> Registered<H> {
+        self.register_with_policy(key, position, backend, ring_version, None, handle)
+    }
+
+    /// Like [`register`](Self::register), with the policy of the connection's route
+    /// (`None`: the migrator's).
+    pub fn register_with_policy(
+        &self,
+        key: &[u8],
+        position: u64,
+        backend: NodeId,
+        ring_version: u64,
+        policy: Option<Arc<MigrationPolicy>>,
+        handle: H,
+    ) -> Registered<H> {
         let mut entries = self.lock();
         let id = ConnectionId(entries.next_id);
         entries.next_id += 1;
+        entries.count(&backend, true);
         entries.connections.insert(
             id,
             Tracked {
@@ -113,6 +148,7 @@ impl<H> Registry<H> {
                 backend,
                 ring_version,
                 started: Instant::now(),
+                policy,
                 handle,
             },
         );
@@ -133,12 +169,19 @@ impl<H> Registry<H> {
     }
 
     /// Live connections per backend (feeds the ring's bounded-loads lookup and the admin API).
-    pub fn per_backend(&self) -> HashMap<NodeId, usize> {
-        let mut counts = HashMap::new();
-        for tracked in self.lock().connections.values() {
-            *counts.entry(tracked.backend.clone()).or_insert(0) += 1;
-        }
-        counts
+    pub fn per_backend(&self) -> HashMap<NodeId, u64> {
+        self.lock().per_backend.clone()
+    }
+
+    /// Records that connection `id` now runs to `backend` (after a live move).
+    pub fn set_backend(&self, id: ConnectionId, backend: NodeId) {
+        let mut entries = self.lock();
+        let Some(tracked) = entries.connections.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut tracked.backend, backend.clone());
+        entries.count(&old, false);
+        entries.count(&backend, true);
     }
 
     /// Calls `f` with every live connection, oldest first, under the registry's lock.
@@ -165,12 +208,6 @@ impl<H> Registered<H> {
         self.id
     }
 
-    /// Records that the connection now runs to `backend` (after a live move).
-    pub fn set_backend(&self, backend: NodeId) {
-        if let Some(tracked) = self.registry.lock().connections.get_mut(&self.id) {
-            tracked.backend = backend;
-        }
-    }
 }
 
 impl<H> fmt::Debug for Registered<H> {
@@ -181,6 +218,21 @@ impl<H> fmt::Debug for Registered<H> {
 
 impl<H> Drop for Registered<H> {
     fn drop(&mut self) {
-        self.registry.lock().connections.remove(&self.id);
+        let mut entries = self.registry.lock();
+        if let Some(tracked) = entries.connections.remove(&self.id) {
+            entries.count(&tracked.backend, false);
+        }
+    }
+}
+
+/// Live connections per backend, for the ring's bounded-loads lookup
+/// (`HashRingLayer::bounded_loads`).
+impl<H> LoadSource for Registry<H> {
+    fn load(&self, node: &NodeId) -> u64 {
+        self.lock().per_backend.get(node).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> u64 {
+        self.lock().connections.len() as u64
     }
 }

@@ -10,8 +10,8 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 use tower_hashring::{HashScheme, NodeId, Ring, RingSnapshot};
 use tower_ws_migrate::{
-    Migrate, Migration, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing, Registered,
-    Registry,
+    Migrate, MigrateFuture, Migration, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing,
+    Registered, Registry,
 };
 
 type Log = Arc<Mutex<Vec<(String, Instant, MigrationPolicy)>>>;
@@ -25,13 +25,15 @@ struct Recorder {
 }
 
 impl Migrate for Recorder {
-    fn migrate(&self, policy: &MigrationPolicy) -> Result<(), String> {
-        if self.ended {
-            return Err("already ended".into());
-        }
-        let entry = (self.key.clone(), Instant::now(), policy.clone());
-        self.log.lock().unwrap().push(entry);
-        Ok(())
+    fn migrate(&self, policy: &MigrationPolicy, _: &NodeId, _: Option<&NodeId>) -> MigrateFuture {
+        let outcome = if self.ended {
+            Outcome::Failed("already ended".into())
+        } else {
+            let entry = (self.key.clone(), Instant::now(), policy.clone());
+            self.log.lock().unwrap().push(entry);
+            Outcome::Moved
+        };
+        Box::pin(std::future::ready(outcome))
     }
 }
 
@@ -126,10 +128,9 @@ fn owner_changed(n: usize, old: &[&str], new: &[&str]) -> BTreeSet<String> {
 }
 
 async fn settle() {
-    // Let the spawned migrator observe the change and finish an unpaced batch.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    // With time paused, the clock only advances once every task is idle: the migrator and
+    // every migration it spawned have run by then.
+    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,10 +219,10 @@ async fn a_drain_spreads_over_its_window() {
     setup.connect(users(4000));
     let leaving = owner_changed(4000, &["a", "b", "c", "d"], &["a", "b", "c"]);
     let window = Duration::from_secs(4);
-    let pacing = Pacing::over(window, leaving.len());
     tokio::spawn(
         Migrator::new(setup.registry.clone(), watch)
-            .pacing(pacing)
+            .pacing(Pacing::unlimited())
+            .drain_window(window)
             .run(),
     );
 
@@ -382,4 +383,91 @@ async fn a_change_mid_batch_replans_without_telling_anyone_twice() {
         "only the ~50 told before the change back: {}",
         log.len()
     );
+}
+
+/// A connection registered with its route's policy is moved with that policy; a live move
+/// that succeeded counts the connection on its new backend.
+#[tokio::test(start_paused = true)]
+async fn route_policies_apply_and_live_moves_update_the_counts() {
+    let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
+    let snapshot = setup.publish.borrow().clone();
+    let live = Arc::new(MigrationPolicy::live());
+    for key in users(1000) {
+        let ring = snapshot.ring();
+        let owner = ring.route(key.as_bytes()).unwrap().id().clone();
+        let handle = Recorder {
+            key: key.clone(),
+            log: setup.log.clone(),
+            ended: false,
+        };
+        // Even users are on a live route, odd ones on the migrator's (Reconnect).
+        let n: usize = key.trim_start_matches("user-").parse().unwrap();
+        let policy = (n % 2 == 0).then(|| live.clone());
+        setup.guards.push(setup.registry.register_with_policy(
+            key.as_bytes(),
+            ring.key_position(key.as_bytes()),
+            owner,
+            snapshot.version(),
+            policy,
+            handle,
+        ));
+    }
+    tokio::spawn(
+        Migrator::new(setup.registry.clone(), watch)
+            .pacing(Pacing::unlimited())
+            .run(),
+    );
+    setup.change(&["a", "b", "c", "d"]);
+    settle().await;
+
+    let log = setup.log.lock().unwrap().clone();
+    assert!(!log.is_empty());
+    for (key, _, policy) in &log {
+        let n: usize = key.trim_start_matches("user-").parse().unwrap();
+        let expected = if n % 2 == 0 {
+            MigrationPolicy::live()
+        } else {
+            MigrationPolicy::reconnect()
+        };
+        assert_eq!(policy, &expected, "{key}");
+    }
+    // Live moves now count on d; reconnecting ones stay on their old backend until they
+    // close (the recorder never closes them).
+    let live_moved = log
+        .iter()
+        .filter(|(_, _, p)| *p == MigrationPolicy::live())
+        .count() as u64;
+    let counts = setup.registry.per_backend();
+    assert_eq!(counts.get(&NodeId::from("d")).copied(), Some(live_moved));
+    assert_eq!(counts.values().sum::<u64>(), 1000);
+    use tower_hashring::LoadSource;
+    assert_eq!(setup.registry.load(&NodeId::from("d")), live_moved);
+    assert_eq!(setup.registry.total(), 1000);
+}
+
+/// The layer passes readiness through and gives every request the registering observer.
+#[tokio::test]
+async fn the_layer_passes_readiness_through_and_adds_the_observer() {
+    use tower::Layer;
+    use tower_test::mock;
+    use tower_ws_proxy::{ObserveConnections, Upstream};
+
+    let layer = tower_ws_migrate::MigrateLayer::new(
+        Registry::new(),
+        tower_hashring::HttpKey::new().query("userId"),
+        |_: &NodeId| -> Option<Upstream> { None },
+    );
+    let (service, mut handle) = mock::pair::<http::Request<()>, ()>();
+    let mut service = mock::Spawn::new(layer.layer(service));
+
+    handle.allow(0);
+    assert!(service.poll_ready().is_pending(), "not ready while the proxy is not");
+    handle.allow(1);
+    assert!(service.poll_ready().is_ready());
+    let response = service.call(http::Request::get("/send?userId=7").body(()).unwrap());
+    let (request, send) = handle.next_request().await.unwrap();
+    assert!(request.extensions().get::<ObserveConnections>().is_some());
+    assert_eq!(request.uri(), "/send?userId=7");
+    send.send_response(());
+    response.await.unwrap();
 }

@@ -3,7 +3,7 @@
 
 use std::{any::Any, fmt, sync::Arc};
 
-use http::request;
+use http::{request, HeaderMap};
 use tower_hashring::NodeId;
 
 use crate::RelayHandle;
@@ -14,6 +14,9 @@ use crate::RelayHandle;
 pub struct OpenedConnection<'a> {
     /// The client's request head (path, query, headers): the key can be taken from it again.
     pub request: &'a request::Parts,
+    /// The backend's 101 headers, as the client got them (the negotiated subprotocol and
+    /// extensions).
+    pub response_headers: &'a HeaderMap,
     /// The backend that accepted it.
     pub backend: &'a NodeId,
     /// The ring position the request routed to.

@@ -162,6 +162,7 @@ impl WebSocketRoute {
                     let observed = observer.map(|observer| {
                         observer.opened(&OpenedConnection {
                             request: &parts,
+                            response_headers: response.headers(),
                             backend: &backend,
                             key_position,
                             ring_version,

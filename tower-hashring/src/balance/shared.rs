@@ -81,6 +81,17 @@ impl<S, E> SharedHashRing<S, E> {
         self.routes.borrow().snapshot.clone()
     }
 
+    /// The service of backend `id` in the latest published table, if it is a member (e.g.
+    /// to dial a connection's new owner).
+    pub fn service(&self, id: &NodeId) -> Option<S>
+    where
+        S: Clone,
+    {
+        let table = self.routes.borrow();
+        let index = table.snapshot.ring().node_index(id.as_str())?;
+        table.services.get(index)?.clone()
+    }
+
     /// The backends to try for a request, in order (bounded-loads choice, owner, distinct
     /// successors), for callers that retry on their own, e.g. a proxy that can only replay a
     /// WebSocket handshake by rebuilding it. Fails like `call` does: [`MissingKey`] or

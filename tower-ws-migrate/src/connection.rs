@@ -1,0 +1,197 @@
+//! A WebSocket relayed by `tower-ws-proxy`, as the migrator moves it.
+
+use std::{fmt, sync::Arc};
+
+use http::{header, request, HeaderMap, HeaderName, HeaderValue};
+use tower_hashring::NodeId;
+use tower_ws_proxy::{RelayHandle, SwitchError, Upstream, WebSocketAnswer};
+
+use crate::{Migrate, MigrateFuture, MigrationPolicy, Outcome};
+
+/// Tells the new owner of a live-migrated connection where its user came from, so it can
+/// restore state.
+pub const MIGRATED_FROM: HeaderName = HeaderName::from_static("x-wscluster-migrated-from");
+
+/// A proxied WebSocket that can be moved live: its relay, the request that opened it (to
+/// dial the new owner the same way), and why a live move is impossible, if it is.
+///
+/// [`MigrateLayer`](crate::MigrateLayer) registers one for every WebSocket the proxy
+/// establishes.
+///
+/// ```
+/// use tower_ws_migrate::ProxiedConnection;
+///
+/// // A 101 that negotiated permessage-deflate with context takeover: a live move would
+/// // break the compression context, so this connection can only reconnect.
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("sec-websocket-extensions", "permessage-deflate".parse().unwrap());
+/// assert!(ProxiedConnection::live_blocker(&headers).is_some());
+/// ```
+#[derive(Clone)]
+pub struct ProxiedConnection {
+    relay: RelayHandle,
+    request: Arc<request::Parts>,
+    protocol: Option<HeaderValue>,
+    live_blocker: Option<String>,
+    upstreams: Arc<dyn UpstreamLookup>,
+}
+
+impl fmt::Debug for ProxiedConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxiedConnection")
+            .field("uri", &self.request.uri)
+            .field("live_blocker", &self.live_blocker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxiedConnection {
+    /// A connection opened by `request`, answered with `response_headers`, relayed by
+    /// `relay`; `upstreams` finds a new owner's service to dial.
+    pub fn new(
+        relay: RelayHandle,
+        request: request::Parts,
+        response_headers: &HeaderMap,
+        upstreams: Arc<dyn UpstreamLookup>,
+    ) -> Self {
+        Self {
+            relay,
+            request: Arc::new(request),
+            protocol: response_headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
+            live_blocker: Self::live_blocker(response_headers),
+            upstreams,
+        }
+    }
+
+    /// Why a connection with these negotiated headers cannot move live: an extension that
+    /// keeps state across messages (permessage-deflate with context takeover, or one we do
+    /// not know), which a new backend could not continue.
+    pub fn live_blocker(response_headers: &HeaderMap) -> Option<String> {
+        for value in response_headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            for extension in value.split(',') {
+                let mut params = extension.split(';').map(str::trim);
+                let name = params.next().unwrap_or_default();
+                let params: Vec<&str> = params.collect();
+                let stateless = name.eq_ignore_ascii_case("permessage-deflate")
+                    && ["server_no_context_takeover", "client_no_context_takeover"]
+                        .iter()
+                        .all(|p| params.iter().any(|q| q.eq_ignore_ascii_case(p)));
+                if !stateless {
+                    return Some(format!(
+                        "the negotiated extension `{}` keeps state across messages",
+                        extension.trim()
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Dials `to` with the original request and switches the relay to it.
+    async fn move_live(self, policy: MigrationPolicy, from: NodeId, to: NodeId) -> Outcome {
+        let Some(upstream) = self.upstreams.upstream(&to) else {
+            return self.reconnect(&policy, format!("{to} has no service to dial"));
+        };
+        let mut request = (*self.request).clone();
+        if let Ok(from) = HeaderValue::from_str(from.as_str()) {
+            request.headers.insert(MIGRATED_FROM, from);
+        }
+        let peer = match upstream.open_websocket(&request).await {
+            Ok(WebSocketAnswer {
+                response,
+                upgraded: Some(peer),
+            }) => {
+                let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
+                if protocol != self.protocol.as_ref() {
+                    return self.reconnect(&policy, format!("{to} chose another subprotocol"));
+                }
+                peer
+            }
+            Ok(answer) => {
+                let status = answer.response.status();
+                return self.reconnect(&policy, format!("{to} answered {status}"));
+            }
+            Err(error) => return self.reconnect(&policy, format!("dialing {to}: {error}")),
+        };
+        match self.relay.switch_to(peer).await {
+            Ok(()) => Outcome::Moved,
+            Err(error @ SwitchError::Interrupted) => Outcome::FellBack(error.to_string()),
+            Err(error) => Outcome::Failed(error.to_string()),
+        }
+    }
+
+    fn reconnect(&self, policy: &MigrationPolicy, why: String) -> Outcome {
+        let (code, reason) = policy.close();
+        self.relay.close(code, reason);
+        Outcome::FellBack(why)
+    }
+}
+
+impl Migrate for ProxiedConnection {
+    fn migrate(
+        &self,
+        policy: &MigrationPolicy,
+        from: &NodeId,
+        to: Option<&NodeId>,
+    ) -> MigrateFuture {
+        if self.relay.is_finished() {
+            let outcome = Outcome::Failed("the connection already ended".into());
+            return Box::pin(std::future::ready(outcome));
+        }
+        let outcome = match (policy, to, &self.live_blocker) {
+            (MigrationPolicy::Live { .. }, Some(to), None) => {
+                let this = self.clone();
+                return Box::pin(this.move_live(policy.clone(), from.clone(), to.clone()));
+            }
+            (MigrationPolicy::Live { .. }, None, _) => {
+                self.reconnect(policy, "the ring is empty".into())
+            }
+            (MigrationPolicy::Live { .. }, _, Some(blocker)) => {
+                self.reconnect(policy, blocker.clone())
+            }
+            _ => {
+                let (code, reason) = policy.close();
+                self.relay.close(code, reason);
+                Outcome::Moved
+            }
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
+/// Finds the service of a backend, to dial a connection's new owner.
+///
+/// Implemented by `SharedHashRing<Upstream, _>` (its latest route table) and by closures
+/// `Fn(&NodeId) -> Option<Upstream>`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_hashring::NodeId;
+/// use tower_ws_migrate::UpstreamLookup;
+/// use tower_ws_proxy::{Upstream, UpstreamConfig};
+///
+/// let lookup: Arc<dyn UpstreamLookup> = Arc::new(|id: &NodeId| {
+///     (id.as_str() == "a").then(|| Upstream::new("127.0.0.1:7100", UpstreamConfig::default()))
+/// });
+/// assert!(lookup.upstream(&NodeId::from("b")).is_none());
+/// ```
+pub trait UpstreamLookup: Send + Sync + 'static {
+    /// The service of backend `id`, if it is a member.
+    fn upstream(&self, id: &NodeId) -> Option<Upstream>;
+}
+
+impl<F> UpstreamLookup for F
+where
+    F: Fn(&NodeId) -> Option<Upstream> + Send + Sync + 'static,
+{
+    fn upstream(&self, id: &NodeId) -> Option<Upstream> {
+        self(id)
+    }
+}
+
+impl<E: Send + Sync + 'static> UpstreamLookup for tower_hashring::SharedHashRing<Upstream, E> {
+    fn upstream(&self, id: &NodeId) -> Option<Upstream> {
+        self.service(id)
+    }
+}

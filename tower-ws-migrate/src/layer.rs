@@ -1,0 +1,204 @@
+//! The layer that registers every proxied WebSocket for migration.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::Request;
+use tower_hashring::KeyExtractor;
+use tower_layer::Layer;
+use tower_service::Service;
+use tower_ws_proxy::{ObserveConnections, OpenedConnection};
+
+use crate::{MigrationPolicy, ProxiedConnection, Registry, UpstreamLookup};
+
+/// Registers every WebSocket that the proxy below it establishes in a [`Registry`], under
+/// its key, backend and ring version, until its relay ends, so a [`Migrator`] can move it.
+///
+/// It works through the [`ObserveConnections`] request extension, which
+/// `tower_ws_proxy::HashRingProxy` reports each new WebSocket to. Give each route its own
+/// layer to give it its own [`MigrationPolicy`].
+///
+/// [`Migrator`]: crate::Migrator
+///
+/// ```
+/// use std::convert::Infallible;
+/// use axum::{body::Body, Router};
+/// use tower::Layer;
+/// use tower_hashring::{HttpKey, NodeId};
+/// use tower_ws_migrate::{MigrateLayer, MigrationPolicy, Registry};
+/// use tower_ws_proxy::Upstream;
+///
+/// let registry = Registry::new();
+/// let key = HttpKey::new().path("/connect/{userId}")?;
+/// let no_upstreams = |_: &NodeId| -> Option<Upstream> { None };
+/// let live = MigrateLayer::new(registry.clone(), key, no_upstreams)
+///     .policy(MigrationPolicy::live());
+/// // In front of the proxy; here a stand-in service.
+/// let proxy = tower::service_fn(|_: http::Request<Body>| async {
+///     Ok::<_, Infallible>(http::Response::new(Body::empty()))
+/// });
+/// let app: Router = Router::new().route_service("/connect/{userId}", live.layer(proxy));
+/// # let _ = app;
+/// # Ok::<(), tower_hashring::InvalidKeyPattern>(())
+/// ```
+#[derive(Clone)]
+pub struct MigrateLayer {
+    observe: ObserveConnections,
+    policy: Option<Arc<MigrationPolicy>>,
+    registry: Registry<ProxiedConnection>,
+    key: Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>,
+    upstreams: Arc<dyn UpstreamLookup>,
+}
+
+impl MigrateLayer {
+    /// Registers connections in `registry` under the key `key` takes from their request;
+    /// `upstreams` finds a new owner's service for live moves. The migrator's policy applies
+    /// unless [`policy`](Self::policy) sets this route's own.
+    pub fn new<K>(
+        registry: Registry<ProxiedConnection>,
+        key: K,
+        upstreams: impl UpstreamLookup,
+    ) -> Self
+    where
+        K: KeyExtractor<Request<()>> + Send + Sync + 'static,
+    {
+        let key = Arc::new(move |request: &Request<()>| {
+            key.extract(request).map(|k| k.as_bytes().to_vec())
+        });
+        Self::build(registry, key, Arc::new(upstreams), None)
+    }
+
+    /// This route's policy.
+    pub fn policy(self, policy: MigrationPolicy) -> Self {
+        Self::build(self.registry, self.key, self.upstreams, Some(Arc::new(policy)))
+    }
+
+    fn build(
+        registry: Registry<ProxiedConnection>,
+        key: Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>,
+        upstreams: Arc<dyn UpstreamLookup>,
+        policy: Option<Arc<MigrationPolicy>>,
+    ) -> Self {
+        let observe = {
+            let (registry, key, upstreams, policy) =
+                (registry.clone(), key.clone(), upstreams.clone(), policy.clone());
+            ObserveConnections::new(move |opened: &OpenedConnection<'_>| {
+                let request = Request::from_parts(opened.request.clone(), ());
+                let key = key(&request).unwrap_or_default();
+                let (parts, ()) = request.into_parts();
+                let connection = ProxiedConnection::new(
+                    opened.handle.clone(),
+                    parts,
+                    opened.response_headers,
+                    upstreams.clone(),
+                );
+                registry.register_with_policy(
+                    &key,
+                    opened.key_position,
+                    opened.backend.clone(),
+                    opened.ring_version,
+                    policy.clone(),
+                    connection,
+                )
+            })
+        };
+        Self {
+            observe,
+            policy,
+            registry,
+            key,
+            upstreams,
+        }
+    }
+}
+
+impl fmt::Debug for MigrateLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MigrateLayer")
+            .field("registry", &self.registry)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for MigrateLayer {
+    type Service = MigrateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MigrateService {
+            inner,
+            observe: self.observe.clone(),
+        }
+    }
+}
+
+/// The service of [`MigrateLayer`]: puts the registering observer into each request's
+/// extensions, then calls the proxy.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::convert::Infallible;
+/// use tower::{Layer, ServiceExt};
+/// use tower_hashring::{HttpKey, NodeId};
+/// use tower_ws_migrate::{MigrateLayer, Registry};
+/// use tower_ws_proxy::{ObserveConnections, Upstream};
+///
+/// let layer = MigrateLayer::new(Registry::new(), HttpKey::new().query("userId"), |_: &NodeId| -> Option<Upstream> { None });
+/// let service = layer.layer(tower::service_fn(|request: http::Request<()>| async move {
+///     Ok::<_, Infallible>(request.extensions().get::<ObserveConnections>().is_some())
+/// }));
+/// assert!(service.oneshot(http::Request::new(())).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MigrateService<S> {
+    inner: S,
+    observe: ObserveConnections,
+}
+
+impl<S> MigrateService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps it.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for MigrateService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MigrateService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<Request<B>> for MigrateService<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.observe.clone());
+        self.inner.call(request)
+    }
+}
