@@ -1,8 +1,10 @@
 //! The reference backend: a stateful WebSocket service that keeps each user's connections.
 //!
 //! - `GET /connect/{userId}` (WebSocket): sends `{"type":"connected","server":ID,"count":N}`
-//!   on open, then echoes each text message as `{"type":"echo","server":ID,"content":…}`.
-//!   Several connections of one user are all kept.
+//!   on open (with `"migratedFrom":OLD` when the gateway moved the connection live from
+//!   backend `OLD`), then echoes each text message as `{"type":"echo","server":ID,
+//!   "content":…}`, before reading the next one, so every message read gets its echo even if a
+//!   close follows. Several connections of one user are all kept.
 //! - `POST /send?userId=U` (body = message) and `GET /send?userId=U&message=M`: deliver
 //!   `{"type":"message","server":ID,"content":M}` to every local connection of `U`; answers
 //!   the number delivered, or 404 with a reason when `U` has none here.
@@ -22,12 +24,11 @@ use axum::{
         ws::{Message, WebSocket, WebSocketUpgrade},
         Path, Query, State,
     },
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -113,15 +114,25 @@ impl Backend {
 async fn connect(
     State(backend): State<Backend>,
     Path(user): Path<String>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let migrated_from = headers
+        .get("x-wscluster-migrated-from")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     // A subprotocol is offered so that its negotiation can be checked through proxies.
     upgrade
         .protocols(["wscluster.v1"])
-        .on_upgrade(move |socket| session(backend, user, socket))
+        .on_upgrade(move |socket| session(backend, user, migrated_from, socket))
 }
 
-async fn session(backend: Backend, user: String, socket: WebSocket) {
+async fn session(
+    backend: Backend,
+    user: String,
+    migrated_from: Option<String>,
+    mut socket: WebSocket,
+) {
     let id = backend
         .inner
         .next_connection
@@ -129,31 +140,21 @@ async fn session(backend: Backend, user: String, socket: WebSocket) {
     let (tx, mut outbox) = mpsc::unbounded_channel();
     let count = {
         let mut users = backend.users();
-        users
-            .entry(user.clone())
-            .or_default()
-            .insert(id, tx.clone());
+        users.entry(user.clone()).or_default().insert(id, tx);
         users.values().map(HashMap::len).sum::<usize>()
     };
-    let (mut sink, mut stream) = socket.split();
-    let hello = json!({ "type": "connected", "server": backend.id(), "count": count }).to_string();
-    let _ = tx.send(hello);
-    let writer = tokio::spawn(async move {
-        while let Some(text) = outbox.recv().await {
-            if sink.send(Message::text(text)).await.is_err() {
-                break;
-            }
+    let mut hello = json!({ "type": "connected", "server": backend.id(), "count": count });
+    if let Some(from) = migrated_from {
+        hello["migratedFrom"] = from.into();
+    }
+    let mut next = Some(hello.to_string());
+    // One task reads and writes: an echo is written before the next frame is read, so a
+    // close that follows a message never overtakes its echo.
+    while let Some(text) = next.take() {
+        if socket.send(Message::text(text)).await.is_err() {
+            break;
         }
-        let _ = sink.close().await;
-    });
-    while let Some(Ok(message)) = stream.next().await {
-        match message {
-            Message::Text(text) => {
-                let _ = tx.send(backend.message("echo", text.as_str()));
-            }
-            Message::Close(_) => break,
-            _ => {}
-        }
+        next = next_outgoing(&backend, &mut socket, &mut outbox).await;
     }
     {
         let mut users = backend.users();
@@ -164,8 +165,26 @@ async fn session(backend: Backend, user: String, socket: WebSocket) {
             }
         }
     }
-    drop(tx);
-    let _ = writer.await;
+}
+
+/// The next text to send: the echo of what the client sent, or a message for the user;
+/// `None` once the client has closed.
+async fn next_outgoing(
+    backend: &Backend,
+    socket: &mut WebSocket,
+    outbox: &mut mpsc::UnboundedReceiver<String>,
+) -> Option<String> {
+    loop {
+        tokio::select! {
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => return Some(backend.message("echo", text.as_str())),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+                // axum answers pings itself.
+                Some(Ok(_)) => continue,
+            },
+            Some(text) = outbox.recv() => return Some(text),
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -22,6 +22,15 @@
 //! shutdown_window_ms = 5000
 //! request_ms = 30000          # HTTP response head (408 past it)
 //!
+//! [migration]                  # WebSockets whose owner changed on the ring
+//! policy = "live"               # or "reconnect": close with close_code and reconnect
+//! close_code = 1012             # the close a client gets when it has to reconnect
+//! close_reason = "Service Restart"
+//! rate = 1000                   # migrations per second; 0: all at once
+//! jitter = 0.2                  # each gap varies by up to ± this fraction
+//! drain_ms = 5000               # a removed backend's connections move over this window
+//! routes = [{ prefix = "/game/", policy = "reconnect" }]   # first matching prefix wins
+//!
 //! [[backends]]
 //! id = "backend-a"
 //! address = "127.0.0.1:7100"
@@ -34,7 +43,9 @@ use serde::Deserialize;
 use tower_hashring::{HttpKey, KeySource, MissingKeyPolicy, NodeId};
 use tower_ws_proxy::{RelayConfig, UpstreamConfig};
 
-use crate::gateway::GatewayConfig;
+use tower_ws_migrate::{MigrationPolicy, Pacing};
+
+use crate::gateway::{GatewayConfig, MigrationConfig};
 
 /// The file's contents; every section and field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -49,7 +60,36 @@ pub struct ConfigFile {
     #[serde(default)]
     timeouts: Timeouts,
     #[serde(default)]
+    migration: Migration,
+    #[serde(default)]
     backends: Vec<BackendEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Migration {
+    policy: Option<PolicyName>,
+    close_code: Option<u16>,
+    close_reason: Option<String>,
+    rate: Option<u32>,
+    jitter: Option<f64>,
+    drain_ms: Option<u64>,
+    #[serde(default)]
+    routes: Vec<MigrationRoute>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PolicyName {
+    Live,
+    Reconnect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationRoute {
+    prefix: String,
+    policy: PolicyName,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +246,74 @@ impl ConfigFile {
             shutdown_window: t.shutdown_window_ms.map_or(defaults.shutdown_window, ms),
             request_timeout: t.request_ms.map_or(defaults.request_timeout, ms),
             workers: self.listen.workers.unwrap_or_else(default_workers),
+            migration: self.migration.config()?,
+        })
+    }
+}
+
+impl Migration {
+    fn config(&self) -> Result<MigrationConfig, ConfigError> {
+        let defaults = MigrationConfig::default();
+        let (default_code, default_reason) = defaults.policy.close();
+        let code = match self.close_code {
+            // Codes a peer may send (RFC 6455 §7.4): not 1004-1006, 1015 or below 1000.
+            Some(code @ (1000..=1003 | 1007..=1014 | 3000..=4999)) | Some(code @ 1016..=2999) => {
+                code
+            }
+            Some(code) => {
+                return Err(ConfigError(format!(
+                    "migration.close_code: {code} is not a close code a gateway may send"
+                )))
+            }
+            None => default_code,
+        };
+        let reason = self.close_reason.as_deref().unwrap_or(default_reason);
+        if reason.len() > 123 {
+            return Err(ConfigError(
+                "migration.close_reason: at most 123 bytes fit in a close frame".into(),
+            ));
+        }
+        let policy = |name: Option<PolicyName>| match name {
+            None | Some(PolicyName::Live) => MigrationPolicy::Live {
+                code,
+                reason: reason.into(),
+            },
+            Some(PolicyName::Reconnect) => MigrationPolicy::Reconnect {
+                code,
+                reason: reason.into(),
+            },
+        };
+        let jitter = match self.jitter {
+            Some(j) if !(0.0..=1.0).contains(&j) => {
+                return Err(ConfigError(format!(
+                    "migration.jitter: {j} is not a fraction from 0 to 1"
+                )))
+            }
+            Some(j) => j,
+            None => 0.2,
+        };
+        let pacing = match self.rate {
+            None => defaults.pacing,
+            Some(0) => Pacing::unlimited(),
+            Some(rate) => Pacing::per_second(rate).jitter(jitter),
+        };
+        let mut routes = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.prefix.starts_with('/') {
+                return Err(ConfigError(format!(
+                    "migration.routes[{i}].prefix: `{}` must start with /",
+                    route.prefix
+                )));
+            }
+            routes.push((route.prefix.clone(), policy(Some(route.policy))));
+        }
+        Ok(MigrationConfig {
+            policy: policy(self.policy),
+            routes,
+            pacing,
+            drain_window: self
+                .drain_ms
+                .map_or(defaults.drain_window, Duration::from_millis),
         })
     }
 }
@@ -234,6 +342,12 @@ mod tests {
             [timeouts]
             idle_ms = 1500
             shutdown_window_ms = 10
+            [migration]
+            policy = "reconnect"
+            close_code = 4000
+            rate = 0
+            drain_ms = 250
+            routes = [{ prefix = "/live/", policy = "live" }]
             [[backends]]
             id = "b1"
             address = "127.0.0.1:7100"
@@ -249,6 +363,21 @@ mod tests {
         assert_eq!(config.relay.idle_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(config.shutdown_window, Duration::from_millis(10));
         assert_eq!(file.backends()[0].0.as_str(), "b1");
+        let migration = config.migration;
+        assert_eq!(
+            migration.policy,
+            MigrationPolicy::Reconnect {
+                code: 4000,
+                reason: "Service Restart".into()
+            }
+        );
+        assert_eq!(migration.pacing, Pacing::unlimited());
+        assert_eq!(migration.drain_window, Duration::from_millis(250));
+        assert_eq!(migration.routes[0].0, "/live/");
+        assert!(matches!(
+            migration.routes[0].1,
+            MigrationPolicy::Live { code: 4000, .. }
+        ));
     }
 
     #[test]
@@ -270,6 +399,13 @@ mod tests {
             ("[routing]\nmissing_key = \"sometimes\"", "missing_key"),
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             ("[[backends]]\nid = \"a\"", "missing field `address`"),
+            ("[migration]\nclose_code = 1006", "migration.close_code"),
+            ("[migration]\njitter = 2.0", "migration.jitter"),
+            ("[migration]\npolicy = \"teleport\"", "policy"),
+            (
+                "[migration]\nroutes = [{ prefix = \"game\", policy = \"live\" }]",
+                "migration.routes[0].prefix",
+            ),
         ];
         for (text, expected) in cases {
             let error = ConfigFile::parse(text)

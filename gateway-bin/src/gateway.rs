@@ -28,14 +28,12 @@ use tokio::{
     sync::{mpsc, watch},
 };
 use tower::{discover::Change, ServiceBuilder};
-use tower_hashring::KeyExtractor;
 use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
-use tower_ws_migrate::{Migrator, Registry};
-use tower_ws_proxy::{
-    HashRingProxy, LiveConnections, ObserveConnections, OpenedConnection, RelayConfig, RelayHandle,
-    Upstream, UpstreamConfig,
+use tower_ws_migrate::{
+    MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Pacing, ProxiedConnection, Registry,
 };
+use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
 use crate::{
     backend::Backend,
@@ -67,6 +65,33 @@ pub struct GatewayConfig {
     /// `SO_REUSEPORT` listener, so a WebSocket's relay never wakes another thread. 0 serves
     /// on the runtime that started the gateway.
     pub workers: usize,
+    /// How WebSockets whose owner changed are moved.
+    pub migration: MigrationConfig,
+}
+
+/// How the gateway moves WebSockets whose owner changed on the ring.
+#[derive(Clone, Debug)]
+pub struct MigrationConfig {
+    /// The policy of routes without one of their own (default: Live, falling back to a 1012
+    /// close).
+    pub policy: MigrationPolicy,
+    /// Policies by path prefix; the first match wins.
+    pub routes: Vec<(String, MigrationPolicy)>,
+    /// How fast connections are moved (default: 1000 per second, 20 % jitter).
+    pub pacing: Pacing,
+    /// Connections of a removed backend move over this window (default: 5 s).
+    pub drain_window: Duration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            policy: MigrationPolicy::live(),
+            routes: Vec::new(),
+            pacing: Pacing::default(),
+            drain_window: Duration::from_secs(5),
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -92,6 +117,7 @@ impl Default for GatewayConfig {
             shutdown_window: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             workers: 0,
+            migration: MigrationConfig::default(),
         }
     }
 }
@@ -189,25 +215,43 @@ impl Gateway {
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
-        // Every WebSocket is registered by key; on a ring change the migrator tells exactly
-        // those whose owner changed to reconnect (1012), paced.
-        let registry: Registry<RelayHandle> = Registry::new();
-        tokio::spawn(Migrator::new(registry.clone(), proxy.ring().subscribe()).run());
-        let observe = observe_connections(registry.clone(), config.key.clone());
+        // Every WebSocket is registered by key; on a ring change the migrator moves exactly
+        // those whose owner changed (live, or by a 1012 close), paced.
+        let registry: Registry<ProxiedConnection> = Registry::new();
+        let migration = &config.migration;
+        let migrator = Migrator::new(registry.clone(), proxy.ring().subscribe())
+            .policy(migration.policy.clone())
+            .pacing(migration.pacing)
+            .drain_window(migration.drain_window)
+            .hook(|m: &tower_ws_migrate::Migration<'_>| {
+                tracing::debug!(key = %String::from_utf8_lossy(m.key), from = %m.from, to = ?m.to, outcome = ?m.outcome, "migration");
+            });
+        let stats = migrator.stats();
+        tokio::spawn(migrator.run());
+        let routes = migration.routes.clone();
+        let migrate = MigrateLayer::new(registry.clone(), config.key.clone(), proxy.ring().clone())
+            .route_policy(move |request: &http::request::Parts| {
+                let path = request.uri.path();
+                routes
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                    .map(|(_, policy)| policy.clone())
+            });
 
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
         let public_app = with_public_layers(
             Router::new()
-                .fallback_service(proxy.clone())
-                .layer(axum::Extension(observe)),
+                .fallback_service(ServiceBuilder::new().layer(migrate).service(proxy.clone())),
             config.request_timeout,
         );
         let admin_app = admin_router(AdminState {
             proxy,
             members,
-            registry,
+            registry: registry.clone(),
+            stats,
+            drain_window: migration.drain_window,
         });
         let (public, mut servers) = if config.workers == 0 {
             let listener = TcpListener::bind(config.public).await?;
@@ -310,26 +354,13 @@ impl Stream for ChannelDiscovery {
     }
 }
 
-/// Registers each new WebSocket in `registry` under its key, until its relay ends.
-fn observe_connections(registry: Registry<RelayHandle>, key: HttpKey) -> ObserveConnections {
-    ObserveConnections::new(move |opened: &OpenedConnection<'_>| {
-        let request = Request::from_parts(opened.request.clone(), ());
-        let key = key.extract(&request);
-        registry.register(
-            key.as_ref().map_or(&[][..], |k| k.as_bytes()),
-            opened.key_position,
-            opened.backend.clone(),
-            opened.ring_version,
-            opened.handle.clone(),
-        )
-    })
-}
-
 #[derive(Clone)]
 struct AdminState {
     proxy: HashRingProxy<HttpKey>,
     members: Members,
-    registry: Registry<RelayHandle>,
+    registry: Registry<ProxiedConnection>,
+    stats: MigrationStats,
+    drain_window: Duration,
 }
 
 fn admin_router(state: AdminState) -> Router {
@@ -342,7 +373,7 @@ fn admin_router(state: AdminState) -> Router {
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let snapshot = state.proxy.ring().snapshot();
-    let counts = state.proxy.connections().per_backend();
+    let counts = state.registry.per_backend();
     let members = state.members.lock().clone();
     let nodes: Vec<_> = snapshot
         .ring()
@@ -361,7 +392,12 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "version": snapshot.version(),
         "points": snapshot.ring().len_points(),
         "members": nodes,
-        "connections": state.proxy.connections().len(),
+        "connections": state.registry.len(),
+        "migrations": {
+            "moved": state.stats.moved(),
+            "fell_back": state.stats.fell_back(),
+            "failed": state.stats.failed(),
+        },
     }))
 }
 
@@ -385,14 +421,15 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
     let id = NodeId::from(id);
     match state.members.remove(&id) {
         Some(member) => {
-            // The ring change makes the migrator tell its clients to reconnect (1012) to
-            // their new owners; stop the backend once they have gone (or after 5 s).
+            // The ring change makes the migrator move its clients to their new owners over
+            // the drain window; stop the backend once they have gone (or 5 s after it).
             let drained = async {
                 while state.registry.per_backend().contains_key(&id) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
+            let limit = state.drain_window + Duration::from_secs(5);
+            let _ = tokio::time::timeout(limit, drained).await;
             if let Some(stop) = member.stop {
                 stop.notify_waiters();
             }

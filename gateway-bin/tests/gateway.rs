@@ -14,6 +14,7 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
 };
 use tower_hashring::{NodeId, Ring};
+use tower_ws_migrate::MigrationPolicy;
 use tower_ws_proxy::RelayConfig;
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -31,6 +32,13 @@ fn any_port() -> GatewayConfig {
 
 async fn demo(backends: usize) -> Gateway {
     Gateway::start(any_port(), vec![], backends).await.unwrap()
+}
+
+/// A demo gateway whose migrations close clients with 1012 for them to reconnect.
+async fn demo_reconnecting(backends: usize) -> Gateway {
+    let mut config = any_port();
+    config.migration.policy = MigrationPolicy::reconnect();
+    Gateway::start(config, vec![], backends).await.unwrap()
 }
 
 async fn next_json(client: &mut Client) -> Value {
@@ -227,7 +235,7 @@ async fn send_reaches_every_socket_of_the_user_through_its_owner() {
 
 #[tokio::test]
 async fn removing_a_backend_sends_its_users_to_their_new_owners() {
-    let gateway = demo(3).await;
+    let gateway = demo_reconnecting(3).await;
     let mut clients = vec![];
     for n in 0..30 {
         let user = format!("u{n}");
@@ -267,7 +275,7 @@ async fn removing_a_backend_sends_its_users_to_their_new_owners() {
 /// get a 1012 close and reconnect to it; everyone else keeps the same connection.
 #[tokio::test]
 async fn adding_a_backend_moves_exactly_the_users_it_now_owns() {
-    let gateway = demo(3).await;
+    let gateway = demo_reconnecting(3).await;
     let mut clients = vec![];
     for n in 0..60 {
         let user = format!("scale-{n}");
@@ -568,5 +576,181 @@ async fn a_silent_backend_times_out_its_handshake_with_502() {
         started.elapsed()
     );
     held.abort();
+    gateway.shutdown().await;
+}
+
+/// What one client saw while it sent a steady stream of messages.
+struct Traffic {
+    user: String,
+    sent: usize,
+    /// Every text message received, in order.
+    received: Vec<Value>,
+    /// A close frame, if one arrived (a live move must never send one).
+    closed: Option<u16>,
+}
+
+/// Sends `n0`, `n1`, … every 3 ms until `stop`, while collecting everything the gateway
+/// sends back, until every message has had its echo.
+async fn echo_traffic(
+    user: String,
+    client: Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Traffic {
+    let (mut sink, mut stream) = client.split();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0;
+        while !*stop.borrow_and_update() {
+            if sink.send(Message::text(format!("n{sent}"))).await.is_err() {
+                break;
+            }
+            sent += 1;
+            let _ = tokio::time::timeout(Duration::from_millis(3), stop.changed()).await;
+        }
+        sent
+    });
+    tokio::pin!(sender);
+    let (mut received, mut closed, mut sent) = (Vec::new(), None, None);
+    let echoes = |received: &Vec<Value>| received.iter().filter(|m| m["type"] == "echo").count();
+    while sent.is_none_or(|sent| echoes(&received) < sent) {
+        tokio::select! {
+            message = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match message {
+                Ok(Some(Ok(Message::Text(text)))) => received.push(serde_json::from_str(&text).unwrap()),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    closed = Some(frame.map_or(1005, |f| f.code.into()));
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("{user}: the stream ended with {other:?}"),
+            },
+            done = &mut sender, if sent.is_none() => sent = Some(done.unwrap()),
+        }
+    }
+    Traffic {
+        user,
+        sent: sent.unwrap_or_default(),
+        received,
+        closed,
+    }
+}
+
+fn ring_of(ids: &[&str]) -> Ring {
+    ids.iter()
+        .fold(Ring::builder(), |b, id| b.node(*id, 1))
+        .build()
+        .unwrap()
+}
+
+/// Live migration under continuous traffic: a 4th backend joins, then one of the first three
+/// leaves. Clients whose owner changed end on their new owner without a close, every message
+/// gets exactly one echo, in order, and each move is announced by the new backend's
+/// `connected` (with the old one's id); the others see nothing but their own echoes from
+/// their one backend. Clients that connect while the ring changes end on the right owner.
+#[tokio::test]
+async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_message() {
+    let mut config = any_port();
+    config.migration.drain_window = Duration::from_millis(300);
+    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    let mut first_server = HashMap::new();
+    for n in 0..60 {
+        let user = format!("live-{n}");
+        let (client, server) = connect(&gateway, &user).await;
+        first_server.insert(user.clone(), server);
+        clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
+    }
+    // Latecomers connect throughout both changes.
+    let public = gateway.public;
+    let latecomers = tokio::spawn(async move {
+        let mut late = Vec::new();
+        for n in 0..40 {
+            let user = format!("late-{n}");
+            let url = format!("ws://{public}/connect/{user}");
+            let (client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            late.push((user, client));
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        late
+    });
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = http(gateway.admin, "POST", "/admin/backends", "").await;
+    assert_eq!(status, 201, "{body}");
+    let added: Value = serde_json::from_str(&body).unwrap();
+    let added = added["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = http(gateway.admin, "DELETE", "/admin/backends/backend-b", "").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send_replace(true);
+
+    let middle = ring_of(&["backend-a", "backend-b", "backend-c", &added]);
+    let last = ring_of(&["backend-a", "backend-c", &added]);
+    let owner = |ring: &Ring, user: &str| ring.route(user.as_bytes()).unwrap().id().to_string();
+    let mut moved = 0;
+    for client in clients {
+        let Traffic {
+            user,
+            sent,
+            received,
+            closed,
+        } = client.await.unwrap();
+        assert_eq!(closed, None, "{user} was closed");
+        assert!(sent > 50, "{user} kept sending ({sent})");
+        let contents: Vec<&str> = received
+            .iter()
+            .filter(|m| m["type"] == "echo")
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (0..sent).map(|i| format!("n{i}")).collect();
+        assert_eq!(contents, expected, "{user}: one echo per message, in order");
+
+        // The servers it was relayed to, in order, as the echoes and hellos tell.
+        let mut servers = vec![first_server[&user].clone()];
+        for message in &received {
+            let server = message["server"].as_str().unwrap();
+            if message["type"] == "connected" {
+                assert_eq!(
+                    message["migratedFrom"].as_str(),
+                    servers.last().map(String::as_str),
+                    "{user}: the new backend is told where the user came from"
+                );
+                servers.push(server.to_owned());
+            } else {
+                assert_eq!(
+                    server,
+                    servers.last().unwrap(),
+                    "{user}: echo from {server}"
+                );
+            }
+        }
+        let mut owners = vec![
+            first_server[&user].clone(),
+            owner(&middle, &user),
+            owner(&last, &user),
+        ];
+        owners.dedup();
+        assert_eq!(
+            servers, owners,
+            "{user} moved exactly when its owner changed"
+        );
+        moved += usize::from(owners.len() > 1);
+    }
+    assert!(moved > 5, "some of 60 users moved ({moved})");
+
+    for (user, mut client) in latecomers.await.unwrap() {
+        client.send(Message::text("where am i")).await.unwrap();
+        let server = loop {
+            // Its hello, perhaps a move's hello, then the echo from where it is now.
+            let message = next_json(&mut client).await;
+            if message["type"] == "echo" {
+                break message["server"].as_str().unwrap().to_owned();
+            }
+        };
+        assert_eq!(server, owner(&last, &user), "{user} ended on its owner");
+    }
+    let ring = ring_json(&gateway).await;
+    assert_eq!(ring["migrations"]["failed"], 0);
+    assert_eq!(ring["migrations"]["fell_back"], 0);
     gateway.shutdown().await;
 }

@@ -57,7 +57,9 @@ impl ProxiedConnection {
         Self {
             relay,
             request: Arc::new(request),
-            protocol: response_headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
+            protocol: response_headers
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .cloned(),
             live_blocker: Self::live_blocker(response_headers),
             upstreams,
         }

@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::Request;
+use http::{request, Request};
 use tower_hashring::KeyExtractor;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -14,12 +14,16 @@ use tower_ws_proxy::{ObserveConnections, OpenedConnection};
 
 use crate::{MigrationPolicy, ProxiedConnection, Registry, UpstreamLookup};
 
+/// Takes a connection's routing key from its request head.
+type KeyFn = Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>;
+
 /// Registers every WebSocket that the proxy below it establishes in a [`Registry`], under
 /// its key, backend and ring version, until its relay ends, so a [`Migrator`] can move it.
 ///
 /// It works through the [`ObserveConnections`] request extension, which
-/// `tower_ws_proxy::HashRingProxy` reports each new WebSocket to. Give each route its own
-/// layer to give it its own [`MigrationPolicy`].
+/// `tower_ws_proxy::HashRingProxy` reports each new WebSocket to. A route gets its own
+/// [`MigrationPolicy`] from its own layer ([`policy`](Self::policy)) or from a
+/// [`RoutePolicy`] that looks at the request ([`route_policy`](Self::route_policy)).
 ///
 /// [`Migrator`]: crate::Migrator
 ///
@@ -47,9 +51,8 @@ use crate::{MigrationPolicy, ProxiedConnection, Registry, UpstreamLookup};
 #[derive(Clone)]
 pub struct MigrateLayer {
     observe: ObserveConnections,
-    policy: Option<Arc<MigrationPolicy>>,
     registry: Registry<ProxiedConnection>,
-    key: Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>,
+    key: KeyFn,
     upstreams: Arc<dyn UpstreamLookup>,
 }
 
@@ -68,27 +71,32 @@ impl MigrateLayer {
         let key = Arc::new(move |request: &Request<()>| {
             key.extract(request).map(|k| k.as_bytes().to_vec())
         });
-        Self::build(registry, key, Arc::new(upstreams), None)
+        Self::build(registry, key, Arc::new(upstreams), Arc::new(()))
     }
 
-    /// This route's policy.
+    /// The policy of every connection through this layer.
     pub fn policy(self, policy: MigrationPolicy) -> Self {
-        Self::build(self.registry, self.key, self.upstreams, Some(Arc::new(policy)))
+        self.route_policy(Arc::new(policy))
+    }
+
+    /// Chooses each connection's policy from its request (e.g. by path).
+    pub fn route_policy(self, policy: impl RoutePolicy) -> Self {
+        Self::build(self.registry, self.key, self.upstreams, Arc::new(policy))
     }
 
     fn build(
         registry: Registry<ProxiedConnection>,
-        key: Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>,
+        key: KeyFn,
         upstreams: Arc<dyn UpstreamLookup>,
-        policy: Option<Arc<MigrationPolicy>>,
+        policy: Arc<dyn RoutePolicy>,
     ) -> Self {
         let observe = {
-            let (registry, key, upstreams, policy) =
-                (registry.clone(), key.clone(), upstreams.clone(), policy.clone());
+            let (registry, key, upstreams) = (registry.clone(), key.clone(), upstreams.clone());
             ObserveConnections::new(move |opened: &OpenedConnection<'_>| {
                 let request = Request::from_parts(opened.request.clone(), ());
                 let key = key(&request).unwrap_or_default();
                 let (parts, ()) = request.into_parts();
+                let policy = policy.policy(&parts);
                 let connection = ProxiedConnection::new(
                     opened.handle.clone(),
                     parts,
@@ -100,14 +108,13 @@ impl MigrateLayer {
                     opened.key_position,
                     opened.backend.clone(),
                     opened.ring_version,
-                    policy.clone(),
+                    policy,
                     connection,
                 )
             })
         };
         Self {
             observe,
-            policy,
             registry,
             key,
             upstreams,
@@ -119,7 +126,6 @@ impl fmt::Debug for MigrateLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MigrateLayer")
             .field("registry", &self.registry)
-            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -200,5 +206,46 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         request.extensions_mut().insert(self.observe.clone());
         self.inner.call(request)
+    }
+}
+
+/// Chooses the [`MigrationPolicy`] of a connection from the request that opened it; `None`
+/// leaves it to the migrator's.
+///
+/// Implemented by closures `Fn(&request::Parts) -> Option<MigrationPolicy>`, by
+/// `Arc<MigrationPolicy>` (the same for every request) and by `()` (always the migrator's).
+///
+/// ```
+/// use tower_ws_migrate::{MigrationPolicy, RoutePolicy};
+///
+/// let by_path = |request: &http::request::Parts| {
+///     request.uri.path().starts_with("/game/").then(MigrationPolicy::reconnect)
+/// };
+/// let (parts, ()) = http::Request::get("/game/7").body(()).unwrap().into_parts();
+/// assert_eq!(by_path.policy(&parts).as_deref(), Some(&MigrationPolicy::reconnect()));
+/// ```
+pub trait RoutePolicy: Send + Sync + 'static {
+    /// The policy for the connection `request` opened.
+    fn policy(&self, request: &request::Parts) -> Option<Arc<MigrationPolicy>>;
+}
+
+impl<F> RoutePolicy for F
+where
+    F: Fn(&request::Parts) -> Option<MigrationPolicy> + Send + Sync + 'static,
+{
+    fn policy(&self, request: &request::Parts) -> Option<Arc<MigrationPolicy>> {
+        self(request).map(Arc::new)
+    }
+}
+
+impl RoutePolicy for Arc<MigrationPolicy> {
+    fn policy(&self, _: &request::Parts) -> Option<Arc<MigrationPolicy>> {
+        Some(self.clone())
+    }
+}
+
+impl RoutePolicy for () {
+    fn policy(&self, _: &request::Parts) -> Option<Arc<MigrationPolicy>> {
+        None
     }
 }

@@ -36,7 +36,7 @@ mod registry;
 pub use self::{
     connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
     hook::{Migration, MigrationHook, MigrationStats, Outcome},
-    layer::{MigrateLayer, MigrateService},
+    layer::{MigrateLayer, MigrateService, RoutePolicy},
     migrator::Migrator,
     pace::Pacing,
     plan::{plan, PlannedMove},

@@ -5,8 +5,8 @@ use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 use tower_hashring::{RingSnapshot, RingWatch};
 
 use crate::{
-    plan, ConnectionId, Migrate, Migration, MigrationHook, MigrationPolicy, MigrationStats,
-    Outcome, Pacing, PlannedMove, Registry,
+    plan, plan::plan_stragglers, ConnectionId, Migrate, Migration, MigrationHook, MigrationPolicy,
+    MigrationStats, Outcome, Pacing, PlannedMove, Registry,
 };
 
 /// Moves the connections of a [`Registry`] whose owner changed, on every new ring snapshot.
@@ -106,27 +106,54 @@ where
 
     /// Runs until the ring's sender is dropped.
     pub async fn run(mut self) {
-        while self.ring.changed().await.is_ok() {
-            let mut newest = self.ring.borrow_and_update().clone();
-            // Connections already told to move in this round are not told twice.
-            let mut told = HashSet::new();
-            loop {
-                self.stats.count_ring_change();
-                let mut moves = plan(&self.registry, &self.current, &newest);
-                moves.retain(|m| !told.contains(&m.id));
-                tracing::debug!(
-                    version = newest.version(),
-                    affected = moves.len(),
-                    "ring changed"
-                );
-                match self.apply(moves, &newest, &mut told).await {
-                    None => break,
-                    // A newer ring arrived mid-batch: what is left is planned against it.
-                    Some(newer) => newest = newer,
+        self.registry.planning(self.current.version());
+        loop {
+            tokio::select! {
+                changed = self.ring.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let newest = self.ring.borrow_and_update().clone();
+                    self.follow_ring_change(newest).await;
+                }
+                // A connection routed on an older ring registered after its change was
+                // planned (the seed's race): check it against the ring now.
+                () = self.registry.stragglers_registered() => {
+                    let current = self.current.clone();
+                    let moves = plan_stragglers(self.registry.take_stragglers(), &current);
+                    if !moves.is_empty() {
+                        tracing::debug!(count = moves.len(), "moving connections routed on an older ring");
+                        if let Some(newer) = self.apply(moves, &current, &mut HashSet::new()).await {
+                            // A ring change came first: it covers the rest.
+                            self.follow_ring_change(newer).await;
+                        }
+                    }
                 }
             }
-            self.current = newest;
         }
+    }
+
+    /// Moves what the change to `newest` (and any that follows mid-batch) affects.
+    async fn follow_ring_change(&mut self, mut newest: Arc<RingSnapshot>) {
+        // Connections already told to move in this round are not told twice.
+        let mut told = HashSet::new();
+        loop {
+            self.stats.count_ring_change();
+            self.registry.planning(newest.version());
+            let mut moves = plan(&self.registry, &self.current, &newest);
+            moves.retain(|m| !told.contains(&m.id));
+            tracing::debug!(
+                version = newest.version(),
+                affected = moves.len(),
+                "ring changed"
+            );
+            match self.apply(moves, &newest, &mut told).await {
+                None => break,
+                // A newer ring arrived mid-batch: what is left is planned against it.
+                Some(newer) => newest = newer,
+            }
+        }
+        self.current = newest;
     }
 
     /// Starts each move at its scheduled time; each runs in a task of its own, so slow
@@ -146,11 +173,14 @@ where
                 return Some(self.ring.borrow_and_update().clone());
             }
             told.insert(planned.id);
-            let policy = planned.policy.unwrap_or_else(|| Arc::new(self.policy.clone()));
+            let policy = planned
+                .policy
+                .unwrap_or_else(|| Arc::new(self.policy.clone()));
             let migration = planned
                 .handle
                 .migrate(&policy, &planned.from, planned.to.as_ref());
-            let (registry, stats, hook) = (self.registry.clone(), self.stats.clone(), self.hook.clone());
+            let (registry, stats, hook) =
+                (self.registry.clone(), self.stats.clone(), self.hook.clone());
             tokio::spawn(async move {
                 let outcome = migration.await;
                 if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =

@@ -2,7 +2,7 @@
 
 use tower_hashring::{NodeId, RingSnapshot};
 
-use crate::Registry;
+use crate::{Registry, Tracked};
 
 /// A connection to move, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,4 +81,29 @@ pub fn plan<H: Clone>(
         });
     });
     moves
+}
+
+/// The connections among `stragglers` (routed on an older ring, registered after the plan
+/// for `ring` was made) that are not on their owner in `ring`.
+pub(crate) fn plan_stragglers<H: Clone>(
+    stragglers: Vec<Tracked<H>>,
+    ring: &RingSnapshot,
+) -> Vec<PlannedMove<H>> {
+    stragglers
+        .into_iter()
+        .filter_map(|tracked| {
+            let to = ring
+                .ring()
+                .owner_of(tracked.position)
+                .map(|n| n.id().clone());
+            (to.as_ref() != Some(&tracked.backend)).then(|| PlannedMove {
+                id: tracked.id,
+                key: tracked.key,
+                from: tracked.backend,
+                to,
+                policy: tracked.policy,
+                handle: tracked.handle,
+            })
+        })
+        .collect()
 }

@@ -60,9 +60,8 @@ impl MigrationPolicy {
     /// The close sent to the client when it has to reconnect under this policy.
     pub fn close(&self) -> (u16, &str) {
         match self {
-            MigrationPolicy::Reconnect { code, reason } | MigrationPolicy::Live { code, reason } => {
-                (*code, reason)
-            }
+            MigrationPolicy::Reconnect { code, reason }
+            | MigrationPolicy::Live { code, reason } => (*code, reason),
         }
     }
 }
@@ -96,8 +95,12 @@ pub type MigrateFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub trait Migrate: Clone + Send + Sync + 'static {
     /// Moves the connection from `from` to `to` (`None`: the new ring is empty) per
     /// `policy`.
-    fn migrate(&self, policy: &MigrationPolicy, from: &NodeId, to: Option<&NodeId>)
-        -> MigrateFuture;
+    fn migrate(
+        &self,
+        policy: &MigrationPolicy,
+        from: &NodeId,
+        to: Option<&NodeId>,
+    ) -> MigrateFuture;
 }
 
 impl Migrate for RelayHandle {

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tower_hashring::{LoadSource, NodeId};
 
 use crate::MigrationPolicy;
@@ -51,6 +51,7 @@ pub struct Tracked<H> {
 /// ```
 pub struct Registry<H> {
     inner: Arc<Mutex<Entries<H>>>,
+    stragglers_waiting: Arc<Notify>,
 }
 
 struct Entries<H> {
@@ -59,6 +60,10 @@ struct Entries<H> {
     connections: BTreeMap<ConnectionId, Tracked<H>>,
     // Kept with every change, so bounded-loads lookups cost no scan.
     per_backend: HashMap<NodeId, u64>,
+    // The newest ring version the migrator has planned for: a connection routed on an older
+    // one that registers later was missed by that plan and is queued here for a check.
+    planned_version: u64,
+    stragglers: Vec<ConnectionId>,
 }
 
 impl<H> Entries<H> {
@@ -78,6 +83,7 @@ impl<H> Clone for Registry<H> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            stragglers_waiting: self.stragglers_waiting.clone(),
         }
     }
 }
@@ -104,7 +110,10 @@ impl<H> Registry<H> {
                 next_id: 0,
                 connections: BTreeMap::new(),
                 per_backend: HashMap::new(),
+                planned_version: 0,
+                stragglers: Vec::new(),
             })),
+            stragglers_waiting: Arc::new(Notify::new()),
         }
     }
 
@@ -139,6 +148,10 @@ impl<H> Registry<H> {
         let id = ConnectionId(entries.next_id);
         entries.next_id += 1;
         entries.count(&backend, true);
+        if ring_version < entries.planned_version {
+            entries.stragglers.push(id);
+            self.stragglers_waiting.notify_one();
+        }
         entries.connections.insert(
             id,
             Tracked {
@@ -191,6 +204,29 @@ impl<H> Registry<H> {
         }
     }
 
+    /// Notes that the migrator plans for ring `version` now: later registrations routed on
+    /// an older ring become stragglers.
+    pub(crate) fn planning(&self, version: u64) {
+        self.lock().planned_version = version;
+    }
+
+    /// Waits until a straggler has registered.
+    pub(crate) async fn stragglers_registered(&self) {
+        self.stragglers_waiting.notified().await;
+    }
+
+    /// The stragglers registered since the last call that are still live.
+    pub(crate) fn take_stragglers(&self) -> Vec<Tracked<H>>
+    where
+        H: Clone,
+    {
+        let mut entries = self.lock();
+        let ids = std::mem::take(&mut entries.stragglers);
+        ids.iter()
+            .filter_map(|id| entries.connections.get(id).cloned())
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Entries<H>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -207,7 +243,6 @@ impl<H> Registered<H> {
     pub fn id(&self) -> ConnectionId {
         self.id
     }
-
 }
 
 impl<H> fmt::Debug for Registered<H> {

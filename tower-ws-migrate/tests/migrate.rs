@@ -461,7 +461,10 @@ async fn the_layer_passes_readiness_through_and_adds_the_observer() {
     let mut service = mock::Spawn::new(layer.layer(service));
 
     handle.allow(0);
-    assert!(service.poll_ready().is_pending(), "not ready while the proxy is not");
+    assert!(
+        service.poll_ready().is_pending(),
+        "not ready while the proxy is not"
+    );
     handle.allow(1);
     assert!(service.poll_ready().is_ready());
     let response = service.call(http::Request::get("/send?userId=7").body(()).unwrap());
@@ -470,4 +473,29 @@ async fn the_layer_passes_readiness_through_and_adds_the_observer() {
     assert_eq!(request.uri(), "/send?userId=7");
     send.send_response(());
     response.await.unwrap();
+}
+
+/// The seed's race without a second change: a connection routed on the old ring that
+/// registers only after the change was planned is moved as soon as it registers.
+#[tokio::test(start_paused = true)]
+async fn a_latecomer_on_the_old_ring_moves_as_soon_as_it_registers() {
+    let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
+    let old = setup.publish.borrow().clone();
+    tokio::spawn(
+        Migrator::new(setup.registry.clone(), watch)
+            .pacing(Pacing::unlimited())
+            .run(),
+    );
+    setup.change(&["a", "b", "c", "d"]);
+    settle().await;
+    let new = ring(&["a", "b", "c", "d"]);
+    let owner_changed = |u: &String| {
+        old.ring().route(u.as_bytes()).unwrap().id() != new.route(u.as_bytes()).unwrap().id()
+    };
+    let late = users(10_000).find(|u| owner_changed(u)).unwrap();
+    let unchanged = users(10_000).find(|u| !owner_changed(u)).unwrap();
+    setup.connect_on(&late, &old);
+    setup.connect_on(&unchanged, &old);
+    settle().await;
+    assert_eq!(setup.moved_keys(), BTreeSet::from([late]));
 }

@@ -619,6 +619,15 @@ impl Direction<'_> {
         close_frame(code, reason, self.toward == Toward::Upstream)
     }
 
+    /// Toward the client: the upstream ended without a close, and the client is between
+    /// messages and has had no close from us either.
+    fn upstream_vanished(&self) -> bool {
+        self.toward == Toward::Client
+            && self.end.close.is_none()
+            && self.end.injected.is_none()
+            && self.tracker.at_message_boundary()
+    }
+
     /// Whether nothing more needs to go this way.
     fn finished(&self) -> bool {
         self.handshake_complete || (self.end.injected.is_some() && self.end.close.is_some())
@@ -752,6 +761,18 @@ async fn pump(
                 return this.end;
             }
             Step::Finished => {
+                if this.upstream_vanished() {
+                    // Tell the client, between messages, rather than leave it a bare EOF:
+                    // with the close it was about to get, or a "try again".
+                    let command = commands.borrow().clone();
+                    let (code, reason) = match (this.requested.take(), command) {
+                        (Some(Injection::Close(code, reason)), _)
+                        | (_, RelayCommand::Close { code, reason }) => (code, reason),
+                        _ => (1012, "the backend closed the connection".into()),
+                    };
+                    let frame = this.close_frame(code, &reason);
+                    let _ = write_all(dst, &frame).await;
+                }
                 shutdown_write(dst);
                 return this.end;
             }
