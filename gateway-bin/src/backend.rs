@@ -78,6 +78,21 @@ impl Backend {
             .with_state(self.clone())
     }
 
+    /// A listener for a backend on `addr`, with a 4096-connection accept backlog: when a
+    /// ring change moves thousands of users to a new backend at once, the gateway's dials
+    /// arrive together, and tokio's default backlog (1024) would drop the rest into SYN
+    /// retries a second later.
+    pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    }
+
     /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(
         self,
@@ -156,6 +171,9 @@ async fn session(
         }
         next = next_outgoing(&backend, &mut socket, &mut outbox).await;
     }
+    // Reading on after a close sends tungstenite's answer to it: the close handshake
+    // completes instead of ending in a bare EOF.
+    while let Some(Ok(_)) = socket.recv().await {}
     {
         let mut users = backend.users();
         if let Some(conns) = users.get_mut(&user) {

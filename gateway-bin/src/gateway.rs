@@ -31,7 +31,8 @@ use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_migrate::{
-    MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Pacing, ProxiedConnection, Registry,
+    MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing, ProxiedConnection,
+    Registry,
 };
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
@@ -224,7 +225,15 @@ impl Gateway {
             .pacing(migration.pacing)
             .drain_window(migration.drain_window)
             .hook(|m: &tower_ws_migrate::Migration<'_>| {
-                tracing::debug!(key = %String::from_utf8_lossy(m.key), from = %m.from, to = ?m.to, outcome = ?m.outcome, "migration");
+                let key = String::from_utf8_lossy(m.key);
+                match m.outcome {
+                    Outcome::Moved => tracing::debug!(%key, from = %m.from, to = ?m.to, "moved"),
+                    Outcome::FellBack(why) => {
+                        tracing::warn!(%key, from = %m.from, to = ?m.to, %why, "live move fell back to reconnect")
+                    }
+                    Outcome::Failed(why) => tracing::warn!(%key, from = %m.from, %why, "migration failed"),
+                    _ => {}
+                }
             });
         let stats = migrator.stats();
         tokio::spawn(migrator.run());
@@ -326,7 +335,7 @@ fn with_public_layers(app: Router, timeout: Duration) -> Router {
 }
 
 async fn start_demo_backend(members: &Members, id: String) -> std::io::Result<NodeId> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = Backend::listen(([127, 0, 0, 1], 0).into())?;
     let address = listener.local_addr()?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopped = stop.clone();
@@ -401,7 +410,38 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn add_backend(State(state): State<AdminState>) -> Response {
+/// An external backend to add through the admin API.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackend {
+    id: String,
+    address: SocketAddr,
+}
+
+/// `POST /admin/backends`: with a JSON body `{"id":…,"address":…}`, adds that running
+/// backend; with none, starts one more reference backend in this process (the demo).
+async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let new: NewBackend = match serde_json::from_slice(&body) {
+            Ok(new) => new,
+            Err(error) => {
+                let reason = format!(
+                    "the body must be {{\"id\": …, \"address\": \"host:port\"}}: {error}\n"
+                );
+                return (StatusCode::BAD_REQUEST, reason).into_response();
+            }
+        };
+        if state.members.lock().contains_key(new.id.as_str()) {
+            let reason = format!("backend {} is already on the ring\n", new.id);
+            return (StatusCode::CONFLICT, reason).into_response();
+        }
+        let member = Member {
+            address: new.address,
+            stop: None,
+        };
+        state.members.insert(NodeId::from(new.id.as_str()), member);
+        return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
+    }
     let taken = state.members.lock().len();
     let id = (taken..)
         .map(|n| format!("backend-{n}"))

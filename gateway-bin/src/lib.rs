@@ -6,4 +6,5 @@
 pub mod backend;
 pub mod config;
 pub mod gateway;
+pub mod loadgen;
 mod serve;

@@ -754,3 +754,41 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
     assert_eq!(ring["migrations"]["fell_back"], 0);
     gateway.shutdown().await;
 }
+
+/// `POST /admin/backends` with a body adds a running backend by address; a malformed body
+/// is a 400 that says what is expected, a duplicate id a 409.
+#[tokio::test]
+async fn the_admin_api_adds_a_running_backend_by_address() {
+    let gateway = demo(1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let backend = gateway_bin::backend::Backend::new("external");
+    tokio::spawn(backend.serve(listener, std::future::pending()));
+
+    let (status, body) = http(gateway.admin, "POST", "/admin/backends", "{\"id\": 7}").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("the body must be"), "{body}");
+    let (status, body) = http(
+        gateway.admin,
+        "POST",
+        "/admin/backends",
+        "{\"id\":\"backend-a\",\"address\":\"127.0.0.1:1\"}",
+    )
+    .await;
+    assert_eq!(
+        (status, body.trim()),
+        (409, "backend backend-a is already on the ring")
+    );
+
+    let new = format!("{{\"id\":\"external\",\"address\":\"{address}\"}}");
+    let (status, body) = http(gateway.admin, "POST", "/admin/backends", &new).await;
+    assert_eq!(status, 201, "{body}");
+    let ring = ring_of(&["backend-a", "external"]);
+    let user = (0..)
+        .map(|n| format!("ext-{n}"))
+        .find(|u| ring.route(u.as_bytes()).unwrap().id().as_str() == "external")
+        .unwrap();
+    let (_client, server) = connect(&gateway, &user).await;
+    assert_eq!(server, "external");
+    gateway.shutdown().await;
+}

@@ -2,12 +2,15 @@
 
 use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 
+use tokio::sync::Semaphore;
 use tower_hashring::{RingSnapshot, RingWatch};
 
 use crate::{
     plan, plan::plan_stragglers, ConnectionId, Migrate, Migration, MigrationHook, MigrationPolicy,
     MigrationStats, Outcome, Pacing, PlannedMove, Registry,
 };
+
+const DEFAULT_IN_FLIGHT: usize = 256;
 
 /// Moves the connections of a [`Registry`] whose owner changed, on every new ring snapshot.
 ///
@@ -37,6 +40,7 @@ pub struct Migrator<H> {
     policy: MigrationPolicy,
     pacing: Pacing,
     drain_window: Duration,
+    in_flight: Arc<Semaphore>,
     hook: Arc<dyn MigrationHook>,
     stats: MigrationStats,
 }
@@ -68,6 +72,7 @@ where
             policy: MigrationPolicy::default(),
             pacing: Pacing::default(),
             drain_window: Duration::ZERO,
+            in_flight: Arc::new(Semaphore::new(DEFAULT_IN_FLIGHT)),
             hook: Arc::new(()),
             stats: MigrationStats::default(),
         }
@@ -90,6 +95,13 @@ where
     /// i.e. at the pacing's rate).
     pub fn drain_window(mut self, window: Duration) -> Self {
         self.drain_window = window;
+        self
+    }
+
+    /// At most this many migrations under way at once (default: 256): a live move dials
+    /// the new owner, and thousands of dials at once overflow its accept queue.
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.in_flight = Arc::new(Semaphore::new(limit.max(1)));
         self
     }
 
@@ -169,6 +181,9 @@ where
             if due > tokio::time::Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                return None;
+            };
             if self.ring.has_changed().unwrap_or(false) {
                 return Some(self.ring.borrow_and_update().clone());
             }
@@ -183,6 +198,7 @@ where
                 (self.registry.clone(), self.stats.clone(), self.hook.clone());
             tokio::spawn(async move {
                 let outcome = migration.await;
+                drop(permit);
                 if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =
                     (&outcome, &*policy, &planned.to)
                 {

@@ -696,11 +696,6 @@ async fn pump(
             shutdown_write(dst);
             return this.end;
         }
-        // An atomic version check: cheap enough for every read.
-        if commands.has_changed().unwrap_or(false) {
-            let command = commands.borrow_and_update().clone();
-            this.on_command(&command);
-        }
         // Between messages and nothing half-forwarded: inject right away.
         if this.tracker.at_message_boundary() && this.end.close.is_none() {
             match this.requested.take() {
@@ -726,6 +721,13 @@ async fn pump(
             }
         }
         let step = std::future::poll_fn(|cx| {
+            // A command that arrived since the last look applies before anything more is
+            // read: a switch must know where the old upstream's last frames end. (This is
+            // polled again without the loop's check after a wakeup.)
+            if commands.has_changed().unwrap_or(false) {
+                let command = commands.borrow_and_update().clone();
+                return Poll::Ready(Step::Command(Some(command)));
+            }
             // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
             // each message costs one `read` and one `write`, with no `read` that finds nothing.
             if let Poll::Ready(step) = read_and_forward(cx, &mut src, dst, &mut this) {
@@ -761,6 +763,15 @@ async fn pump(
                 return this.end;
             }
             Step::Finished => {
+                // A switch requested just before the old upstream went: the client moves on.
+                if commands.has_changed().unwrap_or(false) {
+                    let command = commands.borrow_and_update().clone();
+                    this.on_command(&command);
+                    if this.switching {
+                        this.end.handed_over = true;
+                        return this.end;
+                    }
+                }
                 if this.upstream_vanished() {
                     // Tell the client, between messages, rather than leave it a bare EOF:
                     // with the close it was about to get, or a "try again".

@@ -19,7 +19,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+    let listener = match Backend::listen(cli.listen) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("error: cannot listen on {}: {error}", cli.listen);

@@ -8,7 +8,6 @@
 //! and stops by itself after `--time-limit`.
 
 use std::{
-    net::{IpAddr, ToSocketAddrs},
     process::ExitCode,
     sync::Arc,
     time::{Duration, Instant},
@@ -16,6 +15,7 @@ use std::{
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use gateway_bin::loadgen::{check_loopback, percentile_ms};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -55,29 +55,7 @@ struct Args {
 struct ConnectionReport {
     connected: bool,
     errors: usize,
-    round_trips_us: Vec<u32>,
-}
-
-fn check_loopback(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("only ws:// URLs are supported, got `{url}`"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let addrs = authority
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{authority}`: {e}"))?;
-    for addr in addrs {
-        let loopback = match addr.ip() {
-            IpAddr::V4(ip) => ip.is_loopback(),
-            IpAddr::V6(ip) => ip.is_loopback(),
-        };
-        if !loopback {
-            return Err(format!(
-                "`{authority}` is not a loopback address; wsload only loads loopback"
-            ));
-        }
-    }
-    Ok(())
+    round_trips_us: Vec<u64>,
 }
 
 async fn one_connection(
@@ -131,7 +109,7 @@ async fn one_connection(
             Some(Ok(Message::Text(_))) => {
                 report
                     .round_trips_us
-                    .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    .push(sent.elapsed().as_micros() as u64);
             }
             _ => {
                 report.errors += 1;
@@ -141,14 +119,6 @@ async fn one_connection(
     }
     let _ = socket.close(None).await;
     report
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    f64::from(sorted[rank]) / 1000.0
 }
 
 #[tokio::main]
@@ -188,7 +158,7 @@ async fn main() -> ExitCode {
     };
     let connected = reports.iter().filter(|r| r.connected).count();
     let errors: usize = reports.iter().map(|r| r.errors).sum();
-    let mut rtts: Vec<u32> = reports.into_iter().flat_map(|r| r.round_trips_us).collect();
+    let mut rtts: Vec<u64> = reports.into_iter().flat_map(|r| r.round_trips_us).collect();
     rtts.sort_unstable();
     let handshakes_per_s = connected as f64 / handshake_time.as_secs_f64();
     if args.hold.is_some() {
@@ -202,9 +172,9 @@ async fn main() -> ExitCode {
             args.label,
             handshakes_per_s,
             rtts.len() as f64 / message_time.as_secs_f64(),
-            percentile(&rtts, 50.0),
-            percentile(&rtts, 99.0),
-            percentile(&rtts, 99.9),
+            percentile_ms(&rtts, 50.0),
+            percentile_ms(&rtts, 99.0),
+            percentile_ms(&rtts, 99.9),
         );
     }
     if errors > 0 {

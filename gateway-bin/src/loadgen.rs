@@ -1,0 +1,51 @@
+//! Shared by the load tools (`wsload`, `wsmigrate`): they only ever target loopback.
+
+use std::net::{IpAddr, ToSocketAddrs};
+
+/// Checks that `url` (`ws://` or `http://`) names a loopback address; the error says why
+/// not.
+///
+/// ```
+/// use gateway_bin::loadgen::check_loopback;
+///
+/// assert!(check_loopback("ws://127.0.0.1:7000/connect/{user}").is_ok());
+/// assert!(check_loopback("http://[::1]:7001").is_ok());
+/// assert!(check_loopback("ws://192.0.2.1:7000/").is_err());
+/// ```
+pub fn check_loopback(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("only ws:// and http:// URLs are supported, got `{url}`"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let addrs = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{authority}`: {e}"))?;
+    for addr in addrs {
+        let loopback = match addr.ip() {
+            IpAddr::V4(ip) => ip.is_loopback(),
+            IpAddr::V6(ip) => ip.is_loopback(),
+        };
+        if !loopback {
+            return Err(format!(
+                "`{authority}` is not a loopback address; the load tools only load loopback"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `p`th percentile of sorted microseconds, in milliseconds (NaN when empty).
+///
+/// ```
+/// use gateway_bin::loadgen::percentile_ms;
+///
+/// assert_eq!(percentile_ms(&[1000, 2000, 3000], 50.0), 2.0);
+/// ```
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
+    sorted_us[rank] as f64 / 1000.0
+}
