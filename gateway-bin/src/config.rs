@@ -10,6 +10,7 @@
 //! # Tried in order; each entry is one of path, query, header, cookie.
 //! key = [{ path = "/connect/{userId}" }, { query = "userId" }]
 //! missing_key = "reject"        # or "round-robin", "random"
+//! load_factor = 1.25            # bounded loads over live WebSockets (default: off)
 //!
 //! [limits]
 //! max_connections = 100000
@@ -40,7 +41,7 @@ use std::{fmt, net::SocketAddr, path::Path, time::Duration};
 
 use http::HeaderName;
 use serde::Deserialize;
-use tower_hashring::{HttpKey, KeySource, MissingKeyPolicy, NodeId};
+use tower_hashring::{HttpKey, KeySource, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_ws_proxy::{RelayConfig, UpstreamConfig};
 
 use tower_ws_migrate::{MigrationPolicy, Pacing};
@@ -105,6 +106,7 @@ struct Listen {
 struct Routing {
     key: Option<Vec<KeyRule>>,
     missing_key: Option<MissingKey>,
+    load_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +228,12 @@ impl ConfigFile {
                 Some(MissingKey::RoundRobin) => MissingKeyPolicy::RoundRobin,
                 Some(MissingKey::Random) => MissingKeyPolicy::Random,
             },
+            load_factor: self
+                .routing
+                .load_factor
+                .map(LoadFactor::new)
+                .transpose()
+                .map_err(|e| ConfigError(format!("routing.load_factor: {e}")))?,
             max_connections: match self.limits.max_connections {
                 Some(0) => {
                     return Err(ConfigError(
@@ -337,6 +345,7 @@ mod tests {
             [routing]
             key = [{ header = "x-room" }, { cookie = "room" }]
             missing_key = "round-robin"
+            load_factor = 1.25
             [limits]
             max_connections = 7
             [timeouts]
@@ -359,6 +368,7 @@ mod tests {
         assert_eq!(config.admin.port(), 7001, "default kept");
         assert_eq!(config.key.sources().len(), 2);
         assert_eq!(config.missing_key, MissingKeyPolicy::RoundRobin);
+        assert_eq!(config.load_factor.map(LoadFactor::get), Some(1.25));
         assert_eq!(config.max_connections, 7);
         assert_eq!(config.relay.idle_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(config.shutdown_window, Duration::from_millis(10));
@@ -400,6 +410,7 @@ mod tests {
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             ("[[backends]]\nid = \"a\"", "missing field `address`"),
             ("[migration]\nclose_code = 1006", "migration.close_code"),
+            ("[routing]\nload_factor = 0.5", "routing.load_factor"),
             ("[migration]\njitter = 2.0", "migration.jitter"),
             ("[migration]\npolicy = \"teleport\"", "policy"),
             (

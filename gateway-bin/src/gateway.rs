@@ -28,7 +28,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 use tower::{discover::Change, ServiceBuilder};
-use tower_hashring::{HashRingLayer, HttpKey, MissingKeyPolicy, NodeId};
+use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_migrate::{
     MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing, ProxiedConnection,
@@ -52,6 +52,9 @@ pub struct GatewayConfig {
     pub key: HttpKey,
     /// What happens to requests without a key.
     pub missing_key: MissingKeyPolicy,
+    /// Bounded loads: a key goes to the first backend clockwise whose live WebSockets are
+    /// under this factor × the mean (weighted); `None` routes to the owner alone.
+    pub load_factor: Option<LoadFactor>,
     /// Relay timeouts.
     pub relay: RelayConfig,
     /// Backend timeouts.
@@ -112,6 +115,7 @@ impl Default for GatewayConfig {
             admin: ([127, 0, 0, 1], 7001).into(),
             key: Self::default_key(),
             missing_key: MissingKeyPolicy::Reject,
+            load_factor: None,
             relay: RelayConfig::default(),
             upstream: UpstreamConfig::default(),
             max_connections: 100_000,
@@ -210,15 +214,18 @@ impl Gateway {
             start_demo_backend(&members, format!("backend-{}", (b'a' + n as u8) as char)).await?;
         }
 
-        let (ring, driver) = HashRingLayer::new(config.key.clone())
-            .missing_key(config.missing_key)
-            .shared(discovery);
+        // Every WebSocket is registered by key, with live counts per backend (bounded loads
+        // read them); on a ring change the migrator moves exactly those whose owner changed
+        // (live, or by a 1012 close), paced.
+        let registry: Registry<ProxiedConnection> = Registry::new();
+        let mut balancer = HashRingLayer::new(config.key.clone()).missing_key(config.missing_key);
+        if let Some(factor) = config.load_factor {
+            balancer = balancer.bounded_loads(factor, Arc::new(registry.clone()));
+        }
+        let (ring, driver) = balancer.shared(discovery);
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
-        // Every WebSocket is registered by key; on a ring change the migrator moves exactly
-        // those whose owner changed (live, or by a 1012 close), paced.
-        let registry: Registry<ProxiedConnection> = Registry::new();
         let migration = &config.migration;
         let migrator = Migrator::new(registry.clone(), proxy.ring().subscribe())
             .policy(migration.policy.clone())

@@ -792,3 +792,40 @@ async fn the_admin_api_adds_a_running_backend_by_address() {
     assert_eq!(server, "external");
     gateway.shutdown().await;
 }
+
+/// With bounded loads on, the live WebSocket counts steer a hot key: its connections fill its
+/// owner up to the bound, then spill to the next backends clockwise.
+#[tokio::test]
+async fn bounded_loads_spread_a_hot_key_by_live_connections() {
+    let mut config = any_port();
+    config.load_factor = Some(tower_hashring::LoadFactor::new(1.25).unwrap());
+    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let mut clients = Vec::new();
+    let mut per_server: HashMap<String, u64> = HashMap::new();
+    for _ in 0..30 {
+        let (client, server) = connect(&gateway, "hot").await;
+        *per_server.entry(server).or_default() += 1;
+        clients.push(client);
+    }
+    let owner = ring_of(&["backend-a", "backend-b", "backend-c"])
+        .route(b"hot")
+        .unwrap()
+        .id()
+        .to_string();
+    // Before the 30th connection, 29 were live: the bound was ceil(1.25 × 30 / 3) = 13.
+    assert_eq!(
+        per_server[&owner], 13,
+        "the owner filled to its bound: {per_server:?}"
+    );
+    assert!(per_server.values().all(|n| *n <= 13), "{per_server:?}");
+    assert_eq!(per_server.values().sum::<u64>(), 30);
+    let ring = ring_json(&gateway).await;
+    let counted: u64 = ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 30, "the admin API counts the same connections");
+    gateway.shutdown().await;
+}

@@ -1,0 +1,111 @@
+//! A live move that cannot happen falls back to Reconnect, over a real relay: the client gets
+//! the policy's close, and the outcome says why.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+};
+use tower_hashring::NodeId;
+use tower_ws_migrate::{Migrate, MigrationPolicy, Outcome, ProxiedConnection, UpstreamLookup};
+use tower_ws_proxy::{
+    frame::close_frame, relay, Peer, RelayConfig, RelayHandle, Upstream, UpstreamConfig,
+};
+
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let connect = TcpStream::connect(listener.local_addr().unwrap());
+    let (accepted, connected) = tokio::join!(listener.accept(), connect);
+    (connected.unwrap(), accepted.unwrap().0)
+}
+
+/// A relayed connection: the client's end of it, and its handle.
+async fn relayed() -> (TcpStream, TcpStream, RelayHandle) {
+    let (client, relay_client) = socket_pair().await;
+    let (upstream, relay_upstream) = socket_pair().await;
+    let (handle, commands) = RelayHandle::new();
+    tokio::spawn(relay(
+        Peer::new(relay_client),
+        Peer::new(relay_upstream),
+        RelayConfig::default(),
+        commands,
+    ));
+    (client, upstream, handle)
+}
+
+async fn assert_closed_with(client: &mut TcpStream, code: u16, reason: &str) {
+    let expected = close_frame(code, reason, false);
+    let mut got = vec![0; expected.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, expected);
+}
+
+fn request() -> http::request::Parts {
+    http::Request::get("/connect/7")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+#[tokio::test]
+async fn permessage_deflate_with_context_takeover_reconnects_instead() {
+    let (mut client, _upstream, handle) = relayed().await;
+    let mut negotiated = HeaderMap::new();
+    negotiated.insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    let never_dialed: Arc<dyn UpstreamLookup> =
+        Arc::new(|_: &NodeId| -> Option<Upstream> { panic!("no dial for a blocked connection") });
+    let connection = ProxiedConnection::new(handle, request(), &negotiated, never_dialed);
+    let outcome = connection
+        .migrate(
+            &MigrationPolicy::live(),
+            &NodeId::from("a"),
+            Some(&NodeId::from("b")),
+        )
+        .await;
+    let Outcome::FellBack(why) = outcome else {
+        panic!("expected a fallback, got {outcome:?}");
+    };
+    assert!(why.contains("permessage-deflate"), "{why}");
+    assert_closed_with(&mut client, 1012, "Service Restart").await;
+}
+
+#[tokio::test]
+async fn a_failed_dial_reconnects_with_the_policys_close() {
+    let (mut client, _upstream, handle) = relayed().await;
+    // A port nothing listens on: the dial is refused.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let lookup: Arc<dyn UpstreamLookup> = Arc::new(move |_: &NodeId| {
+        Some(Upstream::new(address.as_str(), UpstreamConfig::default()))
+    });
+    // Permessage-deflate without context takeover keeps no state: live is allowed.
+    let mut negotiated = HeaderMap::new();
+    negotiated.insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            .parse()
+            .unwrap(),
+    );
+    let connection = ProxiedConnection::new(handle, request(), &negotiated, lookup);
+    let policy = MigrationPolicy::Live {
+        code: 4100,
+        reason: "moving".into(),
+    };
+    let outcome = connection
+        .migrate(&policy, &NodeId::from("a"), Some(&NodeId::from("b")))
+        .await;
+    let Outcome::FellBack(why) = outcome else {
+        panic!("expected a fallback, got {outcome:?}");
+    };
+    assert!(why.starts_with("dialing b"), "{why}");
+    assert_closed_with(&mut client, 4100, "moving").await;
+}
