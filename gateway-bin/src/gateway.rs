@@ -31,8 +31,8 @@ use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_migrate::{
-    MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing, ProxiedConnection,
-    Registry,
+    FallbackKind, MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing,
+    ProxiedConnection, Registry,
 };
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
@@ -412,6 +412,10 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "migrations": {
             "moved": state.stats.moved(),
             "fell_back": state.stats.fell_back(),
+            "fell_back_by_reason": FallbackKind::ALL
+                .iter()
+                .map(|kind| (kind.as_str(), state.stats.fell_back_for(*kind)))
+                .collect::<BTreeMap<_, _>>(),
             "failed": state.stats.failed(),
         },
     }))

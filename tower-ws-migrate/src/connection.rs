@@ -6,7 +6,7 @@ use http::{header, request, HeaderMap, HeaderName, HeaderValue};
 use tower_hashring::NodeId;
 use tower_ws_proxy::{RelayHandle, SwitchError, Upstream, WebSocketAnswer};
 
-use crate::{Migrate, MigrateFuture, MigrationPolicy, Outcome};
+use crate::{Fallback, FallbackKind, Migrate, MigrateFuture, MigrationPolicy, Outcome};
 
 /// Tells the new owner of a live-migrated connection where its user came from, so it can
 /// restore state.
@@ -93,7 +93,8 @@ impl ProxiedConnection {
     /// Dials `to` with the original request and switches the relay to it.
     async fn move_live(self, policy: MigrationPolicy, from: NodeId, to: NodeId) -> Outcome {
         let Some(upstream) = self.upstreams.upstream(&to) else {
-            return self.reconnect(&policy, format!("{to} has no service to dial"));
+            let why = Fallback::new(FallbackKind::NoNewOwner, format!("{to} has no service"));
+            return self.reconnect(&policy, why);
         };
         let mut request = (*self.request).clone();
         if let Ok(from) = HeaderValue::from_str(from.as_str()) {
@@ -106,24 +107,31 @@ impl ProxiedConnection {
             }) => {
                 let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
                 if protocol != self.protocol.as_ref() {
-                    return self.reconnect(&policy, format!("{to} chose another subprotocol"));
+                    let why = format!("{to} chose another subprotocol");
+                    return self
+                        .reconnect(&policy, Fallback::new(FallbackKind::ProtocolMismatch, why));
                 }
                 peer
             }
             Ok(answer) => {
-                let status = answer.response.status();
-                return self.reconnect(&policy, format!("{to} answered {status}"));
+                let why = format!("{to} answered {}", answer.response.status());
+                return self.reconnect(&policy, Fallback::new(FallbackKind::Refused, why));
             }
-            Err(error) => return self.reconnect(&policy, format!("dialing {to}: {error}")),
+            Err(error) => {
+                let why = format!("dialing {to}: {error}");
+                return self.reconnect(&policy, Fallback::new(FallbackKind::DialFailed, why));
+            }
         };
         match self.relay.switch_to(peer).await {
             Ok(()) => Outcome::Moved,
-            Err(error @ SwitchError::Interrupted) => Outcome::FellBack(error.to_string()),
+            Err(error @ SwitchError::Interrupted) => {
+                Outcome::FellBack(Fallback::new(FallbackKind::Interrupted, error.to_string()))
+            }
             Err(error) => Outcome::Failed(error.to_string()),
         }
     }
 
-    fn reconnect(&self, policy: &MigrationPolicy, why: String) -> Outcome {
+    fn reconnect(&self, policy: &MigrationPolicy, why: Fallback) -> Outcome {
         let (code, reason) = policy.close();
         self.relay.close(code, reason);
         Outcome::FellBack(why)
@@ -147,10 +155,12 @@ impl Migrate for ProxiedConnection {
                 return Box::pin(this.move_live(policy.clone(), from.clone(), to.clone()));
             }
             (MigrationPolicy::Live { .. }, None, _) => {
-                self.reconnect(policy, "the ring is empty".into())
+                let why = Fallback::new(FallbackKind::NoNewOwner, "the ring is empty");
+                self.reconnect(policy, why)
             }
             (MigrationPolicy::Live { .. }, _, Some(blocker)) => {
-                self.reconnect(policy, blocker.clone())
+                let why = Fallback::new(FallbackKind::StatefulExtension, blocker.clone());
+                self.reconnect(policy, why)
             }
             _ => {
                 let (code, reason) = policy.close();

@@ -1,8 +1,11 @@
 //! Reporting: a hook called for every migration, and running counters.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use tower_hashring::NodeId;
@@ -15,10 +18,95 @@ use crate::MigrationPolicy;
 pub enum Outcome {
     /// The connection moved: switched live, or told to reconnect under Reconnect.
     Moved,
-    /// Live was impossible, so the client was told to reconnect; the reason says why.
-    FellBack(String),
+    /// Live was impossible, so the client was told to reconnect.
+    FellBack(Fallback),
     /// It could not be moved; the reason says why (e.g. it had already ended).
     Failed(String),
+}
+
+/// Why a live move fell back to Reconnect: the kind (counted) and the details (logged).
+///
+/// ```
+/// use tower_ws_migrate::{Fallback, FallbackKind};
+///
+/// let fallback = Fallback::new(FallbackKind::DialFailed, "dialing b: connection refused");
+/// assert_eq!(fallback.to_string(), "dialing b: connection refused");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// What went wrong.
+    pub kind: FallbackKind,
+    /// The details.
+    pub detail: String,
+}
+
+impl Fallback {
+    /// A fallback of `kind`.
+    pub fn new(kind: FallbackKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// The kinds of [`Fallback`], each counted by [`MigrationStats`].
+///
+/// ```
+/// use tower_ws_migrate::FallbackKind;
+///
+/// assert_eq!(FallbackKind::StatefulExtension.as_str(), "stateful_extension");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FallbackKind {
+    /// The new owner could not be dialed (refused, timed out, failed the exchange).
+    DialFailed,
+    /// The new owner answered the handshake with something other than 101.
+    Refused,
+    /// The new owner negotiated another subprotocol than the client has.
+    ProtocolMismatch,
+    /// A negotiated extension keeps state across messages (permessage-deflate with context
+    /// takeover), which a new backend could not continue.
+    StatefulExtension,
+    /// The old backend closed in the middle of a message.
+    Interrupted,
+    /// The new ring is empty, or has no service for the new owner, or the handle cannot dial.
+    NoNewOwner,
+}
+
+impl FallbackKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FallbackKind; 6] = [
+        FallbackKind::DialFailed,
+        FallbackKind::Refused,
+        FallbackKind::ProtocolMismatch,
+        FallbackKind::StatefulExtension,
+        FallbackKind::Interrupted,
+        FallbackKind::NoNewOwner,
+    ];
+
+    /// A stable snake-case name (for metrics and JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackKind::DialFailed => "dial_failed",
+            FallbackKind::Refused => "refused",
+            FallbackKind::ProtocolMismatch => "protocol_mismatch",
+            FallbackKind::StatefulExtension => "stateful_extension",
+            FallbackKind::Interrupted => "interrupted",
+            FallbackKind::NoNewOwner => "no_new_owner",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
 }
 
 /// One migration, as the hook sees it.
@@ -82,6 +170,7 @@ pub struct MigrationStats {
 struct Counters {
     moved: AtomicU64,
     fell_back: AtomicU64,
+    fell_back_by_kind: [AtomicU64; FallbackKind::ALL.len()],
     failed: AtomicU64,
     ring_changes: AtomicU64,
 }
@@ -97,6 +186,11 @@ impl MigrationStats {
         self.inner.fell_back.load(Ordering::Relaxed)
     }
 
+    /// Live moves that fell back to Reconnect for this kind of reason.
+    pub fn fell_back_for(&self, kind: FallbackKind) -> u64 {
+        self.inner.fell_back_by_kind[kind.index()].load(Ordering::Relaxed)
+    }
+
     /// Connections that could not be moved.
     pub fn failed(&self) -> u64 {
         self.inner.failed.load(Ordering::Relaxed)
@@ -110,7 +204,10 @@ impl MigrationStats {
     pub(crate) fn count(&self, outcome: &Outcome) {
         let counter = match outcome {
             Outcome::Moved => &self.inner.moved,
-            Outcome::FellBack(_) => &self.inner.fell_back,
+            Outcome::FellBack(fallback) => {
+                self.inner.fell_back_by_kind[fallback.kind.index()].fetch_add(1, Ordering::Relaxed);
+                &self.inner.fell_back
+            }
             Outcome::Failed(_) => &self.inner.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -35,7 +35,7 @@ mod registry;
 
 pub use self::{
     connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
-    hook::{Migration, MigrationHook, MigrationStats, Outcome},
+    hook::{Fallback, FallbackKind, Migration, MigrationHook, MigrationStats, Outcome},
     layer::{MigrateLayer, MigrateService, RoutePolicy},
     migrator::Migrator,
     pace::Pacing,

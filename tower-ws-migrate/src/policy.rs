@@ -5,7 +5,7 @@ use std::{future::Future, pin::Pin};
 use tower_hashring::NodeId;
 use tower_ws_proxy::RelayHandle;
 
-use crate::Outcome;
+use crate::{Fallback, FallbackKind, Outcome};
 
 /// How a connection whose owner changed is moved.
 ///
@@ -111,9 +111,10 @@ impl Migrate for RelayHandle {
             let (code, reason) = policy.close();
             self.close(code, reason);
             match policy {
-                MigrationPolicy::Live { .. } => {
-                    Outcome::FellBack("a bare relay handle cannot dial the new owner".into())
-                }
+                MigrationPolicy::Live { .. } => Outcome::FellBack(Fallback::new(
+                    FallbackKind::NoNewOwner,
+                    "a bare relay handle cannot dial the new owner",
+                )),
                 _ => Outcome::Moved,
             }
         };

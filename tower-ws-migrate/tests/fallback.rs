@@ -9,7 +9,9 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tower_hashring::NodeId;
-use tower_ws_migrate::{Migrate, MigrationPolicy, Outcome, ProxiedConnection, UpstreamLookup};
+use tower_ws_migrate::{
+    FallbackKind, Migrate, MigrationPolicy, Outcome, ProxiedConnection, UpstreamLookup,
+};
 use tower_ws_proxy::{
     frame::close_frame, relay, Peer, RelayConfig, RelayHandle, Upstream, UpstreamConfig,
 };
@@ -73,7 +75,8 @@ async fn permessage_deflate_with_context_takeover_reconnects_instead() {
     let Outcome::FellBack(why) = outcome else {
         panic!("expected a fallback, got {outcome:?}");
     };
-    assert!(why.contains("permessage-deflate"), "{why}");
+    assert_eq!(why.kind, FallbackKind::StatefulExtension);
+    assert!(why.detail.contains("permessage-deflate"), "{why}");
     assert_closed_with(&mut client, 1012, "Service Restart").await;
 }
 
@@ -106,6 +109,7 @@ async fn a_failed_dial_reconnects_with_the_policys_close() {
     let Outcome::FellBack(why) = outcome else {
         panic!("expected a fallback, got {outcome:?}");
     };
-    assert!(why.starts_with("dialing b"), "{why}");
+    assert_eq!(why.kind, FallbackKind::DialFailed);
+    assert!(why.detail.starts_with("dialing b"), "{why}");
     assert_closed_with(&mut client, 4100, "moving").await;
 }
