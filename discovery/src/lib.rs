@@ -1,1 +1,35 @@
-//! `tower::discover::Discover` streams for static lists, Redis, Docker and RabbitMQ (filled by a later issue).
+//! Where the gateway learns its backends: [`tower::discover::Discover`] streams of
+//! [`Change<NodeId, Backend>`](tower::discover::Change), usable with the balancer on their own.
+//!
+//! - [`StaticDiscovery`]: a fixed list (the demo's and `run --backend`'s).
+//! - [`RedisRegistry`]: backends register themselves with a heartbeat and a TTL; every
+//!   gateway follows the full member set ([`RedisDiscovery`]), so gateways fed by the same
+//!   Redis converge on the same members, hence the same ring.
+//! - [`HealthChecked`]: wraps any of them and lets a backend in only while its active health
+//!   check (HTTP `GET /health`, or a TCP connect) passes.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use discovery::{Backend, StaticDiscovery};
+//! use futures_util::StreamExt;
+//! use tower::discover::Change;
+//!
+//! let mut members = StaticDiscovery::new([Backend::new("backend-a", "127.0.0.1:7100".parse().unwrap())]);
+//! let Some(Ok(Change::Insert(id, backend))) = members.next().await else { unreachable!() };
+//! assert_eq!((id.as_str(), backend.weight), ("backend-a", 1));
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod backend;
+mod health;
+mod redis;
+mod static_list;
+
+pub use self::{
+    backend::{Backend, MemberSet},
+    health::{HealthCheck, HealthChecked},
+    redis::{Heartbeat, RedisDiscovery, RedisError, RedisRegistry},
+    static_list::StaticDiscovery,
+};

@@ -1,0 +1,148 @@
+//! The gateway side: follow the member set.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tower::discover::Change;
+use tower_hashring::NodeId;
+
+use super::{RedisError, RedisRegistry};
+use crate::{Backend, MemberSet};
+
+/// The members of a service in Redis, as a `Discover` stream: the set is re-read on every
+/// announcement, every resync interval and after every reconnect, and only what changed
+/// is yielded. While Redis is unreachable it yields nothing, so the ring stays as it was;
+/// it never fails and never ends.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), discovery::RedisError> {
+/// use discovery::RedisRegistry;
+///
+/// let members = RedisRegistry::new("redis://127.0.0.1:6379", "chat")?.discover();
+/// // Map each Backend to a service and give the stream to a balancer, e.g.
+/// // `HashRingLayer::new(key).shared(members.map(...))`.
+/// # let _ = members;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RedisDiscovery {
+    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
+    task: JoinHandle<()>,
+}
+
+impl RedisDiscovery {
+    pub(super) fn spawn(registry: RedisRegistry) -> Self {
+        let (sender, changes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(follow(registry, sender));
+        Self { changes, task }
+    }
+}
+
+impl Drop for RedisDiscovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for RedisDiscovery {
+    type Item = Result<Change<NodeId, Backend>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+/// Subscribes, resyncs, and resubscribes after every lost connection, with backoff.
+async fn follow(registry: RedisRegistry, changes: mpsc::UnboundedSender<Change<NodeId, Backend>>) {
+    let mut members = MemberSet::default();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match session(&registry, &mut members, &changes).await {
+            Ok(()) => return, // the stream was dropped
+            Err(error) => {
+                tracing::warn!(%error, "redis discovery lost its connection; keeping the last members");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One connected period: returns `Ok` only when nobody listens any more.
+async fn session(
+    registry: &RedisRegistry,
+    members: &mut MemberSet,
+    changes: &mpsc::UnboundedSender<Change<NodeId, Backend>>,
+) -> Result<(), RedisError> {
+    let mut pubsub = registry.client.get_async_pubsub().await?;
+    pubsub.subscribe(registry.channel()).await?;
+    let mut connection = registry.client.get_multiplexed_async_connection().await?;
+    let mut announcements = pubsub.into_on_message();
+    let mut resync = tokio::time::interval(registry.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Subscribed first, then read: nothing announced in between is missed.
+        for change in members.update(read_members(registry, &mut connection).await?) {
+            if changes.send(change).is_err() {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            announced = announcements.next() => {
+                if announced.is_none() {
+                    return Err(redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::ConnectionReset,
+                    ))
+                    .into());
+                }
+            }
+            _ = resync.tick() => {}
+            () = changes.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Every registered backend of the service, now.
+async fn read_members(
+    registry: &RedisRegistry,
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<Vec<Backend>, RedisError> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut iter = connection
+        .scan_match::<_, String>(registry.pattern())
+        .await?;
+    while let Some(key) = iter.next_item().await {
+        keys.push(key?);
+    }
+    drop(iter);
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(connection)
+        .await?;
+    Ok(keys
+        .iter()
+        .zip(values)
+        .filter_map(|(key, value)| {
+            // A key that lapsed between the scan and the read is simply gone.
+            let value = value?;
+            match serde_json::from_str::<Backend>(&value) {
+                Ok(backend) => Some(backend),
+                Err(error) => {
+                    tracing::warn!(%key, %error, "ignoring a registration that is not a backend");
+                    None
+                }
+            }
+        })
+        .collect())
+}
