@@ -28,7 +28,11 @@ async fn health_server(healthy: Arc<AtomicBool>) -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut request = [0u8; 1024];
                 let _ = tcp.read(&mut request).await;
-                let status = if healthy { "200 OK" } else { "503 Service Unavailable" };
+                let status = if healthy {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
                 let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
                 let _ = tcp.write_all(response.as_bytes()).await;
             });
