@@ -136,7 +136,7 @@ async fn a_redis_restart_keeps_the_ring_then_resyncs() {
         return;
     };
     let registry = registry(&redis);
-    let _heartbeats = vec![
+    let _heartbeats = [
         registry.register(backend(1)).await.unwrap(),
         registry.register(backend(2)).await.unwrap(),
     ];
