@@ -32,6 +32,19 @@
 //! drain_ms = 5000               # a removed backend's connections move over this window
 //! routes = [{ prefix = "/game/", policy = "reconnect" }]   # first matching prefix wins
 //!
+//! [discovery]                  # backends that register themselves in Redis (wsbackend --redis)
+//! redis = "redis://127.0.0.1:6379"
+//! service = "wscluster"
+//! resync_ms = 1000              # re-read the whole set this often, announcements or not
+//!
+//! [health]                      # active checks; a backend is on the ring only while they pass
+//! check = "http"                # or "tcp"
+//! path = "/health"
+//! interval_ms = 1000
+//! timeout_ms = 1000
+//! up = 2                        # consecutive successes to join
+//! down = 2                      # consecutive failures to leave
+//!
 //! [[backends]]
 //! id = "backend-a"
 //! address = "127.0.0.1:7100"
@@ -46,7 +59,9 @@ use tower_ws_proxy::{RelayConfig, UpstreamConfig};
 
 use tower_ws_migrate::{MigrationPolicy, Pacing};
 
-use crate::gateway::{GatewayConfig, MigrationConfig};
+use discovery::HealthCheck;
+
+use crate::gateway::{DiscoveryConfig, GatewayConfig, MigrationConfig, RedisSource};
 
 /// The file's contents; every section and field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +78,10 @@ pub struct ConfigFile {
     #[serde(default)]
     migration: Migration,
     #[serde(default)]
+    discovery: Discovery,
+    #[serde(default)]
+    health: Option<Health>,
+    #[serde(default)]
     backends: Vec<BackendEntry>,
 }
 
@@ -77,6 +96,32 @@ struct Migration {
     drain_ms: Option<u64>,
     #[serde(default)]
     routes: Vec<MigrationRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Discovery {
+    redis: Option<String>,
+    service: Option<String>,
+    resync_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    check: CheckKind,
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    up: Option<u32>,
+    down: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CheckKind {
+    Http,
+    Tcp,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -255,7 +300,63 @@ impl ConfigFile {
             request_timeout: t.request_ms.map_or(defaults.request_timeout, ms),
             workers: self.listen.workers.unwrap_or_else(default_workers),
             migration: self.migration.config()?,
+            discovery: DiscoveryConfig {
+                redis: self.discovery.source()?,
+                health: self.health.as_ref().map(Health::check).transpose()?,
+            },
         })
+    }
+}
+
+impl Discovery {
+    fn source(&self) -> Result<Option<RedisSource>, ConfigError> {
+        let Some(url) = &self.redis else {
+            if self.service.is_some() || self.resync_ms.is_some() {
+                return Err(ConfigError(
+                    "discovery: service and resync_ms need redis".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            return Err(ConfigError(format!(
+                "discovery.redis: `{url}` is not a redis:// URL"
+            )));
+        }
+        Ok(Some(RedisSource {
+            url: url.clone(),
+            service: self.service.clone().unwrap_or_else(|| "wscluster".into()),
+            resync: Duration::from_millis(self.resync_ms.unwrap_or(1000).max(10)),
+        }))
+    }
+}
+
+impl Health {
+    fn check(&self) -> Result<HealthCheck, ConfigError> {
+        let check = match (self.check, &self.path) {
+            (CheckKind::Http, path) => {
+                let path = path.as_deref().unwrap_or("/health");
+                if !path.starts_with('/') {
+                    return Err(ConfigError(format!(
+                        "health.path: `{path}` must start with /"
+                    )));
+                }
+                HealthCheck::http(path)
+            }
+            (CheckKind::Tcp, None) => HealthCheck::tcp(),
+            (CheckKind::Tcp, Some(_)) => {
+                return Err(ConfigError("health.path: a tcp check has no path".into()))
+            }
+        };
+        let ms = Duration::from_millis;
+        let mut check = check.thresholds(self.up.unwrap_or(2), self.down.unwrap_or(2));
+        if let Some(interval) = self.interval_ms {
+            check = check.interval(ms(interval));
+        }
+        if let Some(timeout) = self.timeout_ms {
+            check = check.timeout(ms(timeout));
+        }
+        Ok(check)
     }
 }
 
@@ -351,6 +452,12 @@ mod tests {
             [timeouts]
             idle_ms = 1500
             shutdown_window_ms = 10
+            [discovery]
+            redis = "redis://127.0.0.1:6390"
+            service = "chat"
+            [health]
+            check = "http"
+            interval_ms = 250
             [migration]
             policy = "reconnect"
             close_code = 4000
@@ -373,6 +480,15 @@ mod tests {
         assert_eq!(config.relay.idle_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(config.shutdown_window, Duration::from_millis(10));
         assert_eq!(file.backends()[0].0.as_str(), "b1");
+        let redis = config.discovery.redis.unwrap();
+        assert_eq!(
+            (redis.url.as_str(), redis.service.as_str()),
+            ("redis://127.0.0.1:6390", "chat")
+        );
+        assert_eq!(
+            config.discovery.health.unwrap(),
+            HealthCheck::http("/health").interval(Duration::from_millis(250))
+        );
         let migration = config.migration;
         assert_eq!(
             migration.policy,
@@ -411,6 +527,10 @@ mod tests {
             ("[[backends]]\nid = \"a\"", "missing field `address`"),
             ("[migration]\nclose_code = 1006", "migration.close_code"),
             ("[routing]\nload_factor = 0.5", "routing.load_factor"),
+            ("[discovery]\nredis = \"localhost:6379\"", "discovery.redis"),
+            ("[discovery]\nservice = \"chat\"", "need redis"),
+            ("[health]\ncheck = \"tcp\"\npath = \"/x\"", "health.path"),
+            ("[health]\ncheck = \"icmp\"", "check"),
             ("[migration]\njitter = 2.0", "migration.jitter"),
             ("[migration]\npolicy = \"teleport\"", "policy"),
             (

@@ -2,42 +2,31 @@
 //! admin API that shows the ring and, in demo mode, starts and stops in-process backends.
 
 use std::{
-    collections::BTreeMap,
-    convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use axum::{
-    extract::{Path, State},
     http::{HeaderName, HeaderValue, Request, StatusCode},
-    response::{IntoResponse, Response},
-    routing::{delete, get, post},
-    Json, Router,
+    Router,
 };
-use futures_util::Stream;
-use serde_json::json;
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
-use tower::{discover::Change, ServiceBuilder};
+use discovery::{HealthCheck, RedisRegistry, StaticDiscovery};
+use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceBuilder;
 use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_migrate::{
-    FallbackKind, MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing,
-    ProxiedConnection, Registry,
+    MigrateLayer, MigrationPolicy, Migrator, Outcome, Pacing, ProxiedConnection, Registry,
 };
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
 use crate::{
-    backend::Backend,
+    admin,
+    members::{Member, Members},
     serve::{self, Stopped},
 };
 
@@ -71,6 +60,29 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// How WebSockets whose owner changed are moved.
     pub migration: MigrationConfig,
+    /// Where members come from besides the configured list and the admin API.
+    pub discovery: DiscoveryConfig,
+}
+
+/// Membership sources beyond the static list, and health checks.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryConfig {
+    /// Backends registered in Redis.
+    pub redis: Option<RedisSource>,
+    /// Active health checks for configured and discovered backends (not for the demo's
+    /// in-process ones): a backend is on the ring only while they pass.
+    pub health: Option<HealthCheck>,
+}
+
+/// Backends that register themselves in Redis (`wsbackend --redis`).
+#[derive(Clone, Debug)]
+pub struct RedisSource {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// The service name their registrations are filed under.
+    pub service: String,
+    /// How often the whole set is re-read even without an announcement.
+    pub resync: Duration,
 }
 
 /// How the gateway moves WebSockets whose owner changed on the ring.
@@ -123,43 +135,8 @@ impl Default for GatewayConfig {
             request_timeout: Duration::from_secs(30),
             workers: 0,
             migration: MigrationConfig::default(),
+            discovery: DiscoveryConfig::default(),
         }
-    }
-}
-
-type Discovery = Pin<Box<dyn Stream<Item = Result<Change<NodeId, Upstream>, Infallible>> + Send>>;
-
-/// A backend the gateway routes to, as the admin API shows it.
-#[derive(Clone, Debug)]
-struct Member {
-    address: SocketAddr,
-    /// Set for backends the demo started in this process: stops them.
-    stop: Option<Arc<tokio::sync::Notify>>,
-}
-
-/// Membership changes from the admin API and static configuration.
-#[derive(Clone)]
-struct Members {
-    changes: mpsc::UnboundedSender<Result<Change<NodeId, Upstream>, Infallible>>,
-    members: Arc<Mutex<BTreeMap<NodeId, Member>>>,
-    upstream: UpstreamConfig,
-}
-
-impl Members {
-    fn insert(&self, id: NodeId, member: Member) {
-        let upstream = Upstream::new(member.address.to_string(), self.upstream);
-        self.lock().insert(id.clone(), member);
-        let _ = self.changes.send(Ok(Change::Insert(id, upstream)));
-    }
-
-    fn remove(&self, id: &NodeId) -> Option<Member> {
-        let member = self.lock().remove(id)?;
-        let _ = self.changes.send(Ok(Change::Remove(id.clone())));
-        Some(member)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Member>> {
-        self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -194,35 +171,45 @@ impl Gateway {
         backends: Vec<(NodeId, SocketAddr)>,
         demo_backends: usize,
     ) -> std::io::Result<Gateway> {
-        let (changes, receiver) = mpsc::unbounded_channel();
-        let discovery: Discovery = Box::pin(ChannelDiscovery(receiver));
-        let members = Members {
-            changes,
-            members: Arc::default(),
-            upstream: config.upstream,
-        };
-        for (id, address) in backends {
-            members.insert(
-                id,
-                Member {
-                    address,
-                    stop: None,
-                },
-            );
+        let (members, ring_changes) = Members::new(config.upstream);
+        // Configured backends: as they are, or let in by their health checks.
+        let listed = backends
+            .into_iter()
+            .map(|(id, address)| discovery::Backend::new(id.as_str(), address));
+        match &config.discovery.health {
+            Some(check) => members.follow(check.clone().wrap(StaticDiscovery::new(listed))),
+            None => {
+                for backend in listed {
+                    members.insert(backend.node_id(), Member::at(backend.address, 1));
+                }
+            }
+        }
+        if let Some(redis) = &config.discovery.redis {
+            let registry = RedisRegistry::new(&redis.url, redis.service.as_str())
+                .map_err(std::io::Error::other)?
+                .resync(redis.resync);
+            match &config.discovery.health {
+                Some(check) => members.follow(check.clone().wrap(registry.discover())),
+                None => members.follow(registry.discover()),
+            }
         }
         for n in 0..demo_backends {
-            start_demo_backend(&members, format!("backend-{}", (b'a' + n as u8) as char)).await?;
+            let id = format!("backend-{}", (b'a' + n as u8) as char);
+            members.start_demo_backend(id).await?;
         }
 
         // Every WebSocket is registered by key, with live counts per backend (bounded loads
         // read them); on a ring change the migrator moves exactly those whose owner changed
         // (live, or by a 1012 close), paced.
         let registry: Registry<ProxiedConnection> = Registry::new();
-        let mut balancer = HashRingLayer::new(config.key.clone()).missing_key(config.missing_key);
+        let weights = members.clone();
+        let mut balancer = HashRingLayer::new(config.key.clone())
+            .missing_key(config.missing_key)
+            .weights(move |id: &NodeId, _: &Upstream| weights.weight(id));
         if let Some(factor) = config.load_factor {
             balancer = balancer.bounded_loads(factor, Arc::new(registry.clone()));
         }
-        let (ring, driver) = balancer.shared(discovery);
+        let (ring, driver) = balancer.shared(ring_changes);
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
@@ -262,7 +249,7 @@ impl Gateway {
                 .fallback_service(ServiceBuilder::new().layer(migrate).service(proxy.clone())),
             config.request_timeout,
         );
-        let admin_app = admin_router(AdminState {
+        let admin_app = admin::admin_router(admin::AdminState {
             proxy,
             members,
             registry: registry.clone(),
@@ -339,159 +326,6 @@ fn with_public_layers(app: Router, timeout: Duration) -> Router {
         }))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
     )
-}
-
-async fn start_demo_backend(members: &Members, id: String) -> std::io::Result<NodeId> {
-    let listener = Backend::listen(([127, 0, 0, 1], 0).into())?;
-    let address = listener.local_addr()?;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
-    let backend = Backend::new(id.clone());
-    tokio::spawn(backend.serve(listener, async move { stopped.notified().await }));
-    let id = NodeId::from(id);
-    members.insert(
-        id.clone(),
-        Member {
-            address,
-            stop: Some(stop),
-        },
-    );
-    tracing::info!(backend = %id, %address, "started in-process backend");
-    Ok(id)
-}
-
-struct ChannelDiscovery(mpsc::UnboundedReceiver<Result<Change<NodeId, Upstream>, Infallible>>);
-
-impl Stream for ChannelDiscovery {
-    type Item = Result<Change<NodeId, Upstream>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-#[derive(Clone)]
-struct AdminState {
-    proxy: HashRingProxy<HttpKey>,
-    members: Members,
-    registry: Registry<ProxiedConnection>,
-    stats: MigrationStats,
-    drain_window: Duration,
-}
-
-fn admin_router(state: AdminState) -> Router {
-    Router::new()
-        .route("/admin/ring", get(ring))
-        .route("/admin/backends", post(add_backend))
-        .route("/admin/backends/{id}", delete(remove_backend))
-        .with_state(state)
-}
-
-async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let snapshot = state.proxy.ring().snapshot();
-    let counts = state.registry.per_backend();
-    let members = state.members.lock().clone();
-    let nodes: Vec<_> = snapshot
-        .ring()
-        .nodes()
-        .iter()
-        .map(|node| {
-            json!({
-                "id": node.id().as_str(),
-                "address": members.get(node.id()).map(|m| m.address.to_string()),
-                "weight": node.weight(),
-                "connections": counts.get(node.id()).copied().unwrap_or(0),
-            })
-        })
-        .collect();
-    Json(json!({
-        "version": snapshot.version(),
-        "points": snapshot.ring().len_points(),
-        "members": nodes,
-        "connections": state.registry.len(),
-        "migrations": {
-            "moved": state.stats.moved(),
-            "fell_back": state.stats.fell_back(),
-            "fell_back_by_reason": FallbackKind::ALL
-                .iter()
-                .map(|kind| (kind.as_str(), state.stats.fell_back_for(*kind)))
-                .collect::<BTreeMap<_, _>>(),
-            "failed": state.stats.failed(),
-        },
-    }))
-}
-
-/// An external backend to add through the admin API.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewBackend {
-    id: String,
-    address: SocketAddr,
-}
-
-/// `POST /admin/backends`: with a JSON body `{"id":…,"address":…}`, adds that running
-/// backend; with none, starts one more reference backend in this process (the demo).
-async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
-    if !body.iter().all(u8::is_ascii_whitespace) {
-        let new: NewBackend = match serde_json::from_slice(&body) {
-            Ok(new) => new,
-            Err(error) => {
-                let reason = format!(
-                    "the body must be {{\"id\": …, \"address\": \"host:port\"}}: {error}\n"
-                );
-                return (StatusCode::BAD_REQUEST, reason).into_response();
-            }
-        };
-        if state.members.lock().contains_key(new.id.as_str()) {
-            let reason = format!("backend {} is already on the ring\n", new.id);
-            return (StatusCode::CONFLICT, reason).into_response();
-        }
-        let member = Member {
-            address: new.address,
-            stop: None,
-        };
-        state.members.insert(NodeId::from(new.id.as_str()), member);
-        return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
-    }
-    let taken = state.members.lock().len();
-    let id = (taken..)
-        .map(|n| format!("backend-{n}"))
-        .find(|id| !state.members.lock().contains_key(id.as_str()))
-        .unwrap_or_default();
-    match start_demo_backend(&state.members, id).await {
-        Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id.as_str() }))).into_response(),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot start a backend: {error}\n"),
-        )
-            .into_response(),
-    }
-}
-
-async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
-    let id = NodeId::from(id);
-    match state.members.remove(&id) {
-        Some(member) => {
-            // The ring change makes the migrator move its clients to their new owners over
-            // the drain window; stop the backend once they have gone (or 5 s after it).
-            let drained = async {
-                while state.registry.per_backend().contains_key(&id) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            let limit = state.drain_window + Duration::from_secs(5);
-            let _ = tokio::time::timeout(limit, drained).await;
-            if let Some(stop) = member.stop {
-                stop.notify_waiters();
-            }
-            Json(json!({ "removed": id.as_str() })).into_response()
-        }
-        None => (
-            StatusCode::NOT_FOUND,
-            format!("no backend {id} on the ring\n"),
-        )
-            .into_response(),
-    }
 }
 
 /// A future that resolves on Ctrl-C or SIGTERM.

@@ -3,8 +3,10 @@
 //! The gateway is a composition of reusable layers: [`tower_hashring`] picks the backend
 //! by key, [`tower_ws_proxy`] forwards HTTP and relays WebSockets, axum serves them.
 
+mod admin;
 pub mod backend;
 pub mod config;
 pub mod gateway;
 pub mod loadgen;
+mod members;
 mod serve;
