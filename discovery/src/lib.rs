@@ -5,6 +5,8 @@
 //! - [`RedisRegistry`]: backends register themselves with a heartbeat and a TTL; every
 //!   gateway follows the full member set ([`RedisDiscovery`]), so gateways fed by the same
 //!   Redis converge on the same members, hence the same ring.
+//! - [`AmqpEvents`]: publishes every ring change and migration to a RabbitMQ fanout
+//!   exchange, so backends can hand state off before a user arrives.
 //! - [`HealthChecked`]: wraps any of them and lets a backend in only while its active health
 //!   check (HTTP `GET /health`, or a TCP connect) passes.
 //!
@@ -22,12 +24,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod amqp;
 mod backend;
 mod health;
 mod redis;
 mod static_list;
 
 pub use self::{
+    amqp::{ring_event, AmqpEvents},
     backend::{Backend, MemberSet},
     health::{HealthCheck, HealthChecked},
     redis::{Heartbeat, RedisDiscovery, RedisError, RedisRegistry},

@@ -37,6 +37,10 @@
 //! service = "wscluster"
 //! resync_ms = 1000              # re-read the whole set this often, announcements or not
 //!
+//! [events]                      # every ring change and migration, as JSON, to RabbitMQ
+//! amqp = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! exchange = "wscluster.events"  # a durable fanout exchange
+//!
 //! [health]                      # active checks; a backend is on the ring only while they pass
 //! check = "http"                # or "tcp"
 //! path = "/health"
@@ -61,7 +65,7 @@ use tower_ws_migrate::{MigrationPolicy, Pacing};
 
 use discovery::HealthCheck;
 
-use crate::gateway::{DiscoveryConfig, GatewayConfig, MigrationConfig, RedisSource};
+use crate::gateway::{DiscoveryConfig, EventsConfig, GatewayConfig, MigrationConfig, RedisSource};
 
 /// The file's contents; every section and field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +85,8 @@ pub struct ConfigFile {
     discovery: Discovery,
     #[serde(default)]
     health: Option<Health>,
+    #[serde(default)]
+    events: Option<Events>,
     #[serde(default)]
     backends: Vec<BackendEntry>,
 }
@@ -104,6 +110,13 @@ struct Discovery {
     redis: Option<String>,
     service: Option<String>,
     resync_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Events {
+    amqp: String,
+    exchange: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +316,25 @@ impl ConfigFile {
             discovery: DiscoveryConfig {
                 redis: self.discovery.source()?,
                 health: self.health.as_ref().map(Health::check).transpose()?,
+            },
+            events: match &self.events {
+                None => None,
+                Some(events)
+                    if !events.amqp.starts_with("amqp://")
+                        && !events.amqp.starts_with("amqps://") =>
+                {
+                    return Err(ConfigError(format!(
+                        "events.amqp: `{}` is not an amqp:// URL",
+                        events.amqp
+                    )))
+                }
+                Some(events) => Some(EventsConfig {
+                    url: events.amqp.clone(),
+                    exchange: events
+                        .exchange
+                        .clone()
+                        .unwrap_or_else(|| "wscluster.events".into()),
+                }),
             },
         })
     }
@@ -531,6 +563,7 @@ mod tests {
             ("[discovery]\nservice = \"chat\"", "need redis"),
             ("[health]\ncheck = \"tcp\"\npath = \"/x\"", "health.path"),
             ("[health]\ncheck = \"icmp\"", "check"),
+            ("[events]\namqp = \"127.0.0.1:5672\"", "events.amqp"),
             ("[migration]\njitter = 2.0", "migration.jitter"),
             ("[migration]\npolicy = \"teleport\"", "policy"),
             (

@@ -14,13 +14,15 @@ use axum::{
     http::{HeaderName, HeaderValue, Request, StatusCode},
     Router,
 };
-use discovery::{HealthCheck, RedisRegistry, StaticDiscovery};
+use discovery::{AmqpEvents, HealthCheck, RedisRegistry, StaticDiscovery};
+use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
 use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_migrate::{
-    MigrateLayer, MigrationPolicy, Migrator, Outcome, Pacing, ProxiedConnection, Registry,
+    MigrateLayer, Migration, MigrationHook, MigrationPolicy, Migrator, Outcome, Pacing,
+    ProxiedConnection, Registry,
 };
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
@@ -62,6 +64,17 @@ pub struct GatewayConfig {
     pub migration: MigrationConfig,
     /// Where members come from besides the configured list and the admin API.
     pub discovery: DiscoveryConfig,
+    /// Where ring changes and migrations are published.
+    pub events: Option<EventsConfig>,
+}
+
+/// A RabbitMQ fanout exchange that receives every ring change and migration as JSON.
+#[derive(Clone, Debug)]
+pub struct EventsConfig {
+    /// `amqp://user:password@host:port/vhost`.
+    pub url: String,
+    /// The exchange (declared durable, fanout).
+    pub exchange: String,
 }
 
 /// Membership sources beyond the static list, and health checks.
@@ -136,6 +149,7 @@ impl Default for GatewayConfig {
             workers: 0,
             migration: MigrationConfig::default(),
             discovery: DiscoveryConfig::default(),
+            events: None,
         }
     }
 }
@@ -213,22 +227,17 @@ impl Gateway {
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
         let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
+        let events = config.events.as_ref().map(|events| {
+            let events = AmqpEvents::spawn(&events.url, &events.exchange);
+            publish_ring_changes(events.clone(), proxy.ring().subscribe());
+            events
+        });
         let migration = &config.migration;
         let migrator = Migrator::new(registry.clone(), proxy.ring().subscribe())
             .policy(migration.policy.clone())
             .pacing(migration.pacing)
             .drain_window(migration.drain_window)
-            .hook(|m: &tower_ws_migrate::Migration<'_>| {
-                let key = String::from_utf8_lossy(m.key);
-                match m.outcome {
-                    Outcome::Moved => tracing::debug!(%key, from = %m.from, to = ?m.to, "moved"),
-                    Outcome::FellBack(why) => {
-                        tracing::warn!(%key, from = %m.from, to = ?m.to, %why, "live move fell back to reconnect")
-                    }
-                    Outcome::Failed(why) => tracing::warn!(%key, from = %m.from, %why, "migration failed"),
-                    _ => {}
-                }
-            });
+            .hook(migration_hook(events.clone()));
         let stats = migrator.stats();
         tokio::spawn(migrator.run());
         let routes = migration.routes.clone();
@@ -304,6 +313,56 @@ impl Gateway {
         // Relays are closed: worker threads may drop their runtimes.
         self.exit.send_replace(true);
     }
+}
+
+/// Logs each migration that did not simply move, and publishes every one when events are
+/// configured.
+fn migration_hook(events: Option<AmqpEvents>) -> impl MigrationHook {
+    move |m: &Migration<'_>| {
+        let key = String::from_utf8_lossy(m.key);
+        let outcome = match m.outcome {
+            Outcome::Moved => {
+                tracing::debug!(%key, from = %m.from, to = ?m.to, "moved");
+                json!({ "result": "moved" })
+            }
+            Outcome::FellBack(why) => {
+                tracing::warn!(%key, from = %m.from, to = ?m.to, %why, "live move fell back to reconnect");
+                json!({ "result": "fell_back", "reason": why.kind.as_str(), "detail": why.detail })
+            }
+            Outcome::Failed(why) => {
+                tracing::warn!(%key, from = %m.from, %why, "migration failed");
+                json!({ "result": "failed", "detail": why })
+            }
+            _ => json!({ "result": "other" }),
+        };
+        if let Some(events) = &events {
+            let policy = match m.policy {
+                MigrationPolicy::Live { .. } => "live",
+                _ => "reconnect",
+            };
+            events.publish(json!({
+                "type": "migration",
+                "ring_version": m.ring_version,
+                "key": key,
+                "from": m.from.as_str(),
+                "to": m.to.map(NodeId::as_str),
+                "policy": policy,
+                "outcome": outcome,
+            }));
+        }
+    }
+}
+
+/// Publishes every ring change, for as long as the ring is published.
+fn publish_ring_changes(events: AmqpEvents, mut ring: tower_hashring::RingWatch) {
+    tokio::spawn(async move {
+        let mut last = ring.borrow_and_update().clone();
+        while ring.changed().await.is_ok() {
+            let newest = ring.borrow_and_update().clone();
+            events.ring_changed(&last, &newest);
+            last = newest;
+        }
+    });
 }
 
 /// What every public request goes through before the proxy: a request id (kept if the

@@ -108,3 +108,62 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// The RabbitMQ broker on loopback (`amqp://127.0.0.1:5672/%2f`), started by `.ci/run`
+/// (`rabbitmq-server` from Debian's packages): one broker per machine, since Erlang nodes
+/// are slow to start. `None` (skip) where none answers and `CI` is not set.
+///
+/// ```no_run
+/// # async fn f() {
+/// let Some(broker) = wscluster_tests::RabbitMq::running().await else { return };
+/// assert!(broker.url().starts_with("amqp://"));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct RabbitMq {
+    _private: (),
+}
+
+impl RabbitMq {
+    /// The broker, once it answers on port 5672.
+    pub async fn running() -> Option<Self> {
+        for _ in 0..40 {
+            if TcpStream::connect(("127.0.0.1", 5672)).await.is_ok() {
+                return Some(Self { _private: () });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no RabbitMQ on 127.0.0.1:5672: .ci/run installs and starts rabbitmq-server"
+        );
+        eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672 (apt-get install rabbitmq-server)");
+        None
+    }
+
+    /// The broker's URL.
+    pub fn url(&self) -> String {
+        "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+    }
+
+    /// Stops the broker application (every connection drops) and starts it again, the way
+    /// an operator restarts it; returns once it accepts connections again.
+    pub async fn restart(&self) {
+        for command in ["stop_app", "start_app"] {
+            let status = Command::new("rabbitmqctl")
+                .arg(command)
+                .stdout(Stdio::null())
+                .status()
+                .await
+                .expect("rabbitmqctl runs");
+            assert!(status.success(), "rabbitmqctl {command} failed");
+        }
+        for _ in 0..120 {
+            if TcpStream::connect(("127.0.0.1", 5672)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("RabbitMQ did not come back within 30 s");
+    }
+}

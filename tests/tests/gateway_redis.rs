@@ -59,7 +59,9 @@ async fn start_backend(id: &str) -> (SocketAddr, Arc<Notify>) {
 
 #[tokio::test]
 async fn the_gateway_follows_redis_and_health_checks() {
-    let Some(redis) = RedisServer::start().await else { return };
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let registry = RedisRegistry::new(&redis.url(), "chat")
         .unwrap()
         .ttl(Duration::from_millis(600));

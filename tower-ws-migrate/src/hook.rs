@@ -113,6 +113,8 @@ impl FallbackKind {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Migration<'a> {
+    /// The version of the ring the connection moves for.
+    pub ring_version: u64,
     /// The routing key.
     pub key: &'a [u8],
     /// The backend it left.

@@ -196,6 +196,7 @@ where
                 .migrate(&policy, &planned.from, planned.to.as_ref());
             let (registry, stats, hook) =
                 (self.registry.clone(), self.stats.clone(), self.hook.clone());
+            let ring_version = ring.version();
             tokio::spawn(async move {
                 let outcome = migration.await;
                 drop(permit);
@@ -206,6 +207,7 @@ where
                 }
                 stats.count(&outcome);
                 hook.on_migration(&Migration {
+                    ring_version,
                     key: &planned.key,
                     from: &planned.from,
                     to: planned.to.as_ref(),

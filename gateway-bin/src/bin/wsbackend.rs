@@ -59,7 +59,9 @@ async fn main() -> ExitCode {
         }
     };
     println!("backend {} on {}", cli.id, cli.listen);
-    let served = Backend::new(cli.id).serve(listener, shutdown_signal()).await;
+    let served = Backend::new(cli.id)
+        .serve(listener, shutdown_signal())
+        .await;
     if let Some(heartbeat) = heartbeat {
         if let Err(error) = heartbeat.deregister().await {
             eprintln!("warning: could not deregister: {error}");
