@@ -5,6 +5,8 @@
 //! - [`RedisRegistry`]: backends register themselves with a heartbeat and a TTL; every
 //!   gateway follows the full member set ([`RedisDiscovery`]), so gateways fed by the same
 //!   Redis converge on the same members, hence the same ring.
+//! - [`DockerSource`]: containers carrying a service label, gated by their Docker health
+//!   status; [`DockerScaler`] starts and stops more of them.
 //! - [`AmqpEvents`]: publishes every ring change and migration to a RabbitMQ fanout
 //!   exchange, so backends can hand state off before a user arrives.
 //! - [`HealthChecked`]: wraps any of them and lets a backend in only while its active health
@@ -26,6 +28,7 @@
 
 mod amqp;
 mod backend;
+mod docker;
 mod health;
 mod redis;
 mod static_list;
@@ -33,6 +36,10 @@ mod static_list;
 pub use self::{
     amqp::{ring_event, AmqpEvents},
     backend::{Backend, MemberSet},
+    docker::{
+        DockerDiscovery, DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL,
+        WEIGHT_LABEL,
+    },
     health::{HealthCheck, HealthChecked},
     redis::{Heartbeat, RedisDiscovery, RedisError, RedisRegistry},
     static_list::StaticDiscovery,

@@ -9,6 +9,7 @@ use axum::{
     routing::{delete, get, post},
     Json, Router,
 };
+use discovery::{DockerError, DockerScaler};
 use serde_json::json;
 use tower_hashring::{HttpKey, NodeId};
 use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection, Registry};
@@ -24,6 +25,8 @@ pub(crate) struct AdminState {
     pub(crate) registry: Registry<ProxiedConnection>,
     pub(crate) stats: MigrationStats,
     pub(crate) drain_window: Duration,
+    /// Set when the gateway runs its backends on Docker.
+    pub(crate) docker: Option<DockerScaler>,
 }
 
 pub(crate) fn admin_router(state: AdminState) -> Router {
@@ -97,6 +100,16 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
         state.members.insert(NodeId::from(new.id.as_str()), member);
         return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
     }
+    if let Some(scaler) = &state.docker {
+        // On Docker: one more container; it joins once it runs (and is healthy).
+        return match scaler.start_one().await {
+            Ok(name) => (StatusCode::CREATED, Json(json!({ "id": name }))).into_response(),
+            Err(error @ DockerError::AtCap(_)) => {
+                (StatusCode::CONFLICT, format!("{error}\n")).into_response()
+            }
+            Err(error) => (StatusCode::BAD_GATEWAY, format!("{error}\n")).into_response(),
+        };
+    }
     let taken = state.members.lock().len();
     let id = (taken..)
         .map(|n| format!("backend-{n}"))
@@ -112,28 +125,47 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
     }
 }
 
+/// `DELETE /admin/backends/{id}`: off the ring, its connections drained to their new owners
+/// (drain window + 5 s at most), then stopped: the demo's in-process backend, or, on Docker,
+/// its container (only a container carrying our label: anything else is a 403).
 async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let id = NodeId::from(id);
-    match state.members.remove(&id) {
-        Some(member) => {
-            // The ring change makes the migrator move its clients to their new owners over
-            // the drain window; stop the backend once they have gone (or 5 s after it).
-            let drained = async {
-                while state.registry.per_backend().contains_key(&id) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            let limit = state.drain_window + Duration::from_secs(5);
-            let _ = tokio::time::timeout(limit, drained).await;
-            if let Some(stop) = member.stop {
-                stop.notify_waiters();
+    let container = match &state.docker {
+        Some(scaler) => match scaler.owns(id.as_str()).await {
+            Ok(true) => true,
+            Ok(false) => {
+                let reason = format!("{}\n", DockerError::NotOurs(id.to_string()));
+                return (StatusCode::FORBIDDEN, reason).into_response();
             }
-            Json(json!({ "removed": id.as_str() })).into_response()
+            Err(DockerError::NotFound(_)) => false,
+            Err(error) => return (StatusCode::BAD_GATEWAY, format!("{error}\n")).into_response(),
+        },
+        None => false,
+    };
+    let Some(member) = state.members.leave(&id) else {
+        state.members.returned(&id);
+        let reason = format!("no backend {id} on the ring\n");
+        return (StatusCode::NOT_FOUND, reason).into_response();
+    };
+    // The ring change makes the migrator move its clients to their new owners over the
+    // drain window; stop the backend once they have gone.
+    let drained = async {
+        while state.registry.per_backend().contains_key(&id) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        None => (
-            StatusCode::NOT_FOUND,
-            format!("no backend {id} on the ring\n"),
-        )
-            .into_response(),
+    };
+    let limit = state.drain_window + Duration::from_secs(5);
+    let _ = tokio::time::timeout(limit, drained).await;
+    if let Some(stop) = member.stop {
+        stop.notify_waiters();
+    }
+    let stopped = match (&state.docker, container) {
+        (Some(scaler), true) => scaler.stop(id.as_str()).await,
+        _ => Ok(()),
+    };
+    state.members.returned(&id);
+    match stopped {
+        Ok(()) => Json(json!({ "removed": id.as_str() })).into_response(),
+        Err(error) => (StatusCode::BAD_GATEWAY, format!("drained, but {error}\n")).into_response(),
     }
 }

@@ -8,7 +8,11 @@
 //! - `POST /send?userId=U` (body = message) and `GET /send?userId=U&message=M`: deliver
 //!   `{"type":"message","server":ID,"content":M}` to every local connection of `U`; answers
 //!   the number delivered, or 404 with a reason when `U` has none here.
-//! - `GET /count`: the local connection count; `GET /health`: `ok`.
+//! - `GET /count`: the local connection count; `GET /health`: `ok`, or 503 while draining.
+//!
+//! [`Backend::serve_draining`] shuts down the way a backend behind the gateway should: it
+//! first fails its health check, so the gateway takes it off the ring and moves its users
+//! live, and stops once they have gone (or a deadline passes).
 
 use std::{
     collections::HashMap,
@@ -44,6 +48,7 @@ struct Inner {
     id: String,
     next_connection: AtomicU64,
     users: Mutex<HashMap<String, HashMap<u64, mpsc::UnboundedSender<String>>>>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -54,6 +59,7 @@ impl Backend {
                 id: id.into(),
                 next_connection: AtomicU64::new(0),
                 users: Mutex::new(HashMap::new()),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -74,7 +80,7 @@ impl Backend {
             .route("/connect/{user}", get(connect))
             .route("/send", get(send_query).post(send_body))
             .route("/count", get(count))
-            .route("/health", get(|| async { "ok" }))
+            .route("/health", get(health))
             .with_state(self.clone())
     }
 
@@ -102,6 +108,28 @@ impl Backend {
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
+    }
+
+    /// Serves on `listener`; once `shutdown` resolves, answers its health check with 503
+    /// and keeps serving until its last WebSocket has gone (moved by the gateway) or
+    /// `drain_limit` has passed.
+    pub async fn serve_draining(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        drain_limit: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let this = self.clone();
+        let drained = async move {
+            shutdown.await;
+            this.inner.draining.store(true, Ordering::Relaxed);
+            tracing::info!(backend = %this.id(), "draining: health answers 503");
+            let deadline = tokio::time::Instant::now() + drain_limit;
+            while this.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        self.serve(listener, drained).await
     }
 
     fn users(
@@ -248,6 +276,14 @@ fn send(backend: &Backend, user: &str, message: &str) -> Response {
         delivered => {
             Json(json!({ "delivered": delivered, "server": backend.id() })).into_response()
         }
+    }
+}
+
+async fn health(State(backend): State<Backend>) -> Response {
+    if backend.inner.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ok".into_response()
     }
 }
 

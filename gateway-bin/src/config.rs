@@ -41,6 +41,12 @@
 //! amqp = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! exchange = "wscluster.events"  # a durable fanout exchange
 //!
+//! [docker]                      # backends as containers labelled wscluster.service=<service>
+//! service = "wscluster"
+//! network = "wscluster"         # reach them on this network (default: their first)
+//! image = "wscluster-backend"   # lets POST/DELETE /admin/backends start and stop containers
+//! cap = 16                      # the most containers the admin API may run
+//!
 //! [health]                      # active checks; a backend is on the ring only while they pass
 //! check = "http"                # or "tcp"
 //! path = "/health"
@@ -65,7 +71,9 @@ use tower_ws_migrate::{MigrationPolicy, Pacing};
 
 use discovery::HealthCheck;
 
-use crate::gateway::{DiscoveryConfig, EventsConfig, GatewayConfig, MigrationConfig, RedisSource};
+use crate::gateway::{
+    DiscoveryConfig, DockerConfig, EventsConfig, GatewayConfig, MigrationConfig, RedisSource,
+};
 
 /// The file's contents; every section and field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +95,8 @@ pub struct ConfigFile {
     health: Option<Health>,
     #[serde(default)]
     events: Option<Events>,
+    #[serde(default)]
+    docker: Option<DockerSection>,
     #[serde(default)]
     backends: Vec<BackendEntry>,
 }
@@ -110,6 +120,15 @@ struct Discovery {
     redis: Option<String>,
     service: Option<String>,
     resync_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DockerSection {
+    service: Option<String>,
+    network: Option<String>,
+    image: Option<String>,
+    cap: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +335,18 @@ impl ConfigFile {
             discovery: DiscoveryConfig {
                 redis: self.discovery.source()?,
                 health: self.health.as_ref().map(Health::check).transpose()?,
+                docker: match &self.docker {
+                    None => None,
+                    Some(DockerSection { cap: Some(0), .. }) => {
+                        return Err(ConfigError("docker.cap: must be at least 1".into()))
+                    }
+                    Some(docker) => Some(DockerConfig {
+                        service: docker.service.clone().unwrap_or_else(|| "wscluster".into()),
+                        network: docker.network.clone(),
+                        image: docker.image.clone(),
+                        cap: docker.cap.unwrap_or(16),
+                    }),
+                },
             },
             events: match &self.events {
                 None => None,
@@ -564,6 +595,7 @@ mod tests {
             ("[health]\ncheck = \"tcp\"\npath = \"/x\"", "health.path"),
             ("[health]\ncheck = \"icmp\"", "check"),
             ("[events]\namqp = \"127.0.0.1:5672\"", "events.amqp"),
+            ("[docker]\ncap = 0", "docker.cap"),
             ("[migration]\njitter = 2.0", "migration.jitter"),
             ("[migration]\npolicy = \"teleport\"", "policy"),
             (

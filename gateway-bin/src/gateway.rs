@@ -14,7 +14,9 @@ use axum::{
     http::{HeaderName, HeaderValue, Request, StatusCode},
     Router,
 };
-use discovery::{AmqpEvents, HealthCheck, RedisRegistry, StaticDiscovery};
+use discovery::{
+    AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry, StaticDiscovery,
+};
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceBuilder;
@@ -82,9 +84,24 @@ pub struct EventsConfig {
 pub struct DiscoveryConfig {
     /// Backends registered in Redis.
     pub redis: Option<RedisSource>,
+    /// Backends running as labelled Docker containers.
+    pub docker: Option<DockerConfig>,
     /// Active health checks for configured and discovered backends (not for the demo's
     /// in-process ones): a backend is on the ring only while they pass.
     pub health: Option<HealthCheck>,
+}
+
+/// Backends that run as Docker containers labelled `wscluster.service=<service>`.
+#[derive(Clone, Debug)]
+pub struct DockerConfig {
+    /// The service label's value.
+    pub service: String,
+    /// The network the gateway reaches them on (default: their first).
+    pub network: Option<String>,
+    /// With an image, the admin API starts (`POST /admin/backends`) and stops containers.
+    pub image: Option<String>,
+    /// The most containers the admin API may run.
+    pub cap: usize,
 }
 
 /// Backends that register themselves in Redis (`wsbackend --redis`).
@@ -207,6 +224,17 @@ impl Gateway {
                 None => members.follow(registry.discover()),
             }
         }
+        if let Some(docker) = &config.discovery.docker {
+            let source = DockerSource::new(docker.service.as_str());
+            let source = match &docker.network {
+                Some(network) => source.network(network.as_str()),
+                None => source,
+            };
+            match &config.discovery.health {
+                Some(check) => members.follow(check.clone().wrap(source.discover())),
+                None => members.follow(source.discover()),
+            }
+        }
         for n in 0..demo_backends {
             let id = format!("backend-{}", (b'a' + n as u8) as char);
             members.start_demo_backend(id).await?;
@@ -264,6 +292,15 @@ impl Gateway {
             registry: registry.clone(),
             stats,
             drain_window: migration.drain_window,
+            docker: config.discovery.docker.as_ref().and_then(|d| {
+                d.image.as_ref().map(|image| {
+                    let scaler = DockerScaler::new(d.service.as_str(), image.as_str()).cap(d.cap);
+                    match &d.network {
+                        Some(network) => scaler.network(network.as_str()),
+                        None => scaler,
+                    }
+                })
+            }),
         });
         let (public, mut servers) = if config.workers == 0 {
             let listener = TcpListener::bind(config.public).await?;

@@ -47,6 +47,8 @@ impl Member {
 pub(crate) struct Members {
     changes: mpsc::UnboundedSender<Result<Change<NodeId, Upstream>, Infallible>>,
     members: Arc<Mutex<BTreeMap<NodeId, Member>>>,
+    /// Members being drained on purpose: discovery may not bring them back meanwhile.
+    leaving: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
     upstream: UpstreamConfig,
 }
 
@@ -57,6 +59,7 @@ impl Members {
         let members = Self {
             changes,
             members: Arc::default(),
+            leaving: Arc::default(),
             upstream,
         };
         (members, Box::pin(ChannelDiscovery(receiver)))
@@ -74,6 +77,31 @@ impl Members {
         let member = self.lock().remove(id)?;
         let _ = self.changes.send(Ok(Change::Remove(id.clone())));
         Some(member)
+    }
+
+    /// Takes `id` off the ring and keeps discovery from bringing it back until
+    /// [`returned`](Self::returned) (a drain before its container stops).
+    pub(crate) fn leave(&self, id: &NodeId) -> Option<Member> {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
+        self.remove(id)
+    }
+
+    /// Lets discovery announce `id` again.
+    pub(crate) fn returned(&self, id: &NodeId) {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    fn is_leaving(&self, id: &NodeId) -> bool {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     /// A member's weight on the ring (1 for one that is not known).
@@ -95,6 +123,7 @@ impl Members {
             let mut source = std::pin::pin!(source);
             while let Some(Ok(change)) = source.next().await {
                 match change {
+                    Change::Insert(id, _) if members.is_leaving(&id) => {}
                     Change::Insert(id, backend) => {
                         tracing::info!(backend = %id, address = %backend.address, "discovered");
                         members.insert(id, Member::at(backend.address, backend.weight));

@@ -167,3 +167,137 @@ impl RabbitMq {
         panic!("RabbitMQ did not come back within 30 s");
     }
 }
+
+/// The local Docker engine with the `wscluster-backend` image (built by
+/// `docker/build-backend-image.sh`, which `.ci/run` calls), and a bridge network of this
+/// test's own; everything the test created is removed when this is dropped.
+///
+/// ```no_run
+/// # async fn f() {
+/// let Some(docker) = wscluster_tests::DockerHost::start("demo").await else { return };
+/// assert!(docker.network().starts_with("wscluster-test-"));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DockerHost {
+    network: String,
+    label_value: String,
+}
+
+impl DockerHost {
+    /// Checks the engine and the image, and creates the network; `None` (skip) where either
+    /// is missing and `CI` is not set.
+    pub async fn start(name: &str) -> Option<Self> {
+        let image = Command::new("docker")
+            .args(["image", "inspect", "wscluster-backend"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if !image.is_ok_and(|s| s.success()) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no docker engine or no wscluster-backend image: run docker/build-backend-image.sh"
+            );
+            eprintln!(
+                "skipped: no docker or no wscluster-backend image (docker/build-backend-image.sh)"
+            );
+            return None;
+        }
+        let suffix = format!("{name}-{}", std::process::id());
+        let network = format!("wscluster-test-{suffix}");
+        docker(&["network", "create", &network]).await;
+        Some(Self {
+            network,
+            label_value: format!("wstest-{suffix}"),
+        })
+    }
+
+    /// The test's network.
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    /// A service name (label value) of this test's own.
+    pub fn service(&self) -> &str {
+        &self.label_value
+    }
+
+    /// Runs a container of the backend image on the network without our label.
+    pub async fn run_unlabelled(&self, name: &str) {
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            &self.network,
+            "--label",
+            &format!("wscluster.test={}", self.label_value),
+            "wscluster-backend",
+            "--id",
+            name,
+            "--listen",
+            "0.0.0.0:7100",
+        ])
+        .await;
+    }
+
+    /// Whether container `name` is running.
+    pub async fn running(&self, name: &str) -> bool {
+        let output = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", name])
+            .output()
+            .await
+            .expect("docker runs");
+        String::from_utf8_lossy(&output.stdout).trim() == "true"
+    }
+
+    /// Stops container `name` the way an operator would (`docker stop`, 20 s grace).
+    pub async fn stop(&self, name: &str) {
+        docker(&["stop", "-t", "20", name]).await;
+    }
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        // Whatever this test created: its service's containers, its unlabelled ones, its
+        // network.
+        for label in [
+            format!("wscluster.service={}", self.label_value),
+            format!("wscluster.test={}", self.label_value),
+        ] {
+            let ids = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label={label}")])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+async fn docker(args: &[&str]) {
+    let status = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("docker runs");
+    assert!(status.success(), "docker {args:?} failed");
+}

@@ -12,8 +12,12 @@ use gateway_bin::{backend::Backend, gateway::shutdown_signal};
 #[command(version, about = "The wscluster reference WebSocket backend")]
 struct Cli {
     /// The backend's id (the `server` field of its messages, its place on the ring).
-    #[arg(long, env = "WSBACKEND_ID")]
-    id: String,
+    #[arg(long, env = "WSBACKEND_ID", required_unless_present = "probe")]
+    id: Option<String>,
+    /// Instead of serving: GET this `http://host:port/path` and exit 0 on a 2xx (a health
+    /// check command for images without a shell, e.g. Docker's HEALTHCHECK).
+    #[arg(long)]
+    probe: Option<String>,
     /// Where to listen.
     #[arg(long, env = "WSBACKEND_LISTEN", default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
@@ -29,6 +33,10 @@ struct Cli {
     /// Its share of the ring.
     #[arg(long, env = "WSBACKEND_WEIGHT", default_value_t = 1)]
     weight: u32,
+    /// On SIGTERM / Ctrl-C: fail the health check and keep serving until every WebSocket has
+    /// moved away, at most this long, in milliseconds.
+    #[arg(long, env = "WSBACKEND_DRAIN_MS", default_value_t = 8000)]
+    drain_ms: u64,
     /// How long the registration outlives a silent backend, in milliseconds.
     #[arg(long, env = "WSBACKEND_TTL_MS", default_value_t = 3000)]
     ttl_ms: u64,
@@ -37,6 +45,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(url) = &cli.probe {
+        return probe(url).await;
+    }
+    let id = cli.id.clone().unwrap_or_default();
     let listener = match Backend::listen(cli.listen) {
         Ok(listener) => listener,
         Err(error) => return fail(&format!("cannot listen on {}: {error}", cli.listen)),
@@ -45,7 +57,7 @@ async fn main() -> ExitCode {
         None => None,
         Some(url) => {
             let advertised = cli.advertise.unwrap_or(cli.listen);
-            let me = discovery::Backend::new(cli.id.as_str(), advertised).weight(cli.weight);
+            let me = discovery::Backend::new(id.as_str(), advertised).weight(cli.weight);
             let registered = async {
                 RedisRegistry::new(url, cli.service.as_str())?
                     .ttl(Duration::from_millis(cli.ttl_ms))
@@ -58,18 +70,45 @@ async fn main() -> ExitCode {
             }
         }
     };
-    println!("backend {} on {}", cli.id, cli.listen);
-    let served = Backend::new(cli.id)
-        .serve(listener, shutdown_signal())
-        .await;
-    if let Some(heartbeat) = heartbeat {
-        if let Err(error) = heartbeat.deregister().await {
-            eprintln!("warning: could not deregister: {error}");
+    println!("backend {id} on {}", cli.listen);
+    let drain = Duration::from_millis(cli.drain_ms);
+    // Leaving starts with deregistering, so gateways move the users away during the drain.
+    let leave = async move {
+        shutdown_signal().await;
+        if let Some(heartbeat) = heartbeat {
+            if let Err(error) = heartbeat.deregister().await {
+                eprintln!("warning: could not deregister: {error}");
+            }
         }
-    }
+    };
+    let served = Backend::new(id)
+        .serve_draining(listener, leave, drain)
+        .await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
+    }
+}
+
+/// One HTTP GET; success on a 2xx within 2 s.
+async fn probe(url: &str) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return fail(&format!("--probe wants an http:// URL, got `{url}`"));
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let check = async {
+        let mut tcp = tokio::net::TcpStream::connect(authority).await?;
+        let request =
+            format!("GET /{path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        let mut status = [0u8; 12];
+        tcp.read_exact(&mut status).await?;
+        Ok::<_, std::io::Error>(status[9] == b'2')
+    };
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
     }
 }
 

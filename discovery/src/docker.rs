@@ -1,0 +1,391 @@
+//! Docker: containers carrying a service label are members; the admin API can start and
+//! stop more of them. Only ever through the local socket, and only labelled containers.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fmt,
+    net::IpAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bollard::{
+    models::{ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig},
+    query_parameters::{
+        CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+        RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    },
+    Docker,
+};
+use futures_core::Stream;
+use futures_util::StreamExt;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tower::discover::Change;
+use tower_hashring::NodeId;
+
+use crate::{Backend, MemberSet};
+
+/// The label that names a container's service.
+pub const SERVICE_LABEL: &str = "wscluster.service";
+/// The label that gives the port a container's backend listens on (default 7100).
+pub const PORT_LABEL: &str = "wscluster.port";
+/// The label that gives its weight (default 1).
+pub const WEIGHT_LABEL: &str = "wscluster.weight";
+
+/// Docker could not be reached, or refused.
+///
+/// ```
+/// use discovery::DockerError;
+///
+/// let error = DockerError::NotOurs("postgres".into());
+/// assert_eq!(error.to_string(), "container postgres does not carry our service label");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DockerError {
+    /// The engine answered with an error, or could not be reached.
+    #[error("docker: {0}")]
+    Engine(#[from] bollard::errors::Error),
+    /// The container exists but is not one of ours: it is never touched.
+    #[error("container {0} does not carry our service label")]
+    NotOurs(String),
+    /// No such container.
+    #[error("no container {0}")]
+    NotFound(String),
+    /// The instance cap is reached.
+    #[error("the service already runs {0} containers, its cap")]
+    AtCap(usize),
+}
+
+/// Where the members of a service run on Docker: containers labelled
+/// `wscluster.service=<service>`, reached at their address on `network` (or their first
+/// network) and the port in their `wscluster.port` label.
+///
+/// ```no_run
+/// use discovery::DockerSource;
+///
+/// let members = DockerSource::new("chat").network("wscluster").discover();
+/// # let _ = members;
+/// ```
+#[derive(Clone, Debug)]
+pub struct DockerSource {
+    service: String,
+    network: Option<String>,
+}
+
+impl DockerSource {
+    /// The containers of `service`.
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            network: None,
+        }
+    }
+
+    /// Reach containers on this network.
+    pub fn network(mut self, network: impl Into<String>) -> Self {
+        self.network = Some(network.into());
+        self
+    }
+
+    /// Follows the containers of the service as a `Discover` stream; see [`DockerDiscovery`].
+    pub fn discover(&self) -> DockerDiscovery {
+        let (sender, changes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(follow(self.clone(), sender));
+        DockerDiscovery { changes, task }
+    }
+
+    fn label_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{SERVICE_LABEL}={}", self.service)],
+        )])
+    }
+
+    /// The backend a container is, if it runs, is healthy (where it has a health check) and
+    /// has an address.
+    fn backend(&self, container: &ContainerInspectResponse) -> Option<Backend> {
+        let state = container.state.as_ref()?;
+        if state.running != Some(true) {
+            return None;
+        }
+        let health = state.health.as_ref().and_then(|h| h.status);
+        if matches!(
+            health,
+            Some(HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY)
+        ) {
+            return None;
+        }
+        let labels = container.config.as_ref()?.labels.as_ref()?;
+        if labels.get(SERVICE_LABEL) != Some(&self.service) {
+            return None;
+        }
+        let port = labels
+            .get(PORT_LABEL)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(7100);
+        let weight = labels
+            .get(WEIGHT_LABEL)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(1);
+        let networks = container.network_settings.as_ref()?.networks.as_ref()?;
+        let endpoint = match &self.network {
+            Some(network) => networks.get(network)?,
+            None => networks.values().next()?,
+        };
+        let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
+        let name = container.name.as_deref()?.trim_start_matches('/');
+        Some(Backend::new(name, (ip, port).into()).weight(weight))
+    }
+}
+
+/// The containers of a service, as a `Discover` stream: the engine's event stream is
+/// subscribed to before the containers are listed (so no change falls between the two),
+/// repeated events change nothing, and a broken event stream is followed by a fresh list.
+/// While Docker is unreachable it yields nothing; it never fails and never ends.
+#[derive(Debug)]
+pub struct DockerDiscovery {
+    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for DockerDiscovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for DockerDiscovery {
+    type Item = Result<Change<NodeId, Backend>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+async fn follow(source: DockerSource, changes: mpsc::UnboundedSender<Change<NodeId, Backend>>) {
+    let mut members = MemberSet::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&source, &mut members, &changes).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "docker discovery lost the engine; keeping the last members");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn session(
+    source: &DockerSource,
+    members: &mut MemberSet,
+    changes: &mpsc::UnboundedSender<Change<NodeId, Backend>>,
+) -> Result<(), DockerError> {
+    let docker = connect().await?;
+    let mut filters = source.label_filter();
+    filters.insert("type".into(), vec!["container".into()]);
+    let mut events = docker.events(Some(
+        EventsOptionsBuilder::default().filters(&filters).build(),
+    ));
+    let list = |docker: Docker| async move {
+        let options = ListContainersOptionsBuilder::default()
+            .filters(&source.label_filter())
+            .build();
+        let mut backends = Vec::new();
+        for summary in docker.list_containers(Some(options)).await? {
+            let Some(id) = summary.id else { continue };
+            if let Ok(container) = docker.inspect_container(&id, None).await {
+                backends.extend(source.backend(&container));
+            }
+        }
+        Ok::<_, DockerError>(backends)
+    };
+    let send_all =
+        |list: Vec<Change<NodeId, Backend>>| list.into_iter().all(|c| changes.send(c).is_ok());
+    if !send_all(members.update(list(docker.clone()).await?)) {
+        return Ok(());
+    }
+    while let Some(event) = events.next().await {
+        event?;
+        // Any event of one of ours may change the set: read it again. Re-listing (rather
+        // than applying the event) de-duplicates, and stays right however events are
+        // ordered or repeated.
+        if !send_all(members.update(list(docker.clone()).await?)) {
+            return Ok(());
+        }
+    }
+    Err(DockerError::Engine(bollard::errors::Error::IOError {
+        err: std::io::Error::other("the event stream ended"),
+    }))
+}
+
+async fn connect() -> Result<Docker, DockerError> {
+    Ok(Docker::connect_with_socket_defaults()?
+        .negotiate_version()
+        .await?)
+}
+
+/// Starts and stops containers of one service: `POST /admin/backends` and
+/// `DELETE /admin/backends/{id}` when the gateway runs on Docker. It only ever touches
+/// containers that carry the service's label.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), discovery::DockerError> {
+/// use discovery::DockerScaler;
+///
+/// let scaler = DockerScaler::new("chat", "wscluster-backend:latest").network("wscluster").cap(10);
+/// let name = scaler.start_one().await?;
+/// scaler.stop(&name).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DockerScaler {
+    service: String,
+    image: String,
+    network: Option<String>,
+    cap: usize,
+    port: u16,
+}
+
+impl fmt::Debug for DockerScaler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerScaler")
+            .field("service", &self.service)
+            .field("image", &self.image)
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerScaler {
+    /// Containers of `image` for `service` (at most 16 unless [`cap`](Self::cap) says).
+    pub fn new(service: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            image: image.into(),
+            network: None,
+            cap: 16,
+            port: 7100,
+        }
+    }
+
+    /// Attach new containers to this network.
+    pub fn network(mut self, network: impl Into<String>) -> Self {
+        self.network = Some(network.into());
+        self
+    }
+
+    /// The most containers the service may run.
+    pub fn cap(mut self, cap: usize) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// Creates and starts one more container; returns its name (its backend id). The image
+    /// must run the reference backend (`wsbackend`).
+    pub async fn start_one(&self) -> Result<String, DockerError> {
+        let docker = connect().await?;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{SERVICE_LABEL}={}", self.service)],
+        )]);
+        let existing = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        if existing.len() >= self.cap {
+            return Err(DockerError::AtCap(self.cap));
+        }
+        let taken: Vec<String> = existing
+            .iter()
+            .flat_map(|c| c.names.clone().unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect();
+        let name = (1..)
+            .map(|n| format!("{}-{n}", self.service))
+            .find(|name| !taken.contains(name))
+            .expect("an unused name");
+        let labels = HashMap::from([
+            (SERVICE_LABEL.to_owned(), self.service.clone()),
+            (PORT_LABEL.to_owned(), self.port.to_string()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(vec![
+                "--id".into(),
+                name.clone(),
+                "--listen".into(),
+                format!("0.0.0.0:{}", self.port),
+            ]),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: self.network.clone(),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        docker.create_container(Some(options), body).await?;
+        docker.start_container(&name, None).await?;
+        Ok(name)
+    }
+
+    /// Stops and removes container `name`, if it is one of ours.
+    pub async fn stop(&self, name: &str) -> Result<(), DockerError> {
+        let docker = connect().await?;
+        let container = match docker.inspect_container(name, None).await {
+            Ok(container) => container,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(DockerError::NotFound(name.to_owned())),
+            Err(error) => return Err(error.into()),
+        };
+        let ours = container
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(SERVICE_LABEL))
+            == Some(&self.service);
+        if !ours {
+            return Err(DockerError::NotOurs(name.to_owned()));
+        }
+        docker
+            .stop_container(
+                name,
+                Some(StopContainerOptionsBuilder::default().t(5).build()),
+            )
+            .await?;
+        docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether container `name` is one of ours (labelled for this service).
+    pub async fn owns(&self, name: &str) -> Result<bool, DockerError> {
+        let docker = connect().await?;
+        match docker.inspect_container(name, None).await {
+            Ok(container) => Ok(container
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|l| l.get(SERVICE_LABEL).cloned())
+                .as_ref()
+                == Some(&self.service)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(DockerError::NotFound(name.to_owned())),
+            Err(error) => Err(error.into()),
+        }
+    }
+}

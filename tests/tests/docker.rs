@@ -1,0 +1,204 @@
+//! The gateway on Docker membership, end to end with real containers of our backend image:
+//! labelled containers join the ring, the admin API adds one and the affected clients move to
+//! it live, a stopped container's clients move, and an unlabelled container is never touched.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::tungstenite::Message;
+use tower_hashring::Ring;
+use wscluster_tests::DockerHost;
+
+type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (response[9..12].parse().unwrap(), body)
+}
+
+async fn members(addr: SocketAddr) -> Vec<String> {
+    let (_, body) = admin(addr, "GET", "/admin/ring").await;
+    let ring: Value = serde_json::from_str(&body).unwrap();
+    ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_for_members(addr: SocketAddr, expected: &[String]) {
+    for _ in 0..600 {
+        if members(addr).await == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("members {:?}, expected {expected:?}", members(addr).await);
+}
+
+fn ring_of(ids: &[String]) -> Ring {
+    ids.iter()
+        .fold(Ring::builder(), |b, id| b.node(id.as_str(), 1))
+        .build()
+        .unwrap()
+}
+
+async fn next_json(client: &mut Client) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), client.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+/// Sends a message and returns the server that echoed it, after any `connected` message of
+/// a live move (checked to name where the client came from).
+async fn echo_server(client: &mut Client, was_on: &str) -> String {
+    client.send(Message::text("where am i")).await.unwrap();
+    let mut on = was_on.to_owned();
+    loop {
+        let message = next_json(client).await;
+        if message["type"] == "connected" {
+            assert_eq!(message["migratedFrom"].as_str(), Some(on.as_str()));
+            on = message["server"].as_str().unwrap().to_owned();
+        } else if message["type"] == "echo" {
+            assert_eq!(message["server"].as_str(), Some(on.as_str()));
+            return on;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_follows_labelled_containers_and_scales_them() {
+    let Some(host) = DockerHost::start("scale").await else {
+        return;
+    };
+    let unlabelled = format!("{}-stranger", host.service());
+    host.run_unlabelled(&unlabelled).await;
+
+    let mut config = GatewayConfig {
+        public: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        shutdown_window: Duration::from_millis(100),
+        ..GatewayConfig::default()
+    };
+    config.migration.pacing = tower_ws_migrate::Pacing::unlimited();
+    config.discovery.docker = Some(DockerConfig {
+        service: host.service().to_owned(),
+        network: Some(host.network().to_owned()),
+        image: Some("wscluster-backend".into()),
+        cap: 5,
+    });
+    let gateway = Gateway::start(config, vec![], 0).await.unwrap();
+
+    // Three containers through the admin API: the ring follows them once they are healthy.
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = admin(gateway.admin, "POST", "/admin/backends").await;
+        assert_eq!(status, 201, "{body}");
+        let added: Value = serde_json::from_str(&body).unwrap();
+        names.push(added["id"].as_str().unwrap().to_owned());
+    }
+    names.sort();
+    wait_for_members(gateway.admin, &names).await;
+
+    let mut clients: Vec<(String, Client, String)> = Vec::new();
+    for n in 0..30 {
+        let user = format!("dock-{n}");
+        let url = format!("ws://{}/connect/{user}", gateway.public);
+        let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let server = next_json(&mut client).await["server"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            server,
+            ring_of(&names)
+                .route(user.as_bytes())
+                .unwrap()
+                .id()
+                .as_str()
+        );
+        clients.push((user, client, server));
+    }
+
+    // A fourth container: the users it now owns move to it live.
+    let (status, body) = admin(gateway.admin, "POST", "/admin/backends").await;
+    assert_eq!(status, 201, "{body}");
+    let added: Value = serde_json::from_str(&body).unwrap();
+    names.push(added["id"].as_str().unwrap().to_owned());
+    names.sort();
+    wait_for_members(gateway.admin, &names).await;
+    let four = ring_of(&names);
+    let mut moved = 0;
+    for (user, client, server) in &mut clients {
+        let owner = four.route(user.as_bytes()).unwrap().id().to_string();
+        let now = echo_server(client, server).await;
+        assert_eq!(now, owner, "{user} is on its owner");
+        moved += usize::from(now != *server);
+        *server = now;
+    }
+    assert!(moved > 0, "the new container took some users");
+
+    // An operator stops one: it fails its health check while draining, leaves the ring,
+    // and its users move live before it exits.
+    let stopped = names.remove(0);
+    host.stop(&stopped).await;
+    wait_for_members(gateway.admin, &names).await;
+    let three = ring_of(&names);
+    let mut per_server: HashMap<String, usize> = HashMap::new();
+    for (user, client, server) in &mut clients {
+        let now = echo_server(client, server).await;
+        assert_eq!(
+            now,
+            three.route(user.as_bytes()).unwrap().id().as_str(),
+            "{user}"
+        );
+        *per_server.entry(now).or_default() += 1;
+    }
+    assert!(!per_server.contains_key(&stopped));
+
+    // The unlabelled container is never a member, and the admin API refuses to touch it.
+    assert!(!members(gateway.admin).await.contains(&unlabelled));
+    let (status, body) = admin(
+        gateway.admin,
+        "DELETE",
+        &format!("/admin/backends/{unlabelled}"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("does not carry our service label"), "{body}");
+    assert!(host.running(&unlabelled).await, "still running");
+
+    // Removing one of ours through the API drains it, then stops and removes its container.
+    let leaving = names[0].clone();
+    let (status, body) = admin(
+        gateway.admin,
+        "DELETE",
+        &format!("/admin/backends/{leaving}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!host.running(&leaving).await);
+    drop(clients);
+    gateway.shutdown().await;
+}
