@@ -7,6 +7,8 @@
 //!   Redis converge on the same members, hence the same ring.
 //! - [`DockerSource`]: containers carrying a service label, gated by their Docker health
 //!   status; [`DockerScaler`] starts and stops more of them.
+//! - [`AmqpDiscovery`]: backends announce `up` (repeated within a TTL) and `down` on a
+//!   RabbitMQ fanout exchange ([`AmqpAnnouncer`]), idempotently, with instance ids.
 //! - [`AmqpEvents`]: publishes every ring change and migration to a RabbitMQ fanout
 //!   exchange, so backends can hand state off before a user arrives.
 //! - [`HealthChecked`]: wraps any of them and lets a backend in only while its active health
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod amqp;
+mod amqp_members;
 mod backend;
 mod docker;
 mod health;
@@ -35,6 +38,7 @@ mod static_list;
 
 pub use self::{
     amqp::{ring_event, AmqpEvents},
+    amqp_members::{AmqpAnnouncer, AmqpDiscovery, Announcement},
     backend::{Backend, MemberSet},
     docker::{
         DockerDiscovery, DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL,

@@ -36,6 +36,8 @@
 //! redis = "redis://127.0.0.1:6379"
 //! service = "wscluster"
 //! resync_ms = 1000              # re-read the whole set this often, announcements or not
+//! amqp = "amqp://guest:guest@127.0.0.1:5672/%2f"   # and/or: backends announce on RabbitMQ
+//! amqp_exchange = "wscluster.members"                # (wsbackend --amqp)
 //!
 //! [events]                      # every ring change and migration, as JSON, to RabbitMQ
 //! amqp = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -120,6 +122,8 @@ struct Discovery {
     redis: Option<String>,
     service: Option<String>,
     resync_ms: Option<u64>,
+    amqp: Option<String>,
+    amqp_exchange: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +338,7 @@ impl ConfigFile {
             migration: self.migration.config()?,
             discovery: DiscoveryConfig {
                 redis: self.discovery.source()?,
+                amqp: self.discovery.amqp_source()?,
                 health: self.health.as_ref().map(Health::check).transpose()?,
                 docker: match &self.docker {
                     None => None,
@@ -372,6 +377,27 @@ impl ConfigFile {
 }
 
 impl Discovery {
+    fn amqp_source(&self) -> Result<Option<(String, String)>, ConfigError> {
+        let Some(url) = &self.amqp else {
+            if self.amqp_exchange.is_some() {
+                return Err(ConfigError(
+                    "discovery.amqp_exchange needs discovery.amqp".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+            return Err(ConfigError(format!(
+                "discovery.amqp: `{url}` is not an amqp:// URL"
+            )));
+        }
+        let exchange = self
+            .amqp_exchange
+            .clone()
+            .unwrap_or_else(|| "wscluster.members".into());
+        Ok(Some((url.clone(), exchange)))
+    }
+
     fn source(&self) -> Result<Option<RedisSource>, ConfigError> {
         let Some(url) = &self.redis else {
             if self.service.is_some() || self.resync_ms.is_some() {
@@ -596,6 +622,7 @@ mod tests {
             ("[health]\ncheck = \"icmp\"", "check"),
             ("[events]\namqp = \"127.0.0.1:5672\"", "events.amqp"),
             ("[docker]\ncap = 0", "docker.cap"),
+            ("[discovery]\namqp = \"rabbit\"", "discovery.amqp"),
             ("[migration]\njitter = 2.0", "migration.jitter"),
             ("[migration]\npolicy = \"teleport\"", "policy"),
             (

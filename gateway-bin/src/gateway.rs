@@ -15,7 +15,8 @@ use axum::{
     Router,
 };
 use discovery::{
-    AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry, StaticDiscovery,
+    AmqpDiscovery, AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry,
+    StaticDiscovery,
 };
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
@@ -86,6 +87,8 @@ pub struct DiscoveryConfig {
     pub redis: Option<RedisSource>,
     /// Backends running as labelled Docker containers.
     pub docker: Option<DockerConfig>,
+    /// Backends that announce themselves on a RabbitMQ fanout exchange: (URL, exchange).
+    pub amqp: Option<(String, String)>,
     /// Active health checks for configured and discovered backends (not for the demo's
     /// in-process ones): a backend is on the ring only while they pass.
     pub health: Option<HealthCheck>,
@@ -222,6 +225,13 @@ impl Gateway {
             match &config.discovery.health {
                 Some(check) => members.follow(check.clone().wrap(registry.discover())),
                 None => members.follow(registry.discover()),
+            }
+        }
+        if let Some((url, exchange)) = &config.discovery.amqp {
+            let source = AmqpDiscovery::follow(url, exchange);
+            match &config.discovery.health {
+                Some(check) => members.follow(check.clone().wrap(source)),
+                None => members.follow(source),
             }
         }
         if let Some(docker) = &config.discovery.docker {

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use discovery::RedisRegistry;
+use discovery::{AmqpAnnouncer, RedisRegistry};
 use gateway_bin::{backend::Backend, gateway::shutdown_signal};
 
 #[derive(Parser)]
@@ -24,7 +24,17 @@ struct Cli {
     /// Register in this Redis (`redis://host:port`).
     #[arg(long, env = "WSBACKEND_REDIS")]
     redis: Option<String>,
-    /// The service to register under.
+    /// Announce on this RabbitMQ (`amqp://user:password@host:port/vhost`).
+    #[arg(long, env = "WSBACKEND_AMQP")]
+    amqp: Option<String>,
+    /// The fanout exchange to announce on.
+    #[arg(
+        long,
+        env = "WSBACKEND_AMQP_EXCHANGE",
+        default_value = "wscluster.members"
+    )]
+    amqp_exchange: String,
+    /// The service to register under (Redis).
     #[arg(long, env = "WSBACKEND_SERVICE", default_value = "wscluster")]
     service: String,
     /// The address gateways should dial (default: the listen address).
@@ -37,7 +47,8 @@ struct Cli {
     /// moved away, at most this long, in milliseconds.
     #[arg(long, env = "WSBACKEND_DRAIN_MS", default_value_t = 8000)]
     drain_ms: u64,
-    /// How long the registration outlives a silent backend, in milliseconds.
+    /// How long a registration (Redis) or announcement (RabbitMQ) outlives a silent
+    /// backend, in milliseconds.
     #[arg(long, env = "WSBACKEND_TTL_MS", default_value_t = 3000)]
     ttl_ms: u64,
 }
@@ -70,6 +81,16 @@ async fn main() -> ExitCode {
             }
         }
     };
+    let announcer = cli.amqp.as_ref().map(|url| {
+        let advertised = cli.advertise.unwrap_or(cli.listen);
+        let me = discovery::Backend::new(id.as_str(), advertised).weight(cli.weight);
+        AmqpAnnouncer::start(
+            url,
+            &cli.amqp_exchange,
+            me,
+            Duration::from_millis(cli.ttl_ms),
+        )
+    });
     println!("backend {id} on {}", cli.listen);
     let drain = Duration::from_millis(cli.drain_ms);
     // Leaving starts with deregistering, so gateways move the users away during the drain.
@@ -79,6 +100,9 @@ async fn main() -> ExitCode {
             if let Err(error) = heartbeat.deregister().await {
                 eprintln!("warning: could not deregister: {error}");
             }
+        }
+        if let Some(announcer) = announcer {
+            announcer.leave().await;
         }
     };
     let served = Backend::new(id)

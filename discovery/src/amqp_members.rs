@@ -1,0 +1,353 @@
+//! Membership through RabbitMQ: backends announce themselves on a fanout exchange, gateways
+//! follow the announcements.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use lapin::{
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::FieldTable,
+    BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tower::discover::Change;
+use tower_hashring::NodeId;
+
+use crate::{Backend, MemberSet};
+
+/// One announcement on the members exchange.
+///
+/// ```
+/// use discovery::{Announcement, Backend};
+///
+/// let up = Announcement::Up {
+///     instance: "7f3a".into(),
+///     backend: Backend::new("backend-a", "127.0.0.1:7100".parse().unwrap()),
+///     ttl_ms: 3000,
+/// };
+/// let json = serde_json::to_string(&up).unwrap();
+/// assert!(json.starts_with(r#"{"event":"up","#));
+/// assert_eq!(serde_json::from_str::<Announcement>(&json).unwrap(), up);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Announcement {
+    /// The backend is up; it repeats this before `ttl_ms` passes, or is taken for gone.
+    Up {
+        /// This run of the backend (a restart is a new instance).
+        instance: String,
+        /// The backend.
+        backend: Backend,
+        /// How long this announcement holds.
+        ttl_ms: u64,
+    },
+    /// The backend leaves. Ignored unless `instance` is the one currently announced, so a
+    /// late `down` of an old run never removes a restarted backend.
+    Down {
+        /// The run that leaves.
+        instance: String,
+        /// The backend's id.
+        id: String,
+    },
+}
+
+/// Announces one backend: `up` now and every third of the TTL, `down` on
+/// [`leave`](Self::leave). Reconnects by itself; a dropped announcer stops repeating, and
+/// gateways take the backend for gone when its TTL lapses.
+///
+/// ```no_run
+/// # async fn f() {
+/// use std::time::Duration;
+/// use discovery::{AmqpAnnouncer, Backend};
+///
+/// let me = Backend::new("backend-a", "127.0.0.1:7100".parse().unwrap());
+/// let announcer = AmqpAnnouncer::start("amqp://127.0.0.1:5672/%2f", "wscluster.members", me, Duration::from_secs(3));
+/// announcer.leave().await;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AmqpAnnouncer {
+    url: String,
+    exchange: String,
+    instance: String,
+    id: String,
+    task: JoinHandle<()>,
+}
+
+impl AmqpAnnouncer {
+    /// Starts announcing `backend` with a fresh instance id.
+    pub fn start(url: &str, exchange: &str, backend: Backend, ttl: Duration) -> Self {
+        let instance = format!("{:016x}", fastrand::u64(..));
+        let up = Announcement::Up {
+            instance: instance.clone(),
+            backend: backend.clone(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        let (task_url, task_exchange) = (url.to_owned(), exchange.to_owned());
+        let task = tokio::spawn(async move {
+            let payload = serde_json::to_vec(&up).expect("JSON serializes");
+            let mut ticks = tokio::time::interval(ttl / 3);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut channel = None;
+            loop {
+                ticks.tick().await;
+                if channel.is_none() {
+                    channel = members_channel(&task_url, &task_exchange).await.ok();
+                }
+                if let Some(open) = &channel {
+                    if publish(open, &task_exchange, &payload).await.is_err() {
+                        tracing::warn!("lost the broker while announcing; reconnecting");
+                        channel = None;
+                    }
+                }
+            }
+        });
+        Self {
+            url: url.to_owned(),
+            exchange: exchange.to_owned(),
+            instance,
+            id: backend.id,
+            task,
+        }
+    }
+
+    /// This run's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Stops announcing and says `down` (best effort: if the broker is unreachable,
+    /// gateways notice when the TTL lapses).
+    pub async fn leave(self) {
+        self.task.abort();
+        let down = Announcement::Down {
+            instance: self.instance.clone(),
+            id: self.id.clone(),
+        };
+        let payload = serde_json::to_vec(&down).expect("JSON serializes");
+        match members_channel(&self.url, &self.exchange).await {
+            Ok(channel) => {
+                if let Err(error) = publish(&channel, &self.exchange, &payload).await {
+                    tracing::warn!(%error, "could not announce down");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not announce down"),
+        }
+    }
+}
+
+impl Drop for AmqpAnnouncer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The members announced on a RabbitMQ fanout exchange, as a `Discover` stream. Repeated
+/// `up`s change nothing, a `down` counts only from the instance that is up, and a member
+/// whose `up` is not repeated within its TTL is gone (a crash). While the broker is
+/// unreachable nothing expires and nothing changes; after a reconnect members get one more
+/// TTL to be heard from. It never fails and never ends.
+#[derive(Debug)]
+pub struct AmqpDiscovery {
+    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
+    task: JoinHandle<()>,
+}
+
+impl AmqpDiscovery {
+    /// Follows the announcements on `exchange` at `url`.
+    ///
+    /// ```no_run
+    /// # async fn f() {
+    /// let members = discovery::AmqpDiscovery::follow("amqp://127.0.0.1:5672/%2f", "wscluster.members");
+    /// # let _ = members;
+    /// # }
+    /// ```
+    pub fn follow(url: &str, exchange: &str) -> Self {
+        let (sender, changes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(follow(url.to_owned(), exchange.to_owned(), sender));
+        Self { changes, task }
+    }
+}
+
+impl Drop for AmqpDiscovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for AmqpDiscovery {
+    type Item = Result<Change<NodeId, Backend>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.changes.poll_recv(cx).map(|change| change.map(Ok))
+    }
+}
+
+/// A member as last announced.
+struct Announced {
+    backend: Backend,
+    instance: String,
+    expires: Instant,
+}
+
+async fn follow(
+    url: String,
+    exchange: String,
+    changes: mpsc::UnboundedSender<Change<NodeId, Backend>>,
+) {
+    let mut announced: BTreeMap<String, Announced> = BTreeMap::new();
+    let mut members = MemberSet::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let consumer = async {
+            let channel = members_channel(&url, &exchange).await?;
+            let exclusive = QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            };
+            let queue = channel
+                .queue_declare("".into(), exclusive, FieldTable::default())
+                .await?;
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let no_ack = BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            };
+            channel
+                .basic_consume(
+                    queue.name().clone(),
+                    "gateway".into(),
+                    no_ack,
+                    FieldTable::default(),
+                )
+                .await
+        };
+        let mut consumer = match consumer.await {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(%error, "cannot reach the broker; keeping the last members");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        // Announcements sent while we were away are lost: give everyone one more TTL.
+        let reconnected = Instant::now();
+        for member in announced.values_mut() {
+            let ttl = member.expires.saturating_duration_since(reconnected);
+            member.expires = member
+                .expires
+                .max(reconnected + ttl.max(Duration::from_secs(1)));
+        }
+        let mut sweep = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => match serde_json::from_slice::<Announcement>(&delivery.data) {
+                        Ok(announcement) => apply(&mut announced, announcement),
+                        Err(error) => tracing::warn!(%error, "ignoring a message that is not an announcement"),
+                    },
+                    _ => {
+                        tracing::warn!("lost the broker; keeping the last members");
+                        break;
+                    }
+                },
+                _ = sweep.tick() => {
+                    let now = Instant::now();
+                    announced.retain(|id, member| {
+                        let alive = member.expires > now;
+                        if !alive {
+                            tracing::warn!(backend = %id, "no announcement within its TTL: gone");
+                        }
+                        alive
+                    });
+                }
+                () = changes.closed() => return,
+            }
+            let current = announced.values().map(|m| m.backend.clone());
+            for change in members.update(current) {
+                if changes.send(change).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn apply(announced: &mut BTreeMap<String, Announced>, announcement: Announcement) {
+    match announcement {
+        Announcement::Up {
+            instance,
+            backend,
+            ttl_ms,
+        } => {
+            let expires = Instant::now() + Duration::from_millis(ttl_ms);
+            announced.insert(
+                backend.id.clone(),
+                Announced {
+                    backend,
+                    instance,
+                    expires,
+                },
+            );
+        }
+        Announcement::Down { instance, id } => {
+            if announced.get(&id).is_some_and(|m| m.instance == instance) {
+                announced.remove(&id);
+            }
+        }
+    }
+}
+
+async fn members_channel(url: &str, exchange: &str) -> lapin::Result<lapin::Channel> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(channel)
+}
+
+async fn publish(channel: &lapin::Channel, exchange: &str, payload: &[u8]) -> lapin::Result<()> {
+    channel
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default(),
+        )
+        .await?
+        .await?;
+    Ok(())
+}

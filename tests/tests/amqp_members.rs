@@ -1,0 +1,104 @@
+//! Membership announced through a real RabbitMQ: up, repeated up, a stale down, a clean
+//! down, and a crash noticed when the TTL lapses.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use discovery::{AmqpAnnouncer, AmqpDiscovery, Announcement, Backend};
+use futures_util::StreamExt;
+use lapin::{options::BasicPublishOptions, BasicProperties, Connection, ConnectionProperties};
+use tower::discover::Change;
+use wscluster_tests::RabbitMq;
+
+async fn until(
+    stream: &mut AmqpDiscovery,
+    members: &mut BTreeMap<String, Backend>,
+    within: Duration,
+    done: impl Fn(&BTreeMap<String, Backend>) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(members) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(Change::Insert(id, backend)))) => {
+                members.insert(id.to_string(), backend);
+            }
+            Ok(Some(Ok(Change::Remove(id)))) => {
+                members.remove(id.as_str());
+            }
+            other => panic!("members {:?} after {within:?}: {other:?}", members.keys()),
+        }
+    }
+}
+
+async fn send(url: &str, exchange: &str, announcement: &Announcement) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let payload = serde_json::to_vec(announcement).unwrap();
+    channel
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &payload,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn announcements_make_idempotent_members_and_crashes_lapse() {
+    let Some(broker) = RabbitMq::running().await else {
+        return;
+    };
+    let exchange = format!("wscluster.members.test-{}", std::process::id());
+    let mut stream = AmqpDiscovery::follow(&broker.url(), &exchange);
+    // Let the gateway's queue be bound before anyone announces.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ttl = Duration::from_millis(900);
+    let a = Backend::new("backend-a", "127.0.0.1:7101".parse().unwrap()).weight(2);
+    let b = Backend::new("backend-b", "127.0.0.1:7102".parse().unwrap());
+    let announcer_a = AmqpAnnouncer::start(&broker.url(), &exchange, a.clone(), ttl);
+    let announcer_b = AmqpAnnouncer::start(&broker.url(), &exchange, b.clone(), ttl);
+    let mut members = BTreeMap::new();
+    until(&mut stream, &mut members, Duration::from_secs(5), |m| {
+        m.len() == 2
+    })
+    .await;
+    assert_eq!(members["backend-a"], a);
+
+    // Repeated ups (every TTL/3) change nothing; a down from another instance is stale.
+    let stale = Announcement::Down {
+        instance: "an-old-run".into(),
+        id: "backend-a".into(),
+    };
+    send(&broker.url(), &exchange, &stale).await;
+    let quiet = tokio::time::timeout(Duration::from_millis(1200), stream.next()).await;
+    assert!(
+        quiet.is_err(),
+        "repeats or a stale down changed the members: {quiet:?}"
+    );
+
+    // A clean leave is immediate.
+    announcer_b.leave().await;
+    until(&mut stream, &mut members, Duration::from_millis(800), |m| {
+        !m.contains_key("backend-b")
+    })
+    .await;
+
+    // A crash: the announcer stops without a down; gone once its TTL lapses.
+    let crashed_at = tokio::time::Instant::now();
+    drop(announcer_a);
+    until(&mut stream, &mut members, Duration::from_secs(5), |m| {
+        m.is_empty()
+    })
+    .await;
+    assert!(
+        crashed_at.elapsed() >= ttl / 2,
+        "not before its TTL: {:?}",
+        crashed_at.elapsed()
+    );
+}
