@@ -319,11 +319,10 @@ impl DockerScaler {
         ]);
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
-            cmd: Some(vec![
-                "--id".into(),
-                name.clone(),
-                "--listen".into(),
-                format!("0.0.0.0:{}", self.port),
+            // Through the environment, so the image's health probe checks the same address.
+            env: Some(vec![
+                format!("WSBACKEND_ID={name}"),
+                format!("WSBACKEND_LISTEN=0.0.0.0:{}", self.port),
             ]),
             labels: Some(labels),
             host_config: Some(HostConfig {

@@ -81,9 +81,13 @@ async fn main() -> ExitCode {
         Command::Demo { backends } => (file.backends(), backends),
         Command::Run { backends } => ([file.backends(), backends].concat(), 0),
     };
-    if backends.is_empty() && demo == 0 {
+    let discovered = config.discovery.redis.is_some()
+        || config.discovery.amqp.is_some()
+        || config.discovery.docker.is_some();
+    if backends.is_empty() && demo == 0 && !discovered {
         return fail(
-            &"no backends: give `--backend id=host:port` or `[[backends]]` in the config file",
+            &"no backends: give `--backend id=host:port`, `[[backends]]` or a \
+                      [discovery]/[docker] source in the config file",
         );
     }
     let gateway = match Gateway::start(config, backends, demo).await {

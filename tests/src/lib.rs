@@ -169,7 +169,7 @@ impl RabbitMq {
 }
 
 /// The local Docker engine with the `wscluster-backend` image (built by
-/// `docker/build-backend-image.sh`, which `.ci/run` calls), and a bridge network of this
+/// `docker/build-images.sh`, which `.ci/run` calls), and a bridge network of this
 /// test's own; everything the test created is removed when this is dropped.
 ///
 /// ```no_run
@@ -197,11 +197,9 @@ impl DockerHost {
         if !image.is_ok_and(|s| s.success()) {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "no docker engine or no wscluster-backend image: run docker/build-backend-image.sh"
+                "no docker engine or no wscluster-backend image: run docker/build-images.sh"
             );
-            eprintln!(
-                "skipped: no docker or no wscluster-backend image (docker/build-backend-image.sh)"
-            );
+            eprintln!("skipped: no docker or no wscluster-backend image (docker/build-images.sh)");
             return None;
         }
         let suffix = format!("{name}-{}", std::process::id());

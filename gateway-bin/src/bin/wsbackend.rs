@@ -14,9 +14,10 @@ struct Cli {
     /// The backend's id (the `server` field of its messages, its place on the ring).
     #[arg(long, env = "WSBACKEND_ID", required_unless_present = "probe")]
     id: Option<String>,
-    /// Instead of serving: GET this `http://host:port/path` and exit 0 on a 2xx (a health
-    /// check command for images without a shell, e.g. Docker's HEALTHCHECK).
-    #[arg(long)]
+    /// Instead of serving: GET this `http://host:port/path` (default: this backend's own
+    /// `/health` at its `--listen` address) and exit 0 on a 2xx; a health check command for
+    /// images without a shell, e.g. Docker's HEALTHCHECK.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
     probe: Option<String>,
     /// Where to listen.
     #[arg(long, env = "WSBACKEND_LISTEN", default_value = "127.0.0.1:7100")]
@@ -57,7 +58,17 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(url) = &cli.probe {
-        return probe(url).await;
+        let own = || {
+            let port = cli.listen.port();
+            let host = if cli.listen.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                cli.listen.ip().to_string()
+            };
+            format!("http://{host}:{port}/health")
+        };
+        let url = if url.is_empty() { own() } else { url.clone() };
+        return probe(&url).await;
     }
     let id = cli.id.clone().unwrap_or_default();
     let listener = match Backend::listen(cli.listen) {
