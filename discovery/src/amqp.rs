@@ -172,7 +172,7 @@ async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut unsent: Option<Vec<u8>> = None;
     loop {
-        let channel = match connect(&url, &exchange).await {
+        let channel = match fanout_channel(&url, &exchange).await {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the broker; events wait");
@@ -212,7 +212,8 @@ async fn run(
     }
 }
 
-async fn connect(url: &str, exchange: &str) -> lapin::Result<lapin::Channel> {
+/// A channel to `url` with the durable fanout `exchange` declared.
+pub(crate) async fn fanout_channel(url: &str, exchange: &str) -> lapin::Result<lapin::Channel> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -230,7 +231,12 @@ async fn connect(url: &str, exchange: &str) -> lapin::Result<lapin::Channel> {
     Ok(channel)
 }
 
-async fn publish(channel: &lapin::Channel, exchange: &str, payload: &[u8]) -> lapin::Result<()> {
+/// Publishes `payload` to `exchange` and waits for the broker to take it.
+pub(crate) async fn publish(
+    channel: &lapin::Channel,
+    exchange: &str,
+    payload: &[u8],
+) -> lapin::Result<()> {
     channel
         .basic_publish(
             exchange.into(),

@@ -1,30 +1,21 @@
 //! Membership through RabbitMQ: backends announce themselves on a fanout exchange, gateways
 //! follow the announcements.
 
-use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use futures_core::Stream;
 use futures_util::StreamExt;
 use lapin::{
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
-    BasicProperties, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
-use tower::discover::Change;
-use tower_hashring::NodeId;
+use tokio::{task::JoinHandle, time::Instant};
 
-use crate::{Backend, MemberSet};
+use crate::{
+    amqp::{fanout_channel, publish},
+    changes::ChangeSender,
+    Backend, MemberChanges, MemberSet,
+};
 
 /// One announcement on the members exchange.
 ///
@@ -103,7 +94,7 @@ impl AmqpAnnouncer {
             loop {
                 ticks.tick().await;
                 if channel.is_none() {
-                    channel = members_channel(&task_url, &task_exchange).await.ok();
+                    channel = fanout_channel(&task_url, &task_exchange).await.ok();
                 }
                 if let Some(open) = &channel {
                     if publish(open, &task_exchange, &payload).await.is_err() {
@@ -136,7 +127,7 @@ impl AmqpAnnouncer {
             id: self.id.clone(),
         };
         let payload = serde_json::to_vec(&down).expect("JSON serializes");
-        match members_channel(&self.url, &self.exchange).await {
+        match fanout_channel(&self.url, &self.exchange).await {
             Ok(channel) => {
                 if let Err(error) = publish(&channel, &self.exchange, &payload).await {
                     tracing::warn!(%error, "could not announce down");
@@ -153,45 +144,20 @@ impl Drop for AmqpAnnouncer {
     }
 }
 
-/// The members announced on a RabbitMQ fanout exchange, as a `Discover` stream. Repeated
-/// `up`s change nothing, a `down` counts only from the instance that is up, and a member
-/// whose `up` is not repeated within its TTL is gone (a crash). While the broker is
-/// unreachable nothing expires and nothing changes; after a reconnect members get one more
-/// TTL to be heard from. It never fails and never ends.
-#[derive(Debug)]
-pub struct AmqpDiscovery {
-    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
-    task: JoinHandle<()>,
-}
-
-impl AmqpDiscovery {
-    /// Follows the announcements on `exchange` at `url`.
-    ///
-    /// ```no_run
-    /// # async fn f() {
-    /// let members = discovery::AmqpDiscovery::follow("amqp://127.0.0.1:5672/%2f", "wscluster.members");
-    /// # let _ = members;
-    /// # }
-    /// ```
-    pub fn follow(url: &str, exchange: &str) -> Self {
-        let (sender, changes) = mpsc::unbounded_channel();
-        let task = tokio::spawn(follow(url.to_owned(), exchange.to_owned(), sender));
-        Self { changes, task }
-    }
-}
-
-impl Drop for AmqpDiscovery {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stream for AmqpDiscovery {
-    type Item = Result<Change<NodeId, Backend>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_recv(cx).map(|change| change.map(Ok))
-    }
+/// The members announced on a RabbitMQ fanout exchange. Repeated `up`s change nothing, a
+/// `down` counts only from the instance that is up, and a member whose `up` is not repeated
+/// within its TTL is gone (a crash). While the broker is unreachable nothing expires and
+/// nothing changes; after a reconnect members get one more TTL to be heard from.
+///
+/// ```no_run
+/// # async fn f() {
+/// let members = discovery::amqp_members("amqp://127.0.0.1:5672/%2f", "wscluster.members");
+/// # let _ = members;
+/// # }
+/// ```
+pub fn amqp_members(url: &str, exchange: &str) -> MemberChanges {
+    let (url, exchange) = (url.to_owned(), exchange.to_owned());
+    MemberChanges::spawn(|changes| follow(url, exchange, changes))
 }
 
 /// A member as last announced.
@@ -201,17 +167,13 @@ struct Announced {
     expires: Instant,
 }
 
-async fn follow(
-    url: String,
-    exchange: String,
-    changes: mpsc::UnboundedSender<Change<NodeId, Backend>>,
-) {
+async fn follow(url: String, exchange: String, changes: ChangeSender) {
     let mut announced: BTreeMap<String, Announced> = BTreeMap::new();
     let mut members = MemberSet::default();
     let mut backoff = Duration::from_millis(100);
     loop {
         let consumer = async {
-            let channel = members_channel(&url, &exchange).await?;
+            let channel = fanout_channel(&url, &exchange).await?;
             let exclusive = QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -318,36 +280,4 @@ fn apply(announced: &mut BTreeMap<String, Announced>, announcement: Announcement
             }
         }
     }
-}
-
-async fn members_channel(url: &str, exchange: &str) -> lapin::Result<lapin::Channel> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(channel)
-}
-
-async fn publish(channel: &lapin::Channel, exchange: &str, payload: &[u8]) -> lapin::Result<()> {
-    channel
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            payload,
-            BasicProperties::default(),
-        )
-        .await?
-        .await?;
-    Ok(())
 }

@@ -1,15 +1,7 @@
 //! Docker: containers carrying a service label are members; the admin API can start and
 //! stop more of them. Only ever through the local socket, and only labelled containers.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    fmt,
-    net::IpAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
 
 use bollard::{
     models::{ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig},
@@ -19,13 +11,11 @@ use bollard::{
     },
     Docker,
 };
-use futures_core::Stream;
 use futures_util::StreamExt;
-use tokio::{sync::mpsc, task::JoinHandle};
 use tower::discover::Change;
 use tower_hashring::NodeId;
 
-use crate::{Backend, MemberSet};
+use crate::{changes::ChangeSender, Backend, MemberChanges, MemberSet};
 
 /// The label that names a container's service.
 pub const SERVICE_LABEL: &str = "wscluster.service";
@@ -90,11 +80,13 @@ impl DockerSource {
         self
     }
 
-    /// Follows the containers of the service as a `Discover` stream; see [`DockerDiscovery`].
-    pub fn discover(&self) -> DockerDiscovery {
-        let (sender, changes) = mpsc::unbounded_channel();
-        let task = tokio::spawn(follow(self.clone(), sender));
-        DockerDiscovery { changes, task }
+    /// Follows the containers of the service: the engine's event stream is subscribed to
+    /// before the containers are listed (so no change falls between the two), repeated
+    /// events change nothing, and a broken event stream is followed by a fresh list. While
+    /// Docker is unreachable nothing is yielded.
+    pub fn discover(&self) -> MemberChanges {
+        let this = self.clone();
+        MemberChanges::spawn(|changes| follow(this, changes))
     }
 
     fn label_filter(&self) -> HashMap<String, Vec<String>> {
@@ -141,31 +133,7 @@ impl DockerSource {
     }
 }
 
-/// The containers of a service, as a `Discover` stream: the engine's event stream is
-/// subscribed to before the containers are listed (so no change falls between the two),
-/// repeated events change nothing, and a broken event stream is followed by a fresh list.
-/// While Docker is unreachable it yields nothing; it never fails and never ends.
-#[derive(Debug)]
-pub struct DockerDiscovery {
-    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for DockerDiscovery {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stream for DockerDiscovery {
-    type Item = Result<Change<NodeId, Backend>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_recv(cx).map(|change| change.map(Ok))
-    }
-}
-
-async fn follow(source: DockerSource, changes: mpsc::UnboundedSender<Change<NodeId, Backend>>) {
+async fn follow(source: DockerSource, changes: ChangeSender) {
     let mut members = MemberSet::default();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -183,7 +151,7 @@ async fn follow(source: DockerSource, changes: mpsc::UnboundedSender<Change<Node
 async fn session(
     source: &DockerSource,
     members: &mut MemberSet,
-    changes: &mpsc::UnboundedSender<Change<NodeId, Backend>>,
+    changes: &ChangeSender,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
     let mut filters = source.label_filter();

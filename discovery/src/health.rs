@@ -1,14 +1,6 @@
 //! Active health checks in front of any discovery source.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    fmt,
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -21,7 +13,7 @@ use tokio::{
 use tower::discover::Change;
 use tower_hashring::NodeId;
 
-use crate::Backend;
+use crate::{changes::ChangeSender, Backend, MemberChanges};
 
 /// How a backend is checked: HTTP `GET path` answered with 2xx, or a TCP connect; with the
 /// number of consecutive results that flip it.
@@ -83,14 +75,12 @@ impl HealthCheck {
     }
 
     /// Lets the backends of `source` into the ring only while they pass this check.
-    pub fn wrap<S, E>(self, source: S) -> HealthChecked
+    pub fn wrap<S, E>(self, source: S) -> MemberChanges
     where
         S: Stream<Item = Result<Change<NodeId, Backend>, E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let (sender, changes) = mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(self, source, sender));
-        HealthChecked { changes, task }
+        MemberChanges::spawn(|changes| supervise(self, source, changes))
     }
 
     async fn check(&self, address: SocketAddr) -> bool {
@@ -127,28 +117,6 @@ impl fmt::Display for HealthCheck {
     }
 }
 
-/// A discovery source filtered by health checks; see [`HealthCheck::wrap`]. It never fails
-/// and never ends.
-#[derive(Debug)]
-pub struct HealthChecked {
-    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for HealthChecked {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stream for HealthChecked {
-    type Item = Result<Change<NodeId, Backend>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_recv(cx).map(|change| change.map(Ok))
-    }
-}
-
 /// One backend the source knows, and what its checks said.
 struct Watched {
     backend: Backend,
@@ -158,11 +126,8 @@ struct Watched {
     checker: JoinHandle<()>,
 }
 
-async fn supervise<S, E>(
-    check: HealthCheck,
-    source: S,
-    changes: mpsc::UnboundedSender<Change<NodeId, Backend>>,
-) where
+async fn supervise<S, E>(check: HealthCheck, source: S, changes: ChangeSender)
+where
     S: Stream<Item = Result<Change<NodeId, Backend>, E>> + Send + 'static,
     E: fmt::Display,
 {

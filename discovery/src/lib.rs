@@ -3,16 +3,18 @@
 //!
 //! - [`StaticDiscovery`]: a fixed list (the demo's and `run --backend`'s).
 //! - [`RedisRegistry`]: backends register themselves with a heartbeat and a TTL; every
-//!   gateway follows the full member set ([`RedisDiscovery`]), so gateways fed by the same
+//!   gateway follows the full member set ([`RedisRegistry::discover`]), so gateways fed by the same
 //!   Redis converge on the same members, hence the same ring.
 //! - [`DockerSource`]: containers carrying a service label, gated by their Docker health
 //!   status; [`DockerScaler`] starts and stops more of them.
-//! - [`AmqpDiscovery`]: backends announce `up` (repeated within a TTL) and `down` on a
+//! - [`amqp_members`]: backends announce `up` (repeated within a TTL) and `down` on a
 //!   RabbitMQ fanout exchange ([`AmqpAnnouncer`]), idempotently, with instance ids.
 //! - [`AmqpEvents`]: publishes every ring change and migration to a RabbitMQ fanout
 //!   exchange, so backends can hand state off before a user arrives.
-//! - [`HealthChecked`]: wraps any of them and lets a backend in only while its active health
-//!   check (HTTP `GET /health`, or a TCP connect) passes.
+//! - [`HealthCheck::wrap`]: wraps any of them and lets a backend in only while its active
+//!   health check (HTTP `GET /health`, or a TCP connect) passes.
+//!
+//! The task-fed sources all hand out a [`MemberChanges`] stream.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -31,6 +33,7 @@
 mod amqp;
 mod amqp_members;
 mod backend;
+mod changes;
 mod docker;
 mod health;
 mod redis;
@@ -38,13 +41,11 @@ mod static_list;
 
 pub use self::{
     amqp::{ring_event, AmqpEvents},
-    amqp_members::{AmqpAnnouncer, AmqpDiscovery, Announcement},
+    amqp_members::{amqp_members, AmqpAnnouncer, Announcement},
     backend::{Backend, MemberSet},
-    docker::{
-        DockerDiscovery, DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL,
-        WEIGHT_LABEL,
-    },
-    health::{HealthCheck, HealthChecked},
-    redis::{Heartbeat, RedisDiscovery, RedisError, RedisRegistry},
+    changes::MemberChanges,
+    docker::{DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL, WEIGHT_LABEL},
+    health::HealthCheck,
+    redis::{Heartbeat, RedisError, RedisRegistry},
     static_list::StaticDiscovery,
 };

@@ -41,7 +41,7 @@ async fn health_server(healthy: Arc<AtomicBool>) -> std::net::SocketAddr {
     address
 }
 
-async fn next(members: &mut discovery::HealthChecked) -> Change<tower_hashring::NodeId, Backend> {
+async fn next(members: &mut discovery::MemberChanges) -> Change<tower_hashring::NodeId, Backend> {
     tokio::time::timeout(Duration::from_secs(5), members.next())
         .await
         .expect("a change within 5 s")

@@ -15,7 +15,7 @@ use axum::{
     Router,
 };
 use discovery::{
-    AmqpDiscovery, AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry,
+    amqp_members, AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry,
     StaticDiscovery,
 };
 use serde_json::json;
@@ -228,7 +228,7 @@ impl Gateway {
             }
         }
         if let Some((url, exchange)) = &config.discovery.amqp {
-            let source = AmqpDiscovery::follow(url, exchange);
+            let source = amqp_members(url, exchange);
             match &config.discovery.health {
                 Some(check) => members.follow(check.clone().wrap(source)),
                 None => members.follow(source),

@@ -3,14 +3,14 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use discovery::{AmqpAnnouncer, AmqpDiscovery, Announcement, Backend};
+use discovery::{amqp_members, AmqpAnnouncer, Announcement, Backend, MemberChanges};
 use futures_util::StreamExt;
 use lapin::{options::BasicPublishOptions, BasicProperties, Connection, ConnectionProperties};
 use tower::discover::Change;
 use wscluster_tests::RabbitMq;
 
 async fn until(
-    stream: &mut AmqpDiscovery,
+    stream: &mut MemberChanges,
     members: &mut BTreeMap<String, Backend>,
     within: Duration,
     done: impl Fn(&BTreeMap<String, Backend>) -> bool,
@@ -55,7 +55,7 @@ async fn announcements_make_idempotent_members_and_crashes_lapse() {
         return;
     };
     let exchange = format!("wscluster.members.test-{}", std::process::id());
-    let mut stream = AmqpDiscovery::follow(&broker.url(), &exchange);
+    let mut stream = amqp_members(&broker.url(), &exchange);
     // Let the gateway's queue be bound before anyone announces.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ttl = Duration::from_millis(900);

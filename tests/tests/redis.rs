@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use discovery::{Backend, RedisDiscovery, RedisRegistry};
+use discovery::{Backend, MemberChanges, RedisRegistry};
 use futures_util::StreamExt;
 use tower::discover::Change;
 use tower_hashring::Ring;
@@ -39,7 +39,7 @@ impl Members {
     /// Applies changes until `done` holds; panics after `within`.
     async fn until(
         &mut self,
-        stream: &mut RedisDiscovery,
+        stream: &mut MemberChanges,
         within: Duration,
         done: impl Fn(&BTreeMap<String, Backend>) -> bool,
     ) {

@@ -12,10 +12,7 @@
 mod registry;
 mod watch;
 
-pub use self::{
-    registry::{Heartbeat, RedisRegistry},
-    watch::RedisDiscovery,
-};
+pub use self::registry::{Heartbeat, RedisRegistry};
 
 /// Redis could not be reached, or answered with an error.
 ///

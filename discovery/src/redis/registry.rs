@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::RedisError;
-use crate::{Backend, RedisDiscovery};
+use crate::{Backend, MemberChanges};
 
 /// Where the backends of one service register in Redis; cheap to clone.
 ///
@@ -128,9 +128,12 @@ impl RedisRegistry {
         Ok(())
     }
 
-    /// Follows the member set of this service; see [`RedisDiscovery`].
-    pub fn discover(&self) -> RedisDiscovery {
-        RedisDiscovery::spawn(self.clone())
+    /// Follows the member set of this service: it is re-read on every announcement, every
+    /// resync interval and after every reconnect, and only what changed is yielded; while
+    /// Redis is unreachable nothing is, so the ring stays as it was.
+    pub fn discover(&self) -> MemberChanges {
+        let this = self.clone();
+        MemberChanges::spawn(|changes| super::watch::follow(this, changes))
     }
 }
 

@@ -1,67 +1,15 @@
 //! The gateway side: follow the member set.
 
-use std::{
-    convert::Infallible,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::time::Duration;
 
-use futures_core::Stream;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use tokio::{sync::mpsc, task::JoinHandle};
-use tower::discover::Change;
-use tower_hashring::NodeId;
 
 use super::{RedisError, RedisRegistry};
-use crate::{Backend, MemberSet};
-
-/// The members of a service in Redis, as a `Discover` stream: the set is re-read on every
-/// announcement, every resync interval and after every reconnect, and only what changed
-/// is yielded. While Redis is unreachable it yields nothing, so the ring stays as it was;
-/// it never fails and never ends.
-///
-/// ```no_run
-/// # async fn f() -> Result<(), discovery::RedisError> {
-/// use discovery::RedisRegistry;
-///
-/// let members = RedisRegistry::new("redis://127.0.0.1:6379", "chat")?.discover();
-/// // Map each Backend to a service and give the stream to a balancer, e.g.
-/// // `HashRingLayer::new(key).shared(members.map(...))`.
-/// # let _ = members;
-/// # Ok(()) }
-/// ```
-#[derive(Debug)]
-pub struct RedisDiscovery {
-    changes: mpsc::UnboundedReceiver<Change<NodeId, Backend>>,
-    task: JoinHandle<()>,
-}
-
-impl RedisDiscovery {
-    pub(super) fn spawn(registry: RedisRegistry) -> Self {
-        let (sender, changes) = mpsc::unbounded_channel();
-        let task = tokio::spawn(follow(registry, sender));
-        Self { changes, task }
-    }
-}
-
-impl Drop for RedisDiscovery {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stream for RedisDiscovery {
-    type Item = Result<Change<NodeId, Backend>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.changes.poll_recv(cx).map(|change| change.map(Ok))
-    }
-}
+use crate::{changes::ChangeSender, Backend, MemberSet};
 
 /// Subscribes, resyncs, and resubscribes after every lost connection, with backoff.
-async fn follow(registry: RedisRegistry, changes: mpsc::UnboundedSender<Change<NodeId, Backend>>) {
+pub(super) async fn follow(registry: RedisRegistry, changes: ChangeSender) {
     let mut members = MemberSet::default();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -80,7 +28,7 @@ async fn follow(registry: RedisRegistry, changes: mpsc::UnboundedSender<Change<N
 async fn session(
     registry: &RedisRegistry,
     members: &mut MemberSet,
-    changes: &mpsc::UnboundedSender<Change<NodeId, Backend>>,
+    changes: &ChangeSender,
 ) -> Result<(), RedisError> {
     let mut pubsub = registry.client.get_async_pubsub().await?;
     pubsub.subscribe(registry.channel()).await?;
