@@ -299,3 +299,59 @@ async fn docker(args: &[&str]) {
         .expect("docker runs");
     assert!(status.success(), "docker {args:?} failed");
 }
+
+/// One HTTP/1.1 request to a gateway's admin API; the status and the body.
+///
+/// ```no_run
+/// # async fn f(admin: std::net::SocketAddr) {
+/// let (status, body) = wscluster_tests::admin_request(admin, "GET", "/admin/ring").await;
+/// # }
+/// ```
+pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(admin)
+        .await
+        .expect("the admin API answers");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .await
+        .expect("response read");
+    let status = response[9..12].parse().expect("a status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The ids of the members on a gateway's ring, in id order.
+pub async fn ring_members(admin: SocketAddr) -> Vec<String> {
+    let (_, body) = admin_request(admin, "GET", "/admin/ring").await;
+    let ring: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    ring["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Waits (up to 30 s) until the gateway's members are exactly `expected`.
+pub async fn wait_for_members(admin: SocketAddr, expected: &[impl AsRef<str>]) {
+    let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
+    for _ in 0..600 {
+        if ring_members(admin).await == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "members {:?}, expected {expected:?}",
+        ring_members(admin).await
+    );
+}

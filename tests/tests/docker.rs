@@ -2,56 +2,17 @@
 //! labelled containers join the ring, the admin API adds one and the affected clients move to
 //! it live, a stopped container's clients move, and an unlabelled container is never touched.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tower_hashring::Ring;
-use wscluster_tests::DockerHost;
+use wscluster_tests::{admin_request, ring_members, wait_for_members, DockerHost};
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (response[9..12].parse().unwrap(), body)
-}
-
-async fn members(addr: SocketAddr) -> Vec<String> {
-    let (_, body) = admin(addr, "GET", "/admin/ring").await;
-    let ring: Value = serde_json::from_str(&body).unwrap();
-    ring["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-async fn wait_for_members(addr: SocketAddr, expected: &[String]) {
-    for _ in 0..600 {
-        if members(addr).await == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("members {:?}, expected {expected:?}", members(addr).await);
-}
 
 fn ring_of(ids: &[String]) -> Ring {
     ids.iter()
@@ -113,7 +74,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     // Three containers through the admin API: the ring follows them once they are healthy.
     let mut names = Vec::new();
     for _ in 0..3 {
-        let (status, body) = admin(gateway.admin, "POST", "/admin/backends").await;
+        let (status, body) = admin_request(gateway.admin, "POST", "/admin/backends").await;
         assert_eq!(status, 201, "{body}");
         let added: Value = serde_json::from_str(&body).unwrap();
         names.push(added["id"].as_str().unwrap().to_owned());
@@ -142,7 +103,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     }
 
     // A fourth container: the users it now owns move to it live.
-    let (status, body) = admin(gateway.admin, "POST", "/admin/backends").await;
+    let (status, body) = admin_request(gateway.admin, "POST", "/admin/backends").await;
     assert_eq!(status, 201, "{body}");
     let added: Value = serde_json::from_str(&body).unwrap();
     names.push(added["id"].as_str().unwrap().to_owned());
@@ -178,8 +139,8 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     assert!(!per_server.contains_key(&stopped));
 
     // The unlabelled container is never a member, and the admin API refuses to touch it.
-    assert!(!members(gateway.admin).await.contains(&unlabelled));
-    let (status, body) = admin(
+    assert!(!ring_members(gateway.admin).await.contains(&unlabelled));
+    let (status, body) = admin_request(
         gateway.admin,
         "DELETE",
         &format!("/admin/backends/{unlabelled}"),
@@ -191,7 +152,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
 
     // Removing one of ours through the API drains it, then stops and removes its container.
     let leaving = names[0].clone();
-    let (status, body) = admin(
+    let (status, body) = admin_request(
         gateway.admin,
         "DELETE",
         &format!("/admin/backends/{leaving}"),

@@ -9,43 +9,8 @@ use gateway_bin::{
     backend::Backend,
     gateway::{Gateway, GatewayConfig, RedisSource},
 };
-use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::Notify,
-};
-use wscluster_tests::RedisServer;
-
-async fn admin_ring(admin: SocketAddr) -> Value {
-    let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /admin/ring HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
-}
-
-async fn members(admin: SocketAddr) -> Vec<String> {
-    let ring = admin_ring(admin).await;
-    ring["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-async fn wait_for_members(admin: SocketAddr, expected: &[&str]) {
-    for _ in 0..200 {
-        if members(admin).await == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("members {:?}, expected {expected:?}", members(admin).await);
-}
+use tokio::sync::Notify;
+use wscluster_tests::{wait_for_members, RedisServer};
 
 /// A reference backend serving until `stop`.
 async fn start_backend(id: &str) -> (SocketAddr, Arc<Notify>) {

@@ -11,12 +11,9 @@ use lapin::{
     Connection, ConnectionProperties, Consumer, ExchangeKind,
 };
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 use tower_hashring::Ring;
-use wscluster_tests::RabbitMq;
+use wscluster_tests::{admin_request, RabbitMq};
 
 /// A consumer of every event published to `exchange` from now on.
 async fn subscribe(url: &str, exchange: &str) -> (Connection, Consumer) {
@@ -89,14 +86,9 @@ async fn next_event(consumer: &mut Consumer, wanted: impl Fn(&Value) -> bool) ->
 }
 
 async fn post(admin: SocketAddr, path: &str) -> Value {
-    let mut tcp = TcpStream::connect(admin).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap()
+    let (status, body) = admin_request(admin, "POST", path).await;
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 async fn connect_user(
