@@ -385,3 +385,62 @@ async fn a_switch_moves_the_client_without_a_close_or_a_lost_message() {
     assert_eq!(outcome.switches, 1);
     assert_eq!(outcome.client_close, Some(1000));
 }
+
+/// A switch cannot complete when the old upstream closes in the middle of a fragmented
+/// message: the client, who has half a message, gets 1012 instead, and `switch_to` says why.
+/// A second switch while one is pending is refused as busy.
+#[tokio::test]
+async fn a_switch_interrupted_mid_message_closes_the_client_with_1012() {
+    use tower_ws_proxy::{frame::close_frame, SwitchError};
+
+    let (mut client_side, relay_client) = socket_pair().await;
+    let (mut old_side, relay_old) = socket_pair().await;
+    let (handle, commands) = RelayHandle::new();
+    let relay_task = tokio::spawn(relay(
+        Peer::new(relay_client),
+        Peer::new(relay_old),
+        RelayConfig::default(),
+        commands,
+    ));
+    // The old upstream starts a fragmented text message: "hel" without FIN.
+    let first_fragment = [0x01, 0x03, b'h', b'e', b'l'];
+    old_side.write_all(&first_fragment).await.unwrap();
+    let mut got = [0u8; 5];
+    client_side.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, first_fragment);
+
+    let (_new_side, relay_new) = socket_pair().await;
+    let switching = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.switch_to(Peer::new(relay_new)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_other, relay_other) = socket_pair().await;
+    assert_eq!(
+        handle.switch_to(Peer::new(relay_other)).await,
+        Err(SwitchError::Busy)
+    );
+    // The relay closed the old upstream (masked, 1001); the old upstream answers with its
+    // close before finishing the message.
+    let mut closed = vec![0u8; close_frame(1001, "moved to another backend", true).len()];
+    old_side.read_exact(&mut closed).await.unwrap();
+    old_side
+        .write_all(&close_frame(1001, "", false))
+        .await
+        .unwrap();
+
+    assert_eq!(switching.await.unwrap(), Err(SwitchError::Interrupted));
+    let expected = close_frame(1012, "Service Restart", false);
+    let mut got = vec![0u8; expected.len()];
+    client_side.read_exact(&mut got).await.unwrap();
+    assert_eq!(
+        got, expected,
+        "the client gets 1012, not the old upstream's close"
+    );
+    drop(client_side);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), relay_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.switches, 0);
+}
