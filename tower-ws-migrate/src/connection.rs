@@ -56,10 +56,11 @@ impl ProxiedConnection {
     ) -> Self {
         Self {
             relay,
-            request: Arc::new(request),
+            request: Arc::new(detached(request)),
+            // Copied too: the backend's value shares the handshake's read buffer.
             protocol: response_headers
                 .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .cloned(),
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
             live_blocker: Self::live_blocker(response_headers),
             upstreams,
         }
@@ -136,6 +137,32 @@ impl ProxiedConnection {
         self.relay.close(code, reason);
         Outcome::FellBack(why)
     }
+}
+
+/// The request head with its own small allocations: hyper's parsed URI and header values
+/// share the connection's whole read buffer, which would otherwise stay alive (kilobytes)
+/// for as long as the WebSocket lasts. Extensions are not kept.
+fn detached(request: request::Parts) -> request::Parts {
+    let uri = request
+        .uri
+        .path_and_query()
+        .and_then(|pq| http::Uri::try_from(pq.as_str().to_owned()).ok())
+        .unwrap_or_default();
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.method = request.method;
+    head.uri = uri;
+    head.version = request.version;
+    head.headers = headers;
+    head
 }
 
 impl Migrate for ProxiedConnection {
