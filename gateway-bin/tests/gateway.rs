@@ -829,3 +829,37 @@ async fn bounded_loads_spread_a_hot_key_by_live_connections() {
     assert_eq!(counted, 30, "the admin API counts the same connections");
     gateway.shutdown().await;
 }
+
+/// A backend that refuses a WebSocket with a 4xx has the last word: the client gets that
+/// status and its body, and no other backend is tried; a 5xx with a body fails over.
+#[tokio::test]
+async fn a_backend_refusal_reaches_the_client_with_its_reason() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let head = read_head(&mut tcp).await;
+                let answer = if head.contains("/connect/banned-") {
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 17\r\n\r\nyou are banned.\r\n"
+                } else {
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy"
+                };
+                tcp.write_all(answer.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    let gateway = Gateway::start(any_port(), vec![(NodeId::from("picky"), address)], 1)
+        .await
+        .unwrap();
+    let ring = ring_of(&["picky", "backend-a"]);
+    let on_picky = |u: &String| ring.route(u.as_bytes()).unwrap().id().as_str() == "picky";
+    let banned = (0..).map(|n| format!("banned-{n}")).find(on_picky).unwrap();
+    let body = assert_ws_refused(&gateway, &banned, 403).await;
+    assert_eq!(body, "you are banned.\r\n");
+    let busy = (0..).map(|n| format!("busy-{n}")).find(on_picky).unwrap();
+    let (_client, server) = connect(&gateway, &busy).await;
+    assert_eq!(server, "backend-a", "a 5xx fails over to the successor");
+    gateway.shutdown().await;
+}

@@ -17,6 +17,7 @@
 
 mod connections;
 pub mod frame;
+mod handshake;
 mod observe;
 mod proxy;
 mod relay;

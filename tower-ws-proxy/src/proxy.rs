@@ -186,11 +186,11 @@ impl WebSocketRoute {
                         }
                         drop((registration, observed));
                     });
-                    return boxed(response);
+                    return response;
                 }
                 // The backend answered but refused: a 4xx is its verdict on this request.
                 Ok(answer) if !answer.response.status().is_server_error() => {
-                    return boxed(answer.response)
+                    return answer.response
                 }
                 Ok(answer) => format!("answered {}", answer.response.status()),
                 Err(error) => error.to_string(),

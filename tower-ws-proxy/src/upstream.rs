@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{
     header::{self, HeaderName, HeaderValue},
-    request, HeaderMap, Request, Response, StatusCode, Uri,
+    request, HeaderMap, Request, Response, Uri,
 };
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::{body::Incoming, upgrade::Upgraded};
@@ -15,7 +15,7 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 
-use crate::Peer;
+use crate::{handshake, Peer};
 
 /// A request body the upstream can send (boxed so retries can swap it for an empty one).
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -80,8 +80,8 @@ impl std::error::Error for UpstreamError {}
 /// The backend's answer to a WebSocket handshake.
 #[derive(Debug)]
 pub struct WebSocketAnswer {
-    /// The backend's response, hop-by-hop headers removed.
-    pub response: Response<Incoming>,
+    /// The backend's response, hop-by-hop headers removed (with its body when it refused).
+    pub response: Response<ProxyBody>,
     /// The upgraded connection when the response is `101 Switching Protocols`.
     pub upgraded: Option<Peer>,
 }
@@ -156,42 +156,24 @@ impl Upstream {
         .map_err(|_| UpstreamError::Connect(std::io::ErrorKind::TimedOut.into()))?
         .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Http(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "backend websocket handshake connection failed");
-            }
-        });
 
         let mut request = Request::builder()
             .method(client.method.clone())
             .uri(client.uri.path_and_query().map_or("/", |pq| pq.as_str()))
-            .body(ProxyBody::default())
-            .map_err(|e| UpstreamError::Http(e.into()))?;
-        *request.headers_mut() = client.headers.clone();
-        strip_hop_by_hop(request.headers_mut());
-        set_upgrade_headers(request.headers_mut());
+            .body(())
+            .map_err(|e| UpstreamError::Http(e.into()))?
+            .into_parts()
+            .0;
+        request.headers = client.headers.clone();
+        strip_hop_by_hop(&mut request.headers);
+        set_upgrade_headers(&mut request.headers);
 
-        let mut response =
-            tokio::time::timeout(self.config.handshake_timeout, sender.send_request(request))
-                .await
-                .map_err(|_| UpstreamError::HandshakeTimeout)?
-                .map_err(|e| UpstreamError::Http(e.into()))?;
-        let upgraded = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upgrade = hyper::upgrade::on(&mut response);
-            let upgraded = tokio::time::timeout(self.config.handshake_timeout, upgrade)
-                .await
-                .map_err(|_| UpstreamError::HandshakeTimeout)?
-                .map_err(|e| UpstreamError::Http(e.into()))?;
-            Some(tcp_peer(upgraded).map_err(|_| {
-                UpstreamError::Http("the upgraded backend connection is not TCP".into())
-            })?)
-        } else {
-            None
-        };
-        strip_hop_by_hop(response.headers_mut());
+        let (mut response, upgraded) = tokio::time::timeout(
+            self.config.handshake_timeout,
+            handshake::handshake(tcp, &request),
+        )
+        .await
+        .map_err(|_| UpstreamError::HandshakeTimeout)??;
         if upgraded.is_some() {
             set_upgrade_headers(response.headers_mut());
         }

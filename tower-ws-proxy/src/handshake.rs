@@ -1,0 +1,134 @@
+//! The WebSocket handshake toward a backend, written and parsed directly: one request write,
+//! a read or two for the answer, and the connection is the relay's. (hyper's client would
+//! spawn a connection task and hand the socket back through an upgrade, which costs more
+//! per handshake than the whole exchange.)
+
+use bytes::Bytes;
+use http::{request, HeaderName, HeaderValue, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::{strip_hop_by_hop, Peer, ProxyBody, UpstreamError};
+
+/// The most a backend's response head may take.
+const MAX_HEAD: usize = 16 * 1024;
+/// The most headers a backend's response may have.
+const MAX_HEADERS: usize = 64;
+
+/// Writes `request` (already stripped of hop-by-hop headers, with the upgrade headers set)
+/// and reads the answer: a 101 leaves the connection, with any bytes read past the head, to
+/// the relay; another status comes back with its body (by `content-length`; a response
+/// without one ends at EOF).
+pub(crate) async fn handshake(
+    mut tcp: TcpStream,
+    request: &request::Parts,
+) -> Result<(Response<ProxyBody>, Option<Peer>), UpstreamError> {
+    let mut head = Vec::with_capacity(512);
+    let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    head.extend_from_slice(request.method.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &request.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    tcp.write_all(&head).await.map_err(UpstreamError::Connect)?;
+
+    let mut buffer = Vec::with_capacity(1024);
+    let (response, head_len) = loop {
+        if buffer.len() >= MAX_HEAD {
+            return Err(http_error("the backend's response head is too large"));
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tcp
+            .read(&mut chunk)
+            .await
+            .map_err(|e| UpstreamError::Http(e.into()))?;
+        if read == 0 {
+            return Err(http_error(
+                "the backend closed the connection before answering",
+            ));
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        if let Some(parsed) = parse_head(&buffer)? {
+            break parsed;
+        }
+    };
+    let rest = buffer.split_off(head_len);
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let peer = Peer::with_preread(tcp, Bytes::from(rest));
+        return Ok((response.map(|()| ProxyBody::default()), Some(peer)));
+    }
+    // A refusal: read its body so the client gets the backend's reason.
+    let length = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let mut body = rest;
+    match length {
+        Some(length) if length <= MAX_HEAD => {
+            while body.len() < length {
+                let mut chunk = [0u8; 4096];
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => body.extend_from_slice(&chunk[..read]),
+                }
+            }
+            body.truncate(length);
+        }
+        // Too large, or framed some other way: the status and headers say enough.
+        _ => body.clear(),
+    }
+    let mut response = response.map(|()| {
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    });
+    response
+        .headers_mut()
+        .remove(http::header::TRANSFER_ENCODING);
+    Ok((response, None))
+}
+
+/// Parses a complete response head; `None` while more bytes are needed.
+fn parse_head(buffer: &[u8]) -> Result<Option<(Response<()>, usize)>, UpstreamError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(buffer) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => {
+            return Err(http_error(&format!(
+                "the backend's response is not HTTP: {error}"
+            )))
+        }
+    };
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| http_error("the backend's response has no valid status"))?;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = Version::HTTP_11;
+    // Own allocations: nothing keeps the read buffer alive.
+    for header in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| http_error("the backend sent an invalid header name"))?;
+        let value = HeaderValue::from_bytes(header.value)
+            .map_err(|_| http_error("the backend sent an invalid header value"))?;
+        response.headers_mut().append(name, value);
+    }
+    strip_hop_by_hop(response.headers_mut());
+    Ok(Some((response, head_len)))
+}
+
+fn http_error(reason: &str) -> UpstreamError {
+    UpstreamError::Http(reason.to_owned().into())
+}
