@@ -1,0 +1,213 @@
+//! Controlling a running relay, and how it ended.
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{oneshot, watch};
+
+use super::Peer;
+
+/// Timeouts of a relay.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ws_proxy::RelayConfig;
+///
+/// let config = RelayConfig::default().idle_timeout(Some(Duration::from_secs(60)));
+/// assert_eq!(config.close_timeout, Duration::from_secs(5));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Close both sides with 1001 after this long without a byte either way (default: none).
+    pub idle_timeout: Option<Duration>,
+    /// How long to wait for the peers to answer a close the relay sent (default: 5 s).
+    pub close_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Sets the idle timeout.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets the close timeout.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+}
+
+/// A request to a running relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayCommand {
+    /// Keep relaying.
+    Run,
+    /// At the next message boundary of each direction, send a close frame with this code and
+    /// reason to both the client and the upstream, then wait for their answers.
+    Close {
+        /// The status code (e.g. 1001 going away, 1012 service restart).
+        code: u16,
+        /// The reason text (cut to fit a control frame).
+        reason: String,
+    },
+    /// Move the connection to the upstream handed to [`RelayHandle::switch_to`]: at a message
+    /// boundary of the client, stop reading from it and close the old upstream; forward what
+    /// the old upstream still sends up to its close; then relay to the new upstream.
+    Switch,
+}
+
+/// Why [`RelayHandle::switch_to`] did not switch.
+///
+/// ```
+/// use tower_ws_proxy::SwitchError;
+///
+/// assert_eq!(SwitchError::Busy.to_string(), "another switch is in progress");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SwitchError {
+    /// Another switch is in progress.
+    Busy,
+    /// The relay is closing or has ended (a close was requested, or a side closed).
+    Ended,
+    /// The old upstream closed in the middle of a message, so the client could not be moved
+    /// without seeing half a message; it was closed with 1012 instead.
+    Interrupted,
+}
+
+impl fmt::Display for SwitchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SwitchError::Busy => "another switch is in progress",
+            SwitchError::Ended => "the connection is closing or has ended",
+            SwitchError::Interrupted => "the old backend closed in the middle of a message",
+        })
+    }
+}
+
+impl std::error::Error for SwitchError {}
+
+/// An upstream waiting to take over, and who to tell how it went.
+#[derive(Debug)]
+pub(super) struct PendingSwitch {
+    pub(super) upstream: Peer,
+    pub(super) done: oneshot::Sender<Result<(), SwitchError>>,
+}
+
+pub(super) type SwitchSlot = Arc<Mutex<Option<PendingSwitch>>>;
+
+pub(super) fn lock(slot: &SwitchSlot) -> std::sync::MutexGuard<'_, Option<PendingSwitch>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Controls a running relay; cheap to clone.
+///
+/// ```
+/// use tower_ws_proxy::RelayHandle;
+///
+/// let (handle, _commands) = RelayHandle::new();
+/// handle.close(1001, "gateway shutting down");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RelayHandle {
+    commands: Arc<watch::Sender<RelayCommand>>,
+    switch: SwitchSlot,
+}
+
+/// The receiving end of a [`RelayHandle`], given to [`relay`](super::relay).
+#[derive(Debug)]
+pub struct RelayCommands {
+    pub(super) receiver: watch::Receiver<RelayCommand>,
+    // The relay's own idle timer closes through the same channel.
+    pub(super) sender: Arc<watch::Sender<RelayCommand>>,
+    pub(super) switch: SwitchSlot,
+}
+
+impl RelayHandle {
+    /// A handle and the commands it sends.
+    pub fn new() -> (Self, RelayCommands) {
+        let (sender, receiver) = watch::channel(RelayCommand::Run);
+        let sender = Arc::new(sender);
+        let switch = SwitchSlot::default();
+        (
+            Self {
+                commands: sender.clone(),
+                switch: switch.clone(),
+            },
+            RelayCommands {
+                receiver,
+                sender,
+                switch,
+            },
+        )
+    }
+
+    /// Moves the connection to `upstream`, a WebSocket already handshaken with the new
+    /// backend (same subprotocol and extensions as the client negotiated). Resolves once the
+    /// client is relayed to it; the client sees no close, and no frame is lost or reordered.
+    ///
+    /// On an error the relay goes on as before (or ends, as it was going to) and `upstream` is
+    /// dropped.
+    pub async fn switch_to(&self, upstream: Peer) -> Result<(), SwitchError> {
+        let done = {
+            let mut slot = lock(&self.switch);
+            if slot.is_some() {
+                return Err(SwitchError::Busy);
+            }
+            if self.is_finished() || matches!(*self.commands.borrow(), RelayCommand::Close { .. }) {
+                return Err(SwitchError::Ended);
+            }
+            let (done, receiver) = oneshot::channel();
+            *slot = Some(PendingSwitch { upstream, done });
+            self.commands.send_replace(RelayCommand::Switch);
+            receiver
+        };
+        done.await.unwrap_or(Err(SwitchError::Ended))
+    }
+
+    /// Asks the relay to close both sides at their next message boundaries.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        self.commands.send_replace(RelayCommand::Close {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    /// Whether the relay has finished.
+    pub fn is_finished(&self) -> bool {
+        self.commands.receiver_count() == 0
+    }
+}
+
+/// How a relay ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayOutcome {
+    /// The close code the client sent (or answered with), if any.
+    pub client_close: Option<u16>,
+    /// The close code the upstream sent (or answered with), if any.
+    pub upstream_close: Option<u16>,
+    /// The code of a close the relay itself sent to both sides, if any.
+    pub relay_close: Option<u16>,
+    /// Bytes relayed from the client to the upstream.
+    pub client_bytes: u64,
+    /// Bytes relayed from the upstream to the client.
+    pub upstream_bytes: u64,
+    /// How many times the connection moved to another upstream.
+    pub switches: u32,
+}

@@ -1,0 +1,268 @@
+//! The frame-aware relay between an upgraded client connection and its upstream.
+//!
+//! - `handle`: how a running relay is controlled (close, switch) and how it ended;
+//! - `direction`: one direction's frame bookkeeping (where a close or a handover goes in);
+//! - `pump`: the read-and-forward loop of one direction.
+
+mod direction;
+mod handle;
+mod pump;
+
+pub use self::handle::{
+    RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome, SwitchError,
+};
+
+use std::{
+    convert::Infallible,
+    sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    net::TcpStream,
+    sync::{watch, Notify},
+    time::Instant,
+};
+
+use self::handle::lock;
+
+/// Which way a direction flows; frames toward the upstream must be masked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Toward {
+    Upstream,
+    Client,
+}
+
+#[derive(Debug, Default)]
+struct DirectionEnd {
+    /// The close code the source sent (1005 for a close without a code).
+    close: Option<u16>,
+    /// The close code the relay injected toward the destination.
+    injected: Option<u16>,
+    bytes: u64,
+    /// Toward the upstream, switching: the client's bytes read past the message boundary
+    /// where the old upstream was closed; they go to the new upstream first.
+    handover: Option<Vec<u8>>,
+    /// Toward the client, switching: the old upstream has closed (or timed out, or gone) and
+    /// everything it sent before that reached the client.
+    handed_over: bool,
+}
+
+/// Activity of the whole relay, across upstream switches.
+struct Activity {
+    start: Instant,
+    /// Milliseconds since `start` of the last byte read either way.
+    last: AtomicU64,
+}
+
+/// Shared by both directions while they relay to one upstream.
+struct Shared<'a> {
+    config: RelayConfig,
+    activity: &'a Activity,
+    /// Close frames seen, one per direction at most; at 2 the close handshake is complete.
+    closes: AtomicU8,
+    /// Set when the other direction must stop too (the close handshake completed, or a
+    /// switch failed).
+    stopped: AtomicBool,
+    stop: Notify,
+}
+
+impl Shared<'_> {
+    fn touch(&self) {
+        let now = self.activity.start.elapsed().as_millis() as u64;
+        self.activity.last.store(now, Ordering::Relaxed);
+    }
+
+    fn stop_both(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+}
+
+/// One side of a relayed connection: its socket and any bytes already read from it (for
+/// example frames that arrived together with the HTTP upgrade).
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// use tower_ws_proxy::Peer;
+///
+/// let stream = tokio::net::TcpStream::connect("127.0.0.1:7100").await?;
+/// let peer = Peer::new(stream);
+/// # let _ = peer; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Peer {
+    stream: TcpStream,
+    preread: Bytes,
+}
+
+impl Peer {
+    /// A peer with nothing read yet.
+    pub fn new(stream: TcpStream) -> Self {
+        Self::with_preread(stream, Bytes::new())
+    }
+
+    /// A peer whose first bytes were already read (they are relayed first).
+    pub fn with_preread(stream: TcpStream, preread: Bytes) -> Self {
+        Self { stream, preread }
+    }
+}
+
+/// The close sent to an old upstream when its client moves to another backend.
+const MOVED_CODE: u16 = 1001;
+const MOVED_REASON: &str = "moved to another backend";
+
+/// Relays an upgraded WebSocket connection until both sides have closed.
+///
+/// Bytes pass through unchanged; [`FrameTracker`]s follow each direction so that a close
+/// requested through the [`RelayHandle`] (or by the idle timeout) is injected only between
+/// messages. After injecting a close toward one side, the relay drops whatever the other
+/// side still sends that way up to its own close, so neither side sees a second close.
+/// A framing error ends the relay (both connections are dropped).
+///
+/// [`RelayHandle::switch_to`] moves the client to another upstream without a close: the
+/// relay then runs again on the new pair.
+///
+/// The relay waits for socket readiness and reads into a per-thread buffer that it writes
+/// out before waiting again, so an idle connection holds no buffer at all; bytes are copied
+/// to the heap only while the destination cannot take them.
+pub async fn relay(
+    client: Peer,
+    upstream: Peer,
+    config: RelayConfig,
+    commands: RelayCommands,
+) -> RelayOutcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+    };
+    let idle = idle_watch(config, &activity, &commands.sender);
+    let phases = async {
+        let Peer {
+            stream: mut client_stream,
+            preread: mut client_bytes,
+        } = client;
+        let mut upstream = upstream;
+        let mut outcome = RelayOutcome {
+            client_close: None,
+            upstream_close: None,
+            relay_close: None,
+            client_bytes: 0,
+            upstream_bytes: 0,
+            switches: 0,
+        };
+        loop {
+            let (up, down) = relay_to(
+                &mut client_stream,
+                client_bytes,
+                upstream,
+                config,
+                &commands,
+                &activity,
+            )
+            .await;
+            outcome.client_bytes += up.bytes;
+            outcome.upstream_bytes += down.bytes;
+            let pending = lock(&commands.switch).take();
+            match (up.handover, down.handed_over, pending) {
+                (Some(leftover), true, Some(next)) => {
+                    client_bytes = leftover.into();
+                    upstream = next.upstream;
+                    outcome.switches += 1;
+                    commands.sender.send_if_modified(|command| {
+                        let switching = *command == RelayCommand::Switch;
+                        if switching {
+                            *command = RelayCommand::Run;
+                        }
+                        switching
+                    });
+                    let _ = next.done.send(Ok(()));
+                }
+                (_, _, pending) => {
+                    if let Some(pending) = pending {
+                        let error = if down.injected == Some(1012) {
+                            SwitchError::Interrupted
+                        } else {
+                            SwitchError::Ended
+                        };
+                        let _ = pending.done.send(Err(error));
+                    }
+                    outcome.client_close = up.close;
+                    outcome.upstream_close = down.close;
+                    outcome.relay_close = up.injected.or(down.injected);
+                    return outcome;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        outcome = phases => outcome,
+        never = idle => match never {},
+    }
+}
+
+/// Relays between the client and one upstream until both have closed, or until a switch
+/// handed the client over (then the upstream is dropped).
+async fn relay_to(
+    client: &mut TcpStream,
+    client_bytes: Bytes,
+    upstream: Peer,
+    config: RelayConfig,
+    commands: &RelayCommands,
+    activity: &Activity,
+) -> (DirectionEnd, DirectionEnd) {
+    let Peer {
+        stream: mut upstream_stream,
+        preread: upstream_bytes,
+    } = upstream;
+    let shared = Shared {
+        config,
+        activity,
+        closes: AtomicU8::new(0),
+        stopped: AtomicBool::new(false),
+        stop: Notify::new(),
+    };
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream_stream.split();
+    let up = pump::pump(
+        client_read,
+        upstream_write,
+        client_bytes,
+        Toward::Upstream,
+        commands.receiver.clone(),
+        &shared,
+    );
+    let down = pump::pump(
+        upstream_read,
+        client_write,
+        upstream_bytes,
+        Toward::Client,
+        commands.receiver.clone(),
+        &shared,
+    );
+    tokio::join!(up, down)
+}
+
+/// Requests a 1001 close once nothing has moved for the idle timeout; never completes.
+async fn idle_watch(
+    config: RelayConfig,
+    activity: &Activity,
+    commands: &watch::Sender<RelayCommand>,
+) -> Infallible {
+    if let Some(idle) = config.idle_timeout {
+        loop {
+            let last =
+                activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
+            if Instant::now() >= last + idle {
+                commands.send_replace(RelayCommand::Close {
+                    code: 1001,
+                    reason: "idle timeout".into(),
+                });
+                break;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    }
+    std::future::pending().await
+}
