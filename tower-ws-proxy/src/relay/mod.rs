@@ -115,7 +115,7 @@ const MOVED_REASON: &str = "moved to another backend";
 
 /// Relays an upgraded WebSocket connection until both sides have closed.
 ///
-/// Bytes pass through unchanged; [`FrameTracker`]s follow each direction so that a close
+/// Bytes pass through unchanged; [`FrameTracker`](crate::frame::FrameTracker)s follow each direction so that a close
 /// requested through the [`RelayHandle`] (or by the idle timeout) is injected only between
 /// messages. After injecting a close toward one side, the relay drops whatever the other
 /// side still sends that way up to its own close, so neither side sees a second close.
