@@ -74,6 +74,16 @@ impl Setup {
     }
 
     fn connect_on(&mut self, key: &str, snapshot: &RingSnapshot) {
+        self.connect_with_policy(key, snapshot, None);
+    }
+
+    /// Connects `key` on its owner in `snapshot`, on a route with its own policy or not.
+    fn connect_with_policy(
+        &mut self,
+        key: &str,
+        snapshot: &RingSnapshot,
+        policy: Option<Arc<MigrationPolicy>>,
+    ) {
         let ring = snapshot.ring();
         let owner = ring.route(key.as_bytes()).unwrap().id().clone();
         let handle = Recorder {
@@ -82,9 +92,14 @@ impl Setup {
             ended: false,
         };
         let position = ring.key_position(key.as_bytes());
-        let guard =
-            self.registry
-                .register(key.as_bytes(), position, owner, snapshot.version(), handle);
+        let guard = self.registry.register_with_policy(
+            key.as_bytes(),
+            position,
+            owner,
+            snapshot.version(),
+            policy,
+            handle,
+        );
         self.guards.push(guard);
     }
 
@@ -393,24 +408,10 @@ async fn route_policies_apply_and_live_moves_update_the_counts() {
     let snapshot = setup.publish.borrow().clone();
     let live = Arc::new(MigrationPolicy::live());
     for key in users(1000) {
-        let ring = snapshot.ring();
-        let owner = ring.route(key.as_bytes()).unwrap().id().clone();
-        let handle = Recorder {
-            key: key.clone(),
-            log: setup.log.clone(),
-            ended: false,
-        };
         // Even users are on a live route, odd ones on the migrator's (Reconnect).
         let n: usize = key.trim_start_matches("user-").parse().unwrap();
         let policy = (n % 2 == 0).then(|| live.clone());
-        setup.guards.push(setup.registry.register_with_policy(
-            key.as_bytes(),
-            ring.key_position(key.as_bytes()),
-            owner,
-            snapshot.version(),
-            policy,
-            handle,
-        ));
+        setup.connect_with_policy(&key, &snapshot, policy);
     }
     tokio::spawn(
         Migrator::new(setup.registry.clone(), watch)
