@@ -355,3 +355,22 @@ pub async fn wait_for_members(admin: SocketAddr, expected: &[impl AsRef<str>]) {
         ring_members(admin).await
     );
 }
+
+/// Adds a backend through a gateway's admin API (`POST /admin/backends`, no body): the demo
+/// starts one in process, a Docker gateway starts a container. Returns its id.
+pub async fn add_backend(admin: SocketAddr) -> String {
+    let (status, body) = admin_request(admin, "POST", "/admin/backends").await;
+    assert_eq!(status, 201, "{body}");
+    let added: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    added["id"].as_str().expect("an id").to_owned()
+}
+
+/// The ring the gateway builds from these members, all of weight 1.
+pub fn ring_of(ids: &[impl AsRef<str>]) -> tower_hashring::Ring {
+    ids.iter()
+        .fold(tower_hashring::Ring::builder(), |b, id| {
+            b.node(id.as_ref(), 1)
+        })
+        .build()
+        .expect("a valid ring")
+}

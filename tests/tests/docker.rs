@@ -9,17 +9,11 @@ use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tower_hashring::Ring;
-use wscluster_tests::{admin_request, ring_members, wait_for_members, DockerHost};
+use wscluster_tests::{
+    add_backend, admin_request, ring_members, ring_of, wait_for_members, DockerHost,
+};
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-fn ring_of(ids: &[String]) -> Ring {
-    ids.iter()
-        .fold(Ring::builder(), |b, id| b.node(id.as_str(), 1))
-        .build()
-        .unwrap()
-}
 
 async fn next_json(client: &mut Client) -> Value {
     loop {
@@ -74,10 +68,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     // Three containers through the admin API: the ring follows them once they are healthy.
     let mut names = Vec::new();
     for _ in 0..3 {
-        let (status, body) = admin_request(gateway.admin, "POST", "/admin/backends").await;
-        assert_eq!(status, 201, "{body}");
-        let added: Value = serde_json::from_str(&body).unwrap();
-        names.push(added["id"].as_str().unwrap().to_owned());
+        names.push(add_backend(gateway.admin).await);
     }
     names.sort();
     wait_for_members(gateway.admin, &names).await;
@@ -103,10 +94,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     }
 
     // A fourth container: the users it now owns move to it live.
-    let (status, body) = admin_request(gateway.admin, "POST", "/admin/backends").await;
-    assert_eq!(status, 201, "{body}");
-    let added: Value = serde_json::from_str(&body).unwrap();
-    names.push(added["id"].as_str().unwrap().to_owned());
+    names.push(add_backend(gateway.admin).await);
     names.sort();
     wait_for_members(gateway.admin, &names).await;
     let four = ring_of(&names);

@@ -1,7 +1,7 @@
 //! Ring changes and migrations published to a real RabbitMQ, across a broker restart.
 //! (One test: the restart would disturb any other test using the broker at the same time.)
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use futures_util::StreamExt;
 use gateway_bin::gateway::{EventsConfig, Gateway, GatewayConfig};
@@ -12,8 +12,7 @@ use lapin::{
 };
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tower_hashring::Ring;
-use wscluster_tests::{admin_request, RabbitMq};
+use wscluster_tests::{add_backend, ring_of, RabbitMq};
 
 /// A consumer of every event published to `exchange` from now on.
 async fn subscribe(url: &str, exchange: &str) -> (Connection, Consumer) {
@@ -85,12 +84,6 @@ async fn next_event(consumer: &mut Consumer, wanted: impl Fn(&Value) -> bool) ->
     }
 }
 
-async fn post(admin: SocketAddr, path: &str) -> Value {
-    let (status, body) = admin_request(admin, "POST", path).await;
-    assert_eq!(status, 201, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 async fn connect_user(
     gateway: &Gateway,
     user: &str,
@@ -99,13 +92,6 @@ async fn connect_user(
     let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     client.next().await.unwrap().unwrap(); // its hello
     client
-}
-
-fn ring_of(ids: &[&str]) -> Ring {
-    ids.iter()
-        .fold(Ring::builder(), |b, id| b.node(*id, 1))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -134,10 +120,7 @@ async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() 
         clients.push(connect_user(&gateway, user).await);
     }
 
-    let added = post(gateway.admin, "/admin/backends").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let added = add_backend(gateway.admin).await;
     let ring = next_event(&mut consumer, |e| {
         e["type"] == "ring" && e["members"].as_array().is_some_and(|m| m.len() == 4)
     })
@@ -185,7 +168,7 @@ async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() 
     // The broker restarts: the gateway reconnects by itself and keeps publishing.
     broker.restart().await;
     let (_connection, mut consumer) = subscribe(&broker.url(), &exchange).await;
-    post(gateway.admin, "/admin/backends").await;
+    add_backend(gateway.admin).await;
     let ring = next_event(&mut consumer, |e| {
         e["type"] == "ring" && e["members"].as_array().is_some_and(|m| m.len() == 5)
     })

@@ -16,6 +16,14 @@ use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle, RelayOutcome};
 
 /// An echo server that records the close it received.
 async fn echo_server() -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
+    serve_echoes(|message| message).await
+}
+
+/// A server that answers each data message with `reply(message)`, and returns the code of
+/// the close it received.
+async fn serve_echoes(
+    reply: impl Fn(Message) -> Message + Send + 'static,
+) -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -27,7 +35,7 @@ async fn echo_server() -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
             match message {
                 Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
                 Message::Text(_) | Message::Binary(_) => {
-                    let Ok(()) = ws.send(message).await else {
+                    let Ok(()) = ws.send(reply(message)).await else {
                         break;
                     };
                 }
@@ -266,28 +274,13 @@ async fn socket_pair() -> (TcpStream, TcpStream) {
     (connected.unwrap(), accepted.unwrap().0)
 }
 
-/// An echo server that tags each echo with its name and records the close it received.
+/// An echo server that tags each text echo with its name and records the close it received.
 async fn tagged_echo_server(tag: &'static str) -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let mut close = None;
-        while let Some(Ok(message)) = ws.next().await {
-            match message {
-                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
-                Message::Text(text) => {
-                    let Ok(()) = ws.send(Message::text(format!("{tag}:{text}"))).await else {
-                        break;
-                    };
-                }
-                _ => {}
-            }
-        }
-        close
-    });
-    (addr, task)
+    serve_echoes(move |message| match message {
+        Message::Text(text) => Message::text(format!("{tag}:{text}")),
+        other => other,
+    })
+    .await
 }
 
 /// Opens a WebSocket to `addr` the way the gateway does, reading the 101 byte by byte so that
