@@ -11,7 +11,7 @@ use axum::{
 };
 use discovery::{DockerError, DockerScaler};
 use serde_json::json;
-use tower_hashring::{HttpKey, NodeId};
+use tower_hashring::{HttpKey, LoadSource, NodeId};
 use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection, Registry};
 use tower_ws_proxy::HashRingProxy;
 
@@ -150,7 +150,7 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
     // The ring change makes the migrator move its clients to their new owners over the
     // drain window; stop the backend once they have gone.
     let drained = async {
-        while state.registry.per_backend().contains_key(&id) {
+        while state.registry.load(&id) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
