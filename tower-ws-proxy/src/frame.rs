@@ -73,26 +73,99 @@ pub struct FrameEnd {
     pub close_code: Option<u16>,
 }
 
-/// The stream broke RFC 6455 framing; the relay answers with close code 1002.
+/// Why the tracker stopped accepting a stream.
 ///
 /// ```
-/// use tower_ws_proxy::frame::FrameTracker;
+/// use tower_ws_proxy::frame::{FrameError, FrameTracker};
 ///
 /// let mut tracker = FrameTracker::default();
 /// // A ping without FIN: control frames must not be fragmented.
 /// let err = tracker.feed(&[0x09, 0x00]).unwrap_err();
-/// assert_eq!(err.to_string(), "websocket protocol error: fragmented control frame");
+/// assert_eq!(err, FrameError::Protocol("fragmented control frame"));
+/// assert_eq!(err.close_code(), 1002);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProtocolError(&'static str);
+#[non_exhaustive]
+pub enum FrameError {
+    /// The stream broke RFC 6455 framing. The tracker's state is then meaningless: what
+    /// follows can no longer be split into frames.
+    Protocol(&'static str),
+    /// A data frame or message is larger than the tracker's [`FrameLimits`]. The tracker
+    /// has still read the frame's header, so it goes on following the stream (the caller
+    /// may swallow the oversized frame and see what comes after it).
+    TooBig {
+        /// `"frame"` or `"message"`.
+        what: &'static str,
+        /// The limit it went past, in bytes.
+        limit: u64,
+        /// Where the frame's header ended in the data fed: its payload starts there.
+        resume_at: usize,
+    },
+}
 
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "websocket protocol error: {}", self.0)
+impl FrameError {
+    /// The close code that answers this error: 1002 (protocol error) or 1009 (message too
+    /// big).
+    pub fn close_code(&self) -> u16 {
+        match self {
+            FrameError::Protocol(_) => crate::close_code::PROTOCOL_ERROR,
+            FrameError::TooBig { .. } => crate::close_code::MESSAGE_TOO_BIG,
+        }
     }
 }
 
-impl std::error::Error for ProtocolError {}
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Protocol(reason) => write!(f, "websocket protocol error: {reason}"),
+            FrameError::TooBig { what, limit, .. } => {
+                write!(f, "websocket {what} larger than {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// The largest data frame and message a [`FrameTracker`] accepts (`None`: no limit).
+///
+/// The defaults are tungstenite's: 16 MiB a frame, 64 MiB a message.
+///
+/// ```
+/// use tower_ws_proxy::frame::{FrameError, FrameLimits, FrameTracker};
+///
+/// let limits = FrameLimits { max_frame: Some(4), max_message: None };
+/// let mut tracker = FrameTracker::with_limits(limits);
+/// let err = tracker.feed(&[0x82, 0x05, 1, 2, 3, 4, 5]).unwrap_err();
+/// assert_eq!(err, FrameError::TooBig { what: "frame", limit: 4, resume_at: 2 });
+/// // The tracker goes on after the oversized frame's header.
+/// let (consumed, end) = tracker.feed(&[1, 2, 3, 4, 5]).unwrap().unwrap();
+/// assert_eq!((consumed, end.message_boundary), (5, true));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// The largest payload of one data frame.
+    pub max_frame: Option<u64>,
+    /// The largest payload of one message, over all its fragments.
+    pub max_message: Option<u64>,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        Self {
+            max_frame: Some(16 << 20),
+            max_message: Some(64 << 20),
+        }
+    }
+}
+
+impl FrameLimits {
+    /// No limit on frames or messages.
+    pub const NONE: FrameLimits = FrameLimits {
+        max_frame: None,
+        max_message: None,
+    };
+}
 
 /// Follows one direction of a WebSocket connection and reports where frames end.
 ///
@@ -102,10 +175,14 @@ impl std::error::Error for ProtocolError {}
 #[derive(Clone, Debug, Default)]
 pub struct FrameTracker {
     header: [u8; 14],
-    header_len: usize,
-    frame: Option<Frame>,
+    // u8s keep an idle connection's two trackers small.
+    header_len: u8,
     /// Inside a fragmented data message: control frames may still interleave.
     in_message: bool,
+    frame: Option<Frame>,
+    /// Payload bytes of the data message in progress, for `max_message`.
+    message_len: u64,
+    limits: Option<Box<FrameLimits>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +196,21 @@ struct Frame {
 }
 
 impl FrameTracker {
+    /// A tracker that reports frames and messages past `limits` (the default tracker has
+    /// none).
+    pub fn with_limits(limits: FrameLimits) -> Self {
+        Self {
+            limits: (limits != FrameLimits::NONE).then(|| Box::new(limits)),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the next byte fed starts a new frame (nothing of a header or payload is
+    /// pending).
+    pub fn between_frames(&self) -> bool {
+        self.header_len == 0 && self.frame.is_none()
+    }
+
     /// Whether the stream is between messages and not inside a frame.
     pub fn at_message_boundary(&self) -> bool {
         self.header_len == 0 && self.frame.is_none() && !self.in_message
@@ -144,7 +236,12 @@ impl FrameTracker {
 
     /// Consumes bytes up to the end of the next frame. Returns how many bytes of `data` that
     /// took and what ended, or `None` if all of `data` was consumed inside a frame.
-    pub fn feed(&mut self, data: &[u8]) -> Result<Option<(usize, FrameEnd)>, ProtocolError> {
+    ///
+    /// An error comes only from a frame's header, so only from a call that began
+    /// [`between_frames`](Self::between_frames) or inside a header. After
+    /// [`FrameError::TooBig`] the frame's header is consumed (but not counted in the
+    /// returned offsets) and feeding may go on.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<(usize, FrameEnd)>, FrameError> {
         let mut pos = 0;
         loop {
             if let Some(frame) = &mut self.frame {
@@ -168,18 +265,25 @@ impl FrameTracker {
             }
             // Header: at least two bytes, then the length they announce.
             let needed = self.header_needed();
-            let take = (needed - self.header_len).min(data.len() - pos);
-            self.header[self.header_len..self.header_len + take]
-                .copy_from_slice(&data[pos..pos + take]);
-            self.header_len += take;
+            let have = usize::from(self.header_len);
+            let take = (needed - have).min(data.len() - pos);
+            self.header[have..have + take].copy_from_slice(&data[pos..pos + take]);
+            self.header_len += take as u8;
             pos += take;
-            if self.header_len < self.header_needed() {
+            if usize::from(self.header_len) < self.header_needed() {
                 if pos == data.len() {
                     return Ok(None);
                 }
                 continue;
             }
-            self.start_frame()?;
+            if let Some((what, limit)) = self.start_frame()? {
+                let resume_at = pos;
+                return Err(FrameError::TooBig {
+                    what,
+                    limit,
+                    resume_at,
+                });
+            }
             if self.frame.is_some_and(|f| f.remaining == 0) {
                 return Ok(Some((pos, self.finish_frame())));
             }
@@ -202,7 +306,8 @@ impl FrameTracker {
         2 + length + mask
     }
 
-    fn start_frame(&mut self) -> Result<(), ProtocolError> {
+    /// Starts the frame whose header is complete; reports a limit it goes past.
+    fn start_frame(&mut self) -> Result<Option<(&'static str, u64)>, FrameError> {
         let h = &self.header;
         let fin = h[0] & 0x80 != 0;
         let opcode = OpCode::from_bits(h[0]);
@@ -211,7 +316,7 @@ impl FrameTracker {
             127 => {
                 let length = u64::from_be_bytes(h[2..10].try_into().expect("8 bytes"));
                 if length >> 63 != 0 {
-                    return Err(ProtocolError("payload length has its top bit set"));
+                    return Err(FrameError::Protocol("payload length has its top bit set"));
                 }
                 (length, 10)
             }
@@ -219,20 +324,38 @@ impl FrameTracker {
         };
         let mask = (h[1] & 0x80 != 0).then(|| h[mask_at..mask_at + 4].try_into().expect("4 bytes"));
         match opcode {
-            OpCode::Reserved(_) => return Err(ProtocolError("reserved opcode")),
-            op if op.is_control() && !fin => return Err(ProtocolError("fragmented control frame")),
+            OpCode::Reserved(_) => return Err(FrameError::Protocol("reserved opcode")),
+            op if op.is_control() && !fin => {
+                return Err(FrameError::Protocol("fragmented control frame"))
+            }
             op if op.is_control() && remaining > 125 => {
-                return Err(ProtocolError("control frame longer than 125 bytes"))
+                return Err(FrameError::Protocol("control frame longer than 125 bytes"))
             }
             OpCode::Continuation if !self.in_message => {
-                return Err(ProtocolError("continuation frame outside a message"))
+                return Err(FrameError::Protocol("continuation frame outside a message"))
             }
             OpCode::Text | OpCode::Binary if self.in_message => {
-                return Err(ProtocolError("new message inside a fragmented message"))
+                return Err(FrameError::Protocol(
+                    "new message inside a fragmented message",
+                ))
             }
             _ => {}
         }
         self.header_len = 0;
+        let mut too_big = None;
+        if !opcode.is_control() {
+            if opcode != OpCode::Continuation {
+                self.message_len = 0;
+            }
+            self.message_len = self.message_len.saturating_add(remaining);
+            if let Some(limits) = &self.limits {
+                too_big = match (limits.max_frame, limits.max_message) {
+                    (Some(limit), _) if remaining > limit => Some(("frame", limit)),
+                    (_, Some(limit)) if self.message_len > limit => Some(("message", limit)),
+                    _ => None,
+                };
+            }
+        }
         self.frame = Some(Frame {
             opcode,
             fin,
@@ -241,7 +364,7 @@ impl FrameTracker {
             read: 0,
             close_code: [0; 2],
         });
-        Ok(())
+        Ok(too_big)
     }
 
     fn finish_frame(&mut self) -> FrameEnd {

@@ -15,6 +15,7 @@
 //!   with 1001 over a paced window on shutdown.
 #![forbid(unsafe_code)]
 
+pub mod close_code;
 mod connections;
 pub mod frame;
 mod handshake;

@@ -1,13 +1,18 @@
-//! One direction's frame bookkeeping: where a requested close or a handover goes in.
+//! One direction's frame bookkeeping: where a requested close or a handover goes in, and
+//! what a framing error or an oversized message does to the stream.
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::frame::{close_frame, FrameTracker, OpCode, ProtocolError};
+use crate::{
+    close_code,
+    frame::{close_frame, FrameError, FrameTracker, OpCode},
+    SwitchError,
+};
 
-use super::{DirectionEnd, RelayCommand, Shared, Toward, MOVED_CODE, MOVED_REASON};
+use super::{handle::lock, DirectionEnd, RelayCommand, Shared, Toward, MOVED_CODE, MOVED_REASON};
 
 /// What to send on after reading some bytes.
 pub(super) enum Plan {
@@ -32,18 +37,31 @@ pub(super) struct Direction<'a> {
     pub(super) tracker: FrameTracker,
     pub(super) end: DirectionEnd,
     pub(super) requested: Option<Injection>,
+    /// When this direction gives up waiting for its source's close.
     pub(super) deadline: Option<Instant>,
+    /// Toward the upstream: when a requested handover gives up waiting for a boundary.
+    pub(super) switch_deadline: Option<Instant>,
     pub(super) handshake_complete: bool,
     /// Toward the client, switching: forward the old upstream's frames up to its close.
     pub(super) switching: bool,
     /// Toward the client, switching: the start of a frame that may be the old upstream's
     /// close, held back until it is known.
     pub(super) held: Vec<u8>,
+    /// This direction's source broke the framing: its bytes pass through untracked.
+    pub(super) opaque: bool,
 }
 
 impl Direction<'_> {
     /// Takes a command into account.
     pub(super) fn on_command(&mut self, command: &RelayCommand) {
+        if self.shared.is_opaque() {
+            // Without frame boundaries nothing can be injected; the deadline ends it.
+            return;
+        }
+        if self.switching && *command != RelayCommand::Switch {
+            // The switch was given up (or overtaken by a close): back to plain relaying.
+            self.stop_switching();
+        }
         let closing =
             self.end.close.is_some() || self.end.injected.is_some() || self.requested.is_some();
         match command {
@@ -51,11 +69,17 @@ impl Direction<'_> {
                 self.requested = Some(Injection::Close(*code, reason.clone()));
             }
             RelayCommand::Switch if !closing && !self.switching => match self.toward {
-                Toward::Upstream => self.requested = Some(Injection::Handover),
+                Toward::Upstream => {
+                    self.requested = Some(Injection::Handover);
+                    self.switch_deadline = Some(Instant::now() + self.shared.config.switch_timeout);
+                }
                 // A close frame the client has partly seen cannot be taken back.
                 Toward::Client if self.tracker.current_opcode() != Some(OpCode::Close) => {
                     self.switching = true;
-                    self.deadline = Some(Instant::now() + self.shared.config.close_timeout);
+                    let config = &self.shared.config;
+                    // The old upstream's close comes only after the client's boundary.
+                    self.deadline =
+                        Some(Instant::now() + config.switch_timeout + config.close_timeout);
                 }
                 Toward::Client => {}
             },
@@ -63,22 +87,78 @@ impl Direction<'_> {
         }
     }
 
+    /// Toward the upstream: the client stayed inside a message for the whole switch
+    /// timeout. The switch is answered [`SwitchError::NoBoundary`] and the relay goes on.
+    pub(super) fn give_up_switch(&mut self) {
+        self.switch_deadline = None;
+        if matches!(self.requested, Some(Injection::Handover)) {
+            self.requested = None;
+        }
+        if let Some(pending) = lock(&self.shared.commands.switch).take() {
+            let _ = pending.done.send(Err(SwitchError::NoBoundary));
+        }
+        // Tells the other direction to stop waiting for the old upstream's close.
+        self.shared.commands.sender.send_if_modified(|command| {
+            let switching = *command == RelayCommand::Switch;
+            if switching {
+                *command = RelayCommand::Run;
+            }
+            switching
+        });
+    }
+
+    /// Toward the client: back to plain relaying; a held-back frame start goes out next.
+    fn stop_switching(&mut self) {
+        self.switching = false;
+        if self.end.injected.is_none() && self.end.close.is_none() {
+            self.deadline = None;
+        }
+    }
+
     /// Follows the frames in `data`, injecting a requested close at a message boundary.
     /// Nothing after an injected close goes out: the destination already has our close.
-    pub(super) fn plan(&mut self, data: &[u8]) -> Result<Plan, ProtocolError> {
+    ///
+    /// A framing error makes the relay opaque (transparent, like nginx and HAProxy): the
+    /// bytes go through as they are, so the endpoint that owns the protocol answers it
+    /// (typically a 1002 close), and both sides must end within the close timeout.
+    pub(super) fn plan(&mut self, data: &[u8]) -> Plan {
         if self.switching {
-            return self.plan_switching(data).map(Plan::Bytes);
+            return Plan::Bytes(self.plan_switching(data));
         }
         let already_closed = self.end.injected.is_some();
+        if self.opaque {
+            return if already_closed {
+                Plan::Bytes(Vec::new())
+            } else {
+                Plan::All
+            };
+        }
         let mut out: Option<Vec<u8>> = None;
         let mut pos = 0;
         while pos < data.len() {
-            let Some((consumed, frame)) = self.tracker.feed(&data[pos..])? else {
-                break;
+            let at_boundary = self.tracker.at_message_boundary();
+            let frame_start = self.tracker.between_frames().then_some(pos);
+            let (consumed, frame) = match self.tracker.feed(&data[pos..]) {
+                Ok(Some(end)) => end,
+                Ok(None) => break,
+                Err(FrameError::Protocol(reason)) => {
+                    tracing::debug!(reason, toward = ?self.toward, "framing error: relaying opaquely");
+                    self.opaque = true;
+                    self.shared.go_opaque();
+                    break;
+                }
+                Err(error @ FrameError::TooBig { resume_at, .. }) => {
+                    if out.is_none() && !already_closed {
+                        out = Some(self.refuse_oversized(data, pos, frame_start, at_boundary));
+                    }
+                    tracing::debug!(%error, toward = ?self.toward, "closing with 1009");
+                    pos += resume_at;
+                    continue;
+                }
             };
             pos += consumed;
             if frame.opcode == OpCode::Close && self.end.close.is_none() {
-                self.end.close = Some(frame.close_code.unwrap_or(1005));
+                self.end.close = Some(frame.close_code.unwrap_or(close_code::NO_STATUS));
                 self.deadline
                     .get_or_insert(Instant::now() + self.shared.config.close_timeout);
                 if self.shared.closes.fetch_add(1, Ordering::AcqRel) == 1 {
@@ -102,56 +182,102 @@ impl Direction<'_> {
                         buf.extend_from_slice(&self.close_frame(MOVED_CODE, MOVED_REASON));
                         // The rest belongs to the next upstream, unread by the tracker.
                         self.end.handover = Some(data[pos..].to_vec());
-                        return Ok(Plan::Bytes(buf));
+                        return Plan::Bytes(buf);
                     }
                     None => {}
                 }
             }
         }
-        Ok(match out {
+        match out {
             // The close went in here: what came before it, then the close.
             Some(buf) => Plan::Bytes(buf),
             None if already_closed => Plan::Bytes(Vec::new()),
             None => Plan::All,
-        })
+        }
+    }
+
+    /// A frame past the size limits starts at `frame_start` (or in an earlier read): what
+    /// came before it goes out, then a 1009 close if the destination is between messages
+    /// (otherwise it only gets the end of the stream). The source is asked to close with
+    /// 1009 too, and the rest of what it sends is swallowed up to its close.
+    fn refuse_oversized(
+        &mut self,
+        data: &[u8],
+        pos: usize,
+        frame_start: Option<usize>,
+        at_boundary: bool,
+    ) -> Vec<u8> {
+        const REASON: &str = "message too big";
+        let mut buf = data[..frame_start.unwrap_or(pos)].to_vec();
+        if frame_start.is_some() && at_boundary {
+            buf.extend_from_slice(&self.close_frame(close_code::MESSAGE_TOO_BIG, REASON));
+        } else {
+            self.end.injected = Some(close_code::MESSAGE_TOO_BIG);
+            self.deadline = Some(Instant::now() + self.shared.config.half_close_timeout);
+        }
+        self.shared
+            .commands
+            .sender
+            .send_replace(RelayCommand::Close {
+                code: close_code::MESSAGE_TOO_BIG,
+                reason: REASON.into(),
+            });
+        buf
     }
 
     /// Toward the client while switching: forwards the old upstream's frames up to its
     /// close, which (with anything after it) the client never sees.
-    pub(super) fn plan_switching(&mut self, data: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    pub(super) fn plan_switching(&mut self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < data.len() {
             let frame_start = pos;
-            let Some((consumed, frame)) = self.tracker.feed(&data[pos..])? else {
+            let (consumed, frame) = match self.tracker.feed(&data[pos..]) {
+                Ok(Some(end)) => end,
                 // Inside a frame that goes on in the next read: hold it back if it is the
                 // close, forward it otherwise.
-                if self.tracker.current_opcode() == Some(OpCode::Close) {
-                    self.held.extend_from_slice(&data[pos..]);
-                } else {
-                    out.extend_from_slice(&data[pos..]);
+                Ok(None) => {
+                    if self.tracker.current_opcode() == Some(OpCode::Close) {
+                        self.held.extend_from_slice(&data[pos..]);
+                    } else {
+                        out.extend_from_slice(&data[pos..]);
+                    }
+                    break;
                 }
-                break;
+                // The old upstream broke the framing mid-switch: no boundary can be trusted
+                // any more, so the switch ends with the relay, which turns opaque.
+                Err(_) => {
+                    self.switching = false;
+                    self.opaque = true;
+                    self.shared.go_opaque();
+                    out.append(&mut self.held);
+                    out.extend_from_slice(&data[pos..]);
+                    break;
+                }
             };
             pos += consumed;
             if frame.opcode == OpCode::Close {
                 self.held = Vec::new();
-                self.end.close = Some(frame.close_code.unwrap_or(1005));
+                self.end.close = Some(frame.close_code.unwrap_or(close_code::NO_STATUS));
                 if self.tracker.at_message_boundary() {
                     self.end.handed_over = true;
                 } else {
                     // Moving now would leave the client with half a message.
-                    out.extend_from_slice(&close_frame(1012, "Service Restart", false));
-                    self.end.injected = Some(1012);
+                    out.extend_from_slice(&close_frame(
+                        close_code::SERVICE_RESTART,
+                        "Service Restart",
+                        false,
+                    ));
+                    self.end.injected = Some(close_code::SERVICE_RESTART);
                     self.shared.stop_both();
                 }
                 self.switching = false;
-                return Ok(out);
+                return out;
             }
-            out.extend_from_slice(&std::mem::take(&mut self.held));
+            out.append(&mut self.held);
             out.extend_from_slice(&data[frame_start..pos]);
         }
-        Ok(out)
+        out
     }
 
     pub(super) fn close_frame(&mut self, code: u16, reason: &str) -> Bytes {
@@ -164,6 +290,7 @@ impl Direction<'_> {
     /// messages and has had no close from us either.
     pub(super) fn upstream_vanished(&self) -> bool {
         self.toward == Toward::Client
+            && !self.shared.is_opaque()
             && self.end.close.is_none()
             && self.end.injected.is_none()
             && self.tracker.at_message_boundary()
@@ -172,5 +299,13 @@ impl Direction<'_> {
     /// Whether nothing more needs to go this way.
     pub(super) fn finished(&self) -> bool {
         self.handshake_complete || (self.end.injected.is_some() && self.end.close.is_some())
+    }
+
+    /// The earliest deadline this direction waits on, counting the relay-wide one.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        [self.deadline, self.switch_deadline, self.shared.end_by()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

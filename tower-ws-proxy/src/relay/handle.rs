@@ -9,8 +9,10 @@ use std::{
 use tokio::sync::{oneshot, watch};
 
 use super::Peer;
+use crate::frame::FrameLimits;
 
-/// Timeouts of a relay.
+/// Deadlines and limits of a relay. Every state a relay can wait in has a deadline here, so
+/// no peer, however broken, holds a connection's slot and descriptors past it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -18,14 +20,28 @@ use super::Peer;
 ///
 /// let config = RelayConfig::default().idle_timeout(Some(Duration::from_secs(60)));
 /// assert_eq!(config.close_timeout, Duration::from_secs(5));
+/// assert_eq!(config.half_close_timeout, Duration::from_secs(1));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RelayConfig {
     /// Close both sides with 1001 after this long without a byte either way (default: none).
     pub idle_timeout: Option<Duration>,
-    /// How long to wait for the peers to answer a close the relay sent (default: 5 s).
+    /// How long to wait for the peers to answer a close the relay sent, and for the
+    /// endpoints to end a connection on which a framing error was seen (default: 5 s).
     pub close_timeout: Duration,
+    /// Once one side's connection has ended (EOF, reset, or its close handshake is done),
+    /// how long the other side has to finish before both sockets are dropped (default: 1 s).
+    pub half_close_timeout: Duration,
+    /// How long a live switch waits for the client to reach a message boundary before it
+    /// gives up with [`SwitchError::NoBoundary`] (default: 2 s).
+    pub switch_timeout: Duration,
+    /// The largest frame and message relayed; past them both sides are closed with 1009
+    /// (default: 16 MiB a frame, 64 MiB a message).
+    pub limits: FrameLimits,
+    /// TCP keepalive on both sockets, to find half-open peers: the idle time before the
+    /// first probe (default: 30 s; then 3 probes 10 s apart).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -33,6 +49,10 @@ impl Default for RelayConfig {
         Self {
             idle_timeout: None,
             close_timeout: Duration::from_secs(5),
+            half_close_timeout: Duration::from_secs(1),
+            switch_timeout: Duration::from_secs(2),
+            limits: FrameLimits::default(),
+            tcp_keepalive: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -47,6 +67,30 @@ impl RelayConfig {
     /// Sets the close timeout.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets the half-close timeout.
+    pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
+        self.half_close_timeout = timeout;
+        self
+    }
+
+    /// Sets the switch timeout.
+    pub fn switch_timeout(mut self, timeout: Duration) -> Self {
+        self.switch_timeout = timeout;
+        self
+    }
+
+    /// Sets the frame and message limits.
+    pub fn limits(mut self, limits: FrameLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets TCP keepalive (`None`: off).
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.tcp_keepalive = idle;
         self
     }
 }
@@ -88,6 +132,9 @@ pub enum SwitchError {
     /// The old upstream closed in the middle of a message, so the client could not be moved
     /// without seeing half a message; it was closed with 1012 instead.
     Interrupted,
+    /// The client stayed inside a message for the whole switch timeout, so there was no
+    /// boundary to switch at. The relay goes on with the old upstream.
+    NoBoundary,
 }
 
 impl fmt::Display for SwitchError {
@@ -96,6 +143,7 @@ impl fmt::Display for SwitchError {
             SwitchError::Busy => "another switch is in progress",
             SwitchError::Ended => "the connection is closing or has ended",
             SwitchError::Interrupted => "the old backend closed in the middle of a message",
+            SwitchError::NoBoundary => "the client did not reach a message boundary in time",
         })
     }
 }

@@ -60,12 +60,19 @@ struct Activity {
 struct Shared<'a> {
     config: RelayConfig,
     activity: &'a Activity,
+    commands: &'a RelayCommands,
     /// Close frames seen, one per direction at most; at 2 the close handshake is complete.
     closes: AtomicU8,
-    /// Set when the other direction must stop too (the close handshake completed, or a
-    /// switch failed).
+    /// Set when the other direction must stop too (the close handshake completed, a
+    /// destination failed, or a switch failed).
     stopped: AtomicBool,
-    stop: Notify,
+    /// Set once either direction saw a framing error: bytes pass through untracked.
+    opaque: AtomicBool,
+    /// Milliseconds after `activity.start` by which both directions must have ended
+    /// (`u64::MAX`: no such deadline yet).
+    end_by: AtomicU64,
+    /// Wakes the directions after `stopped`, `opaque` or `end_by` changed.
+    changed: Notify,
 }
 
 impl Shared<'_> {
@@ -76,7 +83,34 @@ impl Shared<'_> {
 
     fn stop_both(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.stop.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// Both directions end within `limit` from now, whatever the peers do.
+    fn end_within(&self, limit: Duration) {
+        let at = (self.activity.start.elapsed() + limit).as_millis() as u64;
+        if self.end_by.fetch_min(at, Ordering::AcqRel) > at {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn end_by(&self) -> Option<Instant> {
+        match self.end_by.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ms => Some(self.activity.start + Duration::from_millis(ms)),
+        }
+    }
+
+    /// A framing error: from now on bytes pass through as they are, and the endpoints have
+    /// the close timeout to end the connection.
+    fn go_opaque(&self) {
+        self.opaque.store(true, Ordering::Release);
+        self.end_within(self.config.close_timeout);
+        self.changed.notify_waiters();
+    }
+
+    fn is_opaque(&self) -> bool {
+        self.opaque.load(Ordering::Acquire)
     }
 }
 
@@ -110,7 +144,7 @@ impl Peer {
 }
 
 /// The close sent to an old upstream when its client moves to another backend.
-const MOVED_CODE: u16 = 1001;
+const MOVED_CODE: u16 = crate::close_code::GOING_AWAY;
 const MOVED_REASON: &str = "moved to another backend";
 
 /// Relays an upgraded WebSocket connection until both sides have closed.
@@ -119,7 +153,11 @@ const MOVED_REASON: &str = "moved to another backend";
 /// requested through the [`RelayHandle`] (or by the idle timeout) is injected only between
 /// messages. After injecting a close toward one side, the relay drops whatever the other
 /// side still sends that way up to its own close, so neither side sees a second close.
-/// A framing error ends the relay (both connections are dropped).
+/// A framing error makes the relay transparent: the bytes pass through untouched so the
+/// endpoint that owns the protocol answers it (with a 1002 close, typically), and both
+/// connections are dropped if they have not ended within the close timeout. A frame or
+/// message past the configured limits closes both sides with 1009. Once one side's
+/// connection ends, the other has the half-close timeout to finish.
 ///
 /// [`RelayHandle::switch_to`] moves the client to another upstream without a close: the
 /// relay then runs again on the new pair.
@@ -143,6 +181,9 @@ pub async fn relay(
             stream: mut client_stream,
             preread: mut client_bytes,
         } = client;
+        if let Some(idle) = config.tcp_keepalive {
+            keepalive(&client_stream, idle);
+        }
         let mut upstream = upstream;
         let mut outcome = RelayOutcome {
             client_close: None,
@@ -181,7 +222,7 @@ pub async fn relay(
                 }
                 (_, _, pending) => {
                     if let Some(pending) = pending {
-                        let error = if down.injected == Some(1012) {
+                        let error = if down.injected == Some(crate::close_code::SERVICE_RESTART) {
                             SwitchError::Interrupted
                         } else {
                             SwitchError::Ended
@@ -216,12 +257,18 @@ async fn relay_to(
         stream: mut upstream_stream,
         preread: upstream_bytes,
     } = upstream;
+    if let Some(idle) = config.tcp_keepalive {
+        keepalive(&upstream_stream, idle);
+    }
     let shared = Shared {
         config,
         activity,
+        commands,
         closes: AtomicU8::new(0),
         stopped: AtomicBool::new(false),
-        stop: Notify::new(),
+        opaque: AtomicBool::new(false),
+        end_by: AtomicU64::new(u64::MAX),
+        changed: Notify::new(),
     };
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream_stream.split();
@@ -256,7 +303,7 @@ async fn idle_watch(
                 activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
             if Instant::now() >= last + idle {
                 commands.send_replace(RelayCommand::Close {
-                    code: 1001,
+                    code: crate::close_code::GOING_AWAY,
                     reason: "idle timeout".into(),
                 });
                 break;
@@ -265,4 +312,16 @@ async fn idle_watch(
         }
     }
     std::future::pending().await
+}
+
+/// TCP keepalive: probes after `idle` without traffic, then 3 more 10 s apart, so a peer
+/// that vanished without a FIN or RST is found.
+fn keepalive(stream: &TcpStream, idle: Duration) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+        tracing::debug!(%error, "cannot set TCP keepalive");
+    }
 }

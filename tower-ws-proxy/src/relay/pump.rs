@@ -16,6 +16,7 @@ use tokio::{
         TcpStream,
     },
     sync::watch,
+    time::Instant,
 };
 
 use crate::frame::FrameTracker;
@@ -26,8 +27,24 @@ use super::{
 };
 use crate::RelayCommand;
 
-/// Copies one direction, injecting a requested close at the first message boundary.
+/// Copies one direction, injecting a requested close at the first message boundary. When it
+/// ends other than by handing over, the other direction has the half-close timeout left.
 pub(super) async fn pump(
+    src: ReadHalf<'_>,
+    dst: WriteHalf<'_>,
+    preread: Bytes,
+    toward: Toward,
+    commands: watch::Receiver<RelayCommand>,
+    shared: &Shared<'_>,
+) -> DirectionEnd {
+    let end = pump_until_done(src, dst, preread, toward, commands, shared).await;
+    if end.handover.is_none() && !end.handed_over {
+        shared.end_within(shared.config.half_close_timeout);
+    }
+    end
+}
+
+async fn pump_until_done(
     mut src: ReadHalf<'_>,
     dst: WriteHalf<'_>,
     preread: Bytes,
@@ -39,23 +56,24 @@ pub(super) async fn pump(
     let mut this = Direction {
         toward,
         shared,
-        tracker: FrameTracker::default(),
+        tracker: FrameTracker::with_limits(shared.config.limits),
         end: DirectionEnd::default(),
         requested: None,
         deadline: None,
+        switch_deadline: None,
         handshake_complete: false,
         switching: false,
         held: Vec::new(),
+        opaque: false,
     };
     let mut pending: Option<Vec<u8>> = None;
     // Consumed here so nothing keeps it alive for the rest of the connection.
     let preread = preread;
     if !preread.is_empty() {
-        match this.plan(&preread) {
-            Ok(Plan::All) => pending = Some(preread.to_vec()),
-            Ok(Plan::Bytes(bytes)) => pending = Some(bytes),
-            Err(_) => return this.end,
-        }
+        pending = Some(match this.plan(&preread) {
+            Plan::All => preread.to_vec(),
+            Plan::Bytes(bytes) => bytes,
+        });
         this.end.bytes += preread.len() as u64;
     }
     drop(preread);
@@ -69,32 +87,33 @@ pub(super) async fn pump(
     };
     tokio::pin!(command_arrived);
     let mut command_seen = false;
-    let stop = shared.stop.notified();
-    tokio::pin!(stop);
-    stop.as_mut().enable();
-    let close_deadline = tokio::time::sleep(Duration::from_secs(86_400));
-    tokio::pin!(close_deadline);
+    let changed = shared.changed.notified();
+    tokio::pin!(changed);
+    changed.as_mut().enable();
+    let timer = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(timer);
 
     loop {
         if let Some(bytes) = pending.take() {
             if write_all(dst, &bytes).await.is_err() {
-                return this.end;
+                return broken(this);
             }
         }
         if this.end.handover.is_some() || this.end.handed_over {
             return this.end;
         }
-        if this.finished() || shared.stopped.load(Ordering::Acquire) {
+        let out_of_time = shared.end_by().is_some_and(|at| Instant::now() >= at);
+        if this.finished() || shared.stopped.load(Ordering::Acquire) || out_of_time {
             shutdown_write(dst);
             return this.end;
         }
         // Between messages and nothing half-forwarded: inject right away.
-        if this.tracker.at_message_boundary() && this.end.close.is_none() {
+        if this.tracker.at_message_boundary() && this.end.close.is_none() && !shared.is_opaque() {
             match this.requested.take() {
                 Some(Injection::Close(code, reason)) => {
                     let frame = this.close_frame(code, &reason);
                     if write_all(dst, &frame).await.is_err() {
-                        return this.end;
+                        return broken(this);
                     }
                     continue;
                 }
@@ -107,9 +126,9 @@ pub(super) async fn pump(
                 None => {}
             }
         }
-        if let Some(deadline) = this.deadline {
-            if close_deadline.deadline() != deadline {
-                close_deadline.as_mut().reset(deadline);
+        if let Some(deadline) = this.next_deadline() {
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
             }
         }
         let step = std::future::poll_fn(|cx| {
@@ -131,11 +150,11 @@ pub(super) async fn pump(
                     return Poll::Ready(Step::Command(command));
                 }
             }
-            if this.deadline.is_some() && close_deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::Finished);
+            if this.next_deadline().is_some() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Timer);
             }
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::Finished);
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Changed);
             }
             Poll::Pending
         })
@@ -145,43 +164,75 @@ pub(super) async fn pump(
             Step::Command(command) => {
                 if let Some(command) = command {
                     this.on_command(&command);
+                    if !this.switching && !this.held.is_empty() {
+                        pending = Some(std::mem::take(&mut this.held));
+                    }
                 }
             }
             Step::Pending(bytes) => pending = Some(bytes),
-            // The old upstream ended or missed its deadline while handing over: the client
-            // is not closed, it moves on.
-            Step::Finished if this.switching => {
-                this.end.handed_over = true;
-                return this.end;
+            Step::Changed => {
+                changed.set(shared.changed.notified());
+                changed.as_mut().enable();
             }
-            Step::Finished => {
-                // A switch requested just before the old upstream went: the client moves on.
-                if commands.has_changed().unwrap_or(false) {
-                    let command = commands.borrow_and_update().clone();
-                    this.on_command(&command);
-                    if this.switching {
-                        this.end.handed_over = true;
-                        return this.end;
-                    }
+            Step::Timer => {
+                let now = Instant::now();
+                if this.switch_deadline.is_some_and(|at| now >= at) {
+                    this.give_up_switch();
+                } else if this.deadline.is_some_and(|at| now >= at) {
+                    return source_finished(this, &mut commands, dst).await;
                 }
-                if this.upstream_vanished() {
-                    // Tell the client, between messages, rather than leave it a bare EOF:
-                    // with the close it was about to get, or a "try again".
-                    let command = commands.borrow().clone();
-                    let (code, reason) = match (this.requested.take(), command) {
-                        (Some(Injection::Close(code, reason)), _)
-                        | (_, RelayCommand::Close { code, reason }) => (code, reason),
-                        _ => (1012, "the backend closed the connection".into()),
-                    };
-                    let frame = this.close_frame(code, &reason);
-                    let _ = write_all(dst, &frame).await;
-                }
-                shutdown_write(dst);
-                return this.end;
+                // Otherwise the relay-wide deadline: the loop's check ends the direction.
             }
-            Step::Broken => return this.end,
+            Step::Finished => return source_finished(this, &mut commands, dst).await,
+            Step::Broken => return broken(this),
         }
     }
+}
+
+/// The source ended, or missed its close deadline.
+async fn source_finished(
+    mut this: Direction<'_>,
+    commands: &mut watch::Receiver<RelayCommand>,
+    dst: &TcpStream,
+) -> DirectionEnd {
+    // The old upstream ended or missed its deadline while handing over: the client is not
+    // closed, it moves on.
+    if this.switching {
+        this.end.handed_over = true;
+        return this.end;
+    }
+    // A switch requested just before the old upstream went: the client moves on.
+    if commands.has_changed().unwrap_or(false) {
+        let command = commands.borrow_and_update().clone();
+        this.on_command(&command);
+        if this.switching {
+            this.end.handed_over = true;
+            return this.end;
+        }
+    }
+    if this.upstream_vanished() {
+        // Tell the client, between messages, rather than leave it a bare EOF: with the
+        // close it was about to get, or a "try again".
+        let command = commands.borrow().clone();
+        let (code, reason) = match (this.requested.take(), command) {
+            (Some(Injection::Close(code, reason)), _)
+            | (_, RelayCommand::Close { code, reason }) => (code, reason),
+            _ => (
+                crate::close_code::SERVICE_RESTART,
+                "the backend closed the connection".into(),
+            ),
+        };
+        let frame = this.close_frame(code, &reason);
+        let _ = write_all(dst, &frame).await;
+    }
+    shutdown_write(dst);
+    this.end
+}
+
+/// The destination failed: nothing more can reach it, so both directions stop now.
+fn broken(this: Direction<'_>) -> DirectionEnd {
+    this.shared.stop_both();
+    this.end
 }
 
 /// Reads what `src` has and forwards it, without holding a buffer across an await: the
@@ -206,17 +257,13 @@ fn read_and_forward(
         this.shared.touch();
         this.end.bytes += read as u64;
         Poll::Ready(match this.plan(&buf[..read]) {
-            Ok(Plan::All) => match try_write_all(dst, &buf[..read]) {
+            Plan::All => match try_write_all(dst, &buf[..read]) {
                 Ok(written) if written == read => Step::Sent,
                 Ok(written) => Step::Pending(buf[written..read].to_vec()),
                 Err(_) => Step::Broken,
             },
-            Ok(Plan::Bytes(bytes)) if bytes.is_empty() => Step::Sent,
-            Ok(Plan::Bytes(bytes)) => Step::Pending(bytes),
-            Err(error) => {
-                tracing::debug!(%error, toward = ?this.toward, "dropping websocket relay");
-                Step::Broken
-            }
+            Plan::Bytes(bytes) if bytes.is_empty() => Step::Sent,
+            Plan::Bytes(bytes) => Step::Pending(bytes),
         })
     })
 }
@@ -229,9 +276,13 @@ enum Step {
     Command(Option<RelayCommand>),
     /// These bytes still have to be written.
     Pending(Vec<u8>),
-    /// The source ended, the close deadline passed, or the close handshake completed.
+    /// The relay's shared state changed (stopped, opaque, or a deadline for both).
+    Changed,
+    /// A deadline of this direction or of the relay passed.
+    Timer,
+    /// The source ended (EOF or a read error).
     Finished,
-    /// The destination failed or the framing was invalid: drop both sides.
+    /// The destination failed: drop both sides.
     Broken,
 }
 
