@@ -128,6 +128,11 @@ impl ProxiedConnection {
             Err(error @ SwitchError::Interrupted) => {
                 Outcome::FellBack(Fallback::new(FallbackKind::Interrupted, error.to_string()))
             }
+            // The relay goes on with the old backend: close it the policy's way instead.
+            Err(error @ SwitchError::NoBoundary) => self.reconnect(
+                &policy,
+                Fallback::new(FallbackKind::NoBoundary, error.to_string()),
+            ),
             Err(error) => Outcome::Failed(error.to_string()),
         }
     }

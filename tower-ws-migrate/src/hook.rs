@@ -79,17 +79,21 @@ pub enum FallbackKind {
     Interrupted,
     /// The new ring is empty, or has no service for the new owner, or the handle cannot dial.
     NoNewOwner,
+    /// The client stayed inside a message (a fragment without FIN, then silence) for the
+    /// whole switch timeout: there was no boundary to switch at.
+    NoBoundary,
 }
 
 impl FallbackKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FallbackKind; 6] = [
+    pub const ALL: [FallbackKind; 7] = [
         FallbackKind::DialFailed,
         FallbackKind::Refused,
         FallbackKind::ProtocolMismatch,
         FallbackKind::StatefulExtension,
         FallbackKind::Interrupted,
         FallbackKind::NoNewOwner,
+        FallbackKind::NoBoundary,
     ];
 
     /// A stable snake-case name (for metrics and JSON).
@@ -101,6 +105,7 @@ impl FallbackKind {
             FallbackKind::StatefulExtension => "stateful_extension",
             FallbackKind::Interrupted => "interrupted",
             FallbackKind::NoNewOwner => "no_new_owner",
+            FallbackKind::NoBoundary => "no_boundary",
         }
     }
 

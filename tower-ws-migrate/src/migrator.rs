@@ -11,6 +11,9 @@ use crate::{
 };
 
 const DEFAULT_IN_FLIGHT: usize = 256;
+/// Long enough for a dial (connect 2 s, handshake 5 s), a switch (2 s) and the old
+/// backend's close (5 s) at their defaults.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Moves the connections of a [`Registry`] whose owner changed, on every new ring snapshot.
 ///
@@ -41,6 +44,7 @@ pub struct Migrator<H> {
     pacing: Pacing,
     drain_window: Duration,
     in_flight: Arc<Semaphore>,
+    deadline: Duration,
     hook: Arc<dyn MigrationHook>,
     stats: MigrationStats,
 }
@@ -73,6 +77,7 @@ where
             pacing: Pacing::default(),
             drain_window: Duration::ZERO,
             in_flight: Arc::new(Semaphore::new(DEFAULT_IN_FLIGHT)),
+            deadline: DEFAULT_DEADLINE,
             hook: Arc::new(()),
             stats: MigrationStats::default(),
         }
@@ -102,6 +107,14 @@ where
     /// the new owner, and thousands of dials at once overflow its accept queue.
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.in_flight = Arc::new(Semaphore::new(limit.max(1)));
+        self
+    }
+
+    /// A migration that has no outcome after this long counts as failed and gives back its
+    /// in-flight permit, so stuck peers can never stop the others from moving (default:
+    /// 15 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
         self
     }
 
@@ -197,8 +210,11 @@ where
             let (registry, stats, hook) =
                 (self.registry.clone(), self.stats.clone(), self.hook.clone());
             let ring_version = ring.version();
+            let deadline = self.deadline;
             tokio::spawn(async move {
-                let outcome = migration.await;
+                let outcome = tokio::time::timeout(deadline, migration)
+                    .await
+                    .unwrap_or_else(|_| Outcome::Failed(format!("no outcome within {deadline:?}")));
                 drop(permit);
                 if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =
                     (&outcome, &*policy, &planned.to)

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
+use std::time::{Duration, Instant};
+
 use tokio::{
-    io::AsyncReadExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 use tower_hashring::NodeId;
@@ -25,16 +27,43 @@ async fn socket_pair() -> (TcpStream, TcpStream) {
 
 /// A relayed connection: the client's end of it, and its handle.
 async fn relayed() -> (TcpStream, TcpStream, RelayHandle) {
+    relayed_with(RelayConfig::default()).await
+}
+
+async fn relayed_with(config: RelayConfig) -> (TcpStream, TcpStream, RelayHandle) {
     let (client, relay_client) = socket_pair().await;
     let (upstream, relay_upstream) = socket_pair().await;
     let (handle, commands) = RelayHandle::new();
     tokio::spawn(relay(
         Peer::new(relay_client),
         Peer::new(relay_upstream),
-        RelayConfig::default(),
+        config,
         commands,
     ));
     (client, upstream, handle)
+}
+
+/// A backend that accepts one WebSocket handshake (any key: the relay does not check the
+/// accept value) and then holds the connection.
+async fn accepting_backend() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        tcp.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+    });
+    address
 }
 
 async fn assert_closed_with(client: &mut TcpStream, code: u16, reason: &str) {
@@ -112,4 +141,39 @@ async fn a_failed_dial_reconnects_with_the_policys_close() {
     assert_eq!(why.kind, FallbackKind::DialFailed);
     assert!(why.detail.starts_with("dialing b"), "{why}");
     assert_closed_with(&mut client, 4100, "moving").await;
+}
+
+/// A client parked inside a message (a fragment without FIN, then silence) cannot be
+/// switched: after the switch timeout the move falls back to the policy's close, counted
+/// as `no_boundary`, instead of holding its migration forever.
+#[tokio::test]
+async fn a_client_parked_mid_message_falls_back_after_the_switch_timeout() {
+    let config = RelayConfig::default().switch_timeout(Duration::from_millis(300));
+    let (mut client, _upstream, handle) = relayed_with(config).await;
+    // Masked text "hel", no FIN.
+    client
+        .write_all(&[0x01, 0x83, 0, 0, 0, 0, b'h', b'e', b'l'])
+        .await
+        .unwrap();
+    let address = accepting_backend().await;
+    let lookup: Arc<dyn UpstreamLookup> = Arc::new(move |_: &NodeId| {
+        Some(Upstream::new(address.as_str(), UpstreamConfig::default()))
+    });
+    let connection = ProxiedConnection::new(handle, request(), &HeaderMap::new(), lookup);
+    let started = Instant::now();
+    let outcome = connection
+        .migrate(
+            &MigrationPolicy::live(),
+            &NodeId::from("a"),
+            Some(&NodeId::from("b")),
+        )
+        .await;
+    let Outcome::FellBack(why) = outcome else {
+        panic!("expected a fallback, got {outcome:?}");
+    };
+    assert_eq!(why.kind, FallbackKind::NoBoundary);
+    assert_eq!(why.kind.as_str(), "no_boundary");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_closed_with(&mut client, 1012, "Service Restart").await;
 }

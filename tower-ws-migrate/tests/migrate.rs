@@ -22,10 +22,17 @@ struct Recorder {
     key: String,
     log: Log,
     ended: bool,
+    /// Records the request, then never finishes (a peer that never answers).
+    hangs: bool,
 }
 
 impl Migrate for Recorder {
     fn migrate(&self, policy: &MigrationPolicy, _: &NodeId, _: Option<&NodeId>) -> MigrateFuture {
+        if self.hangs {
+            let entry = (self.key.clone(), Instant::now(), policy.clone());
+            self.log.lock().unwrap().push(entry);
+            return Box::pin(std::future::pending());
+        }
         let outcome = if self.ended {
             Outcome::Failed("already ended".into())
         } else {
@@ -50,6 +57,8 @@ struct Setup {
     publish: watch::Sender<Arc<RingSnapshot>>,
     log: Log,
     guards: Vec<Registered<Recorder>>,
+    /// Connections made from now on never finish a migration.
+    hanging: bool,
 }
 
 impl Setup {
@@ -61,6 +70,7 @@ impl Setup {
             publish,
             log: Arc::default(),
             guards: Vec::new(),
+            hanging: false,
         };
         (setup, watch)
     }
@@ -90,6 +100,7 @@ impl Setup {
             key: key.to_owned(),
             log: self.log.clone(),
             ended: false,
+            hangs: self.hanging,
         };
         let position = ring.key_position(key.as_bytes());
         let guard = self.registry.register_with_policy(
@@ -276,6 +287,7 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
         key: ended_key.into(),
         log: setup.log.clone(),
         ended: true,
+        hangs: false,
     };
     let position = snapshot.ring().key_position(ended_key.as_bytes());
     let _ended = setup.registry.register(
@@ -499,4 +511,32 @@ async fn a_latecomer_on_the_old_ring_moves_as_soon_as_it_registers() {
     setup.connect_on(&unchanged, &old);
     settle().await;
     assert_eq!(setup.moved_keys(), BTreeSet::from([late]));
+}
+
+/// Migrations that never finish (a peer that never answers) give their permits back at the
+/// deadline: with one permit, every affected connection is still tried, one deadline apart,
+/// and each counts as failed.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_migration_gives_back_its_permit_at_the_deadline() {
+    let (mut setup, watch) = Setup::new(&["a"]);
+    setup.hanging = true;
+    setup.connect(users(200));
+    let migrator = Migrator::new(setup.registry.clone(), watch)
+        .pacing(Pacing::unlimited())
+        .max_in_flight(1)
+        .deadline(Duration::from_secs(1));
+    let stats = migrator.stats();
+    tokio::spawn(migrator.run());
+    setup.change(&["a", "b"]);
+    settle().await;
+    let affected = setup.moved_keys().len();
+    assert_eq!(affected, 1, "one permit: one migration at a time");
+    let expected = owner_changed(200, &["a"], &["a", "b"]).len();
+    tokio::time::sleep(Duration::from_secs(expected as u64) + Duration::from_millis(500)).await;
+    assert_eq!(setup.moved_keys(), owner_changed(200, &["a"], &["a", "b"]));
+    assert_eq!(stats.failed(), expected as u64);
+    let times = setup.moved_times();
+    assert!(times
+        .windows(2)
+        .all(|w| w[1] - w[0] == Duration::from_secs(1)));
 }

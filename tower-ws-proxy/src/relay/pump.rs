@@ -78,15 +78,10 @@ async fn pump_until_done(
     }
     drop(preread);
 
-    // The rare signals wait in futures made once, so the hot path registers nothing: only
-    // when the socket has nothing to read does the pump poll them too.
-    let mut command_watch = commands.clone();
-    let command_arrived = async move {
-        let command = command_watch.wait_for(|c| *c != RelayCommand::Run).await;
-        command.ok().map(|c| c.clone())
-    };
-    tokio::pin!(command_arrived);
-    let mut command_seen = false;
+    // The rare signals wait in futures made once (and again only after they fired), so the
+    // hot path registers nothing: only when the socket has nothing to read does the pump
+    // poll them too.
+    let mut command_sent = wake_on_command(commands.clone());
     let changed = shared.changed.notified();
     tokio::pin!(changed);
     changed.as_mut().enable();
@@ -144,11 +139,8 @@ async fn pump_until_done(
             if let Poll::Ready(step) = read_and_forward(cx, &mut src, dst, &mut this) {
                 return Poll::Ready(step);
             }
-            if !command_seen {
-                if let Poll::Ready(command) = command_arrived.as_mut().poll(cx) {
-                    command_seen = true;
-                    return Poll::Ready(Step::Command(command));
-                }
+            if let Poll::Ready(watch) = command_sent.as_mut().poll(cx) {
+                return Poll::Ready(Step::CommandSent(watch));
             }
             if this.next_deadline().is_some() && timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::Timer);
@@ -170,6 +162,8 @@ async fn pump_until_done(
                 }
             }
             Step::Pending(bytes) => pending = Some(bytes),
+            // Read on the next turn of the loop, by `commands.has_changed()`.
+            Step::CommandSent(watch) => command_sent = wake_on_command(watch),
             Step::Changed => {
                 changed.set(shared.changed.notified());
                 changed.as_mut().enable();
@@ -187,6 +181,19 @@ async fn pump_until_done(
             Step::Broken => return broken(this),
         }
     }
+}
+
+type CommandSent<'a> = Pin<Box<dyn Future<Output = watch::Receiver<RelayCommand>> + Send + 'a>>;
+
+/// Resolves (with the receiver, to wait again) once a command is sent after `watch` last
+/// looked. A relay's commands stay open while it runs, so a closed channel never resolves.
+fn wake_on_command<'a>(mut watch: watch::Receiver<RelayCommand>) -> CommandSent<'a> {
+    Box::pin(async move {
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        watch
+    })
 }
 
 /// The source ended, or missed its close deadline.
@@ -272,8 +279,10 @@ fn read_and_forward(
 enum Step {
     /// Everything read was forwarded.
     Sent,
-    /// A command arrived while the socket had nothing to read.
+    /// A command that has not been taken into account yet.
     Command(Option<RelayCommand>),
+    /// A command was sent while the socket had nothing to read (the wakeup's receiver).
+    CommandSent(watch::Receiver<RelayCommand>),
     /// These bytes still have to be written.
     Pending(Vec<u8>),
     /// The relay's shared state changed (stopped, opaque, or a deadline for both).
