@@ -13,15 +13,26 @@
 //! load_factor = 1.25            # bounded loads over live WebSockets (default: off)
 //!
 //! [limits]
-//! max_connections = 100000
+//! max_connections = 100000      # WebSockets at once (503 past it); default: from the descriptor limit
+//! max_http_connections = 10000  # public connections before an upgrade; past it closed at once
+//! max_head_bytes = 16384        # request head (431 past it; at least 8192)
+//! max_headers = 64              # request headers (431 past it)
+//! max_frame_bytes = 16777216    # a WebSocket frame (1009 past it; 0: no limit)
+//! max_message_bytes = 67108864  # a WebSocket message (1009 past it; 0: no limit)
 //!
 //! [timeouts]                    # milliseconds
-//! connect_ms = 2000
-//! handshake_ms = 5000
-//! idle_ms = 0                   # 0: no idle timeout
-//! close_ms = 5000
-//! shutdown_window_ms = 5000
-//! request_ms = 30000          # HTTP response head (408 past it)
+//! head_ms = 10000               # the request head; also bounds the keep-alive idle wait
+//! request_ms = 30000            # HTTP response head (408 past it)
+//! connect_ms = 2000             # TCP connect to a backend
+//! handshake_ms = 5000           # a backend's answer to the WebSocket handshake
+//! switch_ms = 2000              # a live move waits this long for the client's message boundary
+//! close_ms = 5000               # close handshake; and ending a connection after a framing error
+//! half_close_ms = 1000          # the other side, once one side's connection ended
+//! idle_ms = 0                   # WebSocket idle (1001 past it); 0: none
+//! tcp_keepalive_ms = 30000      # TCP keepalive probes on both sockets; 0: off
+//! migration_ms = 14000          # one migration's deadline (default: connect+handshake+switch+close)
+//! shutdown_window_ms = 5000     # WebSockets close with 1001 spread over this window
+//! shutdown_grace_ms = 5000      # then what is still open gets this long
 //!
 //! [migration]                  # WebSockets whose owner changed on the ring
 //! policy = "live"               # or "reconnect": close with close_code and reconnect
@@ -31,6 +42,8 @@
 //! jitter = 0.2                  # each gap varies by up to ± this fraction
 //! drain_ms = 5000               # a removed backend's connections move over this window
 //! routes = [{ prefix = "/game/", policy = "reconnect" }]   # first matching prefix wins
+//! secret_file = "/run/secrets/wscluster-migration"  # or secret = "…", or env WSCLUSTER_MIGRATION_SECRET:
+//!                               # live moves carry an HMAC the backends check
 //!
 //! [discovery]                  # backends that register themselves in Redis (wsbackend --redis)
 //! redis = "redis://127.0.0.1:6379"
@@ -67,9 +80,9 @@ use std::{fmt, net::SocketAddr, path::Path, time::Duration};
 use http::HeaderName;
 use serde::Deserialize;
 use tower_hashring::{HttpKey, KeySource, LoadFactor, MissingKeyPolicy, NodeId};
-use tower_ws_proxy::{RelayConfig, UpstreamConfig};
+use tower_ws_proxy::{frame::FrameLimits, RelayConfig, UpstreamConfig};
 
-use tower_ws_migrate::{MigrationPolicy, Pacing};
+use tower_ws_migrate::{MigrationPolicy, MigrationSecret, Pacing};
 
 use discovery::HealthCheck;
 
@@ -114,6 +127,8 @@ struct Migration {
     drain_ms: Option<u64>,
     #[serde(default)]
     routes: Vec<MigrationRoute>,
+    secret: Option<String>,
+    secret_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,16 +226,27 @@ enum MissingKey {
 #[serde(deny_unknown_fields)]
 struct Limits {
     max_connections: Option<usize>,
+    max_http_connections: Option<usize>,
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_frame_bytes: Option<u64>,
+    max_message_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Timeouts {
+    head_ms: Option<u64>,
     connect_ms: Option<u64>,
     handshake_ms: Option<u64>,
+    switch_ms: Option<u64>,
     idle_ms: Option<u64>,
     close_ms: Option<u64>,
+    half_close_ms: Option<u64>,
+    tcp_keepalive_ms: Option<u64>,
+    migration_ms: Option<u64>,
     shutdown_window_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
     request_ms: Option<u64>,
 }
 
@@ -255,6 +281,15 @@ impl ConfigFile {
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Whether the file sets the WebSocket and the HTTP connection caps (otherwise they are
+    /// derived from the descriptor limit).
+    pub fn sets_caps(&self) -> (bool, bool) {
+        (
+            self.limits.max_connections.is_some(),
+            self.limits.max_http_connections.is_some(),
+        )
     }
 
     /// The static backends.
@@ -331,11 +366,56 @@ impl ConfigFile {
             },
             relay: RelayConfig::default()
                 .idle_timeout(t.idle_ms.filter(|&v| v > 0).map(ms))
-                .close_timeout(t.close_ms.map_or(defaults.relay.close_timeout, ms)),
+                .close_timeout(positive_ms(t.close_ms, "close_ms")?.unwrap_or(defaults.relay.close_timeout))
+                .half_close_timeout(
+                    positive_ms(t.half_close_ms, "half_close_ms")?
+                        .unwrap_or(defaults.relay.half_close_timeout),
+                )
+                .switch_timeout(
+                    positive_ms(t.switch_ms, "switch_ms")?.unwrap_or(defaults.relay.switch_timeout),
+                )
+                .tcp_keepalive(match t.tcp_keepalive_ms {
+                    None => defaults.relay.tcp_keepalive,
+                    Some(0) => None,
+                    Some(v) => Some(ms(v)),
+                })
+                .limits(FrameLimits {
+                    max_frame: byte_limit(self.limits.max_frame_bytes, defaults.relay.limits.max_frame),
+                    max_message: byte_limit(
+                        self.limits.max_message_bytes,
+                        defaults.relay.limits.max_message,
+                    ),
+                }),
             shutdown_window: t.shutdown_window_ms.map_or(defaults.shutdown_window, ms),
+            shutdown_grace: t.shutdown_grace_ms.map_or(defaults.shutdown_grace, ms),
             request_timeout: t.request_ms.map_or(defaults.request_timeout, ms),
+            head_timeout: positive_ms(t.head_ms, "head_ms")?.unwrap_or(defaults.head_timeout),
+            max_head_bytes: match self.limits.max_head_bytes {
+                Some(bytes) if bytes < 8192 => {
+                    return Err(ConfigError(format!(
+                        "limits.max_head_bytes: {bytes} is below hyper's minimum of 8192"
+                    )))
+                }
+                other => other.unwrap_or(defaults.max_head_bytes),
+            },
+            max_headers: match self.limits.max_headers {
+                Some(0) => return Err(ConfigError("limits.max_headers: must be at least 1".into())),
+                other => other.unwrap_or(defaults.max_headers),
+            },
+            max_http_connections: match self.limits.max_http_connections {
+                Some(0) => {
+                    return Err(ConfigError(
+                        "limits.max_http_connections: must be at least 1".into(),
+                    ))
+                }
+                other => other.unwrap_or(defaults.max_http_connections),
+            },
             workers: self.listen.workers.unwrap_or_else(default_workers),
-            migration: self.migration.config()?,
+            migration: {
+                let mut migration = self.migration.config()?;
+                migration.deadline = positive_ms(t.migration_ms, "migration_ms")?;
+                migration
+            },
             discovery: DiscoveryConfig {
                 redis: self.discovery.source()?,
                 amqp: self.discovery.amqp_source()?,
@@ -512,7 +592,52 @@ impl Migration {
             drain_window: self
                 .drain_ms
                 .map_or(defaults.drain_window, Duration::from_millis),
+            secret: self.secret()?,
+            deadline: None,
         })
+    }
+
+    /// The secret from the file, inline, or `WSCLUSTER_MIGRATION_SECRET`, in that order.
+    fn secret(&self) -> Result<Option<MigrationSecret>, ConfigError> {
+        let secret = match (&self.secret_file, &self.secret) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "migration.secret: give secret or secret_file, not both".into(),
+                ))
+            }
+            (Some(path), None) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("migration.secret_file: {}: {e}", path.display()))
+            })?),
+            (None, Some(secret)) => Some(secret.clone()),
+            (None, None) => std::env::var(SECRET_ENV).ok(),
+        };
+        match secret.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some(secret) if secret.len() < 16 => Err(ConfigError(
+                "migration.secret: use at least 16 characters (32 random bytes is better)".into(),
+            )),
+            Some(secret) => Ok(Some(MigrationSecret::new(secret))),
+        }
+    }
+}
+
+/// Where the migration secret can come from besides the file.
+pub const SECRET_ENV: &str = "WSCLUSTER_MIGRATION_SECRET";
+
+/// A timeout that must not be zero (a zero deadline would end every connection at once).
+fn positive_ms(value: Option<u64>, field: &str) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError(format!("timeouts.{field}: must be at least 1"))),
+        other => Ok(other.map(Duration::from_millis)),
+    }
+}
+
+/// A byte limit where 0 means none.
+fn byte_limit(value: Option<u64>, default: Option<u64>) -> Option<u64> {
+    match value {
+        None => default,
+        Some(0) => None,
+        Some(limit) => Some(limit),
     }
 }
 

@@ -1,37 +1,30 @@
 //! The reference gateway: the hash-ring balancer and the WebSocket proxy over axum, plus an
 //! admin API that shows the ring and, in demo mode, starts and stops in-process backends.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{
-    http::{HeaderName, HeaderValue, Request, StatusCode},
-    Router,
-};
+use axum::Router;
 use discovery::{
     amqp_members, AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry,
     StaticDiscovery,
 };
 use serde_json::json;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
+};
 use tower::ServiceBuilder;
 use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
-use tower_http::{set_header::SetRequestHeaderLayer, timeout::TimeoutLayer, trace::TraceLayer};
 use tower_ws_migrate::{
-    MigrateLayer, Migration, MigrationHook, MigrationPolicy, Migrator, Outcome, Pacing,
-    ProxiedConnection, Registry,
+    MigrateLayer, Migration, MigrationHook, MigrationPolicy, MigrationSecret, Migrator, Outcome,
+    Pacing, ProxiedConnection, Registry,
 };
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
 use crate::{
     admin,
     members::{Member, Members},
+    public,
     serve::{self, Stopped},
 };
 
@@ -59,6 +52,20 @@ pub struct GatewayConfig {
     pub shutdown_window: Duration,
     /// The most an HTTP response head may take (408 past it).
     pub request_timeout: Duration,
+    /// The whole request head must arrive within this, counted from when the connection
+    /// waits for a request (after the accept, or after the previous response: it bounds the
+    /// keep-alive idle wait too); past it the connection is closed (default: 10 s).
+    pub head_timeout: Duration,
+    /// The largest request head, at least 8 KiB; 431 past it (default: 16 KiB).
+    pub max_head_bytes: usize,
+    /// The most request headers; 431 past it (default: 64).
+    pub max_headers: usize,
+    /// Public connections served at once before an upgrade; past it new ones are closed at
+    /// once, so a flood cannot take the descriptors WebSockets and health checks need.
+    pub max_http_connections: usize,
+    /// After the shutdown window, how long WebSockets and requests still open get before the
+    /// gateway lets go of them (default: 5 s).
+    pub shutdown_grace: Duration,
     /// Threads serving the public listener, each a single-threaded runtime with its own
     /// `SO_REUSEPORT` listener, so a WebSocket's relay never wakes another thread. 0 serves
     /// on the runtime that started the gateway.
@@ -130,6 +137,11 @@ pub struct MigrationConfig {
     pub pacing: Pacing,
     /// Connections of a removed backend move over this window (default: 5 s).
     pub drain_window: Duration,
+    /// Signs live moves so backends can check `x-wscluster-migrated-from` (default: none).
+    pub secret: Option<MigrationSecret>,
+    /// A migration with no outcome after this long counts as failed and frees its slot
+    /// (default: connect + handshake + switch + close timeouts).
+    pub deadline: Option<Duration>,
 }
 
 impl Default for MigrationConfig {
@@ -139,6 +151,8 @@ impl Default for MigrationConfig {
             routes: Vec::new(),
             pacing: Pacing::default(),
             drain_window: Duration::from_secs(5),
+            secret: None,
+            deadline: None,
         }
     }
 }
@@ -166,6 +180,11 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             shutdown_window: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            max_http_connections: 10_000,
+            shutdown_grace: Duration::from_secs(5),
             workers: 0,
             migration: MigrationConfig::default(),
             discovery: DiscoveryConfig::default(),
@@ -185,6 +204,7 @@ pub struct Gateway {
     exit: watch::Sender<bool>,
     servers: Vec<Stopped>,
     shutdown_window: Duration,
+    shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -271,27 +291,38 @@ impl Gateway {
             events
         });
         let migration = &config.migration;
+        let deadline = migration.deadline.unwrap_or(
+            config.upstream.connect_timeout
+                + config.upstream.handshake_timeout
+                + config.relay.switch_timeout
+                + config.relay.close_timeout,
+        );
         let migrator = Migrator::new(registry.clone(), proxy.ring().subscribe())
             .policy(migration.policy.clone())
             .pacing(migration.pacing)
             .drain_window(migration.drain_window)
+            .deadline(deadline)
             .hook(migration_hook(events.clone()));
         let stats = migrator.stats();
         tokio::spawn(migrator.run());
         let routes = migration.routes.clone();
-        let migrate = MigrateLayer::new(registry.clone(), config.key.clone(), proxy.ring().clone())
-            .route_policy(move |request: &http::request::Parts| {
-                let path = request.uri.path();
-                routes
-                    .iter()
-                    .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                    .map(|(_, policy)| policy.clone())
-            });
+        let mut migrate =
+            MigrateLayer::new(registry.clone(), config.key.clone(), proxy.ring().clone())
+                .route_policy(move |request: &http::request::Parts| {
+                    let path = request.uri.path();
+                    routes
+                        .iter()
+                        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                        .map(|(_, policy)| policy.clone())
+                });
+        if let Some(secret) = &migration.secret {
+            migrate = migrate.secret(secret.clone());
+        }
 
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
-        let public_app = with_public_layers(
+        let public_app = public::with_public_layers(
             Router::new()
                 .fallback_service(ServiceBuilder::new().layer(migrate).service(proxy.clone())),
             config.request_timeout,
@@ -312,19 +343,34 @@ impl Gateway {
                 })
             }),
         });
+        let limits = serve::HttpLimits {
+            head_timeout: config.head_timeout,
+            max_head_bytes: config.max_head_bytes,
+            max_headers: config.max_headers,
+            open_connections: Some(Arc::new(Semaphore::new(config.max_http_connections))),
+            stop_grace: config.shutdown_grace,
+        };
         let (public, mut servers) = if config.workers == 0 {
             let listener = TcpListener::bind(config.public).await?;
             let public = listener.local_addr()?;
-            let server = serve::on_current_runtime(listener, public_app, stopped.clone());
+            let server =
+                serve::on_current_runtime(listener, public_app, limits.clone(), stopped.clone());
             (public, vec![server])
         } else {
-            let workers = config.workers;
-            serve::on_worker_threads(config.public, workers, public_app, stopped.clone(), exited)?
+            serve::on_worker_threads(
+                config.public,
+                config.workers,
+                public_app,
+                limits.clone(),
+                stopped.clone(),
+                exited,
+            )?
         };
         let admin = admin_listener.local_addr()?;
         servers.push(serve::on_current_runtime(
             admin_listener,
             admin_app,
+            limits.without_cap(),
             stopped,
         ));
         tracing::info!(%public, %admin, workers = config.workers, "listening");
@@ -336,6 +382,7 @@ impl Gateway {
             exit,
             servers,
             shutdown_window: config.shutdown_window,
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
@@ -345,20 +392,23 @@ impl Gateway {
     }
 
     /// Stops accepting, closes WebSockets with 1001 over the shutdown window, and lets
-    /// in-flight HTTP requests finish.
+    /// in-flight HTTP requests finish. Whatever the peers do, it returns within the window
+    /// plus the grace: relays end by their own close deadlines, and connections still open
+    /// after the grace are dropped.
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
-        self.connections
-            .shutdown(
-                self.shutdown_window,
-                self.shutdown_window + Duration::from_secs(5),
-            )
-            .await;
-        for server in self.servers {
-            server.await;
-        }
+        let relays = self
+            .connections
+            .shutdown(self.shutdown_window, self.shutdown_grace);
+        let servers = futures_util::future::join_all(self.servers);
+        tokio::join!(relays, servers);
         // Relays are closed: worker threads may drop their runtimes.
         self.exit.send_replace(true);
+    }
+
+    /// The most [`shutdown`](Self::shutdown) takes.
+    pub fn shutdown_bound(&self) -> Duration {
+        self.shutdown_window + self.shutdown_grace
     }
 }
 
@@ -410,28 +460,6 @@ fn publish_ring_changes(events: AmqpEvents, mut ring: tower_hashring::RingWatch)
             last = newest;
         }
     });
-}
-
-/// What every public request goes through before the proxy: a request id (kept if the
-/// client sent one, forwarded to the backend), a tracing span, and a timeout (408) on the
-/// response head; a WebSocket's head is its 101, so relays are not cut by it.
-fn with_public_layers(app: Router, timeout: Duration) -> Router {
-    let next_id = Arc::new(AtomicU64::new(0));
-    app.layer(
-        ServiceBuilder::new()
-        .layer(SetRequestHeaderLayer::if_not_present(
-            HeaderName::from_static("x-request-id"),
-            move |_: &Request<axum::body::Body>| {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                HeaderValue::from_str(&format!("{:x}-{id}", std::process::id())).ok()
-            },
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
-            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok());
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), id)
-        }))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
-    )
 }
 
 /// A future that resolves on Ctrl-C or SIGTERM.

@@ -6,7 +6,9 @@
 mod admin;
 pub mod backend;
 pub mod config;
+pub mod descriptors;
 pub mod gateway;
 pub mod loadgen;
 mod members;
+mod public;
 mod serve;

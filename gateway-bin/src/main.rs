@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use gateway_bin::{
     config::ConfigFile,
+    descriptors,
     gateway::{shutdown_signal, Gateway},
 };
 use tower_hashring::NodeId;
@@ -74,6 +75,27 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };
+    match descriptors::raise_limit() {
+        Ok(limit) => {
+            let (websockets, http) = limit.default_caps();
+            let (sets_websockets, sets_http) = file.sets_caps();
+            if !sets_websockets {
+                config.max_connections = websockets;
+            }
+            if !sets_http {
+                config.max_http_connections = http;
+            }
+            tracing::info!(
+                was = limit.was,
+                soft = limit.soft,
+                hard = limit.hard,
+                max_connections = config.max_connections,
+                max_http_connections = config.max_http_connections,
+                "descriptor limit"
+            );
+        }
+        Err(error) => tracing::warn!(%error, "cannot read or raise the descriptor limit"),
+    }
     config.public = cli.public.unwrap_or(config.public);
     config.admin = cli.admin.unwrap_or(config.admin);
     config.workers = cli.workers.unwrap_or(config.workers);
@@ -109,9 +131,22 @@ async fn main() -> ExitCode {
         gateway.admin
     );
     shutdown_signal().await;
-    println!("shutting down: closing websockets with 1001");
-    gateway.shutdown().await;
-    ExitCode::SUCCESS
+    let bound = gateway.shutdown_bound();
+    println!("shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)");
+    let code = tokio::select! {
+        () = gateway.shutdown() => 0,
+        () = shutdown_signal() => {
+            eprintln!("second signal: exiting now");
+            130
+        }
+        // The shutdown bounds itself; this only guards against a bug in that.
+        () = tokio::time::sleep(bound + std::time::Duration::from_secs(2)) => {
+            eprintln!("shutdown overran {bound:?}: exiting");
+            1
+        }
+    };
+    // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
+    std::process::exit(code)
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

@@ -6,7 +6,14 @@ use http::{header, request, HeaderMap, HeaderName, HeaderValue};
 use tower_hashring::NodeId;
 use tower_ws_proxy::{RelayHandle, SwitchError, Upstream, WebSocketAnswer};
 
-use crate::{Fallback, FallbackKind, Migrate, MigrateFuture, MigrationPolicy, Outcome};
+use crate::{
+    Fallback, FallbackKind, Migrate, MigrateFuture, MigrationPolicy, MigrationSecret, Outcome,
+    MIGRATION_SIGNATURE,
+};
+
+/// The largest request head kept for a live move; a connection opened by a larger one can
+/// only reconnect. (The server's own head limit is normally far below it.)
+const MAX_KEPT_HEAD: usize = 16 * 1024;
 
 /// Tells the new owner of a live-migrated connection where its user came from, so it can
 /// restore state.
@@ -30,16 +37,17 @@ pub const MIGRATED_FROM: HeaderName = HeaderName::from_static("x-wscluster-migra
 #[derive(Clone)]
 pub struct ProxiedConnection {
     relay: RelayHandle,
-    request: Arc<request::Parts>,
+    request: Arc<CompactHead>,
     protocol: Option<HeaderValue>,
     live_blocker: Option<String>,
     upstreams: Arc<dyn UpstreamLookup>,
+    signing: Option<Arc<(Box<[u8]>, MigrationSecret)>>,
 }
 
 impl fmt::Debug for ProxiedConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProxiedConnection")
-            .field("uri", &self.request.uri)
+            .field("head_bytes", &self.request.0.len())
             .field("live_blocker", &self.live_blocker)
             .finish_non_exhaustive()
     }
@@ -54,16 +62,31 @@ impl ProxiedConnection {
         response_headers: &HeaderMap,
         upstreams: Arc<dyn UpstreamLookup>,
     ) -> Self {
+        let head = CompactHead::new(&request);
+        let too_large = (head.0.len() > MAX_KEPT_HEAD)
+            .then(|| format!("the request head is over {MAX_KEPT_HEAD} bytes"));
         Self {
             relay,
-            request: Arc::new(detached(request)),
+            request: Arc::new(if too_large.is_some() {
+                CompactHead(Box::default())
+            } else {
+                head
+            }),
             // Copied too: the backend's value shares the handshake's read buffer.
             protocol: response_headers
                 .get(header::SEC_WEBSOCKET_PROTOCOL)
                 .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
-            live_blocker: Self::live_blocker(response_headers),
+            live_blocker: too_large.or_else(|| Self::live_blocker(response_headers)),
             upstreams,
+            signing: None,
         }
+    }
+
+    /// Signs live moves of this connection's `key` with `secret`
+    /// ([`MIGRATION_SIGNATURE`]), so the new owner can check that the move is real.
+    pub fn signed(mut self, key: &[u8], secret: MigrationSecret) -> Self {
+        self.signing = Some(Arc::new((key.into(), secret)));
+        self
     }
 
     /// Why a connection with these negotiated headers cannot move live: an extension that
@@ -97,9 +120,16 @@ impl ProxiedConnection {
             let why = Fallback::new(FallbackKind::NoNewOwner, format!("{to} has no service"));
             return self.reconnect(&policy, why);
         };
-        let mut request = (*self.request).clone();
+        let mut request = self.request.to_parts();
         if let Ok(from) = HeaderValue::from_str(from.as_str()) {
             request.headers.insert(MIGRATED_FROM, from);
+        }
+        if let Some(signing) = &self.signing {
+            let (key, secret) = &**signing;
+            let signature = secret.sign_now(key, from.as_str(), to.as_str());
+            if let Ok(value) = HeaderValue::from_str(&signature) {
+                request.headers.insert(MIGRATION_SIGNATURE, value);
+            }
         }
         let peer = match upstream.open_websocket(&request).await {
             Ok(WebSocketAnswer {
@@ -144,30 +174,59 @@ impl ProxiedConnection {
     }
 }
 
-/// The request head with its own small allocations: hyper's parsed URI and header values
-/// share the connection's whole read buffer, which would otherwise stay alive (kilobytes)
-/// for as long as the WebSocket lasts. Extensions are not kept.
-fn detached(request: request::Parts) -> request::Parts {
-    let uri = request
-        .uri
-        .path_and_query()
-        .and_then(|pq| http::Uri::try_from(pq.as_str().to_owned()).ok())
-        .unwrap_or_default();
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
-    for (name, value) in &request.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            headers.append(name, value);
+/// The request head a live move sends again, in one allocation of its own: the path and
+/// query, then `name:value` per header, each line ending in `\n` (which neither can
+/// contain). hyper's parsed values share the connection's whole read buffer, and a
+/// `HeaderMap` costs an allocation per value plus its tables, for as long as the WebSocket
+/// lasts. Hop-by-hop headers are not kept: the dial sets its own.
+struct CompactHead(Box<[u8]>);
+
+impl CompactHead {
+    fn new(request: &request::Parts) -> Self {
+        let path = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut headers = request.headers.clone();
+        tower_ws_proxy::strip_hop_by_hop(&mut headers);
+        let size = path.len()
+            + 1
+            + headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 2)
+                .sum::<usize>();
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(path.as_bytes());
+        bytes.push(b'\n');
+        for (name, value) in &headers {
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.push(b':');
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.push(b'\n');
         }
+        Self(bytes.into_boxed_slice())
     }
-    let (mut head, ()) = http::Request::new(()).into_parts();
-    head.method = request.method;
-    head.uri = uri;
-    head.version = request.version;
-    head.headers = headers;
-    head
+
+    fn to_parts(&self) -> request::Parts {
+        let mut lines = self.0.split(|b| *b == b'\n');
+        let uri = lines
+            .next()
+            .and_then(|path| http::Uri::try_from(path).ok())
+            .unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_bytes(&line[colon + 1..]),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let (mut head, ()) = http::Request::new(()).into_parts();
+        head.uri = uri;
+        head.headers = headers;
+        head
+    }
 }
 
 impl Migrate for ProxiedConnection {

@@ -10,9 +10,10 @@ use http::{request, Request};
 use tower_hashring::KeyExtractor;
 use tower_layer::Layer;
 use tower_service::Service;
+
 use tower_ws_proxy::{ObserveConnections, OpenedConnection};
 
-use crate::{MigrationPolicy, ProxiedConnection, Registry, UpstreamLookup};
+use crate::{MigrationPolicy, MigrationSecret, ProxiedConnection, Registry, UpstreamLookup};
 
 /// Takes a connection's routing key from its request head.
 type KeyFn = Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>;
@@ -54,6 +55,8 @@ pub struct MigrateLayer {
     registry: Registry<ProxiedConnection>,
     key: KeyFn,
     upstreams: Arc<dyn UpstreamLookup>,
+    policy: Arc<dyn RoutePolicy>,
+    secret: Option<MigrationSecret>,
 }
 
 impl MigrateLayer {
@@ -71,7 +74,7 @@ impl MigrateLayer {
         let key = Arc::new(move |request: &Request<()>| {
             key.extract(request).map(|k| k.as_bytes().to_vec())
         });
-        Self::build(registry, key, Arc::new(upstreams), Arc::new(()))
+        Self::build(registry, key, Arc::new(upstreams), Arc::new(()), None)
     }
 
     /// The policy of every connection through this layer.
@@ -81,7 +84,20 @@ impl MigrateLayer {
 
     /// Chooses each connection's policy from its request (e.g. by path).
     pub fn route_policy(self, policy: impl RoutePolicy) -> Self {
-        Self::build(self.registry, self.key, self.upstreams, Arc::new(policy))
+        let policy: Arc<dyn RoutePolicy> = Arc::new(policy);
+        Self::build(self.registry, self.key, self.upstreams, policy, self.secret)
+    }
+
+    /// Signs every live move with `secret` ([`MIGRATION_SIGNATURE`](crate::MIGRATION_SIGNATURE)),
+    /// so backends can check that `x-wscluster-migrated-from` came from a gateway.
+    pub fn secret(self, secret: MigrationSecret) -> Self {
+        Self::build(
+            self.registry,
+            self.key,
+            self.upstreams,
+            self.policy,
+            Some(secret),
+        )
     }
 
     fn build(
@@ -89,20 +105,25 @@ impl MigrateLayer {
         key: KeyFn,
         upstreams: Arc<dyn UpstreamLookup>,
         policy: Arc<dyn RoutePolicy>,
+        secret: Option<MigrationSecret>,
     ) -> Self {
         let observe = {
             let (registry, key, upstreams) = (registry.clone(), key.clone(), upstreams.clone());
+            let (policy, secret) = (policy.clone(), secret.clone());
             ObserveConnections::new(move |opened: &OpenedConnection<'_>| {
                 let request = Request::from_parts(opened.request.clone(), ());
                 let key = key(&request).unwrap_or_default();
                 let (parts, ()) = request.into_parts();
                 let policy = policy.policy(&parts);
-                let connection = ProxiedConnection::new(
+                let mut connection = ProxiedConnection::new(
                     opened.handle.clone(),
                     parts,
                     opened.response_headers,
                     upstreams.clone(),
                 );
+                if let Some(secret) = &secret {
+                    connection = connection.signed(&key, secret.clone());
+                }
                 registry.register_with_policy(
                     &key,
                     opened.key_position,
@@ -118,6 +139,8 @@ impl MigrateLayer {
             registry,
             key,
             upstreams,
+            policy,
+            secret,
         }
     }
 }

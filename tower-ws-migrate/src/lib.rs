@@ -32,6 +32,7 @@ mod pace;
 mod plan;
 mod policy;
 mod registry;
+mod signature;
 
 pub use self::{
     connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
@@ -42,4 +43,5 @@ pub use self::{
     plan::{plan, PlannedMove},
     policy::{Migrate, MigrateFuture, MigrationPolicy},
     registry::{ConnectionId, Registered, Registry, Tracked},
+    signature::{BadSignature, MigrationSecret, DEFAULT_MAX_AGE, MIGRATION_SIGNATURE},
 };

@@ -162,7 +162,13 @@ impl LiveConnections {
     pub async fn shutdown(&self, window: Duration, grace: Duration) {
         self.inner.shutting_down.store(true, Ordering::Release);
         let handles: Vec<RelayHandle> = self.lock().values().map(|(_, h)| h.clone()).collect();
-        close_paced(handles, 1001, "gateway shutting down", window).await;
+        close_paced(
+            handles,
+            crate::close_code::GOING_AWAY,
+            "gateway shutting down",
+            window,
+        )
+        .await;
         let _ = tokio::time::timeout(grace, async {
             loop {
                 let emptied = self.inner.emptied.notified();
@@ -180,13 +186,24 @@ impl LiveConnections {
     }
 }
 
+/// Closes `handles` spread evenly over `window`, in batches: each wakeup closes every
+/// connection due by then, so 100,000 connections take the window, not 100,000 timer ticks
+/// of a millisecond.
 async fn close_paced(handles: Vec<RelayHandle>, code: u16, reason: &str, window: Duration) {
-    let gap = window / u32::try_from(handles.len().max(1)).unwrap_or(u32::MAX);
-    for (i, handle) in handles.iter().enumerate() {
-        if i > 0 {
-            tokio::time::sleep(gap).await;
+    let start = tokio::time::Instant::now();
+    let total = handles.len();
+    let mut closed = 0;
+    while closed < total {
+        let share = start.elapsed().as_secs_f64() / window.as_secs_f64().max(f64::MIN_POSITIVE);
+        let due = ((share * total as f64).ceil() as usize).clamp(closed + 1, total);
+        for handle in &handles[closed..due] {
+            handle.close(code, reason);
         }
-        handle.close(code, reason);
+        closed = due;
+        if closed < total {
+            let next = start + window.mul_f64(closed as f64 / total as f64);
+            tokio::time::sleep_until(next).await;
+        }
     }
 }
 

@@ -18,19 +18,25 @@
 pub mod close_code;
 mod connections;
 pub mod frame;
+mod forwarded;
 mod handshake;
 mod observe;
 mod proxy;
 mod relay;
+mod request_check;
 mod upstream;
 
 pub use self::{
     connections::{Admission, LiveConnections, Refusal, Registration},
+    forwarded::set_forwarded_headers,
     observe::{ConnectionObserver, ObserveConnections, OpenedConnection},
     proxy::{text_response, HashRingProxy},
     relay::{
         relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome,
         SwitchError,
+    },
+    request_check::{
+        check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX,
     },
     upstream::{
         is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody, Upstream,

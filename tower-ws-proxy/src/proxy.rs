@@ -16,7 +16,7 @@ use tower_hashring::{balance::RouteCandidates, error::http_status, KeyExtractor,
 use tower_service::Service;
 
 use crate::{
-    is_websocket_upgrade, relay,
+    check_upgrade, is_websocket_upgrade, relay, strip_internal_headers,
     upstream::{tcp_peer, BoxError},
     LiveConnections, ObserveConnections, OpenedConnection, ProxyBody, RelayConfig, RelayHandle,
     Upstream, UpstreamError, WebSocketAnswer,
@@ -26,8 +26,11 @@ use crate::{
 /// upgrades are handshaken with the backend and then relayed frame-aware.
 ///
 /// Errors become responses, so it drops into hyper or `axum::Router` as is:
-/// 400 (no key), 503 (no backend, connection limit, shutting down), 502 (every candidate
-/// backend refused or failed; requests with a body are only sent once). A WebSocket whose
+/// 400 (no key, a malformed WebSocket handshake or one with a body), 426 (a WebSocket
+/// version other than 13), 503 (no backend, connection limit, shutting down), 502 (every
+/// candidate backend refused or failed; requests with a body are only sent once). Error
+/// bodies name no backend; the details are logged. Client headers in the gateway's own
+/// `x-wscluster-*` namespace are dropped. A WebSocket whose
 /// owner refuses the connection or fails the handshake goes to the next successor.
 #[derive(Clone)]
 pub struct HashRingProxy<E> {
@@ -103,7 +106,14 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        strip_internal_headers(request.headers_mut());
+        let websocket = is_websocket_upgrade(&request);
+        if websocket {
+            if let Err(refusal) = check_upgrade(&request) {
+                return Box::pin(std::future::ready(Ok(refusal.into_response())));
+            }
+        }
         let candidates = self.ring.candidates(&request);
         let this = self.clone_without_extractor_bound();
         Box::pin(async move {
@@ -111,7 +121,7 @@ where
                 Ok(candidates) => candidates,
                 Err(error) => return Ok(text_response(http_status(&*error), error.to_string())),
             };
-            Ok(if is_websocket_upgrade(&request) {
+            Ok(if websocket {
                 this.websocket(request, candidates).await
             } else {
                 http(request, candidates).await
@@ -198,13 +208,9 @@ impl WebSocketRoute {
             tracing::warn!(%backend, %error, "websocket handshake failed; trying the next backend");
             failures.push(format!("{backend}: {error}"));
         }
-        text_response(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "no backend accepted the websocket ({})",
-                failures.join("; ")
-            ),
-        )
+        // Which backends, where and why goes to the log only: clients learn nothing of them.
+        tracing::warn!(failures = %failures.join("; "), "no backend accepted the websocket");
+        text_response(StatusCode::BAD_GATEWAY, "no backend accepted the websocket")
     }
 }
 
@@ -240,8 +246,6 @@ where
             }
         }
     }
-    text_response(
-        StatusCode::BAD_GATEWAY,
-        format!("no backend answered ({})", failures.join("; ")),
-    )
+    tracing::warn!(failures = %failures.join("; "), "no backend answered");
+    text_response(StatusCode::BAD_GATEWAY, "no backend answered")
 }

@@ -1,0 +1,49 @@
+//! File descriptors: the limit raised at start, and the default connection caps derived
+//! from it, so a full gateway sheds new connections instead of failing accepts, health
+//! checks and admin requests.
+
+/// Descriptors kept out of the connection caps: listeners, the admin API, health checks,
+/// discovery clients, pooled backend connections, logs.
+pub const RESERVED: u64 = 256;
+
+/// The descriptor limit after [`raise_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescriptorLimit {
+    /// The soft limit before.
+    pub was: u64,
+    /// The soft limit now (the hard limit, when raising worked).
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+impl DescriptorLimit {
+    /// The default caps: (WebSockets, public connections before an upgrade). A WebSocket
+    /// holds two descriptors (client and backend), an HTTP connection up to two as well;
+    /// WebSockets get four fifths of what is left after [`RESERVED`].
+    ///
+    /// ```
+    /// use gateway_bin::descriptors::DescriptorLimit;
+    ///
+    /// let limit = DescriptorLimit { was: 1024, soft: 1_048_576, hard: 1_048_576 };
+    /// let (websockets, http) = limit.default_caps();
+    /// assert!(2 * websockets + 2 * http <= 1_048_576 - 256);
+    /// ```
+    pub fn default_caps(&self) -> (usize, usize) {
+        let budget = self.soft.saturating_sub(RESERVED).max(10);
+        let websockets = budget * 2 / 5;
+        let http = budget / 10;
+        (
+            usize::try_from(websockets).unwrap_or(usize::MAX).max(1),
+            usize::try_from(http).unwrap_or(usize::MAX).max(1),
+        )
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (what nginx's `worker_rlimit_nofile`
+/// and HAProxy's automatic `ulimit-n` do).
+pub fn raise_limit() -> std::io::Result<DescriptorLimit> {
+    let (was, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let soft = rlimit::increase_nofile_limit(hard)?;
+    Ok(DescriptorLimit { was, soft, hard })
+}

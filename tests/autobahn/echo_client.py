@@ -1,0 +1,110 @@
+"""The testee client of `wstest -m fuzzingserver` (Python 3, `websockets`).
+
+Asks the fuzzing server how many cases it has, runs each one (`/runCase?case=N&agent=A`),
+echoing every message it receives, then asks it to write its reports
+(`/updateReports?agent=A`).
+
+    python echo_client.py --server ws://127.0.0.1:9001 --agent direct
+    python echo_client.py --server ws://127.0.0.1:9001 --agent gateway --via 127.0.0.1:7000
+
+With --via the case connections go to that address (the gateway, whose backend is the fuzzing
+server) while their URL, and so their Host header, stays the fuzzing server's: Autobahn
+fails a handshake whose Host port is not the one it listens on. /getCaseCount and
+/updateReports always go straight to the fuzzing server.
+
+Each case is bounded by --case-timeout; a case that hangs is abandoned (the fuzzing server
+records what it saw) and the run goes on. Exits non-zero only if the fuzzing server itself
+cannot be reached.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+# 9.3.1 and 9.4.1 send a 4 MiB message in 64-byte fragments (65536 of them); websockets
+# refuses more than 4096 fragments per message unless told otherwise.
+os.environ.setdefault("WEBSOCKETS_MAX_FRAGMENTS", "1000000")
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
+
+
+def open_socket(via):
+    host, _, port = via.rpartition(":")
+    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+    sock.setblocking(False)
+    return sock
+
+
+async def get_case_count(server):
+    async with connect(f"{server}/getCaseCount", open_timeout=10) as ws:
+        return json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+async def run_case(server, agent, case, via):
+    kwargs = {}
+    if via:
+        kwargs["sock"] = open_socket(via)
+    async with connect(
+        f"{server}/runCase?case={case}&agent={agent}",
+        max_size=2**25,  # 9.* sends messages of up to 16 MiB
+        max_queue=None,
+        ping_interval=None,  # no pings of our own: the suite counts every frame
+        open_timeout=10,
+        close_timeout=5,
+        **kwargs,
+    ) as ws:
+        try:
+            async for message in ws:
+                await ws.send(message)
+        except WebSocketException:
+            pass
+
+
+async def update_reports(server, agent):
+    async with connect(f"{server}/updateReports?agent={agent}", open_timeout=120):
+        pass
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True, help="the fuzzing server's ws:// URL")
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--via", help="host:port to open the case connections to")
+    parser.add_argument("--case-timeout", type=float, default=60)
+    args = parser.parse_args()
+    server = args.server.rstrip("/")
+    count = await get_case_count(server)
+    print(f"{args.agent}: {count} cases" + (f" via {args.via}" if args.via else ""), flush=True)
+    slow = []
+    for case in range(1, count + 1):
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(
+                run_case(server, args.agent, case, args.via), args.case_timeout
+            )
+        except asyncio.TimeoutError:
+            print(f"  case #{case}: no end after {args.case_timeout:.0f} s, abandoned", flush=True)
+        except (WebSocketException, OSError) as error:
+            # The fuzzing server judges the connection; a failed one is its verdict to give.
+            logging.debug("case #%d: %s: %s", case, type(error).__name__, error)
+        took = time.monotonic() - started
+        if took > 5:
+            slow.append(f"#{case} {took:.1f} s")
+    if slow:
+        print(f"{args.agent}: slow cases: {', '.join(slow)}", flush=True)
+    await update_reports(server, args.agent)
+    print(f"{args.agent}: reports updated", flush=True)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    try:
+        asyncio.run(main())
+    except (OSError, WebSocketException, asyncio.TimeoutError) as error:
+        sys.exit(f"echo_client: the fuzzing server is not reachable: {error}")
