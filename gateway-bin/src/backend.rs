@@ -2,7 +2,8 @@
 //!
 //! - `GET /connect/{userId}` (WebSocket): sends `{"type":"connected","server":ID,"count":N}`
 //!   on open (with `"migratedFrom":OLD` when the gateway moved the connection live from
-//!   backend `OLD`), then echoes each text message as `{"type":"echo","server":ID,
+//!   backend `OLD`; with a [`MigrationSecret`], only when the move's signature checks out),
+//!   then echoes each text message as `{"type":"echo","server":ID,
 //!   "content":…}`, before reading the next one, so every message read gets its echo even if a
 //!   close follows. Several connections of one user are all kept.
 //! - `POST /send?userId=U` (body = message) and `GET /send?userId=U&message=M`: deliver
@@ -36,6 +37,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::mpsc};
+use tower_ws_migrate::{MigrationSecret, MIGRATED_FROM, MIGRATION_SIGNATURE};
 
 /// The connections of one backend, by user.
 #[derive(Clone, Debug)]
@@ -46,6 +48,7 @@ pub struct Backend {
 #[derive(Debug)]
 struct Inner {
     id: String,
+    secret: Option<MigrationSecret>,
     next_connection: AtomicU64,
     users: Mutex<HashMap<String, HashMap<u64, mpsc::UnboundedSender<String>>>>,
     draining: std::sync::atomic::AtomicBool,
@@ -57,10 +60,33 @@ impl Backend {
         Self {
             inner: Arc::new(Inner {
                 id: id.into(),
+                secret: None,
                 next_connection: AtomicU64::new(0),
                 users: Mutex::new(HashMap::new()),
                 draining: std::sync::atomic::AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Believes `x-wscluster-migrated-from` only with a valid signature by `secret`.
+    ///
+    /// ```
+    /// use gateway_bin::backend::Backend;
+    /// use tower_ws_migrate::MigrationSecret;
+    ///
+    /// let backend = Backend::new("backend-a").with_secret(MigrationSecret::new("0123456789abcdef"));
+    /// assert_eq!(backend.id(), "backend-a");
+    /// ```
+    pub fn with_secret(self, secret: MigrationSecret) -> Self {
+        let inner = Inner {
+            id: self.inner.id.clone(),
+            secret: Some(secret),
+            next_connection: AtomicU64::new(0),
+            users: Mutex::new(HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -160,14 +186,29 @@ async fn connect(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let migrated_from = headers
-        .get("x-wscluster-migrated-from")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let migrated_from = migrated_from(&backend, &user, &headers);
     // A subprotocol is offered so that its negotiation can be checked through proxies.
     upgrade
         .protocols(["wscluster.v1"])
         .on_upgrade(move |socket| session(backend, user, migrated_from, socket))
+}
+
+/// Where a live move came from, when the claim holds: with a secret, only a move signed for
+/// this user, from that backend, to this one, recently. (Without one, the gateway's word is
+/// trusted: it drops the header from clients.)
+fn migrated_from(backend: &Backend, user: &str, headers: &HeaderMap) -> Option<String> {
+    let from = headers.get(MIGRATED_FROM)?.to_str().ok()?;
+    if let Some(secret) = &backend.inner.secret {
+        let signature = headers
+            .get(MIGRATION_SIGNATURE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if let Err(error) = secret.verify_now(user.as_bytes(), from, backend.id(), signature) {
+            tracing::warn!(%user, %from, %error, "ignoring an unproven migration claim");
+            return None;
+        }
+    }
+    Some(from.to_owned())
 }
 
 async fn session(

@@ -366,7 +366,9 @@ impl ConfigFile {
             },
             relay: RelayConfig::default()
                 .idle_timeout(t.idle_ms.filter(|&v| v > 0).map(ms))
-                .close_timeout(positive_ms(t.close_ms, "close_ms")?.unwrap_or(defaults.relay.close_timeout))
+                .close_timeout(
+                    positive_ms(t.close_ms, "close_ms")?.unwrap_or(defaults.relay.close_timeout),
+                )
                 .half_close_timeout(
                     positive_ms(t.half_close_ms, "half_close_ms")?
                         .unwrap_or(defaults.relay.half_close_timeout),
@@ -380,7 +382,10 @@ impl ConfigFile {
                     Some(v) => Some(ms(v)),
                 })
                 .limits(FrameLimits {
-                    max_frame: byte_limit(self.limits.max_frame_bytes, defaults.relay.limits.max_frame),
+                    max_frame: byte_limit(
+                        self.limits.max_frame_bytes,
+                        defaults.relay.limits.max_frame,
+                    ),
                     max_message: byte_limit(
                         self.limits.max_message_bytes,
                         defaults.relay.limits.max_message,
@@ -399,7 +404,9 @@ impl ConfigFile {
                 other => other.unwrap_or(defaults.max_head_bytes),
             },
             max_headers: match self.limits.max_headers {
-                Some(0) => return Err(ConfigError("limits.max_headers: must be at least 1".into())),
+                Some(0) => {
+                    return Err(ConfigError("limits.max_headers: must be at least 1".into()))
+                }
                 other => other.unwrap_or(defaults.max_headers),
             },
             max_http_connections: match self.limits.max_http_connections {

@@ -225,7 +225,8 @@ impl Gateway {
         backends: Vec<(NodeId, SocketAddr)>,
         demo_backends: usize,
     ) -> std::io::Result<Gateway> {
-        let (members, ring_changes) = Members::new(config.upstream);
+        let (members, ring_changes) =
+            Members::new(config.upstream, config.migration.secret.clone());
         // Configured backends: as they are, or let in by their health checks.
         let listed = backends
             .into_iter()

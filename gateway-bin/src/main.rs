@@ -9,6 +9,7 @@ use gateway_bin::{
     gateway::{shutdown_signal, Gateway},
 };
 use tower_hashring::NodeId;
+use tower_ws_migrate::MigrationSecret;
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +104,10 @@ async fn main() -> ExitCode {
         Command::Demo { backends } => (file.backends(), backends),
         Command::Run { backends } => ([file.backends(), backends].concat(), 0),
     };
+    if demo > 0 && config.migration.secret.is_none() {
+        // The demo's backends run in this process: they share a fresh secret.
+        config.migration.secret = Some(MigrationSecret::new(demo_secret()));
+    }
     let discovered = config.discovery.redis.is_some()
         || config.discovery.amqp.is_some()
         || config.discovery.docker.is_some();
@@ -132,7 +137,9 @@ async fn main() -> ExitCode {
     );
     shutdown_signal().await;
     let bound = gateway.shutdown_bound();
-    println!("shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)");
+    println!(
+        "shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)"
+    );
     let code = tokio::select! {
         () = gateway.shutdown() => 0,
         () = shutdown_signal() => {
@@ -147,6 +154,18 @@ async fn main() -> ExitCode {
     };
     // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
     std::process::exit(code)
+}
+
+/// 256 bits from the OS-seeded keys std gives every `RandomState`.
+fn demo_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4)
+        .map(|_| {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(0);
+            format!("{:016x}", hasher.finish())
+        })
+        .collect()
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

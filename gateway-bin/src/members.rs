@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tower::discover::Change;
 use tower_hashring::NodeId;
+use tower_ws_migrate::MigrationSecret;
 use tower_ws_proxy::{Upstream, UpstreamConfig};
 
 use crate::backend::Backend;
@@ -50,17 +51,23 @@ pub(crate) struct Members {
     /// Members being drained on purpose: discovery may not bring them back meanwhile.
     leaving: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
     upstream: UpstreamConfig,
+    /// The demo's in-process backends check live moves with the gateway's secret.
+    secret: Option<MigrationSecret>,
 }
 
 impl Members {
     /// No members yet, and the stream of changes the ring is to follow.
-    pub(crate) fn new(upstream: UpstreamConfig) -> (Self, RingChanges) {
+    pub(crate) fn new(
+        upstream: UpstreamConfig,
+        secret: Option<MigrationSecret>,
+    ) -> (Self, RingChanges) {
         let (changes, receiver) = mpsc::unbounded_channel();
         let members = Self {
             changes,
             members: Arc::default(),
             leaving: Arc::default(),
             upstream,
+            secret,
         };
         (members, Box::pin(ChannelDiscovery(receiver)))
     }
@@ -143,7 +150,10 @@ impl Members {
         let address = listener.local_addr()?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopped = stop.clone();
-        let backend = Backend::new(id.clone());
+        let backend = match &self.secret {
+            Some(secret) => Backend::new(id.clone()).with_secret(secret.clone()),
+            None => Backend::new(id.clone()),
+        };
         tokio::spawn(backend.serve(listener, async move { stopped.notified().await }));
         let id = NodeId::from(id);
         let member = Member {

@@ -83,7 +83,8 @@ pub(crate) fn on_worker_threads(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (app, limits, stop, mut exit) = (app.clone(), limits.clone(), stop.clone(), exit.clone());
+        let (app, limits, stop, mut exit) =
+            (app.clone(), limits.clone(), stop.clone(), exit.clone());
         let (done, done_receiver) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{n}"))
@@ -190,7 +191,10 @@ async fn accept_loop(
     }
     drop(listener);
     let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.stop_grace, drained).await.is_err() {
+    if tokio::time::timeout(limits.stop_grace, drained)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             left = connections.len(),
             "dropping connections still open after the stop grace"

@@ -46,10 +46,7 @@ pub fn set_forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, proto:
         Some(earlier) => format!("{earlier}, {element}"),
         None => element,
     };
-    for (name, value) in [
-        (X_FORWARDED_FOR, for_list),
-        (header::FORWARDED, forwarded),
-    ] {
+    for (name, value) in [(X_FORWARDED_FOR, for_list), (header::FORWARDED, forwarded)] {
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }

@@ -17,8 +17,8 @@
 
 pub mod close_code;
 mod connections;
-pub mod frame;
 mod forwarded;
+pub mod frame;
 mod handshake;
 mod observe;
 mod proxy;
@@ -35,9 +35,7 @@ pub use self::{
         relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome,
         SwitchError,
     },
-    request_check::{
-        check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX,
-    },
+    request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     upstream::{
         is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody, Upstream,
         UpstreamConfig, UpstreamError, WebSocketAnswer,

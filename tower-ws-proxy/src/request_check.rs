@@ -79,9 +79,10 @@ impl BadUpgrade {
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut response = text_response(self.status(), self.to_string());
         if self == BadUpgrade::Version {
-            response
-                .headers_mut()
-                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         response
     }

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use clap::Parser;
 use discovery::{AmqpAnnouncer, RedisRegistry};
 use gateway_bin::{backend::Backend, gateway::shutdown_signal};
+use tower_ws_migrate::MigrationSecret;
 
 #[derive(Parser)]
 #[command(version, about = "The wscluster reference WebSocket backend")]
@@ -48,6 +49,10 @@ struct Cli {
     /// moved away, at most this long, in milliseconds.
     #[arg(long, env = "WSBACKEND_DRAIN_MS", default_value_t = 8000)]
     drain_ms: u64,
+    /// The secret shared with the gateways (`[migration] secret`): a live move's
+    /// `x-wscluster-migrated-from` is believed only with a valid signature.
+    #[arg(long, env = "WSCLUSTER_MIGRATION_SECRET", hide_env_values = true)]
+    migration_secret: Option<String>,
     /// How long a registration (Redis) or announcement (RabbitMQ) outlives a silent
     /// backend, in milliseconds.
     #[arg(long, env = "WSBACKEND_TTL_MS", default_value_t = 3000)]
@@ -116,9 +121,11 @@ async fn main() -> ExitCode {
             announcer.leave().await;
         }
     };
-    let served = Backend::new(id)
-        .serve_draining(listener, leave, drain)
-        .await;
+    let backend = match &cli.migration_secret {
+        Some(secret) => Backend::new(id).with_secret(MigrationSecret::new(secret.trim())),
+        None => Backend::new(id),
+    };
+    let served = backend.serve_draining(listener, leave, drain).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
