@@ -1,7 +1,10 @@
 //! The gateway end to end on loopback: real backends, real WebSocket clients.
 
+mod common;
+
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
+use common::*;
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::gateway::{Gateway, GatewayConfig};
 use serde_json::Value;
@@ -9,107 +12,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_tungstenite::{
-    tungstenite::{self, Message},
-    MaybeTlsStream, WebSocketStream,
-};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tower_hashring::{NodeId, Ring};
-use tower_ws_migrate::MigrationPolicy;
-use tower_ws_proxy::RelayConfig;
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn any_port() -> GatewayConfig {
-    GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(200),
-        // Test clients do not always answer a close; do not wait 5 s for them.
-        relay: RelayConfig::default().close_timeout(Duration::from_millis(300)),
-        ..GatewayConfig::default()
-    }
-}
-
-async fn demo(backends: usize) -> Gateway {
-    Gateway::start(any_port(), vec![], backends).await.unwrap()
-}
-
-/// A demo gateway whose migrations close clients with 1012 for them to reconnect.
-async fn demo_reconnecting(backends: usize) -> Gateway {
-    let mut config = any_port();
-    config.migration.policy = MigrationPolicy::reconnect();
-    Gateway::start(config, vec![], backends).await.unwrap()
-}
-
-async fn next_json(client: &mut Client) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-/// Connects as `user`; returns the client and the server named in its `connected` message.
-/// The next close frame's code and reason; panics on anything else or after 5 s.
-async fn next_close(client: &mut Client) -> (u16, String) {
-    match tokio::time::timeout(Duration::from_secs(5), client.next())
-        .await
-        .unwrap()
-    {
-        Some(Ok(Message::Close(Some(frame)))) => (frame.code.into(), frame.reason.to_string()),
-        other => panic!("expected a close frame, got {other:?}"),
-    }
-}
-
-async fn connect(gateway: &Gateway, user: &str) -> (Client, String) {
-    let url = format!("ws://{}/connect/{user}", gateway.public);
-    let (mut client, response) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(response.status(), 101);
-    let hello = next_json(&mut client).await;
-    assert_eq!(hello["type"], "connected");
-    (client, hello["server"].as_str().unwrap().to_owned())
-}
-
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    http_raw(addr, &format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-    .await
-}
-
-async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Asserts that a WebSocket for `user` is refused with `status`; returns the reason body.
-async fn assert_ws_refused(gateway: &Gateway, user: &str, status: u16) -> String {
-    let url = format!("ws://{}/connect/{user}", gateway.public);
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), status);
-            String::from_utf8(response.into_body().unwrap_or_default()).unwrap()
-        }
-        other => panic!("expected a refusal with {status}, got {other:?}"),
-    }
-}
-
-async fn ring_json(gateway: &Gateway) -> Value {
-    let (status, body) = http(gateway.admin, "GET", "/admin/ring", "").await;
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).unwrap()
-}
 
 #[tokio::test]
 async fn each_user_lands_on_its_ring_owner_every_time() {
@@ -577,67 +481,6 @@ async fn a_silent_backend_times_out_its_handshake_with_502() {
     );
     held.abort();
     gateway.shutdown().await;
-}
-
-/// What one client saw while it sent a steady stream of messages.
-struct Traffic {
-    user: String,
-    sent: usize,
-    /// Every text message received, in order.
-    received: Vec<Value>,
-    /// A close frame, if one arrived (a live move must never send one).
-    closed: Option<u16>,
-}
-
-/// Sends `n0`, `n1`, … every 3 ms until `stop`, while collecting everything the gateway
-/// sends back, until every message has had its echo.
-async fn echo_traffic(
-    user: String,
-    client: Client,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Traffic {
-    let (mut sink, mut stream) = client.split();
-    let sender = tokio::spawn(async move {
-        let mut sent = 0;
-        while !*stop.borrow_and_update() {
-            if sink.send(Message::text(format!("n{sent}"))).await.is_err() {
-                break;
-            }
-            sent += 1;
-            let _ = tokio::time::timeout(Duration::from_millis(3), stop.changed()).await;
-        }
-        sent
-    });
-    tokio::pin!(sender);
-    let (mut received, mut closed, mut sent) = (Vec::new(), None, None);
-    let echoes = |received: &Vec<Value>| received.iter().filter(|m| m["type"] == "echo").count();
-    while sent.is_none_or(|sent| echoes(&received) < sent) {
-        tokio::select! {
-            message = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match message {
-                Ok(Some(Ok(Message::Text(text)))) => received.push(serde_json::from_str(&text).unwrap()),
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    closed = Some(frame.map_or(1005, |f| f.code.into()));
-                    break;
-                }
-                Ok(Some(Ok(_))) => {}
-                other => panic!("{user}: the stream ended with {other:?}"),
-            },
-            done = &mut sender, if sent.is_none() => sent = Some(done.unwrap()),
-        }
-    }
-    Traffic {
-        user,
-        sent: sent.unwrap_or_default(),
-        received,
-        closed,
-    }
-}
-
-fn ring_of(ids: &[&str]) -> Ring {
-    ids.iter()
-        .fold(Ring::builder(), |b, id| b.node(*id, 1))
-        .build()
-        .unwrap()
 }
 
 /// Live migration under continuous traffic: a 4th backend joins, then one of the first three
