@@ -1,7 +1,10 @@
 //! Helpers shared by the gateway's end-to-end tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::gateway::{Gateway, GatewayConfig};
@@ -16,7 +19,7 @@ use tokio_tungstenite::{
 };
 use tower_hashring::Ring;
 use tower_ws_migrate::MigrationPolicy;
-use tower_ws_proxy::RelayConfig;
+use tower_ws_proxy::{frame::FrameLimits, RelayConfig};
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -171,4 +174,90 @@ pub fn ring_of(ids: &[&str]) -> Ring {
         .fold(Ring::builder(), |b, id| b.node(*id, 1))
         .build()
         .unwrap()
+}
+
+/// Deadlines short enough for tests.
+pub fn strict() -> GatewayConfig {
+    let mut config = any_port();
+    config.head_timeout = Duration::from_millis(300);
+    config.relay = RelayConfig::default()
+        .close_timeout(Duration::from_millis(300))
+        .half_close_timeout(Duration::from_millis(300))
+        .switch_timeout(Duration::from_millis(200))
+        .limits(FrameLimits {
+            max_frame: Some(64 * 1024),
+            max_message: Some(64 * 1024),
+        });
+    config.shutdown_grace = Duration::from_millis(500);
+    config
+}
+
+/// Reads until EOF or a reset; `None` if the gateway kept the socket open past `limit`.
+pub async fn until_closed(tcp: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some(received)
+}
+
+pub const UPGRADE: &str = "upgrade: websocket\r\nconnection: upgrade\r\n";
+pub const KEY: &str = "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// A raw WebSocket to `user` through the gateway, handshaken; the 101 is checked.
+pub async fn raw_websocket(gateway: &Gateway, user: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(gateway.public).await.unwrap();
+    let head = format!(
+        "GET /connect/{user} HTTP/1.1\r\nhost: t\r\n{UPGRADE}{KEY}sec-websocket-version: 13\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    tcp
+}
+
+/// A masked client frame with a short payload.
+pub fn masked(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    frame
+}
+
+pub fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Waits up to `limit` for `check` to hold.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check().await
+}
+
+pub async fn live_connections(gateway: &Gateway) -> u64 {
+    ring_json(gateway).await["connections"].as_u64().unwrap()
 }
