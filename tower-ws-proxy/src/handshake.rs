@@ -132,3 +132,52 @@ fn parse_head(buffer: &[u8]) -> Result<Option<(Response<()>, usize)>, UpstreamEr
 fn http_error(reason: &str) -> UpstreamError {
     UpstreamError::Http(reason.to_owned().into())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::parse_head;
+
+    fn cases() -> u32 {
+        std::env::var("FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000)
+    }
+
+    /// A response head of the usual shape, then random bytes overwritten in it.
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        (
+            0u16..1000,
+            prop::collection::vec(("[a-zA-Z-]{0,12}", "[ -~]{0,20}"), 0..80),
+            prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            any::<prop::sample::Index>(),
+        )
+            .prop_map(|(status, headers, mutations, cut)| {
+                let mut bytes = format!("HTTP/1.1 {status} X\r\n").into_bytes();
+                for (name, value) in headers {
+                    bytes.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+                bytes.extend_from_slice(b"\r\n");
+                for (at, value) in mutations {
+                    let at = at.index(bytes.len());
+                    bytes[at] = value;
+                }
+                bytes.truncate(cut.index(bytes.len() + 1));
+                bytes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Whatever a backend answers, the parser returns a response, "more", or an error.
+        #[test]
+        fn the_response_parser_survives_any_head(bytes in head()) {
+            if let Ok(Some((_, head_len))) = parse_head(&bytes) {
+                prop_assert!(head_len <= bytes.len());
+            }
+        }
+    }
+}
