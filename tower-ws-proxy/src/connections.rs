@@ -214,3 +214,45 @@ impl fmt::Debug for LiveConnections {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::{RelayCommand, RelayCommands};
+
+    /// 100,000 connections close over the window, not one per millisecond timer tick (which
+    /// would take 100 s), and evenly: about half of them by half the window.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_close_of_100_000_connections_meets_its_window() {
+        let live = LiveConnections::new(200_000);
+        let mut held = Vec::new();
+        for _ in 0..100_000 {
+            let (handle, commands) = RelayHandle::new();
+            let registration = live.register(live.admit().unwrap(), NodeId::from("a"), handle);
+            held.push((registration, commands));
+        }
+        let closed = |held: &[(Registration, RelayCommands)]| {
+            held.iter()
+                .filter(|(_, c)| matches!(c.current(), RelayCommand::Close { code: 1001, .. }))
+                .count()
+        };
+        let window = Duration::from_secs(5);
+        let started = Instant::now();
+        let shutdown = live.shutdown(window, Duration::ZERO);
+        tokio::pin!(shutdown);
+        let half_way = tokio::time::sleep(window / 2);
+        tokio::select! {
+            () = &mut shutdown => panic!("closed everything before half the window"),
+            () = half_way => {}
+        }
+        let at_half = closed(&held);
+        assert!((45_000..=55_000).contains(&at_half), "{at_half} by half the window");
+        shutdown.await;
+        assert!(started.elapsed() <= window + Duration::from_millis(10), "{:?}", started.elapsed());
+        assert_eq!(closed(&held), 100_000);
+    }
+}

@@ -186,6 +186,14 @@ pub struct RelayCommands {
     pub(super) switch: SwitchSlot,
 }
 
+#[cfg(test)]
+impl RelayCommands {
+    /// The command a relay would see now.
+    pub(crate) fn current(&self) -> RelayCommand {
+        self.receiver.borrow().clone()
+    }
+}
+
 impl RelayHandle {
     /// A handle and the commands it sends.
     pub fn new() -> (Self, RelayCommands) {
