@@ -83,7 +83,10 @@ impl HealthCheck {
         MemberChanges::spawn(|changes| supervise(self, source, changes))
     }
 
-    async fn check(&self, address: SocketAddr) -> bool {
+    /// `Some(healthy)`, or `None` when the check could not be made for a reason of our own
+    /// (out of descriptors or buffers): that says nothing of the backend, and counting it
+    /// as a failure would empty the ring exactly when the gateway is busiest.
+    async fn check(&self, address: SocketAddr) -> Option<bool> {
         let attempt = async {
             let mut tcp = TcpStream::connect(address).await?;
             let Some(path) = &self.http_path else {
@@ -96,10 +99,11 @@ impl HealthCheck {
             tcp.read_exact(&mut status).await?;
             Ok(status.starts_with(b"HTTP/1.") && status[9] == b'2')
         };
-        matches!(
-            tokio::time::timeout(self.timeout, attempt).await,
-            Ok(Ok(true))
-        )
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(healthy)) => Some(healthy),
+            Ok(Err(error)) if is_local_shortage(&error) => None,
+            _ => Some(false),
+        }
     }
 }
 
@@ -206,10 +210,51 @@ fn spawn_checker(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let healthy = check.check(address).await;
+            let Some(healthy) = check.check(address).await else {
+                tracing::warn!(backend = %id, "health check skipped: out of local resources");
+                continue;
+            };
             if results.send((id.clone(), generation, healthy)).is_err() {
                 return;
             }
         }
     })
+}
+
+/// Errors that come from this process or host running short, not from the peer.
+fn is_local_shortage(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_shortages_are_inconclusive() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_local_shortage(&std::io::Error::from_raw_os_error(code)));
+        }
+        for code in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert!(!is_local_shortage(&std::io::Error::from_raw_os_error(code)));
+        }
+    }
+
+    /// A peer that answers is up; one that refuses is down (a verdict, not inconclusive).
+    #[tokio::test]
+    async fn a_check_gives_a_verdict_on_the_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let check = HealthCheck::tcp();
+        assert_eq!(check.check(address).await, Some(true));
+        drop(listener);
+        assert_eq!(
+            check.check(address).await,
+            Some(false),
+            "refused is a failure"
+        );
+    }
 }

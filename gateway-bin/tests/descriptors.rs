@@ -1,0 +1,177 @@
+//! The reference binary under a small descriptor limit: it derives its caps from the limit,
+//! sheds what is over them, and keeps its admin API and health checks (so its ring) working.
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+    process::Command,
+};
+
+async fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.ok()?;
+        let status = response.get(9..12)?.parse().ok()?;
+        Some((status, response.split_once("\r\n\r\n")?.1.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()?
+}
+
+/// Opens a WebSocket through `public` and returns the socket if the answer was 101.
+async fn websocket(public: SocketAddr, user: usize) -> Result<TcpStream, String> {
+    let mut tcp = TcpStream::connect(public)
+        .await
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "GET /connect/{user} HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 12];
+    match tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut answer)).await {
+        Ok(Ok(_)) if answer.starts_with(b"HTTP/1.1 101") => Ok(tcp),
+        Ok(Ok(_)) => Err(String::from_utf8_lossy(&answer[9..12]).into_owned()),
+        Ok(Err(_)) => Err("closed".into()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_api() {
+    let backend = free_address().await;
+    let _backend = Command::new(env!("CARGO_BIN_EXE_wsbackend"))
+        .args(["--id", "only", "--listen", &backend.to_string()])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (public, admin) = (free_address().await, free_address().await);
+    let config = std::env::temp_dir().join(format!("wscluster-fd-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[health]\ncheck = \"tcp\"\ninterval_ms = 100\ntimeout_ms = 200\nup = 1\ndown = 2\n",
+    )
+    .unwrap();
+    // 600 descriptors: 344 after the reserve, so 137 WebSockets and 34 connections at once.
+    let mut gateway = Command::new("prlimit")
+        .args(["--nofile=600:600", "--"])
+        .arg(env!("CARGO_BIN_EXE_gateway-bin"))
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "--public",
+            &public.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args([
+            "--workers",
+            "1",
+            "run",
+            "--backend",
+            &format!("only={backend}"),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let limits = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("descriptor limit") {
+                return without_colours(&line);
+            }
+        }
+        panic!("the gateway exited");
+    })
+    .await
+    .unwrap();
+    assert!(
+        limits.contains("soft=600") && limits.contains("max_connections=137"),
+        "{limits}"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let started = Instant::now();
+    let members = || async {
+        let (status, body) = get(admin, "/admin/ring").await?;
+        let ring: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some((status, ring["members"].as_array()?.len()))
+    };
+    while members().await != Some((200, 1)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the backend never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Far more than the descriptors allow: 137 get through, the rest are refused or shed.
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for user in 0..400 {
+        match websocket(public, user).await {
+            Ok(tcp) => open.push(tcp),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(open.len(), 137, "{refused} refused");
+    // Saturated, for several health-check rounds: the ring keeps its member, the admin API
+    // answers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(members().await, Some((200, 1)));
+    let (status, _) = get(public, "/count?userId=1")
+        .await
+        .expect("HTTP still served");
+    assert_eq!(status, 200);
+
+    drop(open);
+    let started = Instant::now();
+    loop {
+        match websocket(public, 1).await {
+            Ok(_) => break,
+            Err(why) => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no new websocket after the flood: {why}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = gateway.start_kill();
+    let _ = std::fs::remove_file(config);
+}
+
+/// The line without ANSI colour sequences (`ESC [ … m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
