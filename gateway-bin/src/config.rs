@@ -670,9 +670,20 @@ mod tests {
             load_factor = 1.25
             [limits]
             max_connections = 7
+            max_http_connections = 9
+            max_head_bytes = 9000
+            max_headers = 20
+            max_frame_bytes = 0
+            max_message_bytes = 1000
             [timeouts]
             idle_ms = 1500
             shutdown_window_ms = 10
+            shutdown_grace_ms = 20
+            head_ms = 30
+            half_close_ms = 40
+            switch_ms = 50
+            tcp_keepalive_ms = 0
+            migration_ms = 60
             [discovery]
             redis = "redis://127.0.0.1:6390"
             service = "chat"
@@ -698,8 +709,35 @@ mod tests {
         assert_eq!(config.missing_key, MissingKeyPolicy::RoundRobin);
         assert_eq!(config.load_factor.map(LoadFactor::get), Some(1.25));
         assert_eq!(config.max_connections, 7);
+        assert_eq!(file.sets_caps(), (true, true));
+        assert_eq!(
+            (
+                config.max_http_connections,
+                config.max_head_bytes,
+                config.max_headers
+            ),
+            (9, 9000, 20)
+        );
+        assert_eq!(
+            config.relay.limits,
+            FrameLimits {
+                max_frame: None,
+                max_message: Some(1000)
+            }
+        );
         assert_eq!(config.relay.idle_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(config.shutdown_window, Duration::from_millis(10));
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (config.shutdown_grace, config.head_timeout),
+            (ms(20), ms(30))
+        );
+        assert_eq!(
+            (config.relay.half_close_timeout, config.relay.switch_timeout),
+            (ms(40), ms(50))
+        );
+        assert_eq!(config.relay.tcp_keepalive, None);
+        assert_eq!(config.migration.deadline, Some(ms(60)));
         assert_eq!(file.backends()[0].0.as_str(), "b1");
         let redis = config.discovery.redis.unwrap();
         assert_eq!(
@@ -760,6 +798,23 @@ mod tests {
             (
                 "[migration]\nroutes = [{ prefix = \"game\", policy = \"live\" }]",
                 "migration.routes[0].prefix",
+            ),
+            ("[timeouts]\nhead_ms = 0", "timeouts.head_ms"),
+            ("[timeouts]\nclose_ms = 0", "timeouts.close_ms"),
+            ("[limits]\nmax_head_bytes = 100", "limits.max_head_bytes"),
+            ("[limits]\nmax_headers = 0", "limits.max_headers"),
+            (
+                "[limits]\nmax_http_connections = 0",
+                "limits.max_http_connections",
+            ),
+            ("[migration]\nsecret = \"short\"", "migration.secret"),
+            (
+                "[migration]\nsecret = \"0123456789abcdef\"\nsecret_file = \"/x\"",
+                "not both",
+            ),
+            (
+                "[migration]\nsecret_file = \"/nonexistent/s\"",
+                "migration.secret_file",
             ),
         ];
         for (text, expected) in cases {
