@@ -225,3 +225,38 @@ async fn a_message_past_the_limit_closes_both_sides_with_1009() {
     let outcome = ended_within(task, Duration::from_secs(2)).await;
     assert_eq!(outcome.relay_close, Some(1009));
 }
+
+/// Both sockets get TCP keepalive, so a peer that vanished without a FIN or RST is found.
+#[tokio::test]
+async fn both_sockets_get_tcp_keepalive() {
+    let (_client_side, relay_client) = socket_pair().await;
+    let (_backend_side, relay_backend) = socket_pair().await;
+    let relay_client = relay_client.into_std().unwrap();
+    let relay_backend = relay_backend.into_std().unwrap();
+    let watched = [
+        relay_client.try_clone().unwrap(),
+        relay_backend.try_clone().unwrap(),
+    ];
+    for socket in &watched {
+        assert!(!socket2::SockRef::from(socket).keepalive().unwrap());
+    }
+    let (handle, commands) = RelayHandle::new();
+    let config = RelayConfig::default().tcp_keepalive(Some(Duration::from_secs(42)));
+    let task = tokio::spawn(relay(
+        Peer::new(TcpStream::from_std(relay_client).unwrap()),
+        Peer::new(TcpStream::from_std(relay_backend).unwrap()),
+        config,
+        commands,
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for socket in &watched {
+        let socket = socket2::SockRef::from(socket);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(42)
+        );
+    }
+    handle.close(1001, "done");
+    drop(task);
+}
