@@ -250,9 +250,16 @@ mod tests {
             () = half_way => {}
         }
         let at_half = closed(&held);
-        assert!((45_000..=55_000).contains(&at_half), "{at_half} by half the window");
+        assert!(
+            (45_000..=55_000).contains(&at_half),
+            "{at_half} by half the window"
+        );
         shutdown.await;
-        assert!(started.elapsed() <= window + Duration::from_millis(10), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() <= window + Duration::from_millis(10),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(closed(&held), 100_000);
     }
 }
