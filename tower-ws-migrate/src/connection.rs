@@ -298,3 +298,49 @@ impl<E: Send + Sync + 'static> UpstreamLookup for tower_hashring::SharedHashRing
         self.service(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_upstreams() -> Arc<dyn UpstreamLookup> {
+        Arc::new(|_: &NodeId| -> Option<Upstream> { None })
+    }
+
+    #[test]
+    fn the_kept_head_is_one_allocation_that_gives_back_the_request() {
+        let request = http::Request::get("/connect/7?room=a%20b")
+            .header("cookie", "session=1")
+            .header("sec-websocket-protocol", "chat, v2")
+            .header("x-forwarded-for", "10.0.0.1, 127.0.0.1")
+            .header("connection", "upgrade, x-hop")
+            .header("x-hop", "dropped")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let head = CompactHead::new(&request);
+        let again = head.to_parts();
+        assert_eq!(again.uri, "/connect/7?room=a%20b");
+        let mut expected = request.headers.clone();
+        tower_ws_proxy::strip_hop_by_hop(&mut expected);
+        assert_eq!(again.headers, expected);
+        assert!(again.headers.get("x-hop").is_none());
+        assert!(head.0.len() < 150, "{} bytes", head.0.len());
+    }
+
+    #[test]
+    fn a_head_over_the_bound_is_not_kept_and_can_only_reconnect() {
+        let request = http::Request::get("/connect/7")
+            .header("cookie", "c".repeat(MAX_KEPT_HEAD))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let (handle, _commands) = RelayHandle::new();
+        let connection = ProxiedConnection::new(handle, request, &HeaderMap::new(), no_upstreams());
+        assert!(connection.request.0.is_empty());
+        let blocker = connection.live_blocker.expect("a live move is blocked");
+        assert!(blocker.contains("request head"), "{blocker}");
+    }
+}
