@@ -19,20 +19,22 @@ pub struct DescriptorLimit {
 
 impl DescriptorLimit {
     /// The default caps: (WebSockets, public connections before an upgrade). A WebSocket
-    /// holds two descriptors (client and backend), an HTTP connection up to two as well;
-    /// WebSockets get four fifths of what is left after [`RESERVED`].
+    /// holds two descriptors (client and backend), an HTTP connection up to two as well.
+    /// Connections before an upgrade get a twentieth of what is left after [`RESERVED`]
+    /// (at most 512: they are short-lived), WebSockets the rest.
     ///
     /// ```
     /// use gateway_bin::descriptors::DescriptorLimit;
     ///
-    /// let limit = DescriptorLimit { was: 1024, soft: 1_048_576, hard: 1_048_576 };
+    /// let limit = DescriptorLimit { was: 1024, soft: 20_000, hard: 20_000 };
     /// let (websockets, http) = limit.default_caps();
-    /// assert!(2 * websockets + 2 * http <= 1_048_576 - 256);
+    /// assert_eq!((websockets, http), (9360, 512));
+    /// assert!(2 * websockets + 2 * http <= 20_000 - 256);
     /// ```
     pub fn default_caps(&self) -> (usize, usize) {
         let budget = self.soft.saturating_sub(RESERVED).max(10);
-        let websockets = budget * 2 / 5;
-        let http = budget / 10;
+        let http = (budget / 20).clamp(1, 512);
+        let websockets = (budget - 2 * http) / 2;
         (
             usize::try_from(websockets).unwrap_or(usize::MAX).max(1),
             usize::try_from(http).unwrap_or(usize::MAX).max(1),

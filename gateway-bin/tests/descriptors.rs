@@ -73,7 +73,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         "[health]\ncheck = \"tcp\"\ninterval_ms = 100\ntimeout_ms = 200\nup = 1\ndown = 2\n",
     )
     .unwrap();
-    // 600 descriptors: 344 after the reserve, so 137 WebSockets and 34 connections at once.
+    // 600 descriptors: 344 after the reserve, so 155 WebSockets and 17 connections at once.
     let mut gateway = Command::new("prlimit")
         .args(["--nofile=600:600", "--"])
         .arg(env!("CARGO_BIN_EXE_gateway-bin"))
@@ -108,7 +108,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
     .await
     .unwrap();
     assert!(
-        limits.contains("soft=600") && limits.contains("max_connections=137"),
+        limits.contains("soft=600") && limits.contains("max_connections=155"),
         "{limits}"
     );
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
@@ -127,7 +127,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Far more than the descriptors allow: 137 get through, the rest are refused or shed.
+    // Far more than the descriptors allow: 155 get through, the rest are refused or shed.
     let mut open = Vec::new();
     let mut refused = 0;
     for user in 0..400 {
@@ -136,7 +136,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
             Err(_) => refused += 1,
         }
     }
-    assert_eq!(open.len(), 137, "{refused} refused");
+    assert_eq!(open.len(), 155, "{refused} refused");
     // Saturated, for several health-check rounds: the ring keeps its member, the admin API
     // answers.
     tokio::time::sleep(Duration::from_millis(500)).await;
