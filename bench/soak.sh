@@ -15,7 +15,9 @@
 #
 # Usage: bench/soak.sh [SECONDS=300]
 # Environment (defaults): SETTLE=10 (s of no load before each measurement), FD_TOLERANCE=8,
-#   RSS_GROWTH_MB=64, LOAD_CONNS=200, LOAD_MESSAGES=20, CHURN_CONNS=300, HOSTILE_CONNS=3 (0: none),
+#   RSS_GROWTH_MB=64, LOAD_CONNS=200, LOAD_MESSAGES=20, CHURN_CONNS=300,
+#   HOSTILE_CONNS=3 (0: none), HOSTILE_ANSWER_MS=3000 (a slowloris client leaves after this;
+#   above the gateway's head deadline it waits to be closed, and rounds last that long),
 #   MAX_BACKENDS=6, PUBLIC_PORT=7300, ADMIN_PORT=7301 (the next free pair above is taken if
 #   busy), SOAK_KEEP=1 keeps the logs even on success, WSCLUSTER_ADMIN_TOKEN (generated when
 #   the gateway supports an admin token and none is given).
@@ -29,6 +31,8 @@ load_conns=${LOAD_CONNS:-200}
 load_messages=${LOAD_MESSAGES:-20}
 churn_conns=${CHURN_CONNS:-300}
 hostile_conns=${HOSTILE_CONNS:-3}
+hostile_answer_ms=${HOSTILE_ANSWER_MS:-3000}
+hostile_seconds=$((hostile_answer_ms * 2 / 1000 + 10)) # a handshake and an answer, with room
 max_backends=${MAX_BACKENDS:-6}
 min_backends=2
 
@@ -96,14 +100,36 @@ echo "soak: ${duration}s against gateway-bin demo on $public (admin $admin), pid
 echo "soak: per round: wsload $load_conns conns x $load_messages msgs, wsload $churn_conns connect/disconnect," \
   "wshostile all kinds x $hostile_conns, one ring change ($min_backends..$max_backends backends)"
 
-# Warm-up: the allocator and the runtimes see a round's well-behaved load before the baseline.
-"$bin/wsload" --url "$url" --connections "$load_conns" --messages "$load_messages" --rate 20 \
-  --time-limit 30 --label warmup-echo >>"$tmp/wsload.log" 2>&1 & warm=$!
-"$bin/wsload" --url "$url" --connections "$churn_conns" --messages 0 --time-limit 30 \
-  --label warmup-churn >>"$tmp/wsload.log" 2>&1 || true
-wait "$warm" || true
-sleep "$settle"
+# One round: the wsload runs, wshostile (when HOSTILE is set) and ring change $1 (add, remove
+# or none), all at once; returns when all are done (each is bounded).
+load_round() { # load_round LABEL add|remove|none HOSTILE(0|1)
+  local pids=() p members n
+  "$bin/wsload" --url "$url" --connections "$load_conns" --messages "$load_messages" --rate 20 \
+    --time-limit 30 --label "echo-$1" >>"$tmp/wsload.log" 2>&1 & pids+=($!)
+  "$bin/wsload" --url "$url" --connections "$churn_conns" --messages 0 --time-limit 30 \
+    --label "churn-$1" >>"$tmp/wsload.log" 2>&1 & pids+=($!)
+  if [ "$3" = 1 ] && [ "$hostile_conns" -gt 0 ]; then
+    "$bin/wshostile" --url "$url" --kind all --connections "$hostile_conns" --answer-ms "$hostile_answer_ms" \
+      --hold-ms 2000 --seconds "$hostile_seconds" >>"$tmp/hostile.log" 2>&1 & pids+=($!)
+  fi
+  mapfile -t members < <(ring | jq -r '.members[].id')
+  n=${#members[@]}
+  case $2 in
+    add) [ "$n" -lt "$max_backends" ] && { add_backend & pids+=($!); } ;;
+    remove) [ "$n" -gt "$min_backends" ] && { remove_backend "${members[RANDOM % n]}" & pids+=($!); } ;;
+  esac
+  for p in "${pids[@]}"; do wait "$p" || true; done
+}
+
+# Warm-up: two well-behaved rounds, a scale-up and a removal, so that the allocator and the
+# runtimes have seen the load before the baseline.
 start_backends=$(backends)
+load_round warmup-1 add 0
+load_round warmup-2 none 0
+while alive && [ "$(backends)" -gt "$start_backends" ]; do
+  remove_backend "$(ring | jq -r '.members[-1].id')"
+done
+sleep "$settle"
 measure start
 
 end=$((SECONDS + duration))
@@ -111,23 +137,12 @@ round=0
 while [ "$SECONDS" -lt "$end" ]; do
   round=$((round + 1))
   alive || { echo "soak: the gateway died in round $round" >&2; tail -20 "$tmp/gateway.log" >&2; exit 1; }
-  pids=()
-  "$bin/wsload" --url "$url" --connections "$load_conns" --messages "$load_messages" --rate 20 \
-    --time-limit 30 --label "echo-$round" >>"$tmp/wsload.log" 2>&1 & pids+=($!)
-  "$bin/wsload" --url "$url" --connections "$churn_conns" --messages 0 --time-limit 30 \
-    --label "churn-$round" >>"$tmp/wsload.log" 2>&1 & pids+=($!)
-  if [ "$hostile_conns" -gt 0 ]; then
-    "$bin/wshostile" --url "$url" --kind all --connections "$hostile_conns" --answer-ms 3000 \
-      --hold-ms 2000 --seconds 20 >>"$tmp/hostile.log" 2>&1 & pids+=($!)
-  fi
-  mapfile -t members < <(ring | jq -r '.members[].id')
-  n=${#members[@]}
+  n=$(backends)
   if [ "$n" -lt "$max_backends" ] && { [ "$n" -le "$min_backends" ] || [ $((RANDOM % 2)) = 0 ]; }; then
-    add_backend & pids+=($!)
-  elif [ "$n" -gt "$min_backends" ]; then
-    remove_backend "${members[RANDOM % n]}" & pids+=($!)
+    load_round "$round" add 1
+  else
+    load_round "$round" remove 1
   fi
-  for p in "${pids[@]}"; do wait "$p" || true; done
   printf 'round %d (%ds): %s backends, registry %s, fds %s, rss %s KiB\n' \
     "$round" "$SECONDS" "$(backends)" "$(registry)" "$(fds)" "$(rss_kb)"
 done
