@@ -3,7 +3,7 @@
 use std::{future::Future, pin::Pin};
 
 use tower_hashring::NodeId;
-use tower_ws_proxy::RelayHandle;
+use tower_ws_proxy::{close_code, RelayHandle};
 
 use crate::{Fallback, FallbackKind, Outcome};
 
@@ -44,7 +44,7 @@ impl MigrationPolicy {
     /// Reconnect with 1012 "Service Restart", which clients treat as "try again".
     pub fn reconnect() -> Self {
         MigrationPolicy::Reconnect {
-            code: 1012,
+            code: close_code::SERVICE_RESTART,
             reason: "Service Restart".into(),
         }
     }
@@ -52,7 +52,7 @@ impl MigrationPolicy {
     /// Live, falling back to a 1012 "Service Restart" close.
     pub fn live() -> Self {
         MigrationPolicy::Live {
-            code: 1012,
+            code: close_code::SERVICE_RESTART,
             reason: "Service Restart".into(),
         }
     }
@@ -84,7 +84,7 @@ pub type MigrateFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 /// # async fn main() {
 /// use tower_hashring::NodeId;
 /// use tower_ws_migrate::{Migrate, MigrationPolicy, Outcome};
-/// use tower_ws_proxy::RelayHandle;
+/// use tower_ws_proxy::{close_code, RelayHandle};
 ///
 /// let (handle, _commands) = RelayHandle::new();
 /// let (from, to) = (NodeId::from("a"), NodeId::from("b"));

@@ -12,7 +12,7 @@ use tokio::{
 };
 use tower_hashring::NodeId;
 use tower_ws_migrate::{
-    FallbackKind, Migrate, MigrationPolicy, Outcome, ProxiedConnection, UpstreamLookup,
+    Fallback, FallbackKind, Migrate, MigrationPolicy, Outcome, ProxiedConnection, UpstreamLookup,
 };
 use tower_ws_proxy::{
     frame::close_frame, relay, Peer, RelayConfig, RelayHandle, Upstream, UpstreamConfig,
@@ -73,6 +73,18 @@ async fn assert_closed_with(client: &mut TcpStream, code: u16, reason: &str) {
     assert_eq!(got, expected);
 }
 
+/// Moves `connection` live from a to b; it must fall back.
+async fn live_move_falls_back(connection: &ProxiedConnection) -> Fallback {
+    let (from, to) = (NodeId::from("a"), NodeId::from("b"));
+    match connection
+        .migrate(&MigrationPolicy::live(), &from, Some(&to))
+        .await
+    {
+        Outcome::FellBack(why) => why,
+        outcome => panic!("expected a fallback, got {outcome:?}"),
+    }
+}
+
 fn request() -> http::request::Parts {
     http::Request::get("/connect/7")
         .body(())
@@ -94,16 +106,7 @@ async fn permessage_deflate_with_context_takeover_reconnects_instead() {
     let never_dialed: Arc<dyn UpstreamLookup> =
         Arc::new(|_: &NodeId| -> Option<Upstream> { panic!("no dial for a blocked connection") });
     let connection = ProxiedConnection::new(handle, request(), &negotiated, never_dialed);
-    let outcome = connection
-        .migrate(
-            &MigrationPolicy::live(),
-            &NodeId::from("a"),
-            Some(&NodeId::from("b")),
-        )
-        .await;
-    let Outcome::FellBack(why) = outcome else {
-        panic!("expected a fallback, got {outcome:?}");
-    };
+    let why = live_move_falls_back(&connection).await;
     assert_eq!(why.kind, FallbackKind::StatefulExtension);
     assert!(why.detail.contains("permessage-deflate"), "{why}");
     assert_closed_with(&mut client, 1012, "Service Restart").await;
@@ -161,16 +164,7 @@ async fn a_client_parked_mid_message_falls_back_after_the_switch_timeout() {
     });
     let connection = ProxiedConnection::new(handle, request(), &HeaderMap::new(), lookup);
     let started = Instant::now();
-    let outcome = connection
-        .migrate(
-            &MigrationPolicy::live(),
-            &NodeId::from("a"),
-            Some(&NodeId::from("b")),
-        )
-        .await;
-    let Outcome::FellBack(why) = outcome else {
-        panic!("expected a fallback, got {outcome:?}");
-    };
+    let why = live_move_falls_back(&connection).await;
     assert_eq!(why.kind, FallbackKind::NoBoundary);
     assert_eq!(why.kind.as_str(), "no_boundary");
     let took = started.elapsed();

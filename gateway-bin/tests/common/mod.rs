@@ -125,6 +125,19 @@ pub struct Traffic {
     pub closed: Option<u16>,
 }
 
+impl Traffic {
+    /// How many echoes came back.
+    pub fn echoes(&self) -> usize {
+        self.received.iter().filter(|m| m["type"] == "echo").count()
+    }
+
+    /// No close reached the client, and every message it sent had its echo.
+    pub fn assert_untouched(&self) {
+        assert_eq!(self.closed, None, "{} was closed", self.user);
+        assert_eq!(self.echoes(), self.sent, "{} lost messages", self.user);
+    }
+}
+
 /// Sends `n0`, `n1`, … every 3 ms until `stop`, while collecting everything the gateway
 /// sends back, until every message has had its echo.
 pub async fn echo_traffic(
