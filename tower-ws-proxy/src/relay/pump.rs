@@ -132,7 +132,7 @@ async fn pump_until_done(
             // polled again without the loop's check after a wakeup.)
             if commands.has_changed().unwrap_or(false) {
                 let command = commands.borrow_and_update().clone();
-                return Poll::Ready(Step::Command(Some(command)));
+                return Poll::Ready(Step::Command(command));
             }
             // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
             // each message costs one `read` and one `write`, with no `read` that finds nothing.
@@ -154,11 +154,9 @@ async fn pump_until_done(
         match step {
             Step::Sent => {}
             Step::Command(command) => {
-                if let Some(command) = command {
-                    this.on_command(&command);
-                    if !this.switching && !this.held.is_empty() {
-                        pending = Some(std::mem::take(&mut this.held));
-                    }
+                this.on_command(&command);
+                if !this.switching && !this.held.is_empty() {
+                    pending = Some(std::mem::take(&mut this.held));
                 }
             }
             Step::Pending(bytes) => pending = Some(bytes),
@@ -280,7 +278,7 @@ enum Step {
     /// Everything read was forwarded.
     Sent,
     /// A command that has not been taken into account yet.
-    Command(Option<RelayCommand>),
+    Command(RelayCommand),
     /// A command was sent while the socket had nothing to read (the wakeup's receiver).
     CommandSent(watch::Receiver<RelayCommand>),
     /// These bytes still have to be written.
