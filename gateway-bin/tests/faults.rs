@@ -494,3 +494,80 @@ async fn free_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// A backend that answers every connection only after `delay`: it waits, then pipes to a
+/// reference backend named `id`.
+async fn slow_backend(id: &str, delay: Duration) -> SocketAddr {
+    let real = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let real_address = real.local_addr().unwrap();
+    tokio::spawn(gateway_bin::backend::Backend::new(id).serve(real, std::future::pending()));
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = front.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut real = TcpStream::connect(real_address).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut real).await;
+            });
+        }
+    });
+    address
+}
+
+/// A new owner that takes its time to answer the handshake: the users it now owns keep
+/// their echo traffic through the old backend meanwhile, then move without a close or a
+/// lost message.
+#[tokio::test]
+async fn a_slow_new_owner_takes_its_users_without_a_loss() {
+    let mut config = strict();
+    config.upstream.handshake_timeout = Duration::from_secs(5);
+    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for n in 0..20 {
+        let user = format!("slow-{n}");
+        let (client, _) = connect(&gateway, &user).await;
+        clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
+    }
+    let delay = Duration::from_millis(600);
+    let slow = slow_backend("slow", delay).await;
+    let added = Instant::now();
+    let (status, _) = http(
+        gateway.admin,
+        "POST",
+        "/admin/backends",
+        &format!("{{\"id\":\"slow\",\"address\":\"{slow}\"}}"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let ring = ring_of(&["backend-a", "slow"]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            ring_json(&gateway).await["migrations"]["moved"].as_u64() > Some(0)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send_replace(true);
+    let mut moved = 0;
+    for client in clients {
+        let traffic = client.await.unwrap();
+        traffic.assert_untouched();
+        let owner = ring.route(traffic.user.as_bytes()).unwrap().id().as_str();
+        let last = traffic.received.last().unwrap();
+        assert_eq!(last["server"], owner, "{} ends on its owner", traffic.user);
+        if owner == "slow" {
+            moved += 1;
+            let hello = traffic
+                .received
+                .iter()
+                .find(|m| m["type"] == "connected")
+                .expect("the new owner's hello");
+            assert_eq!(hello["migratedFrom"], "backend-a");
+        }
+    }
+    assert!(moved > 0);
+    assert!(added.elapsed() >= delay);
+    gateway.shutdown().await;
+}
