@@ -12,9 +12,11 @@ server) while their URL, and so their Host header, stays the fuzzing server's: A
 fails a handshake whose Host port is not the one it listens on. /getCaseCount and
 /updateReports always go straight to the fuzzing server.
 
-Each case is bounded by --case-timeout; a case that hangs is abandoned (the fuzzing server
-records what it saw) and the run goes on. Exits non-zero only if the fuzzing server itself
-cannot be reached.
+A case whose connection stays silent for --idle-timeout seconds (the fuzzing server's own
+waits are at most 2 s, so only a path that never delivers the end of a case gets there), or
+that lasts --case-timeout seconds in all, is abandoned: the connection is dropped, the fuzzing
+server keeps the verdict it reached, and the run goes on. --update-only just asks for the
+reports. Exits non-zero only if the fuzzing server itself cannot be reached.
 """
 
 import argparse
@@ -24,7 +26,6 @@ import logging
 import os
 import socket
 import sys
-import time
 
 # 9.3.1 and 9.4.1 send a 4 MiB message in 64-byte fragments (65536 of them); websockets
 # refuses more than 4096 fragments per message unless told otherwise.
@@ -46,7 +47,11 @@ async def get_case_count(server):
         return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
-async def run_case(server, agent, case, via):
+class Abandoned(Exception):
+    pass
+
+
+async def run_case(server, agent, case, via, idle):
     kwargs = {}
     if via:
         kwargs["sock"] = open_socket(via)
@@ -59,11 +64,18 @@ async def run_case(server, agent, case, via):
         close_timeout=5,
         **kwargs,
     ) as ws:
-        try:
-            async for message in ws:
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.recv(), idle)
+            except asyncio.TimeoutError:
+                ws.transport.abort()
+                raise Abandoned(f"nothing for {idle:.0f} s") from None
+            except WebSocketException:
+                return
+            try:
                 await ws.send(message)
-        except WebSocketException:
-            pass
+            except WebSocketException:
+                return
 
 
 async def update_reports(server, agent):
@@ -76,28 +88,31 @@ async def main():
     parser.add_argument("--server", required=True, help="the fuzzing server's ws:// URL")
     parser.add_argument("--agent", required=True)
     parser.add_argument("--via", help="host:port to open the case connections to")
-    parser.add_argument("--case-timeout", type=float, default=60)
+    parser.add_argument("--idle-timeout", type=float, default=4)
+    parser.add_argument("--case-timeout", type=float, default=120)
+    parser.add_argument("--update-only", action="store_true")
     args = parser.parse_args()
     server = args.server.rstrip("/")
-    count = await get_case_count(server)
-    print(f"{args.agent}: {count} cases" + (f" via {args.via}" if args.via else ""), flush=True)
-    slow = []
-    for case in range(1, count + 1):
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(
-                run_case(server, args.agent, case, args.via), args.case_timeout
-            )
-        except asyncio.TimeoutError:
-            print(f"  case #{case}: no end after {args.case_timeout:.0f} s, abandoned", flush=True)
-        except (WebSocketException, OSError) as error:
-            # The fuzzing server judges the connection; a failed one is its verdict to give.
-            logging.debug("case #%d: %s: %s", case, type(error).__name__, error)
-        took = time.monotonic() - started
-        if took > 5:
-            slow.append(f"#{case} {took:.1f} s")
-    if slow:
-        print(f"{args.agent}: slow cases: {', '.join(slow)}", flush=True)
+    if not args.update_only:
+        count = await get_case_count(server)
+        via = f" via {args.via}" if args.via else ""
+        print(f"{args.agent}: {count} cases{via}", flush=True)
+        abandoned = []
+        for case in range(1, count + 1):
+            try:
+                await asyncio.wait_for(
+                    run_case(server, args.agent, case, args.via, args.idle_timeout),
+                    args.case_timeout,
+                )
+            except Abandoned as why:
+                abandoned.append(f"#{case} ({why})")
+            except asyncio.TimeoutError:
+                abandoned.append(f"#{case} (not over after {args.case_timeout:.0f} s)")
+            except (WebSocketException, OSError) as error:
+                # The fuzzing server judges the connection; a failed one is its verdict.
+                logging.debug("case #%d: %s: %s", case, type(error).__name__, error)
+        if abandoned:
+            print(f"{args.agent}: {len(abandoned)} cases abandoned: {', '.join(abandoned)}")
     await update_reports(server, args.agent)
     print(f"{args.agent}: reports updated", flush=True)
 

@@ -1,0 +1,381 @@
+"""Runs Autobahn|Testsuite through the gateway and directly, and compares the verdicts.
+
+Started by run.sh (which installs wstest and builds the gateway first); all on loopback:
+
+  fuzzingclient  wstest -m fuzzingclient -> echo backend             (agent "direct")
+                 wstest -m fuzzingclient -> gateway -> echo backend  (agent "gateway")
+  fuzzingserver  echo client -> wstest -m fuzzingserver              (agent "direct")
+                 echo client -> gateway -> wstest -m fuzzingserver   (agent "gateway")
+
+The echo backend and the echo client are Python 3 `websockets` (echo_server.py,
+echo_client.py); the backend negotiates permessage-deflate, so 12.* and 13.* pass compressed
+frames through the gateway both ways. In the fuzzingserver mode the client connects to the
+gateway but keeps the fuzzing server's URL, hence its Host header: Autobahn fails a
+handshake whose Host port is not its own listening port, and it listens on every address,
+so the gateway cannot take the same port on another loopback address.
+
+Each wstest run and each echo-client run has its own time limit; a run that hits it leaves
+its cases without a verdict, which counts as a failure. Every process started here is
+stopped at the end, also on SIGTERM (run.sh's overall `timeout`); their ids are kept in
+OUT/pids for run.sh's trap.
+
+    python harness.py --gateway target/release/gateway-bin --wstest .../py2/bin/wstest \
+        --out target/autobahn --doc docs/conformance.md
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import report
+
+HERE = Path(__file__).resolve().parent
+
+# 12.* and 13.* take about 7.5 minutes per agent and mode in full (216 cases, each 1000
+# messages); by default each of their 12 subgroups runs 4 cases: 16 B, 4 KiB and 32 KiB
+# messages in one frame, and 32 KiB split into 256-byte frames (a compressed message in
+# continuation frames).
+DEFLATE_SUBGROUPS = [f"12.{i}" for i in range(1, 6)] + [f"13.{i}" for i in range(1, 8)]
+DEFLATE_SUBSET = [f"{g}.{n}" for g in DEFLATE_SUBGROUPS for n in (1, 5, 8, 13)]
+
+SUITES = {
+    "core": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"],
+    "perf": ["9.*"],
+    "deflate": DEFLATE_SUBSET,
+}
+FULL_DEFLATE = ["12.*", "13.*"]
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Processes:
+    """Every long-running process of the run, each in its own session, stopped by its id."""
+
+    def __init__(self, pidfile):
+        self.procs = []
+        self.pidfile = pidfile
+
+    def start(self, name, argv, logfile, cwd=None, env=None):
+        out = open(logfile, "wb")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        out.close()
+        self.procs.append((name, proc))
+        with open(self.pidfile, "a") as f:
+            f.write(f"{proc.pid}\n")
+        return proc
+
+    def stop(self, proc):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+
+    def stop_all(self):
+        for _, proc in reversed(self.procs):
+            self.stop(proc)
+        self.procs = []
+
+
+def free_ports(n):
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_port(port, proc, name, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with status {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{name} is not listening on 127.0.0.1:{port} after {seconds} s")
+
+
+def run_bounded(procs, name, argv, logfile, seconds, cwd=None, env=None):
+    """Runs argv to its end or for at most `seconds`; returns (status, elapsed)."""
+    started = time.monotonic()
+    proc = procs.start(name, argv, logfile, cwd=cwd, env=env)
+    try:
+        status = proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc)
+        status = "timeout"
+    return status, time.monotonic() - started
+
+
+def expand_cases(wstest, patterns):
+    """The case ids wstest runs for these patterns, in its order."""
+    python = Path(wstest).parent / "python"
+    code = (
+        "import json, sys\n"
+        "from autobahntestsuite.case import Cases, CaseSetname, CaseBasename, "
+        "CaseCategories, CaseSubCategories\n"
+        "from autobahntestsuite.caseset import CaseSet\n"
+        "s = CaseSet(CaseSetname, CaseBasename, Cases, CaseCategories, CaseSubCategories)\n"
+        "print(json.dumps(s.parseSpecCases({'cases': json.loads(sys.argv[1])})))\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, json.dumps(patterns)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return json.loads(out.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gateway", required=True, help="the gateway-bin binary")
+    parser.add_argument("--wstest", required=True, help="wstest in its Python 2 venv")
+    parser.add_argument("--out", required=True, help="folder for reports and logs")
+    parser.add_argument("--doc", help="write the verdict table here (markdown)")
+    parser.add_argument(
+        "--suites",
+        default="core,perf,deflate",
+        help="comma-separated, of: core (1-7, 10), perf (9), deflate (12, 13)",
+    )
+    parser.add_argument("--modes", default="fuzzingclient,fuzzingserver")
+    parser.add_argument(
+        "--full-deflate",
+        action="store_true",
+        help="all 216 cases of 12.* and 13.* instead of 48 (about 30 more minutes)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's --workers")
+    args = parser.parse_args()
+
+    out = Path(args.out).resolve()
+    reports_dir = out / "reports"
+    logs = out / "logs"
+    for d in (reports_dir, logs):
+        if d.exists():
+            subprocess.run(["rm", "-rf", str(d)], check=True)
+        d.mkdir(parents=True)
+    pidfile = out / "pids"
+    pidfile.write_text("")
+
+    suites = [s for s in args.suites.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    for s in suites:
+        if s not in SUITES:
+            raise SystemExit(f"unknown suite {s}")
+    for m in modes:
+        if m not in ("fuzzingclient", "fuzzingserver"):
+            raise SystemExit(f"unknown mode {m}")
+    patterns = dict(SUITES)
+    if args.full_deflate:
+        patterns["deflate"] = FULL_DEFLATE
+    expected = {s: expand_cases(args.wstest, patterns[s]) for s in suites}
+    all_cases = [c for s in suites for c in expected[s]]
+    log(
+        "cases: "
+        + ", ".join(f"{s} {len(expected[s])}" for s in suites)
+        + f"; modes: {', '.join(modes)}"
+    )
+
+    (out / "expected.json").write_text(
+        json.dumps(dict(modes=modes, expected=expected, full_deflate=args.full_deflate))
+    )
+    import websockets
+
+    version = subprocess.run(
+        [args.wstest, "--autobahnversion"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    meta = {
+        "autobahntestsuite": version[-1] if version else "?",
+        "websockets": websockets.__version__,
+        "gateway workers": str(args.workers),
+    }
+    (out / "meta.json").write_text(json.dumps(meta))
+
+    python3 = sys.executable
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = Processes(pidfile)
+    runs = []
+
+    def on_term(signum, _frame):
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    (echo_port, gw_port, gw_admin, fuzz_port, gw2_port, gw2_admin) = free_ports(6)
+    config = out / "gateway.toml"
+    # Autobahn's URLs carry no routing key: one backend, reached whatever the key.
+    config.write_text('[routing]\nmissing_key = "random"\n')
+
+    def start_gateway(name, public, admin, backend):
+        proc = procs.start(
+            name,
+            [
+                args.gateway,
+                "--config",
+                str(config),
+                "--public",
+                f"127.0.0.1:{public}",
+                "--admin",
+                f"127.0.0.1:{admin}",
+                "--workers",
+                str(args.workers),
+                "run",
+                "--backend",
+                f"{backend}=127.0.0.1:{backend_port[backend]}",
+            ],
+            logs / f"{name}.log",
+            env=dict(env, RUST_LOG=os.environ.get("RUST_LOG", "info")),
+        )
+        wait_port(public, proc, name)
+        return proc
+
+    backend_port = {"echo": echo_port, "fuzzingserver": fuzz_port}
+    try:
+        if "fuzzingclient" in modes:
+            echo = procs.start(
+                "echo-backend",
+                [python3, str(HERE / "echo_server.py"), "--port", str(echo_port)],
+                logs / "echo-backend.log",
+                env=env,
+            )
+            wait_port(echo_port, echo, "echo backend")
+            start_gateway("gateway-echo", gw_port, gw_admin, "echo")
+            log(f"echo backend on :{echo_port}, gateway on :{gw_port} in front of it")
+            targets = {"direct": echo_port, "gateway": gw_port}
+            limits = {"core": 300, "perf": 300, "deflate": 1800 if args.full_deflate else 300}
+            for suite in suites:
+                for agent, port in targets.items():
+                    outdir = reports_dir / "fuzzingclient" / f"{suite}-{agent}"
+                    spec = out / f"fuzzingclient-{suite}-{agent}.json"
+                    spec.write_text(
+                        json.dumps(
+                            {
+                                "outdir": str(outdir),
+                                "servers": [{"agent": agent, "url": f"ws://127.0.0.1:{port}"}],
+                                "cases": expected[suite],
+                                "exclude-cases": [],
+                                "exclude-agent-cases": {},
+                            },
+                            indent=2,
+                        )
+                    )
+                    status, took = run_bounded(
+                        procs,
+                        f"fuzzingclient-{suite}-{agent}",
+                        [args.wstest, "-m", "fuzzingclient", "-s", str(spec)],
+                        logs / f"fuzzingclient-{suite}-{agent}.log",
+                        limits[suite],
+                        cwd=str(out),
+                    )
+                    runs.append(
+                        dict(mode="fuzzingclient", suite=suite, agent=agent,
+                             seconds=round(took, 1), status=status, limit=limits[suite])
+                    )
+                    log(f"fuzzingclient {suite:8} {agent:8} {took:6.1f} s  status {status}")
+            procs.stop_all()
+
+        if "fuzzingserver" in modes:
+            spec = out / "fuzzingserver.json"
+            spec.write_text(
+                json.dumps(
+                    {
+                        "url": f"ws://127.0.0.1:{fuzz_port}",
+                        "outdir": str(reports_dir / "fuzzingserver"),
+                        "cases": all_cases,
+                        "exclude-cases": [],
+                        "exclude-agent-cases": {},
+                    },
+                    indent=2,
+                )
+            )
+            fuzz = procs.start(
+                "fuzzingserver",
+                [args.wstest, "-m", "fuzzingserver", "-s", str(spec), "-u", "0"],
+                logs / "fuzzingserver.log",
+                cwd=str(out),
+            )
+            wait_port(fuzz_port, fuzz, "fuzzingserver")
+            start_gateway("gateway-fuzzingserver", gw2_port, gw2_admin, "fuzzingserver")
+            log(f"fuzzingserver on :{fuzz_port}, gateway on :{gw2_port} in front of it")
+            limit = 1800 if args.full_deflate else 600
+            server_url = f"ws://127.0.0.1:{fuzz_port}"
+            for agent, via in (("direct", None), ("gateway", f"127.0.0.1:{gw2_port}")):
+                argv = [python3, str(HERE / "echo_client.py"), "--server", server_url,
+                        "--agent", agent]
+                if via:
+                    argv += ["--via", via]
+                status, took = run_bounded(
+                    procs, f"echo-client-{agent}", argv,
+                    logs / f"echo-client-{agent}.log", limit, env=env,
+                )
+                if status != 0:
+                    # Whatever the client got through, have the server write it down.
+                    run_bounded(
+                        procs, f"echo-client-{agent}-update",
+                        argv + ["--update-only"],
+                        logs / f"echo-client-{agent}-update.log", 120, env=env,
+                    )
+                runs.append(
+                    dict(mode="fuzzingserver", suite="+".join(suites), agent=agent,
+                         seconds=round(took, 1), status=status, limit=limit)
+                )
+                log(f"fuzzingserver {'+'.join(suites):14} {agent:8} {took:6.1f} s  status {status}")
+                abandoned = [
+                    line.strip()
+                    for line in (logs / f"echo-client-{agent}.log").read_text().splitlines()
+                    if "abandoned" in line
+                ]
+                for line in abandoned:
+                    log(f"  {line}")
+    finally:
+        procs.stop_all()
+        pidfile.write_text("")
+
+    (out / "runs.json").write_text(json.dumps(runs, indent=2))
+    return report.main_with(
+        out=out,
+        modes=modes,
+        expected=expected,
+        runs=runs,
+        doc=Path(args.doc) if args.doc else None,
+        known=HERE / "known-backend-failures.txt",
+        full_deflate=args.full_deflate,
+        meta=meta,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
