@@ -32,8 +32,8 @@ pub use self::{
     observe::{ConnectionObserver, ObserveConnections, OpenedConnection},
     proxy::{text_response, HashRingProxy},
     relay::{
-        relay, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome,
-        SwitchError,
+        relay, ClientStream, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle,
+        RelayOutcome, SwitchError,
     },
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     upstream::{

@@ -12,14 +12,15 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
 use tower_hashring::{balance::RouteCandidates, error::http_status, KeyExtractor, SharedHashRing};
 use tower_service::Service;
 
 use crate::{
     check_upgrade, is_websocket_upgrade, relay, strip_internal_headers,
     upstream::{tcp_peer, BoxError},
-    LiveConnections, ObserveConnections, OpenedConnection, ProxyBody, RelayConfig, RelayHandle,
-    Upstream, UpstreamError, WebSocketAnswer,
+    LiveConnections, ObserveConnections, OpenedConnection, Peer, ProxyBody, RelayConfig,
+    RelayHandle, Upstream, UpstreamError, WebSocketAnswer,
 };
 
 /// Routes every request to the owner of its key: ordinary HTTP is forwarded, WebSocket
@@ -184,16 +185,22 @@ impl WebSocketRoute {
                             .register(admission, backend.clone(), handle);
                     let config = self.relay;
                     tokio::spawn(async move {
-                        match client_upgrade.await.map(tcp_peer) {
-                            Ok(Ok(client)) => {
-                                let outcome = relay(client, upstream_io, config, commands).await;
-                                tracing::debug!(%backend, ?outcome, "websocket closed");
+                        let outcome = match client_upgrade.await.map(tcp_peer) {
+                            // The fast path: the raw socket, halves without a lock.
+                            Ok(Ok(client)) => relay(client, upstream_io, config, commands).await,
+                            // A server that wraps the socket (axum::serve, hyper-util's auto
+                            // builder): the generic path over the upgraded connection.
+                            Ok(Err(upgraded)) => {
+                                let client = Peer::new(TokioIo::new(upgraded));
+                                relay(client, upstream_io, config, commands).await
                             }
-                            Ok(Err(_)) => {
-                                tracing::warn!("the client connection is not TCP; dropping it")
+                            Err(error) => {
+                                tracing::debug!(%error, "client upgrade failed");
+                                drop((registration, observed));
+                                return;
                             }
-                            Err(error) => tracing::debug!(%error, "client upgrade failed"),
-                        }
+                        };
+                        tracing::debug!(%backend, ?outcome, "websocket closed");
                         drop((registration, observed));
                     });
                     return response;

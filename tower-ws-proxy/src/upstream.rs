@@ -252,7 +252,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The TCP socket under an upgraded hyper connection, with the bytes hyper already read.
+/// The TCP socket under an upgraded hyper connection, with the bytes hyper already read; the
+/// connection back when the server wrapped its socket (then relay it as it is).
 pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer, Upgraded> {
     let parts = upgraded.downcast::<TokioIo<TcpStream>>()?;
     // `read_buf` can share hyper's whole read buffer; copying the few leftover bytes lets

@@ -4,9 +4,12 @@
 //! - `direction`: one direction's frame bookkeeping (where a close or a handover goes in);
 //! - `pump`: the read-and-forward loop of one direction.
 
+mod client;
 mod direction;
 mod handle;
 mod pump;
+
+pub use self::client::ClientStream;
 
 pub use self::handle::{
     RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome, SwitchError,
@@ -114,8 +117,10 @@ impl Shared<'_> {
     }
 }
 
-/// One side of a relayed connection: its socket and any bytes already read from it (for
-/// example frames that arrived together with the HTTP upgrade).
+/// One side of a relayed connection: its stream and any bytes already read from it (for
+/// example frames that arrived together with the HTTP upgrade). Upstreams are TCP sockets;
+/// a client is one too on the fast path, or any upgraded hyper connection
+/// ([`ClientStream`]).
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
@@ -126,19 +131,19 @@ impl Shared<'_> {
 /// # let _ = peer; Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Peer {
-    stream: TcpStream,
+pub struct Peer<S = TcpStream> {
+    stream: S,
     preread: Bytes,
 }
 
-impl Peer {
+impl<S> Peer<S> {
     /// A peer with nothing read yet.
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: S) -> Self {
         Self::with_preread(stream, Bytes::new())
     }
 
     /// A peer whose first bytes were already read (they are relayed first).
-    pub fn with_preread(stream: TcpStream, preread: Bytes) -> Self {
+    pub fn with_preread(stream: S, preread: Bytes) -> Self {
         Self { stream, preread }
     }
 }
@@ -165,8 +170,8 @@ const MOVED_REASON: &str = "moved to another backend";
 /// The relay waits for socket readiness and reads into a per-thread buffer that it writes
 /// out before waiting again, so an idle connection holds no buffer at all; bytes are copied
 /// to the heap only while the destination cannot take them.
-pub async fn relay(
-    client: Peer,
+pub async fn relay<C: ClientStream>(
+    client: Peer<C>,
     upstream: Peer,
     config: RelayConfig,
     commands: RelayCommands,
@@ -181,8 +186,8 @@ pub async fn relay(
             stream: mut client_stream,
             preread: mut client_bytes,
         } = client;
-        if let Some(idle) = config.tcp_keepalive {
-            keepalive(&client_stream, idle);
+        if let (Some(idle), Some(socket)) = (config.tcp_keepalive, client_stream.socket()) {
+            keepalive(socket, idle);
         }
         let mut upstream = upstream;
         let mut outcome = RelayOutcome {
@@ -245,8 +250,8 @@ pub async fn relay(
 
 /// Relays between the client and one upstream until both have closed, or until a switch
 /// handed the client over (then the upstream is dropped).
-async fn relay_to(
-    client: &mut TcpStream,
+async fn relay_to<C: ClientStream>(
+    client: &mut C,
     client_bytes: Bytes,
     upstream: Peer,
     config: RelayConfig,
@@ -258,7 +263,7 @@ async fn relay_to(
         preread: upstream_bytes,
     } = upstream;
     if let Some(idle) = config.tcp_keepalive {
-        keepalive(&upstream_stream, idle);
+        keepalive(socket2::SockRef::from(&upstream_stream), idle);
     }
     let shared = Shared {
         config,
@@ -270,7 +275,7 @@ async fn relay_to(
         end_by: AtomicU64::new(u64::MAX),
         changed: Notify::new(),
     };
-    let (client_read, client_write) = client.split();
+    let (client_read, client_write) = client.halves();
     let (upstream_read, upstream_write) = upstream_stream.split();
     let up = pump::pump(
         client_read,
@@ -316,12 +321,12 @@ async fn idle_watch(
 
 /// TCP keepalive: probes after `idle` without traffic, then 3 more 10 s apart, so a peer
 /// that vanished without a FIN or RST is found.
-fn keepalive(stream: &TcpStream, idle: Duration) {
+fn keepalive(socket: socket2::SockRef<'_>, idle: Duration) {
     let probes = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(Duration::from_secs(10))
         .with_retries(3);
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&probes) {
+    if let Err(error) = socket.set_tcp_keepalive(&probes) {
         tracing::debug!(%error, "cannot set TCP keepalive");
     }
 }

@@ -10,11 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    io::{AsyncRead, ReadBuf},
-    net::{
-        tcp::{ReadHalf, WriteHalf},
-        TcpStream,
-    },
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     sync::watch,
     time::Instant,
 };
@@ -29,14 +25,18 @@ use crate::RelayCommand;
 
 /// Copies one direction, injecting a requested close at the first message boundary. When it
 /// ends other than by handing over, the other direction has the half-close timeout left.
-pub(super) async fn pump(
-    src: ReadHalf<'_>,
-    dst: WriteHalf<'_>,
+pub(super) async fn pump<R, W>(
+    src: R,
+    dst: W,
     preread: Bytes,
     toward: Toward,
     commands: watch::Receiver<RelayCommand>,
     shared: &Shared<'_>,
-) -> DirectionEnd {
+) -> DirectionEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let end = pump_until_done(src, dst, preread, toward, commands, shared).await;
     if end.handover.is_none() && !end.handed_over {
         shared.end_within(shared.config.half_close_timeout);
@@ -44,15 +44,18 @@ pub(super) async fn pump(
     end
 }
 
-async fn pump_until_done(
-    mut src: ReadHalf<'_>,
-    dst: WriteHalf<'_>,
+async fn pump_until_done<R, W>(
+    mut src: R,
+    mut dst: W,
     preread: Bytes,
     toward: Toward,
     mut commands: watch::Receiver<RelayCommand>,
     shared: &Shared<'_>,
-) -> DirectionEnd {
-    let dst = dst.as_ref();
+) -> DirectionEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut this = Direction {
         toward,
         shared,
@@ -90,7 +93,7 @@ async fn pump_until_done(
 
     loop {
         if let Some(bytes) = pending.take() {
-            if write_all(dst, &bytes).await.is_err() {
+            if dst.write_all(&bytes).await.is_err() {
                 return broken(this);
             }
         }
@@ -99,7 +102,7 @@ async fn pump_until_done(
         }
         let out_of_time = shared.end_by().is_some_and(|at| Instant::now() >= at);
         if this.finished() || shared.stopped.load(Ordering::Acquire) || out_of_time {
-            shutdown_write(dst);
+            shutdown_write(&mut dst).await;
             return this.end;
         }
         // Between messages and nothing half-forwarded: inject right away.
@@ -107,14 +110,14 @@ async fn pump_until_done(
             match this.requested.take() {
                 Some(Injection::Close(code, reason)) => {
                     let frame = this.close_frame(code, &reason);
-                    if write_all(dst, &frame).await.is_err() {
+                    if dst.write_all(&frame).await.is_err() {
                         return broken(this);
                     }
                     continue;
                 }
                 Some(Injection::Handover) => {
                     let frame = this.close_frame(MOVED_CODE, MOVED_REASON);
-                    let _ = write_all(dst, &frame).await;
+                    let _ = dst.write_all(&frame).await;
                     this.end.handover = Some(Vec::new());
                     return this.end;
                 }
@@ -136,7 +139,7 @@ async fn pump_until_done(
             }
             // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
             // each message costs one `read` and one `write`, with no `read` that finds nothing.
-            if let Poll::Ready(step) = read_and_forward(cx, &mut src, dst, &mut this) {
+            if let Poll::Ready(step) = read_and_forward(cx, &mut src, &mut dst, &mut this) {
                 return Poll::Ready(step);
             }
             if let Poll::Ready(watch) = command_sent.as_mut().poll(cx) {
@@ -171,11 +174,11 @@ async fn pump_until_done(
                 if this.switch_deadline.is_some_and(|at| now >= at) {
                     this.give_up_switch();
                 } else if this.deadline.is_some_and(|at| now >= at) {
-                    return source_finished(this, &mut commands, dst).await;
+                    return source_finished(this, &mut commands, &mut dst).await;
                 }
                 // Otherwise the relay-wide deadline: the loop's check ends the direction.
             }
-            Step::Finished => return source_finished(this, &mut commands, dst).await,
+            Step::Finished => return source_finished(this, &mut commands, &mut dst).await,
             Step::Broken => return broken(this),
         }
     }
@@ -195,10 +198,10 @@ fn wake_on_command<'a>(mut watch: watch::Receiver<RelayCommand>) -> CommandSent<
 }
 
 /// The source ended, or missed its close deadline.
-async fn source_finished(
+async fn source_finished<W: AsyncWrite + Unpin>(
     mut this: Direction<'_>,
     commands: &mut watch::Receiver<RelayCommand>,
-    dst: &TcpStream,
+    dst: &mut W,
 ) -> DirectionEnd {
     // The old upstream ended or missed its deadline while handing over: the client is not
     // closed, it moves on.
@@ -228,9 +231,9 @@ async fn source_finished(
             ),
         };
         let frame = this.close_frame(code, &reason);
-        let _ = write_all(dst, &frame).await;
+        let _ = dst.write_all(&frame).await;
     }
-    shutdown_write(dst);
+    shutdown_write(dst).await;
     this.end
 }
 
@@ -243,12 +246,16 @@ fn broken(this: Direction<'_>) -> DirectionEnd {
 /// Reads what `src` has and forwards it, without holding a buffer across an await: the
 /// per-thread buffer is only borrowed in this synchronous step, and what `dst` cannot take
 /// now is copied.
-fn read_and_forward(
+fn read_and_forward<R, W>(
     cx: &mut Context<'_>,
-    src: &mut ReadHalf<'_>,
-    dst: &TcpStream,
+    src: &mut R,
+    dst: &mut W,
     this: &mut Direction<'_>,
-) -> Poll<Step> {
+) -> Poll<Step>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     READ_BUFFER.with_borrow_mut(|buf| {
         let mut read_buf = ReadBuf::new(buf);
         let read = match Pin::new(&mut *src).poll_read(cx, &mut read_buf) {
@@ -262,7 +269,7 @@ fn read_and_forward(
         this.shared.touch();
         this.end.bytes += read as u64;
         Poll::Ready(match this.plan(&buf[..read]) {
-            Plan::All => match try_write_all(dst, &buf[..read]) {
+            Plan::All => match write_now(cx, dst, &buf[..read]) {
                 Ok(written) if written == read => Step::Sent,
                 Ok(written) => Step::Pending(buf[written..read].to_vec()),
                 Err(_) => Step::Broken,
@@ -298,29 +305,27 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
 }
 
-/// Writes as much as the socket takes now; returns how much that was.
-fn try_write_all(dst: &TcpStream, data: &[u8]) -> std::io::Result<usize> {
+/// Writes as much as `dst` takes now; returns how much that was. (What it cannot take now
+/// is copied by the caller; `dst` wakes the task when it can take more.)
+fn write_now<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    dst: &mut W,
+    data: &[u8],
+) -> std::io::Result<usize> {
     let mut written = 0;
     while written < data.len() {
-        match dst.try_write(&data[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+        match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
         }
     }
     Ok(written)
 }
 
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        dst.writable().await?;
-        let written = try_write_all(dst, data)?;
-        data = &data[written..];
-    }
-    Ok(())
-}
-
-/// Half-closes toward `dst`: it reads EOF after what was sent.
-fn shutdown_write(dst: &TcpStream) {
-    let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+/// Half-closes toward `dst`: it reads EOF after what was sent. (For TCP this is one
+/// `shutdown(2)`, which never waits.)
+async fn shutdown_write<W: AsyncWrite + Unpin>(dst: &mut W) {
+    let _ = dst.shutdown().await;
 }

@@ -1,0 +1,163 @@
+//! The proxy and live migration served by `axum::serve` beside an app's own routes: the
+//! server wraps the socket, so WebSockets take the relay's generic path over hyper's
+//! `Upgraded`.
+
+mod common;
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{routing::get, Router};
+use common::{echo_traffic, eventually, next_json, ring_of, Client};
+use futures_util::stream;
+use gateway_bin::backend::Backend;
+use tokio::{net::TcpListener, sync::mpsc};
+use tower::{discover::Change, ServiceBuilder};
+use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+use tower_ws_migrate::{MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Pacing, Registry};
+use tower_ws_proxy::{
+    tcp_peer, HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig,
+};
+
+type Changes = mpsc::UnboundedSender<Result<Change<NodeId, Upstream>, Infallible>>;
+
+async fn reference_backend(id: &str, changes: &Changes) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(Backend::new(id).serve(listener, std::future::pending()));
+    let upstream = Upstream::new(address.to_string(), UpstreamConfig::default());
+    changes
+        .send(Ok(Change::Insert(NodeId::from(id), upstream)))
+        .unwrap();
+}
+
+/// An app with its own routes plus the keyed WebSocket proxy with live migration, served by
+/// `axum::serve`. Returns its address and the member changes it follows.
+async fn app_under_axum_serve() -> (std::net::SocketAddr, Changes, MigrationStats) {
+    let (changes, mut receiver) = mpsc::unbounded_channel();
+    let discover = stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    let key = HttpKey::new().path("/connect/{userId}").unwrap();
+    let (ring, driver) = HashRingLayer::new(key.clone()).shared(discover);
+    tokio::spawn(driver);
+    let relay = RelayConfig::default().close_timeout(Duration::from_millis(300));
+    let proxy = HashRingProxy::new(ring.clone(), LiveConnections::new(1000), relay);
+    let registry = Registry::new();
+    let migrate =
+        MigrateLayer::new(registry.clone(), key, ring.clone()).policy(MigrationPolicy::live());
+    let migrator = Migrator::new(registry, ring.subscribe()).pacing(Pacing::unlimited());
+    let stats = migrator.stats();
+    tokio::spawn(migrator.run());
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/connect/{userId}",
+            axum::routing::any_service(ServiceBuilder::new().layer(migrate).service(proxy)),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, changes, stats)
+}
+
+async fn connect(address: std::net::SocketAddr, user: &str) -> (Client, String) {
+    let url = format!("ws://{address}/connect/{user}");
+    let (mut client, response) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let hello = next_json(&mut client).await;
+    (client, hello["server"].as_str().unwrap().to_owned())
+}
+
+/// `axum::serve` wraps the socket: the raw-socket fast path cannot be taken there, which is
+/// why the generic path exists.
+#[tokio::test]
+async fn axum_serve_hands_out_a_wrapped_connection() {
+    let (seen, mut was_tcp) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/probe",
+        get(move |mut request: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let key = request.headers()["sec-websocket-key"].as_bytes().to_vec();
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+                let upgrade = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    let upgraded = upgrade.await.unwrap();
+                    seen.send(tcp_peer(upgraded).is_ok()).unwrap();
+                });
+                axum::http::Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .header("sec-websocket-accept", accept)
+                    .body(axum::body::Body::empty())
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let _client = tokio_tungstenite::connect_async(format!("ws://{address}/probe"))
+        .await
+        .unwrap();
+    assert_eq!(was_tcp.recv().await, Some(false));
+}
+
+/// Under `axum::serve`: the app's own routes answer, users land on their owners and echo,
+/// and when a backend joins, the users it now owns move live with no close and no lost
+/// message.
+#[tokio::test]
+async fn the_proxy_routes_relays_and_moves_live_under_axum_serve() {
+    let (address, changes, stats) = app_under_axum_serve().await;
+    reference_backend("backend-a", &changes).await;
+    let health = reqwest_like_get(address, "/health").await;
+    assert!(health.ends_with("ok"), "{health}");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for n in 0..20 {
+        let user = format!("axum-{n}");
+        let (client, server) = connect(address, &user).await;
+        assert_eq!(server, "backend-a");
+        clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reference_backend("backend-b", &changes).await;
+    let ring = ring_of(&["backend-a", "backend-b"]);
+    let affected = (0..20)
+        .filter(|n| {
+            ring.route(format!("axum-{n}").as_bytes())
+                .unwrap()
+                .id()
+                .as_str()
+                == "backend-b"
+        })
+        .count() as u64;
+    assert!(eventually(Duration::from_secs(5), async || stats.moved() == affected).await);
+    stop.send_replace(true);
+    let mut moved = 0;
+    for client in clients {
+        let traffic = client.await.unwrap();
+        traffic.assert_untouched();
+        let owner = ring.route(traffic.user.as_bytes()).unwrap().id().as_str();
+        assert_eq!(traffic.received.last().unwrap()["server"], owner);
+        if owner == "backend-b" {
+            moved += 1;
+            assert!(traffic
+                .received
+                .iter()
+                .any(|m| m["type"] == "connected" && m["migratedFrom"] == "backend-a"));
+        }
+    }
+    assert!(moved > 0, "some users moved");
+}
+
+/// A plain GET; the whole response as text.
+async fn reqwest_like_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    response
+}

@@ -1,0 +1,69 @@
+//! The client side of a relay: a raw TCP socket (the fast path), or any upgraded hyper
+//! connection (the generic path, for servers that wrap the socket, like `axum::serve`).
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{tcp, TcpStream},
+};
+
+/// A stream a relay can serve a client on: split into a read and a write half that two
+/// directions use at once.
+///
+/// Implemented for [`TcpStream`], whose halves are plain borrows (no lock, no copy), and for
+/// `TokioIo<Upgraded>`, whose halves share the connection through `tokio::io::split`.
+///
+/// ```
+/// fn relayable<C: tower_ws_proxy::ClientStream>() {}
+/// relayable::<tokio::net::TcpStream>();
+/// relayable::<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>();
+/// ```
+pub trait ClientStream: Send + Unpin + 'static + sealed::Sealed {
+    /// The read half.
+    type ReadHalf<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// The write half.
+    type WriteHalf<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+
+    /// Both halves, for as long as one relay phase lasts.
+    fn halves(&mut self) -> (Self::ReadHalf<'_>, Self::WriteHalf<'_>);
+
+    /// The TCP socket, where it can be reached (for keepalive).
+    fn socket(&self) -> Option<socket2::SockRef<'_>>;
+}
+
+impl ClientStream for TcpStream {
+    type ReadHalf<'a> = tcp::ReadHalf<'a>;
+    type WriteHalf<'a> = tcp::WriteHalf<'a>;
+
+    fn halves(&mut self) -> (Self::ReadHalf<'_>, Self::WriteHalf<'_>) {
+        self.split()
+    }
+
+    fn socket(&self) -> Option<socket2::SockRef<'_>> {
+        Some(socket2::SockRef::from(self))
+    }
+}
+
+impl ClientStream for TokioIo<Upgraded> {
+    type ReadHalf<'a> = tokio::io::ReadHalf<&'a mut TokioIo<Upgraded>>;
+    type WriteHalf<'a> = tokio::io::WriteHalf<&'a mut TokioIo<Upgraded>>;
+
+    fn halves(&mut self) -> (Self::ReadHalf<'_>, Self::WriteHalf<'_>) {
+        tokio::io::split(self)
+    }
+
+    fn socket(&self) -> Option<socket2::SockRef<'_>> {
+        None
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for tokio::net::TcpStream {}
+    impl Sealed for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+}
