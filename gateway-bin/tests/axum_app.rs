@@ -1,8 +1,12 @@
-//! The proxy and live migration served by `axum::serve` beside an app's own routes: the
-//! server wraps the socket, so WebSockets take the relay's generic path over hyper's
-//! `Upgraded`.
+//! `examples/axum_app.rs` with real sockets: the proxy and live migration served by
+//! `axum::serve` beside the app's own routes. The server wraps the socket, so WebSockets
+//! take the relay's generic path over hyper's `Upgraded`.
 
 mod common;
+
+#[path = "../examples/axum_app.rs"]
+#[allow(unreachable_pub)]
+mod axum_app;
 
 use std::{convert::Infallible, time::Duration};
 
@@ -11,12 +15,10 @@ use common::{echo_traffic, eventually, next_json, ring_of, Client};
 use futures_util::stream;
 use gateway_bin::backend::Backend;
 use tokio::{net::TcpListener, sync::mpsc};
-use tower::{discover::Change, ServiceBuilder};
-use tower_hashring::{HashRingLayer, HttpKey, NodeId};
-use tower_ws_migrate::{MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Pacing, Registry};
-use tower_ws_proxy::{
-    tcp_peer, HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig,
-};
+use tower::discover::Change;
+use tower_hashring::NodeId;
+use tower_ws_migrate::MigrationStats;
+use tower_ws_proxy::{tcp_peer, Upstream, UpstreamConfig};
 
 type Changes = mpsc::UnboundedSender<Result<Change<NodeId, Upstream>, Infallible>>;
 
@@ -30,28 +32,12 @@ async fn reference_backend(id: &str, changes: &Changes) {
         .unwrap();
 }
 
-/// An app with its own routes plus the keyed WebSocket proxy with live migration, served by
-/// `axum::serve`. Returns its address and the member changes it follows.
+/// The example app under `axum::serve`; its address, the member changes it follows and
+/// its migration counters.
 async fn app_under_axum_serve() -> (std::net::SocketAddr, Changes, MigrationStats) {
     let (changes, mut receiver) = mpsc::unbounded_channel();
-    let discover = stream::poll_fn(move |cx| receiver.poll_recv(cx));
-    let key = HttpKey::new().path("/connect/{userId}").unwrap();
-    let (ring, driver) = HashRingLayer::new(key.clone()).shared(discover);
-    tokio::spawn(driver);
-    let relay = RelayConfig::default().close_timeout(Duration::from_millis(300));
-    let proxy = HashRingProxy::new(ring.clone(), LiveConnections::new(1000), relay);
-    let registry = Registry::new();
-    let migrate =
-        MigrateLayer::new(registry.clone(), key, ring.clone()).policy(MigrationPolicy::live());
-    let migrator = Migrator::new(registry, ring.subscribe()).pacing(Pacing::unlimited());
-    let stats = migrator.stats();
-    tokio::spawn(migrator.run());
-    let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/connect/{userId}",
-            axum::routing::any_service(ServiceBuilder::new().layer(migrate).service(proxy)),
-        );
+    let members = stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    let (app, stats) = axum_app::app(Box::pin(members));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -109,8 +95,13 @@ async fn axum_serve_hands_out_a_wrapped_connection() {
 async fn the_proxy_routes_relays_and_moves_live_under_axum_serve() {
     let (address, changes, stats) = app_under_axum_serve().await;
     reference_backend("backend-a", &changes).await;
-    let health = reqwest_like_get(address, "/health").await;
+    let health = plain_get(address, "/health").await;
     assert!(health.ends_with("ok"), "{health}");
+    let room = plain_get(address, "/api/rooms/lobby").await;
+    assert!(
+        room.ends_with(r#"{"room":"lobby","topic":"anything goes"}"#),
+        "{room}"
+    );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
@@ -152,7 +143,7 @@ async fn the_proxy_routes_relays_and_moves_live_under_axum_serve() {
 }
 
 /// A plain GET; the whole response as text.
-async fn reqwest_like_get(address: std::net::SocketAddr, path: &str) -> String {
+async fn plain_get(address: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
