@@ -14,7 +14,10 @@
 //! - [`HealthCheck::wrap`]: wraps any of them and lets a backend in only while its active
 //!   health check (HTTP `GET /health`, or a TCP connect) passes.
 //!
-//! The task-fed sources all hand out a [`MemberChanges`] stream.
+//! The task-fed sources all hand out a [`MemberChanges`] stream. Each source's client is
+//! behind a cargo feature, off by default, so an app that needs only static lists and
+//! health checks compiles none of them: `redis` (Redis), `amqp` (RabbitMQ, lapin),
+//! `docker` (bollard).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,22 +33,33 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "amqp")]
 mod amqp;
+#[cfg(feature = "amqp")]
 mod amqp_members;
 mod backend;
 mod changes;
+#[cfg(feature = "docker")]
 mod docker;
 mod health;
+#[cfg(feature = "redis")]
 mod redis;
 mod static_list;
 
+#[cfg(feature = "docker")]
+pub use self::docker::{
+    DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL, WEIGHT_LABEL,
+};
+#[cfg(feature = "redis")]
+pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
+#[cfg(feature = "amqp")]
 pub use self::{
     amqp::{ring_event, AmqpEvents},
     amqp_members::{amqp_members, AmqpAnnouncer, Announcement},
+};
+pub use self::{
     backend::{Backend, MemberSet},
     changes::MemberChanges,
-    docker::{DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL, WEIGHT_LABEL},
     health::HealthCheck,
-    redis::{Heartbeat, RedisError, RedisRegistry},
     static_list::StaticDiscovery,
 };
