@@ -21,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, NodeId};
-use tower_ws_migrate::{MigrateLayer, MigrationPolicy, MigrationStats, Migrator, Registry};
+use tower_ws_migrate::{MigrateLayer, MigrationPolicy, MigrationStats};
 use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
 
 /// The app's own JSON API: nothing to do with WebSockets.
@@ -45,10 +45,8 @@ where
         LiveConnections::new(10_000),
         RelayConfig::default(),
     );
-    let registry = Registry::new();
-    let migrate =
-        MigrateLayer::new(registry.clone(), key, ring.clone()).policy(MigrationPolicy::live());
-    let migrator = Migrator::new(registry, ring.subscribe());
+    let (migrate, migrator) = MigrateLayer::from_ring(key, &ring);
+    let migrate = migrate.policy(MigrationPolicy::live());
     let stats = migrator.stats();
     tokio::spawn(migrator.run());
 

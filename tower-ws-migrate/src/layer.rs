@@ -7,13 +7,15 @@ use std::{
 };
 
 use http::{request, Request};
-use tower_hashring::KeyExtractor;
+use tower_hashring::{KeyExtractor, SharedHashRing};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use tower_ws_proxy::{ObserveConnections, OpenedConnection};
+use tower_ws_proxy::{ObserveConnections, OpenedConnection, Upstream};
 
-use crate::{MigrationPolicy, MigrationSecret, ProxiedConnection, Registry, UpstreamLookup};
+use crate::{
+    MigrationPolicy, MigrationSecret, Migrator, ProxiedConnection, Registry, UpstreamLookup,
+};
 
 /// Takes a connection's routing key from its request head.
 type KeyFn = Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>;
@@ -75,6 +77,42 @@ impl MigrateLayer {
             key.extract(request).map(|k| k.as_bytes().to_vec())
         });
         Self::build(registry, key, Arc::new(upstreams), Arc::new(()), None)
+    }
+
+    /// The layer and its migrator over `ring`, with a registry of their own: one call, the
+    /// way `HashRingLayer::shared` returns the service and its driver. Spawn the migrator
+    /// (after setting its pacing and default policy); put the layer in front of the proxy.
+    ///
+    /// ```
+    /// use futures_util::stream;
+    /// use tower::discover::Change;
+    /// use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+    /// use tower_ws_migrate::{MigrateLayer, MigrationPolicy, Pacing};
+    /// use tower_ws_proxy::Upstream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_hashring::InvalidKeyPattern> {
+    /// let key = HttpKey::new().path("/connect/{userId}")?;
+    /// let members = stream::empty::<Result<Change<NodeId, Upstream>, std::convert::Infallible>>();
+    /// let (ring, driver) = HashRingLayer::new(key.clone()).shared(members);
+    /// let (migrate, migrator) = MigrateLayer::from_ring(key, &ring);
+    /// let migrate = migrate.policy(MigrationPolicy::live());
+    /// tokio::spawn(driver);
+    /// tokio::spawn(migrator.pacing(Pacing::per_second(500)).run());
+    /// # let _ = migrate;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_ring<K, E>(
+        key: K,
+        ring: &SharedHashRing<Upstream, E>,
+    ) -> (Self, Migrator<ProxiedConnection>)
+    where
+        K: KeyExtractor<Request<()>> + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+    {
+        let registry = Registry::new();
+        let migrator = Migrator::new(registry.clone(), ring.subscribe());
+        (Self::new(registry, key, ring.clone()), migrator)
     }
 
     /// The policy of every connection through this layer.
