@@ -427,6 +427,110 @@ mod shared {
         assert!(std::error::Error::source(err).is_some());
     }
 
+    /// Retries calls that failed with "refused", for requests not marked "has-body"; records
+    /// the route on the request.
+    #[derive(Clone)]
+    struct RetryRefused;
+
+    impl tower_hashring::balance::Failover<Req, BoxError> for RetryRefused {
+        fn replay(&self, request: &Req) -> Option<Req> {
+            (!request.contains("has-body")).then(|| request.clone())
+        }
+        fn fails_over(&self, error: &BoxError) -> bool {
+            error.to_string() == "refused"
+        }
+        fn on_route(&self, request: &mut Req, route: &tower_hashring::balance::Route) {
+            request.push_str(&format!("@{}", route.node));
+        }
+    }
+
+    /// With a failover policy, a call that fails in a way the policy retries goes on to the
+    /// next successor, with the replayed request; a request the policy cannot replay is sent
+    /// once; without a policy nothing is retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_policy_sends_failed_calls_to_the_successor() {
+        let (tx, discover) = discovery();
+        let mut handles = std::collections::HashMap::new();
+        for name in ["a", "b"] {
+            let (service, mut handle) = backend();
+            handle.allow(u64::MAX);
+            handles.insert(name, handle);
+            tx.send(insert(name, service)).unwrap();
+        }
+        let (plain, driver) =
+            HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
+        let mut watch = plain.subscribe();
+        tokio::spawn(driver);
+        watch.changed().await.unwrap();
+        let retrying = plain.clone().failover(RetryRefused);
+        let key = "user-9";
+        let order: Vec<&'static str> = plain
+            .snapshot()
+            .ring()
+            .successors(key.as_bytes())
+            .map(|n| if n.id().as_str() == "a" { "a" } else { "b" })
+            .collect();
+
+        let call = tokio::spawn(retrying.clone().oneshot(key.to_owned()));
+        let (first, respond) = handles
+            .get_mut(order[0])
+            .unwrap()
+            .next_request()
+            .await
+            .unwrap();
+        assert_eq!(first, format!("{key}@{}", order[0]));
+        respond.send_error("refused");
+        let (second, respond) = handles
+            .get_mut(order[1])
+            .unwrap()
+            .next_request()
+            .await
+            .unwrap();
+        assert_eq!(
+            second,
+            format!("{key}@{}", order[1]),
+            "the replay, routed anew"
+        );
+        respond.send_response("successor");
+        assert_eq!(call.await.unwrap().unwrap(), "successor");
+
+        // Another error, or a request that cannot be replayed: sent once, the error returned.
+        for (request, error) in [
+            (key.to_owned(), "timed out"),
+            (format!("{key} has-body"), "refused"),
+        ] {
+            // The whole request is the key here: find its owner.
+            let snapshot = plain.snapshot();
+            let owner = snapshot
+                .ring()
+                .route(request.as_bytes())
+                .unwrap()
+                .id()
+                .as_str();
+            let owner = if owner == "a" { "a" } else { "b" };
+            let call = tokio::spawn(retrying.clone().oneshot(request));
+            let (_, respond) = handles
+                .get_mut(owner)
+                .unwrap()
+                .next_request()
+                .await
+                .unwrap();
+            respond.send_error(error);
+            assert_eq!(call.await.unwrap().unwrap_err().to_string(), error);
+        }
+        // Without a policy, even "refused" is final.
+        let call = tokio::spawn(plain.clone().oneshot(key.to_owned()));
+        let (untouched, respond) = handles
+            .get_mut(order[0])
+            .unwrap()
+            .next_request()
+            .await
+            .unwrap();
+        assert_eq!(untouched, key, "no route recorded without a policy");
+        respond.send_error("refused");
+        assert_eq!(call.await.unwrap().unwrap_err().to_string(), "refused");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_reinserted_service_replaces_the_old_one() {
         let (tx, discover) = discovery();

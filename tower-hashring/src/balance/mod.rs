@@ -27,12 +27,14 @@
 //! `subscribe()` on either form returns a [`crate::RingWatch`].
 
 pub mod error;
+mod failover;
 mod future;
 mod layer;
 mod membership;
 mod shared;
 
 pub use self::{
+    failover::{Failover, NoFailover, Route},
     future::ResponseFuture,
     layer::HashRingLayer,
     membership::{EqualWeight, NodeWeight},

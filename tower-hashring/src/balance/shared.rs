@@ -14,6 +14,7 @@ use tower_service::Service;
 
 use super::{
     error::{BoxError, DiscoverError, NoBackend, NoReadyBackend},
+    failover::{Failover, NoFailover, Route},
     membership::{Candidates, Membership, NodeWeight, Router},
 };
 use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
@@ -64,13 +65,40 @@ struct RouteTable<S> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct SharedHashRing<S, E> {
+pub struct SharedHashRing<S, E, F = NoFailover> {
     routes: watch::Receiver<Arc<RouteTable<S>>>,
     snapshots: RingWatch,
     router: Arc<Router<E>>,
+    failover: F,
 }
 
 impl<S, E> SharedHashRing<S, E> {
+    fn from_parts(
+        routes: watch::Receiver<Arc<RouteTable<S>>>,
+        snapshots: RingWatch,
+        router: Arc<Router<E>>,
+    ) -> Self {
+        Self {
+            routes,
+            snapshots,
+            router,
+            failover: NoFailover,
+        }
+    }
+}
+
+impl<S, E, F> SharedHashRing<S, E, F> {
+    /// The same ring with the failover policy `policy`: which failed calls go on to the next
+    /// backend, and how the chosen backend is told to the request (see [`Failover`]).
+    pub fn failover<G>(self, policy: G) -> SharedHashRing<S, E, G> {
+        SharedHashRing {
+            routes: self.routes,
+            snapshots: self.snapshots,
+            router: self.router,
+            failover: policy,
+        }
+    }
+
     /// Subscribes to ring snapshots.
     pub fn subscribe(&self) -> RingWatch {
         self.snapshots.clone()
@@ -149,17 +177,18 @@ impl<S> fmt::Debug for RouteCandidates<S> {
     }
 }
 
-impl<S, E> Clone for SharedHashRing<S, E> {
+impl<S, E, F: Clone> Clone for SharedHashRing<S, E, F> {
     fn clone(&self) -> Self {
         Self {
             routes: self.routes.clone(),
             snapshots: self.snapshots.clone(),
             router: self.router.clone(),
+            failover: self.failover.clone(),
         }
     }
 }
 
-impl<S, E> fmt::Debug for SharedHashRing<S, E> {
+impl<S, E, F> fmt::Debug for SharedHashRing<S, E, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedHashRing")
             .field("ring_version", &self.routes.borrow().snapshot.version())
@@ -168,15 +197,16 @@ impl<S, E> fmt::Debug for SharedHashRing<S, E> {
     }
 }
 
-impl<S, E, Req> Service<Req> for SharedHashRing<S, E>
+impl<S, E, F, Req> Service<Req> for SharedHashRing<S, E, F>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     E: KeyExtractor<Req>,
+    F: Failover<Req, S::Error>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = SharedResponseFuture<S, Req>;
+    type Future = SharedResponseFuture<S, Req, F>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -184,23 +214,27 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let table = self.routes.borrow().clone();
+        let failover = self.failover.clone();
         let mut walk = match self.router.route(table.snapshot.ring(), &request) {
             Ok(candidates) => Walk {
                 candidates,
                 table,
                 tried: 0,
             },
-            Err(error) => return SharedResponseFuture::failed(error),
+            Err(error) => return SharedResponseFuture::failed(error, failover),
         };
-        match walk.next_service() {
-            Some(service) => SharedResponseFuture {
+        match walk.next() {
+            Some((node, service)) => SharedResponseFuture {
                 state: SharedState::Readying {
                     service,
+                    node,
                     request: Some(request),
                 },
                 walk: Some(walk),
+                failover,
+                replay: None,
             },
-            None => SharedResponseFuture::failed(NoBackend::new()),
+            None => SharedResponseFuture::failed(NoBackend::new(), failover),
         }
     }
 }
@@ -212,10 +246,11 @@ struct Walk<S> {
 }
 
 impl<S: Clone> Walk<S> {
-    fn next_service(&mut self) -> Option<S> {
-        let (_, service) = self.next_node()?;
+    /// The next backend to try, counted as tried.
+    fn next(&mut self) -> Option<(NodeId, S)> {
+        let next = self.next_node()?;
         self.tried += 1;
-        Some(service)
+        Some(next)
     }
 
     fn next_node(&mut self) -> Option<(NodeId, S)> {
@@ -227,18 +262,30 @@ impl<S: Clone> Walk<S> {
             }
         }
     }
+
+    fn route(&self, node: NodeId) -> Route {
+        Route::new(
+            node,
+            self.candidates.position,
+            self.table.snapshot.version(),
+        )
+    }
 }
 
 pin_project! {
     /// The response future of [`SharedHashRing`]: waits for the owner's readiness, fails over
-    /// to successors whose `poll_ready` does not fail, then calls.
-    pub struct SharedResponseFuture<S, Req>
+    /// to successors whose `poll_ready` does not fail, then calls; a failed call goes on to
+    /// the next successor where the [`Failover`] policy allows.
+    pub struct SharedResponseFuture<S, Req, F = NoFailover>
     where
         S: Service<Req>,
     {
         #[pin]
         state: SharedState<S, Req>,
         walk: Option<Walk<S>>,
+        failover: F,
+        // The copy of the request in flight, for the next backend should the call fail.
+        replay: Option<Req>,
     }
 }
 
@@ -248,27 +295,30 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        Readying { service: S, request: Option<Req> },
+        Readying { service: S, node: NodeId, request: Option<Req> },
         Calling { #[pin] future: S::Future },
         Failed { error: Option<BoxError> },
     }
 }
 
-impl<S: Service<Req>, Req> SharedResponseFuture<S, Req> {
-    fn failed(error: impl Into<BoxError>) -> Self {
+impl<S: Service<Req>, Req, F> SharedResponseFuture<S, Req, F> {
+    fn failed(error: impl Into<BoxError>, failover: F) -> Self {
         Self {
             state: SharedState::Failed {
                 error: Some(error.into()),
             },
             walk: None,
+            failover,
+            replay: None,
         }
     }
 }
 
-impl<S, Req> Future for SharedResponseFuture<S, Req>
+impl<S, Req, F> Future for SharedResponseFuture<S, Req, F>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
+    F: Failover<Req, S::Error>,
 {
     type Output = Result<S::Response, BoxError>;
 
@@ -277,20 +327,50 @@ where
         loop {
             match this.state.as_mut().project() {
                 SharedStateProj::Calling { future } => {
-                    return future.poll(cx).map_err(Into::into);
+                    let error = match future.poll(cx) {
+                        Poll::Ready(Err(error)) => error,
+                        other => return other.map_err(Into::into),
+                    };
+                    let next = match this.replay.take() {
+                        Some(replay) if this.failover.fails_over(&error) => this
+                            .walk
+                            .as_mut()
+                            .and_then(Walk::next)
+                            .map(|(node, service)| (node, service, replay)),
+                        _ => None,
+                    };
+                    let Some((node, service, request)) = next else {
+                        return Poll::Ready(Err(error.into()));
+                    };
+                    this.state.set(SharedState::Readying {
+                        service,
+                        node,
+                        request: Some(request),
+                    });
                 }
                 SharedStateProj::Failed { error } => {
                     return Poll::Ready(Err(error
                         .take()
                         .expect("SharedResponseFuture polled after completion")));
                 }
-                SharedStateProj::Readying { service, request } => {
+                SharedStateProj::Readying {
+                    service,
+                    node,
+                    request,
+                } => {
                     let error = match service.poll_ready(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(())) => {
-                            let request = request
+                            let mut request = request
                                 .take()
                                 .expect("SharedResponseFuture polled after completion");
+                            // The copy is taken before the route is recorded on the request:
+                            // the next backend records its own.
+                            *this.replay = this.failover.replay(&request);
+                            if let Some(walk) = this.walk.as_ref() {
+                                let route = walk.route(node.clone());
+                                this.failover.on_route(&mut request, &route);
+                            }
                             let future = service.call(request);
                             this.state.set(SharedState::Calling { future });
                             continue;
@@ -298,9 +378,13 @@ where
                         Poll::Ready(Err(error)) => error.into(),
                     };
                     let request = request.take();
-                    let next = this.walk.as_mut().and_then(Walk::next_service);
+                    let next = this.walk.as_mut().and_then(Walk::next);
                     let next_state = match next {
-                        Some(service) => SharedState::Readying { service, request },
+                        Some((node, service)) => SharedState::Readying {
+                            service,
+                            node,
+                            request,
+                        },
                         None => SharedState::Failed {
                             error: Some(Box::new(NoReadyBackend::new(
                                 this.walk.as_ref().map_or(1, |w| w.tried),
@@ -315,7 +399,7 @@ where
     }
 }
 
-impl<S: Service<Req>, Req> fmt::Debug for SharedResponseFuture<S, Req> {
+impl<S: Service<Req>, Req, F> fmt::Debug for SharedResponseFuture<S, Req, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedResponseFuture")
             .finish_non_exhaustive()
@@ -353,11 +437,8 @@ where
             snapshot: membership.current(),
             services: Box::default(),
         }));
-        let service = SharedHashRing {
-            routes: receiver,
-            snapshots: membership.subscribe(),
-            router: Arc::new(router),
-        };
+        let service =
+            SharedHashRing::from_parts(receiver, membership.subscribe(), Arc::new(router));
         let driver = Self {
             discover,
             membership,
