@@ -11,16 +11,17 @@ use axum::{
 };
 use discovery::{DockerError, DockerScaler};
 use serde_json::json;
+use tower_hashring::SharedHashRing;
 use tower_hashring::{HttpKey, LoadSource, NodeId};
 use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection, Registry};
-use tower_ws_proxy::HashRingProxy;
+use tower_ws_proxy::Upstream;
 
 use crate::members::{Member, Members};
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub(crate) struct AdminState {
-    pub(crate) proxy: HashRingProxy<HttpKey>,
+    pub(crate) ring: SharedHashRing<Upstream, HttpKey>,
     pub(crate) members: Members,
     pub(crate) registry: Registry<ProxiedConnection>,
     pub(crate) stats: MigrationStats,
@@ -38,7 +39,7 @@ pub(crate) fn admin_router(state: AdminState) -> Router {
 }
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let snapshot = state.proxy.ring().snapshot();
+    let snapshot = state.ring.snapshot();
     let counts = state.registry.per_backend();
     let members = state.members.lock().clone();
     let nodes: Vec<_> = snapshot

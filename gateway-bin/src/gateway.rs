@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::Router;
 use discovery::{
     amqp_members, AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry,
     StaticDiscovery,
@@ -13,13 +12,14 @@ use tokio::{
     net::TcpListener,
     sync::{watch, Semaphore},
 };
-use tower::ServiceBuilder;
 use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_ws_migrate::{
     MigrateLayer, Migration, MigrationHook, MigrationPolicy, MigrationSecret, Migrator, Outcome,
     Pacing, ProxiedConnection, Registry,
 };
-use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
+use tower_ws_proxy::{
+    LiveConnections, ProxyFailover, RelayConfig, Upstream, UpstreamConfig, WebSocketLayer,
+};
 
 use crate::{
     admin,
@@ -285,10 +285,9 @@ impl Gateway {
         let (ring, driver) = balancer.shared(ring_changes);
         tokio::spawn(driver);
         let connections = LiveConnections::new(config.max_connections);
-        let proxy = HashRingProxy::new(ring, connections.clone(), config.relay);
         let events = config.events.as_ref().map(|events| {
             let events = AmqpEvents::spawn(&events.url, &events.exchange);
-            publish_ring_changes(events.clone(), proxy.ring().subscribe());
+            publish_ring_changes(events.clone(), ring.subscribe());
             events
         });
         let migration = &config.migration;
@@ -298,7 +297,7 @@ impl Gateway {
                 + config.relay.switch_timeout
                 + config.relay.close_timeout,
         );
-        let migrator = Migrator::new(registry.clone(), proxy.ring().subscribe())
+        let migrator = Migrator::new(registry.clone(), ring.subscribe())
             .policy(migration.policy.clone())
             .pacing(migration.pacing)
             .drain_window(migration.drain_window)
@@ -307,15 +306,14 @@ impl Gateway {
         let stats = migrator.stats();
         tokio::spawn(migrator.run());
         let routes = migration.routes.clone();
-        let mut migrate =
-            MigrateLayer::new(registry.clone(), config.key.clone(), proxy.ring().clone())
-                .route_policy(move |request: &http::request::Parts| {
-                    let path = request.uri.path();
-                    routes
-                        .iter()
-                        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                        .map(|(_, policy)| policy.clone())
-                });
+        let mut migrate = MigrateLayer::new(registry.clone(), config.key.clone(), ring.clone())
+            .route_policy(move |request: &http::request::Parts| {
+                let path = request.uri.path();
+                routes
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                    .map(|(_, policy)| policy.clone())
+            });
         if let Some(secret) = &migration.secret {
             migrate = migrate.secret(secret.clone());
         }
@@ -323,13 +321,14 @@ impl Gateway {
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
-        let public_app = public::with_public_layers(
-            Router::new()
-                .fallback_service(ServiceBuilder::new().layer(migrate).service(proxy.clone())),
+        let public_app = public::public_stack(
             config.request_timeout,
+            migrate,
+            WebSocketLayer::new(connections.clone(), config.relay),
+            ring.clone().failover(ProxyFailover),
         );
         let admin_app = admin::admin_router(admin::AdminState {
-            proxy,
+            ring,
             members,
             registry: registry.clone(),
             stats,

@@ -12,3 +12,8 @@ pub mod loadgen;
 mod members;
 mod public;
 mod serve;
+
+/// The README's Rust blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -15,45 +15,72 @@ use axum::{
     Router,
 };
 use tower::ServiceBuilder;
+use tower_hashring::{HttpKey, SharedHashRing};
 use tower_http::{
     request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
+use tower_ws_migrate::MigrateLayer;
+use tower_ws_proxy::{ProxyFailover, Upstream, WebSocketLayer};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest request id kept from a client; a longer or odd one is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The public layers: the client's address forwarded (`X-Forwarded-For`, `Forwarded`,
-/// `X-Forwarded-Proto`); a request id kept if the client sent a valid one, generated
-/// otherwise, forwarded to the backend and returned in the response; a tracing span; and a
-/// timeout (408) on the response head. A WebSocket's head is its 101, so relays are not cut
-/// by it.
-pub(crate) fn with_public_layers(app: Router, timeout: Duration) -> Router {
-    app.layer(
-        ServiceBuilder::new()
-            .map_request(|mut request: Request<axum::body::Body>| {
-                let headers = request.headers_mut();
-                if headers.get(X_REQUEST_ID).is_some_and(|id| !is_valid_id(id)) {
-                    headers.remove(X_REQUEST_ID);
-                }
-                if let Some(ConnectInfo(client)) =
-                    request.extensions().get::<ConnectInfo<SocketAddr>>().copied()
-                {
-                    tower_ws_proxy::set_forwarded_headers(request.headers_mut(), client, "http");
-                }
-                request
-            })
-            .layer(SetRequestIdLayer::new(X_REQUEST_ID, GatewayRequestIds::default()))
-            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-            .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
-                let id = request.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok());
+/// The public stack, one layer per concern, top to bottom: the client's address forwarded
+/// (`X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`) and an invalid request id dropped;
+/// a request id (the client's valid one, or a new one) set, forwarded to the backend and
+/// returned; a tracing span; a timeout (408) on the response head (a WebSocket's head is its
+/// 101, so relays are not cut by it); live migration; the WebSocket proxy; and the
+/// consistent-hash balancer over the backends, which fails over by [`ProxyFailover`].
+pub(crate) fn public_stack(
+    timeout: Duration,
+    migrate: MigrateLayer,
+    websockets: WebSocketLayer,
+    balancer: SharedHashRing<Upstream, HttpKey, ProxyFailover>,
+) -> Router {
+    let stack = ServiceBuilder::new()
+        .map_request(forwarded)
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID,
+            GatewayRequestIds::default(),
+        ))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
+                let id = request
+                    .headers()
+                    .get(X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok());
                 tracing::info_span!("request", method = %request.method(), uri = %request.uri(), id)
-            }))
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
-    )
+            }),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(migrate)
+        .layer(websockets)
+        .service(balancer);
+    Router::new().fallback_service(stack)
+}
+
+/// Who the client is, for the backend; and no request id that no log should carry.
+fn forwarded(mut request: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    let headers = request.headers_mut();
+    if headers.get(X_REQUEST_ID).is_some_and(|id| !is_valid_id(id)) {
+        headers.remove(X_REQUEST_ID);
+    }
+    if let Some(ConnectInfo(client)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    {
+        tower_ws_proxy::set_forwarded_headers(request.headers_mut(), client, "http");
+    }
+    request
 }
 
 /// Letters, digits, `-`, `_`, `.` and `:`, at most [`MAX_REQUEST_ID`] of them: what log

@@ -1,14 +1,19 @@
 //! The WebSocket-aware data plane of a consistent-hash gateway.
 //!
-//! - [`Upstream`]: one backend; forwards HTTP (pooled HTTP/1.1) and opens WebSocket
-//!   handshakes, stripping hop-by-hop headers and keeping `Sec-WebSocket-*` end to end.
+//! - [`Upstream`]: one backend as a `tower::Service`; forwards HTTP (pooled HTTP/1.1) and
+//!   opens WebSocket handshakes (a `101` carries the backend's socket, [`UpstreamSocket`]),
+//!   stripping hop-by-hop headers and keeping `Sec-WebSocket-*` end to end. The balancer
+//!   over them is `tower_hashring`'s [`SharedHashRing`](tower_hashring::SharedHashRing),
+//!   failing over by [`ProxyFailover`].
+//! - [`WebSocketLayer`]: above the balancer, checks handshakes, caps the connections, and
+//!   relays each upgraded WebSocket.
 //! - [`relay`]: the frame-aware relay. It passes bytes through without re-encoding (masks and
 //!   permessage-deflate survive) but follows frame and message boundaries with a
 //!   [`frame::FrameTracker`], so a close can be injected toward either side between messages
 //!   through a [`RelayHandle`] (the migration layer will also switch upstreams there).
-//! - [`HashRingProxy`]: a `tower::Service` that routes each request by key through a
-//!   [`tower_hashring::SharedHashRing`] of upstreams, fails over on refused handshakes, and
-//!   answers errors with clear statuses.
+//! - [`HashRingProxy`]: the two in one service,
+//!   `WebSocketLayer::new(..).layer(ring.failover(ProxyFailover))`, answering errors with
+//!   clear statuses.
 //! - [`ObserveConnections`]: a request extension through which a layer above the proxy
 //!   hears of every WebSocket it establishes (backend, ring position and version, handle).
 //! - [`LiveConnections`]: the proxied WebSockets, counted per backend, capped, and closed
@@ -25,6 +30,7 @@ mod proxy;
 mod relay;
 mod request_check;
 mod upstream;
+mod websocket;
 
 pub use self::{
     connections::{Admission, LiveConnections, Refusal, Registration},
@@ -38,6 +44,7 @@ pub use self::{
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     upstream::{
         is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody, Upstream,
-        UpstreamConfig, UpstreamError, WebSocketAnswer,
+        UpstreamConfig, UpstreamError, UpstreamSocket, WebSocketAnswer,
     },
+    websocket::{ProxyFailover, WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };

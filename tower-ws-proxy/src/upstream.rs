@@ -1,19 +1,28 @@
 //! One backend: forwards HTTP requests and opens WebSocket upgrades toward it.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{
     header::{self, HeaderName, HeaderValue},
-    request, HeaderMap, Request, Response, Uri,
+    request, HeaderMap, Request, Response, StatusCode, Uri,
 };
-use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 use hyper::{body::Incoming, upgrade::Upgraded};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo},
 };
 use tokio::net::TcpStream;
+use tower_hashring::balance::Route;
+use tower_service::Service;
 
 use crate::{handshake, Peer};
 
@@ -61,6 +70,9 @@ pub enum UpstreamError {
     Http(BoxError),
     /// The backend did not answer the WebSocket handshake in time.
     HandshakeTimeout,
+    /// The backend answered the WebSocket handshake with this 5xx: it cannot take the
+    /// connection now, so another may.
+    Unavailable(StatusCode),
 }
 
 impl fmt::Display for UpstreamError {
@@ -70,6 +82,12 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Http(e) => write!(f, "the backend failed the exchange: {e}"),
             UpstreamError::HandshakeTimeout => {
                 f.write_str("the backend did not answer the websocket handshake in time")
+            }
+            UpstreamError::Unavailable(status) => {
+                write!(
+                    f,
+                    "the backend answered the websocket handshake with {status}"
+                )
             }
         }
     }
@@ -185,6 +203,71 @@ impl Upstream {
         format!("http://{}{path}", self.authority)
             .parse()
             .map_err(|e: http::uri::InvalidUri| UpstreamError::Http(e.into()))
+    }
+}
+
+/// The backend's side of an upgraded WebSocket, carried in the extensions of the `101`
+/// response that [`Upstream`]'s `Service` returns, for the relay above to take once.
+///
+/// ```
+/// use tower_ws_proxy::UpstreamSocket;
+///
+/// let response = http::Response::new(());
+/// assert!(response.extensions().get::<UpstreamSocket>().is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct UpstreamSocket(Arc<std::sync::Mutex<Option<Peer>>>);
+
+impl UpstreamSocket {
+    fn new(peer: Peer) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(peer))))
+    }
+
+    /// The socket, the first time it is asked for.
+    pub fn take(&self) -> Option<Peer> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// One backend as a `tower::Service`: an HTTP request is forwarded (pooled HTTP/1.1); a
+/// WebSocket upgrade is handshaken with the backend on a fresh connection, and a `101`
+/// comes back with the backend's socket in its extensions ([`UpstreamSocket`]), while a
+/// 5xx is [`UpstreamError::Unavailable`]. A [`Route`](tower_hashring::balance::Route) in
+/// the request's extensions moves to the response's.
+impl Service<Request<ProxyBody>> for Upstream {
+    type Response = Response<ProxyBody>;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, UpstreamError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
+        let this = self.clone();
+        let route = request.extensions_mut().remove::<Route>();
+        Box::pin(async move {
+            let mut response = if is_websocket_upgrade(&request) {
+                let (parts, _) = request.into_parts();
+                let answer = this.open_websocket(&parts).await?;
+                if answer.response.status().is_server_error() {
+                    return Err(UpstreamError::Unavailable(answer.response.status()));
+                }
+                let mut response = answer.response;
+                if let Some(peer) = answer.upgraded {
+                    response.extensions_mut().insert(UpstreamSocket::new(peer));
+                }
+                response
+            } else {
+                this.forward(request)
+                    .await?
+                    .map(|body| body.map_err(Into::into).boxed_unsync())
+            };
+            if let Some(route) = route {
+                response.extensions_mut().insert(route);
+            }
+            Ok(response)
+        })
     }
 }
 
