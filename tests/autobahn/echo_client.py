@@ -16,7 +16,9 @@ A case whose connection stays silent for --idle-timeout seconds (the fuzzing ser
 waits are at most 2 s, so only a path that never delivers the end of a case gets there), or
 that lasts --case-timeout seconds in all, is abandoned: the connection is dropped, the fuzzing
 server keeps the verdict it reached, and the run goes on. --update-only just asks for the
-reports. Exits non-zero only if the fuzzing server itself cannot be reached.
+reports. --first/--last run only a range of the case numbers (the harness gives 1.* to
+10.* to `wsecho client` and the rest to this client), --no-update leaves the reports to the
+next client. Exits non-zero only if the fuzzing server itself cannot be reached.
 """
 
 import argparse
@@ -91,14 +93,18 @@ async def main():
     parser.add_argument("--idle-timeout", type=float, default=4)
     parser.add_argument("--case-timeout", type=float, default=120)
     parser.add_argument("--update-only", action="store_true")
+    parser.add_argument("--no-update", action="store_true")
+    parser.add_argument("--first", type=int, default=1, help="first case number (1-based)")
+    parser.add_argument("--last", type=int, help="last case number (default: the count)")
     args = parser.parse_args()
     server = args.server.rstrip("/")
     if not args.update_only:
         count = await get_case_count(server)
         via = f" via {args.via}" if args.via else ""
-        print(f"{args.agent}: {count} cases{via}", flush=True)
+        last = min(count, args.last or count)
+        print(f"{args.agent}: {count} cases, running {args.first} to {last}{via}", flush=True)
         abandoned = []
-        for case in range(1, count + 1):
+        for case in range(args.first, last + 1):
             try:
                 await asyncio.wait_for(
                     run_case(server, args.agent, case, args.via, args.idle_timeout),
@@ -113,8 +119,9 @@ async def main():
                 logging.debug("case #%d: %s: %s", case, type(error).__name__, error)
         if abandoned:
             print(f"{args.agent}: {len(abandoned)} cases abandoned: {', '.join(abandoned)}")
-    await update_reports(server, args.agent)
-    print(f"{args.agent}: reports updated", flush=True)
+    if not args.no_update:
+        await update_reports(server, args.agent)
+        print(f"{args.agent}: reports updated", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ Started by run.sh (which installs wstest and builds the gateway first); all on l
   fuzzingserver  echo client -> wstest -m fuzzingserver              (agent "direct")
                  echo client -> gateway -> wstest -m fuzzingserver   (agent "gateway")
 
-The echo backend and the echo client are Python 3 `websockets` (echo_server.py,
-echo_client.py); the backend negotiates permessage-deflate, so 12.* and 13.* pass compressed
-frames through the gateway both ways. In the fuzzingserver mode the client connects to the
+For 1.* to 10.* the echo backend and the echo client are `wsecho server` and `wsecho
+client` (gateway-bin/src/bin/wsecho.rs, tokio-tungstenite, which passes them all directly);
+for 12.* and 13.* they are Python 3 `websockets` (echo_server.py, echo_client.py), which
+negotiates permessage-deflate, so those cases pass compressed frames through the gateway both
+ways. Each backend has its own gateway in front of it; in the fuzzingserver mode the two
+clients share the fuzzing server's case numbers (wsecho the first ones, 1.* to 10.*).
+Without --wsecho the Python peers run every case. In the fuzzingserver mode the client connects to the
 gateway but keeps the fuzzing server's URL, hence its Host header: Autobahn fails a
 handshake whose Host port is not its own listening port, and it listens on every address,
 so the gateway cannot take the same port on another loopback address.
@@ -20,7 +24,7 @@ stopped at the end, also on SIGTERM (run.sh's overall `timeout`); their ids are 
 OUT/pids for run.sh's trap.
 
     python harness.py --gateway target/release/gateway-bin --wstest .../py2/bin/wstest \
-        --out target/autobahn --doc docs/conformance.md
+        --wsecho target/release/wsecho --out target/autobahn --doc docs/conformance.md
 """
 
 import argparse
@@ -50,6 +54,28 @@ SUITES = {
     "deflate": DEFLATE_SUBSET,
 }
 FULL_DEFLATE = ["12.*", "13.*"]
+# The suites whose echo peer is wsecho (when given); the others need permessage-deflate.
+WSECHO_SUITES = {"core", "perf"}
+
+
+def uses_wsecho(case):
+    """Whether wsecho is the echo peer of this case id (1.* to 10.*)."""
+    return int(case.split(".")[0]) <= 10
+
+
+def crate_version(name):
+    """The version of a crate in the workspace's Cargo.lock, or "?"."""
+    lock = HERE.parent.parent / "Cargo.lock"
+    try:
+        blocks = lock.read_text().split("[[package]]")
+    except OSError:
+        return "?"
+    for block in blocks:
+        if f'\nname = "{name}"\n' in block:
+            for line in block.splitlines():
+                if line.startswith("version = "):
+                    return line.split('"')[1]
+    return "?"
 
 
 def log(message):
@@ -163,6 +189,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gateway", required=True, help="the gateway-bin binary")
     parser.add_argument("--wstest", required=True, help="wstest in its Python 2 venv")
+    parser.add_argument(
+        "--wsecho", help="the wsecho binary, echo peer of 1.* to 10.* (default: websockets)"
+    )
     parser.add_argument("--out", required=True, help="folder for reports and logs")
     parser.add_argument("--doc", help="write the verdict table here (markdown)")
     parser.add_argument(
@@ -219,6 +248,7 @@ def main():
     meta = {
         "autobahntestsuite": version[-1] if version else "?",
         "websockets": websockets.__version__,
+        "tokio-tungstenite (wsecho)": crate_version("tokio-tungstenite") if args.wsecho else "",
         "gateway workers": str(args.workers),
     }
     (out / "meta.json").write_text(json.dumps(meta))
@@ -234,7 +264,8 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
-    (echo_port, gw_port, gw_admin, fuzz_port, gw2_port, gw2_admin) = free_ports(6)
+    (echo_port, gw_port, gw_admin, fuzz_port, gw2_port, gw2_admin, py_port, gw3_port,
+     gw3_admin) = free_ports(9)
     config = out / "gateway.toml"
     # Autobahn's URLs carry no routing key: one backend, reached whatever the key.
     config.write_text('[routing]\nmissing_key = "random"\n')
@@ -262,22 +293,38 @@ def main():
         wait_port(public, proc, name)
         return proc
 
-    backend_port = {"echo": echo_port, "fuzzingserver": fuzz_port}
+    backend_port = {"echo": echo_port, "echo-py": py_port, "fuzzingserver": fuzz_port}
     try:
         if "fuzzingclient" in modes:
-            echo = procs.start(
-                "echo-backend",
-                [python3, str(HERE / "echo_server.py"), "--port", str(echo_port)],
-                logs / "echo-backend.log",
-                env=env,
-            )
-            wait_port(echo_port, echo, "echo backend")
-            start_gateway("gateway-echo", gw_port, gw_admin, "echo")
-            log(f"echo backend on :{echo_port}, gateway on :{gw_port} in front of it")
-            targets = {"direct": echo_port, "gateway": gw_port}
+            rust = {x for x in suites if args.wsecho and x in WSECHO_SUITES}
+            targets = {}  # suite -> {agent: port}
+            if rust:
+                echo = procs.start(
+                    "echo-backend-wsecho",
+                    [args.wsecho, "server", "--listen", f"127.0.0.1:{echo_port}"],
+                    logs / "echo-backend-wsecho.log",
+                )
+                wait_port(echo_port, echo, "echo backend (wsecho)")
+                start_gateway("gateway-echo", gw_port, gw_admin, "echo")
+                log(f"echo backend (wsecho) on :{echo_port}, gateway on :{gw_port} in front of it")
+            if set(suites) - rust:
+                echo = procs.start(
+                    "echo-backend-py",
+                    [python3, str(HERE / "echo_server.py"), "--port", str(py_port)],
+                    logs / "echo-backend-py.log",
+                    env=env,
+                )
+                wait_port(py_port, echo, "echo backend (websockets)")
+                start_gateway("gateway-echo-py", gw3_port, gw3_admin, "echo-py")
+                log(f"echo backend (websockets) on :{py_port}, gateway on :{gw3_port} in front of it")
+            for suite in suites:
+                if suite in rust:
+                    targets[suite] = {"direct": echo_port, "gateway": gw_port}
+                else:
+                    targets[suite] = {"direct": py_port, "gateway": gw3_port}
             limits = {"core": 300, "perf": 300, "deflate": 1800 if args.full_deflate else 300}
             for suite in suites:
-                for agent, port in targets.items():
+                for agent, port in targets[suite].items():
                     outdir = reports_dir / "fuzzingclient" / f"{suite}-{agent}"
                     spec = out / f"fuzzingclient-{suite}-{agent}.json"
                     spec.write_text(
@@ -332,34 +379,49 @@ def main():
             log(f"fuzzingserver on :{fuzz_port}, gateway on :{gw2_port} in front of it")
             limit = 1800 if args.full_deflate else 600
             server_url = f"ws://127.0.0.1:{fuzz_port}"
+            # The fuzzing server numbers the cases in wstest's order, 1.* to 10.* first.
+            numbered = expand_cases(args.wstest, all_cases)
+            n_rust = sum(1 for c in numbered if args.wsecho and uses_wsecho(c))
+            if args.wsecho and any(uses_wsecho(c) for c in numbered[n_rust:]):
+                raise SystemExit("the fuzzing server does not number 1.* to 10.* first")
+            clients = []  # (kind, argv, its case numbers, their flags)
+            if n_rust:
+                clients.append(("wsecho", [args.wsecho, "client", "--url", server_url],
+                                f"1-{n_rust}", ["--first", "1", "--last", str(n_rust)]))
+            if n_rust < len(numbered):
+                clients.append(("py", [python3, str(HERE / "echo_client.py"), "--server",
+                                       server_url],
+                                f"{n_rust + 1}-{len(numbered)}", ["--first", str(n_rust + 1)]))
             for agent, via in (("direct", None), ("gateway", f"127.0.0.1:{gw2_port}")):
-                argv = [python3, str(HERE / "echo_client.py"), "--server", server_url,
-                        "--agent", agent]
-                if via:
-                    argv += ["--via", via]
-                status, took = run_bounded(
-                    procs, f"echo-client-{agent}", argv,
-                    logs / f"echo-client-{agent}.log", limit, env=env,
-                )
-                if status != 0:
-                    # Whatever the client got through, have the server write it down.
-                    run_bounded(
-                        procs, f"echo-client-{agent}-update",
-                        argv + ["--update-only"],
-                        logs / f"echo-client-{agent}-update.log", 120, env=env,
+                for i, (kind, base, numbers, span) in enumerate(clients):
+                    argv = base + ["--agent", agent]
+                    if via:
+                        argv += ["--via", via]
+                    last = i == len(clients) - 1
+                    name = f"echo-client-{agent}-{kind}"
+                    status, took = run_bounded(
+                        procs, name, argv + span + ([] if last else ["--no-update"]),
+                        logs / f"{name}.log", limit, env=env,
                     )
-                runs.append(
-                    dict(mode="fuzzingserver", suite="+".join(suites), agent=agent,
-                         seconds=round(took, 1), status=status, limit=limit)
-                )
-                log(f"fuzzingserver {'+'.join(suites):14} {agent:8} {took:6.1f} s  status {status}")
-                abandoned = [
-                    line.strip()
-                    for line in (logs / f"echo-client-{agent}.log").read_text().splitlines()
-                    if "abandoned" in line
-                ]
-                for line in abandoned:
-                    log(f"  {line}")
+                    if status != 0 and last:
+                        # Whatever the client got through, have the server write it down.
+                        run_bounded(
+                            procs, f"{name}-update", argv + ["--update-only"],
+                            logs / f"{name}-update.log", 120, env=env,
+                        )
+                    what = f"{'+'.join(suites)} #{numbers} ({kind})"
+                    runs.append(
+                        dict(mode="fuzzingserver", suite=what, agent=agent,
+                             seconds=round(took, 1), status=status, limit=limit)
+                    )
+                    log(f"fuzzingserver {what:24} {agent:8} {took:6.1f} s  status {status}")
+                    abandoned = [
+                        line.strip()
+                        for line in (logs / f"{name}.log").read_text().splitlines()
+                        if "abandoned" in line
+                    ]
+                    for line in abandoned:
+                        log(f"  {line}")
     finally:
         procs.stop_all()
         pidfile.write_text("")
