@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
-    amqp::{fanout_channel, publish},
     changes::ChangeSender,
+    events::{fanout_channel, publish},
     Backend, MemberChanges, MemberSet,
 };
 

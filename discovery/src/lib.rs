@@ -34,13 +34,13 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "amqp")]
-mod amqp;
-#[cfg(feature = "amqp")]
 mod amqp_members;
 mod backend;
 mod changes;
 #[cfg(feature = "docker")]
 mod docker;
+#[cfg(feature = "amqp")]
+mod events;
 mod health;
 #[cfg(feature = "redis")]
 mod redis;
@@ -54,8 +54,8 @@ pub use self::docker::{
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
 #[cfg(feature = "amqp")]
 pub use self::{
-    amqp::{ring_event, AmqpEvents},
     amqp_members::{amqp_members, AmqpAnnouncer, Announcement},
+    events::{ring_event, AmqpEvents},
 };
 pub use self::{
     backend::{Backend, MemberSet},

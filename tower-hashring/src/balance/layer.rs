@@ -4,7 +4,7 @@ use tower::discover::Discover;
 use tower_layer::Layer;
 
 use super::{
-    membership::{BoundedLoads, EqualWeight, Router},
+    membership::{BoundedLoads, EqualWeight, KeyRouter},
     shared::{RingDriver, SharedHashRing},
     HashRingBalance,
 };
@@ -40,7 +40,7 @@ use crate::{HashScheme, KeyExtractor, LoadFactor, LoadSource, MissingKeyPolicy, 
 /// # }
 /// ```
 pub struct HashRingLayer<E, W = EqualWeight, Req = ()> {
-    router: Router<E>,
+    router: KeyRouter<E>,
     scheme: HashScheme,
     weights: W,
     _request: PhantomData<fn(Req)>,
@@ -51,7 +51,7 @@ impl<E, Req> HashRingLayer<E, EqualWeight, Req> {
     /// [`HashScheme`] and [`MissingKeyPolicy::Reject`].
     pub fn new(extractor: E) -> Self {
         Self {
-            router: Router::new(extractor),
+            router: KeyRouter::new(extractor),
             scheme: HashScheme::default(),
             weights: EqualWeight,
             _request: PhantomData,

@@ -152,7 +152,7 @@ impl Membership {
 }
 
 /// Per-request routing decisions: key extraction, missing-key policy, bounded loads.
-pub(crate) struct Router<E> {
+pub(crate) struct KeyRouter<E> {
     pub(crate) extractor: E,
     pub(crate) missing_key: MissingKeyPolicy,
     pub(crate) bounded: Option<BoundedLoads>,
@@ -169,7 +169,7 @@ pub(crate) struct BoundedLoads {
 /// 2^64 / golden ratio: consecutive multiples cover the ring evenly.
 const WEYL_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 
-impl<E> Router<E> {
+impl<E> KeyRouter<E> {
     pub(crate) fn new(extractor: E) -> Self {
         Self {
             extractor,
@@ -223,7 +223,7 @@ impl<E> Router<E> {
     }
 }
 
-impl<E: Clone> Clone for Router<E> {
+impl<E: Clone> Clone for KeyRouter<E> {
     fn clone(&self) -> Self {
         Self {
             extractor: self.extractor.clone(),

@@ -56,7 +56,7 @@ use tower_service::Service;
 
 use self::{
     error::{BoxError, DiscoverError, NoReadyBackend},
-    membership::{Membership, Router},
+    membership::{KeyRouter, Membership},
 };
 use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
 
@@ -96,7 +96,7 @@ where
     services: ReadyCache<NodeId, D::Service, Req>,
     membership: Membership,
     snapshot: Arc<RingSnapshot>,
-    router: Router<E>,
+    router: KeyRouter<E>,
     weights: W,
 }
 
@@ -108,7 +108,7 @@ where
 {
     pub(crate) fn from_parts(
         discover: D,
-        router: Router<E>,
+        router: KeyRouter<E>,
         scheme: HashScheme,
         weights: W,
     ) -> Self {

@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::{
     error::{BoxError, DiscoverError, NoBackend, NoReadyBackend},
     failover::{Failover, NoFailover, Route},
-    membership::{Candidates, Membership, NodeWeight, Router},
+    membership::{Candidates, KeyRouter, Membership, NodeWeight},
 };
 use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
 
@@ -68,7 +68,7 @@ struct RouteTable<S> {
 pub struct SharedHashRing<S, E, F = NoFailover> {
     routes: watch::Receiver<Arc<RouteTable<S>>>,
     snapshots: RingWatch,
-    router: Arc<Router<E>>,
+    router: Arc<KeyRouter<E>>,
     failover: F,
 }
 
@@ -76,7 +76,7 @@ impl<S, E> SharedHashRing<S, E> {
     fn from_parts(
         routes: watch::Receiver<Arc<RouteTable<S>>>,
         snapshots: RingWatch,
-        router: Arc<Router<E>>,
+        router: Arc<KeyRouter<E>>,
     ) -> Self {
         Self {
             routes,
@@ -428,7 +428,7 @@ where
 {
     pub(crate) fn new<E>(
         discover: D,
-        router: Router<E>,
+        router: KeyRouter<E>,
         scheme: HashScheme,
         weights: W,
     ) -> (SharedHashRing<D::Service, E>, Self) {
