@@ -267,7 +267,7 @@ async fn next_outgoing(
                 Some(Ok(Message::Text(text))) => return Some(backend.message("echo", text.as_str())),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
                 // axum answers pings itself.
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) => {}
             },
             Some(text) = outbox.recv() => return Some(text),
         }

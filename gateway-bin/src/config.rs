@@ -542,9 +542,7 @@ impl Migration {
         let (default_code, default_reason) = defaults.policy.close();
         let code = match self.close_code {
             // Codes a peer may send (RFC 6455 §7.4): not 1004-1006, 1015 or below 1000.
-            Some(code @ (1000..=1003 | 1007..=1014 | 3000..=4999)) | Some(code @ 1016..=2999) => {
-                code
-            }
+            Some(code @ (1000..=1003 | 1007..=1014 | 1016..=2999 | 3000..=4999)) => code,
             Some(code) => {
                 return Err(ConfigError(format!(
                     "migration.close_code: {code} is not a close code a gateway may send"

@@ -19,7 +19,7 @@ async fn next_json(client: &mut Client) -> Value {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), client.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -49,7 +49,7 @@ pub async fn next_json(client: &mut Client) -> Value {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             other => panic!("expected a text message, got {other:?}"),
         }
     }
