@@ -312,9 +312,11 @@ async fn shutdown_closes_websockets_with_1001() {
 async fn shutdown_finishes_in_flight_http() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let slow_backend = listener.local_addr().unwrap();
+    let (arrived, mut request_arrived) = tokio::sync::mpsc::unbounded_channel();
     let app = axum::Router::new().route(
         "/slow",
-        axum::routing::get(|| async {
+        axum::routing::get(move || async move {
+            let _ = arrived.send(());
             tokio::time::sleep(Duration::from_millis(500)).await;
             "done"
         }),
@@ -325,7 +327,8 @@ async fn shutdown_finishes_in_flight_http() {
         .unwrap();
     let public = gateway.public;
     let request = tokio::spawn(async move { http(public, "GET", "/slow?userId=1", "").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down once the request is in flight at the backend.
+    request_arrived.recv().await.unwrap();
     let shutdown = tokio::spawn(gateway.shutdown());
     let (status, body) = request.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "done"));

@@ -407,16 +407,15 @@ async fn a_switch_interrupted_mid_message_closes_the_client_with_1012() {
         let handle = handle.clone();
         tokio::spawn(async move { handle.switch_to(Peer::new(relay_new)).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The relay closed the old upstream (masked, 1001): the switch is under way.
+    let mut closed = vec![0u8; close_frame(1001, "moved to another backend", true).len()];
+    old_side.read_exact(&mut closed).await.unwrap();
     let (_other, relay_other) = socket_pair().await;
     assert_eq!(
         handle.switch_to(Peer::new(relay_other)).await,
         Err(SwitchError::Busy)
     );
-    // The relay closed the old upstream (masked, 1001); the old upstream answers with its
-    // close before finishing the message.
-    let mut closed = vec![0u8; close_frame(1001, "moved to another backend", true).len()];
-    old_side.read_exact(&mut closed).await.unwrap();
+    // The old upstream answers with its close before finishing the message.
     old_side
         .write_all(&close_frame(1001, "", false))
         .await
