@@ -11,7 +11,7 @@ mod axum_app;
 use std::{convert::Infallible, time::Duration};
 
 use axum::{routing::get, Router};
-use common::{echo_traffic, eventually, next_json, ring_of, Client};
+use common::{assert_on_owners, echo_traffic, eventually, next_json, owned_by, ring_of, Client};
 use futures_util::stream;
 use gateway_bin::backend::Backend;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -114,31 +114,10 @@ async fn the_proxy_routes_relays_and_moves_live_under_axum_serve() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     reference_backend("backend-b", &changes).await;
     let ring = ring_of(&["backend-a", "backend-b"]);
-    let affected = (0..20)
-        .filter(|n| {
-            ring.route(format!("axum-{n}").as_bytes())
-                .unwrap()
-                .id()
-                .as_str()
-                == "backend-b"
-        })
-        .count() as u64;
+    let affected = owned_by(&ring, (0..20).map(|n| format!("axum-{n}")), "backend-b") as u64;
     assert!(eventually(Duration::from_secs(5), async || stats.moved() == affected).await);
     stop.send_replace(true);
-    let mut moved = 0;
-    for client in clients {
-        let traffic = client.await.unwrap();
-        traffic.assert_untouched();
-        let owner = ring.route(traffic.user.as_bytes()).unwrap().id().as_str();
-        assert_eq!(traffic.received.last().unwrap()["server"], owner);
-        if owner == "backend-b" {
-            moved += 1;
-            assert!(traffic
-                .received
-                .iter()
-                .any(|m| m["type"] == "connected" && m["migratedFrom"] == "backend-a"));
-        }
-    }
+    let moved = assert_on_owners(clients, &ring, "backend-b", "backend-a").await;
     assert!(moved > 0, "some users moved");
 }
 

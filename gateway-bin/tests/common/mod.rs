@@ -125,6 +125,41 @@ pub struct Traffic {
     pub closed: Option<u16>,
 }
 
+/// Users of `users` that `ring` gives to `owner`.
+pub fn owned_by(ring: &Ring, users: impl IntoIterator<Item = String>, owner: &str) -> usize {
+    users
+        .into_iter()
+        .filter(|u| ring.route(u.as_bytes()).unwrap().id().as_str() == owner)
+        .count()
+}
+
+/// Every client's traffic was untouched and ended on its owner in `ring`; those whose owner
+/// is `to` were told by it that they came from `from`. Returns how many those were.
+pub async fn assert_on_owners(
+    clients: Vec<tokio::task::JoinHandle<Traffic>>,
+    ring: &Ring,
+    to: &str,
+    from: &str,
+) -> usize {
+    let mut moved = 0;
+    for client in clients {
+        let traffic = client.await.unwrap();
+        traffic.assert_untouched();
+        let owner = ring.route(traffic.user.as_bytes()).unwrap().id().as_str();
+        let last = traffic.received.last().unwrap();
+        assert_eq!(last["server"], owner, "{} ends on its owner", traffic.user);
+        if owner == to {
+            moved += 1;
+            let told = traffic
+                .received
+                .iter()
+                .any(|m| m["type"] == "connected" && m["migratedFrom"] == from);
+            assert!(told, "{} was told it came from {from}", traffic.user);
+        }
+    }
+    moved
+}
+
 impl Traffic {
     /// How many echoes came back.
     pub fn echoes(&self) -> usize {
