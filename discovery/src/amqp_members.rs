@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{task::JoinHandle, time::Instant};
 
 use crate::{
+    backoff::Backoff,
     changes::ChangeSender,
     events::{fanout_channel, publish},
     Backend, MemberChanges, MemberSet,
@@ -170,7 +171,7 @@ struct Announced {
 async fn follow(url: String, exchange: String, changes: ChangeSender) {
     let mut announced: BTreeMap<String, Announced> = BTreeMap::new();
     let mut members = MemberSet::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let consumer = async {
             let channel = fanout_channel(&url, &exchange).await?;
@@ -208,12 +209,11 @@ async fn follow(url: String, exchange: String, changes: ChangeSender) {
             Ok(consumer) => consumer,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the broker; keeping the last members");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         // Announcements sent while we were away are lost: give everyone one more TTL.
         let reconnected = Instant::now();
         for member in announced.values_mut() {

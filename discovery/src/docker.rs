@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tower::discover::Change;
 use tower_hashring::NodeId;
 
-use crate::{changes::ChangeSender, Backend, MemberChanges, MemberSet};
+use crate::{backoff::Backoff, changes::ChangeSender, Backend, MemberChanges, MemberSet};
 
 /// The label that names a container's service.
 pub const SERVICE_LABEL: &str = "wscluster.service";
@@ -135,14 +135,14 @@ impl DockerSource {
 
 async fn follow(source: DockerSource, changes: ChangeSender) {
     let mut members = MemberSet::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        let started = tokio::time::Instant::now();
         match session(&source, &mut members, &changes).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "docker discovery lost the engine; keeping the last members");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait_after(started.elapsed()).await;
             }
         }
     }

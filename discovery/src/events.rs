@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tower_hashring::RingSnapshot;
 
+use crate::backoff::Backoff;
+
 /// The most events waiting while the broker is unreachable; older ones are dropped (and
 /// counted) past it. After a reconnect the current ring is published first, so a consumer
 /// that missed changes catches up.
@@ -169,19 +171,18 @@ async fn run(
     state: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     stats: Arc<Stats>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut unsent: Option<Vec<u8>> = None;
     loop {
         let channel = match fanout_channel(&url, &exchange).await {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the broker; events wait");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         stats.connects.fetch_add(1, Ordering::Relaxed);
         // Whoever missed events while we were away can catch up from the current ring.
         let current = state.lock().unwrap_or_else(|e| e.into_inner()).clone();

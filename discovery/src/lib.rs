@@ -36,6 +36,8 @@
 #[cfg(feature = "amqp")]
 mod amqp_members;
 mod backend;
+#[cfg(any(feature = "redis", feature = "amqp", feature = "docker"))]
+mod backoff;
 mod changes;
 #[cfg(feature = "docker")]
 mod docker;

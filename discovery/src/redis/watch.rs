@@ -6,19 +6,19 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 
 use super::{RedisError, RedisRegistry};
-use crate::{changes::ChangeSender, Backend, MemberSet};
+use crate::{backoff::Backoff, changes::ChangeSender, Backend, MemberSet};
 
 /// Subscribes, resyncs, and resubscribes after every lost connection, with backoff.
 pub(super) async fn follow(registry: RedisRegistry, changes: ChangeSender) {
     let mut members = MemberSet::default();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
+        let started = tokio::time::Instant::now();
         match session(&registry, &mut members, &changes).await {
             Ok(()) => return, // the stream was dropped
             Err(error) => {
                 tracing::warn!(%error, "redis discovery lost its connection; keeping the last members");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait_after(started.elapsed()).await;
             }
         }
     }
