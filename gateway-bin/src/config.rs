@@ -103,7 +103,7 @@ pub struct ConfigFile {
     #[serde(default)]
     timeouts: Timeouts,
     #[serde(default)]
-    migration: Migration,
+    migration: MigrationSection,
     #[serde(default)]
     discovery: Discovery,
     #[serde(default)]
@@ -118,7 +118,7 @@ pub struct ConfigFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Migration {
+struct MigrationSection {
     policy: Option<PolicyName>,
     close_code: Option<u16>,
     close_reason: Option<String>,
@@ -536,7 +536,7 @@ impl Health {
     }
 }
 
-impl Migration {
+impl MigrationSection {
     fn config(&self) -> Result<MigrationConfig, ConfigError> {
         let defaults = MigrationConfig::default();
         let (default_code, default_reason) = defaults.policy.close();

@@ -14,8 +14,8 @@ use tokio::{
 };
 use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
 use tower_ws_migrate::{
-    MigrateLayer, Migration, MigrationHook, MigrationPolicy, MigrationSecret, Migrator, Outcome,
-    Pacing, ProxiedConnection, Registry,
+    MigrateLayer, MigrationEvent, MigrationHook, MigrationPolicy, MigrationSecret, Migrator,
+    Outcome, Pacing, ProxiedConnection, Registry,
 };
 use tower_ws_proxy::{
     LiveConnections, ProxyFailover, RelayConfig, Upstream, UpstreamConfig, WebSocketLayer,
@@ -415,7 +415,7 @@ impl Gateway {
 /// Logs each migration that did not simply move, and publishes every one when events are
 /// configured.
 fn migration_hook(events: Option<AmqpEvents>) -> impl MigrationHook {
-    move |m: &Migration<'_>| {
+    move |m: &MigrationEvent<'_>| {
         let key = String::from_utf8_lossy(m.key);
         let outcome = match m.outcome {
             Outcome::Moved => {

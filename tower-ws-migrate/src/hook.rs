@@ -117,7 +117,7 @@ impl FallbackKind {
 /// One migration, as the hook sees it.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub struct Migration<'a> {
+pub struct MigrationEvent<'a> {
     /// The version of the ring the connection moves for.
     pub ring_version: u64,
     /// The routing key.
@@ -133,31 +133,31 @@ pub struct Migration<'a> {
 }
 
 /// Called for every migration: logging, metrics, telling a backend to hand state off.
-/// Closures `Fn(&Migration<'_>)` implement it.
+/// Closures `Fn(&MigrationEvent<'_>)` implement it.
 ///
 /// ```
-/// use tower_ws_migrate::{Migration, MigrationHook};
+/// use tower_ws_migrate::{MigrationEvent, MigrationHook};
 ///
 /// fn takes_hook(_: impl MigrationHook) {}
-/// takes_hook(|m: &Migration<'_>| println!("{} -> {:?}", m.from, m.to));
+/// takes_hook(|m: &MigrationEvent<'_>| println!("{} -> {:?}", m.from, m.to));
 /// ```
 pub trait MigrationHook: Send + Sync + 'static {
     /// Reports one migration.
-    fn on_migration(&self, migration: &Migration<'_>);
+    fn on_migration(&self, migration: &MigrationEvent<'_>);
 }
 
 impl<F> MigrationHook for F
 where
-    F: Fn(&Migration<'_>) + Send + Sync + 'static,
+    F: Fn(&MigrationEvent<'_>) + Send + Sync + 'static,
 {
-    fn on_migration(&self, migration: &Migration<'_>) {
+    fn on_migration(&self, migration: &MigrationEvent<'_>) {
         self(migration)
     }
 }
 
 /// The default hook: does nothing.
 impl MigrationHook for () {
-    fn on_migration(&self, _: &Migration<'_>) {}
+    fn on_migration(&self, _: &MigrationEvent<'_>) {}
 }
 
 /// Running totals of a migrator; cheap to clone, shared.

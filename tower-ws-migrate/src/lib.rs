@@ -36,7 +36,7 @@ mod signature;
 
 pub use self::{
     connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
-    hook::{Fallback, FallbackKind, Migration, MigrationHook, MigrationStats, Outcome},
+    hook::{Fallback, FallbackKind, MigrationEvent, MigrationHook, MigrationStats, Outcome},
     layer::{MigrateLayer, MigrateService, RoutePolicy},
     migrator::Migrator,
     pace::Pacing,

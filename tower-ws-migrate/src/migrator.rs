@@ -6,8 +6,8 @@ use tokio::sync::Semaphore;
 use tower_hashring::{RingSnapshot, RingWatch};
 
 use crate::{
-    plan, plan::plan_stragglers, ConnectionId, Migrate, Migration, MigrationHook, MigrationPolicy,
-    MigrationStats, Outcome, Pacing, PlannedMove, Registry,
+    plan, plan::plan_stragglers, ConnectionId, Migrate, MigrationEvent, MigrationHook,
+    MigrationPolicy, MigrationStats, Outcome, Pacing, PlannedMove, Registry,
 };
 
 const DEFAULT_IN_FLIGHT: usize = 256;
@@ -222,7 +222,7 @@ where
                     registry.set_backend(planned.id, to.clone());
                 }
                 stats.count(&outcome);
-                hook.on_migration(&Migration {
+                hook.on_migration(&MigrationEvent {
                     ring_version,
                     key: &planned.key,
                     from: &planned.from,

@@ -10,8 +10,8 @@ use std::{
 use tokio::{sync::watch, time::Instant};
 use tower_hashring::{HashScheme, NodeId, Ring, RingSnapshot};
 use tower_ws_migrate::{
-    Migrate, MigrateFuture, Migration, MigrationPolicy, MigrationStats, Migrator, Outcome, Pacing,
-    Registered, Registry,
+    Migrate, MigrateFuture, MigrationEvent, MigrationPolicy, MigrationStats, Migrator, Outcome,
+    Pacing, Registered, Registry,
 };
 
 type Log = Arc<Mutex<Vec<(String, Instant, MigrationPolicy)>>>;
@@ -307,7 +307,7 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
             code: 1000,
             reason: "moved".into(),
         })
-        .hook(move |m: &Migration<'_>| {
+        .hook(move |m: &MigrationEvent<'_>| {
             hook_seen.lock().unwrap().push((
                 String::from_utf8_lossy(m.key).into_owned(),
                 m.from.clone(),
