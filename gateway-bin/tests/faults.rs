@@ -353,14 +353,7 @@ async fn shutdown_ends_in_time_whatever_the_peers_do() {
     config.upstream.handshake_timeout = Duration::from_secs(30);
     let gateway = Gateway::start(config, vec![], 1).await.unwrap();
     let bound = gateway.shutdown_bound();
-    let (status, _) = http(
-        gateway.admin,
-        "POST",
-        "/admin/backends",
-        &format!("{{\"id\":\"silent\",\"address\":\"{silent_address}\"}}"),
-    )
-    .await;
-    assert_eq!(status, 201);
+    add_member(&gateway, "silent", silent_address).await;
 
     let mut partial = TcpStream::connect(gateway.public).await.unwrap();
     partial
@@ -533,14 +526,7 @@ async fn a_slow_new_owner_takes_its_users_without_a_loss() {
     let delay = Duration::from_millis(600);
     let slow = slow_backend("slow", delay).await;
     let added = Instant::now();
-    let (status, _) = http(
-        gateway.admin,
-        "POST",
-        "/admin/backends",
-        &format!("{{\"id\":\"slow\",\"address\":\"{slow}\"}}"),
-    )
-    .await;
-    assert_eq!(status, 201);
+    add_member(&gateway, "slow", slow).await;
     let ring = ring_of(&["backend-a", "slow"]);
     let affected = owned_by(&ring, (0..20).map(|n| format!("slow-{n}")), "slow") as u64;
     assert!(

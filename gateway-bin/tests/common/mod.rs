@@ -109,6 +109,13 @@ pub async fn assert_ws_refused(gateway: &Gateway, user: &str, status: u16) -> St
     }
 }
 
+/// Adds the running backend `id` at `address` through the admin API.
+pub async fn add_member(gateway: &Gateway, id: &str, address: impl std::fmt::Display) {
+    let body = format!("{{\"id\":\"{id}\",\"address\":\"{address}\"}}");
+    let (status, answer) = http(gateway.admin, "POST", "/admin/backends", &body).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
 pub async fn ring_json(gateway: &Gateway) -> Value {
     let (status, body) = http(gateway.admin, "GET", "/admin/ring", "").await;
     assert_eq!(status, 200);
