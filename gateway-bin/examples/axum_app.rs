@@ -38,14 +38,12 @@ where
     let key = HttpKey::new()
         .path("/connect/{userId}")
         .expect("a valid pattern");
-    let (ring, driver) = HashRingLayer::new(key.clone()).shared(members);
+    let (ring, driver) = HashRingLayer::new(key).shared(members);
     tokio::spawn(driver);
-    let proxy = HashRingProxy::new(
-        ring.clone(),
-        LiveConnections::new(10_000),
-        RelayConfig::default(),
-    );
-    let (migrate, migrator) = MigrateLayer::from_ring(key, &ring);
+    // One registry of live WebSockets: the proxy registers them, the migrator moves them.
+    let connections = LiveConnections::with_limit(10_000);
+    let proxy = HashRingProxy::new(ring.clone(), connections.clone(), RelayConfig::default());
+    let (migrate, migrator) = MigrateLayer::from_ring(&ring, &connections);
     let migrate = migrate.policy(MigrationPolicy::live());
     let stats = migrator.stats();
     tokio::spawn(migrator.run());

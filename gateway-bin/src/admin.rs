@@ -1,6 +1,6 @@
 //! The admin API: the ring and its members, and adding or removing backends.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Path, State},
@@ -9,25 +9,26 @@ use axum::{
     routing::{delete, get, post},
     Json, Router,
 };
-use discovery::{DockerError, DockerScaler};
 use serde_json::json;
-use tower_hashring::SharedHashRing;
-use tower_hashring::{HttpKey, LoadSource, NodeId};
-use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection, Registry};
-use tower_ws_proxy::Upstream;
+use tower_hashring::{HttpKey, LoadSource, NodeId, SharedHashRing};
+use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection};
+use tower_ws_proxy::{LiveConnections, Upstream};
 
-use crate::members::{Member, Members};
+use crate::{
+    members::{Member, Members},
+    scale::{Ownership, ScaleError, Scaler},
+};
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) ring: SharedHashRing<Upstream, HttpKey>,
     pub(crate) members: Members,
-    pub(crate) registry: Registry<ProxiedConnection>,
+    pub(crate) connections: LiveConnections<ProxiedConnection>,
     pub(crate) stats: MigrationStats,
     pub(crate) drain_window: Duration,
-    /// Set when the gateway runs its backends on Docker.
-    pub(crate) docker: Option<DockerScaler>,
+    /// Starts and stops backends (Docker containers, the demo's in-process backends).
+    pub(crate) scaler: Option<Arc<dyn Scaler>>,
 }
 
 pub(crate) fn admin_router(state: AdminState) -> Router {
@@ -40,7 +41,7 @@ pub(crate) fn admin_router(state: AdminState) -> Router {
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let snapshot = state.ring.snapshot();
-    let counts = state.registry.per_backend();
+    let counts = state.connections.per_backend();
     let members = state.members.lock().clone();
     let nodes: Vec<_> = snapshot
         .ring()
@@ -59,7 +60,7 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "version": snapshot.version(),
         "points": snapshot.ring().len_points(),
         "members": nodes,
-        "connections": state.registry.len(),
+        "connections": state.connections.len(),
         "migrations": {
             "moved": state.stats.moved(),
             "fell_back": state.stats.fell_back(),
@@ -81,7 +82,7 @@ struct NewBackend {
 }
 
 /// `POST /admin/backends`: with a JSON body `{"id":…,"address":…}`, adds that running
-/// backend; with none, starts one more reference backend in this process (the demo).
+/// backend; with none, has the scaler start one more (409 without a scaler).
 async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
     if !body.iter().all(u8::is_ascii_whitespace) {
         let new: NewBackend = match serde_json::from_slice(&body) {
@@ -101,67 +102,51 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
         state.members.insert(NodeId::from(new.id.as_str()), member);
         return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
     }
-    if let Some(scaler) = &state.docker {
-        // On Docker: one more container; it joins once it runs (and is healthy).
-        return match scaler.start_one().await {
-            Ok(name) => (StatusCode::CREATED, Json(json!({ "id": name }))).into_response(),
-            Err(error @ DockerError::AtCap(_)) => {
-                (StatusCode::CONFLICT, format!("{error}\n")).into_response()
-            }
-            Err(error) => (StatusCode::BAD_GATEWAY, format!("{error}\n")).into_response(),
-        };
-    }
-    let taken = state.members.lock().len();
-    let id = (taken..)
-        .map(|n| format!("backend-{n}"))
-        .find(|id| !state.members.lock().contains_key(id.as_str()))
-        .unwrap_or_default();
-    match state.members.start_demo_backend(id).await {
+    let Some(scaler) = &state.scaler else {
+        let reason = "this gateway has no scaler to start a backend with: send \
+                      {\"id\": …, \"address\": \"host:port\"} to add a running one\n";
+        return (StatusCode::CONFLICT, reason).into_response();
+    };
+    // It joins the ring once its source reports it (and, where checked, it is healthy).
+    match scaler.start_one().await {
         Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id.as_str() }))).into_response(),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot start a backend: {error}\n"),
-        )
-            .into_response(),
+        Err(error) => scale_error(&error),
     }
 }
 
 /// `DELETE /admin/backends/{id}`: off the ring, its connections drained to their new owners
-/// (drain window + 5 s at most), then stopped: the demo's in-process backend, or, on Docker,
-/// its container (only a container carrying our label: anything else is a 403).
+/// (drain window + 5 s at most), then stopped by the scaler where it runs it. A backend the
+/// scaler's platform has but that is not the scaler's (a container without our label) is a
+/// 403, and never touched.
 async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let id = NodeId::from(id);
-    let container = match &state.docker {
-        Some(scaler) => match scaler.owns(id.as_str()).await {
-            Ok(true) => true,
-            Ok(false) => {
-                let reason = format!("{}\n", DockerError::NotOurs(id.to_string()));
-                return (StatusCode::FORBIDDEN, reason).into_response();
-            }
-            Err(DockerError::NotFound(_)) => false,
-            Err(error) => return (StatusCode::BAD_GATEWAY, format!("{error}\n")).into_response(),
+    let ownership = match &state.scaler {
+        Some(scaler) => match scaler.ownership(&id).await {
+            Ok(ownership) => ownership,
+            Err(error) => return scale_error(&error),
         },
-        None => false,
+        None => Ownership::Unknown,
     };
-    let Some(member) = state.members.leave(&id) else {
+    if ownership == Ownership::NotOurs {
+        let reason = format!("backend {id} is not one this gateway runs: it is never touched\n");
+        return (StatusCode::FORBIDDEN, reason).into_response();
+    }
+    if state.members.leave(&id).is_none() {
         state.members.returned(&id);
         let reason = format!("no backend {id} on the ring\n");
         return (StatusCode::NOT_FOUND, reason).into_response();
-    };
+    }
     // The ring change makes the migrator move its clients to their new owners over the
     // drain window; stop the backend once they have gone.
     let drained = async {
-        while state.registry.load(&id) > 0 {
+        while state.connections.load(&id) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     let limit = state.drain_window + Duration::from_secs(5);
     let _ = tokio::time::timeout(limit, drained).await;
-    if let Some(stop) = member.stop {
-        stop.notify_waiters();
-    }
-    let stopped = match (&state.docker, container) {
-        (Some(scaler), true) => scaler.stop(id.as_str()).await,
+    let stopped = match (&state.scaler, ownership) {
+        (Some(scaler), Ownership::Ours) => scaler.stop(&id).await,
         _ => Ok(()),
     };
     state.members.returned(&id);
@@ -169,4 +154,14 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
         Ok(()) => Json(json!({ "removed": id.as_str() })).into_response(),
         Err(error) => (StatusCode::BAD_GATEWAY, format!("drained, but {error}\n")).into_response(),
     }
+}
+
+/// A scaler's failure as the admin API answers it.
+fn scale_error(error: &ScaleError) -> Response {
+    let status = match error {
+        ScaleError::AtCap(_) => StatusCode::CONFLICT,
+        ScaleError::NotOurs(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    (status, format!("{error}\n")).into_response()
 }

@@ -11,7 +11,7 @@
 //!   the number delivered, or 404 with a reason when `U` has none here.
 //! - `GET /count`: the local connection count; `GET /health`: `ok`, or 503 while draining.
 //!
-//! [`Backend::serve_draining`] shuts down the way a backend behind the gateway should: it
+//! [`ReferenceBackend::serve_draining`] shuts down the way a backend behind the gateway should: it
 //! first fails its health check, so the gateway takes it off the ring and moves its users
 //! live, and stops once they have gone (or a deadline passes).
 
@@ -41,7 +41,7 @@ use tower_ws_migrate::{MigrationSecret, MIGRATED_FROM, MIGRATION_SIGNATURE};
 
 /// The connections of one backend, by user.
 #[derive(Clone, Debug)]
-pub struct Backend {
+pub struct ReferenceBackend {
     inner: Arc<Inner>,
 }
 
@@ -54,7 +54,7 @@ struct Inner {
     draining: std::sync::atomic::AtomicBool,
 }
 
-impl Backend {
+impl ReferenceBackend {
     /// A backend named `id` (the `server` field of its messages).
     pub fn new(id: impl Into<String>) -> Self {
         Self {
@@ -71,10 +71,10 @@ impl Backend {
     /// Believes `x-wscluster-migrated-from` only with a valid signature by `secret`.
     ///
     /// ```
-    /// use gateway_bin::backend::Backend;
+    /// use gateway_bin::backend::ReferenceBackend;
     /// use tower_ws_migrate::MigrationSecret;
     ///
-    /// let backend = Backend::new("backend-a").with_secret(MigrationSecret::new("0123456789abcdef"));
+    /// let backend = ReferenceBackend::new("backend-a").with_secret(MigrationSecret::new("0123456789abcdef"));
     /// assert_eq!(backend.id(), "backend-a");
     /// ```
     pub fn with_secret(self, secret: MigrationSecret) -> Self {
@@ -181,7 +181,7 @@ impl Backend {
 }
 
 async fn connect(
-    State(backend): State<Backend>,
+    State(backend): State<ReferenceBackend>,
     Path(user): Path<String>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -196,7 +196,7 @@ async fn connect(
 /// Where a live move came from, when the claim holds: with a secret, only a move signed for
 /// this user, from that backend, to this one, recently. (Without one, the gateway's word is
 /// trusted: it drops the header from clients.)
-fn migrated_from(backend: &Backend, user: &str, headers: &HeaderMap) -> Option<String> {
+fn migrated_from(backend: &ReferenceBackend, user: &str, headers: &HeaderMap) -> Option<String> {
     let from = headers.get(MIGRATED_FROM)?.to_str().ok()?;
     if let Some(secret) = &backend.inner.secret {
         let signature = headers
@@ -212,7 +212,7 @@ fn migrated_from(backend: &Backend, user: &str, headers: &HeaderMap) -> Option<S
 }
 
 async fn session(
-    backend: Backend,
+    backend: ReferenceBackend,
     user: String,
     migrated_from: Option<String>,
     mut socket: WebSocket,
@@ -257,7 +257,7 @@ async fn session(
 /// The next text to send: the echo of what the client sent, or a message for the user;
 /// `None` once the client has closed.
 async fn next_outgoing(
-    backend: &Backend,
+    backend: &ReferenceBackend,
     socket: &mut WebSocket,
     outbox: &mut mpsc::UnboundedReceiver<String>,
 ) -> Option<String> {
@@ -281,7 +281,10 @@ struct SendQuery {
     message: Option<String>,
 }
 
-async fn send_query(State(backend): State<Backend>, Query(query): Query<SendQuery>) -> Response {
+async fn send_query(
+    State(backend): State<ReferenceBackend>,
+    Query(query): Query<SendQuery>,
+) -> Response {
     match (query.user, query.message) {
         (Some(user), Some(message)) => send(&backend, &user, &message),
         _ => (
@@ -293,7 +296,7 @@ async fn send_query(State(backend): State<Backend>, Query(query): Query<SendQuer
 }
 
 async fn send_body(
-    State(backend): State<Backend>,
+    State(backend): State<ReferenceBackend>,
     Query(query): Query<SendQuery>,
     body: String,
 ) -> Response {
@@ -307,7 +310,7 @@ async fn send_body(
     }
 }
 
-fn send(backend: &Backend, user: &str, message: &str) -> Response {
+fn send(backend: &ReferenceBackend, user: &str, message: &str) -> Response {
     match backend.deliver(user, message) {
         0 => (
             StatusCode::NOT_FOUND,
@@ -320,7 +323,7 @@ fn send(backend: &Backend, user: &str, message: &str) -> Response {
     }
 }
 
-async fn health(State(backend): State<Backend>) -> Response {
+async fn health(State(backend): State<ReferenceBackend>) -> Response {
     if backend.inner.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
@@ -328,6 +331,6 @@ async fn health(State(backend): State<Backend>) -> Response {
     }
 }
 
-async fn count(State(backend): State<Backend>) -> Json<serde_json::Value> {
+async fn count(State(backend): State<ReferenceBackend>) -> Json<serde_json::Value> {
     Json(json!({ "server": backend.id(), "count": backend.connection_count() }))
 }

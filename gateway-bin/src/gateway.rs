@@ -1,5 +1,6 @@
-//! The reference gateway: the hash-ring balancer and the WebSocket proxy over axum, plus an
-//! admin API that shows the ring and, in demo mode, starts and stops in-process backends.
+//! The reference gateway: the hash-ring balancer, live migration and the WebSocket proxy
+//! over axum, plus an admin API that shows the ring and, through a [`Scaler`], starts and
+//! stops backends.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,10 +13,12 @@ use tokio::{
     net::TcpListener,
     sync::{watch, Semaphore},
 };
-use tower_hashring::{HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId};
+use tower_hashring::{
+    HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId, SharedHashRing,
+};
 use tower_ws_migrate::{
-    MigrateLayer, MigrationEvent, MigrationHook, MigrationPolicy, MigrationSecret, Migrator,
-    Outcome, Pacing, ProxiedConnection, Registry,
+    MigrateLayer, MigrationEvent, MigrationHook, MigrationPolicy, MigrationSecret, MigrationStats,
+    Outcome, Pacing, ProxiedConnection,
 };
 use tower_ws_proxy::{
     LiveConnections, ProxyFailover, RelayConfig, Upstream, UpstreamConfig, WebSocketLayer,
@@ -23,8 +26,9 @@ use tower_ws_proxy::{
 
 use crate::{
     admin,
-    members::{Member, Members},
+    members::{Members, RingChanges},
     public,
+    scale::Scaler,
     serve::{self, Stopped},
 };
 
@@ -199,7 +203,7 @@ pub struct Gateway {
     pub public: SocketAddr,
     /// Where the admin API listens.
     pub admin: SocketAddr,
-    connections: LiveConnections,
+    connections: LiveConnections<ProxiedConnection>,
     stop: watch::Sender<bool>,
     exit: watch::Sender<bool>,
     servers: Vec<Stopped>,
@@ -218,131 +222,66 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway that routes over `backends` (`id`, `address`) and, with
-    /// `demo_backends`, starts that many reference backends in this process first.
+    /// Starts a gateway that routes over `backends` (`id`, `address`) and the configured
+    /// discovery sources; with `[docker] image` configured, the admin API scales containers.
     pub async fn start(
         config: GatewayConfig,
         backends: Vec<(NodeId, SocketAddr)>,
-        demo_backends: usize,
     ) -> std::io::Result<Gateway> {
-        let (members, ring_changes) =
-            Members::new(config.upstream, config.migration.secret.clone());
-        // Configured backends: as they are, or let in by their health checks.
-        let listed = backends
-            .into_iter()
-            .map(|(id, address)| discovery::Backend::new(id.as_str(), address));
-        match &config.discovery.health {
-            Some(check) => members.follow(check.clone().wrap(StaticDiscovery::new(listed))),
-            None => {
-                for backend in listed {
-                    members.insert(backend.node_id(), Member::at(backend.address, 1));
-                }
-            }
-        }
-        if let Some(redis) = &config.discovery.redis {
-            let registry = RedisRegistry::new(&redis.url, redis.service.as_str())
-                .map_err(std::io::Error::other)?
-                .resync(redis.resync);
-            match &config.discovery.health {
-                Some(check) => members.follow(check.clone().wrap(registry.discover())),
-                None => members.follow(registry.discover()),
-            }
-        }
-        if let Some((url, exchange)) = &config.discovery.amqp {
-            let source = amqp_members(url, exchange);
-            match &config.discovery.health {
-                Some(check) => members.follow(check.clone().wrap(source)),
-                None => members.follow(source),
-            }
-        }
-        if let Some(docker) = &config.discovery.docker {
-            let source = DockerSource::new(docker.service.as_str());
-            let source = match &docker.network {
-                Some(network) => source.network(network.as_str()),
-                None => source,
-            };
-            match &config.discovery.health {
-                Some(check) => members.follow(check.clone().wrap(source.discover())),
-                None => members.follow(source.discover()),
-            }
-        }
-        for n in 0..demo_backends {
-            let id = format!("backend-{}", (b'a' + n as u8) as char);
-            members.start_demo_backend(id).await?;
-        }
+        let scaler = config.discovery.docker.as_ref().and_then(docker_scaler);
+        Self::launch(config, backends, scaler).await
+    }
 
-        // Every WebSocket is registered by key, with live counts per backend (bounded loads
-        // read them); on a ring change the migrator moves exactly those whose owner changed
-        // (live, or by a 1012 close), paced.
-        let registry: Registry<ProxiedConnection> = Registry::new();
-        let weights = members.clone();
-        let mut balancer = HashRingLayer::new(config.key.clone())
-            .missing_key(config.missing_key)
-            .weights(move |id: &NodeId, _: &Upstream| weights.weight(id));
-        if let Some(factor) = config.load_factor {
-            balancer = balancer.bounded_loads(factor, Arc::new(registry.clone()));
-        }
-        let (ring, driver) = balancer.shared(ring_changes);
-        tokio::spawn(driver);
-        let connections = LiveConnections::new(config.max_connections);
-        let events = config.events.as_ref().map(|events| {
-            let events = AmqpEvents::spawn(&events.url, &events.exchange);
-            publish_ring_changes(events.clone(), ring.subscribe());
-            events
-        });
-        let migration = &config.migration;
-        let deadline = migration.deadline.unwrap_or(
-            config.upstream.connect_timeout
-                + config.upstream.handshake_timeout
-                + config.relay.switch_timeout
-                + config.relay.close_timeout,
+    /// Like [`start`](Self::start), with the admin API scaling backends through `scaler`
+    /// (the demo's in-process backends, say).
+    pub async fn start_scaled(
+        config: GatewayConfig,
+        backends: Vec<(NodeId, SocketAddr)>,
+        scaler: Arc<dyn Scaler>,
+    ) -> std::io::Result<Gateway> {
+        Self::launch(config, backends, Some(scaler)).await
+    }
+
+    /// The wiring: member sources, the ring and its migrator, the public stack, the admin
+    /// app, and serving them.
+    async fn launch(
+        config: GatewayConfig,
+        backends: Vec<(NodeId, SocketAddr)>,
+        scaler: Option<Arc<dyn Scaler>>,
+    ) -> std::io::Result<Gateway> {
+        let (members, ring_changes) = Members::new(config.upstream);
+        follow_sources(&members, &config, backends, scaler.as_deref())?;
+        // One registry: the cap, the per-backend counts (bounded loads read them), the
+        // migrator's records and shutdown all use it.
+        let connections = LiveConnections::with_limit(config.max_connections);
+        let routing = Routing::start(&config, &members, ring_changes, &connections);
+        let public_app = public::public_stack(
+            config.request_timeout,
+            routing.migrate,
+            WebSocketLayer::new(connections.clone(), config.relay),
+            routing.ring.clone().failover(ProxyFailover),
         );
-        let migrator = Migrator::new(registry.clone(), ring.subscribe())
-            .policy(migration.policy.clone())
-            .pacing(migration.pacing)
-            .drain_window(migration.drain_window)
-            .deadline(deadline)
-            .hook(migration_hook(events.clone()));
-        let stats = migrator.stats();
-        tokio::spawn(migrator.run());
-        let routes = migration.routes.clone();
-        let mut migrate = MigrateLayer::new(registry.clone(), config.key.clone(), ring.clone())
-            .route_policy(move |request: &http::request::Parts| {
-                let path = request.uri.path();
-                routes
-                    .iter()
-                    .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                    .map(|(_, policy)| policy.clone())
-            });
-        if let Some(secret) = &migration.secret {
-            migrate = migrate.secret(secret.clone());
-        }
+        let admin_app = admin::admin_router(admin::AdminState {
+            ring: routing.ring,
+            members,
+            connections: connections.clone(),
+            stats: routing.stats,
+            drain_window: config.migration.drain_window,
+            scaler,
+        });
+        Self::serve(&config, public_app, admin_app, connections).await
+    }
 
+    /// Binds the listeners and serves the two apps.
+    async fn serve(
+        config: &GatewayConfig,
+        public_app: axum::Router,
+        admin_app: axum::Router,
+        connections: LiveConnections<ProxiedConnection>,
+    ) -> std::io::Result<Gateway> {
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
-        let public_app = public::public_stack(
-            config.request_timeout,
-            migrate,
-            WebSocketLayer::new(connections.clone(), config.relay),
-            ring.clone().failover(ProxyFailover),
-        );
-        let admin_app = admin::admin_router(admin::AdminState {
-            ring,
-            members,
-            registry: registry.clone(),
-            stats,
-            drain_window: migration.drain_window,
-            docker: config.discovery.docker.as_ref().and_then(|d| {
-                d.image.as_ref().map(|image| {
-                    let scaler = DockerScaler::new(d.service.as_str(), image.as_str()).cap(d.cap);
-                    match &d.network {
-                        Some(network) => scaler.network(network.as_str()),
-                        None => scaler,
-                    }
-                })
-            }),
-        });
         let limits = serve::HttpLimits {
             head_timeout: config.head_timeout,
             max_head_bytes: config.max_head_bytes,
@@ -387,7 +326,7 @@ impl Gateway {
     }
 
     /// The live WebSocket connections.
-    pub fn connections(&self) -> &LiveConnections {
+    pub fn connections(&self) -> &LiveConnections<ProxiedConnection> {
         &self.connections
     }
 
@@ -409,6 +348,121 @@ impl Gateway {
     /// The most [`shutdown`](Self::shutdown) takes.
     pub fn shutdown_bound(&self) -> Duration {
         self.shutdown_window + self.shutdown_grace
+    }
+}
+
+/// Follows every member source: the configured list, Redis, RabbitMQ and Docker (each
+/// through the health checks when configured), and the scaler's own backends.
+fn follow_sources(
+    members: &Members,
+    config: &GatewayConfig,
+    backends: Vec<(NodeId, SocketAddr)>,
+    scaler: Option<&dyn Scaler>,
+) -> std::io::Result<()> {
+    let discovery = &config.discovery;
+    let health = discovery.health.as_ref();
+    let listed = backends
+        .into_iter()
+        .map(|(id, address)| discovery::Backend::new(id.as_str(), address));
+    members.follow_checked(health, StaticDiscovery::new(listed));
+    if let Some(redis) = &discovery.redis {
+        let registry = RedisRegistry::new(&redis.url, redis.service.as_str())
+            .map_err(std::io::Error::other)?
+            .resync(redis.resync);
+        members.follow_checked(health, registry.discover());
+    }
+    if let Some((url, exchange)) = &discovery.amqp {
+        members.follow_checked(health, amqp_members(url, exchange));
+    }
+    if let Some(docker) = &discovery.docker {
+        let source = DockerSource::new(docker.service.as_str());
+        let source = match &docker.network {
+            Some(network) => source.network(network.as_str()),
+            None => source,
+        };
+        members.follow_checked(health, source.discover());
+    }
+    // The scaler's backends run where it started them: no health check of ours.
+    if let Some(own) = scaler.and_then(|scaler| scaler.members()) {
+        members.follow(own);
+    }
+    Ok(())
+}
+
+/// The Docker scaler of `[docker]`, when it names an image to start.
+fn docker_scaler(docker: &DockerConfig) -> Option<Arc<dyn Scaler>> {
+    let image = docker.image.as_ref()?;
+    let scaler = DockerScaler::new(docker.service.as_str(), image.as_str()).cap(docker.cap);
+    let scaler = match &docker.network {
+        Some(network) => scaler.network(network.as_str()),
+        None => scaler,
+    };
+    Some(Arc::new(scaler))
+}
+
+/// The ring over the members, its migrator (spawned) and the layer that makes connections
+/// movable.
+struct Routing {
+    ring: SharedHashRing<Upstream, HttpKey>,
+    migrate: MigrateLayer,
+    stats: MigrationStats,
+}
+
+impl Routing {
+    fn start(
+        config: &GatewayConfig,
+        members: &Members,
+        ring_changes: RingChanges,
+        connections: &LiveConnections<ProxiedConnection>,
+    ) -> Self {
+        let weights = members.clone();
+        let mut balancer = HashRingLayer::new(config.key.clone())
+            .missing_key(config.missing_key)
+            .weights(move |id: &NodeId, _: &Upstream| weights.weight(id));
+        if let Some(factor) = config.load_factor {
+            balancer = balancer.bounded_loads(factor, Arc::new(connections.clone()));
+        }
+        let (ring, driver) = balancer.shared(ring_changes);
+        tokio::spawn(driver);
+        let events = config.events.as_ref().map(|events| {
+            let events = AmqpEvents::spawn(&events.url, &events.exchange);
+            publish_ring_changes(events.clone(), ring.subscribe());
+            events
+        });
+        let migration = &config.migration;
+        let deadline = migration.deadline.unwrap_or(
+            config.upstream.connect_timeout
+                + config.upstream.handshake_timeout
+                + config.relay.switch_timeout
+                + config.relay.close_timeout,
+        );
+        // On a ring change the migrator moves exactly the connections whose owner changed
+        // (live, or by a 1012 close), paced.
+        let (migrate, migrator) = MigrateLayer::from_ring(&ring, connections);
+        let migrator = migrator
+            .policy(migration.policy.clone())
+            .pacing(migration.pacing)
+            .drain_window(migration.drain_window)
+            .deadline(deadline)
+            .hook(migration_hook(events));
+        let stats = migrator.stats();
+        tokio::spawn(migrator.run());
+        let routes = migration.routes.clone();
+        let mut migrate = migrate.route_policy(move |request: &http::request::Parts| {
+            let path = request.uri.path();
+            routes
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, policy)| policy.clone())
+        });
+        if let Some(secret) = &migration.secret {
+            migrate = migrate.secret(secret.clone());
+        }
+        Self {
+            ring,
+            migrate,
+            stats,
+        }
     }
 }
 

@@ -6,11 +6,13 @@
 mod admin;
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod descriptors;
 pub mod gateway;
 pub mod loadgen;
 mod members;
 mod public;
+pub mod scale;
 mod serve;
 
 /// The README's Rust blocks, compiled and run as doc tests.

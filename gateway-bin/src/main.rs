@@ -5,11 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use gateway_bin::{
     config::ConfigFile,
-    descriptors,
+    demo, descriptors,
     gateway::{shutdown_signal, Gateway},
 };
 use tower_hashring::NodeId;
-use tower_ws_migrate::MigrationSecret;
 
 #[derive(Parser)]
 #[command(
@@ -106,7 +105,7 @@ async fn main() -> ExitCode {
     };
     if demo > 0 && config.migration.secret.is_none() {
         // The demo's backends run in this process: they share a fresh secret.
-        config.migration.secret = Some(MigrationSecret::new(demo_secret()));
+        config.migration.secret = Some(demo::fresh_secret());
     }
     let discovered = config.discovery.redis.is_some()
         || config.discovery.amqp.is_some()
@@ -117,7 +116,12 @@ async fn main() -> ExitCode {
                       [discovery]/[docker] source in the config file",
         );
     }
-    let gateway = match Gateway::start(config, backends, demo).await {
+    let started = if demo > 0 {
+        demo::start(config, backends, demo).await
+    } else {
+        Gateway::start(config, backends).await
+    };
+    let gateway = match started {
         Ok(gateway) => gateway,
         Err(error) => return fail(&format!("cannot start the gateway: {error}")),
     };
@@ -154,18 +158,6 @@ async fn main() -> ExitCode {
     };
     // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
     std::process::exit(code)
-}
-
-/// 256 bits from the OS-seeded keys std gives every `RandomState`.
-fn demo_secret() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    (0..4)
-        .map(|_| {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u64(0);
-            format!("{:016x}", hasher.finish())
-        })
-        .collect()
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

@@ -11,14 +11,12 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures_util::{Stream, StreamExt};
+use discovery::HealthCheck;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tower::discover::Change;
 use tower_hashring::NodeId;
-use tower_ws_migrate::MigrationSecret;
 use tower_ws_proxy::{Upstream, UpstreamConfig};
-
-use crate::backend::Backend;
 
 /// The changes the ring follows.
 pub(crate) type RingChanges =
@@ -29,17 +27,11 @@ pub(crate) type RingChanges =
 pub(crate) struct Member {
     pub(crate) address: SocketAddr,
     pub(crate) weight: u32,
-    /// Set for backends the demo started in this process: stops them.
-    pub(crate) stop: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Member {
     pub(crate) fn at(address: SocketAddr, weight: u32) -> Self {
-        Self {
-            address,
-            weight,
-            stop: None,
-        }
+        Self { address, weight }
     }
 }
 
@@ -51,23 +43,17 @@ pub(crate) struct Members {
     /// Members being drained on purpose: discovery may not bring them back meanwhile.
     leaving: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
     upstream: UpstreamConfig,
-    /// The demo's in-process backends check live moves with the gateway's secret.
-    secret: Option<MigrationSecret>,
 }
 
 impl Members {
     /// No members yet, and the stream of changes the ring is to follow.
-    pub(crate) fn new(
-        upstream: UpstreamConfig,
-        secret: Option<MigrationSecret>,
-    ) -> (Self, RingChanges) {
+    pub(crate) fn new(upstream: UpstreamConfig) -> (Self, RingChanges) {
         let (changes, receiver) = mpsc::unbounded_channel();
         let members = Self {
             changes,
             members: Arc::default(),
             leaving: Arc::default(),
             upstream,
-            secret,
         };
         (members, Box::pin(ChannelDiscovery(receiver)))
     }
@@ -125,44 +111,44 @@ impl Members {
     where
         S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
     {
+        // What the source has ready now (a static list, say) is applied before this returns,
+        // so a gateway starts with those members already on their way to the ring.
+        let mut source = Box::pin(source);
+        while let Some(Some(Ok(change))) = source.next().now_or_never() {
+            self.apply(change);
+        }
         let members = self.clone();
         tokio::spawn(async move {
-            let mut source = std::pin::pin!(source);
             while let Some(Ok(change)) = source.next().await {
-                match change {
-                    Change::Insert(id, _) if members.is_leaving(&id) => {}
-                    Change::Insert(id, backend) => {
-                        tracing::info!(backend = %id, address = %backend.address, "discovered");
-                        members.insert(id, Member::at(backend.address, backend.weight));
-                    }
-                    Change::Remove(id) => {
-                        tracing::info!(backend = %id, "gone");
-                        members.remove(&id);
-                    }
-                }
+                members.apply(change);
             }
         });
     }
 
-    /// Starts a reference backend in this process (the demo) and adds it.
-    pub(crate) async fn start_demo_backend(&self, id: String) -> std::io::Result<NodeId> {
-        let listener = Backend::listen(([127, 0, 0, 1], 0).into())?;
-        let address = listener.local_addr()?;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let stopped = stop.clone();
-        let backend = match &self.secret {
-            Some(secret) => Backend::new(id.clone()).with_secret(secret.clone()),
-            None => Backend::new(id.clone()),
-        };
-        tokio::spawn(backend.serve(listener, async move { stopped.notified().await }));
-        let id = NodeId::from(id);
-        let member = Member {
-            stop: Some(stop),
-            ..Member::at(address, 1)
-        };
-        self.insert(id.clone(), member);
-        tracing::info!(backend = %id, %address, "started in-process backend");
-        Ok(id)
+    fn apply(&self, change: Change<NodeId, discovery::Backend>) {
+        match change {
+            Change::Insert(id, _) if self.is_leaving(&id) => {}
+            Change::Insert(id, backend) => {
+                tracing::info!(backend = %id, address = %backend.address, "discovered");
+                self.insert(id, Member::at(backend.address, backend.weight));
+            }
+            Change::Remove(id) => {
+                tracing::info!(backend = %id, "gone");
+                self.remove(&id);
+            }
+        }
+    }
+
+    /// Follows `source`, through `health` checks when there are any: a member is on the
+    /// ring only while they pass.
+    pub(crate) fn follow_checked<S>(&self, health: Option<&HealthCheck>, source: S)
+    where
+        S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
+    {
+        match health {
+            Some(check) => self.follow(check.clone().wrap(source)),
+            None => self.follow(source),
+        }
     }
 }
 

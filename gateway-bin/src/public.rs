@@ -22,6 +22,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tower_ws_migrate::MigrateLayer;
+use tower_ws_migrate::ProxiedConnection;
 use tower_ws_proxy::{ProxyFailover, Upstream, WebSocketLayer};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -38,7 +39,7 @@ const MAX_REQUEST_ID: usize = 128;
 pub(crate) fn public_stack(
     timeout: Duration,
     migrate: MigrateLayer,
-    websockets: WebSocketLayer,
+    websockets: WebSocketLayer<ProxiedConnection>,
     balancer: SharedHashRing<Upstream, HttpKey, ProxyFailover>,
 ) -> Router {
     let stack = ServiceBuilder::new()

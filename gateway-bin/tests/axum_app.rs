@@ -13,7 +13,7 @@ use std::{convert::Infallible, time::Duration};
 use axum::{routing::get, Router};
 use common::{assert_on_owners, echo_traffic, eventually, next_json, owned_by, ring_of, Client};
 use futures_util::stream;
-use gateway_bin::backend::Backend;
+use gateway_bin::backend::ReferenceBackend;
 use tokio::{net::TcpListener, sync::mpsc};
 use tower::discover::Change;
 use tower_hashring::NodeId;
@@ -25,7 +25,7 @@ type Changes = mpsc::UnboundedSender<Result<Change<NodeId, Upstream>, Infallible
 async fn reference_backend(id: &str, changes: &Changes) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(Backend::new(id).serve(listener, std::future::pending()));
+    tokio::spawn(ReferenceBackend::new(id).serve(listener, std::future::pending()));
     let upstream = Upstream::new(address.to_string(), UpstreamConfig::default());
     changes
         .send(Ok(Change::Insert(NodeId::from(id), upstream)))

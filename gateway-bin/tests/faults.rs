@@ -22,7 +22,7 @@ use tower_ws_migrate::MigrationSecret;
 
 #[tokio::test]
 async fn a_partial_request_head_is_closed_at_the_head_deadline() {
-    let gateway = Gateway::start(strict(), vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(strict(), vec![], 1).await.unwrap();
     let mut slowloris = TcpStream::connect(gateway.public).await.unwrap();
     slowloris
         .write_all(b"GET /count?userId=1 HTTP/1.1\r\nHost: a\r\n")
@@ -56,7 +56,7 @@ async fn a_partial_request_head_is_closed_at_the_head_deadline() {
 async fn heads_past_the_limits_get_431() {
     let mut config = strict();
     config.max_headers = 16;
-    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let many: String = (0..40).map(|n| format!("x-h{n}: v\r\n")).collect();
     let (status, _) = http_raw(
         gateway.public,
@@ -81,7 +81,7 @@ async fn heads_past_the_limits_get_431() {
 async fn malformed_handshakes_are_refused_before_any_backend_dial() {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = backend.local_addr().unwrap();
-    let gateway = Gateway::start(strict(), vec![(NodeId::from("counted"), address)], 0)
+    let gateway = Gateway::start(strict(), vec![(NodeId::from("counted"), address)])
         .await
         .unwrap();
     let cases = [
@@ -154,7 +154,7 @@ async fn live_moves_are_signed_and_backends_check_the_signature() {
     let secret = MigrationSecret::new("a test secret of some length");
     let mut config = strict();
     config.migration.secret = Some(secret.clone());
-    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let mut clients = Vec::new();
     for n in 0..20 {
         clients.push(connect(&gateway, &format!("signed-{n}")).await.0);
@@ -178,7 +178,8 @@ async fn live_moves_are_signed_and_backends_check_the_signature() {
     // Straight to a backend that has the secret: a forged claim is ignored.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let backend = gateway_bin::backend::Backend::new("backend-b").with_secret(secret.clone());
+    let backend =
+        gateway_bin::backend::ReferenceBackend::new("backend-b").with_secret(secret.clone());
     tokio::spawn(backend.serve(listener, std::future::pending()));
     let claim = |signature: String| {
         let mut request = format!("ws://{address}/connect/mallory")
@@ -245,7 +246,7 @@ async fn recording_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceive
 #[tokio::test]
 async fn forwarded_headers_and_request_ids_reach_the_backend_and_come_back() {
     let (address, mut heads) = recording_backend().await;
-    let gateway = Gateway::start(strict(), vec![(NodeId::from("rec"), address)], 0)
+    let gateway = Gateway::start(strict(), vec![(NodeId::from("rec"), address)])
         .await
         .unwrap();
     let response = |request: String| {
@@ -302,7 +303,7 @@ async fn error_bodies_name_no_backend() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = closed.local_addr().unwrap();
     drop(closed);
-    let gateway = Gateway::start(strict(), vec![(NodeId::from("secret-name"), address)], 0)
+    let gateway = Gateway::start(strict(), vec![(NodeId::from("secret-name"), address)])
         .await
         .unwrap();
     let (status, body) = http(gateway.public, "GET", "/count?userId=1", "").await;
@@ -318,7 +319,7 @@ async fn error_bodies_name_no_backend() {
 
 #[tokio::test]
 async fn a_message_past_the_limit_closes_with_1009() {
-    let gateway = Gateway::start(strict(), vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(strict(), vec![], 1).await.unwrap();
     let (mut client, _) = connect(&gateway, "big").await;
     client
         .send(Message::text("x".repeat(100 * 1024)))
@@ -351,7 +352,7 @@ async fn shutdown_ends_in_time_whatever_the_peers_do() {
     });
     let mut config = strict();
     config.upstream.handshake_timeout = Duration::from_secs(30);
-    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let bound = gateway.shutdown_bound();
     add_member(&gateway, "silent", silent_address).await;
 
@@ -423,7 +424,7 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
             .timeout(Duration::from_millis(100))
             .thresholds(1, 1),
     );
-    let gateway = Gateway::start(config, backends, 0).await.unwrap();
+    let gateway = Gateway::start(config, backends).await.unwrap();
     assert!(
         eventually(Duration::from_secs(5), async || {
             ring_json(&gateway).await["members"]
@@ -493,7 +494,9 @@ async fn free_address() -> SocketAddr {
 async fn slow_backend(id: &str, delay: Duration) -> SocketAddr {
     let real = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let real_address = real.local_addr().unwrap();
-    tokio::spawn(gateway_bin::backend::Backend::new(id).serve(real, std::future::pending()));
+    tokio::spawn(
+        gateway_bin::backend::ReferenceBackend::new(id).serve(real, std::future::pending()),
+    );
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = front.local_addr().unwrap();
     tokio::spawn(async move {
@@ -515,7 +518,7 @@ async fn slow_backend(id: &str, delay: Duration) -> SocketAddr {
 async fn a_slow_new_owner_takes_its_users_without_a_loss() {
     let mut config = strict();
     config.upstream.handshake_timeout = Duration::from_secs(5);
-    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
     for n in 0..20 {

@@ -256,7 +256,9 @@ async fn a_refusing_owner_fails_over_to_its_successor_then_502() {
     let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let ids = ["dead-1", "dead-2", "dead-3"];
     let backends: Vec<_> = ids.iter().map(|id| (NodeId::from(*id), dead)).collect();
-    let gateway = Gateway::start(any_port(), backends, 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(any_port(), backends, 1)
+        .await
+        .unwrap();
     let ring = Ring::builder()
         .node("dead-1", 1)
         .node("dead-2", 1)
@@ -286,7 +288,7 @@ async fn the_connection_limit_answers_503_past_it() {
         max_connections: 2,
         ..any_port()
     };
-    let gateway = Gateway::start(config, vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let _a = connect(&gateway, "1").await;
     let _b = connect(&gateway, "2").await;
     assert_ws_refused(&gateway, "3", 503).await;
@@ -322,7 +324,7 @@ async fn shutdown_finishes_in_flight_http() {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let gateway = Gateway::start(any_port(), vec![(NodeId::from("slow"), slow_backend)], 0)
+    let gateway = Gateway::start(any_port(), vec![(NodeId::from("slow"), slow_backend)])
         .await
         .unwrap();
     let public = gateway.public;
@@ -348,7 +350,7 @@ async fn worker_threads_route_relay_and_shut_down_cleanly() {
         workers: 2,
         ..any_port()
     };
-    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let mut clients = Vec::new();
     for user in 0..20 {
         let user = format!("worker-user-{user}");
@@ -424,7 +426,7 @@ async fn permessage_deflate_frames_pass_byte_for_byte() {
         let _ = tcp.read_u8().await;
     });
 
-    let gateway = Gateway::start(any_port(), vec![(NodeId::from("deflate"), backend_addr)], 0)
+    let gateway = Gateway::start(any_port(), vec![(NodeId::from("deflate"), backend_addr)])
         .await
         .unwrap();
     let mut client = TcpStream::connect(gateway.public).await.unwrap();
@@ -471,7 +473,7 @@ async fn a_silent_backend_times_out_its_handshake_with_502() {
     });
     let mut config = any_port();
     config.upstream.handshake_timeout = Duration::from_millis(300);
-    let gateway = Gateway::start(config, vec![(NodeId::from("silent"), silent_addr)], 0)
+    let gateway = Gateway::start(config, vec![(NodeId::from("silent"), silent_addr)])
         .await
         .unwrap();
     let started = std::time::Instant::now();
@@ -495,7 +497,7 @@ async fn a_silent_backend_times_out_its_handshake_with_502() {
 async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_message() {
     let mut config = any_port();
     config.migration.drain_window = Duration::from_millis(300);
-    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
     let mut first_server = HashMap::new();
@@ -608,7 +610,7 @@ async fn the_admin_api_adds_a_running_backend_by_address() {
     let gateway = demo(1).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let backend = gateway_bin::backend::Backend::new("external");
+    let backend = gateway_bin::backend::ReferenceBackend::new("external");
     tokio::spawn(backend.serve(listener, std::future::pending()));
 
     let (status, body) = http(gateway.admin, "POST", "/admin/backends", "{\"id\": 7}").await;
@@ -645,7 +647,7 @@ async fn the_admin_api_adds_a_running_backend_by_address() {
 async fn bounded_loads_spread_a_hot_key_by_live_connections() {
     let mut config = any_port();
     config.load_factor = Some(tower_hashring::LoadFactor::new(1.25).unwrap());
-    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let mut clients = Vec::new();
     let mut per_server: HashMap<String, u64> = HashMap::new();
     for _ in 0..30 {
@@ -696,7 +698,7 @@ async fn a_backend_refusal_reaches_the_client_with_its_reason() {
             });
         }
     });
-    let gateway = Gateway::start(any_port(), vec![(NodeId::from("picky"), address)], 1)
+    let gateway = gateway_bin::demo::start(any_port(), vec![(NodeId::from("picky"), address)], 1)
         .await
         .unwrap();
     let ring = ring_of(&["picky", "backend-a"]);

@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gateway_bin::gateway::Gateway;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 /// What a hostile client did and what it got back.
@@ -22,7 +21,7 @@ struct Hostile {
 /// is empty and the descriptors are back at their baseline.
 #[tokio::test]
 async fn hostile_clients_leave_no_trace_and_disturb_no_one() {
-    let gateway = Gateway::start(strict(), vec![], 3).await.unwrap();
+    let gateway = gateway_bin::demo::start(strict(), vec![], 3).await.unwrap();
     // Warm up: one full round trip, so lazily opened descriptors are in the baseline.
     drop(connect(&gateway, "warm-up").await);
     assert!(

@@ -63,7 +63,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
         image: Some("wscluster-backend".into()),
         cap: 5,
     });
-    let gateway = Gateway::start(config, vec![], 0).await.unwrap();
+    let gateway = Gateway::start(config, vec![]).await.unwrap();
 
     // Three containers through the admin API: the ring follows them once they are healthy.
     let mut names = Vec::new();

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{HealthCheck, RedisRegistry};
 use gateway_bin::{
-    backend::Backend,
+    backend::ReferenceBackend,
     gateway::{Gateway, GatewayConfig, RedisSource},
 };
 use tokio::sync::Notify;
@@ -14,11 +14,13 @@ use wscluster_tests::{wait_for_members, RedisServer};
 
 /// A reference backend serving until `stop`.
 async fn start_backend(id: &str) -> (SocketAddr, Arc<Notify>) {
-    let listener = Backend::listen(([127, 0, 0, 1], 0).into()).unwrap();
+    let listener = ReferenceBackend::listen(([127, 0, 0, 1], 0).into()).unwrap();
     let address = listener.local_addr().unwrap();
     let stop = Arc::new(Notify::new());
     let stopped = stop.clone();
-    tokio::spawn(Backend::new(id).serve(listener, async move { stopped.notified().await }));
+    tokio::spawn(
+        ReferenceBackend::new(id).serve(listener, async move { stopped.notified().await }),
+    );
     (address, stop)
 }
 
@@ -55,7 +57,7 @@ async fn the_gateway_follows_redis_and_health_checks() {
             .interval(Duration::from_millis(50))
             .thresholds(1, 2),
     );
-    let gateway = Gateway::start(config, vec![], 0).await.unwrap();
+    let gateway = Gateway::start(config, vec![]).await.unwrap();
     wait_for_members(gateway.admin, &["backend-1", "backend-2", "backend-3"]).await;
 
     // backend-2 stops answering but stays registered: its health checks take it out.

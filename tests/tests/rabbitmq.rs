@@ -113,7 +113,7 @@ async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() 
         exchange: exchange.clone(),
     });
     config.migration.pacing = tower_ws_migrate::Pacing::unlimited();
-    let gateway = Gateway::start(config, vec![], 3).await.unwrap();
+    let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let users: Vec<String> = (0..40).map(|n| format!("rabbit-{n}")).collect();
     let mut clients = Vec::new();
     for user in &users {

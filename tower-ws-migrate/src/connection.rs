@@ -4,7 +4,9 @@ use std::{fmt, sync::Arc};
 
 use http::{header, request, HeaderMap, HeaderName, HeaderValue};
 use tower_hashring::NodeId;
-use tower_ws_proxy::{RelayHandle, SwitchError, Upstream, WebSocketAnswer};
+use tower_ws_proxy::{
+    ConnectionHandle, OpenedConnection, RelayHandle, SwitchError, Upstream, WebSocketAnswer,
+};
 
 use crate::{
     Fallback, FallbackKind, Migrate, MigrateFuture, MigrationPolicy, MigrationSecret, Outcome,
@@ -22,8 +24,9 @@ pub const MIGRATED_FROM: HeaderName = HeaderName::from_static("x-wscluster-migra
 /// A proxied WebSocket that can be moved live: its relay, the request that opened it (to
 /// dial the new owner the same way), and why a live move is impossible, if it is.
 ///
-/// [`MigrateLayer`](crate::MigrateLayer) registers one for every WebSocket the proxy
-/// establishes.
+/// [`MigrateLayer`](crate::MigrateLayer) has the proxy register one for every WebSocket it
+/// establishes; a WebSocket opened through no migration layer gets a plain one, which can
+/// only reconnect.
 ///
 /// ```
 /// use tower_ws_migrate::ProxiedConnection;
@@ -42,6 +45,7 @@ pub struct ProxiedConnection {
     live_blocker: Option<String>,
     upstreams: Arc<dyn UpstreamLookup>,
     signing: Option<Arc<(Box<[u8]>, MigrationSecret)>>,
+    policy: Option<Arc<MigrationPolicy>>,
 }
 
 impl fmt::Debug for ProxiedConnection {
@@ -79,7 +83,14 @@ impl ProxiedConnection {
             live_blocker: too_large.or_else(|| Self::live_blocker(response_headers)),
             upstreams,
             signing: None,
+            policy: None,
         }
+    }
+
+    /// Moves this connection by `policy` rather than by the migrator's.
+    pub fn with_policy(mut self, policy: Option<Arc<MigrationPolicy>>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Signs live moves of this connection's `key` with `secret`
@@ -229,7 +240,29 @@ impl CompactHead {
     }
 }
 
+impl ConnectionHandle for ProxiedConnection {
+    fn relay(&self) -> &RelayHandle {
+        &self.relay
+    }
+
+    fn plain(opened: &OpenedConnection<'_>) -> Self {
+        Self {
+            relay: opened.handle.clone(),
+            request: Arc::new(CompactHead(Box::default())),
+            protocol: None,
+            live_blocker: Some("it was opened through no migration layer".into()),
+            upstreams: Arc::new(|_: &NodeId| -> Option<Upstream> { None }),
+            signing: None,
+            policy: None,
+        }
+    }
+}
+
 impl Migrate for ProxiedConnection {
+    fn policy(&self) -> Option<Arc<MigrationPolicy>> {
+        self.policy.clone()
+    }
+
     fn migrate(
         &self,
         policy: &MigrationPolicy,

@@ -1,4 +1,4 @@
-//! The layer that registers every proxied WebSocket for migration.
+//! The layer that makes every proxied WebSocket movable by a migrator.
 
 use std::{
     fmt,
@@ -7,112 +7,92 @@ use std::{
 };
 
 use http::{request, Request};
-use tower_hashring::{KeyExtractor, SharedHashRing};
+use tower_hashring::SharedHashRing;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use tower_ws_proxy::{ObserveConnections, OpenedConnection, Upstream};
+use tower_ws_proxy::{LiveConnections, MakeHandle, OpenedConnection, Upstream};
 
-use crate::{
-    MigrationPolicy, MigrationSecret, Migrator, ProxiedConnection, Registry, UpstreamLookup,
-};
+use crate::{MigrationPolicy, MigrationSecret, Migrator, ProxiedConnection, UpstreamLookup};
 
-/// Takes a connection's routing key from its request head.
-type KeyFn = Arc<dyn Fn(&Request<()>) -> Option<Vec<u8>> + Send + Sync>;
-
-/// Registers every WebSocket that the proxy below it establishes in a [`Registry`], under
-/// its key, backend and ring version, until its relay ends, so a [`Migrator`] can move it.
+/// Makes every WebSocket that the proxy below it establishes movable: the proxy registers
+/// each one in its [`LiveConnections`] as a [`ProxiedConnection`] (the request head to dial
+/// a new owner with, the negotiated subprotocol, the route's policy, the signing secret),
+/// under the key, backend and ring version the balancer routed it by, so a [`Migrator`]
+/// over the same registry can move it.
 ///
-/// It works through the [`ObserveConnections`] request extension, which
-/// `tower_ws_proxy::HashRingProxy` reports each new WebSocket to. A route gets its own
+/// It works through the [`MakeHandle`] request extension. A route gets its own
 /// [`MigrationPolicy`] from its own layer ([`policy`](Self::policy)) or from a
 /// [`RoutePolicy`] that looks at the request ([`route_policy`](Self::route_policy)).
-///
-/// [`Migrator`]: crate::Migrator
 ///
 /// ```
 /// use std::convert::Infallible;
 /// use axum::{body::Body, Router};
 /// use tower::Layer;
-/// use tower_hashring::{HttpKey, NodeId};
-/// use tower_ws_migrate::{MigrateLayer, MigrationPolicy, Registry};
+/// use tower_hashring::NodeId;
+/// use tower_ws_migrate::{MigrateLayer, MigrationPolicy};
 /// use tower_ws_proxy::Upstream;
 ///
-/// let registry = Registry::new();
-/// let key = HttpKey::new().path("/connect/{userId}")?;
 /// let no_upstreams = |_: &NodeId| -> Option<Upstream> { None };
-/// let live = MigrateLayer::new(registry.clone(), key, no_upstreams)
-///     .policy(MigrationPolicy::live());
+/// let live = MigrateLayer::new(no_upstreams).policy(MigrationPolicy::live());
 /// // In front of the proxy; here a stand-in service.
 /// let proxy = tower::service_fn(|_: http::Request<Body>| async {
 ///     Ok::<_, Infallible>(http::Response::new(Body::empty()))
 /// });
 /// let app: Router = Router::new().route_service("/connect/{userId}", live.layer(proxy));
 /// # let _ = app;
-/// # Ok::<(), tower_hashring::InvalidKeyPattern>(())
 /// ```
 #[derive(Clone)]
 pub struct MigrateLayer {
-    observe: ObserveConnections,
-    registry: Registry<ProxiedConnection>,
-    key: KeyFn,
+    make: MakeHandle<ProxiedConnection>,
     upstreams: Arc<dyn UpstreamLookup>,
     policy: Arc<dyn RoutePolicy>,
     secret: Option<MigrationSecret>,
 }
 
 impl MigrateLayer {
-    /// Registers connections in `registry` under the key `key` takes from their request;
-    /// `upstreams` finds a new owner's service for live moves. The migrator's policy applies
-    /// unless [`policy`](Self::policy) sets this route's own.
-    pub fn new<K>(
-        registry: Registry<ProxiedConnection>,
-        key: K,
-        upstreams: impl UpstreamLookup,
-    ) -> Self
-    where
-        K: KeyExtractor<Request<()>> + Send + Sync + 'static,
-    {
-        let key = Arc::new(move |request: &Request<()>| {
-            key.extract(request).map(|k| k.as_bytes().to_vec())
-        });
-        Self::build(registry, key, Arc::new(upstreams), Arc::new(()), None)
+    /// Connections through this layer move live to the service `upstreams` finds for their
+    /// new owner. The migrator's policy applies unless [`policy`](Self::policy) sets this
+    /// route's own.
+    pub fn new(upstreams: impl UpstreamLookup) -> Self {
+        Self::build(Arc::new(upstreams), Arc::new(()), None)
     }
 
-    /// The layer and its migrator over `ring`, with a registry of their own: one call, the
-    /// way `HashRingLayer::shared` returns the service and its driver. Spawn the migrator
-    /// (after setting its pacing and default policy); put the layer in front of the proxy.
+    /// The layer and its migrator over `ring` and the proxy's registry `connections`: one
+    /// call, the way `HashRingLayer::shared` returns the service and its driver. Spawn the
+    /// migrator (after setting its pacing and default policy); put the layer in front of
+    /// the proxy that registers in `connections`.
     ///
     /// ```
     /// use futures_util::stream;
     /// use tower::discover::Change;
     /// use tower_hashring::{HashRingLayer, HttpKey, NodeId};
     /// use tower_ws_migrate::{MigrateLayer, MigrationPolicy, Pacing};
-    /// use tower_ws_proxy::Upstream;
+    /// use tower_ws_proxy::{LiveConnections, RelayConfig, Upstream, WebSocketLayer};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), tower_hashring::InvalidKeyPattern> {
     /// let key = HttpKey::new().path("/connect/{userId}")?;
     /// let members = stream::empty::<Result<Change<NodeId, Upstream>, std::convert::Infallible>>();
-    /// let (ring, driver) = HashRingLayer::new(key.clone()).shared(members);
-    /// let (migrate, migrator) = MigrateLayer::from_ring(key, &ring);
+    /// let (ring, driver) = HashRingLayer::new(key).shared(members);
+    /// let connections = LiveConnections::with_limit(10_000);
+    /// let (migrate, migrator) = MigrateLayer::from_ring(&ring, &connections);
     /// let migrate = migrate.policy(MigrationPolicy::live());
+    /// let websockets = WebSocketLayer::new(connections, RelayConfig::default());
     /// tokio::spawn(driver);
     /// tokio::spawn(migrator.pacing(Pacing::per_second(500)).run());
-    /// # let _ = migrate;
+    /// # let _ = (migrate, websockets);
     /// # Ok(()) }
     /// ```
-    pub fn from_ring<K, E>(
-        key: K,
+    pub fn from_ring<E>(
         ring: &SharedHashRing<Upstream, E>,
+        connections: &LiveConnections<ProxiedConnection>,
     ) -> (Self, Migrator<ProxiedConnection>)
     where
-        K: KeyExtractor<Request<()>> + Send + Sync + 'static,
         E: Send + Sync + 'static,
     {
-        let registry = Registry::new();
-        let migrator = Migrator::new(registry.clone(), ring.subscribe());
-        (Self::new(registry, key, ring.clone()), migrator)
+        let migrator = Migrator::new(connections.clone(), ring.subscribe());
+        (Self::new(ring.clone()), migrator)
     }
 
     /// The policy of every connection through this layer.
@@ -122,60 +102,39 @@ impl MigrateLayer {
 
     /// Chooses each connection's policy from its request (e.g. by path).
     pub fn route_policy(self, policy: impl RoutePolicy) -> Self {
-        let policy: Arc<dyn RoutePolicy> = Arc::new(policy);
-        Self::build(self.registry, self.key, self.upstreams, policy, self.secret)
+        Self::build(self.upstreams, Arc::new(policy), self.secret)
     }
 
     /// Signs every live move with `secret` ([`MIGRATION_SIGNATURE`](crate::MIGRATION_SIGNATURE)),
     /// so backends can check that `x-wscluster-migrated-from` came from a gateway.
     pub fn secret(self, secret: MigrationSecret) -> Self {
-        Self::build(
-            self.registry,
-            self.key,
-            self.upstreams,
-            self.policy,
-            Some(secret),
-        )
+        Self::build(self.upstreams, self.policy, Some(secret))
     }
 
     fn build(
-        registry: Registry<ProxiedConnection>,
-        key: KeyFn,
         upstreams: Arc<dyn UpstreamLookup>,
         policy: Arc<dyn RoutePolicy>,
         secret: Option<MigrationSecret>,
     ) -> Self {
-        let observe = {
-            let (registry, key, upstreams) = (registry.clone(), key.clone(), upstreams.clone());
-            let (policy, secret) = (policy.clone(), secret.clone());
-            ObserveConnections::new(move |opened: &OpenedConnection<'_>| {
-                let request = Request::from_parts(opened.request.clone(), ());
-                let key = key(&request).unwrap_or_default();
-                let (parts, ()) = request.into_parts();
-                let policy = policy.policy(&parts);
-                let mut connection = ProxiedConnection::new(
+        let make = {
+            let (upstreams, policy, secret) = (upstreams.clone(), policy.clone(), secret.clone());
+            MakeHandle::new(move |opened: &OpenedConnection<'_>| {
+                let connection = ProxiedConnection::new(
                     opened.handle.clone(),
-                    parts,
+                    opened.request.clone(),
                     opened.response_headers,
                     upstreams.clone(),
-                );
-                if let Some(secret) = &secret {
-                    connection = connection.signed(&key, secret.clone());
-                }
-                registry.register_with_policy(
-                    &key,
-                    opened.key_position,
-                    opened.backend.clone(),
-                    opened.ring_version,
-                    policy,
-                    connection,
                 )
+                .with_policy(policy.policy(opened.request));
+                match (&secret, opened.key) {
+                    (Some(secret), Some(key)) => connection.signed(key.as_bytes(), secret.clone()),
+                    (Some(secret), None) => connection.signed(b"", secret.clone()),
+                    (None, _) => connection,
+                }
             })
         };
         Self {
-            observe,
-            registry,
-            key,
+            make,
             upstreams,
             policy,
             secret,
@@ -186,7 +145,7 @@ impl MigrateLayer {
 impl fmt::Debug for MigrateLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MigrateLayer")
-            .field("registry", &self.registry)
+            .field("signed", &self.secret.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -197,26 +156,27 @@ impl<S> Layer<S> for MigrateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         MigrateService {
             inner,
-            observe: self.observe.clone(),
+            make: self.make.clone(),
         }
     }
 }
 
-/// The service of [`MigrateLayer`]: puts the registering observer into each request's
-/// extensions, then calls the proxy.
+/// The service of [`MigrateLayer`]: puts the [`MakeHandle`] of movable connections into each
+/// request's extensions, then calls the proxy.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::convert::Infallible;
 /// use tower::{Layer, ServiceExt};
-/// use tower_hashring::{HttpKey, NodeId};
-/// use tower_ws_migrate::{MigrateLayer, Registry};
-/// use tower_ws_proxy::{ObserveConnections, Upstream};
+/// use tower_hashring::NodeId;
+/// use tower_ws_migrate::{MigrateLayer, ProxiedConnection};
+/// use tower_ws_proxy::{MakeHandle, Upstream};
 ///
-/// let layer = MigrateLayer::new(Registry::new(), HttpKey::new().query("userId"), |_: &NodeId| -> Option<Upstream> { None });
+/// let layer = MigrateLayer::new(|_: &NodeId| -> Option<Upstream> { None });
 /// let service = layer.layer(tower::service_fn(|request: http::Request<()>| async move {
-///     Ok::<_, Infallible>(request.extensions().get::<ObserveConnections>().is_some())
+///     let make = request.extensions().get::<MakeHandle<ProxiedConnection>>();
+///     Ok::<_, Infallible>(make.is_some())
 /// }));
 /// assert!(service.oneshot(http::Request::new(())).await?);
 /// # Ok(()) }
@@ -224,7 +184,7 @@ impl<S> Layer<S> for MigrateLayer {
 #[derive(Clone)]
 pub struct MigrateService<S> {
     inner: S,
-    observe: ObserveConnections,
+    make: MakeHandle<ProxiedConnection>,
 }
 
 impl<S> MigrateService<S> {
@@ -265,7 +225,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.observe.clone());
+        request.extensions_mut().insert(self.make.clone());
         self.inner.call(request)
     }
 }

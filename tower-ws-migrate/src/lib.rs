@@ -2,14 +2,15 @@
 //! migrates exactly those whose owner changed: paced, and reported to a hook.
 //!
 //! The pieces, usable on their own:
-//! - [`Registry`]: the live connections (key position, backend, start time, a handle that
-//!   can move the connection), with per-backend counts;
+//! - the live connections are `tower_ws_proxy`'s one registry,
+//!   [`LiveConnections`](tower_ws_proxy::LiveConnections): key and ring position, backend,
+//!   ring version, start time, and a handle that can move the connection;
 //! - [`plan`]: which registered connections a ring change affects, from the ring diff;
 //! - [`Pacing`]: at most R migrations per second, with jitter;
 //! - [`MigrationHook`]: called for each migration; closures implement it;
 //! - [`Migrator`]: subscribes to a ring's snapshots and runs the above on every change;
-//! - [`MigrateLayer`]: the tower layer in front of `tower_ws_proxy::HashRingProxy` that
-//!   registers each proxied WebSocket as a [`ProxiedConnection`], which moves live (dial the
+//! - [`MigrateLayer`]: the tower layer above `tower_ws_proxy`'s WebSocket proxy that has it
+//!   register each proxied WebSocket as a [`ProxiedConnection`], which moves live (dial the
 //!   new owner, switch the relay at a message boundary) or by reconnect.
 //!
 //! ```
@@ -31,7 +32,6 @@ mod migrator;
 mod pace;
 mod plan;
 mod policy;
-mod registry;
 mod signature;
 
 pub use self::{
@@ -42,6 +42,5 @@ pub use self::{
     pace::Pacing,
     plan::{plan, PlannedMove},
     policy::{Migrate, MigrateFuture, MigrationPolicy},
-    registry::{ConnectionId, Registered, Registry, Tracked},
     signature::{BadSignature, MigrationSecret, DEFAULT_MAX_AGE, MIGRATION_SIGNATURE},
 };

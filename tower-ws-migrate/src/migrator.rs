@@ -4,10 +4,11 @@ use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 use tower_hashring::{RingSnapshot, RingWatch};
+use tower_ws_proxy::{ConnectionId, LiveConnections};
 
 use crate::{
-    plan, plan::plan_stragglers, ConnectionId, Migrate, MigrationEvent, MigrationHook,
-    MigrationPolicy, MigrationStats, Outcome, Pacing, PlannedMove, Registry,
+    plan, plan::plan_stragglers, Migrate, MigrationEvent, MigrationHook, MigrationPolicy,
+    MigrationStats, Outcome, Pacing, PlannedMove,
 };
 
 const DEFAULT_IN_FLIGHT: usize = 256;
@@ -15,7 +16,7 @@ const DEFAULT_IN_FLIGHT: usize = 256;
 /// backend's close (5 s) at their defaults.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Moves the connections of a [`Registry`] whose owner changed, on every new ring snapshot.
+/// Moves the connections of a [`LiveConnections`] registry whose owner changed, on every new ring snapshot.
 ///
 /// Run it with [`Migrator::run`] (spawn it beside the ring's driver). A ring change that
 /// arrives while a paced batch is running replaces the rest of that batch: the plan is made
@@ -26,16 +27,16 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 /// use std::sync::Arc;
 /// use tokio::sync::watch;
 /// use tower_hashring::{HashScheme, RingSnapshot};
-/// use tower_ws_migrate::{Migrator, Pacing, Registry};
-/// use tower_ws_proxy::RelayHandle;
+/// use tower_ws_migrate::{Migrator, Pacing};
+/// use tower_ws_proxy::LiveConnections;
 ///
 /// let (_ring_tx, ring) = watch::channel(Arc::new(RingSnapshot::initial(HashScheme::default())));
-/// let registry: Registry<RelayHandle> = Registry::new();
-/// let migrator = Migrator::new(registry, ring).pacing(Pacing::per_second(200));
+/// let live = LiveConnections::new(10_000);
+/// let migrator = Migrator::new(live, ring).pacing(Pacing::per_second(200));
 /// # let _ = migrator;
 /// ```
 pub struct Migrator<H> {
-    registry: Registry<H>,
+    registry: LiveConnections<H>,
     ring: RingWatch,
     // The ring the registered connections were placed on: advanced only when a batch
     // finishes, so a batch cut short by a newer ring is planned again in full.
@@ -67,7 +68,7 @@ where
     /// A migrator over `registry`, following `ring`; Reconnect with 1012 and the default
     /// pacing.
     /// The snapshot current now is the starting point: changes after this call are migrated.
-    pub fn new(registry: Registry<H>, mut ring: RingWatch) -> Self {
+    pub fn new(registry: LiveConnections<H>, mut ring: RingWatch) -> Self {
         let current = ring.borrow_and_update().clone();
         Self {
             registry,

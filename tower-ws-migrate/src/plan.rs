@@ -1,14 +1,15 @@
 //! Which connections a ring change affects: exactly those whose owner changed.
 
 use tower_hashring::{NodeId, RingSnapshot};
+use tower_ws_proxy::{ConnectionId, LiveConnections, Tracked};
 
-use crate::{Registry, Tracked};
+use crate::Migrate;
 
 /// A connection to move, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedMove<H> {
     /// The connection.
-    pub id: crate::ConnectionId,
+    pub id: ConnectionId,
     /// Its routing key.
     pub key: std::sync::Arc<[u8]>,
     /// The backend it is on.
@@ -21,28 +22,30 @@ pub struct PlannedMove<H> {
     pub handle: H,
 }
 
-/// The connections of `registry` that must move when the ring goes from `old` to `new`:
+/// The connections of `live` that must move when the ring goes from `old` to `new`:
 /// those in a range the diff moved, those whose backend left (they may sit on a failover
 /// successor outside any moved range) and those routed on a ring older than `old`, minus
 /// those already on their new owner. Oldest first.
 ///
 /// ```
 /// use tower_hashring::{HashScheme, NodeId, Ring, RingSnapshot};
-/// use tower_ws_migrate::{plan, Registry};
+/// use tower_ws_migrate::plan;
+/// use tower_ws_proxy::{LiveConnections, RelayHandle};
 ///
 /// let first = RingSnapshot::initial(HashScheme::default());
 /// let old = first.next(Ring::builder().node("a", 1).node("b", 1).build()?);
 /// let new = old.next(Ring::builder().node("a", 1).node("b", 1).node("c", 1).build()?);
 /// let (old_ring, new_ring) = (old.ring(), new.ring());
-/// let registry = Registry::new();
+/// let live = LiveConnections::default();
 /// let mut guards = Vec::new();
 /// for user in 0..1000u32 {
 ///     let key = user.to_string();
 ///     let position = old_ring.key_position(key.as_bytes());
 ///     let owner = old_ring.route(key.as_bytes()).unwrap().id().clone();
-///     guards.push(registry.register(key.as_bytes(), position, owner, old.version(), ()));
+///     let (handle, commands) = RelayHandle::new();
+///     guards.push((live.register(key.as_bytes(), position, owner, old.version(), handle), commands));
 /// }
-/// let moves = plan(&registry, &old, &new);
+/// let moves = plan(&live, &old, &new);
 /// // Only users now owned by "c" move, and all of them do.
 /// assert!(moves.iter().all(|m| m.to == Some(NodeId::from("c"))));
 /// let to_c = (0..1000u32)
@@ -50,15 +53,15 @@ pub struct PlannedMove<H> {
 /// assert_eq!(moves.len(), to_c.count());
 /// # Ok::<(), tower_hashring::RingError>(())
 /// ```
-pub fn plan<H: Clone>(
-    registry: &Registry<H>,
+pub fn plan<H: Migrate>(
+    live: &LiveConnections<H>,
     old: &RingSnapshot,
     new: &RingSnapshot,
 ) -> Vec<PlannedMove<H>> {
     let diff = old.diff(new);
     let (new_version, new) = (new.version(), new.ring());
     let mut moves = Vec::new();
-    registry.for_each(|tracked| {
+    live.for_each(|tracked| {
         let candidate = tracked.ring_version < old.version()
             || diff.moved(tracked.position).is_some()
             || new
@@ -76,7 +79,7 @@ pub fn plan<H: Clone>(
             key: tracked.key.clone(),
             from: tracked.backend.clone(),
             to,
-            policy: tracked.policy.clone(),
+            policy: tracked.handle.policy(),
             handle: tracked.handle.clone(),
         });
     });
@@ -85,7 +88,7 @@ pub fn plan<H: Clone>(
 
 /// The connections among `stragglers` (routed on an older ring, registered after the plan
 /// for `ring` was made) that are not on their owner in `ring`.
-pub(crate) fn plan_stragglers<H: Clone>(
+pub(crate) fn plan_stragglers<H: Migrate>(
     stragglers: Vec<Tracked<H>>,
     ring: &RingSnapshot,
 ) -> Vec<PlannedMove<H>> {
@@ -101,7 +104,7 @@ pub(crate) fn plan_stragglers<H: Clone>(
                 key: tracked.key,
                 from: tracked.backend,
                 to,
-                policy: tracked.policy,
+                policy: tracked.handle.policy(),
                 handle: tracked.handle,
             })
         })

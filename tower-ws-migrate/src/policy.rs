@@ -1,6 +1,6 @@
 //! What happens to a connection whose owner changed, and the handle that carries it out.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use tower_hashring::NodeId;
 use tower_ws_proxy::{close_code, RelayHandle};
@@ -101,6 +101,11 @@ pub trait Migrate: Clone + Send + Sync + 'static {
         from: &NodeId,
         to: Option<&NodeId>,
     ) -> MigrateFuture;
+
+    /// The policy of this connection's route; `None` (the default): the migrator's.
+    fn policy(&self) -> Option<Arc<MigrationPolicy>> {
+        None
+    }
 }
 
 impl Migrate for RelayHandle {

@@ -11,8 +11,9 @@ use tokio::{sync::watch, time::Instant};
 use tower_hashring::{HashScheme, NodeId, Ring, RingSnapshot};
 use tower_ws_migrate::{
     Migrate, MigrateFuture, MigrationEvent, MigrationPolicy, MigrationStats, Migrator, Outcome,
-    Pacing, Registered, Registry,
+    Pacing,
 };
+use tower_ws_proxy::{LiveConnections, Registered};
 
 type Log = Arc<Mutex<Vec<(String, Instant, MigrationPolicy)>>>;
 
@@ -24,9 +25,15 @@ struct Recorder {
     ended: bool,
     /// Records the request, then never finishes (a peer that never answers).
     hangs: bool,
+    /// Its route's policy, if it has its own.
+    policy: Option<Arc<MigrationPolicy>>,
 }
 
 impl Migrate for Recorder {
+    fn policy(&self) -> Option<Arc<MigrationPolicy>> {
+        self.policy.clone()
+    }
+
     fn migrate(&self, policy: &MigrationPolicy, _: &NodeId, _: Option<&NodeId>) -> MigrateFuture {
         if self.hangs {
             let entry = (self.key.clone(), Instant::now(), policy.clone());
@@ -53,7 +60,7 @@ fn ring(nodes: &[&str]) -> Ring {
 }
 
 struct Setup {
-    registry: Registry<Recorder>,
+    registry: LiveConnections<Recorder>,
     publish: watch::Sender<Arc<RingSnapshot>>,
     log: Log,
     guards: Vec<Registered<Recorder>>,
@@ -66,7 +73,7 @@ impl Setup {
         let first = RingSnapshot::initial(HashScheme::default()).next(ring(nodes));
         let (publish, watch) = watch::channel(Arc::new(first));
         let setup = Setup {
-            registry: Registry::new(),
+            registry: LiveConnections::default(),
             publish,
             log: Arc::default(),
             guards: Vec::new(),
@@ -101,16 +108,12 @@ impl Setup {
             log: self.log.clone(),
             ended: false,
             hangs: self.hanging,
+            policy,
         };
         let position = ring.key_position(key.as_bytes());
-        let guard = self.registry.register_with_policy(
-            key.as_bytes(),
-            position,
-            owner,
-            snapshot.version(),
-            policy,
-            handle,
-        );
+        let guard =
+            self.registry
+                .register(key.as_bytes(), position, owner, snapshot.version(), handle);
         self.guards.push(guard);
     }
 
@@ -288,6 +291,7 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
         log: setup.log.clone(),
         ended: true,
         hangs: false,
+        policy: None,
     };
     let position = snapshot.ring().key_position(ended_key.as_bytes());
     let _ended = setup.registry.register(
@@ -458,18 +462,16 @@ async fn route_policies_apply_and_live_moves_update_the_counts() {
     assert_eq!(setup.registry.total(), 1000);
 }
 
-/// The layer passes readiness through and gives every request the registering observer.
+/// The layer passes readiness through and gives every request the maker of movable
+/// connection handles.
 #[tokio::test]
-async fn the_layer_passes_readiness_through_and_adds_the_observer() {
+async fn the_layer_passes_readiness_through_and_adds_the_handle_maker() {
     use tower::Layer;
     use tower_test::mock;
-    use tower_ws_proxy::{ObserveConnections, Upstream};
+    use tower_ws_migrate::ProxiedConnection;
+    use tower_ws_proxy::{MakeHandle, Upstream};
 
-    let layer = tower_ws_migrate::MigrateLayer::new(
-        Registry::new(),
-        tower_hashring::HttpKey::new().query("userId"),
-        |_: &NodeId| -> Option<Upstream> { None },
-    );
+    let layer = tower_ws_migrate::MigrateLayer::new(|_: &NodeId| -> Option<Upstream> { None });
     let (service, mut handle) = mock::pair::<http::Request<()>, ()>();
     let mut service = mock::Spawn::new(layer.layer(service));
 
@@ -482,7 +484,8 @@ async fn the_layer_passes_readiness_through_and_adds_the_observer() {
     assert!(service.poll_ready().is_ready());
     let response = service.call(http::Request::get("/send?userId=7").body(()).unwrap());
     let (request, send) = handle.next_request().await.unwrap();
-    assert!(request.extensions().get::<ObserveConnections>().is_some());
+    let make = request.extensions().get::<MakeHandle<ProxiedConnection>>();
+    assert!(make.is_some());
     assert_eq!(request.uri(), "/send?userId=7");
     send.send_response(());
     response.await.unwrap();

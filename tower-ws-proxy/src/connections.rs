@@ -1,19 +1,23 @@
-//! The live, proxied WebSocket connections: counted per backend, capped, and closed on shutdown.
+//! The one registry of live, proxied WebSockets: capped, counted per backend, found by key
+//! and ring position for migration, and closed on shutdown.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tower_hashring::NodeId;
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tower_hashring::{LoadSource, NodeId};
 
-use crate::RelayHandle;
+use crate::ConnectionHandle;
 
 /// Why a new connection was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,71 +37,121 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The live WebSocket connections of a proxy; cheap to clone.
+/// A registered connection's identity within one [`LiveConnections`]; ids grow with age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+/// One live connection's record.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Tracked<H> {
+    /// Its identity in the registry.
+    pub id: ConnectionId,
+    /// The routing key (user id, room id); empty for a keyless request.
+    pub key: Arc<[u8]>,
+    /// The key's position on the ring (`Ring::key_position`).
+    pub position: u64,
+    /// The backend it is relayed to now (updated after a live move).
+    pub backend: NodeId,
+    /// The version of the ring snapshot it was routed with.
+    pub ring_version: u64,
+    /// When it was established.
+    pub started: Instant,
+    /// Controls it: closes it, or (for a migration layer's handle) moves it.
+    pub handle: H,
+}
+
+/// The live WebSocket connections: one record per connection, shared by the proxy (which
+/// admits, registers and, on shutdown, closes them) and a migrator (which moves them and
+/// records their new backend). Cheap to clone.
+///
+/// `H` is what is kept to control each connection: a bare [`RelayHandle`](crate::RelayHandle)
+/// by default, or a migration layer's richer handle.
 ///
 /// ```
-/// use tower_ws_proxy::LiveConnections;
+/// use tower_hashring::NodeId;
+/// use tower_ws_proxy::{LiveConnections, RelayHandle};
 ///
 /// let live = LiveConnections::new(10_000);
-/// assert_eq!(live.len(), 0);
+/// let (handle, _commands) = RelayHandle::new();
+/// let admission = live.admit()?;
+/// let guard = live.register(b"42", 7, NodeId::from("backend-a"), 1, handle).holding(admission);
+/// assert_eq!(live.per_backend()[&NodeId::from("backend-a")], 1);
+/// drop(guard); // the relay ended
+/// assert!(live.is_empty());
+/// # Ok::<(), tower_ws_proxy::Refusal>(())
 /// ```
-#[derive(Clone)]
-pub struct LiveConnections {
-    inner: Arc<Inner>,
+pub struct LiveConnections<H = crate::RelayHandle> {
+    inner: Arc<Inner<H>>,
 }
 
-struct Inner {
+struct Inner<H> {
     limit: Arc<Semaphore>,
-    next_id: AtomicU64,
-    entries: Mutex<HashMap<u64, (NodeId, RelayHandle)>>,
     shutting_down: AtomicBool,
     emptied: Notify,
+    stragglers_waiting: Notify,
+    entries: Mutex<Entries<H>>,
 }
 
-/// A reserved place for one connection; frees it when dropped.
+struct Entries<H> {
+    next_id: u64,
+    // Ordered by id, i.e. by age: migration plans move older connections first.
+    connections: BTreeMap<ConnectionId, Tracked<H>>,
+    // Kept with every change, so bounded-loads lookups cost no scan.
+    per_backend: HashMap<NodeId, u64>,
+    // The newest ring version a migrator has planned for: a connection routed on an older
+    // one that registers later was missed by that plan and is queued here for a check.
+    planned_version: u64,
+    stragglers: Vec<ConnectionId>,
+}
+
+impl<H> Entries<H> {
+    fn count(&mut self, backend: &NodeId, up: bool) {
+        if up {
+            *self.per_backend.entry(backend.clone()).or_insert(0) += 1;
+        } else if let Some(count) = self.per_backend.get_mut(backend) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_backend.remove(backend);
+            }
+        }
+    }
+}
+
+/// A reserved place for one connection under the cap; frees it when dropped.
 #[derive(Debug)]
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Removes a connection from the registry when dropped.
-#[derive(Debug)]
-pub struct Registration {
-    live: LiveConnections,
-    id: u64,
-    _admission: Admission,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut entries = self
-            .live
-            .inner
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        entries.remove(&self.id);
-        if entries.is_empty() {
-            self.live.inner.emptied.notify_waiters();
-        }
+impl LiveConnections {
+    /// A registry of bare relay handles admitting at most `limit` connections at once.
+    pub fn new(limit: usize) -> Self {
+        Self::with_limit(limit)
     }
 }
 
-impl LiveConnections {
+impl<H> LiveConnections<H> {
     /// A registry admitting at most `limit` connections at once.
-    pub fn new(limit: usize) -> Self {
+    pub fn with_limit(limit: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 limit: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
-                next_id: AtomicU64::new(0),
-                entries: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
                 emptied: Notify::new(),
+                stragglers_waiting: Notify::new(),
+                entries: Mutex::new(Entries {
+                    next_id: 0,
+                    connections: BTreeMap::new(),
+                    per_backend: HashMap::new(),
+                    planned_version: 0,
+                    stragglers: Vec::new(),
+                }),
             }),
         }
     }
 
-    /// Reserves a place for a new connection.
+    /// Reserves a place for a new connection: refused past the cap or once shutting down.
     pub fn admit(&self) -> Result<Admission, Refusal> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Refusal::ShuttingDown);
@@ -111,49 +165,121 @@ impl LiveConnections {
         Ok(Admission { _permit: permit })
     }
 
-    /// Records an established connection to `backend`, controlled through `handle`.
+    /// Records a connection for `key` (at ring `position`) relayed to `backend`, routed with
+    /// ring snapshot `ring_version`. It stays registered until the returned guard is dropped;
+    /// [`Registered::holding`] ties its [`Admission`] to the same guard.
+    ///
+    /// The version closes a race: a connection routed on an older ring but registered after
+    /// a migrator planned the change is still checked against the newer ring.
     pub fn register(
         &self,
-        admission: Admission,
+        key: &[u8],
+        position: u64,
         backend: NodeId,
-        handle: RelayHandle,
-    ) -> Registration {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, (backend, handle));
-        Registration {
-            live: self.clone(),
+        ring_version: u64,
+        handle: H,
+    ) -> Registered<H> {
+        let mut entries = self.lock();
+        let id = ConnectionId(entries.next_id);
+        entries.next_id += 1;
+        entries.count(&backend, true);
+        if ring_version < entries.planned_version {
+            entries.stragglers.push(id);
+            self.inner.stragglers_waiting.notify_one();
+        }
+        entries.connections.insert(
             id,
-            _admission: admission,
+            Tracked {
+                id,
+                key: key.into(),
+                position,
+                backend,
+                ring_version,
+                started: Instant::now(),
+                handle,
+            },
+        );
+        Registered {
+            connections: self.clone(),
+            id,
+            _admission: None,
         }
     }
 
     /// How many connections are live.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().connections.len()
     }
 
-    /// Whether no connection is live.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Live connections per backend.
-    pub fn per_backend(&self) -> HashMap<NodeId, usize> {
-        let mut counts = HashMap::new();
-        for (backend, _) in self.lock().values() {
-            *counts.entry(backend.clone()).or_insert(0) += 1;
-        }
-        counts
+    /// Live connections per backend (feeds the ring's bounded-loads lookup and the admin API).
+    pub fn per_backend(&self) -> HashMap<NodeId, u64> {
+        self.lock().per_backend.clone()
     }
 
+    /// Records that connection `id` now runs to `backend` (after a live move).
+    pub fn set_backend(&self, id: ConnectionId, backend: NodeId) {
+        let mut entries = self.lock();
+        let Some(tracked) = entries.connections.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut tracked.backend, backend.clone());
+        entries.count(&old, false);
+        entries.count(&backend, true);
+    }
+
+    /// Calls `f` with every live connection, oldest first, under the registry's lock.
+    pub fn for_each(&self, mut f: impl FnMut(&Tracked<H>)) {
+        for tracked in self.lock().connections.values() {
+            f(tracked);
+        }
+    }
+
+    /// For a migrator: it plans for ring `version` now, so later registrations routed on an
+    /// older ring become stragglers ([`take_stragglers`](Self::take_stragglers)).
+    pub fn planning(&self, version: u64) {
+        self.lock().planned_version = version;
+    }
+
+    /// For a migrator: waits until a straggler has registered.
+    pub async fn stragglers_registered(&self) {
+        self.inner.stragglers_waiting.notified().await;
+    }
+
+    /// For a migrator: the stragglers registered since the last call that are still live.
+    pub fn take_stragglers(&self) -> Vec<Tracked<H>>
+    where
+        H: Clone,
+    {
+        let mut entries = self.lock();
+        let ids = std::mem::take(&mut entries.stragglers);
+        ids.iter()
+            .filter_map(|id| entries.connections.get(id).cloned())
+            .collect()
+    }
+
+    fn handles(&self, mut keep: impl FnMut(&Tracked<H>) -> bool) -> Vec<H>
+    where
+        H: Clone,
+    {
+        let entries = self.lock();
+        let matching = entries.connections.values().filter(|t| keep(t));
+        matching.map(|t| t.handle.clone()).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Entries<H>> {
+        self.inner.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<H: ConnectionHandle> LiveConnections<H> {
     /// Closes the connections to one backend with `code`, paced evenly over `window`.
     pub async fn close_backend(&self, backend: &NodeId, code: u16, reason: &str, window: Duration) {
-        let handles: Vec<RelayHandle> = self
-            .lock()
-            .values()
-            .filter(|(b, _)| b == backend)
-            .map(|(_, h)| h.clone())
-            .collect();
+        let handles = self.handles(|t| &t.backend == backend);
         close_paced(handles, code, reason, window).await;
     }
 
@@ -161,14 +287,9 @@ impl LiveConnections {
     /// then waits up to `grace` for them to finish.
     pub async fn shutdown(&self, window: Duration, grace: Duration) {
         self.inner.shutting_down.store(true, Ordering::Release);
-        let handles: Vec<RelayHandle> = self.lock().values().map(|(_, h)| h.clone()).collect();
-        close_paced(
-            handles,
-            crate::close_code::GOING_AWAY,
-            "gateway shutting down",
-            window,
-        )
-        .await;
+        let handles = self.handles(|_| true);
+        let reason = "gateway shutting down";
+        close_paced(handles, crate::close_code::GOING_AWAY, reason, window).await;
         let _ = tokio::time::timeout(grace, async {
             loop {
                 let emptied = self.inner.emptied.notified();
@@ -180,24 +301,25 @@ impl LiveConnections {
         })
         .await;
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (NodeId, RelayHandle)>> {
-        self.inner.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Closes `handles` spread evenly over `window`, in batches: each wakeup closes every
 /// connection due by then, so 100,000 connections take the window, not 100,000 timer ticks
 /// of a millisecond.
-async fn close_paced(handles: Vec<RelayHandle>, code: u16, reason: &str, window: Duration) {
-    let start = tokio::time::Instant::now();
+async fn close_paced<H: ConnectionHandle>(
+    handles: Vec<H>,
+    code: u16,
+    reason: &str,
+    window: Duration,
+) {
+    let start = Instant::now();
     let total = handles.len();
     let mut closed = 0;
     while closed < total {
         let share = start.elapsed().as_secs_f64() / window.as_secs_f64().max(f64::MIN_POSITIVE);
         let due = ((share * total as f64).ceil() as usize).clamp(closed + 1, total);
         for handle in &handles[closed..due] {
-            handle.close(code, reason);
+            handle.relay().close(code, reason);
         }
         closed = due;
         if closed < total {
@@ -207,11 +329,77 @@ async fn close_paced(handles: Vec<RelayHandle>, code: u16, reason: &str, window:
     }
 }
 
-impl fmt::Debug for LiveConnections {
+impl<H> Clone for LiveConnections<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<H> Default for LiveConnections<H> {
+    /// No cap.
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
+}
+
+impl<H> fmt::Debug for LiveConnections<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LiveConnections")
             .field("live", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Live connections per backend, for the ring's bounded-loads lookup
+/// (`HashRingLayer::bounded_loads`).
+impl<H: Send + 'static> LoadSource for LiveConnections<H> {
+    fn load(&self, node: &NodeId) -> u64 {
+        self.lock().per_backend.get(node).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> u64 {
+        self.lock().connections.len() as u64
+    }
+}
+
+/// Keeps a connection registered; dropping it (the relay ended) unregisters it and frees
+/// its place under the cap.
+pub struct Registered<H> {
+    connections: LiveConnections<H>,
+    id: ConnectionId,
+    _admission: Option<Admission>,
+}
+
+impl<H> Registered<H> {
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Holds the connection's place under the cap for as long as it is registered.
+    pub fn holding(mut self, admission: Admission) -> Self {
+        self._admission = Some(admission);
+        self
+    }
+}
+
+impl<H> fmt::Debug for Registered<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registered").field("id", &self.id).finish()
+    }
+}
+
+impl<H> Drop for Registered<H> {
+    fn drop(&mut self) {
+        let mut entries = self.connections.lock();
+        if let Some(tracked) = entries.connections.remove(&self.id) {
+            entries.count(&tracked.backend, false);
+        }
+        if entries.connections.is_empty() {
+            self.connections.inner.emptied.notify_waiters();
+        }
     }
 }
 
@@ -222,7 +410,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::{RelayCommand, RelayCommands};
+    use crate::{RelayCommand, RelayCommands, RelayHandle};
 
     /// 100,000 connections close over the window, not one per millisecond timer tick (which
     /// would take 100 s), and evenly: about half of them by half the window.
@@ -230,12 +418,14 @@ mod tests {
     async fn a_paced_close_of_100_000_connections_meets_its_window() {
         let live = LiveConnections::new(200_000);
         let mut held = Vec::new();
-        for _ in 0..100_000 {
+        for n in 0..100_000u64 {
             let (handle, commands) = RelayHandle::new();
-            let registration = live.register(live.admit().unwrap(), NodeId::from("a"), handle);
+            let registration = live
+                .register(&n.to_be_bytes(), n, NodeId::from("a"), 1, handle)
+                .holding(live.admit().unwrap());
             held.push((registration, commands));
         }
-        let closed = |held: &[(Registration, RelayCommands)]| {
+        let closed = |held: &[(Registered<RelayHandle>, RelayCommands)]| {
             held.iter()
                 .filter(|(_, c)| matches!(c.current(), RelayCommand::Close { code: 1001, .. }))
                 .count()
@@ -261,5 +451,23 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(closed(&held), 100_000);
+    }
+
+    /// The cap, the per-backend counts and a live move's bookkeeping are one record: a move
+    /// recounts it, and dropping the guard frees both the record and the place.
+    #[test]
+    fn the_cap_and_the_counts_follow_one_record() {
+        let live = LiveConnections::new(1);
+        let (handle, _commands) = RelayHandle::new();
+        let guard = live
+            .register(b"7", 1, NodeId::from("a"), 1, handle)
+            .holding(live.admit().unwrap());
+        assert_eq!(live.admit().unwrap_err(), Refusal::AtCapacity);
+        live.set_backend(guard.id(), NodeId::from("b"));
+        assert_eq!(live.per_backend(), HashMap::from([(NodeId::from("b"), 1)]));
+        assert_eq!(live.load(&NodeId::from("a")), 0);
+        drop(guard);
+        assert!(live.is_empty() && live.per_backend().is_empty());
+        assert!(live.admit().is_ok());
     }
 }

@@ -14,18 +14,20 @@
 //! - [`HashRingProxy`]: the two in one service,
 //!   `WebSocketLayer::new(..).layer(ring.failover(ProxyFailover))`, answering errors with
 //!   clear statuses.
-//! - [`ObserveConnections`]: a request extension through which a layer above the proxy
-//!   hears of every WebSocket it establishes (backend, ring position and version, handle).
-//! - [`LiveConnections`]: the proxied WebSockets, counted per backend, capped, and closed
-//!   with 1001 over a paced window on shutdown.
+//! - [`LiveConnections`]: the one registry of proxied WebSockets: capped, counted per
+//!   backend, found by key and ring position (a migrator moves them and records their new
+//!   backend there), and closed with 1001 over a paced window on shutdown.
+//! - [`MakeHandle`]: a request extension through which a layer above the proxy chooses
+//!   what the registry keeps of each WebSocket ([`ConnectionHandle`]; a migration layer
+//!   keeps what a live move needs).
 #![forbid(unsafe_code)]
 
 pub mod close_code;
 mod connections;
 mod forwarded;
 pub mod frame;
+mod handle;
 mod handshake;
-mod observe;
 mod proxy;
 mod relay;
 mod request_check;
@@ -33,9 +35,9 @@ mod upstream;
 mod websocket;
 
 pub use self::{
-    connections::{Admission, LiveConnections, Refusal, Registration},
+    connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
     forwarded::set_forwarded_headers,
-    observe::{ConnectionObserver, ObserveConnections, OpenedConnection},
+    handle::{ConnectionHandle, MakeHandle, OpenedConnection},
     proxy::{text_response, HashRingProxy},
     relay::{
         relay, ClientStream, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle,

@@ -15,8 +15,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    upstream::BoxError, LiveConnections, ProxyBody, ProxyFailover, RelayConfig, Upstream,
-    WebSocketFuture, WebSocketLayer, WebSocketProxy,
+    upstream::BoxError, ConnectionHandle, LiveConnections, ProxyBody, ProxyFailover, RelayConfig,
+    RelayHandle, Upstream, WebSocketFuture, WebSocketLayer, WebSocketProxy,
 };
 
 /// The whole proxy in one service: [`WebSocketLayer`] over the ring of [`Upstream`]s with
@@ -28,17 +28,25 @@ use crate::{
 /// to the owner's successors only when nothing of it reached a backend's application and it
 /// can be sent again ([`ProxyFailover`]). Errors become responses (see [`WebSocketProxy`]),
 /// so it drops into hyper or `axum::Router` as is.
-#[derive(Clone)]
-pub struct HashRingProxy<E> {
+pub struct HashRingProxy<E, H = RelayHandle> {
     ring: SharedHashRing<Upstream, E>,
-    inner: WebSocketProxy<SharedHashRing<Upstream, E, ProxyFailover>>,
+    inner: WebSocketProxy<SharedHashRing<Upstream, E, ProxyFailover>, H>,
 }
 
-impl<E> HashRingProxy<E> {
+impl<E, H> Clone for HashRingProxy<E, H> {
+    fn clone(&self) -> Self {
+        Self {
+            ring: self.ring.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E, H> HashRingProxy<E, H> {
     /// A proxy over the backends of `ring`, tracking WebSockets in `connections`.
     pub fn new(
         ring: SharedHashRing<Upstream, E>,
-        connections: LiveConnections,
+        connections: LiveConnections<H>,
         relay: RelayConfig,
     ) -> Self {
         let inner =
@@ -47,7 +55,7 @@ impl<E> HashRingProxy<E> {
     }
 
     /// The live WebSocket connections.
-    pub fn connections(&self) -> &LiveConnections {
+    pub fn connections(&self) -> &LiveConnections<H> {
         self.inner.connections()
     }
 
@@ -57,7 +65,7 @@ impl<E> HashRingProxy<E> {
     }
 }
 
-impl<E> fmt::Debug for HashRingProxy<E> {
+impl<E, H> fmt::Debug for HashRingProxy<E, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HashRingProxy")
             .field("ring", &self.ring)
@@ -81,8 +89,9 @@ pub fn text_response(status: StatusCode, reason: impl Into<String>) -> Response<
         .unwrap_or_else(|_| Response::new(ProxyBody::default()))
 }
 
-impl<E, B> Service<Request<B>> for HashRingProxy<E>
+impl<E, H, B> Service<Request<B>> for HashRingProxy<E, H>
 where
+    H: ConnectionHandle,
     E: KeyExtractor<Request<ProxyBody>> + Send + Sync + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

@@ -26,8 +26,8 @@ use tower_service::Service;
 
 use crate::{
     check_upgrade, is_websocket_upgrade, relay, strip_internal_headers, tcp_peer,
-    upstream::BoxError, LiveConnections, ObserveConnections, OpenedConnection, Peer, ProxyBody,
-    RelayConfig, RelayHandle, UpstreamError, UpstreamSocket,
+    upstream::BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection, Peer,
+    ProxyBody, RelayConfig, RelayHandle, UpstreamError, UpstreamSocket,
 };
 
 /// Relays WebSockets that the service below it upgraded; see [`WebSocketProxy`].
@@ -40,24 +40,41 @@ use crate::{
 /// let proxy = layer.layer(Upstream::new("127.0.0.1:7100", UpstreamConfig::default()));
 /// # let _ = proxy;
 /// ```
-#[derive(Clone, Debug)]
-pub struct WebSocketLayer {
-    connections: LiveConnections,
+pub struct WebSocketLayer<H = RelayHandle> {
+    connections: LiveConnections<H>,
     relay: RelayConfig,
 }
 
-impl WebSocketLayer {
-    /// Tracks the WebSockets in `connections` (their cap and shutdown) and relays them with
-    /// `relay`'s deadlines and limits.
-    pub fn new(connections: LiveConnections, relay: RelayConfig) -> Self {
+impl<H> WebSocketLayer<H> {
+    /// Registers the WebSockets in `connections` (their cap, their records for migration,
+    /// their shutdown) and relays them with `relay`'s deadlines and limits.
+    pub fn new(connections: LiveConnections<H>, relay: RelayConfig) -> Self {
         Self { connections, relay }
     }
 }
 
-impl<S> Layer<S> for WebSocketLayer {
-    type Service = WebSocketProxy<S>;
+impl<H> Clone for WebSocketLayer<H> {
+    fn clone(&self) -> Self {
+        Self {
+            connections: self.connections.clone(),
+            relay: self.relay,
+        }
+    }
+}
 
-    fn layer(&self, inner: S) -> WebSocketProxy<S> {
+impl<H> fmt::Debug for WebSocketLayer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketLayer")
+            .field("connections", &self.connections)
+            .field("relay", &self.relay)
+            .finish()
+    }
+}
+
+impl<S, H> Layer<S> for WebSocketLayer<H> {
+    type Service = WebSocketProxy<S, H>;
+
+    fn layer(&self, inner: S) -> WebSocketProxy<S, H> {
         WebSocketProxy {
             inner,
             connections: self.connections.clone(),
@@ -70,8 +87,10 @@ impl<S> Layer<S> for WebSocketLayer {
 ///
 /// For a WebSocket upgrade it first checks the handshake (400, or 426 for another version)
 /// and takes a place in the connection cap (503 past it), then calls the service below. A
-/// `101` with an [`UpstreamSocket`] is returned to the client, and the two connections are
-/// relayed frame-aware (on the raw socket where the server gives it back, otherwise over
+/// `101` with an [`UpstreamSocket`] is returned to the client, the connection is registered
+/// in [`LiveConnections`] under the [`Route`] the balancer recorded (key, ring position and
+/// version, backend) with the handle the request's [`MakeHandle`] makes (or
+/// [`ConnectionHandle::plain`]), and the two connections are relayed frame-aware (on the raw socket where the server gives it back, otherwise over
 /// hyper's `Upgraded`). Ordinary requests pass through. Errors become responses: 400 (no
 /// key), 503 (no backend), 502 (no backend answered; the body names none, the log does).
 /// Client headers in the gateway's own `x-wscluster-*` namespace are dropped.
@@ -84,16 +103,25 @@ impl<S> Layer<S> for WebSocketLayer {
 ///     .layer(Upstream::new("127.0.0.1:7100", UpstreamConfig::default()));
 /// assert!(proxy.connections().is_empty());
 /// ```
-#[derive(Clone)]
-pub struct WebSocketProxy<S> {
+pub struct WebSocketProxy<S, H = RelayHandle> {
     inner: S,
-    connections: LiveConnections,
+    connections: LiveConnections<H>,
     relay: RelayConfig,
 }
 
-impl<S> WebSocketProxy<S> {
+impl<S: Clone, H> Clone for WebSocketProxy<S, H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            connections: self.connections.clone(),
+            relay: self.relay,
+        }
+    }
+}
+
+impl<S, H> WebSocketProxy<S, H> {
     /// The live WebSocket connections.
-    pub fn connections(&self) -> &LiveConnections {
+    pub fn connections(&self) -> &LiveConnections<H> {
         &self.connections
     }
 
@@ -113,7 +141,7 @@ impl<S> WebSocketProxy<S> {
     }
 }
 
-impl<S> fmt::Debug for WebSocketProxy<S> {
+impl<S, H> fmt::Debug for WebSocketProxy<S, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebSocketProxy")
             .field("connections", &self.connections)
@@ -125,8 +153,9 @@ impl<S> fmt::Debug for WebSocketProxy<S> {
 pub type WebSocketFuture =
     Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-impl<S, B> Service<Request<B>> for WebSocketProxy<S>
+impl<S, H, B> Service<Request<B>> for WebSocketProxy<S, H>
 where
+    H: ConnectionHandle,
     S: Service<Request<ProxyBody>, Response = Response<ProxyBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
@@ -194,20 +223,32 @@ where
                 .extensions_mut()
                 .remove::<Route>()
                 .unwrap_or_else(|| Route::new(NodeId::from("-"), 0, 0));
-            let (handle, commands) = RelayHandle::new();
-            let observed = head.extensions.get::<ObserveConnections>().map(|observer| {
-                observer.opened(&OpenedConnection {
-                    request: &head,
-                    response_headers: response.headers(),
-                    backend: &route.node,
-                    key_position: route.key_position,
-                    ring_version: route.ring_version,
-                    handle: &handle,
-                })
-            });
+            let (relay_handle, commands) = RelayHandle::new();
+            let opened = OpenedConnection {
+                request: &head,
+                response_headers: response.headers(),
+                backend: &route.node,
+                key: route.key.as_ref(),
+                key_position: route.key_position,
+                ring_version: route.ring_version,
+                handle: &relay_handle,
+            };
+            let handle = match head.extensions.get::<MakeHandle<H>>() {
+                Some(make) => make.make(&opened),
+                None => H::plain(&opened),
+            };
+            let key = route.key.as_ref().map_or(&b""[..], |k| k.as_bytes());
+            let registration = connections
+                .register(
+                    key,
+                    route.key_position,
+                    route.node.clone(),
+                    route.ring_version,
+                    handle,
+                )
+                .holding(admission);
             drop(head);
             let backend = route.node;
-            let registration = connections.register(admission, backend.clone(), handle);
             tokio::spawn(async move {
                 let outcome = match client_upgrade.await.map(tcp_peer) {
                     // The fast path: the raw socket, halves without a lock.
@@ -220,12 +261,12 @@ where
                     }
                     Err(error) => {
                         tracing::debug!(%error, "client upgrade failed");
-                        drop((registration, observed));
+                        drop(registration);
                         return;
                     }
                 };
                 tracing::debug!(%backend, ?outcome, "websocket closed");
-                drop((registration, observed));
+                drop(registration);
             });
             Ok(response)
         })

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use discovery::{AmqpAnnouncer, RedisRegistry};
-use gateway_bin::{backend::Backend, gateway::shutdown_signal};
+use gateway_bin::{backend::ReferenceBackend, gateway::shutdown_signal};
 use tower_ws_migrate::MigrationSecret;
 
 #[derive(Parser)]
@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
         return probe(&url).await;
     }
     let id = cli.id.clone().unwrap_or_default();
-    let listener = match Backend::listen(cli.listen) {
+    let listener = match ReferenceBackend::listen(cli.listen) {
         Ok(listener) => listener,
         Err(error) => return fail(&format!("cannot listen on {}: {error}", cli.listen)),
     };
@@ -122,8 +122,8 @@ async fn main() -> ExitCode {
         }
     };
     let backend = match &cli.migration_secret {
-        Some(secret) => Backend::new(id).with_secret(MigrationSecret::new(secret.trim())),
-        None => Backend::new(id),
+        Some(secret) => ReferenceBackend::new(id).with_secret(MigrationSecret::new(secret.trim())),
+        None => ReferenceBackend::new(id),
     };
     let served = backend.serve_draining(listener, leave, drain).await;
     match served {

@@ -35,14 +35,18 @@ pub fn any_port() -> GatewayConfig {
 }
 
 pub async fn demo(backends: usize) -> Gateway {
-    Gateway::start(any_port(), vec![], backends).await.unwrap()
+    gateway_bin::demo::start(any_port(), vec![], backends)
+        .await
+        .unwrap()
 }
 
 /// A demo gateway whose migrations close clients with 1012 for them to reconnect.
 pub async fn demo_reconnecting(backends: usize) -> Gateway {
     let mut config = any_port();
     config.migration.policy = MigrationPolicy::reconnect();
-    Gateway::start(config, vec![], backends).await.unwrap()
+    gateway_bin::demo::start(config, vec![], backends)
+        .await
+        .unwrap()
 }
 
 pub async fn next_json(client: &mut Client) -> Value {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::NodeId;
+use crate::{NodeId, RoutingKey};
 
 /// The backend a request was routed to, and where on which ring.
 ///
@@ -22,6 +22,8 @@ pub struct Route {
     pub key_position: u64,
     /// The version of the ring it was routed on.
     pub ring_version: u64,
+    /// The request's key; `None` for a keyless request routed by the fallback policy.
+    pub key: Option<RoutingKey>,
 }
 
 impl Route {
@@ -31,7 +33,14 @@ impl Route {
             node,
             key_position,
             ring_version,
+            key: None,
         }
+    }
+
+    /// The same route, for the request with `key`.
+    pub fn with_key(mut self, key: Option<RoutingKey>) -> Self {
+        self.key = key;
+        self
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
     error::{BoxError, MissingKey, NoBackend},
     ring::{LoadFactor, LoadSource, NodeId, Ring, SuccessorCursor, MAX_POINTS},
     snapshot::{RingPublisher, RingSnapshot, RingWatch},
-    HashScheme, KeyExtractor, MissingKeyPolicy, Node,
+    HashScheme, KeyExtractor, MissingKeyPolicy, Node, RoutingKey,
 };
 
 /// Gives each discovered node its weight; see [`HashRingLayer::weights`](super::HashRingLayer::weights).
@@ -185,36 +185,45 @@ impl<E> KeyRouter<E> {
     where
         E: KeyExtractor<Req>,
     {
-        let position = self.position(ring.scheme(), request)?;
+        let (key, position) = self.position(ring.scheme(), request)?;
         if ring.is_empty() {
             return Err(NoBackend::new().into());
         }
-        Ok(self.candidates(ring, position))
+        Ok(self.candidates(ring, key, position))
     }
 
-    /// The ring position a request routes to.
-    fn position<Req>(&self, scheme: HashScheme, request: &Req) -> Result<u64, MissingKey>
+    /// A request's key (if it has one) and the ring position it routes to.
+    fn position<Req>(
+        &self,
+        scheme: HashScheme,
+        request: &Req,
+    ) -> Result<(Option<RoutingKey>, u64), MissingKey>
     where
         E: KeyExtractor<Req>,
     {
         match self.extractor.extract(request) {
-            Some(key) => Ok(scheme.key_position(key.as_bytes())),
+            Some(key) => {
+                let position = scheme.key_position(key.as_bytes());
+                Ok((Some(key), position))
+            }
             None => match self.missing_key {
                 MissingKeyPolicy::Reject => Err(MissingKey::new()),
-                MissingKeyPolicy::RoundRobin => {
-                    Ok(self.next_fallback.fetch_add(WEYL_STEP, Ordering::Relaxed))
-                }
-                MissingKeyPolicy::Random => Ok(fastrand::u64(..)),
+                MissingKeyPolicy::RoundRobin => Ok((
+                    None,
+                    self.next_fallback.fetch_add(WEYL_STEP, Ordering::Relaxed),
+                )),
+                MissingKeyPolicy::Random => Ok((None, fastrand::u64(..))),
             },
         }
     }
 
-    fn candidates(&self, ring: &Ring, position: u64) -> Candidates {
+    fn candidates(&self, ring: &Ring, key: Option<RoutingKey>, position: u64) -> Candidates {
         let preferred = self
             .bounded
             .as_ref()
             .and_then(|b| ring.route_bounded_index(position, b.factor, &*b.loads));
         Candidates {
+            key,
             position,
             preferred,
             preferred_taken: false,
@@ -238,6 +247,8 @@ impl<E: Clone> Clone for KeyRouter<E> {
 /// owner and its distinct successors.
 #[derive(Debug)]
 pub(crate) struct Candidates {
+    /// The request's key; `None` for a keyless request routed by the fallback.
+    pub(crate) key: Option<RoutingKey>,
     pub(crate) position: u64,
     preferred: Option<usize>,
     preferred_taken: bool,

@@ -17,7 +17,7 @@ use super::{
     failover::{Failover, NoFailover, Route},
     membership::{Candidates, KeyRouter, Membership, NodeWeight},
 };
-use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch};
+use crate::{HashScheme, KeyExtractor, NodeId, RingSnapshot, RingWatch, RoutingKey};
 
 /// One ring version with the backend service of each of its nodes.
 struct RouteTable<S> {
@@ -159,6 +159,11 @@ impl<S> RouteCandidates<S> {
     pub fn key_position(&self) -> u64 {
         self.walk.candidates.position
     }
+
+    /// The request's key; `None` for a keyless request routed by the fallback policy.
+    pub fn key(&self) -> Option<&RoutingKey> {
+        self.walk.candidates.key.as_ref()
+    }
 }
 
 impl<S: Clone> Iterator for RouteCandidates<S> {
@@ -269,6 +274,7 @@ impl<S: Clone> Walk<S> {
             self.candidates.position,
             self.table.snapshot.version(),
         )
+        .with_key(self.candidates.key.clone())
     }
 }
 

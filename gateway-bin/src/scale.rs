@@ -1,0 +1,115 @@
+//! Starting and stopping backends from the admin API: a [`Scaler`] does it, the gateway only
+//! asks. The reference gateway has two: Docker containers of one labelled service (run mode,
+//! with `[docker] image`) and reference backends in the gateway's own process (the demo).
+
+use std::{convert::Infallible, future::Future, pin::Pin};
+
+use discovery::{DockerError, DockerScaler};
+use futures_util::Stream;
+use tower::discover::Change;
+use tower_hashring::NodeId;
+
+/// A boxed future of a [`Scaler`].
+pub type ScaleFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ScaleError>> + Send + 'a>>;
+
+/// The members a scaler reports itself, for a scaler whose backends no discovery source sees.
+pub type ScaledMembers =
+    Pin<Box<dyn Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send>>;
+
+/// Why a scaler did not do what it was asked; each has its own admin API status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScaleError {
+    /// As many backends as allowed already run (409).
+    #[error("{0}")]
+    AtCap(String),
+    /// The backend exists but is not the scaler's to stop (403).
+    #[error("{0}")]
+    NotOurs(String),
+    /// The platform failed (502).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Whether a backend is one a [`Scaler`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// It runs it: removing the member stops it.
+    Ours,
+    /// It exists on the platform but is someone else's: never touched.
+    NotOurs,
+    /// The scaler knows nothing of it (an external backend): removal only takes it off the
+    /// ring.
+    Unknown,
+}
+
+/// Starts and stops backends for `POST /admin/backends` (empty body) and
+/// `DELETE /admin/backends/{id}`.
+///
+/// ```
+/// use gateway_bin::scale::{Ownership, ScaleError, ScaleFuture, Scaler};
+/// use tower_hashring::NodeId;
+///
+/// /// A platform that is always full.
+/// #[derive(Debug)]
+/// struct Full;
+///
+/// impl Scaler for Full {
+///     fn start_one(&self) -> ScaleFuture<'_, NodeId> {
+///         Box::pin(async { Err(ScaleError::AtCap("no room".into())) })
+///     }
+///     fn ownership<'a>(&'a self, _: &'a NodeId) -> ScaleFuture<'a, Ownership> {
+///         Box::pin(async { Ok(Ownership::Unknown) })
+///     }
+///     fn stop<'a>(&'a self, _: &'a NodeId) -> ScaleFuture<'a, ()> {
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+/// ```
+pub trait Scaler: std::fmt::Debug + Send + Sync + 'static {
+    /// Starts one more backend; it joins the ring once its source reports it.
+    fn start_one(&self) -> ScaleFuture<'_, NodeId>;
+
+    /// Whether `id` is one of the scaler's backends.
+    fn ownership<'a>(&'a self, id: &'a NodeId) -> ScaleFuture<'a, Ownership>;
+
+    /// Stops backend `id` (after the gateway drained it).
+    fn stop<'a>(&'a self, id: &'a NodeId) -> ScaleFuture<'a, ()>;
+
+    /// The changes of the scaler's backends, for one whose backends no discovery source
+    /// sees (taken once; `None`: a discovery source reports them, e.g. Docker's labels).
+    fn members(&self) -> Option<ScaledMembers> {
+        None
+    }
+}
+
+impl Scaler for DockerScaler {
+    fn start_one(&self) -> ScaleFuture<'_, NodeId> {
+        Box::pin(async move { Ok(NodeId::from(DockerScaler::start_one(self).await?)) })
+    }
+
+    fn ownership<'a>(&'a self, id: &'a NodeId) -> ScaleFuture<'a, Ownership> {
+        Box::pin(async move {
+            match self.owns(id.as_str()).await {
+                Ok(true) => Ok(Ownership::Ours),
+                Ok(false) => Ok(Ownership::NotOurs),
+                Err(DockerError::NotFound(_)) => Ok(Ownership::Unknown),
+                Err(error) => Err(error.into()),
+            }
+        })
+    }
+
+    fn stop<'a>(&'a self, id: &'a NodeId) -> ScaleFuture<'a, ()> {
+        Box::pin(async move { Ok(DockerScaler::stop(self, id.as_str()).await?) })
+    }
+}
+
+impl From<DockerError> for ScaleError {
+    fn from(error: DockerError) -> Self {
+        match error {
+            DockerError::AtCap(_) => ScaleError::AtCap(error.to_string()),
+            DockerError::NotOurs(_) => ScaleError::NotOurs(error.to_string()),
+            error => ScaleError::Failed(error.to_string()),
+        }
+    }
+}
