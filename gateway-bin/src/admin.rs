@@ -127,8 +127,8 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
         },
         None => Ownership::Unknown,
     };
-    if ownership == Ownership::NotOurs {
-        let reason = format!("backend {id} is not one this gateway runs: it is never touched\n");
+    if let Ownership::NotOurs(why) = &ownership {
+        let reason = format!("{why}: this gateway never touches it\n");
         return (StatusCode::FORBIDDEN, reason).into_response();
     }
     if state.members.leave(&id).is_none() {

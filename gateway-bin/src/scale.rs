@@ -32,12 +32,12 @@ pub enum ScaleError {
 }
 
 /// Whether a backend is one a [`Scaler`] runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ownership {
     /// It runs it: removing the member stops it.
     Ours,
-    /// It exists on the platform but is someone else's: never touched.
-    NotOurs,
+    /// It exists on the platform but is someone else's (why): never touched.
+    NotOurs(String),
     /// The scaler knows nothing of it (an external backend): removal only takes it off the
     /// ring.
     Unknown,
@@ -92,7 +92,9 @@ impl Scaler for DockerScaler {
         Box::pin(async move {
             match self.owns(id.as_str()).await {
                 Ok(true) => Ok(Ownership::Ours),
-                Ok(false) => Ok(Ownership::NotOurs),
+                Ok(false) => Ok(Ownership::NotOurs(
+                    DockerError::NotOurs(id.to_string()).to_string(),
+                )),
                 Err(DockerError::NotFound(_)) => Ok(Ownership::Unknown),
                 Err(error) => Err(error.into()),
             }

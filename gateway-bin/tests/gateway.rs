@@ -521,20 +521,56 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
         late
     });
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first change comes once some latecomers are in, so others arrive during it.
+    let some_late = eventually(Duration::from_secs(5), async || {
+        gateway.connections().len() >= 70
+    });
+    assert!(some_late.await, "latecomers connect");
     let (status, body) = http(gateway.admin, "POST", "/admin/backends", "").await;
     assert_eq!(status, 201, "{body}");
     let added: Value = serde_json::from_str(&body).unwrap();
     let added = added["id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = http(gateway.admin, "DELETE", "/admin/backends/backend-b", "").await;
-    assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.send_replace(true);
-
+    let first = ring_of(&["backend-a", "backend-b", "backend-c"]);
     let middle = ring_of(&["backend-a", "backend-b", "backend-c", &added]);
     let last = ring_of(&["backend-a", "backend-c", &added]);
     let owner = |ring: &Ring, user: &str| ring.route(user.as_bytes()).unwrap().id().to_string();
+    // The second change once the first one's moves of the 60 are done.
+    let to_added = (0..60)
+        .filter(|n| owner(&first, &format!("live-{n}")) != owner(&middle, &format!("live-{n}")))
+        .count() as u64;
+    let first_moves_done = eventually(Duration::from_secs(5), async || {
+        ring_json(&gateway).await["migrations"]["moved"]
+            .as_u64()
+            .unwrap()
+            >= to_added
+    });
+    assert!(first_moves_done.await, "{to_added} users move to {added}");
+    // It answers once backend-b's users have left it.
+    let (status, _) = http(gateway.admin, "DELETE", "/admin/backends/backend-b", "").await;
+    assert_eq!(status, 200);
+    let latecomers = latecomers.await.unwrap();
+    // The registry's records follow every live move: the counts per backend become the
+    // last ring's owners of all 100 users.
+    let users = (0..60)
+        .map(|n| format!("live-{n}"))
+        .chain((0..40).map(|n| format!("late-{n}")));
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for user in users {
+        *expected.entry(owner(&last, &user)).or_default() += 1;
+    }
+    let counts = || async {
+        let ring = ring_json(&gateway).await;
+        let members = ring["members"].as_array().unwrap().clone();
+        let counted = members.iter().map(|m| {
+            let id = m["id"].as_str().unwrap().to_owned();
+            (id, m["connections"].as_u64().unwrap())
+        });
+        counted.filter(|(_, n)| *n > 0).collect::<HashMap<_, _>>()
+    };
+    let settled = eventually(Duration::from_secs(5), async || counts().await == expected);
+    assert!(settled.await, "{:?} != {expected:?}", counts().await);
+    stop.send_replace(true);
+
     let mut moved = 0;
     for client in clients {
         let Traffic {
@@ -586,7 +622,7 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
     }
     assert!(moved > 5, "some of 60 users moved ({moved})");
 
-    for (user, mut client) in latecomers.await.unwrap() {
+    for (user, mut client) in latecomers {
         client.send(Message::text("where am i")).await.unwrap();
         let server = loop {
             // Its hello, perhaps a move's hello, then the echo from where it is now.
@@ -638,6 +674,27 @@ async fn the_admin_api_adds_a_running_backend_by_address() {
         .unwrap();
     let (_client, server) = connect(&gateway, &user).await;
     assert_eq!(server, "external");
+    gateway.shutdown().await;
+}
+
+/// Without a scaler (`run` without Docker), an empty `POST /admin/backends` starts nothing:
+/// a 409 that says how to add a running backend, and the ring stays as it was.
+#[tokio::test]
+async fn without_a_scaler_an_empty_post_starts_no_backend() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let backend = gateway_bin::backend::ReferenceBackend::new("only");
+    tokio::spawn(backend.serve(listener, std::future::pending()));
+    let gateway = Gateway::start(any_port(), vec![(NodeId::from("only"), address)])
+        .await
+        .unwrap();
+    let before = ring_json(&gateway).await;
+    let (status, body) = http(gateway.admin, "POST", "/admin/backends", "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("no scaler"), "{body}");
+    let after = ring_json(&gateway).await;
+    assert_eq!(after["members"], before["members"]);
+    assert_eq!(after["version"], before["version"]);
     gateway.shutdown().await;
 }
 

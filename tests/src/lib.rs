@@ -5,6 +5,12 @@
 //! installs them. Where one is missing a test is skipped with a message, unless `CI` is set:
 //! there a missing server fails the test.
 
+mod gateway;
+
+pub use self::gateway::{
+    add_backend, eventually, http, http_raw, ring_members, ring_of, wait_for_members,
+};
+
 use std::{
     net::{SocketAddr, TcpListener},
     process::Stdio,
@@ -307,79 +313,4 @@ async fn docker(args: &[&str]) {
         .await
         .expect("docker runs");
     assert!(status.success(), "docker {args:?} failed");
-}
-
-/// One HTTP/1.1 request to a gateway's admin API; the status and the body.
-///
-/// ```no_run
-/// # async fn f(admin: std::net::SocketAddr) {
-/// let (status, body) = wscluster_tests::admin_request(admin, "GET", "/admin/ring").await;
-/// # }
-/// ```
-pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(admin)
-        .await
-        .expect("the admin API answers");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes())
-        .await
-        .expect("request sent");
-    let mut response = String::new();
-    tcp.read_to_string(&mut response)
-        .await
-        .expect("response read");
-    let status = response[9..12].parse().expect("a status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The ids of the members on a gateway's ring, in id order.
-pub async fn ring_members(admin: SocketAddr) -> Vec<String> {
-    let (_, body) = admin_request(admin, "GET", "/admin/ring").await;
-    let ring: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    ring["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .map(|m| m["id"].as_str().expect("an id").to_owned())
-        .collect()
-}
-
-/// Waits (up to 30 s) until the gateway's members are exactly `expected`.
-pub async fn wait_for_members(admin: SocketAddr, expected: &[impl AsRef<str>]) {
-    let expected: Vec<&str> = expected.iter().map(AsRef::as_ref).collect();
-    for _ in 0..600 {
-        if ring_members(admin).await == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "members {:?}, expected {expected:?}",
-        ring_members(admin).await
-    );
-}
-
-/// Adds a backend through a gateway's admin API (`POST /admin/backends`, no body): the demo
-/// starts one in process, a Docker gateway starts a container. Returns its id.
-pub async fn add_backend(admin: SocketAddr) -> String {
-    let (status, body) = admin_request(admin, "POST", "/admin/backends").await;
-    assert_eq!(status, 201, "{body}");
-    let added: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    added["id"].as_str().expect("an id").to_owned()
-}
-
-/// The ring the gateway builds from these members, all of weight 1.
-pub fn ring_of(ids: &[impl AsRef<str>]) -> tower_hashring::Ring {
-    ids.iter()
-        .fold(tower_hashring::Ring::builder(), |b, id| {
-            b.node(id.as_ref(), 1)
-        })
-        .build()
-        .expect("a valid ring")
 }

@@ -56,8 +56,8 @@ async fn announcements_make_idempotent_members_and_crashes_lapse() {
     };
     let exchange = format!("wscluster.members.test-{}", std::process::id());
     let mut stream = amqp_members(&broker.url(), &exchange);
-    // Let the gateway's queue be bound before anyone announces.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No wait for the follower's queue to be bound: an announcement published before it is
+    // lost, but announcers repeat theirs every TTL/3, and `until` waits for them.
     let ttl = Duration::from_millis(900);
     let a = Backend::new("backend-a", "127.0.0.1:7101".parse().unwrap()).weight(2);
     let b = Backend::new("backend-b", "127.0.0.1:7102".parse().unwrap());

@@ -9,9 +9,7 @@ use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use wscluster_tests::{
-    add_backend, admin_request, ring_members, ring_of, wait_for_members, DockerHost,
-};
+use wscluster_tests::{add_backend, http, ring_members, ring_of, wait_for_members, DockerHost};
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
@@ -128,10 +126,11 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
 
     // The unlabelled container is never a member, and the admin API refuses to touch it.
     assert!(!ring_members(gateway.admin).await.contains(&unlabelled));
-    let (status, body) = admin_request(
+    let (status, body) = http(
         gateway.admin,
         "DELETE",
         &format!("/admin/backends/{unlabelled}"),
+        "",
     )
     .await;
     assert_eq!(status, 403, "{body}");
@@ -140,10 +139,11 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
 
     // Removing one of ours through the API drains it, then stops and removes its container.
     let leaving = names[0].clone();
-    let (status, body) = admin_request(
+    let (status, body) = http(
         gateway.admin,
         "DELETE",
         &format!("/admin/backends/{leaving}"),
+        "",
     )
     .await;
     assert_eq!(status, 200, "{body}");

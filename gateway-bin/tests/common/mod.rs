@@ -1,10 +1,7 @@
 //! Helpers shared by the gateway's end-to-end tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::gateway::{Gateway, GatewayConfig};
@@ -20,6 +17,8 @@ use tokio_tungstenite::{
 use tower_hashring::Ring;
 use tower_ws_migrate::MigrationPolicy;
 use tower_ws_proxy::{frame::FrameLimits, RelayConfig};
+
+pub use wscluster_tests::{eventually, http, http_raw, ring_of};
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -78,27 +77,6 @@ pub async fn connect(gateway: &Gateway, user: &str) -> (Client, String) {
     let hello = next_json(&mut client).await;
     assert_eq!(hello["type"], "connected");
     (client, hello["server"].as_str().unwrap().to_owned())
-}
-
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    http_raw(addr, &format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-    .await
-}
-
-pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Asserts that a WebSocket for `user` is refused with `status`; returns the reason body.
@@ -228,14 +206,6 @@ pub async fn echo_traffic(
     }
 }
 
-pub fn ring_of(ids: &[&str]) -> Ring {
-    ids.iter()
-        .fold(Ring::builder(), |b, id| b.node(*id, 1))
-        .build()
-        .unwrap()
-}
-
-/// Deadlines short enough for tests.
 pub fn strict() -> GatewayConfig {
     let mut config = any_port();
     config.head_timeout = Duration::from_millis(300);
@@ -306,17 +276,6 @@ pub fn open_descriptors() -> usize {
 }
 
 /// Waits up to `limit` for `check` to hold.
-pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check().await
-}
-
 pub async fn live_connections(gateway: &Gateway) -> u64 {
     ring_json(gateway).await["connections"].as_u64().unwrap()
 }
