@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side on loopback: the same 3 reference backends and the same wsload runs, direct to
-# one backend, through wscluster's gateway, and through nginx (`hash $arg_userId consistent`).
+# one backend, through wscluster's gateway, through the axum example app served two ways (the
+# relay's generic path under axum::serve, its fast path under hyper's HTTP/1 builder), and
+# through nginx (`hash $arg_userId consistent`). With BASELINE=<an older gateway-bin binary>,
+# that build runs too (`wscluster-before`), interleaved with the others, for before/after.
 # Rounds are interleaved and medians reported. Bounded: every run has a count and a time limit.
-# Usage: bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
+# Usage: [BASELINE=path] bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} conns=${2:-1000} msgs=${3:-200} size=${4:-64} idle=${5:-9000}
@@ -31,6 +34,15 @@ RUST_LOG=warn "$bin/gateway-bin" --workers 2 --public 127.0.0.1:17000 --admin 12
 RUST_LOG=warn "$bin/gateway-bin" --workers 0 --public 127.0.0.1:17010 --admin 127.0.0.1:17011 run \
   --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
   >"$tmp/gateway-shared.log" 2>&1 & gateway_shared=$!; pids+=($gateway_shared)
+# The axum example app (an embedding user's app) on both relay paths, nothing else different.
+backend_args=(--backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103)
+"$bin/wsaxum" --server axum --listen 127.0.0.1:17020 "${backend_args[@]}" >"$tmp/axum-generic.log" 2>&1 & axum_generic=$!; pids+=($axum_generic)
+"$bin/wsaxum" --server hyper --listen 127.0.0.1:17030 "${backend_args[@]}" >"$tmp/axum-fast.log" 2>&1 & axum_fast=$!; pids+=($axum_fast)
+before_pid=""
+if [ -n "${BASELINE:-}" ]; then
+  RUST_LOG=warn "$BASELINE" --workers 2 --public 127.0.0.1:17040 --admin 127.0.0.1:17041 run "${backend_args[@]}" \
+    >"$tmp/gateway-before.log" 2>&1 & before_pid=$!; pids+=($before_pid)
+fi
 
 cat >"$tmp/nginx.conf" <<CONF
 daemon off;
@@ -76,9 +88,14 @@ declare -A url=(
   [wscluster]="ws://127.0.0.1:17000/connect/{user}?userId={user}"
   [wscluster-shared-rt]="ws://127.0.0.1:17010/connect/{user}?userId={user}"
   [nginx]="ws://127.0.0.1:17080/connect/{user}?userId={user}"
+  [axum-generic]="ws://127.0.0.1:17020/connect/{user}?userId={user}"
+  [axum-fast]="ws://127.0.0.1:17030/connect/{user}?userId={user}"
+  [wscluster-before]="ws://127.0.0.1:17040/connect/{user}?userId={user}"
 )
-order=(direct wscluster wscluster-shared-rt nginx)
-declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared [nginx]=$nginx_master)
+order=(direct wscluster wscluster-shared-rt axum-generic axum-fast nginx)
+[ -n "$before_pid" ] && order+=(wscluster-before)
+declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared
+  [axum-generic]=$axum_generic [axum-fast]=$axum_fast [nginx]=$nginx_master [wscluster-before]=$before_pid)
 cpu_ticks() { # user + system clock ticks of a process and its children
   local total=0 p
   for p in "$@" $(pgrep -P "$1" || true); do
@@ -89,7 +106,10 @@ cpu_ticks() { # user + system clock ticks of a process and its children
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1)"
 echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
 for round in $(seq "$rounds"); do
-  for target in "${order[@]}"; do
+  # The order rotates each round, so no target always runs first (or right after another).
+  shift_by=$(( (round - 1) % ${#order[@]} ))
+  rotated=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+  for target in "${rotated[@]}"; do
     pid=${proxy_pid[$target]}
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
     "$bin/wsload" --url "${url[$target]}" --connections "$conns" --messages "$msgs" --size "$size" \
@@ -101,8 +121,11 @@ for round in $(seq "$rounds"); do
 done
 
 # Idle memory: RSS before and while holding $idle idle connections, per proxy.
-for target in wscluster nginx; do
-  pid=$([ "$target" = wscluster ] && echo "$gateway" || echo "$nginx_master")
+idle_targets=(wscluster axum-generic axum-fast nginx)
+[ -n "$before_pid" ] && idle_targets+=(wscluster-before)
+for target in "${idle_targets[@]}"; do
+  [ "$idle" -gt 0 ] || break
+  pid=${proxy_pid[$target]}
   before=$(rss_kb "$pid")
   "$bin/wsload" --url "${url[$target]}" --connections "$idle" --hold 15 --time-limit 120 --label "$target-idle" \
     >"$tmp/idle-$target.txt" & loader=$!
@@ -113,6 +136,7 @@ for target in wscluster nginx; do
   echo "$target rss_per_conn $(( (during - before) * 1024 / idle ))" >>"$tmp/rss.txt"
 done
 
+touch "$tmp/rss.txt"
 python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" <<'PY'
 import re, statistics, sys
 rows = {}
@@ -120,7 +144,7 @@ for line in open(sys.argv[1]):
     m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s, (\d+) msgs/s, rtt p50 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms, (\d+) errors", line)
     if m:
         rows.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
-rss = dict(l.split()[0::2] for l in open(sys.argv[2]))
+rss = dict(l.split()[0::2] for l in open(sys.argv[2]) if l.strip())
 cpu = {}
 for l in open(sys.argv[3]):
     t, ticks, hz, round_trips = l.split()
@@ -129,7 +153,7 @@ med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
 print()
 print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs / round trip | RSS/idle conn |")
 print("|---|---|---|---|---|---|---|---|---|")
-for t in ["direct", "wscluster", "wscluster-shared-rt", "nginx"]:
+for t in [t for t in ["direct", "wscluster", "wscluster-before", "wscluster-shared-rt", "axum-fast", "axum-generic", "nginx"] if t in med]:
     h, m, p50, p99, p999, e = med[t]
     r = f"{int(rss[t]):,} B" if t in rss else "-"
     c = f"{statistics.median(cpu[t]):.1f}" if t != "direct" else "-"
@@ -139,6 +163,17 @@ print()
 w = med["wscluster-shared-rt"]
 print(f"wscluster-shared-rt / nginx: msgs/s {w[1]/n[1]:.2f}x, p99 {w[3]/n[3]:.2f}x, handshakes/s {w[0]/n[0]:.2f}x")
 g = med["wscluster"]
-print(f"wscluster / nginx: msgs/s {g[1]/n[1]:.2f}x (target >= 1.25), p99 {g[3]/n[3]:.2f}x (target <= 1), "
-      f"handshakes/s {g[0]/n[0]:.2f}x (target >= 1), RSS/idle conn {int(rss['wscluster'])/int(rss['nginx']):.2f}x (target <= 0.5)")
+mem = f", RSS/idle conn {int(rss['wscluster'])/int(rss['nginx']):.2f}x" if "nginx" in rss else ""
+print(f"wscluster / nginx: msgs/s {g[1]/n[1]:.2f}x, p99 {g[3]/n[3]:.2f}x, handshakes/s {g[0]/n[0]:.2f}x{mem}")
+def cpu_of(t):
+    return statistics.median(cpu[t])
+a, f = med["axum-generic"], med["axum-fast"]
+mem = f", RSS/idle conn {int(rss['axum-generic'])/int(rss['axum-fast']):.2f}x" if "axum-fast" in rss else ""
+print(f"generic path / fast path (axum example app): msgs/s {a[1]/f[1]:.2f}x, p99 {a[3]/f[3]:.2f}x, "
+      f"handshakes/s {a[0]/f[0]:.2f}x, CPU/round trip {cpu_of('axum-generic')/cpu_of('axum-fast'):.2f}x{mem}")
+if "wscluster-before" in med:
+    b = med["wscluster-before"]
+    mem = f", RSS/idle conn {int(rss['wscluster'])/int(rss['wscluster-before']):.2f}x" if "wscluster-before" in rss else ""
+    print(f"wscluster after / before: msgs/s {g[1]/b[1]:.2f}x, p99 {g[3]/b[3]:.2f}x, handshakes/s {g[0]/b[0]:.2f}x, "
+          f"CPU/round trip {cpu_of('wscluster')/cpu_of('wscluster-before'):.2f}x{mem}")
 PY
