@@ -1,7 +1,7 @@
 //! Docker: containers carrying a service label are members; the admin API can start and
 //! stop more of them. Only ever through the local socket, and only labelled containers.
 
-use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
+use std::{collections::HashMap, fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use bollard::{
     models::{ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig},
@@ -217,6 +217,38 @@ pub struct DockerScaler {
     network: Option<String>,
     cap: usize,
     port: u16,
+    limits: ContainerLimits,
+    // Starts one at a time: the cap is checked and the container created under it, so
+    // concurrent requests cannot all pass the check.
+    starting: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The resources each container the scaler starts may use.
+///
+/// ```
+/// use discovery::ContainerLimits;
+///
+/// let limits = ContainerLimits::default();
+/// assert_eq!(limits.memory_bytes, 256 << 20);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ContainerLimits {
+    /// Memory, in bytes (default: 256 MiB).
+    pub memory_bytes: u64,
+    /// CPUs, possibly fractional (default: 1).
+    pub cpus: f64,
+    /// Processes and threads (default: 256).
+    pub pids: u32,
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            cpus: 1.0,
+            pids: 256,
+        }
+    }
 }
 
 impl fmt::Debug for DockerScaler {
@@ -225,6 +257,7 @@ impl fmt::Debug for DockerScaler {
             .field("service", &self.service)
             .field("image", &self.image)
             .field("cap", &self.cap)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -238,7 +271,15 @@ impl DockerScaler {
             network: None,
             cap: 16,
             port: 7100,
+            limits: ContainerLimits::default(),
+            starting: Arc::default(),
         }
+    }
+
+    /// Each container's memory, CPU and process limits.
+    pub fn limits(mut self, limits: ContainerLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Attach new containers to this network.
@@ -256,6 +297,7 @@ impl DockerScaler {
     /// Creates and starts one more container; returns its name (its backend id). The image
     /// must run the reference backend (`wsbackend`).
     pub async fn start_one(&self) -> Result<String, DockerError> {
+        let _one_at_a_time = self.starting.lock().await;
         let docker = connect().await?;
         let filters = HashMap::from([(
             "label".to_owned(),
@@ -295,6 +337,11 @@ impl DockerScaler {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: self.network.clone(),
+                memory: i64::try_from(self.limits.memory_bytes).ok(),
+                // No swap beyond the memory limit.
+                memory_swap: i64::try_from(self.limits.memory_bytes).ok(),
+                nano_cpus: Some((self.limits.cpus * 1e9) as i64),
+                pids_limit: Some(i64::from(self.limits.pids)),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

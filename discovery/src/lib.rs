@@ -50,7 +50,8 @@ mod static_list;
 
 #[cfg(feature = "docker")]
 pub use self::docker::{
-    DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL, WEIGHT_LABEL,
+    ContainerLimits, DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL,
+    WEIGHT_LABEL,
 };
 #[cfg(feature = "redis")]
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};

@@ -11,10 +11,12 @@ use axum::{
 };
 use serde_json::json;
 use tower_hashring::{HttpKey, LoadSource, NodeId, SharedHashRing};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection};
 use tower_ws_proxy::{LiveConnections, Upstream};
 
 use crate::{
+    admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
     members::{Member, Members},
     scale::{Ownership, ScaleError, Scaler},
 };
@@ -29,14 +31,21 @@ pub(crate) struct AdminState {
     pub(crate) drain_window: Duration,
     /// Starts and stops backends (Docker containers, the demo's in-process backends).
     pub(crate) scaler: Option<Arc<dyn Scaler>>,
+    /// Who may use the API and which backend addresses it may add.
+    pub(crate) access: crate::admin_access::AdminAccess,
+    /// The gateway's listeners, once bound: never a backend.
+    pub(crate) own_listeners: OwnListeners,
 }
 
+/// The admin API; every route behind the [`AdminGuard`] (token, same origin, JSON writes).
 pub(crate) fn admin_router(state: AdminState) -> Router {
+    let guard = AdminGuard::new(state.access.token.clone());
     Router::new()
         .route("/admin/ring", get(ring))
         .route("/admin/backends", post(add_backend))
         .route("/admin/backends/{id}", delete(remove_backend))
         .with_state(state)
+        .layer(ValidateRequestHeaderLayer::custom(guard))
 }
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -82,9 +91,13 @@ struct NewBackend {
 }
 
 /// `POST /admin/backends`: with a JSON body `{"id":…,"address":…}`, adds that running
-/// backend; with none, has the scaler start one more (409 without a scaler).
+/// backend (403 for an address of the gateway itself or outside the allowed networks); with
+/// an empty body or `{}`, has the scaler start one more (409 without a scaler).
 async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
-    if !body.iter().all(u8::is_ascii_whitespace) {
+    let empty = body.iter().all(u8::is_ascii_whitespace)
+        || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+            .is_ok_and(|object| object.is_empty());
+    if !empty {
         let new: NewBackend = match serde_json::from_slice(&body) {
             Ok(new) => new,
             Err(error) => {
@@ -94,6 +107,10 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
                 return (StatusCode::BAD_REQUEST, reason).into_response();
             }
         };
+        let networks = &state.access.backend_networks;
+        if let Some(why) = refuse_backend_address(new.address, &state.own_listeners, networks) {
+            return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+        }
         if state.members.lock().contains_key(new.id.as_str()) {
             let reason = format!("backend {} is already on the ring\n", new.id);
             return (StatusCode::CONFLICT, reason).into_response();

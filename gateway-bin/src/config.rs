@@ -6,6 +6,12 @@
 //! admin = "127.0.0.1:7001"
 //! workers = 2                   # threads serving the public listener (default: one per core); 0: the main runtime
 //!
+//! [admin]                      # the admin API (on listen.admin)
+//! token_file = "/run/secrets/wscluster-admin"   # or token = "…", or env WSCLUSTER_ADMIN_TOKEN:
+//!                               # every admin route needs `Authorization: Bearer <token>`;
+//!                               # required unless listen.admin is on loopback
+//! backend_networks = ["10.0.0.0/8"]   # backends added through the API must be in one (default: any)
+//!
 //! [routing]
 //! # Tried in order; each entry is one of path, query, header, cookie.
 //! key = [{ path = "/connect/{userId}" }, { query = "userId" }]
@@ -61,6 +67,9 @@
 //! network = "wscluster"         # reach them on this network (default: their first)
 //! image = "wscluster-backend"   # lets POST/DELETE /admin/backends start and stop containers
 //! cap = 16                      # the most containers the admin API may run
+//! memory_mb = 256               # each container's memory limit
+//! cpus = 1.0                    # each container's CPU limit
+//! pids = 256                    # each container's process and thread limit
 //!
 //! [health]                      # active checks; a backend is on the ring only while they pass
 //! check = "http"                # or "tcp"
@@ -84,8 +93,11 @@ use tower_ws_proxy::{frame::FrameLimits, RelayConfig, UpstreamConfig};
 
 use tower_ws_migrate::{MigrationPolicy, MigrationSecret, Pacing};
 
-use discovery::HealthCheck;
+use discovery::{ContainerLimits, HealthCheck};
 
+use ipnet::IpNet;
+
+use crate::admin_access::{AdminAccess, AdminToken};
 use crate::gateway::{
     DiscoveryConfig, DockerConfig, EventsConfig, GatewayConfig, MigrationConfig, RedisSource,
 };
@@ -96,6 +108,8 @@ use crate::gateway::{
 pub struct ConfigFile {
     #[serde(default)]
     listen: Listen,
+    #[serde(default)]
+    admin: AdminSection,
     #[serde(default)]
     routing: Routing,
     #[serde(default)]
@@ -133,6 +147,15 @@ struct MigrationSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AdminSection {
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    backend_networks: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Discovery {
     redis: Option<String>,
     service: Option<String>,
@@ -148,6 +171,44 @@ struct DockerSection {
     network: Option<String>,
     image: Option<String>,
     cap: Option<usize>,
+    memory_mb: Option<u64>,
+    cpus: Option<f64>,
+    pids: Option<u32>,
+}
+
+impl DockerSection {
+    fn limits(&self) -> Result<ContainerLimits, ConfigError> {
+        let defaults = ContainerLimits::default();
+        let memory_bytes = match self.memory_mb {
+            None => defaults.memory_bytes,
+            // Docker refuses less than 6 MiB.
+            Some(mb @ 6..=1_048_576) => mb << 20,
+            Some(mb) => {
+                return Err(ConfigError(format!(
+                    "docker.memory_mb: {mb} is outside 6..=1048576"
+                )))
+            }
+        };
+        let cpus = match self.cpus {
+            None => defaults.cpus,
+            Some(cpus) if cpus.is_finite() && (0.01..=1024.0).contains(&cpus) => cpus,
+            Some(cpus) => {
+                return Err(ConfigError(format!(
+                    "docker.cpus: {cpus} is outside 0.01..=1024"
+                )))
+            }
+        };
+        let pids = match self.pids {
+            None => defaults.pids,
+            Some(0) => return Err(ConfigError("docker.pids: must be at least 1".into())),
+            Some(pids) => pids,
+        };
+        Ok(ContainerLimits {
+            memory_bytes,
+            cpus,
+            pids,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +398,9 @@ impl ConfigFile {
         Ok(GatewayConfig {
             public: self.listen.public.unwrap_or(defaults.public),
             admin: self.listen.admin.unwrap_or(defaults.admin),
+            admin_access: self
+                .admin
+                .access(std::env::var("WSCLUSTER_ADMIN_TOKEN").ok())?,
             key,
             missing_key: match self.routing.missing_key {
                 None => defaults.missing_key,
@@ -437,6 +501,7 @@ impl ConfigFile {
                         network: docker.network.clone(),
                         image: docker.image.clone(),
                         cap: docker.cap.unwrap_or(16),
+                        limits: docker.limits()?,
                     }),
                 },
             },
@@ -459,6 +524,48 @@ impl ConfigFile {
                         .unwrap_or_else(|| "wscluster.events".into()),
                 }),
             },
+        })
+    }
+}
+
+impl AdminSection {
+    /// The admin access: a token from `env` (WSCLUSTER_ADMIN_TOKEN), else `token`, else
+    /// `token_file`; and the networks.
+    fn access(&self, env: Option<String>) -> Result<AdminAccess, ConfigError> {
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(ConfigError(
+                "admin: give token or token_file, not both".into(),
+            ));
+        }
+        let (text, field) = match (env, &self.token, &self.token_file) {
+            (Some(env), ..) => (Some(env), "WSCLUSTER_ADMIN_TOKEN"),
+            (None, Some(token), _) => (Some(token.clone()), "admin.token"),
+            (None, None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "admin.token_file: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                (Some(text), "admin.token_file")
+            }
+            (None, None, None) => (None, ""),
+        };
+        let token = text
+            .map(|text| AdminToken::new(&text).map_err(|e| ConfigError(format!("{field}: {e}"))))
+            .transpose()?;
+        let backend_networks = self
+            .backend_networks
+            .iter()
+            .enumerate()
+            .map(|(i, net)| {
+                net.parse::<IpNet>()
+                    .map_err(|e| ConfigError(format!("admin.backend_networks[{i}]: `{net}`: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(AdminAccess {
+            token,
+            backend_networks,
         })
     }
 }
@@ -655,6 +762,57 @@ fn default_workers() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_section_names_its_bad_fields() {
+        let access = |text: &str| ConfigFile::parse(text).unwrap().admin.access(None);
+        let ok = access(
+            "[admin]\ntoken = \"0123456789abcdef0123\"\nbackend_networks = [\"10.0.0.0/8\", \"::1/128\"]",
+        )
+        .unwrap();
+        assert!(ok.token.unwrap().matches("0123456789abcdef0123"));
+        assert_eq!(ok.backend_networks.len(), 2);
+        let short = access("[admin]\ntoken = \"short\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.starts_with("admin.token: ") && short.contains("16"),
+            "{short}"
+        );
+        let net = access("[admin]\nbackend_networks = [\"10.0.0.0/33\"]").unwrap_err();
+        assert!(
+            net.to_string().starts_with("admin.backend_networks[0]"),
+            "{net}"
+        );
+        let both = access("[admin]\ntoken = \"x\"\ntoken_file = \"/nonexistent\"").unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let missing = access("[admin]\ntoken_file = \"/nonexistent/token\"").unwrap_err();
+        assert!(
+            missing.to_string().starts_with("admin.token_file"),
+            "{missing}"
+        );
+        // The environment wins over the file.
+        let file = ConfigFile::parse("[admin]\ntoken = \"from-the-file-0123\"").unwrap();
+        let env = file
+            .admin
+            .access(Some("from-the-environment".into()))
+            .unwrap();
+        assert!(env.token.unwrap().matches("from-the-environment"));
+    }
+
+    #[test]
+    fn docker_limits_are_checked() {
+        let limits = |text: &str| {
+            let file = ConfigFile::parse(text).unwrap();
+            file.docker.as_ref().unwrap().limits()
+        };
+        let set = limits("[docker]\nmemory_mb = 64\ncpus = 0.5\npids = 32").unwrap();
+        assert_eq!((set.memory_bytes, set.cpus, set.pids), (64 << 20, 0.5, 32));
+        let low = limits("[docker]\nmemory_mb = 1").unwrap_err().to_string();
+        assert!(low.starts_with("docker.memory_mb"), "{low}");
+        let cpus = limits("[docker]\ncpus = 0.0").unwrap_err().to_string();
+        assert!(cpus.starts_with("docker.cpus"), "{cpus}");
+    }
 
     #[test]
     fn a_full_file_sets_every_field() {

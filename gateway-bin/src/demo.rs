@@ -141,16 +141,24 @@ pub async fn start(
     Gateway::start_scaled(config, backends, Arc::new(scaler)).await
 }
 
-/// 256 bits from the OS-seeded keys std gives every `RandomState`: the secret the demo's
-/// gateway and its in-process backends share.
+/// A fresh secret the demo's gateway and its in-process backends share for live moves.
 pub fn fresh_secret() -> MigrationSecret {
+    MigrationSecret::new(random_hex())
+}
+
+/// A fresh admin token for the demo, printed once at start.
+pub fn fresh_token() -> String {
+    random_hex()
+}
+
+/// 256 bits, as hex, from the OS-seeded keys std gives every `RandomState`.
+fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
-    let hex: String = (0..4)
+    (0..4)
         .map(|_| {
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
             hasher.write_u64(0);
             format!("{:016x}", hasher.finish())
         })
-        .collect();
-    MigrationSecret::new(hex)
+        .collect()
 }

@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
-    amqp_members, AmqpEvents, DockerScaler, DockerSource, HealthCheck, RedisRegistry,
-    StaticDiscovery,
+    amqp_members, AmqpEvents, ContainerLimits, DockerScaler, DockerSource, HealthCheck,
+    RedisRegistry, StaticDiscovery,
 };
 use serde_json::json;
 use tokio::{
@@ -26,6 +26,7 @@ use tower_ws_proxy::{
 
 use crate::{
     admin,
+    admin_access::{AdminAccess, OwnListeners},
     members::{Members, RingChanges},
     public,
     scale::Scaler,
@@ -39,6 +40,9 @@ pub struct GatewayConfig {
     pub public: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The admin API's token and the networks backends may be added from. Without a token the
+    /// admin listener must be on loopback.
+    pub admin_access: AdminAccess,
     /// Where requests carry their key.
     pub key: HttpKey,
     /// What happens to requests without a key.
@@ -116,6 +120,8 @@ pub struct DockerConfig {
     pub image: Option<String>,
     /// The most containers the admin API may run.
     pub cap: usize,
+    /// Each container's memory, CPU and process limits.
+    pub limits: ContainerLimits,
 }
 
 /// Backends that register themselves in Redis (`wsbackend --redis`).
@@ -176,6 +182,7 @@ impl Default for GatewayConfig {
         Self {
             public: ([127, 0, 0, 1], 7000).into(),
             admin: ([127, 0, 0, 1], 7001).into(),
+            admin_access: AdminAccess::default(),
             key: Self::default_key(),
             missing_key: MissingKeyPolicy::Reject,
             load_factor: None,
@@ -249,12 +256,23 @@ impl Gateway {
         backends: Vec<(NodeId, SocketAddr)>,
         scaler: Option<Arc<dyn Scaler>>,
     ) -> std::io::Result<Gateway> {
+        if config.admin_access.token.is_none() && !config.admin.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the admin listener {} is not on loopback: give it a token \
+                     (admin.token, admin.token_file or WSCLUSTER_ADMIN_TOKEN)",
+                    config.admin
+                ),
+            ));
+        }
         let (members, ring_changes) = Members::new(config.upstream);
         follow_sources(&members, &config, backends, scaler.as_deref())?;
         // One registry: the cap, the per-backend counts (bounded loads read them), the
         // migrator's records and shutdown all use it.
         let connections = LiveConnections::with_limit(config.max_connections);
         let routing = Routing::start(&config, &members, ring_changes, &connections);
+        let own_listeners = OwnListeners::default();
         let public_app = public::public_stack(
             config.request_timeout,
             routing.migrate,
@@ -268,8 +286,10 @@ impl Gateway {
             stats: routing.stats,
             drain_window: config.migration.drain_window,
             scaler,
+            access: config.admin_access.clone(),
+            own_listeners: own_listeners.clone(),
         });
-        Self::serve(&config, public_app, admin_app, connections).await
+        Self::serve(&config, public_app, admin_app, connections, own_listeners).await
     }
 
     /// Binds the listeners and serves the two apps.
@@ -278,6 +298,7 @@ impl Gateway {
         public_app: axum::Router,
         admin_app: axum::Router,
         connections: LiveConnections<ProxiedConnection>,
+        own_listeners: OwnListeners,
     ) -> std::io::Result<Gateway> {
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
@@ -306,6 +327,7 @@ impl Gateway {
             )?
         };
         let admin = admin_listener.local_addr()?;
+        own_listeners.set(vec![public, admin]);
         servers.push(serve::on_current_runtime(
             admin_listener,
             admin_app,
@@ -392,7 +414,9 @@ fn follow_sources(
 /// The Docker scaler of `[docker]`, when it names an image to start.
 fn docker_scaler(docker: &DockerConfig) -> Option<Arc<dyn Scaler>> {
     let image = docker.image.as_ref()?;
-    let scaler = DockerScaler::new(docker.service.as_str(), image.as_str()).cap(docker.cap);
+    let scaler = DockerScaler::new(docker.service.as_str(), image.as_str())
+        .cap(docker.cap)
+        .limits(docker.limits);
     let scaler = match &docker.network {
         Some(network) => scaler.network(network.as_str()),
         None => scaler,

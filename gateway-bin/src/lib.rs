@@ -4,6 +4,7 @@
 //! by key, [`tower_ws_proxy`] forwards HTTP and relays WebSockets, axum serves them.
 
 mod admin;
+pub mod admin_access;
 pub mod backend;
 pub mod config;
 pub mod demo;

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use gateway_bin::{
+    admin_access::AdminToken,
     config::ConfigFile,
     demo, descriptors,
     gateway::{shutdown_signal, Gateway},
@@ -107,6 +108,19 @@ async fn main() -> ExitCode {
         // The demo's backends run in this process: they share a fresh secret.
         config.migration.secret = Some(demo::fresh_secret());
     }
+    // The demo's admin API gets a fresh token unless one is configured.
+    let mut shown_token = None;
+    if demo > 0 && config.admin_access.token.is_none() {
+        let token = demo::fresh_token();
+        match AdminToken::new(&token) {
+            Ok(admin_token) => config.admin_access.token = Some(admin_token),
+            Err(error) => return fail(&error),
+        }
+        shown_token = Some(token);
+    }
+    if config.admin_access.token.is_none() {
+        tracing::warn!(admin = %config.admin, "the admin API has no token: anyone on this host can use it");
+    }
     let discovered = config.discovery.redis.is_some()
         || config.discovery.amqp.is_some()
         || config.discovery.docker.is_some();
@@ -116,6 +130,7 @@ async fn main() -> ExitCode {
                       [discovery]/[docker] source in the config file",
         );
     }
+    let config_has_token = config.admin_access.token.is_some() && shown_token.is_none();
     let started = if demo > 0 {
         demo::start(config, backends, demo).await
     } else {
@@ -134,9 +149,17 @@ async fn main() -> ExitCode {
         "  send:     curl -X POST 'http://{}/send?userId=42' -d hello",
         gateway.public
     );
-    println!("  ring:     curl http://{}/admin/ring", gateway.admin);
+    let auth = match &shown_token {
+        Some(token) => {
+            println!("  admin token: {token}");
+            format!("-H 'Authorization: Bearer {token}' ")
+        }
+        None if config_has_token => "-H \"Authorization: Bearer $WSCLUSTER_ADMIN_TOKEN\" ".into(),
+        None => String::new(),
+    };
+    println!("  ring:     curl {auth}http://{}/admin/ring", gateway.admin);
     println!(
-        "  scale up: curl -X POST http://{}/admin/backends",
+        "  scale up: curl {auth}-H 'Content-Type: application/json' -X POST http://{}/admin/backends",
         gateway.admin
     );
     shutdown_signal().await;

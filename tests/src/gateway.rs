@@ -11,7 +11,8 @@ use tokio::{
     net::TcpStream,
 };
 
-/// One HTTP/1.1 request with `body`; the status and the body of the answer.
+/// One HTTP/1.1 request with `body` (JSON, as the admin API takes it, for any method but
+/// GET); the status and the body of the answer.
 ///
 /// ```no_run
 /// # async fn f(admin: std::net::SocketAddr) {
@@ -19,8 +20,13 @@ use tokio::{
 /// # }
 /// ```
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let json = if method == "GET" {
+        ""
+    } else {
+        "content-type: application/json\r\n"
+    };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: test\r\n{json}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     http_raw(addr, &request).await

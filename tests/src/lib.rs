@@ -266,6 +266,36 @@ impl DockerHost {
         String::from_utf8_lossy(&output.stdout).trim() == "true"
     }
 
+    /// The names of this test's service's containers, running or not.
+    pub async fn containers(&self) -> Vec<String> {
+        let label = format!("label=wscluster.service={}", self.label_value);
+        let output = Command::new("docker")
+            .args(["ps", "-a", "--filter", &label, "--format", "{{.Names}}"])
+            .output()
+            .await
+            .expect("docker runs");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Container `name`'s memory (bytes), CPU (billionths) and pids limits.
+    pub async fn limits(&self, name: &str) -> (i64, i64, i64) {
+        let format = "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}";
+        let output = Command::new("docker")
+            .args(["inspect", "-f", format, name])
+            .output()
+            .await
+            .expect("docker runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let values: Vec<i64> = text
+            .split_whitespace()
+            .map(|v| v.parse().expect("a number"))
+            .collect();
+        (values[0], values[1], values[2])
+    }
+
     /// Stops container `name` the way an operator would (`docker stop`, 20 s grace).
     pub async fn stop(&self, name: &str) {
         docker(&["stop", "-t", "20", name]).await;

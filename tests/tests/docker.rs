@@ -4,6 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use discovery::ContainerLimits;
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
 use serde_json::Value;
@@ -60,6 +61,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
         network: Some(host.network().to_owned()),
         image: Some("wscluster-backend".into()),
         cap: 5,
+        limits: ContainerLimits::default(),
     });
     let gateway = Gateway::start(config, vec![]).await.unwrap();
 
@@ -149,5 +151,54 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     assert_eq!(status, 200, "{body}");
     assert!(!host.running(&leaving).await);
     drop(clients);
+    gateway.shutdown().await;
+}
+
+/// Twenty concurrent `POST /admin/backends` against a cap of 3 start exactly 3 containers
+/// (the others get 409 with a reason), each with the configured memory, CPU and pids limits.
+#[tokio::test]
+async fn the_cap_holds_under_concurrent_posts_and_containers_get_limits() {
+    let Some(host) = DockerHost::start("cap").await else {
+        return;
+    };
+    let mut config = GatewayConfig {
+        public: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        shutdown_window: Duration::from_millis(100),
+        ..GatewayConfig::default()
+    };
+    let limits = ContainerLimits {
+        memory_bytes: 64 << 20,
+        cpus: 0.5,
+        pids: 64,
+    };
+    config.discovery.docker = Some(DockerConfig {
+        service: host.service().to_owned(),
+        network: Some(host.network().to_owned()),
+        image: Some("wscluster-backend".into()),
+        cap: 3,
+        limits,
+    });
+    let gateway = Gateway::start(config, vec![]).await.unwrap();
+    let admin = gateway.admin;
+    let posts = (0..20).map(|_| tokio::spawn(http(admin, "POST", "/admin/backends", "")));
+    let mut statuses = HashMap::<u16, usize>::new();
+    for post in posts {
+        let (status, body) = post.await.unwrap();
+        if status == 409 {
+            assert!(body.contains("cap"), "{body}");
+        }
+        *statuses.entry(status).or_default() += 1;
+    }
+    assert_eq!(statuses, HashMap::from([(201, 3), (409, 17)]));
+    let containers = host.containers().await;
+    assert_eq!(containers.len(), 3, "{containers:?}");
+    for name in &containers {
+        assert_eq!(
+            host.limits(name).await,
+            (64 << 20, 500_000_000, 64),
+            "{name}"
+        );
+    }
     gateway.shutdown().await;
 }

@@ -1,0 +1,272 @@
+//! Who may use the admin API, and what it may be made to do: a bearer token on every route,
+//! no cross-site writes, and no backend address that points the gateway at itself or outside
+//! the allowed networks.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, OnceLock},
+};
+
+use axum::{
+    body::Body,
+    http::{header, HeaderMap, Method, Request, Response, StatusCode},
+};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tower_http::validate_request::ValidateRequest;
+
+/// The shortest admin token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The bearer token of the admin API. Only its SHA-256 is kept, and a presented token is
+/// compared digest to digest in constant time.
+///
+/// ```
+/// use gateway_bin::admin_access::AdminToken;
+///
+/// let token = AdminToken::new("correct-horse-battery-staple")?;
+/// assert!(token.matches("correct-horse-battery-staple"));
+/// assert!(!token.matches("correct-horse"));
+/// assert!(AdminToken::new("short").is_err());
+/// # Ok::<(), gateway_bin::admin_access::WeakToken>(())
+/// ```
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8; 32]>);
+
+/// A token too short to be one.
+#[derive(Debug, thiserror::Error)]
+#[error("an admin token needs at least {MIN_TOKEN_LEN} characters")]
+pub struct WeakToken;
+
+impl AdminToken {
+    /// The token `token` (surrounding whitespace, e.g. a file's newline, is not part of it).
+    pub fn new(token: &str) -> Result<Self, WeakToken> {
+        let token = token.trim();
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(WeakToken);
+        }
+        Ok(Self(Arc::new(Sha256::digest(token.as_bytes()).into())))
+    }
+
+    /// Whether `presented` is the token.
+    pub fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest.ct_eq(&*self.0).into()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// How the admin API is protected.
+#[derive(Clone, Debug, Default)]
+pub struct AdminAccess {
+    /// Every admin route requires `Authorization: Bearer <token>`. Without one the admin
+    /// listener must be on loopback: the gateway refuses to start otherwise.
+    pub token: Option<AdminToken>,
+    /// A backend added through the API must have an address in one of these networks
+    /// (empty: any address that is not one of the gateway's own listeners).
+    pub backend_networks: Vec<IpNet>,
+}
+
+/// Checks every admin request before a handler sees it: the token (401), that it is not a
+/// cross-site request (403: a foreign `Origin`, or `Sec-Fetch-Site: cross-site`), and that a
+/// write carries JSON (415), which no HTML form and no "simple" cross-site request can send.
+#[derive(Clone, Debug)]
+pub(crate) struct AdminGuard {
+    token: Option<AdminToken>,
+}
+
+impl AdminGuard {
+    pub(crate) fn new(token: Option<AdminToken>) -> Self {
+        Self { token }
+    }
+}
+
+impl<B> ValidateRequest<B> for AdminGuard {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response<Body>> {
+        let headers = request.headers();
+        if let Some(token) = &self.token {
+            let presented = bearer(headers);
+            if !presented.is_some_and(|presented| token.matches(presented)) {
+                let mut refusal = refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "the admin API needs `Authorization: Bearer <token>` (the gateway's admin token)",
+                );
+                let challenge =
+                    header::HeaderValue::from_static("Bearer realm=\"wscluster-admin\"");
+                refusal
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge);
+                return Err(refusal);
+            }
+        }
+        if let Some(why) = cross_site(headers) {
+            return Err(refuse(StatusCode::FORBIDDEN, &why));
+        }
+        let writes = matches!(
+            *request.method(),
+            Method::POST | Method::PUT | Method::PATCH
+        );
+        if writes && !is_json(headers) {
+            return Err(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "admin writes take `Content-Type: application/json`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Why a request comes from another site, if it does.
+fn cross_site(headers: &HeaderMap) -> Option<String> {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Some("cross-site requests to the admin API are refused".into());
+    }
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    if origin_host.is_some() && origin_host == host {
+        return None;
+    }
+    Some(format!(
+        "requests from origin `{origin}` are refused: the admin API answers only its own origin"
+    ))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!("{reason}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The gateway's own listeners, known once they are bound: a backend added through the API
+/// may not be one of them (the gateway would proxy to itself).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OwnListeners(Arc<OnceLock<Vec<SocketAddr>>>);
+
+impl OwnListeners {
+    pub(crate) fn set(&self, listeners: Vec<SocketAddr>) {
+        let _ = self.0.set(listeners);
+    }
+
+    /// Whether `address` reaches one of them: the same address, or the same port on an
+    /// address of this host where a listener is bound to all of them.
+    fn reached_by(&self, address: SocketAddr) -> Option<SocketAddr> {
+        let listeners = self.0.get()?;
+        listeners.iter().copied().find(|listener| {
+            listener.port() == address.port()
+                && (listener.ip() == address.ip()
+                    || (listener.ip().is_unspecified() && is_local(address.ip())))
+        })
+    }
+}
+
+/// Whether `ip` is an address of this host: one it can bind.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::TcpListener::bind((ip, 0)).is_ok()
+}
+
+/// Why `address` may not become a backend through the API, if it may not.
+pub(crate) fn refuse_backend_address(
+    address: SocketAddr,
+    own: &OwnListeners,
+    networks: &[IpNet],
+) -> Option<String> {
+    if address.ip().is_unspecified() || address.port() == 0 {
+        return Some(format!("{address} is not an address a backend can have"));
+    }
+    if let Some(listener) = own.reached_by(address) {
+        return Some(format!(
+            "{address} is the gateway's own listener {listener}: it would proxy to itself"
+        ));
+    }
+    if !networks.is_empty() && !networks.iter().any(|net| net.contains(&address.ip())) {
+        let allowed: Vec<String> = networks.iter().map(ToString::to_string).collect();
+        return Some(format!(
+            "{address} is outside the networks backends may be added from ({})",
+            allowed.join(", ")
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_reaching_an_own_listener_is_refused() {
+        let own = OwnListeners::default();
+        own.set(vec![
+            "127.0.0.1:7000".parse().unwrap(),
+            "0.0.0.0:7001".parse().unwrap(),
+        ]);
+        let refused = |a: &str| refuse_backend_address(a.parse().unwrap(), &own, &[]);
+        assert!(refused("127.0.0.1:7000").is_some());
+        assert!(
+            refused("127.0.0.1:7001").is_some(),
+            "all addresses reach 0.0.0.0"
+        );
+        assert!(refused("0.0.0.0:7100").is_some());
+        assert!(refused("127.0.0.1:0").is_some());
+        assert!(refused("127.0.0.1:7100").is_none());
+        assert!(
+            refused("127.0.0.2:7000").is_none(),
+            "another loopback address"
+        );
+    }
+
+    #[test]
+    fn the_allow_list_is_checked() {
+        let networks: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let own = OwnListeners::default();
+        let refused = |a: &str| refuse_backend_address(a.parse().unwrap(), &own, &networks);
+        assert!(refused("10.1.2.3:7100").is_none());
+        let why = refused("192.168.1.1:7100").unwrap();
+        assert!(why.contains("10.0.0.0/8"), "{why}");
+    }
+
+    #[test]
+    fn only_the_own_origin_may_write() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:7001".parse().unwrap());
+        assert!(cross_site(&headers).is_none(), "no Origin: curl, scripts");
+        headers.insert(header::ORIGIN, "http://127.0.0.1:7001".parse().unwrap());
+        assert!(cross_site(&headers).is_none());
+        headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(cross_site(&headers).unwrap().contains("evil.example"));
+        headers.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(cross_site(&headers).is_some());
+    }
+}
