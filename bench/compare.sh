@@ -94,6 +94,8 @@ declare -A url=(
 )
 order=(direct wscluster wscluster-shared-rt axum-generic axum-fast nginx)
 [ -n "$before_pid" ] && order+=(wscluster-before)
+# TARGETS="wscluster wscluster-before" runs only those (and skips the others' idle step).
+if [ -n "${TARGETS:-}" ]; then read -r -a order <<<"$TARGETS"; fi
 declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared
   [axum-generic]=$axum_generic [axum-fast]=$axum_fast [nginx]=$nginx_master [wscluster-before]=$before_pid)
 cpu_ticks() { # user + system clock ticks of a process and its children
@@ -125,6 +127,7 @@ idle_targets=(wscluster axum-generic axum-fast nginx)
 [ -n "$before_pid" ] && idle_targets+=(wscluster-before)
 for target in "${idle_targets[@]}"; do
   [ "$idle" -gt 0 ] || break
+  [[ " ${order[*]} " == *" $target "* ]] || continue
   pid=${proxy_pid[$target]}
   before=$(rss_kb "$pid")
   "$bin/wsload" --url "${url[$target]}" --connections "$idle" --hold 15 --time-limit 120 --label "$target-idle" \
@@ -158,22 +161,18 @@ for t in [t for t in ["direct", "wscluster", "wscluster-before", "wscluster-shar
     r = f"{int(rss[t]):,} B" if t in rss else "-"
     c = f"{statistics.median(cpu[t]):.1f}" if t != "direct" else "-"
     print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {c} | {r} |")
-n = med["nginx"]
-print()
-w = med["wscluster-shared-rt"]
-print(f"wscluster-shared-rt / nginx: msgs/s {w[1]/n[1]:.2f}x, p99 {w[3]/n[3]:.2f}x, handshakes/s {w[0]/n[0]:.2f}x")
-g = med["wscluster"]
-mem = f", RSS/idle conn {int(rss['wscluster'])/int(rss['nginx']):.2f}x" if "nginx" in rss else ""
-print(f"wscluster / nginx: msgs/s {g[1]/n[1]:.2f}x, p99 {g[3]/n[3]:.2f}x, handshakes/s {g[0]/n[0]:.2f}x{mem}")
 def cpu_of(t):
     return statistics.median(cpu[t])
-a, f = med["axum-generic"], med["axum-fast"]
-mem = f", RSS/idle conn {int(rss['axum-generic'])/int(rss['axum-fast']):.2f}x" if "axum-fast" in rss else ""
-print(f"generic path / fast path (axum example app): msgs/s {a[1]/f[1]:.2f}x, p99 {a[3]/f[3]:.2f}x, "
-      f"handshakes/s {a[0]/f[0]:.2f}x, CPU/round trip {cpu_of('axum-generic')/cpu_of('axum-fast'):.2f}x{mem}")
-if "wscluster-before" in med:
-    b = med["wscluster-before"]
-    mem = f", RSS/idle conn {int(rss['wscluster'])/int(rss['wscluster-before']):.2f}x" if "wscluster-before" in rss else ""
-    print(f"wscluster after / before: msgs/s {g[1]/b[1]:.2f}x, p99 {g[3]/b[3]:.2f}x, handshakes/s {g[0]/b[0]:.2f}x, "
-          f"CPU/round trip {cpu_of('wscluster')/cpu_of('wscluster-before'):.2f}x{mem}")
+print()
+def ratio(label, x, y):
+    if x not in med or y not in med:
+        return
+    a, b = med[x], med[y]
+    mem = f", RSS/idle conn {int(rss[x])/int(rss[y]):.2f}x" if x in rss and y in rss else ""
+    c = f", CPU/round trip {cpu_of(x)/cpu_of(y):.2f}x" if x in cpu and y in cpu and x != "direct" else ""
+    print(f"{label}: msgs/s {a[1]/b[1]:.2f}x, p99 {a[3]/b[3]:.2f}x, handshakes/s {a[0]/b[0]:.2f}x{c}{mem}")
+ratio("wscluster / nginx", "wscluster", "nginx")
+ratio("wscluster-shared-rt / nginx", "wscluster-shared-rt", "nginx")
+ratio("generic path / fast path (axum example app)", "axum-generic", "axum-fast")
+ratio("wscluster after / before", "wscluster", "wscluster-before")
 PY

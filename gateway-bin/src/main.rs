@@ -30,8 +30,23 @@ struct Cli {
     /// one per core); 0 serves on the main runtime.
     #[arg(long, env = "WSCLUSTER_WORKERS", global = true)]
     workers: Option<usize>,
+    /// Log lines as text or as JSON objects (one per line). Colours only on a terminal.
+    #[arg(
+        long,
+        env = "WSCLUSTER_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -62,12 +77,17 @@ fn parse_backend(value: &str) -> Result<(NodeId, SocketAddr), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .init();
-    let cli = Cli::parse();
+        // No escape sequences in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let file = match cli.config.as_deref().map(ConfigFile::load).transpose() {
         Ok(file) => file.unwrap_or_default(),
         Err(error) => return fail(&error),

@@ -62,11 +62,11 @@ impl ProxiedConnection {
     /// `relay`; `upstreams` finds a new owner's service to dial.
     pub fn new(
         relay: RelayHandle,
-        request: request::Parts,
+        request: &request::Parts,
         response_headers: &HeaderMap,
         upstreams: Arc<dyn UpstreamLookup>,
     ) -> Self {
-        let head = CompactHead::new(&request);
+        let head = CompactHead::new(request);
         let too_large = (head.0.len() > MAX_KEPT_HEAD)
             .then(|| format!("the request head is over {MAX_KEPT_HEAD} bytes"));
         Self {
@@ -371,7 +371,8 @@ mod tests {
             .into_parts()
             .0;
         let (handle, _commands) = RelayHandle::new();
-        let connection = ProxiedConnection::new(handle, request, &HeaderMap::new(), no_upstreams());
+        let connection =
+            ProxiedConnection::new(handle, &request, &HeaderMap::new(), no_upstreams());
         assert!(connection.request.0.is_empty());
         let blocker = connection.live_blocker.expect("a live move is blocked");
         assert!(blocker.contains("request head"), "{blocker}");

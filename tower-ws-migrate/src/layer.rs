@@ -121,7 +121,7 @@ impl MigrateLayer {
             MakeHandle::new(move |opened: &OpenedConnection<'_>| {
                 let connection = ProxiedConnection::new(
                     opened.handle.clone(),
-                    opened.request.clone(),
+                    opened.request,
                     opened.response_headers,
                     upstreams.clone(),
                 )

@@ -105,7 +105,7 @@ async fn permessage_deflate_with_context_takeover_reconnects_instead() {
     );
     let never_dialed: Arc<dyn UpstreamLookup> =
         Arc::new(|_: &NodeId| -> Option<Upstream> { panic!("no dial for a blocked connection") });
-    let connection = ProxiedConnection::new(handle, request(), &negotiated, never_dialed);
+    let connection = ProxiedConnection::new(handle, &request(), &negotiated, never_dialed);
     let why = live_move_falls_back(&connection).await;
     assert_eq!(why.kind, FallbackKind::StatefulExtension);
     assert!(why.detail.contains("permessage-deflate"), "{why}");
@@ -130,7 +130,7 @@ async fn a_failed_dial_reconnects_with_the_policys_close() {
             .parse()
             .unwrap(),
     );
-    let connection = ProxiedConnection::new(handle, request(), &negotiated, lookup);
+    let connection = ProxiedConnection::new(handle, &request(), &negotiated, lookup);
     let policy = MigrationPolicy::Live {
         code: 4100,
         reason: "moving".into(),
@@ -162,7 +162,7 @@ async fn a_client_parked_mid_message_falls_back_after_the_switch_timeout() {
     let lookup: Arc<dyn UpstreamLookup> = Arc::new(move |_: &NodeId| {
         Some(Upstream::new(address.as_str(), UpstreamConfig::default()))
     });
-    let connection = ProxiedConnection::new(handle, request(), &HeaderMap::new(), lookup);
+    let connection = ProxiedConnection::new(handle, &request(), &HeaderMap::new(), lookup);
     let started = Instant::now();
     let why = live_move_falls_back(&connection).await;
     assert_eq!(why.kind, FallbackKind::NoBoundary);

@@ -23,6 +23,7 @@ use tower_hashring::{
 };
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::{
     check_upgrade, is_websocket_upgrade, relay, strip_internal_headers, tcp_peer,
@@ -247,9 +248,19 @@ where
                     handle,
                 )
                 .holding(admission);
+            // Everything the relay logs carries the connection's key, backend and request id.
+            let span = tracing::info_span!(
+                "websocket",
+                key = route.key.as_ref().map(|k| k.as_str()),
+                backend = %route.node,
+                request_id = head
+                    .headers
+                    .get("x-request-id")
+                    .and_then(|id| id.to_str().ok()),
+            );
             drop(head);
             let backend = route.node;
-            tokio::spawn(async move {
+            let relayed = async move {
                 let outcome = match client_upgrade.await.map(tcp_peer) {
                     // The fast path: the raw socket, halves without a lock.
                     Ok(Ok(client)) => relay(client, upstream, config, commands).await,
@@ -267,7 +278,8 @@ where
                 };
                 tracing::debug!(%backend, ?outcome, "websocket closed");
                 drop(registration);
-            });
+            };
+            tokio::spawn(relayed.instrument(span));
             Ok(response)
         })
     }
@@ -355,6 +367,10 @@ fn error_response(error: &(dyn std::error::Error + 'static), public: &str) -> Re
 pub struct ProxyFailover;
 
 impl Failover<Request<ProxyBody>, UpstreamError> for ProxyFailover {
+    /// The method, URI, version and headers of a request without a body. Not its
+    /// extensions: an [`Upstream`](crate::Upstream) reads none but the [`Route`], which
+    /// [`on_route`](Failover::on_route) sets on the copy again (and copying them is most of
+    /// the cost of a copy made for every handshake).
     fn replay(&self, request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
         if request.body().size_hint().exact() != Some(0) {
             return None;
@@ -364,7 +380,6 @@ impl Failover<Request<ProxyBody>, UpstreamError> for ProxyFailover {
         *copy.uri_mut() = request.uri().clone();
         *copy.version_mut() = request.version();
         *copy.headers_mut() = request.headers().clone();
-        *copy.extensions_mut() = request.extensions().clone();
         Some(copy)
     }
 
