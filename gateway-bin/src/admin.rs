@@ -35,6 +35,8 @@ pub(crate) struct AdminState {
     pub(crate) access: crate::admin_access::AdminAccess,
     /// The gateway's listeners, once bound: never a backend.
     pub(crate) own_listeners: OwnListeners,
+    /// What `/metrics` serves.
+    pub(crate) metrics: crate::metrics::GatewayMetrics,
 }
 
 /// The admin API; every route behind the [`AdminGuard`] (token, same origin, JSON writes).
@@ -42,6 +44,7 @@ pub(crate) fn admin_router(state: AdminState) -> Router {
     let guard = AdminGuard::new(state.access.token.clone());
     Router::new()
         .route("/admin/ring", get(ring))
+        .route("/metrics", get(metrics))
         .route("/admin/backends", post(add_backend))
         .route("/admin/backends/{id}", delete(remove_backend))
         .with_state(state)
@@ -80,6 +83,25 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
             "failed": state.stats.failed(),
         },
     }))
+}
+
+/// `GET /metrics`: every metric, as OpenMetrics text.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
 }
 
 /// An external backend to add through the admin API.

@@ -17,17 +17,19 @@ use tower_hashring::{
     HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId, SharedHashRing,
 };
 use tower_ws_migrate::{
-    MigrateLayer, MigrationEvent, MigrationHook, MigrationPolicy, MigrationSecret, MigrationStats,
-    Outcome, Pacing, ProxiedConnection,
+    MigrateLayer, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy,
+    MigrationSecret, MigrationStats, Outcome, Pacing, ProxiedConnection,
 };
 use tower_ws_proxy::{
-    LiveConnections, ProxyFailover, RelayConfig, Upstream, UpstreamConfig, WebSocketLayer,
+    LiveConnections, ProxyFailover, ProxyMetrics, RelayConfig, Upstream, UpstreamConfig,
+    WebSocketLayer,
 };
 
 use crate::{
     admin,
     admin_access::{AdminAccess, OwnListeners},
     members::{Members, RingChanges},
+    metrics::GatewayMetrics,
     public,
     scale::Scaler,
     serve::{self, Stopped},
@@ -271,12 +273,27 @@ impl Gateway {
         // One registry: the cap, the per-backend counts (bounded loads read them), the
         // migrator's records and shutdown all use it.
         let connections = LiveConnections::with_limit(config.max_connections);
-        let routing = Routing::start(&config, &members, ring_changes, &connections);
+        let (proxy_metrics, migration_metrics) =
+            (ProxyMetrics::default(), MigrationMetrics::default());
+        let routing = Routing::start(
+            &config,
+            &members,
+            ring_changes,
+            &connections,
+            migration_metrics.clone(),
+        );
+        let metrics = GatewayMetrics::new(
+            &proxy_metrics,
+            &migration_metrics,
+            &routing.ring,
+            &connections,
+            &members,
+        );
         let own_listeners = OwnListeners::default();
         let public_app = public::public_stack(
             config.request_timeout,
             routing.migrate,
-            WebSocketLayer::new(connections.clone(), config.relay),
+            WebSocketLayer::new(connections.clone(), config.relay).metrics(proxy_metrics),
             routing.ring.clone().failover(ProxyFailover),
         );
         let admin_app = admin::admin_router(admin::AdminState {
@@ -288,6 +305,7 @@ impl Gateway {
             scaler,
             access: config.admin_access.clone(),
             own_listeners: own_listeners.clone(),
+            metrics,
         });
         Self::serve(&config, public_app, admin_app, connections, own_listeners).await
     }
@@ -438,6 +456,7 @@ impl Routing {
         members: &Members,
         ring_changes: RingChanges,
         connections: &LiveConnections<ProxiedConnection>,
+        metrics: MigrationMetrics,
     ) -> Self {
         let weights = members.clone();
         let mut balancer = HashRingLayer::new(config.key.clone())
@@ -468,6 +487,7 @@ impl Routing {
             .pacing(migration.pacing)
             .drain_window(migration.drain_window)
             .deadline(deadline)
+            .metrics(metrics)
             .hook(migration_hook(events));
         let stats = migrator.stats();
         tokio::spawn(migrator.run());

@@ -12,6 +12,7 @@ pub mod descriptors;
 pub mod gateway;
 pub mod loadgen;
 mod members;
+mod metrics;
 mod public;
 pub mod scale;
 mod serve;

@@ -97,6 +97,26 @@ impl Members {
             .contains(id)
     }
 
+    /// Each member's state against `ring`: `up` (on it, weight > 0), `draining` (weight 0),
+    /// `joining` (not on it yet), and `leaving` (being removed, its users moving away).
+    pub(crate) fn states(&self, ring: &tower_hashring::Ring) -> Vec<(NodeId, &'static str)> {
+        let mut states: Vec<(NodeId, &'static str)> = self
+            .lock()
+            .keys()
+            .map(|id| {
+                let state = match ring.node(id.as_str()) {
+                    Some(node) if node.weight() > 0 => "up",
+                    Some(_) => "draining",
+                    None => "joining",
+                };
+                (id.clone(), state)
+            })
+            .collect();
+        let leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
+        states.extend(leaving.iter().map(|id| (id.clone(), "leaving")));
+        states
+    }
+
     /// A member's weight on the ring (1 for one that is not known).
     pub(crate) fn weight(&self, id: &NodeId) -> u32 {
         self.lock().get(id).map_or(1, |m| m.weight)

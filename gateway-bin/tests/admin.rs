@@ -45,6 +45,7 @@ async fn every_admin_route_needs_the_token() {
     let gateway = with_token().await;
     for (method, path) in [
         ("GET", "/admin/ring"),
+        ("GET", "/metrics"),
         ("POST", "/admin/backends"),
         ("DELETE", "/admin/backends/backend-a"),
     ] {

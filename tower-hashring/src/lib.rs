@@ -23,12 +23,14 @@
 
 pub mod balance;
 mod key;
+mod metrics;
 mod ring;
 mod snapshot;
 
 pub use self::{
     balance::{error, HashRingBalance, HashRingLayer, SharedHashRing},
     key::{HttpKey, InvalidKeyPattern, KeyExtractor, KeySource, MissingKeyPolicy, RoutingKey},
+    metrics::RingMetrics,
     ring::{
         HashScheme, InvalidLoadFactor, LoadFactor, LoadSource, MovedRange, Node, NodeId, Ring,
         RingBuilder, RingDiff, RingError, SuccessorCursor, Successors, DEFAULT_POINTS_PER_WEIGHT,

@@ -28,6 +28,7 @@
 mod connection;
 mod hook;
 mod layer;
+mod metrics;
 mod migrator;
 mod pace;
 mod plan;
@@ -38,6 +39,7 @@ pub use self::{
     connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
     hook::{Fallback, FallbackKind, MigrationEvent, MigrationHook, MigrationStats, Outcome},
     layer::{MigrateLayer, MigrateService, RoutePolicy},
+    metrics::MigrationMetrics,
     migrator::Migrator,
     pace::Pacing,
     plan::{plan, PlannedMove},

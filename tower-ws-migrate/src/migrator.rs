@@ -7,8 +7,8 @@ use tower_hashring::{RingSnapshot, RingWatch};
 use tower_ws_proxy::{ConnectionId, LiveConnections};
 
 use crate::{
-    plan, plan::plan_stragglers, Migrate, MigrationEvent, MigrationHook, MigrationPolicy,
-    MigrationStats, Outcome, Pacing, PlannedMove,
+    plan, plan::plan_stragglers, Migrate, MigrationEvent, MigrationHook, MigrationMetrics,
+    MigrationPolicy, MigrationStats, Outcome, Pacing, PlannedMove,
 };
 
 const DEFAULT_IN_FLIGHT: usize = 256;
@@ -48,6 +48,7 @@ pub struct Migrator<H> {
     deadline: Duration,
     hook: Arc<dyn MigrationHook>,
     stats: MigrationStats,
+    metrics: Option<MigrationMetrics>,
 }
 
 impl<H> fmt::Debug for Migrator<H> {
@@ -81,6 +82,7 @@ where
             deadline: DEFAULT_DEADLINE,
             hook: Arc::new(()),
             stats: MigrationStats::default(),
+            metrics: None,
         }
     }
 
@@ -122,6 +124,13 @@ where
     /// Called for every migration.
     pub fn hook(mut self, hook: impl MigrationHook) -> Self {
         self.hook = Arc::new(hook);
+        self
+    }
+
+    /// Records every migration in `metrics` (by policy, outcome and reason; in flight;
+    /// duration).
+    pub fn metrics(mut self, metrics: MigrationMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -210,13 +219,21 @@ where
                 .migrate(&policy, &planned.from, planned.to.as_ref());
             let (registry, stats, hook) =
                 (self.registry.clone(), self.stats.clone(), self.hook.clone());
+            let metrics = self.metrics.clone();
+            if let Some(metrics) = &metrics {
+                metrics.started();
+            }
             let ring_version = ring.version();
             let deadline = self.deadline;
             tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
                 let outcome = tokio::time::timeout(deadline, migration)
                     .await
                     .unwrap_or_else(|_| Outcome::Failed(format!("no outcome within {deadline:?}")));
                 drop(permit);
+                if let Some(metrics) = &metrics {
+                    metrics.finished(&policy, &outcome, started.elapsed().as_secs_f64());
+                }
                 if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =
                     (&outcome, &*policy, &planned.to)
                 {

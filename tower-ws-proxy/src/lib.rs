@@ -28,6 +28,7 @@ mod forwarded;
 pub mod frame;
 mod handle;
 mod handshake;
+mod metrics;
 mod proxy;
 mod relay;
 mod request_check;
@@ -38,6 +39,7 @@ pub use self::{
     connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
     forwarded::set_forwarded_headers,
     handle::{ConnectionHandle, MakeHandle, OpenedConnection},
+    metrics::{ActiveWebSockets, HandshakeResult, ProxyMetrics},
     proxy::{text_response, HashRingProxy},
     relay::{
         relay, ClientStream, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle,

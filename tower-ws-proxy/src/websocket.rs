@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_hashring::{
     balance::{Failover, Route},
     error::http_status,
@@ -26,9 +27,9 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::{
-    check_upgrade, is_websocket_upgrade, relay, strip_internal_headers, tcp_peer,
-    upstream::BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection, Peer,
-    ProxyBody, RelayConfig, RelayHandle, UpstreamError, UpstreamSocket,
+    check_upgrade, is_websocket_upgrade, metrics::HandshakeResult, relay, strip_internal_headers,
+    tcp_peer, upstream::BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection,
+    Peer, ProxyBody, ProxyMetrics, RelayConfig, RelayHandle, UpstreamError, UpstreamSocket,
 };
 
 /// Relays WebSockets that the service below it upgraded; see [`WebSocketProxy`].
@@ -44,13 +45,24 @@ use crate::{
 pub struct WebSocketLayer<H = RelayHandle> {
     connections: LiveConnections<H>,
     relay: RelayConfig,
+    metrics: Option<ProxyMetrics>,
 }
 
 impl<H> WebSocketLayer<H> {
     /// Registers the WebSockets in `connections` (their cap, their records for migration,
     /// their shutdown) and relays them with `relay`'s deadlines and limits.
     pub fn new(connections: LiveConnections<H>, relay: RelayConfig) -> Self {
-        Self { connections, relay }
+        Self {
+            connections,
+            relay,
+            metrics: None,
+        }
+    }
+
+    /// Counts handshakes, their latency, and WebSockets opened and closed in `metrics`.
+    pub fn metrics(mut self, metrics: ProxyMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -59,6 +71,7 @@ impl<H> Clone for WebSocketLayer<H> {
         Self {
             connections: self.connections.clone(),
             relay: self.relay,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -80,6 +93,7 @@ impl<S, H> Layer<S> for WebSocketLayer<H> {
             inner,
             connections: self.connections.clone(),
             relay: self.relay,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -108,6 +122,7 @@ pub struct WebSocketProxy<S, H = RelayHandle> {
     inner: S,
     connections: LiveConnections<H>,
     relay: RelayConfig,
+    metrics: Option<ProxyMetrics>,
 }
 
 impl<S: Clone, H> Clone for WebSocketProxy<S, H> {
@@ -116,6 +131,7 @@ impl<S: Clone, H> Clone for WebSocketProxy<S, H> {
             inner: self.inner.clone(),
             connections: self.connections.clone(),
             relay: self.relay,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -186,17 +202,27 @@ where
                 })
             });
         }
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let count = move |result| {
+            if let Some(metrics) = &metrics {
+                metrics.handshake(result, started);
+            }
+        };
         if let Err(refusal) = check_upgrade(&request) {
+            count(HandshakeResult::bad_request);
             return Box::pin(std::future::ready(Ok(refusal.into_response())));
         }
         let admission = match self.connections.admit() {
             Ok(admission) => admission,
             Err(refusal) => {
+                count(HandshakeResult::refused);
                 let response =
                     crate::text_response(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string());
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };
+        let metrics = self.metrics.clone();
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
         // The head as the client sent it, for the observer above (e.g. a migration layer,
@@ -209,7 +235,12 @@ where
             let mut response = match answer.await {
                 Ok(response) => response,
                 Err(error) => {
-                    return Ok(error_response(&*error, "no backend accepted the websocket"))
+                    let response = error_response(&*error, "no backend accepted the websocket");
+                    count(match response.status() {
+                        StatusCode::BAD_GATEWAY => HandshakeResult::failed,
+                        _ => HandshakeResult::no_backend,
+                    });
+                    return Ok(response);
                 }
             };
             let Some(upstream) = response
@@ -218,8 +249,10 @@ where
                 .and_then(|socket| socket.take())
             else {
                 // The backend's own answer (a 4xx is its verdict on this request).
+                count(HandshakeResult::backend_answered);
                 return Ok(response);
             };
+            count(HandshakeResult::upgraded);
             let route = response
                 .extensions_mut()
                 .remove::<Route>()
@@ -259,6 +292,9 @@ where
                     .and_then(|id| id.to_str().ok()),
             );
             drop(head);
+            if let Some(metrics) = &metrics {
+                metrics.opened(&route.node);
+            }
             let backend = route.node;
             let relayed = async move {
                 let outcome = match client_upgrade.await.map(tcp_peer) {
@@ -277,6 +313,9 @@ where
                     }
                 };
                 tracing::debug!(%backend, ?outcome, "websocket closed");
+                if let Some(metrics) = &metrics {
+                    metrics.closed(started.elapsed());
+                }
                 drop(registration);
             };
             tokio::spawn(relayed.instrument(span));

@@ -1,0 +1,110 @@
+//! The gateway's `/metrics`: one `prometheus_client` registry (no global state) holding
+//! each layer's metrics and what only the gateway knows: connections not on their ring
+//! owner, and each member's state.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::gauge::ConstGauge,
+    registry::Registry,
+};
+use tower_hashring::{HttpKey, RingMetrics, SharedHashRing};
+use tower_ws_migrate::{MigrationMetrics, ProxiedConnection};
+use tower_ws_proxy::{ActiveWebSockets, LiveConnections, ProxyMetrics, Upstream};
+
+use crate::members::Members;
+
+/// The registry every metric of the gateway is in.
+#[derive(Clone, Debug)]
+pub(crate) struct GatewayMetrics {
+    registry: Arc<Registry>,
+}
+
+impl GatewayMetrics {
+    /// The registry of `proxy` and `migration` (already given to their layers) and of what
+    /// is read at each scrape from the ring, the registry of connections and the members.
+    pub(crate) fn new(
+        proxy: &ProxyMetrics,
+        migration: &MigrationMetrics,
+        ring: &SharedHashRing<Upstream, HttpKey>,
+        connections: &LiveConnections<ProxiedConnection>,
+        members: &Members,
+    ) -> Self {
+        let mut registry = Registry::with_prefix("wscluster");
+        proxy.register(&mut registry);
+        migration.register(&mut registry);
+        registry.register_collector(Box::new(RingMetrics::new(ring.subscribe())));
+        registry.register_collector(Box::new(ActiveWebSockets::new(connections.clone())));
+        registry.register_collector(Box::new(GatewayState {
+            ring: ring.clone(),
+            connections: connections.clone(),
+            members: members.clone(),
+        }));
+        Self {
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberState {
+    backend: String,
+    state: &'static str,
+}
+
+/// Read at each scrape.
+struct GatewayState {
+    ring: SharedHashRing<Upstream, HttpKey>,
+    connections: LiveConnections<ProxiedConnection>,
+    members: Members,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayState")
+    }
+}
+
+impl Collector for GatewayState {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snapshot = self.ring.snapshot();
+        let ring = snapshot.ring();
+        let mut off_owner = 0i64;
+        self.connections.for_each(|tracked| {
+            let owner = ring.owner_of(tracked.position).map(|n| n.id());
+            off_owner += i64::from(owner != Some(&tracked.backend));
+        });
+        let gauge = ConstGauge::new(off_owner);
+        let metric = encoder.encode_descriptor(
+            "connections_off_owner",
+            "Live WebSockets not on their key's owner in the ring in use (0 at rest)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+
+        let mut family = encoder.encode_descriptor(
+            "backend_up",
+            "1 for each member and its state: up (on the ring, weight > 0), draining (weight 0), leaving (being removed)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (backend, state) in self.members.states(ring) {
+            let labels = MemberState {
+                backend: backend.as_str().to_owned(),
+                state,
+            };
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

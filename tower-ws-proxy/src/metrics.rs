@@ -1,0 +1,188 @@
+//! The proxy's Prometheus metrics, registered into a `prometheus_client` registry the
+//! application owns (no global state). No label carries a user's key.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+use tokio::time::Instant;
+use tower_hashring::NodeId;
+
+use crate::LiveConnections;
+
+/// How a WebSocket handshake through the proxy ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeResult {
+    /// Relayed: the backend's 101 went to the client.
+    upgraded,
+    /// A malformed handshake (400) or another WebSocket version (426).
+    bad_request,
+    /// Refused at the connection cap or while shutting down (503).
+    refused,
+    /// No key, or no backend on the ring (400 or 503).
+    no_backend,
+    /// The backend answered with its own non-101 verdict.
+    backend_answered,
+    /// No backend answered (502).
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: HandshakeResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: String,
+}
+
+/// Handshakes by result and their latency, WebSockets opened per backend and how long they
+/// lasted. Cheap to clone; give it to [`WebSocketLayer::metrics`](crate::WebSocketLayer::metrics)
+/// and [`register`](Self::register) it.
+///
+/// ```
+/// use prometheus_client::registry::Registry;
+/// use tower_ws_proxy::ProxyMetrics;
+///
+/// let mut registry = Registry::with_prefix("wscluster");
+/// let metrics = ProxyMetrics::default();
+/// metrics.register(&mut registry);
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry)?;
+/// assert!(text.contains("wscluster_websocket_handshakes_total"));
+/// # Ok::<(), std::fmt::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ProxyMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    handshakes: Family<ResultLabel, Counter>,
+    handshake_seconds: Histogram,
+    opened: Family<BackendLabel, Counter>,
+    duration_seconds: Histogram,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                handshakes: Family::default(),
+                // 0.5 ms to ~16 s.
+                handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+                opened: Family::default(),
+                // 1 s to ~9 h.
+                duration_seconds: Histogram::new(exponential_buckets(1.0, 3.0, 11)),
+            }),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// Registers the metrics into `registry` (under its prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        let inner = &self.inner;
+        registry.register(
+            "websocket_handshakes",
+            "WebSocket handshakes through the proxy, by result",
+            inner.handshakes.clone(),
+        );
+        registry.register(
+            "websocket_handshake_seconds",
+            "Time from a WebSocket upgrade request to the answer the client got",
+            inner.handshake_seconds.clone(),
+        );
+        registry.register(
+            "websockets_opened",
+            "WebSockets relayed, by the backend that accepted them",
+            inner.opened.clone(),
+        );
+        registry.register(
+            "websocket_duration_seconds",
+            "How long relayed WebSockets lasted",
+            inner.duration_seconds.clone(),
+        );
+    }
+
+    pub(crate) fn handshake(&self, result: HandshakeResult, started: Instant) {
+        let inner = &self.inner;
+        inner
+            .handshakes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        inner
+            .handshake_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub(crate) fn opened(&self, backend: &NodeId) {
+        let label = BackendLabel {
+            backend: backend.as_str().to_owned(),
+        };
+        self.inner.opened.get_or_create(&label).inc();
+    }
+
+    pub(crate) fn closed(&self, lasted: Duration) {
+        self.inner.duration_seconds.observe(lasted.as_secs_f64());
+    }
+}
+
+/// The live WebSockets per backend, read from the registry at each scrape, so live moves
+/// are counted where the connections are now.
+///
+/// ```
+/// use prometheus_client::registry::Registry;
+/// use tower_ws_proxy::{ActiveWebSockets, LiveConnections};
+///
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(ActiveWebSockets::new(LiveConnections::new(100))));
+/// ```
+pub struct ActiveWebSockets<H>(LiveConnections<H>);
+
+impl<H> std::fmt::Debug for ActiveWebSockets<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ActiveWebSockets").field(&self.0).finish()
+    }
+}
+
+impl<H> ActiveWebSockets<H> {
+    /// The collector of `connections`.
+    pub fn new(connections: LiveConnections<H>) -> Self {
+        Self(connections)
+    }
+}
+
+impl<H: Send + 'static> Collector for ActiveWebSockets<H> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "websockets_active",
+            "Live relayed WebSockets, by the backend they run to now",
+            None,
+            gauge.metric_type(),
+        )?;
+        let mut counts: Vec<_> = self.0.per_backend().into_iter().collect();
+        counts.sort();
+        for (backend, count) in counts {
+            let label = BackendLabel {
+                backend: backend.as_str().to_owned(),
+            };
+            let gauge = ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
