@@ -60,7 +60,7 @@ struct BackendLabel {
 /// metrics.register(&mut registry);
 /// let mut text = String::new();
 /// prometheus_client::encoding::text::encode(&mut text, &registry)?;
-/// assert!(text.contains("wscluster_websocket_handshakes_total"));
+/// assert!(text.contains("wscluster_websocket_handshake_seconds_count 0"));
 /// # Ok::<(), std::fmt::Error>(())
 /// ```
 #[derive(Clone, Debug)]
