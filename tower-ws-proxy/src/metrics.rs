@@ -44,7 +44,21 @@ struct ResultLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabel {
-    backend: String,
+    backend: Backend,
+}
+
+/// A backend's id as a label value: cloning it is a reference count, not a copy, on the
+/// handshake path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Backend(NodeId);
+
+impl EncodeLabelValue for Backend {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.0.as_str(), encoder)
+    }
 }
 
 /// Handshakes by result and their latency, WebSockets opened per backend and how long they
@@ -130,7 +144,7 @@ impl ProxyMetrics {
 
     pub(crate) fn opened(&self, backend: &NodeId) {
         let label = BackendLabel {
-            backend: backend.as_str().to_owned(),
+            backend: Backend(backend.clone()),
         };
         self.inner.opened.get_or_create(&label).inc();
     }
@@ -178,7 +192,7 @@ impl<H: Send + 'static> Collector for ActiveWebSockets<H> {
         counts.sort();
         for (backend, count) in counts {
             let label = BackendLabel {
-                backend: backend.as_str().to_owned(),
+                backend: Backend(backend),
             };
             let gauge = ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX));
             gauge.encode(family.encode_family(&label)?)?;
