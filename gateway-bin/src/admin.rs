@@ -18,6 +18,7 @@ use tower_ws_proxy::{LiveConnections, Upstream};
 use crate::{
     admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
     members::{Member, Members},
+    metrics::GatewayMetrics,
     scale::{Ownership, ScaleError, Scaler},
 };
 
@@ -36,7 +37,7 @@ pub(crate) struct AdminState {
     /// The gateway's listeners, once bound: never a backend.
     pub(crate) own_listeners: OwnListeners,
     /// What `/metrics` serves.
-    pub(crate) metrics: crate::metrics::GatewayMetrics,
+    pub(crate) metrics: GatewayMetrics,
 }
 
 /// The admin API; every route behind the [`AdminGuard`] (token, same origin, JSON writes).
@@ -85,9 +86,23 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// `GET /metrics` alone, without the token: for `listen.metrics`, a listener of its own.
+pub(crate) fn metrics_router(metrics: GatewayMetrics) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(metrics): State<GatewayMetrics>| async move { openmetrics(&metrics) }),
+        )
+        .with_state(metrics)
+}
+
 /// `GET /metrics`: every metric, as OpenMetrics text.
 async fn metrics(State(state): State<AdminState>) -> Response {
-    match state.metrics.encode() {
+    openmetrics(&state.metrics)
+}
+
+fn openmetrics(metrics: &GatewayMetrics) -> Response {
+    match metrics.encode() {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -4,6 +4,7 @@
 //! [listen]
 //! public = "127.0.0.1:7000"
 //! admin = "127.0.0.1:7001"
+//! metrics = "127.0.0.1:9100"    # GET /metrics alone, without the admin token (default: only on admin)
 //! workers = 2                   # threads serving the public listener (default: one per core); 0: the main runtime
 //!
 //! [admin]                      # the admin API (on listen.admin)
@@ -255,6 +256,7 @@ struct MigrationRoute {
 struct Listen {
     public: Option<SocketAddr>,
     admin: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     workers: Option<usize>,
 }
 
@@ -398,6 +400,7 @@ impl ConfigFile {
         Ok(GatewayConfig {
             public: self.listen.public.unwrap_or(defaults.public),
             admin: self.listen.admin.unwrap_or(defaults.admin),
+            metrics: self.listen.metrics,
             admin_access: self
                 .admin
                 .access(std::env::var("WSCLUSTER_ADMIN_TOKEN").ok())?,

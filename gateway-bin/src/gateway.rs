@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     pub public: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// A listener that serves `GET /metrics` alone, without the admin token (for a scraper
+    /// that should not hold it); `None`: metrics only on the admin listener.
+    pub metrics: Option<SocketAddr>,
     /// The admin API's token and the networks backends may be added from. Without a token the
     /// admin listener must be on loopback.
     pub admin_access: AdminAccess,
@@ -184,6 +187,7 @@ impl Default for GatewayConfig {
         Self {
             public: ([127, 0, 0, 1], 7000).into(),
             admin: ([127, 0, 0, 1], 7001).into(),
+            metrics: None,
             admin_access: AdminAccess::default(),
             key: Self::default_key(),
             missing_key: MissingKeyPolicy::Reject,
@@ -212,6 +216,8 @@ pub struct Gateway {
     pub public: SocketAddr,
     /// Where the admin API listens.
     pub admin: SocketAddr,
+    /// Where `/metrics` is served without a token, if anywhere.
+    pub metrics: Option<SocketAddr>,
     connections: LiveConnections<ProxiedConnection>,
     stop: watch::Sender<bool>,
     exit: watch::Sender<bool>,
@@ -305,19 +311,28 @@ impl Gateway {
             scaler,
             access: config.admin_access.clone(),
             own_listeners: own_listeners.clone(),
-            metrics,
+            metrics: metrics.clone(),
         });
-        Self::serve(&config, public_app, admin_app, connections, own_listeners).await
+        let apps = Apps {
+            public: public_app,
+            admin: admin_app,
+            metrics: config.metrics.map(|_| admin::metrics_router(metrics)),
+        };
+        Self::serve(&config, apps, connections, own_listeners).await
     }
 
-    /// Binds the listeners and serves the two apps.
+    /// Binds the listeners and serves the apps.
     async fn serve(
         config: &GatewayConfig,
-        public_app: axum::Router,
-        admin_app: axum::Router,
+        apps: Apps,
         connections: LiveConnections<ProxiedConnection>,
         own_listeners: OwnListeners,
     ) -> std::io::Result<Gateway> {
+        let Apps {
+            public: public_app,
+            admin: admin_app,
+            metrics: metrics_app,
+        } = apps;
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
@@ -345,7 +360,20 @@ impl Gateway {
             )?
         };
         let admin = admin_listener.local_addr()?;
-        own_listeners.set(vec![public, admin]);
+        let mut own = vec![public, admin];
+        let metrics = match (config.metrics, metrics_app) {
+            (Some(address), Some(app)) => {
+                let listener = TcpListener::bind(address).await?;
+                let bound = listener.local_addr()?;
+                own.push(bound);
+                let server =
+                    serve::on_current_runtime(listener, app, limits.without_cap(), stopped.clone());
+                servers.push(server);
+                Some(bound)
+            }
+            _ => None,
+        };
+        own_listeners.set(own);
         servers.push(serve::on_current_runtime(
             admin_listener,
             admin_app,
@@ -356,6 +384,7 @@ impl Gateway {
         Ok(Gateway {
             public,
             admin,
+            metrics,
             connections,
             stop,
             exit,
@@ -389,6 +418,14 @@ impl Gateway {
     pub fn shutdown_bound(&self) -> Duration {
         self.shutdown_window + self.shutdown_grace
     }
+}
+
+/// What the gateway serves: the public stack, the admin API, and `/metrics` alone when it
+/// has a listener of its own.
+struct Apps {
+    public: axum::Router,
+    admin: axum::Router,
+    metrics: Option<axum::Router>,
 }
 
 /// Follows every member source: the configured list, Redis, RabbitMQ and Docker (each

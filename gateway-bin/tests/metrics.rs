@@ -128,3 +128,21 @@ async fn metrics_follow_handshakes_moves_and_the_ring() {
     drop(clients);
     gateway.shutdown().await;
 }
+
+/// `listen.metrics`: a listener that serves `/metrics` alone, without the admin token.
+#[tokio::test]
+async fn a_metrics_listener_needs_no_token_and_serves_nothing_else() {
+    let mut config = any_port();
+    config.admin_access.token =
+        Some(gateway_bin::admin_access::AdminToken::new("metrics-test-token-0123").unwrap());
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let gateway = gateway_bin::demo::start(config, vec![], 2).await.unwrap();
+    let listener = gateway.metrics.expect("a metrics listener");
+    let (status, text) = http(listener, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("wscluster_ring_members 2"), "{text}");
+    assert_eq!(http(listener, "GET", "/admin/ring", "").await.0, 404);
+    // The admin listener still wants the token for the same route.
+    assert_eq!(http(gateway.admin, "GET", "/metrics", "").await.0, 401);
+    gateway.shutdown().await;
+}
