@@ -105,8 +105,8 @@ impl<S, H> Layer<S> for WebSocketLayer<H> {
 /// `101` with an [`UpstreamSocket`] is returned to the client, the connection is registered
 /// in [`LiveConnections`] under the [`Route`] the balancer recorded (key, ring position and
 /// version, backend) with the handle the request's [`MakeHandle`] makes (or
-/// [`ConnectionHandle::plain`]), and the two connections are relayed frame-aware (on the raw socket where the server gives it back, otherwise over
-/// hyper's `Upgraded`). Ordinary requests pass through. Errors become responses: 400 (no
+/// [`ConnectionHandle::plain`]), and the two connections are relayed frame-aware (on the
+/// raw socket where the server gives it back, otherwise over hyper's `Upgraded`). Ordinary requests pass through. Errors become responses: 400 (no
 /// key), 503 (no backend), 502 (no backend answered; the body names none, the log does).
 /// Client headers in the gateway's own `x-wscluster-*` namespace are dropped.
 ///
@@ -204,29 +204,28 @@ where
         }
         let started = Instant::now();
         let metrics = self.metrics.clone();
-        let count = move |result| {
-            if let Some(metrics) = &metrics {
+        let count = move |metrics: &Option<ProxyMetrics>, result| {
+            if let Some(metrics) = metrics {
                 metrics.handshake(result, started);
             }
         };
         if let Err(refusal) = check_upgrade(&request) {
-            count(HandshakeResult::bad_request);
+            count(&metrics, HandshakeResult::bad_request);
             return Box::pin(std::future::ready(Ok(refusal.into_response())));
         }
         let admission = match self.connections.admit() {
             Ok(admission) => admission,
             Err(refusal) => {
-                count(HandshakeResult::refused);
+                count(&metrics, HandshakeResult::refused);
                 let response =
                     crate::text_response(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string());
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };
-        let metrics = self.metrics.clone();
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
-        // The head as the client sent it, for the observer above (e.g. a migration layer,
-        // which dials a new owner with it); the request itself goes down.
+        // The head as the client sent it, for the handle a layer above makes (a migration
+        // layer dials a new owner with it); the request itself goes down.
         let head = parts.clone();
         let request = Request::from_parts(parts, ProxyBody::default());
         let (connections, config) = (self.connections.clone(), self.relay);
@@ -236,10 +235,13 @@ where
                 Ok(response) => response,
                 Err(error) => {
                     let response = error_response(&*error, "no backend accepted the websocket");
-                    count(match response.status() {
-                        StatusCode::BAD_GATEWAY => HandshakeResult::failed,
-                        _ => HandshakeResult::no_backend,
-                    });
+                    count(
+                        &metrics,
+                        match response.status() {
+                            StatusCode::BAD_GATEWAY => HandshakeResult::failed,
+                            _ => HandshakeResult::no_backend,
+                        },
+                    );
                     return Ok(response);
                 }
             };
@@ -249,10 +251,10 @@ where
                 .and_then(|socket| socket.take())
             else {
                 // The backend's own answer (a 4xx is its verdict on this request).
-                count(HandshakeResult::backend_answered);
+                count(&metrics, HandshakeResult::backend_answered);
                 return Ok(response);
             };
-            count(HandshakeResult::upgraded);
+            count(&metrics, HandshakeResult::upgraded);
             let route = response
                 .extensions_mut()
                 .remove::<Route>()
