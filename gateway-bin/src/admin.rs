@@ -9,14 +9,17 @@ use axum::{
     routing::{delete, get, post},
     Json, Router,
 };
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
 use serde_json::json;
 use tower_hashring::{HttpKey, LoadSource, NodeId, SharedHashRing};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
-use tower_ws_migrate::{FallbackKind, MigrationStats, ProxiedConnection};
-use tower_ws_proxy::{LiveConnections, Upstream};
+use tower_ws_migrate::{FallbackKind, MigrationMetrics, MigrationStats, ProxiedConnection};
+use tower_ws_proxy::{BoxError, LiveConnections, ProxyBody, ProxyFailover, Upstream};
 
 use crate::{
     admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
+    dashboard::{self, RecentMoves},
     members::{Member, Members},
     metrics::GatewayMetrics,
     scale::{Ownership, ScaleError, Scaler},
@@ -38,42 +41,93 @@ pub(crate) struct AdminState {
     pub(crate) own_listeners: OwnListeners,
     /// What `/metrics` serves.
     pub(crate) metrics: GatewayMetrics,
+    /// Migrations in flight, for the overview.
+    pub(crate) migration_metrics: MigrationMetrics,
+    /// The latest migrations, for the dashboard.
+    pub(crate) recent: RecentMoves,
 }
 
 /// The admin API; every route behind the [`AdminGuard`] (token, same origin, JSON writes).
 pub(crate) fn admin_router(state: AdminState) -> Router {
     let guard = AdminGuard::new(state.access.token.clone());
-    Router::new()
+    let api = Router::new()
         .route("/admin/ring", get(ring))
+        .route("/admin/events", get(dashboard::events))
         .route("/metrics", get(metrics))
         .route("/admin/backends", post(add_backend))
-        .route("/admin/backends/{id}", delete(remove_backend))
+        .route(
+            "/admin/backends/{id}",
+            delete(remove_backend).patch(reweigh_backend),
+        )
+        .route("/admin/send", post(send))
         .with_state(state)
-        .layer(ValidateRequestHeaderLayer::custom(guard))
+        .layer(ValidateRequestHeaderLayer::custom(guard));
+    dashboard::page_router().merge(api)
 }
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(overview(&state))
+}
+
+/// Everything the admin API knows, as `GET /admin/ring` answers it and the dashboard's
+/// events carry it: the ring (members with their state, weight, share of the key space,
+/// live connections and traffic), the members not on it, migrations and their latest moves.
+pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
     let snapshot = state.ring.snapshot();
+    let ring = snapshot.ring();
     let counts = state.connections.per_backend();
+    let traffic = state.connections.traffic_per_backend();
     let members = state.members.lock().clone();
-    let nodes: Vec<_> = snapshot
-        .ring()
+    let states: BTreeMap<_, _> = state.members.states(ring).into_iter().collect();
+    let shares = dashboard::shares(ring);
+    let describe = |id: &NodeId| {
+        let totals = traffic.get(id).copied().unwrap_or_default();
+        json!({
+            "id": id.as_str(),
+            "connections": counts.get(id).copied().unwrap_or(0),
+            "state": states.get(id).copied().unwrap_or("up"),
+            "traffic": {
+                "to_backend": { "messages": totals.to_backend.messages, "bytes": totals.to_backend.bytes },
+                "to_client": { "messages": totals.to_client.messages, "bytes": totals.to_client.bytes },
+            },
+        })
+    };
+    let nodes: Vec<_> = ring
         .nodes()
         .iter()
-        .map(|node| {
-            json!({
-                "id": node.id().as_str(),
-                "address": members.get(node.id()).map(|m| m.address.to_string()),
-                "weight": node.weight(),
-                "connections": counts.get(node.id()).copied().unwrap_or(0),
-            })
+        .zip(&shares)
+        .map(|(node, share)| {
+            let mut entry = describe(node.id());
+            entry["address"] = json!(members.get(node.id()).map(|m| m.address.to_string()));
+            entry["weight"] = json!(node.weight());
+            entry["share"] = json!(share);
+            entry
         })
         .collect();
-    Json(json!({
+    let others: Vec<_> = state
+        .members
+        .off_ring(ring)
+        .into_iter()
+        .map(|(id, address, weight)| {
+            let mut entry = describe(&id);
+            entry["address"] = json!(address.map(|a| a.to_string()));
+            entry["weight"] = json!(weight);
+            entry["share"] = json!(0.0);
+            entry
+        })
+        .collect();
+    json!({
         "version": snapshot.version(),
-        "points": snapshot.ring().len_points(),
+        "points": ring.len_points(),
+        "at_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        "public": state.own_listeners.public().map(|a| a.to_string()),
+        "scaler": state.scaler.is_some(),
         "members": nodes,
+        "others": others,
         "connections": state.connections.len(),
+        "off_owner": crate::metrics::off_owner(ring, &state.connections),
         "migrations": {
             "moved": state.stats.moved(),
             "fell_back": state.stats.fell_back(),
@@ -82,8 +136,10 @@ async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
                 .map(|kind| (kind.as_str(), state.stats.fell_back_for(*kind)))
                 .collect::<BTreeMap<_, _>>(),
             "failed": state.stats.failed(),
+            "in_flight": state.migration_metrics.in_flight(),
         },
-    }))
+        "recent": state.recent.latest(),
+    })
 }
 
 /// `GET /metrics` alone, without the token: for `listen.metrics`, a listener of its own.
@@ -208,6 +264,110 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
         Ok(()) => Json(json!({ "removed": id.as_str() })).into_response(),
         Err(error) => (StatusCode::BAD_GATEWAY, format!("drained, but {error}\n")).into_response(),
     }
+}
+
+/// The highest weight the admin API sets (discovery sources have their own caps).
+pub(crate) const MAX_WEIGHT: u32 = 1000;
+
+/// `PATCH /admin/backends/{id}` with `{"weight": n}`: re-weighs a member (0 drains it: it
+/// stays a member, owns no keys, and its users move to their new owners).
+async fn reweigh_backend(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reweigh {
+        weight: u32,
+    }
+    let weight = match serde_json::from_slice::<Reweigh>(&body) {
+        Ok(Reweigh { weight }) if weight <= MAX_WEIGHT => weight,
+        Ok(Reweigh { weight }) => {
+            let reason = format!("weight {weight} is above the cap of {MAX_WEIGHT}\n");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+        Err(error) => {
+            let reason = format!("the body must be {{\"weight\": 0..={MAX_WEIGHT}}}: {error}\n");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+    };
+    let id = NodeId::from(id);
+    if !state.members.reweigh(&id, weight) {
+        let reason = format!("no backend {id} among the members\n");
+        return (StatusCode::NOT_FOUND, reason).into_response();
+    }
+    Json(json!({ "id": id.as_str(), "weight": weight })).into_response()
+}
+
+/// The longest answer of a backend to a push that is passed on.
+const MAX_SEND_ANSWER: usize = 64 * 1024;
+
+/// `POST /admin/send` with `{"userId": …, "message": …}`: the dashboard's push, sent as
+/// `POST /send?userId=…` through the balancer to the user's owner, as the public listener
+/// would. Answers the backend's status and text.
+async fn send(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Push {
+        #[serde(rename = "userId")]
+        user_id: String,
+        message: String,
+    }
+    let push: Push = match serde_json::from_slice(&body) {
+        Ok(push) => push,
+        Err(error) => {
+            let reason = format!("the body must be {{\"userId\": …, \"message\": …}}: {error}\n");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+    };
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("userId", &push.user_id)
+        .finish();
+    let body: ProxyBody = http_body_util::Full::new(bytes::Bytes::from(push.message))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let request = match http::Request::post(format!("/send?{query}"))
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body)
+    {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    };
+    match push_through(&state.ring, request).await {
+        Ok(answer) => (answer.status(), answer_text(answer).await).into_response(),
+        Err(error) => (
+            StatusCode::BAD_GATEWAY,
+            format!("no backend took the push: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+type Answer = http::Response<ProxyBody>;
+
+/// `request` through the balancer. (The futures are boxed where they are made: the handler's
+/// own future could not be proven `Send` for every lifetime of the body's error type.)
+fn push_through(
+    ring: &SharedHashRing<Upstream, HttpKey>,
+    request: http::Request<ProxyBody>,
+) -> BoxFuture<'static, Result<Answer, BoxError>> {
+    Box::pin(tower::ServiceExt::oneshot(
+        ring.clone().failover(ProxyFailover),
+        request,
+    ))
+}
+
+/// A backend's answer as text, at most [`MAX_SEND_ANSWER`] bytes of it.
+fn answer_text(answer: Answer) -> BoxFuture<'static, String> {
+    let collect: BoxFuture<'static, Result<http_body_util::Collected<bytes::Bytes>, BoxError>> =
+        Box::pin(http_body_util::Limited::new(answer.into_body(), MAX_SEND_ANSWER).collect());
+    Box::pin(async move {
+        match collect.await {
+            Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            Err(error) => format!("(unreadable answer: {error})"),
+        }
+    })
 }
 
 /// A scaler's failure as the admin API answers it.

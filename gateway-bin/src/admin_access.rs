@@ -176,8 +176,14 @@ fn refuse(status: StatusCode, reason: &str) -> Response<Body> {
 pub(crate) struct OwnListeners(Arc<OnceLock<Vec<SocketAddr>>>);
 
 impl OwnListeners {
+    /// The listeners, the public one first.
     pub(crate) fn set(&self, listeners: Vec<SocketAddr>) {
         let _ = self.0.set(listeners);
+    }
+
+    /// The public listener, once bound.
+    pub(crate) fn public(&self) -> Option<SocketAddr> {
+        self.0.get()?.first().copied()
     }
 
     /// Whether `address` reaches one of them: the same address, or the same port on an

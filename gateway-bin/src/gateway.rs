@@ -28,6 +28,7 @@ use tower_ws_proxy::{
 use crate::{
     admin,
     admin_access::{AdminAccess, OwnListeners},
+    dashboard::RecentMoves,
     members::{Members, RingChanges},
     metrics::GatewayMetrics,
     public,
@@ -295,6 +296,7 @@ impl Gateway {
             &connections,
             &members,
         );
+        let migration_metrics = migration_metrics.clone();
         let own_listeners = OwnListeners::default();
         let public_app = public::public_stack(
             config.request_timeout,
@@ -312,6 +314,8 @@ impl Gateway {
             access: config.admin_access.clone(),
             own_listeners: own_listeners.clone(),
             metrics: metrics.clone(),
+            migration_metrics,
+            recent: routing.recent,
         });
         let apps = Apps {
             public: public_app,
@@ -485,6 +489,7 @@ struct Routing {
     ring: SharedHashRing<Upstream, HttpKey>,
     migrate: MigrateLayer,
     stats: MigrationStats,
+    recent: RecentMoves,
 }
 
 impl Routing {
@@ -518,6 +523,7 @@ impl Routing {
         );
         // On a ring change the migrator moves exactly the connections whose owner changed
         // (live, or by a 1012 close), paced.
+        let recent = RecentMoves::default();
         let (migrate, migrator) = MigrateLayer::from_ring(&ring, connections);
         let migrator = migrator
             .policy(migration.policy.clone())
@@ -525,7 +531,7 @@ impl Routing {
             .drain_window(migration.drain_window)
             .deadline(deadline)
             .metrics(metrics)
-            .hook(migration_hook(events));
+            .hook(migration_hook(events, recent.clone()));
         let stats = migrator.stats();
         tokio::spawn(migrator.run());
         let routes = migration.routes.clone();
@@ -543,14 +549,16 @@ impl Routing {
             ring,
             migrate,
             stats,
+            recent,
         }
     }
 }
 
-/// Logs each migration that did not simply move, and publishes every one when events are
-/// configured.
-fn migration_hook(events: Option<AmqpEvents>) -> impl MigrationHook {
+/// Logs each migration that did not simply move, lists it for the dashboard, and publishes
+/// it when events are configured.
+fn migration_hook(events: Option<AmqpEvents>, recent: RecentMoves) -> impl MigrationHook {
     move |m: &MigrationEvent<'_>| {
+        recent.record(m);
         let key = String::from_utf8_lossy(m.key);
         let outcome = match m.outcome {
             Outcome::Moved => {

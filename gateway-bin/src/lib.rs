@@ -7,6 +7,7 @@ mod admin;
 pub mod admin_access;
 pub mod backend;
 pub mod config;
+mod dashboard;
 pub mod demo;
 pub mod descriptors;
 pub mod gateway;

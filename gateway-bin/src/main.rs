@@ -177,6 +177,12 @@ async fn main() -> ExitCode {
         None if config_has_token => "-H \"Authorization: Bearer $WSCLUSTER_ADMIN_TOKEN\" ".into(),
         None => String::new(),
     };
+    let fragment = match &shown_token {
+        Some(token) => format!("#token={token}"),
+        None if config_has_token => "#token=<the admin token>".into(),
+        None => String::new(),
+    };
+    println!("  dashboard: http://{}/{fragment}", gateway.admin);
     println!("  ring:     curl {auth}http://{}/admin/ring", gateway.admin);
     println!(
         "  scale up: curl {auth}-H 'Content-Type: application/json' -X POST http://{}/admin/backends",

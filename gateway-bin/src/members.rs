@@ -42,6 +42,11 @@ pub(crate) struct Members {
     members: Arc<Mutex<BTreeMap<NodeId, Member>>>,
     /// Members being drained on purpose: discovery may not bring them back meanwhile.
     leaving: Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
+    /// Weights set through the admin API: a source announcing the member again keeps them.
+    weights: Arc<Mutex<BTreeMap<NodeId, u32>>>,
+    /// What health-checked sources announce, healthy or not: those announced but not
+    /// members are the unhealthy ones.
+    announced: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
     upstream: UpstreamConfig,
 }
 
@@ -53,6 +58,8 @@ impl Members {
             changes,
             members: Arc::default(),
             leaving: Arc::default(),
+            weights: Arc::default(),
+            announced: Arc::default(),
             upstream,
         };
         (members, Box::pin(ChannelDiscovery(receiver)))
@@ -79,7 +86,21 @@ impl Members {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone());
+        guard(&self.weights).remove(id);
         self.remove(id)
+    }
+
+    /// Sets a member's weight (0 drains it); `false` if it is not a member. The weight
+    /// holds until the member is removed through the admin API, whatever its source
+    /// announces meanwhile.
+    pub(crate) fn reweigh(&self, id: &NodeId, weight: u32) -> bool {
+        let Some(mut member) = self.lock().get(id).cloned() else {
+            return false;
+        };
+        guard(&self.weights).insert(id.clone(), weight);
+        member.weight = weight;
+        self.insert(id.clone(), member);
+        true
     }
 
     /// Lets discovery announce `id` again.
@@ -112,14 +133,57 @@ impl Members {
                 (id.clone(), state)
             })
             .collect();
-        let leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
-        states.extend(leaving.iter().map(|id| (id.clone(), "leaving")));
+        let leaving: Vec<NodeId> = guard(&self.leaving).iter().cloned().collect();
+        states.extend(leaving.into_iter().map(|id| (id, "leaving")));
+        states.extend(
+            self.unhealthy()
+                .into_iter()
+                .map(|(id, _)| (id, "unhealthy")),
+        );
         states
+    }
+
+    /// Announced by a health-checked source, but failing its checks (and not leaving).
+    fn unhealthy(&self) -> Vec<(NodeId, SocketAddr)> {
+        let members = self.lock();
+        let leaving = guard(&self.leaving);
+        guard(&self.announced)
+            .iter()
+            .filter(|(id, _)| !members.contains_key(*id) && !leaving.contains(*id))
+            .map(|(id, address)| (id.clone(), *address))
+            .collect()
+    }
+
+    /// Members not on `ring` (joining, draining out, leaving or unhealthy), with the
+    /// address and weight known for them.
+    pub(crate) fn off_ring(
+        &self,
+        ring: &tower_hashring::Ring,
+    ) -> Vec<(NodeId, Option<SocketAddr>, u32)> {
+        let mut off: Vec<_> = self
+            .lock()
+            .iter()
+            .filter(|(id, _)| ring.node(id.as_str()).is_none())
+            .map(|(id, m)| (id.clone(), Some(m.address), m.weight))
+            .collect();
+        let leaving: Vec<NodeId> = guard(&self.leaving).iter().cloned().collect();
+        off.extend(leaving.into_iter().map(|id| (id, None, 0)));
+        off.extend(
+            self.unhealthy()
+                .into_iter()
+                .map(|(id, address)| (id, Some(address), 0)),
+        );
+        off
     }
 
     /// A member's weight on the ring (1 for one that is not known).
     pub(crate) fn weight(&self, id: &NodeId) -> u32 {
         self.lock().get(id).map_or(1, |m| m.weight)
+    }
+
+    /// The weight `id` gets when its source announces `announced`.
+    fn weight_for(&self, id: &NodeId, announced: u32) -> u32 {
+        guard(&self.weights).get(id).copied().unwrap_or(announced)
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Member>> {
@@ -150,7 +214,8 @@ impl Members {
             Change::Insert(id, _) if self.is_leaving(&id) => {}
             Change::Insert(id, backend) => {
                 tracing::info!(backend = %id, address = %backend.address, "discovered");
-                self.insert(id, Member::at(backend.address, backend.weight));
+                let weight = self.weight_for(&id, backend.weight);
+                self.insert(id, Member::at(backend.address, weight));
             }
             Change::Remove(id) => {
                 tracing::info!(backend = %id, "gone");
@@ -166,10 +231,26 @@ impl Members {
         S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
     {
         match health {
-            Some(check) => self.follow(check.clone().wrap(source)),
+            Some(check) => {
+                let announced = self.announced.clone();
+                let source = source.inspect(move |change| match change {
+                    Ok(Change::Insert(id, backend)) => {
+                        guard(&announced).insert(id.clone(), backend.address);
+                    }
+                    Ok(Change::Remove(id)) => {
+                        guard(&announced).remove(id);
+                    }
+                    Err(never) => match *never {},
+                });
+                self.follow(check.clone().wrap(source))
+            }
             None => self.follow(source),
         }
     }
+}
+
+fn guard<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct ChannelDiscovery(mpsc::UnboundedReceiver<Result<Change<NodeId, Upstream>, Infallible>>);

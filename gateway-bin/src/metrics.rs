@@ -55,6 +55,19 @@ impl GatewayMetrics {
     }
 }
 
+/// Live WebSockets not on their key's owner in `ring` (0 at rest).
+pub(crate) fn off_owner(
+    ring: &tower_hashring::Ring,
+    connections: &LiveConnections<ProxiedConnection>,
+) -> u64 {
+    let mut off_owner = 0;
+    connections.for_each(|tracked| {
+        let owner = ring.owner_of(tracked.position).map(|n| n.id());
+        off_owner += u64::from(owner != Some(&tracked.backend));
+    });
+    off_owner
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemberState {
     backend: String,
@@ -78,12 +91,8 @@ impl Collector for GatewayState {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snapshot = self.ring.snapshot();
         let ring = snapshot.ring();
-        let mut off_owner = 0i64;
-        self.connections.for_each(|tracked| {
-            let owner = ring.owner_of(tracked.position).map(|n| n.id());
-            off_owner += i64::from(owner != Some(&tracked.backend));
-        });
-        let gauge = ConstGauge::new(off_owner);
+        let off_owner = off_owner(ring, &self.connections);
+        let gauge = ConstGauge::new(i64::try_from(off_owner).unwrap_or(i64::MAX));
         let metric = encoder.encode_descriptor(
             "connections_off_owner",
             "Live WebSockets not on their key's owner in the ring in use (0 at rest)",
@@ -94,7 +103,7 @@ impl Collector for GatewayState {
 
         let mut family = encoder.encode_descriptor(
             "backend_up",
-            "1 for each member and its state: up (on the ring, weight > 0), draining (weight 0), leaving (being removed)",
+            "1 for each member and its state: up (on the ring, weight > 0), draining (weight 0), joining, leaving (being removed), unhealthy (failing its health checks)",
             None,
             ConstGauge::new(0i64).metric_type(),
         )?;

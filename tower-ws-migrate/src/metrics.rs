@@ -64,6 +64,15 @@ impl Default for MigrationMetrics {
 }
 
 impl MigrationMetrics {
+    /// Migrations started and not yet ended.
+    ///
+    /// ```
+    /// assert_eq!(tower_ws_migrate::MigrationMetrics::default().in_flight(), 0);
+    /// ```
+    pub fn in_flight(&self) -> i64 {
+        self.inner.in_flight.get()
+    }
+
     /// Registers the metrics into `registry` (under its prefix).
     pub fn register(&self, registry: &mut Registry) {
         let inner = &self.inner;

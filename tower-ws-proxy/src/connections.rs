@@ -17,7 +17,7 @@ use tokio::{
 };
 use tower_hashring::{LoadSource, NodeId};
 
-use crate::ConnectionHandle;
+use crate::{ConnectionHandle, Traffic, TrafficTotals};
 
 /// Why a new connection was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,11 @@ pub struct Tracked<H> {
     pub started: Instant,
     /// Controls it: closes it, or (for a migration layer's handle) moves it.
     pub handle: H,
+    /// What its relay carried so far (given to the relay with
+    /// [`RelayCommands::counting`](crate::RelayCommands::counting)).
+    pub traffic: Arc<Traffic>,
+    // The part of `traffic` already counted for an earlier backend (before a live move).
+    counted: TrafficTotals,
 }
 
 /// The live WebSocket connections: one record per connection, shared by the proxy (which
@@ -99,6 +104,8 @@ struct Entries<H> {
     connections: BTreeMap<ConnectionId, Tracked<H>>,
     // Kept with every change, so bounded-loads lookups cost no scan.
     per_backend: HashMap<NodeId, u64>,
+    // The traffic of connections that ended or moved away, per backend it went to.
+    retired: HashMap<NodeId, TrafficTotals>,
     // The newest ring version a migrator has planned for: a connection routed on an older
     // one that registers later was missed by that plan and is queued here for a check.
     planned_version: u64,
@@ -106,6 +113,13 @@ struct Entries<H> {
 }
 
 impl<H> Entries<H> {
+    /// Credits what `tracked` carried since it was last counted to its backend now.
+    fn retire_traffic(retired: &mut HashMap<NodeId, TrafficTotals>, tracked: &mut Tracked<H>) {
+        let now = tracked.traffic.totals();
+        *retired.entry(tracked.backend.clone()).or_default() += now - tracked.counted;
+        tracked.counted = now;
+    }
+
     fn count(&mut self, backend: &NodeId, up: bool) {
         if up {
             *self.per_backend.entry(backend.clone()).or_insert(0) += 1;
@@ -144,6 +158,7 @@ impl<H> LiveConnections<H> {
                     next_id: 0,
                     connections: BTreeMap::new(),
                     per_backend: HashMap::new(),
+                    retired: HashMap::new(),
                     planned_version: 0,
                     stragglers: Vec::new(),
                 }),
@@ -179,6 +194,7 @@ impl<H> LiveConnections<H> {
         ring_version: u64,
         handle: H,
     ) -> Registered<H> {
+        let traffic = Arc::new(Traffic::default());
         let mut entries = self.lock();
         let id = ConnectionId(entries.next_id);
         entries.next_id += 1;
@@ -197,11 +213,14 @@ impl<H> LiveConnections<H> {
                 ring_version,
                 started: Instant::now(),
                 handle,
+                traffic: traffic.clone(),
+                counted: TrafficTotals::default(),
             },
         );
         Registered {
             connections: self.clone(),
             id,
+            traffic,
             _admission: None,
         }
     }
@@ -224,12 +243,42 @@ impl<H> LiveConnections<H> {
     /// Records that connection `id` now runs to `backend` (after a live move).
     pub fn set_backend(&self, id: ConnectionId, backend: NodeId) {
         let mut entries = self.lock();
-        let Some(tracked) = entries.connections.get_mut(&id) else {
+        let Entries {
+            connections,
+            retired,
+            ..
+        } = &mut *entries;
+        let Some(tracked) = connections.get_mut(&id) else {
             return;
         };
+        // What it carried so far stays with the backend it leaves.
+        Entries::retire_traffic(retired, tracked);
         let old = std::mem::replace(&mut tracked.backend, backend.clone());
         entries.count(&old, false);
         entries.count(&backend, true);
+    }
+
+    /// What relays carried per backend since this registry started: every connection's
+    /// traffic goes to the backend it ran to at the time (across live moves), so each
+    /// backend's totals only grow.
+    ///
+    /// ```
+    /// use tower_hashring::NodeId;
+    /// use tower_ws_proxy::{LiveConnections, RelayHandle};
+    ///
+    /// let live = LiveConnections::new(10);
+    /// let (handle, _commands) = RelayHandle::new();
+    /// let _guard = live.register(b"42", 7, NodeId::from("a"), 1, handle);
+    /// assert_eq!(live.traffic_per_backend()[&NodeId::from("a")].to_client.bytes, 0);
+    /// ```
+    pub fn traffic_per_backend(&self) -> HashMap<NodeId, TrafficTotals> {
+        let entries = self.lock();
+        let mut totals = entries.retired.clone();
+        for tracked in entries.connections.values() {
+            *totals.entry(tracked.backend.clone()).or_default() +=
+                tracked.traffic.totals() - tracked.counted;
+        }
+        totals
     }
 
     /// Calls `f` with every live connection, oldest first, under the registry's lock.
@@ -369,6 +418,7 @@ impl<H: Send + 'static> LoadSource for LiveConnections<H> {
 pub struct Registered<H> {
     connections: LiveConnections<H>,
     id: ConnectionId,
+    traffic: Arc<Traffic>,
     _admission: Option<Admission>,
 }
 
@@ -376,6 +426,11 @@ impl<H> Registered<H> {
     /// The connection's id.
     pub fn id(&self) -> ConnectionId {
         self.id
+    }
+
+    /// Where its relay counts what it carries ([`RelayCommands::counting`](crate::RelayCommands::counting)).
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
     }
 
     /// Holds the connection's place under the cap for as long as it is registered.
@@ -394,8 +449,9 @@ impl<H> fmt::Debug for Registered<H> {
 impl<H> Drop for Registered<H> {
     fn drop(&mut self) {
         let mut entries = self.connections.lock();
-        if let Some(tracked) = entries.connections.remove(&self.id) {
+        if let Some(mut tracked) = entries.connections.remove(&self.id) {
             entries.count(&tracked.backend, false);
+            Entries::retire_traffic(&mut entries.retired, &mut tracked);
         }
         if entries.connections.is_empty() {
             self.connections.inner.emptied.notify_waiters();
@@ -455,6 +511,34 @@ mod tests {
 
     /// The cap, the per-backend counts and a live move's bookkeeping are one record: a move
     /// recounts it, and dropping the guard frees both the record and the place.
+    #[test]
+    fn traffic_stays_with_the_backend_it_went_to_across_a_move() {
+        let live = LiveConnections::new(10);
+        let (a, b) = (NodeId::from("a"), NodeId::from("b"));
+        let (handle, _commands) = RelayHandle::new();
+        let guard = live.register(b"k", 1, a.clone(), 1, handle);
+        let traffic = guard.traffic();
+        traffic.count(true, 2, 100);
+        live.set_backend(guard.id(), b.clone());
+        traffic.count(false, 1, 10);
+        let totals = live.traffic_per_backend();
+        assert_eq!(totals[&a].to_backend.bytes, 100, "before the move: a's");
+        assert_eq!(totals[&a].to_client.bytes, 0);
+        assert_eq!(totals[&b].to_client.messages, 1, "after it: b's");
+        assert_eq!(totals[&b].to_backend.bytes, 0);
+        traffic.count(true, 1, 5);
+        drop(guard);
+        let after = live.traffic_per_backend();
+        assert_eq!(
+            after[&a], totals[&a],
+            "a's totals never shrink nor grow after the move"
+        );
+        assert_eq!(
+            after[&b].to_backend.bytes, 5,
+            "what came before the close is kept"
+        );
+    }
+
     #[test]
     fn the_cap_and_the_counts_follow_one_record() {
         let live = LiveConnections::new(1);

@@ -32,6 +32,7 @@ mod metrics;
 mod proxy;
 mod relay;
 mod request_check;
+mod traffic;
 mod upstream;
 mod websocket;
 
@@ -46,6 +47,7 @@ pub use self::{
         RelayOutcome, SwitchError,
     },
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
+    traffic::{Flow, Traffic, TrafficTotals},
     upstream::{
         is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody, Upstream,
         UpstreamConfig, UpstreamError, UpstreamSocket, WebSocketAnswer,

@@ -6,7 +6,9 @@ use std::{sync::Arc, time::Duration};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric},
+    metrics::MetricType,
     metrics::{
+        counter::ConstCounter,
         counter::Counter,
         family::Family,
         gauge::ConstGauge,
@@ -17,7 +19,7 @@ use prometheus_client::{
 use tokio::time::Instant;
 use tower_hashring::NodeId;
 
-use crate::LiveConnections;
+use crate::{Flow, LiveConnections, TrafficTotals};
 
 /// How a WebSocket handshake through the proxy ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -197,6 +199,51 @@ impl<H: Send + 'static> Collector for ActiveWebSockets<H> {
             let gauge = ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX));
             gauge.encode(family.encode_family(&label)?)?;
         }
+        let mut traffic: Vec<_> = self.0.traffic_per_backend().into_iter().collect();
+        traffic.sort_by(|a, b| a.0.cmp(&b.0));
+        let flows = |totals: &TrafficTotals| {
+            [
+                (FlowDirection::to_backend, totals.to_backend),
+                (FlowDirection::to_client, totals.to_client),
+            ]
+        };
+        for (name, help, value) in [
+            (
+                "websocket_messages",
+                "Data messages relayed, by the backend they went to or came from and direction",
+                (|flow: Flow| flow.messages) as fn(Flow) -> u64,
+            ),
+            (
+                "websocket_bytes",
+                "Bytes relayed (WebSocket framing included), by backend and direction",
+                |flow: Flow| flow.bytes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (backend, totals) in &traffic {
+                for (direction, flow) in flows(totals) {
+                    let label = TrafficLabel {
+                        backend: Backend(backend.clone()),
+                        direction,
+                    };
+                    ConstCounter::new(value(flow)).encode(family.encode_family(&label)?)?;
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// Which way relayed traffic went.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum FlowDirection {
+    to_backend,
+    to_client,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabel {
+    backend: Backend,
+    direction: FlowDirection,
 }

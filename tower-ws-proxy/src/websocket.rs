@@ -283,6 +283,7 @@ where
                     handle,
                 )
                 .holding(admission);
+            let commands = commands.counting(registration.traffic());
             // Everything the relay logs carries the connection's key, backend and request id.
             let span = tracing::info_span!(
                 "websocket",

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{
     protocol::{frame::coding::CloseCode, CloseFrame},
     Message,
 };
-use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle, RelayOutcome};
+use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle, RelayOutcome, Traffic};
 
 /// An echo server that records the close it received.
 async fn echo_server() -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
@@ -101,6 +101,52 @@ async fn messages_and_a_client_close_pass_through() {
     assert_eq!(outcome.upstream_close, Some(4000));
     assert_eq!(outcome.relay_close, None);
     assert!(outcome.client_bytes > 200_000 && outcome.upstream_bytes > 200_000);
+}
+
+#[tokio::test]
+async fn what_the_relay_carried_is_counted_by_direction() {
+    let (server, server_task) = echo_server().await;
+    let traffic = std::sync::Arc::new(Traffic::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let (_handle, commands) = RelayHandle::new();
+    let commands = commands.counting(traffic.clone());
+    let relay_task = tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        let mut upstream = TcpStream::connect(server).await.unwrap();
+        copy_head(&mut client, &mut upstream).await;
+        copy_head(&mut upstream, &mut client).await;
+        relay(
+            Peer::new(client),
+            Peer::new(upstream),
+            RelayConfig::default(),
+            commands,
+        )
+        .await
+    });
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    let big = "y".repeat(100_000);
+    for text in ["one", "", big.as_str()] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    // A ping and its pong are control frames, not messages.
+    ws.send(Message::Ping(vec![1, 2].into())).await.unwrap();
+    assert!(ws.next().await.unwrap().unwrap().is_pong());
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    server_task.await.unwrap();
+    let outcome = relay_task.await.unwrap();
+    let totals = traffic.totals();
+    assert_eq!(
+        (totals.to_backend.messages, totals.to_client.messages),
+        (3, 3)
+    );
+    assert_eq!(totals.to_backend.bytes, outcome.client_bytes);
+    assert_eq!(totals.to_client.bytes, outcome.upstream_bytes);
+    assert!(totals.to_backend.bytes > 100_000, "{totals:?}");
 }
 
 /// Under continuous traffic of large messages, a requested close reaches both sides between

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::{
     close_code,
-    frame::{close_frame, FrameError, FrameTracker, OpCode},
+    frame::{close_frame, FrameEnd, FrameError, FrameTracker, OpCode},
     SwitchError,
 };
 
@@ -49,9 +49,30 @@ pub(super) struct Direction<'a> {
     pub(super) held: Vec<u8>,
     /// This direction's source broke the framing: its bytes pass through untracked.
     pub(super) opaque: bool,
+    /// Data messages completed since the last [`count`](Self::count).
+    pub(super) messages: u64,
 }
 
 impl Direction<'_> {
+    fn count_message(&mut self, frame: &FrameEnd) {
+        let data = matches!(
+            frame.opcode,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation
+        );
+        if frame.fin && data {
+            self.messages += 1;
+        }
+    }
+
+    /// Counts `bytes` read, and the messages they completed, into the connection's traffic.
+    pub(super) fn count(&mut self, bytes: usize) {
+        self.end.bytes += bytes as u64;
+        let messages = std::mem::take(&mut self.messages);
+        if let Some(traffic) = &self.shared.commands.traffic {
+            traffic.count(self.toward == Toward::Upstream, messages, bytes as u64);
+        }
+    }
+
     /// Takes a command into account.
     pub(super) fn on_command(&mut self, command: &RelayCommand) {
         if self.shared.is_opaque() {
@@ -157,6 +178,7 @@ impl Direction<'_> {
                 }
             };
             pos += consumed;
+            self.count_message(&frame);
             if frame.opcode == OpCode::Close && self.end.close.is_none() {
                 self.end.close = Some(frame.close_code.unwrap_or(close_code::NO_STATUS));
                 self.deadline
@@ -256,6 +278,7 @@ impl Direction<'_> {
                 }
             };
             pos += consumed;
+            self.count_message(&frame);
             if frame.opcode == OpCode::Close {
                 self.held = Vec::new();
                 self.end.close = Some(frame.close_code.unwrap_or(close_code::NO_STATUS));

@@ -9,7 +9,7 @@ use std::{
 use tokio::sync::{oneshot, watch};
 
 use super::Peer;
-use crate::frame::FrameLimits;
+use crate::{frame::FrameLimits, Traffic};
 
 /// Deadlines and limits of a relay. Every state a relay can wait in has a deadline here, so
 /// no peer, however broken, holds a connection's slot and descriptors past it.
@@ -184,6 +184,25 @@ pub struct RelayCommands {
     // The relay's own idle timer closes through the same channel.
     pub(super) sender: Arc<watch::Sender<RelayCommand>>,
     pub(super) switch: SwitchSlot,
+    /// Where the relay counts what it carries, if anywhere.
+    pub(super) traffic: Option<Arc<Traffic>>,
+}
+
+impl RelayCommands {
+    /// Counts the messages and bytes the relay carries into `traffic` (a registered
+    /// connection's, [`Registered::traffic`](crate::Registered::traffic)).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_ws_proxy::{RelayHandle, Traffic};
+    ///
+    /// let (_handle, commands) = RelayHandle::new();
+    /// let _commands = commands.counting(Arc::new(Traffic::default()));
+    /// ```
+    pub fn counting(mut self, traffic: Arc<Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +228,7 @@ impl RelayHandle {
                 receiver,
                 sender,
                 switch,
+                traffic: None,
             },
         )
     }

@@ -68,6 +68,7 @@ where
         switching: false,
         held: Vec::new(),
         opaque: false,
+        messages: 0,
     };
     let mut pending: Option<Vec<u8>> = None;
     // Consumed here so nothing keeps it alive for the rest of the connection.
@@ -77,7 +78,7 @@ where
             Plan::All => preread.to_vec(),
             Plan::Bytes(bytes) => bytes,
         });
-        this.end.bytes += preread.len() as u64;
+        this.count(preread.len());
     }
     drop(preread);
 
@@ -267,8 +268,9 @@ where
             Poll::Ready(Ok(())) => read_buf.filled().len(),
         };
         this.shared.touch();
-        this.end.bytes += read as u64;
-        Poll::Ready(match this.plan(&buf[..read]) {
+        let plan = this.plan(&buf[..read]);
+        this.count(read);
+        Poll::Ready(match plan {
             Plan::All => match write_now(cx, dst, &buf[..read]) {
                 Ok(written) if written == read => Step::Sent,
                 Ok(written) => Step::Pending(buf[written..read].to_vec()),
