@@ -48,6 +48,9 @@ async fn every_admin_route_needs_the_token() {
         ("GET", "/metrics"),
         ("POST", "/admin/backends"),
         ("DELETE", "/admin/backends/backend-a"),
+        ("PATCH", "/admin/backends/backend-a"),
+        ("GET", "/admin/events"),
+        ("POST", "/admin/send"),
     ] {
         let json = "content-type: application/json\r\n";
         let (status, body) = admin(&gateway, method, path, json, "").await;
