@@ -15,6 +15,7 @@ use crate::{
     backoff::Backoff,
     changes::ChangeSender,
     events::{fanout_channel, publish},
+    metrics::{DiscoveryMetrics, ErrorKind, Source},
     Backend, MemberChanges, MemberSet,
 };
 
@@ -157,8 +158,22 @@ impl Drop for AmqpAnnouncer {
 /// # }
 /// ```
 pub fn amqp_members(url: &str, exchange: &str) -> MemberChanges {
+    amqp_members_counted(url, exchange, DiscoveryMetrics::default())
+}
+
+/// [`amqp_members`], counting its errors (a lost broker, a message that is not an
+/// announcement) into `metrics`.
+///
+/// ```no_run
+/// # async fn f() {
+/// let metrics = discovery::DiscoveryMetrics::default();
+/// let members = discovery::amqp_members_counted("amqp://127.0.0.1:5672/%2f", "wscluster.members", metrics);
+/// # let _ = members;
+/// # }
+/// ```
+pub fn amqp_members_counted(url: &str, exchange: &str, metrics: DiscoveryMetrics) -> MemberChanges {
     let (url, exchange) = (url.to_owned(), exchange.to_owned());
-    MemberChanges::spawn(|changes| follow(url, exchange, changes))
+    MemberChanges::spawn(|changes| follow(url, exchange, changes, metrics))
 }
 
 /// A member as last announced.
@@ -168,7 +183,7 @@ struct Announced {
     expires: Instant,
 }
 
-async fn follow(url: String, exchange: String, changes: ChangeSender) {
+async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: DiscoveryMetrics) {
     let mut announced: BTreeMap<String, Announced> = BTreeMap::new();
     let mut members = MemberSet::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -209,6 +224,7 @@ async fn follow(url: String, exchange: String, changes: ChangeSender) {
             Ok(consumer) => consumer,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the broker; keeping the last members");
+                metrics.error(Source::amqp, ErrorKind::connection);
                 backoff.wait().await;
                 continue;
             }
@@ -228,10 +244,14 @@ async fn follow(url: String, exchange: String, changes: ChangeSender) {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => match serde_json::from_slice::<Announcement>(&delivery.data) {
                         Ok(announcement) => apply(&mut announced, announcement),
-                        Err(error) => tracing::warn!(%error, "ignoring a message that is not an announcement"),
+                        Err(error) => {
+                            tracing::warn!(%error, "ignoring a message that is not an announcement");
+                            metrics.error(Source::amqp, ErrorKind::invalid_entry);
+                        }
                     },
                     _ => {
                         tracing::warn!("lost the broker; keeping the last members");
+                        metrics.error(Source::amqp, ErrorKind::connection);
                         break;
                     }
                 },

@@ -15,7 +15,10 @@ use futures_util::StreamExt;
 use tower::discover::Change;
 use tower_hashring::NodeId;
 
-use crate::{backoff::Backoff, changes::ChangeSender, Backend, MemberChanges, MemberSet};
+use crate::{
+    backoff::Backoff, changes::ChangeSender, Backend, DiscoveryMetrics, ErrorKind, MemberChanges,
+    MemberSet, Source,
+};
 
 /// The label that names a container's service.
 pub const SERVICE_LABEL: &str = "wscluster.service";
@@ -63,6 +66,7 @@ pub enum DockerError {
 pub struct DockerSource {
     service: String,
     network: Option<String>,
+    metrics: DiscoveryMetrics,
 }
 
 impl DockerSource {
@@ -71,7 +75,14 @@ impl DockerSource {
         Self {
             service: service.into(),
             network: None,
+            metrics: DiscoveryMetrics::default(),
         }
+    }
+
+    /// Counts the errors of [`discover`](Self::discover) (a lost engine) into `metrics`.
+    pub fn metrics(mut self, metrics: DiscoveryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reach containers on this network.
@@ -142,6 +153,7 @@ async fn follow(source: DockerSource, changes: ChangeSender) {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "docker discovery lost the engine; keeping the last members");
+                source.metrics.error(Source::docker, ErrorKind::connection);
                 backoff.wait_after(started.elapsed()).await;
             }
         }

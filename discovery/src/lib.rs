@@ -44,6 +44,7 @@ mod docker;
 #[cfg(feature = "amqp")]
 mod events;
 mod health;
+mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
 mod static_list;
@@ -57,12 +58,13 @@ pub use self::docker::{
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
 #[cfg(feature = "amqp")]
 pub use self::{
-    amqp_members::{amqp_members, AmqpAnnouncer, Announcement},
+    amqp_members::{amqp_members, amqp_members_counted, AmqpAnnouncer, Announcement},
     events::{ring_event, AmqpEvents},
 };
 pub use self::{
     backend::{Backend, MemberSet},
     changes::MemberChanges,
     health::HealthCheck,
+    metrics::{DiscoveryMetrics, ErrorKind, Source},
     static_list::StaticDiscovery,
 };

@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
-    amqp_members, AmqpEvents, ContainerLimits, DockerScaler, DockerSource, HealthCheck,
-    RedisRegistry, StaticDiscovery,
+    amqp_members_counted, AmqpEvents, ContainerLimits, DiscoveryMetrics, DockerScaler,
+    DockerSource, HealthCheck, RedisRegistry, StaticDiscovery,
 };
 use serde_json::json;
 use tokio::{
@@ -276,7 +276,14 @@ impl Gateway {
             ));
         }
         let (members, ring_changes) = Members::new(config.upstream);
-        follow_sources(&members, &config, backends, scaler.as_deref())?;
+        let discovery_metrics = DiscoveryMetrics::default();
+        follow_sources(
+            &members,
+            &config,
+            backends,
+            scaler.as_deref(),
+            &discovery_metrics,
+        )?;
         // One registry: the cap, the per-backend counts (bounded loads read them), the
         // migrator's records and shutdown all use it.
         let connections = LiveConnections::with_limit(config.max_connections);
@@ -292,6 +299,7 @@ impl Gateway {
         let metrics = GatewayMetrics::new(
             &proxy_metrics,
             &migration_metrics,
+            &discovery_metrics,
             &routing.ring,
             &connections,
             &members,
@@ -439,6 +447,7 @@ fn follow_sources(
     config: &GatewayConfig,
     backends: Vec<(NodeId, SocketAddr)>,
     scaler: Option<&dyn Scaler>,
+    metrics: &DiscoveryMetrics,
 ) -> std::io::Result<()> {
     let discovery = &config.discovery;
     let health = discovery.health.as_ref();
@@ -449,14 +458,16 @@ fn follow_sources(
     if let Some(redis) = &discovery.redis {
         let registry = RedisRegistry::new(&redis.url, redis.service.as_str())
             .map_err(std::io::Error::other)?
-            .resync(redis.resync);
+            .resync(redis.resync)
+            .metrics(metrics.clone());
         members.follow_checked(health, registry.discover());
     }
     if let Some((url, exchange)) = &discovery.amqp {
-        members.follow_checked(health, amqp_members(url, exchange));
+        let source = amqp_members_counted(url, exchange, metrics.clone());
+        members.follow_checked(health, source);
     }
     if let Some(docker) = &discovery.docker {
-        let source = DockerSource::new(docker.service.as_str());
+        let source = DockerSource::new(docker.service.as_str()).metrics(metrics.clone());
         let source = match &docker.network {
             Some(network) => source.network(network.as_str()),
             None => source,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use discovery::DiscoveryMetrics;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -28,6 +29,7 @@ impl GatewayMetrics {
     pub(crate) fn new(
         proxy: &ProxyMetrics,
         migration: &MigrationMetrics,
+        discovery: &DiscoveryMetrics,
         ring: &SharedHashRing<Upstream, HttpKey>,
         connections: &LiveConnections<ProxiedConnection>,
         members: &Members,
@@ -35,6 +37,7 @@ impl GatewayMetrics {
         let mut registry = Registry::with_prefix("wscluster");
         proxy.register(&mut registry);
         migration.register(&mut registry);
+        discovery.register(&mut registry);
         registry.register_collector(Box::new(RingMetrics::new(ring.subscribe())));
         registry.register_collector(Box::new(ActiveWebSockets::new(connections.clone())));
         registry.register_collector(Box::new(GatewayState {

@@ -146,3 +146,23 @@ async fn a_metrics_listener_needs_no_token_and_serves_nothing_else() {
     assert_eq!(http(gateway.admin, "GET", "/metrics", "").await.0, 401);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn discovery_errors_are_counted_per_source() {
+    // A Redis source on a port nothing listens on: every attempt fails to connect.
+    let mut config = any_port();
+    config.discovery.redis = Some(gateway_bin::gateway::RedisSource {
+        url: format!("redis://127.0.0.1:{}/0", wscluster_tests::free_port()),
+        service: "metrics-test".into(),
+        resync: Duration::from_millis(50),
+    });
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
+    let series = r#"wscluster_discovery_errors_total{source="redis",kind="connection"}"#;
+    let counted = eventually(Duration::from_secs(5), async || {
+        sample(&scrape(&gateway).await, series).is_some_and(|errors| errors >= 2.0)
+    });
+    assert!(counted.await, "{}", scrape(&gateway).await);
+    // The gateway still routes over the members it has.
+    let (_client, server) = connect(&gateway, "7").await;
+    assert_eq!(server, "backend-a");
+}

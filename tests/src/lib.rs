@@ -116,6 +116,34 @@ pub fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
 }
 
+/// Headless Chromium for browser tests: Debian's `chromium` and `chromium-driver`, and
+/// Python's `selenium` to drive them. `false` (skip) where one is missing and `CI` is not
+/// set.
+pub fn browser_available() -> bool {
+    let selenium = std::process::Command::new("python3")
+        .args(["-c", "import selenium"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    let missing: Vec<&str> = [
+        (!installed("chromium")).then_some("chromium"),
+        (!installed("chromedriver")).then_some("chromium-driver"),
+        (!selenium).then_some("python3 selenium"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "{} missing: `apt-get install chromium chromium-driver python3-pip && pip install selenium` (.ci/run does)",
+        missing.join(", ")
+    );
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    skipped(&why);
+    false
+}
+
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::RedisError;
-use crate::{Backend, MemberChanges};
+use crate::{Backend, DiscoveryMetrics, MemberChanges};
 
 /// Where the backends of one service register in Redis; cheap to clone.
 ///
@@ -30,6 +30,7 @@ pub struct RedisRegistry {
     pub(super) service: String,
     pub(super) ttl: Duration,
     pub(super) resync: Duration,
+    pub(super) metrics: DiscoveryMetrics,
 }
 
 impl RedisRegistry {
@@ -41,6 +42,7 @@ impl RedisRegistry {
             service: service.into(),
             ttl: Duration::from_secs(3),
             resync: Duration::from_secs(1),
+            metrics: DiscoveryMetrics::default(),
         })
     }
 
@@ -55,6 +57,12 @@ impl RedisRegistry {
     /// 1 s): this bounds how late a lapsed registration is noticed.
     pub fn resync(mut self, every: Duration) -> Self {
         self.resync = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Counts the errors of [`discover`](Self::discover) into `metrics`.
+    pub fn metrics(mut self, metrics: DiscoveryMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 

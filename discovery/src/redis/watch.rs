@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 
 use super::{RedisError, RedisRegistry};
-use crate::{backoff::Backoff, changes::ChangeSender, Backend, MemberSet};
+use crate::{backoff::Backoff, changes::ChangeSender, Backend, ErrorKind, MemberSet, Source};
 
 /// Subscribes, resyncs, and resubscribes after every lost connection, with backoff.
 pub(super) async fn follow(registry: RedisRegistry, changes: ChangeSender) {
@@ -18,6 +18,7 @@ pub(super) async fn follow(registry: RedisRegistry, changes: ChangeSender) {
             Ok(()) => return, // the stream was dropped
             Err(error) => {
                 tracing::warn!(%error, "redis discovery lost its connection; keeping the last members");
+                registry.metrics.error(Source::redis, ErrorKind::connection);
                 backoff.wait_after(started.elapsed()).await;
             }
         }
@@ -88,6 +89,9 @@ async fn read_members(
                 Ok(backend) => Some(backend),
                 Err(error) => {
                     tracing::warn!(%key, %error, "ignoring a registration that is not a backend");
+                    registry
+                        .metrics
+                        .error(Source::redis, ErrorKind::invalid_entry);
                     None
                 }
             }

@@ -313,6 +313,19 @@ function renderRing(s) {
 function renderShares(s) {
   const list = $('shares');
   list.replaceChildren();
+  // Inside the ring: each member's share as one arc, for a ring with too many points to
+  // read its shares off.
+  const inner = $('ring-shares');
+  inner.replaceChildren();
+  let at = 0;
+  for (const member of s.members) {
+    if (member.share <= 0) continue;
+    const path = document.createElementNS(SVG, 'path');
+    path.setAttribute('d', arcPath(at, Math.min(1, at + member.share), 66));
+    path.setAttribute('stroke', colour(member.id));
+    inner.appendChild(path);
+    at += member.share;
+  }
   for (const member of s.members) {
     const li = document.createElement('li');
     const swatch = document.createElement('span');

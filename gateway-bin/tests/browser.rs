@@ -1,0 +1,44 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`) driven by `tests/browser/dashboard.py` (Python `selenium`) against a
+//! demo gateway with 3 in-process backends. With `DASHBOARD_SCREENSHOT=path.png` it saves a
+//! screenshot of the page at the end (how `docs/dashboard.png` is made).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gateway_bin::admin_access::AdminToken;
+
+const TOKEN: &str = "browser-test-admin-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_headless_chromium() {
+    if !wscluster_tests::browser_available() {
+        return;
+    }
+    let mut config = any_port();
+    config.admin_access.token = Some(AdminToken::new(TOKEN).unwrap());
+    let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.py");
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .arg(script)
+        .env("ADMIN", format!("http://{}", gateway.admin))
+        .env("TOKEN", TOKEN)
+        .kill_on_drop(true);
+    if let Some(path) = std::env::var_os("DASHBOARD_SCREENSHOT") {
+        command.env("SCREENSHOT", path);
+    }
+    let run = tokio::time::timeout(Duration::from_secs(180), command.output());
+    let output = run
+        .await
+        .expect("the browser checks end within 3 minutes")
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

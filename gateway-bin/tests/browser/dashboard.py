@@ -1,0 +1,155 @@
+"""Drives the dashboard in headless Chromium against a running demo gateway.
+
+Debian's `chromium` and `chromium-driver` with Python `selenium` (the system chromedriver,
+nothing downloaded). Run by `gateway-bin/tests/browser.rs`, which starts the gateway and
+passes ADMIN (http://host:port), TOKEN and, optionally, SCREENSHOT (a PNG path).
+Exits non-zero with the reason on the first check that fails.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+ADMIN = os.environ["ADMIN"]
+TOKEN = os.environ["TOKEN"]
+SCREENSHOT = os.environ.get("SCREENSHOT")
+
+
+def api(path, method="GET", body=None):
+    request = urllib.request.Request(ADMIN + path, method=method)
+    request.add_header("Authorization", "Bearer " + TOKEN)
+    data = None
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+        data = json.dumps(body).encode()
+    with urllib.request.urlopen(request, data, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait(check, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as error:  # an element not there yet
+            last = error
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def rows(driver):
+    return driver.find_elements(By.CSS_SELECTOR, "#backends tbody tr")
+
+
+def text(driver, element_id):
+    return driver.find_element(By.ID, element_id).text
+
+
+def main():
+    options = webdriver.ChromeOptions()
+    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,1200"):
+        options.add_argument(argument)
+    service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        check(driver)
+    finally:
+        driver.quit()
+
+
+def check(driver):
+    # Without the token: the page says it is refused, and shows no data.
+    driver.get(ADMIN + "/")
+    wait(lambda: driver.find_element(By.ID, "refused").is_displayed(), "the refusal")
+    assert "Authorization: Bearer" in text(driver, "refused-why"), text(driver, "refused-why")
+    assert not driver.find_element(By.ID, "main").is_displayed()
+    assert len(rows(driver)) == 0
+
+    # With it (in the fragment, which leaves the address bar): 3 backends.
+    driver.get("about:blank")
+    driver.get(ADMIN + "/#token=" + TOKEN)
+    wait(lambda: len(rows(driver)) == 3, "3 backend rows")
+    assert TOKEN not in driver.current_url, driver.current_url
+    assert text(driver, "live") == "live"
+    version = text(driver, "ring-version")
+
+    # "Add instance" adds a 4th row, and the ring redraws with the moved ranges lit.
+    driver.find_element(By.ID, "add-instance").click()
+    wait(lambda: len(rows(driver)) == 4, "a 4th backend row")
+    wait(lambda: text(driver, "ring-version") != version, "a new ring version")
+    wait(lambda: int(driver.find_element(By.ID, "ring-moved").get_attribute("data-moved") or 0) > 0,
+         "moved ranges highlighted")
+    owners = {a["id"] for a in api("/admin/ring")["members"]}
+    drawn = driver.execute_script("return [...new Set(arcs.map(a => a.owner))]")
+    assert set(drawn) == owners, (drawn, owners)
+
+    # A client card connects as a user and gets a pushed message.
+    driver.find_element(By.ID, "client-user").send_keys("42")
+    driver.find_element(By.CSS_SELECTOR, "#client-form button").click()
+    card = wait(lambda: driver.find_element(By.CSS_SELECTOR, '.card[data-user="42"]'), "a card")
+    server = wait(lambda: card.get_attribute("data-server"), "the card's backend")
+    driver.find_element(By.ID, "push-user").send_keys("42")
+    driver.find_element(By.ID, "push-message").send_keys("hello from the browser")
+    driver.find_element(By.CSS_SELECTOR, "#push-form button").click()
+    wait(lambda: "pushed: hello from the browser" in card.text, "the pushed message on the card")
+
+    # Draining the card's backend moves it live: another backend, no reconnect.
+    row = driver.find_element(By.CSS_SELECTOR, f'#backends tr[data-id="{server}"]')
+    row.find_element(By.CSS_SELECTOR, "button.drain").click()
+    wait(lambda: card.get_attribute("data-server") != server, "the card's backend to change")
+    assert card.get_attribute("data-reconnects") == "0", card.get_attribute("data-reconnects")
+    assert card.get_attribute("data-moves") == "1", card.get_attribute("data-moves")
+    assert "moved live" in card.text, card.text
+    wait(lambda: driver.find_element(By.CSS_SELECTOR, f'#backends tr[data-id="{server}"]')
+         .get_attribute("data-state") == "draining", "the drained row's state")
+
+    # The counters match /admin/ring (both read until they agree: the page lags a second).
+    def counters_match():
+        ring = api("/admin/ring")
+        shown = {r.get_attribute("data-id"): r.find_element(By.CSS_SELECTOR, "td.connections").text
+                 for r in rows(driver)}
+        expected = {m["id"]: str(m["connections"]) for m in ring["members"] + ring["others"]}
+        migrations = ring["migrations"]
+        return (shown == expected
+                and text(driver, "m-moved") == str(migrations["moved"])
+                and text(driver, "m-failed") == str(migrations["failed"])
+                and text(driver, "m-off-owner") == str(ring["off_owner"])
+                and text(driver, "total-connections") == str(ring["connections"])
+                and migrations["moved"] >= 1)
+    wait(counters_match, "the page's counters to match /admin/ring")
+    moves = driver.find_elements(By.CSS_SELECTOR, "#moves tbody tr")
+    assert moves and "42" in moves[0].text and server in moves[0].text, [m.text for m in moves]
+
+    # Narrow window: nothing wider than the viewport.
+    driver.set_window_size(420, 900)
+    time.sleep(0.3)
+    overflow = driver.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than a narrow window"
+    driver.set_window_size(1280, 1200)
+
+    if SCREENSHOT:
+        time.sleep(1.2)  # a tick with rates
+        driver.save_screenshot(SCREENSHOT)
+    print("dashboard: all checks passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as error:
+        line = traceback.extract_tb(error.__traceback__)[-1]
+        print(f"dashboard check failed at line {line.lineno} ({line.line}): {error}", file=sys.stderr)
+        sys.exit(1)
