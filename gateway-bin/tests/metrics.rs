@@ -124,6 +124,9 @@ async fn metrics_follow_handshakes_moves_and_the_ring() {
         &added,
     ) as u64;
     assert_eq!(on_added, expected, "{text}");
+    // Every user that moved opened an upstream WebSocket to the added backend.
+    let arrived = format!("wscluster_migration_upstreams_opened_total{{backend=\"{added}\"}}");
+    assert_eq!(sample(&text, &arrived), Some(expected as f64), "{text}");
     assert!(!text.contains("metric-user"), "no label names a user");
     drop(clients);
     gateway.shutdown().await;

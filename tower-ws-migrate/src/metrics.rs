@@ -17,6 +17,11 @@ use prometheus_client::{
 use crate::{MigrationPolicy, Outcome};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MigrationLabels {
     policy: &'static str,
     outcome: &'static str,
@@ -48,6 +53,7 @@ struct Inner {
     migrations: Family<MigrationLabels, Counter>,
     in_flight: Gauge,
     seconds: Histogram,
+    upstreams_opened: Family<BackendLabel, Counter>,
 }
 
 impl Default for MigrationMetrics {
@@ -58,6 +64,7 @@ impl Default for MigrationMetrics {
                 in_flight: Gauge::default(),
                 // 1 ms to ~16 s.
                 seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+                upstreams_opened: Family::default(),
             }),
         }
     }
@@ -91,6 +98,19 @@ impl MigrationMetrics {
             "How long a migration took, to its outcome",
             inner.seconds.clone(),
         );
+        registry.register(
+            "migration_upstreams_opened",
+            "Upstream WebSockets opened by live moves, by the backend the connection moved to",
+            inner.upstreams_opened.clone(),
+        );
+    }
+
+    /// A live move opened an upstream WebSocket to `backend`.
+    pub(crate) fn moved_live_to(&self, backend: &tower_hashring::NodeId) {
+        let label = BackendLabel {
+            backend: backend.as_str().to_owned(),
+        };
+        self.inner.upstreams_opened.get_or_create(&label).inc();
     }
 
     pub(crate) fn started(&self) {

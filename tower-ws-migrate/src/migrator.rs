@@ -238,6 +238,9 @@ where
                     (&outcome, &*policy, &planned.to)
                 {
                     registry.set_backend(planned.id, to.clone());
+                    if let Some(metrics) = &metrics {
+                        metrics.moved_live_to(to);
+                    }
                 }
                 stats.count(&outcome);
                 hook.on_migration(&MigrationEvent {
