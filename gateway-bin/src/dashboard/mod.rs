@@ -43,8 +43,9 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// How often the live state is sent when nothing changes.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The most arcs sent for the ring's picture; a larger ring is drawn at this resolution.
-const MAX_ARCS: usize = 4096;
+/// The most arcs sent for the ring's picture; a ring with more is drawn at this resolution
+/// (the owner at each of this many even steps round the circle).
+const MAX_ARCS: usize = 8192;
 
 /// `GET /`, `/dashboard.js` and `/dashboard.css`.
 pub(crate) fn page_router() -> Router {
@@ -134,29 +135,31 @@ impl Arcs {
             return arcs;
         };
         let fraction = |position: u64| position as f64 / 2f64.powi(64);
-        // With more points than can be drawn, the owner at each of MAX_ARCS even steps.
-        let mut push = |start: f64, owner: u32| {
+        let push = |arcs: &mut Self, start: f64, owner: u32| {
             if arcs.owners.last() != Some(&owner) {
                 arcs.starts.push(start);
                 arcs.owners.push(owner);
             }
         };
-        if points.len() + 1 > MAX_ARCS {
-            for step in 0..MAX_ARCS {
-                let at = step as f64 / MAX_ARCS as f64;
-                let position = (at * 2f64.powi(64)) as u64;
-                let after = points.partition_point(|(p, _)| *p < position);
-                let owner = points.get(after).map_or(first_owner, |(_, o)| *o);
-                push(at, owner);
-            }
-            return arcs;
-        }
-        push(0.0, first_owner);
+        push(&mut arcs, 0.0, first_owner);
         for pair in points.windows(2) {
-            push(fraction(pair[0].0), pair[1].1);
+            push(&mut arcs, fraction(pair[0].0), pair[1].1);
         }
         if let Some(&(last, _)) = points.last() {
-            push(fraction(last), first_owner);
+            push(&mut arcs, fraction(last), first_owner);
+        }
+        if arcs.starts.len() <= MAX_ARCS {
+            return arcs;
+        }
+        // Too many to draw: the owner at each of MAX_ARCS even steps.
+        arcs.starts.clear();
+        arcs.owners.clear();
+        for step in 0..MAX_ARCS {
+            let at = step as f64 / MAX_ARCS as f64;
+            let position = (at * 2f64.powi(64)) as u64;
+            let after = points.partition_point(|(p, _)| *p < position);
+            let owner = points.get(after).map_or(first_owner, |(_, o)| *o);
+            push(&mut arcs, at, owner);
         }
         arcs
     }
