@@ -243,7 +243,12 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
             tokio::select! {
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => match serde_json::from_slice::<Announcement>(&delivery.data) {
-                        Ok(announcement) => apply(&mut announced, announcement),
+                        Ok(announcement) => {
+                            if let Err(why) = apply(&mut announced, announcement) {
+                                tracing::warn!("ignoring an announcement out of range: {why}");
+                                metrics.error(Source::amqp, ErrorKind::invalid_entry);
+                            }
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "ignoring a message that is not an announcement");
                             metrics.error(Source::amqp, ErrorKind::invalid_entry);
@@ -277,14 +282,30 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
     }
 }
 
-fn apply(announced: &mut BTreeMap<String, Announced>, announcement: Announcement) {
+/// The longest TTL an announcement may ask for: past it, a backend that crashed would stay
+/// on the ring for too long (and `now + ttl` could overflow the clock).
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// Applies `announcement`, or says why it was ignored.
+fn apply(
+    announced: &mut BTreeMap<String, Announced>,
+    announcement: Announcement,
+) -> Result<(), String> {
     match announcement {
         Announcement::Up {
             instance,
             backend,
             ttl_ms,
         } => {
-            let expires = Instant::now() + Duration::from_millis(ttl_ms);
+            let ttl = Duration::from_millis(ttl_ms);
+            if ttl.is_zero() || ttl > MAX_TTL {
+                return Err(format!(
+                    "`up` of {} with ttl_ms {ttl_ms}: it must be 1 to {}",
+                    backend.id,
+                    MAX_TTL.as_millis()
+                ));
+            }
+            let expires = Instant::now() + ttl;
             announced.insert(
                 backend.id.clone(),
                 Announced {
@@ -299,5 +320,34 @@ fn apply(announced: &mut BTreeMap<String, Announced>, announcement: Announcement
                 announced.remove(&id);
             }
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(id: &str, ttl_ms: u64) -> Announcement {
+        Announcement::Up {
+            instance: "run-1".into(),
+            backend: Backend::new(id, "127.0.0.1:7100".parse().unwrap()),
+            ttl_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ttl_out_of_range_is_ignored_without_panicking() {
+        let mut announced = BTreeMap::new();
+        for ttl_ms in [u64::MAX, u64::MAX / 2, 0, MAX_TTL.as_millis() as u64 + 1] {
+            let why = apply(&mut announced, up("a", ttl_ms)).unwrap_err();
+            assert!(why.contains("ttl_ms"), "{why}");
+        }
+        assert!(announced.is_empty());
+        apply(&mut announced, up("a", 3000)).unwrap();
+        assert!(
+            announced.contains_key("a"),
+            "later announcements still count"
+        );
     }
 }

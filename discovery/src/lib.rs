@@ -58,7 +58,7 @@ pub use self::docker::{
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
 #[cfg(feature = "amqp")]
 pub use self::{
-    amqp_members::{amqp_members, amqp_members_counted, AmqpAnnouncer, Announcement},
+    amqp_members::{amqp_members, amqp_members_counted, AmqpAnnouncer, Announcement, MAX_TTL},
     events::{ring_event, AmqpEvents},
 };
 pub use self::{

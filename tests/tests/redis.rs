@@ -203,3 +203,48 @@ async fn two_gateways_fed_by_one_redis_route_every_key_alike() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_entry_whose_id_is_not_its_keys_is_refused_and_counted() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let metrics = discovery::DiscoveryMetrics::default();
+    let registry = registry(&redis).metrics(metrics.clone());
+    let _honest = registry.register(backend(3)).await.unwrap();
+    // Filed under backend-1's key, claiming to be backend-2: it could shadow either.
+    let forged = serde_json::to_string(&backend(2)).unwrap();
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("wscluster:chat:backend:backend-1")
+        .arg(forged)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut stream = registry.discover();
+    let mut members = Members::default();
+    members
+        .until(&mut stream, Duration::from_secs(5), |m| {
+            m.contains_key("backend-3")
+        })
+        .await;
+    let invalid = || {
+        metrics.errors(
+            discovery::Source::redis,
+            discovery::ErrorKind::invalid_entry,
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while invalid() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(invalid() > 0, "the forged entry is counted");
+    // A few resyncs later, still only the honest member.
+    let more = tokio::time::timeout(Duration::from_millis(400), stream.next()).await;
+    assert!(more.is_err(), "the forged entry made a change: {more:?}");
+    assert_eq!(members.0.keys().collect::<Vec<_>>(), ["backend-3"]);
+}

@@ -86,6 +86,13 @@ async fn read_members(
             // A key that lapsed between the scan and the read is simply gone.
             let value = value?;
             match serde_json::from_str::<Backend>(&value) {
+                // The key names the member: an entry claiming another id would let one
+                // registration replace or shadow another's.
+                Ok(backend) if registry.key(&backend.id) != *key => {
+                    tracing::warn!(%key, id = %backend.id, "ignoring a registration whose id is not its key's");
+                    registry.metrics.error(Source::redis, ErrorKind::invalid_entry);
+                    None
+                }
                 Ok(backend) => Some(backend),
                 Err(error) => {
                     tracing::warn!(%key, %error, "ignoring a registration that is not a backend");
