@@ -107,13 +107,46 @@ impl DockerSource {
         )])
     }
 
-    /// The backend a container is, if it runs, is healthy (where it has a health check) and
-    /// has an address.
+    /// The backend a container is, if it runs, has valid labels (a bad port or weight is
+    /// logged and counted), is healthy (where it has a health check) and has an address.
     fn backend(&self, container: &ContainerInspectResponse) -> Option<Backend> {
         let state = container.state.as_ref()?;
         if state.running != Some(true) {
             return None;
         }
+        let labels = container.config.as_ref()?.labels.as_ref()?;
+        if labels.get(SERVICE_LABEL) != Some(&self.service) {
+            return None;
+        }
+        let name = container.name.as_deref()?.trim_start_matches('/');
+        // A label that is there must be valid: a typo may not become a silent default.
+        let port = match labels.get(PORT_LABEL).map(|p| p.parse::<u16>()) {
+            None => 7100,
+            Some(Ok(port)) if port > 0 => port,
+            Some(_) => {
+                let value = &labels[PORT_LABEL];
+                tracing::warn!(
+                    container = name,
+                    "{PORT_LABEL}={value:?} is not a port (1 to 65535): left out"
+                );
+                self.metrics.error(Source::docker, ErrorKind::invalid_entry);
+                return None;
+            }
+        };
+        let weight = match labels.get(WEIGHT_LABEL).map(|w| w.parse::<u32>()) {
+            None => 1,
+            Some(Ok(weight)) => weight,
+            Some(Err(_)) => {
+                let value = &labels[WEIGHT_LABEL];
+                tracing::warn!(
+                    container = name,
+                    "{WEIGHT_LABEL}={value:?} is not a weight (0 to 4294967295): left out"
+                );
+                self.metrics.error(Source::docker, ErrorKind::invalid_entry);
+                return None;
+            }
+        };
+        // Labels first: a bad one is reported while the container is still starting.
         let health = state.health.as_ref().and_then(|h| h.status);
         if matches!(
             health,
@@ -121,25 +154,12 @@ impl DockerSource {
         ) {
             return None;
         }
-        let labels = container.config.as_ref()?.labels.as_ref()?;
-        if labels.get(SERVICE_LABEL) != Some(&self.service) {
-            return None;
-        }
-        let port = labels
-            .get(PORT_LABEL)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(7100);
-        let weight = labels
-            .get(WEIGHT_LABEL)
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(1);
         let networks = container.network_settings.as_ref()?.networks.as_ref()?;
         let endpoint = match &self.network {
             Some(network) => networks.get(network)?,
             None => networks.values().next()?,
         };
         let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
-        let name = container.name.as_deref()?.trim_start_matches('/');
         Some(Backend::new(name, (ip, port).into()).weight(weight))
     }
 }

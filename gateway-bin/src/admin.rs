@@ -20,7 +20,7 @@ use tower_ws_proxy::{BoxError, LiveConnections, ProxyBody, ProxyFailover, Upstre
 use crate::{
     admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
     dashboard::{self, RecentMoves},
-    members::{Member, Members},
+    members::{Member, Members, MAX_WEIGHT},
     metrics::GatewayMetrics,
     scale::{Ownership, ScaleError, Scaler},
 };
@@ -265,9 +265,6 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
         Err(error) => (StatusCode::BAD_GATEWAY, format!("drained, but {error}\n")).into_response(),
     }
 }
-
-/// The highest weight the admin API sets (discovery sources have their own caps).
-pub(crate) const MAX_WEIGHT: u32 = 1000;
 
 /// `PATCH /admin/backends/{id}` with `{"weight": n}`: re-weighs a member (0 drains it: it
 /// stays a member, owns no keys, and its users move to their new owners).

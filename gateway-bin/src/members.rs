@@ -22,6 +22,11 @@ use tower_ws_proxy::{Upstream, UpstreamConfig};
 pub(crate) type RingChanges =
     Pin<Box<dyn Stream<Item = Result<Change<NodeId, Upstream>, Infallible>> + Send>>;
 
+/// The highest weight a member gets, whatever its source or the admin API asks: 1000
+/// weights of the default ring scheme are 2 million points, where a ring change still
+/// takes milliseconds.
+pub(crate) const MAX_WEIGHT: u32 = 1000;
+
 /// A backend the gateway routes to, as the admin API shows it.
 #[derive(Clone, Debug)]
 pub(crate) struct Member {
@@ -214,7 +219,11 @@ impl Members {
             Change::Insert(id, _) if self.is_leaving(&id) => {}
             Change::Insert(id, backend) => {
                 tracing::info!(backend = %id, address = %backend.address, "discovered");
-                let weight = self.weight_for(&id, backend.weight);
+                let mut weight = self.weight_for(&id, backend.weight);
+                if weight > MAX_WEIGHT {
+                    tracing::warn!(backend = %id, weight, "weight above the cap of {MAX_WEIGHT}: capped");
+                    weight = MAX_WEIGHT;
+                }
                 self.insert(id, Member::at(backend.address, weight));
             }
             Change::Remove(id) => {
@@ -260,5 +269,24 @@ impl Stream for ChannelDiscovery {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_weight_above_the_cap_is_capped() {
+        let (members, _changes) = Members::new(tower_ws_proxy::UpstreamConfig::default());
+        let heavy =
+            discovery::Backend::new("heavy", "127.0.0.1:7100".parse().unwrap()).weight(u32::MAX);
+        let plain = discovery::Backend::new("plain", "127.0.0.1:7101".parse().unwrap()).weight(7);
+        members.follow(futures_util::stream::iter([
+            Ok(Change::Insert(NodeId::from("heavy"), heavy)),
+            Ok(Change::Insert(NodeId::from("plain"), plain)),
+        ]));
+        assert_eq!(members.weight(&NodeId::from("heavy")), MAX_WEIGHT);
+        assert_eq!(members.weight(&NodeId::from("plain")), 7);
     }
 }

@@ -284,6 +284,24 @@ impl DockerHost {
         .await;
     }
 
+    /// Runs a container of the backend image on the network as one of this test's service,
+    /// with `labels` (`key=value`) besides the service label.
+    pub async fn run_labelled(&self, name: &str, labels: &[&str]) {
+        let service = format!("wscluster.service={}", self.label_value);
+        let mut args = vec!["run", "-d", "--name", name, "--network", &self.network];
+        for label in std::iter::once(service.as_str()).chain(labels.iter().copied()) {
+            args.extend(["--label", label]);
+        }
+        args.extend([
+            "wscluster-backend",
+            "--id",
+            name,
+            "--listen",
+            "0.0.0.0:7100",
+        ]);
+        docker(&args).await;
+    }
+
     /// Whether container `name` is running.
     pub async fn running(&self, name: &str) -> bool {
         let output = Command::new("docker")

@@ -202,3 +202,41 @@ async fn the_cap_holds_under_concurrent_posts_and_containers_get_limits() {
     }
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_container_with_a_bad_port_or_weight_label_is_left_out_and_counted() {
+    let Some(host) = DockerHost::start("labels").await else {
+        return;
+    };
+    let name = |suffix: &str| format!("{}-{suffix}", host.service());
+    host.run_labelled(&name("good"), &["wscluster.port=7100"])
+        .await;
+    host.run_labelled(&name("bad-port"), &["wscluster.port=71OO"])
+        .await;
+    host.run_labelled(&name("bad-weight"), &["wscluster.weight=heavy"])
+        .await;
+    let metrics = discovery::DiscoveryMetrics::default();
+    let source = discovery::DockerSource::new(host.service())
+        .network(host.network())
+        .metrics(metrics.clone());
+    let mut changes = source.discover();
+    let mut members = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while members.is_empty() {
+        match tokio::time::timeout_at(deadline, changes.next()).await {
+            Ok(Some(Ok(tower::discover::Change::Insert(id, _)))) => members.push(id.to_string()),
+            other => panic!("no member within 60 s: {other:?}"),
+        }
+    }
+    assert_eq!(members, [name("good")]);
+    let invalid = || {
+        metrics.errors(
+            discovery::Source::docker,
+            discovery::ErrorKind::invalid_entry,
+        )
+    };
+    let counted = wscluster_tests::eventually(Duration::from_secs(10), async || invalid() >= 2);
+    assert!(counted.await, "both bad labels counted: {}", invalid());
+    let more = tokio::time::timeout(Duration::from_secs(2), changes.next()).await;
+    assert!(more.is_err(), "a bad container joined later: {more:?}");
+}
