@@ -20,7 +20,7 @@ use tower_ws_proxy::{BoxError, LiveConnections, ProxyBody, ProxyFailover, Upstre
 use crate::{
     admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
     dashboard::{self, RecentMoves},
-    members::{Member, Members, MAX_WEIGHT},
+    members::{Member, Members, Origin, MAX_WEIGHT},
     metrics::GatewayMetrics,
     scale::{Ownership, ScaleError, Scaler},
 };
@@ -118,6 +118,7 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
         .collect();
     json!({
         "version": snapshot.version(),
+        "digest": crate::digest::ring_digest(ring, &members),
         "points": ring.len_points(),
         "at_ms": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -208,7 +209,7 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
             let reason = format!("backend {} is already on the ring\n", new.id);
             return (StatusCode::CONFLICT, reason).into_response();
         }
-        let member = Member::at(new.address, 1);
+        let member = Member::at(new.address, 1, Origin::Api);
         state.members.insert(NodeId::from(new.id.as_str()), member);
         return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
     }
@@ -240,6 +241,14 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
     if let Ownership::NotOurs(why) = &ownership {
         let reason = format!("{why}: this gateway never touches it\n");
         return (StatusCode::FORBIDDEN, reason).into_response();
+    }
+    // A member every gateway learns of from a shared source is removed there, or the
+    // gateways would diverge; one the scaler runs is stopped, which the source then reports.
+    let origin = state.members.lock().get(&id).map(|m| m.origin);
+    if let Some(origin) = origin.filter(|o| o.is_shared()) {
+        if !matches!(ownership, Ownership::Ours) {
+            return shared_member(&id, origin, "remove");
+        }
     }
     if state.members.leave(&id).is_none() {
         state.members.returned(&id);
@@ -290,6 +299,10 @@ async fn reweigh_backend(
         }
     };
     let id = NodeId::from(id);
+    let origin = state.members.lock().get(&id).map(|m| m.origin);
+    if let Some(origin) = origin.filter(|o| o.is_shared()) {
+        return shared_member(&id, origin, "re-weigh");
+    }
     if !state.members.reweigh(&id, weight) {
         let reason = format!("no backend {id} among the members\n");
         return (StatusCode::NOT_FOUND, reason).into_response();
@@ -365,6 +378,17 @@ fn answer_text(answer: Answer) -> BoxFuture<'static, String> {
             Err(error) => format!("(unreadable answer: {error})"),
         }
     })
+}
+
+/// 409: `id` comes from a source every gateway follows; changing it on one gateway would
+/// make the gateways route differently.
+fn shared_member(id: &NodeId, origin: Origin, what: &str) -> Response {
+    let reason = format!(
+        "backend {id} comes from {}, which every gateway follows: {what} it there; doing it \
+         on one gateway would make the gateways route differently\n",
+        origin.as_str()
+    );
+    (StatusCode::CONFLICT, reason).into_response()
 }
 
 /// A scaler's failure as the admin API answers it.

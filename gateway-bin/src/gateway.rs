@@ -29,7 +29,7 @@ use crate::{
     admin,
     admin_access::{AdminAccess, OwnListeners},
     dashboard::RecentMoves,
-    members::{Members, RingChanges},
+    members::{Members, Origin, RingChanges},
     metrics::GatewayMetrics,
     public,
     scale::Scaler,
@@ -454,17 +454,17 @@ fn follow_sources(
     let listed = backends
         .into_iter()
         .map(|(id, address)| discovery::Backend::new(id.as_str(), address));
-    members.follow_checked(health, StaticDiscovery::new(listed));
+    members.follow_checked(Origin::Static, health, StaticDiscovery::new(listed));
     if let Some(redis) = &discovery.redis {
         let registry = RedisRegistry::new(&redis.url, redis.service.as_str())
             .map_err(std::io::Error::other)?
             .resync(redis.resync)
             .metrics(metrics.clone());
-        members.follow_checked(health, registry.discover());
+        members.follow_checked(Origin::Redis, health, registry.discover());
     }
     if let Some((url, exchange)) = &discovery.amqp {
         let source = amqp_members_counted(url, exchange, metrics.clone());
-        members.follow_checked(health, source);
+        members.follow_checked(Origin::Amqp, health, source);
     }
     if let Some(docker) = &discovery.docker {
         let source = DockerSource::new(docker.service.as_str()).metrics(metrics.clone());
@@ -472,11 +472,11 @@ fn follow_sources(
             Some(network) => source.network(network.as_str()),
             None => source,
         };
-        members.follow_checked(health, source.discover());
+        members.follow_checked(Origin::Docker, health, source.discover());
     }
     // The scaler's backends run where it started them: no health check of ours.
     if let Some(own) = scaler.and_then(|scaler| scaler.members()) {
-        members.follow(own);
+        members.follow(Origin::Scaler, own);
     }
     Ok(())
 }
@@ -520,6 +520,7 @@ impl Routing {
         }
         let (ring, driver) = balancer.shared(ring_changes);
         tokio::spawn(driver);
+        crate::digest::log_ring_changes(ring.subscribe(), members.clone());
         let events = config.events.as_ref().map(|events| {
             let events = AmqpEvents::spawn(&events.url, &events.exchange);
             publish_ring_changes(events.clone(), ring.subscribe());

@@ -10,6 +10,7 @@ pub mod config;
 mod dashboard;
 pub mod demo;
 pub mod descriptors;
+mod digest;
 pub mod gateway;
 pub mod loadgen;
 mod members;

@@ -27,16 +27,58 @@ pub(crate) type RingChanges =
 /// takes milliseconds.
 pub(crate) const MAX_WEIGHT: u32 = 1000;
 
+/// Where a member comes from. One id space spans them all: a member of one origin is never
+/// replaced or removed by another's entry of the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The configured list (`--backend`, `[[backends]]`).
+    Static,
+    /// Added through the admin API.
+    Api,
+    /// The Redis registry.
+    Redis,
+    /// RabbitMQ announcements.
+    Amqp,
+    /// Labelled Docker containers.
+    Docker,
+    /// The scaler's own backends (the demo's in-process ones).
+    Scaler,
+}
+
+impl Origin {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Origin::Static => "static",
+            Origin::Api => "api",
+            Origin::Redis => "redis",
+            Origin::Amqp => "amqp",
+            Origin::Docker => "docker",
+            Origin::Scaler => "scaler",
+        }
+    }
+
+    /// Whether every gateway learns of this member's membership from a shared source:
+    /// removing it through one gateway's admin API would make that gateway diverge.
+    pub(crate) fn is_shared(self) -> bool {
+        matches!(self, Origin::Redis | Origin::Amqp | Origin::Docker)
+    }
+}
+
 /// A backend the gateway routes to, as the admin API shows it.
 #[derive(Clone, Debug)]
 pub(crate) struct Member {
     pub(crate) address: SocketAddr,
     pub(crate) weight: u32,
+    pub(crate) origin: Origin,
 }
 
 impl Member {
-    pub(crate) fn at(address: SocketAddr, weight: u32) -> Self {
-        Self { address, weight }
+    pub(crate) fn at(address: SocketAddr, weight: u32, origin: Origin) -> Self {
+        Self {
+            address,
+            weight,
+            origin,
+        }
     }
 }
 
@@ -52,6 +94,8 @@ pub(crate) struct Members {
     /// What health-checked sources announce, healthy or not: those announced but not
     /// members are the unhealthy ones.
     announced: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+    /// Entries refused because their id was another origin's, by the origin that sent them.
+    collisions: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     upstream: UpstreamConfig,
 }
 
@@ -65,6 +109,7 @@ impl Members {
             leaving: Arc::default(),
             weights: Arc::default(),
             announced: Arc::default(),
+            collisions: Arc::default(),
             upstream,
         };
         (members, Box::pin(ChannelDiscovery(receiver)))
@@ -106,6 +151,11 @@ impl Members {
         member.weight = weight;
         self.insert(id.clone(), member);
         true
+    }
+
+    /// Entries refused because their id was taken by another origin's member, per origin.
+    pub(crate) fn collisions(&self) -> BTreeMap<&'static str, u64> {
+        guard(&self.collisions).clone()
     }
 
     /// Lets discovery announce `id` again.
@@ -195,8 +245,8 @@ impl Members {
         self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies the changes of a discovery source, for as long as it runs.
-    pub(crate) fn follow<S>(&self, source: S)
+    /// Applies the changes of a member source of `origin`, for as long as it runs.
+    pub(crate) fn follow<S>(&self, origin: Origin, source: S)
     where
         S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
     {
@@ -204,28 +254,49 @@ impl Members {
         // so a gateway starts with those members already on their way to the ring.
         let mut source = Box::pin(source);
         while let Some(Some(Ok(change))) = source.next().now_or_never() {
-            self.apply(change);
+            self.apply(origin, change);
         }
         let members = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(change)) = source.next().await {
-                members.apply(change);
+                members.apply(origin, change);
             }
         });
     }
 
-    fn apply(&self, change: Change<NodeId, discovery::Backend>) {
+    /// The origin of the member `id` holds now, if another than `origin`.
+    fn taken(&self, id: &NodeId, origin: Origin) -> Option<Origin> {
+        self.lock()
+            .get(id)
+            .map(|m| m.origin)
+            .filter(|held| *held != origin)
+    }
+
+    fn apply(&self, origin: Origin, change: Change<NodeId, discovery::Backend>) {
         match change {
             Change::Insert(id, _) if self.is_leaving(&id) => {}
             Change::Insert(id, backend) => {
-                tracing::info!(backend = %id, address = %backend.address, "discovered");
+                if let Some(held) = self.taken(&id, origin) {
+                    tracing::warn!(
+                        backend = %id,
+                        address = %backend.address,
+                        "a {} member claims the id of a {} member: ignored (ids are one space across sources)",
+                        origin.as_str(),
+                        held.as_str(),
+                    );
+                    *guard(&self.collisions).entry(origin.as_str()).or_default() += 1;
+                    return;
+                }
+                tracing::info!(backend = %id, address = %backend.address, origin = origin.as_str(), "discovered");
                 let mut weight = self.weight_for(&id, backend.weight);
                 if weight > MAX_WEIGHT {
                     tracing::warn!(backend = %id, weight, "weight above the cap of {MAX_WEIGHT}: capped");
                     weight = MAX_WEIGHT;
                 }
-                self.insert(id, Member::at(backend.address, weight));
+                self.insert(id, Member::at(backend.address, weight, origin));
             }
+            // Only the source that added a member removes it.
+            Change::Remove(id) if self.taken(&id, origin).is_some() => {}
             Change::Remove(id) => {
                 tracing::info!(backend = %id, "gone");
                 self.remove(&id);
@@ -235,7 +306,7 @@ impl Members {
 
     /// Follows `source`, through `health` checks when there are any: a member is on the
     /// ring only while they pass.
-    pub(crate) fn follow_checked<S>(&self, health: Option<&HealthCheck>, source: S)
+    pub(crate) fn follow_checked<S>(&self, origin: Origin, health: Option<&HealthCheck>, source: S)
     where
         S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
     {
@@ -251,9 +322,9 @@ impl Members {
                     }
                     Err(never) => match *never {},
                 });
-                self.follow(check.clone().wrap(source))
+                self.follow(origin, check.clone().wrap(source))
             }
-            None => self.follow(source),
+            None => self.follow(origin, source),
         }
     }
 }
@@ -282,10 +353,13 @@ mod tests {
         let heavy =
             discovery::Backend::new("heavy", "127.0.0.1:7100".parse().unwrap()).weight(u32::MAX);
         let plain = discovery::Backend::new("plain", "127.0.0.1:7101".parse().unwrap()).weight(7);
-        members.follow(futures_util::stream::iter([
-            Ok(Change::Insert(NodeId::from("heavy"), heavy)),
-            Ok(Change::Insert(NodeId::from("plain"), plain)),
-        ]));
+        members.follow(
+            Origin::Redis,
+            futures_util::stream::iter([
+                Ok(Change::Insert(NodeId::from("heavy"), heavy)),
+                Ok(Change::Insert(NodeId::from("plain"), plain)),
+            ]),
+        );
         assert_eq!(members.weight(&NodeId::from("heavy")), MAX_WEIGHT);
         assert_eq!(members.weight(&NodeId::from("plain")), 7);
     }

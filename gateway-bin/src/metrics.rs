@@ -8,7 +8,7 @@ use discovery::DiscoveryMetrics;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::gauge::ConstGauge,
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
 use tower_hashring::{HttpKey, RingMetrics, SharedHashRing};
@@ -94,6 +94,16 @@ impl Collector for GatewayState {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snapshot = self.ring.snapshot();
         let ring = snapshot.ring();
+        let digest = crate::digest::ring_digest(ring, &self.members.lock());
+        let info = ConstGauge::new(1i64);
+        let mut metric = encoder.encode_descriptor(
+            "ring_digest",
+            "1, labelled with the digest of the ring in use (scheme, members, addresses, weights): gateways with the same digest route every key alike",
+            None,
+            info.metric_type(),
+        )?;
+        info.encode(metric.encode_family(&[("digest", digest.as_str())])?)?;
+
         let off_owner = off_owner(ring, &self.connections);
         let gauge = ConstGauge::new(i64::try_from(off_owner).unwrap_or(i64::MAX));
         let metric = encoder.encode_descriptor(
@@ -116,6 +126,15 @@ impl Collector for GatewayState {
                 state,
             };
             ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "member_id_collisions",
+            "Member entries refused because another source's member has their id, by the source that sent them",
+            None,
+            MetricType::Counter,
+        )?;
+        for (origin, count) in self.members.collisions() {
+            ConstCounter::new(count).encode(family.encode_family(&[("origin", origin)])?)?;
         }
         Ok(())
     }
