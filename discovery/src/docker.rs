@@ -119,33 +119,7 @@ impl DockerSource {
             return None;
         }
         let name = container.name.as_deref()?.trim_start_matches('/');
-        // A label that is there must be valid: a typo may not become a silent default.
-        let port = match labels.get(PORT_LABEL).map(|p| p.parse::<u16>()) {
-            None => 7100,
-            Some(Ok(port)) if port > 0 => port,
-            Some(_) => {
-                let value = &labels[PORT_LABEL];
-                tracing::warn!(
-                    container = name,
-                    "{PORT_LABEL}={value:?} is not a port (1 to 65535): left out"
-                );
-                self.metrics.error(Source::docker, ErrorKind::invalid_entry);
-                return None;
-            }
-        };
-        let weight = match labels.get(WEIGHT_LABEL).map(|w| w.parse::<u32>()) {
-            None => 1,
-            Some(Ok(weight)) => weight,
-            Some(Err(_)) => {
-                let value = &labels[WEIGHT_LABEL];
-                tracing::warn!(
-                    container = name,
-                    "{WEIGHT_LABEL}={value:?} is not a weight (0 to 4294967295): left out"
-                );
-                self.metrics.error(Source::docker, ErrorKind::invalid_entry);
-                return None;
-            }
-        };
+        let (port, weight) = member_labels(labels, name, &self.metrics, Source::docker)?;
         // Labels first: a bad one is reported while the container is still starting.
         let health = state.health.as_ref().and_then(|h| h.status);
         if matches!(
@@ -162,6 +136,44 @@ impl DockerSource {
         let ip: IpAddr = endpoint.ip_address.as_deref()?.parse().ok()?;
         Some(Backend::new(name, (ip, port).into()).weight(weight))
     }
+}
+
+/// The port and weight a member's labels give (7100 and 1 where absent). A label that is
+/// there must be valid: a typo is logged, counted against `source`, and leaves the member
+/// out (`None`) rather than becoming a silent default.
+pub(crate) fn member_labels(
+    labels: &HashMap<String, String>,
+    name: &str,
+    metrics: &DiscoveryMetrics,
+    source: Source,
+) -> Option<(u16, u32)> {
+    let port = match labels.get(PORT_LABEL).map(|p| p.parse::<u16>()) {
+        None => 7100,
+        Some(Ok(port)) if port > 0 => port,
+        Some(_) => {
+            let value = &labels[PORT_LABEL];
+            tracing::warn!(
+                member = name,
+                "{PORT_LABEL}={value:?} is not a port (1 to 65535): left out"
+            );
+            metrics.error(source, ErrorKind::invalid_entry);
+            return None;
+        }
+    };
+    let weight = match labels.get(WEIGHT_LABEL).map(|w| w.parse::<u32>()) {
+        None => 1,
+        Some(Ok(weight)) => weight,
+        Some(Err(_)) => {
+            let value = &labels[WEIGHT_LABEL];
+            tracing::warn!(
+                member = name,
+                "{WEIGHT_LABEL}={value:?} is not a weight (0 to 4294967295): left out"
+            );
+            metrics.error(source, ErrorKind::invalid_entry);
+            return None;
+        }
+    };
+    Some((port, weight))
 }
 
 async fn follow(source: DockerSource, changes: ChangeSender) {
@@ -223,7 +235,7 @@ async fn session(
     }))
 }
 
-async fn connect() -> Result<Docker, DockerError> {
+pub(crate) async fn connect() -> Result<Docker, DockerError> {
     Ok(Docker::connect_with_socket_defaults()?
         .negotiate_version()
         .await?)

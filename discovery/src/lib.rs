@@ -48,6 +48,8 @@ mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
 mod static_list;
+#[cfg(feature = "docker")]
+mod swarm;
 
 #[cfg(feature = "docker")]
 pub use self::docker::{
@@ -56,6 +58,8 @@ pub use self::docker::{
 };
 #[cfg(feature = "redis")]
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
+#[cfg(feature = "docker")]
+pub use self::swarm::SwarmSource;
 #[cfg(feature = "amqp")]
 pub use self::{
     amqp_members::{amqp_members, amqp_members_counted, AmqpAnnouncer, Announcement, MAX_TTL},

@@ -17,6 +17,8 @@ pub enum Source {
     amqp,
     /// The Docker engine.
     docker,
+    /// Docker Swarm services.
+    swarm,
 }
 
 /// What went wrong.

@@ -72,6 +72,10 @@
 //! cpus = 1.0                    # each container's CPU limit
 //! pids = 256                    # each container's process and thread limit
 //!
+//! [swarm]                       # backends as the tasks of Swarm services labelled
+//! service = "wscluster"         #   wscluster.service=<service>, one member per replica slot
+//! network = "wscluster_backends"  # reach tasks on this overlay (default: their first)
+//!
 //! [health]                      # active checks; a backend is on the ring only while they pass
 //! check = "http"                # or "tcp"
 //! path = "/health"
@@ -101,6 +105,7 @@ use ipnet::IpNet;
 use crate::admin_access::{AdminAccess, AdminToken};
 use crate::gateway::{
     DiscoveryConfig, DockerConfig, EventsConfig, GatewayConfig, MigrationConfig, RedisSource,
+    SwarmConfig,
 };
 
 /// The file's contents; every section and field is optional.
@@ -128,7 +133,16 @@ pub struct ConfigFile {
     #[serde(default)]
     docker: Option<DockerSection>,
     #[serde(default)]
+    swarm: Option<SwarmSection>,
+    #[serde(default)]
     backends: Vec<BackendEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwarmSection {
+    service: Option<String>,
+    network: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -507,6 +521,10 @@ impl ConfigFile {
                         limits: docker.limits()?,
                     }),
                 },
+                swarm: self.swarm.as_ref().map(|swarm| SwarmConfig {
+                    service: swarm.service.clone().unwrap_or_else(|| "wscluster".into()),
+                    network: swarm.network.clone(),
+                }),
             },
             events: match &self.events {
                 None => None,
@@ -804,6 +822,24 @@ mod tests {
     }
 
     #[test]
+    fn a_swarm_section_follows_the_labelled_services() {
+        let config = ConfigFile::parse("[swarm]\nservice = \"chat\"\nnetwork = \"chat_net\"")
+            .unwrap()
+            .gateway_config()
+            .unwrap();
+        let swarm = config.discovery.swarm.unwrap();
+        assert_eq!(
+            (swarm.service.as_str(), swarm.network.as_deref()),
+            ("chat", Some("chat_net"))
+        );
+        let default = ConfigFile::parse("[swarm]")
+            .unwrap()
+            .gateway_config()
+            .unwrap();
+        assert_eq!(default.discovery.swarm.unwrap().service, "wscluster");
+    }
+
+    #[test]
     fn docker_limits_are_checked() {
         let limits = |text: &str| {
             let file = ConfigFile::parse(text).unwrap();
@@ -951,6 +987,7 @@ mod tests {
             ("[health]\ncheck = \"icmp\"", "check"),
             ("[events]\namqp = \"127.0.0.1:5672\"", "events.amqp"),
             ("[docker]\ncap = 0", "docker.cap"),
+            ("[swarm]\nservce = \"x\"", "servce"),
             ("[discovery]\namqp = \"rabbit\"", "discovery.amqp"),
             ("[migration]\njitter = 2.0", "migration.jitter"),
             ("[migration]\npolicy = \"teleport\"", "policy"),

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
     amqp_members_counted, AmqpEvents, ContainerLimits, DiscoveryMetrics, DockerScaler,
-    DockerSource, HealthCheck, RedisRegistry, StaticDiscovery,
+    DockerSource, HealthCheck, RedisRegistry, StaticDiscovery, SwarmSource,
 };
 use serde_json::json;
 use tokio::{
@@ -108,6 +108,8 @@ pub struct DiscoveryConfig {
     pub redis: Option<RedisSource>,
     /// Backends running as labelled Docker containers.
     pub docker: Option<DockerConfig>,
+    /// Backends running as the tasks of labelled Docker Swarm services.
+    pub swarm: Option<SwarmConfig>,
     /// Backends that announce themselves on a RabbitMQ fanout exchange: (URL, exchange).
     pub amqp: Option<(String, String)>,
     /// Active health checks for configured and discovered backends (not for the demo's
@@ -128,6 +130,16 @@ pub struct DockerConfig {
     pub cap: usize,
     /// Each container's memory, CPU and process limits.
     pub limits: ContainerLimits,
+}
+
+/// Backends that run as the tasks of Swarm services labelled `wscluster.service=<service>`
+/// (one member per replica slot, `<service name>.<slot>`).
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    /// The service label's value.
+    pub service: String,
+    /// The overlay network the gateway reaches the tasks on (default: their first).
+    pub network: Option<String>,
 }
 
 /// Backends that register themselves in Redis (`wsbackend --redis`).
@@ -473,6 +485,14 @@ fn follow_sources(
             None => source,
         };
         members.follow_checked(Origin::Docker, health, source.discover());
+    }
+    if let Some(swarm) = &discovery.swarm {
+        let source = SwarmSource::new(swarm.service.as_str()).metrics(metrics.clone());
+        let source = match &swarm.network {
+            Some(network) => source.network(network.as_str()),
+            None => source,
+        };
+        members.follow_checked(Origin::Swarm, health, source.discover());
     }
     // The scaler's backends run where it started them: no health check of ours.
     if let Some(own) = scaler.and_then(|scaler| scaler.members()) {

@@ -41,6 +41,8 @@ pub(crate) enum Origin {
     Amqp,
     /// Labelled Docker containers.
     Docker,
+    /// The tasks of labelled Docker Swarm services.
+    Swarm,
     /// The scaler's own backends (the demo's in-process ones).
     Scaler,
 }
@@ -53,6 +55,7 @@ impl Origin {
             Origin::Redis => "redis",
             Origin::Amqp => "amqp",
             Origin::Docker => "docker",
+            Origin::Swarm => "swarm",
             Origin::Scaler => "scaler",
         }
     }
@@ -60,7 +63,10 @@ impl Origin {
     /// Whether every gateway learns of this member's membership from a shared source:
     /// removing it through one gateway's admin API would make that gateway diverge.
     pub(crate) fn is_shared(self) -> bool {
-        matches!(self, Origin::Redis | Origin::Amqp | Origin::Docker)
+        matches!(
+            self,
+            Origin::Redis | Origin::Amqp | Origin::Docker | Origin::Swarm
+        )
     }
 }
 
