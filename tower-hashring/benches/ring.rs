@@ -1,5 +1,5 @@
-//! Lookup and build times of `tower_hashring::Ring` side by side with `pingora-ketama` and
-//! the `hashring` crate, on the same keys and node sets.
+//! Lookup, build and change times of `tower_hashring::Ring` side by side with
+//! `pingora-ketama` and the `hashring` crate, on the same keys and node sets.
 //!
 //! `cargo bench -p tower-hashring --bench ring`
 
@@ -138,5 +138,32 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, build);
+/// One member joining or leaving a 1000-node ring, node by node (`with_node`,
+/// `without_node`), beside a full rebuild and pingora-ketama's build of the same set (it has
+/// no incremental change).
+fn change(c: &mut Criterion) {
+    let set = addrs(1000);
+    let joining = SocketAddr::from((Ipv4Addr::new(10, 9, 9, 9), 7100));
+    let full = ring(&set, HashScheme::default());
+    let mut group = c.benchmark_group("change-1000-nodes");
+    group.sample_size(20);
+    group.bench_function("tower-hashring-add-one", |b| {
+        b.iter(|| black_box(&full).with_node(black_box(joining), 1).unwrap())
+    });
+    let leaving = set[500].to_string();
+    group.bench_function("tower-hashring-remove-one", |b| {
+        b.iter(|| black_box(&full).without_node(black_box(&leaving)))
+    });
+    let mut grown = set.clone();
+    grown.push(joining);
+    group.bench_function("tower-hashring-rebuild", |b| {
+        b.iter(|| ring(black_box(&grown), HashScheme::default()))
+    });
+    group.bench_function("pingora-ketama-build", |b| {
+        b.iter(|| pingora(black_box(&grown)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookup, build, change);
 criterion_main!(benches);

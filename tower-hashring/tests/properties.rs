@@ -175,3 +175,46 @@ fn bounded_loads_are_deterministic_and_keep_the_owner_when_it_has_room() {
         ring.owner_of(position)
     );
 }
+
+/// One change to a ring's members: (id, Some(weight)) adds or re-weights, (id, None) removes.
+fn changes() -> impl Strategy<Value = Vec<(String, Option<u32>)>> {
+    prop::collection::vec(("[a-e]{1,2}", prop::option::of(0u32..=3)), 1..8)
+}
+
+proptest! {
+    #[test]
+    fn node_by_node_changes_make_the_ring_a_rebuild_makes(
+        scheme in scheme(),
+        start in members(),
+        changes in changes(),
+        probes in positions(),
+    ) {
+        let mut ring = build(scheme, &start);
+        let mut members = start;
+        for (id, weight) in changes {
+            match weight {
+                Some(weight) => {
+                    ring = ring.with_node(id.as_str(), weight).unwrap();
+                    members.insert(id, weight);
+                }
+                None => {
+                    ring = ring.without_node(&id);
+                    members.remove(&id);
+                }
+            }
+        }
+        let rebuilt = build(scheme, &members);
+        prop_assert!(ring.points().map(|(p, n)| (p, n.id().clone())).eq(
+            rebuilt.points().map(|(p, n)| (p, n.id().clone()))
+        ));
+        prop_assert_eq!(ring.nodes(), rebuilt.nodes());
+        prop_assert_eq!(ring.routable_nodes(), rebuilt.routable_nodes());
+        prop_assert_eq!(ring.total_weight(), rebuilt.total_weight());
+        // Lookups go through the bucket index, which changes update rather than rebuild.
+        let edges = [0, 1, u64::MAX / 2, u64::MAX];
+        for position in probes.into_iter().chain(edges).chain(rebuilt.points().map(|(p, _)| p)) {
+            prop_assert_eq!(owner(&ring, position), owner(&rebuilt, position));
+            prop_assert_eq!(owner(&ring, position.wrapping_add(1)), owner(&rebuilt, position.wrapping_add(1)));
+        }
+    }
+}

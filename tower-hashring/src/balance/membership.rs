@@ -1,7 +1,7 @@
 //! What both balancer forms share: membership, ring publication and candidate selection.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -59,16 +59,21 @@ impl<S> NodeWeight<S> for EqualWeight {
 pub(crate) struct Membership {
     scheme: HashScheme,
     weights: BTreeMap<NodeId, u32>,
-    changed: bool,
+    /// The nodes added, removed or re-weighted since the last ring was published.
+    dirty: BTreeSet<NodeId>,
     publisher: RingPublisher,
 }
+
+/// Up to this many changed nodes, the next ring is made from the last one node by node (one
+/// pass over the points each); past it, rebuilt (one sort of all of them).
+const INCREMENTAL_CHANGES: usize = 4;
 
 impl Membership {
     pub(crate) fn new(scheme: HashScheme) -> Self {
         Self {
             scheme,
             weights: BTreeMap::new(),
-            changed: false,
+            dirty: BTreeSet::new(),
             publisher: RingPublisher::new(scheme),
         }
     }
@@ -87,15 +92,15 @@ impl Membership {
             tracing::warn!(node = %id, weight, "refusing node: its weight exceeds the ring's point limit");
             return false;
         }
-        if self.weights.insert(id, weight) != Some(weight) {
-            self.changed = true;
+        if self.weights.insert(id.clone(), weight) != Some(weight) {
+            self.dirty.insert(id);
         }
         true
     }
 
     pub(crate) fn remove(&mut self, id: &NodeId) {
         if self.weights.remove(id).is_some() {
-            self.changed = true;
+            self.dirty.insert(id.clone());
         }
     }
 
@@ -123,16 +128,30 @@ impl Membership {
 
     /// Rebuilds and publishes the ring if anything changed since the last call.
     pub(crate) fn publish_if_changed(&mut self) -> Option<Arc<RingSnapshot>> {
-        if !std::mem::take(&mut self.changed) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty.is_empty() {
             return None;
         }
-        let ring = Ring::builder()
-            .scheme(self.scheme)
-            .nodes(self.weights.iter().map(|(id, &w)| Node::new(id.clone(), w)))
-            .build()
-            // `insert` keeps the total under the limit, so the build cannot fail;
-            // keep the last ring rather than panic if that ever changes.
-            .ok()?;
+        // `insert` keeps the total under the limit, so neither way can fail; keep the last
+        // ring rather than panic if that ever changes.
+        let ring = if dirty.len() <= INCREMENTAL_CHANGES {
+            let last = self.publisher.current();
+            let mut ring: Option<Ring> = None;
+            for id in &dirty {
+                let base = ring.as_ref().unwrap_or(last.ring());
+                ring = Some(match self.weights.get(id) {
+                    Some(&weight) => base.with_node(id.clone(), weight).ok()?,
+                    None => base.without_node(id.as_str()),
+                });
+            }
+            ring?
+        } else {
+            Ring::builder()
+                .scheme(self.scheme)
+                .nodes(self.weights.iter().map(|(id, &w)| Node::new(id.clone(), w)))
+                .build()
+                .ok()?
+        };
         let snapshot = self.publisher.publish(ring);
         tracing::debug!(
             version = snapshot.version(),

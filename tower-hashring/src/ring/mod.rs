@@ -183,9 +183,10 @@ impl Ring {
             scheme.push_points(node.id.as_str(), node.weight, &mut scratch);
             points.extend(scratch.iter().map(|&p| (p, index as u32)));
         }
-        // Ties on position go to the smaller node index, which is the smaller id.
+        // Ties on position go to the smaller node index, which is the smaller id. Tied points
+        // are all kept (a lookup finds the first): removing a node then leaves exactly the
+        // points a rebuild without it would have, which incremental changes rely on.
         points.sort_unstable();
-        points.dedup_by_key(|p| p.0);
 
         let (positions, owners): (Vec<u64>, Vec<u32>) = points.into_iter().unzip();
         let mut has_points = vec![false; nodes.len()];
@@ -203,6 +204,143 @@ impl Ring {
             index,
             index_shift,
         })
+    }
+
+    /// This ring with node `id` added at `weight` (or re-weighted, if it is there): the same
+    /// ring a rebuild would give, made by merging the node's points into this one's, so a
+    /// change costs one pass over the points instead of a sort of all of them.
+    ///
+    /// ```
+    /// use tower_hashring::Ring;
+    ///
+    /// let ring = Ring::builder().node("a", 1).node("b", 1).build()?;
+    /// let grown = ring.with_node("c", 2)?;
+    /// let rebuilt = Ring::builder().node("a", 1).node("b", 1).node("c", 2).build()?;
+    /// assert!(grown.points().eq(rebuilt.points()));
+    /// # Ok::<(), tower_hashring::RingError>(())
+    /// ```
+    pub fn with_node(&self, id: impl Into<NodeId>, weight: u32) -> Result<Ring, RingError> {
+        let id = id.into();
+        if self.node(id.as_str()).is_some() {
+            return self.without_node(id.as_str()).with_node(id, weight);
+        }
+        let added = self.scheme.points_for(weight);
+        let requested = (self.positions.len() as u64).saturating_add(added);
+        if requested > MAX_POINTS {
+            return Err(RingError::TooManyPoints { requested });
+        }
+        let at = self
+            .nodes
+            .binary_search_by(|n| n.id.as_str().cmp(id.as_str()))
+            .unwrap_or_else(|i| i) as u32;
+        let mut new = Vec::with_capacity(added as usize);
+        self.scheme.push_points(id.as_str(), weight, &mut new);
+        new.sort_unstable();
+        let total = self.positions.len() + new.len();
+        let (mut positions, mut owners) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        // A merge by (position, node index): the order a rebuild's sort gives. Old owners at
+        // or past the new node's index move up one.
+        let (old_positions, old_owners) = (&self.positions[..], &self.owners[..]);
+        let (mut i, mut j) = (0, 0);
+        while i < old_positions.len() {
+            let owner = old_owners[i] + u32::from(old_owners[i] >= at);
+            if j < new.len() && (new[j], at) < (old_positions[i], owner) {
+                positions.push(new[j]);
+                owners.push(at);
+                j += 1;
+            } else {
+                positions.push(old_positions[i]);
+                owners.push(owner);
+                i += 1;
+            }
+        }
+        positions.extend_from_slice(&new[j..]);
+        owners.resize(positions.len(), at);
+        let routable = self.routable + usize::from(!new.is_empty());
+        let index = self.index_after(&new, true, positions.len());
+        let mut nodes = self.nodes.to_vec();
+        nodes.insert(at as usize, Node::new(id, weight));
+        Ok(self.with_points(nodes, positions, owners, routable, index))
+    }
+
+    /// This ring without node `id` (the same ring, if it is not there): the same ring a
+    /// rebuild would give, in one pass over the points.
+    ///
+    /// ```
+    /// use tower_hashring::Ring;
+    ///
+    /// let ring = Ring::builder().node("a", 1).node("b", 1).build()?;
+    /// let rebuilt = Ring::builder().node("b", 1).build()?;
+    /// assert!(ring.without_node("a").points().eq(rebuilt.points()));
+    /// # Ok::<(), tower_hashring::RingError>(())
+    /// ```
+    pub fn without_node(&self, id: &str) -> Ring {
+        let Some(at) = self.node_index(id) else {
+            return self.clone();
+        };
+        let at = at as u32;
+        let kept = self.positions.len() - self.owners.iter().filter(|&&o| o == at).count();
+        let (mut positions, mut owners) = (Vec::with_capacity(kept), Vec::with_capacity(kept));
+        let mut removed = Vec::with_capacity(self.positions.len() - kept);
+        for (&position, &owner) in self.positions.iter().zip(self.owners.iter()) {
+            if owner != at {
+                positions.push(position);
+                owners.push(owner - u32::from(owner > at));
+            } else {
+                removed.push(position);
+            }
+        }
+        let routable = self.routable - usize::from(!removed.is_empty());
+        let index = self.index_after(&removed, false, positions.len());
+        let mut nodes = self.nodes.to_vec();
+        nodes.remove(at as usize);
+        self.with_points(nodes, positions, owners, routable, index)
+    }
+
+    /// The bucket index once the sorted points `changed` are added (or removed), for a ring
+    /// of `len` points: this one's, shifted by how many changed points lie below each
+    /// bucket (one pass over the buckets, not over the points), while the bucket count
+    /// stays the same.
+    fn index_after(&self, changed: &[u64], added: bool, len: usize) -> Option<(Box<[u32]>, u32)> {
+        if 64 - index_bits(len) != self.index_shift {
+            return None;
+        }
+        let buckets = self.index.len() - 1;
+        let mut index = Vec::with_capacity(self.index.len());
+        let mut below = 0usize;
+        for (bucket, &count) in self.index[..buckets].iter().enumerate() {
+            let start = (bucket as u64) << self.index_shift;
+            while below < changed.len() && changed[below] < start {
+                below += 1;
+            }
+            let below = below as u32;
+            index.push(if added { count + below } else { count - below });
+        }
+        index.push(len as u32);
+        Some((index.into_boxed_slice(), self.index_shift))
+    }
+
+    /// A ring of `nodes` over these sorted points, `routable` of them with points, with its
+    /// bucket index if it is known.
+    fn with_points(
+        &self,
+        nodes: Vec<Node>,
+        positions: Vec<u64>,
+        owners: Vec<u32>,
+        routable: usize,
+        index: Option<(Box<[u32]>, u32)>,
+    ) -> Ring {
+        let (index, index_shift) = index.unwrap_or_else(|| build_index(&positions));
+        Ring {
+            scheme: self.scheme,
+            routable,
+            total_weight: nodes.iter().map(|n| u64::from(n.weight)).sum(),
+            nodes: nodes.into_boxed_slice(),
+            positions: positions.into_boxed_slice(),
+            owners: owners.into_boxed_slice(),
+            index,
+            index_shift,
+        }
     }
 
     /// The hash scheme.
@@ -310,12 +448,13 @@ impl Ring {
 }
 
 /// Builds the bucket index: one bucket per point, rounded up to a power of two.
+/// How many bits of a position pick its bucket, for a ring of `len` points.
+fn index_bits(len: usize) -> u32 {
+    len.next_power_of_two().trailing_zeros().clamp(1, 32)
+}
+
 fn build_index(positions: &[u64]) -> (Box<[u32]>, u32) {
-    let bits = positions
-        .len()
-        .next_power_of_two()
-        .trailing_zeros()
-        .clamp(1, 32);
+    let bits = index_bits(positions.len());
     let shift = 64 - bits;
     let buckets = 1usize << bits;
     let mut index = Vec::with_capacity(buckets + 1);
