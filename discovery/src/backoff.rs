@@ -1,7 +1,11 @@
 //! The wait between reconnects, shared by every source and publisher that keeps a
 //! connection to a broker, a registry or an engine.
 
-use std::time::Duration;
+use std::{fmt::Display, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::{DiscoveryMetrics, ErrorKind, Source};
 
 /// Doubles from `first` up to `max`; back to `first` once a connection has worked.
 #[derive(Debug)]
@@ -40,6 +44,39 @@ impl Backoff {
             self.reset();
         }
         self.wait().await;
+    }
+}
+
+/// What a source does after a connected period failed: log it, count it, wait.
+pub(crate) struct Reconnect {
+    backoff: Backoff,
+    lost: &'static str,
+    metrics: DiscoveryMetrics,
+    source: Source,
+}
+
+impl Reconnect {
+    /// For `source`, whose failures are logged as `lost` and counted into `metrics`.
+    pub(crate) fn new(
+        backoff: Backoff,
+        lost: &'static str,
+        metrics: DiscoveryMetrics,
+        source: Source,
+    ) -> Self {
+        Self {
+            backoff,
+            lost,
+            metrics,
+            source,
+        }
+    }
+
+    /// A period that began at `started` failed with `error`: the members stay as they
+    /// were, and the next attempt waits (starting over after a healthy connection).
+    pub(crate) async fn after(&mut self, started: Instant, error: impl Display) {
+        tracing::warn!(%error, "{}; keeping the last members", self.lost);
+        self.metrics.error(self.source, ErrorKind::connection);
+        self.backoff.wait_after(started.elapsed()).await;
     }
 }
 

@@ -16,8 +16,9 @@ use tower::discover::Change;
 use tower_hashring::NodeId;
 
 use crate::{
-    backoff::Backoff, changes::ChangeSender, Backend, DiscoveryMetrics, ErrorKind, MemberChanges,
-    MemberSet, Source,
+    backoff::{Backoff, Reconnect},
+    changes::ChangeSender,
+    Backend, DiscoveryMetrics, ErrorKind, MemberChanges, MemberSet, Source,
 };
 
 /// The label that names a container's service.
@@ -178,16 +179,14 @@ pub(crate) fn member_labels(
 
 async fn follow(source: DockerSource, changes: ChangeSender) {
     let mut members = MemberSet::default();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let lost = "docker discovery lost the engine";
+    let mut reconnect = Reconnect::new(backoff, lost, source.metrics.clone(), Source::docker);
     loop {
         let started = tokio::time::Instant::now();
         match session(&source, &mut members, &changes).await {
             Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "docker discovery lost the engine; keeping the last members");
-                source.metrics.error(Source::docker, ErrorKind::connection);
-                backoff.wait_after(started.elapsed()).await;
-            }
+            Err(error) => reconnect.after(started, error).await,
         }
     }
 }

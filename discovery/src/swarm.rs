@@ -13,10 +13,10 @@ use tower::discover::Change;
 use tower_hashring::NodeId;
 
 use crate::{
-    backoff::Backoff,
+    backoff::{Backoff, Reconnect},
     changes::ChangeSender,
     docker::{connect, member_labels, DockerError, SERVICE_LABEL},
-    Backend, DiscoveryMetrics, ErrorKind, MemberChanges, MemberSet, Source,
+    Backend, DiscoveryMetrics, MemberChanges, MemberSet, Source,
 };
 
 /// Where the members of a service run on Docker Swarm: the running, healthy tasks of every
@@ -159,16 +159,14 @@ impl SwarmSource {
 
 async fn follow(source: SwarmSource, changes: ChangeSender) {
     let mut members = MemberSet::default();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let lost = "swarm discovery lost the engine";
+    let mut reconnect = Reconnect::new(backoff, lost, source.metrics.clone(), Source::swarm);
     loop {
         let started = tokio::time::Instant::now();
         match session(&source, &mut members, &changes).await {
             Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "swarm discovery lost the engine; keeping the last members");
-                source.metrics.error(Source::swarm, ErrorKind::connection);
-                backoff.wait_after(started.elapsed()).await;
-            }
+            Err(error) => reconnect.after(started, error).await,
         }
     }
 }

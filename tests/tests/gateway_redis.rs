@@ -41,23 +41,10 @@ async fn the_gateway_follows_redis_and_health_checks() {
         backends.push(stop);
     }
 
-    let mut config = GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(100),
-        ..GatewayConfig::default()
-    };
-    config.discovery.redis = Some(RedisSource {
-        url: redis.url(),
-        service: "chat".into(),
-        resync: Duration::from_millis(100),
-    });
-    config.discovery.health = Some(
-        HealthCheck::http("/health")
-            .interval(Duration::from_millis(50))
-            .thresholds(1, 2),
-    );
-    let gateway = Gateway::start(config, vec![]).await.unwrap();
+    let health = HealthCheck::http("/health")
+        .interval(Duration::from_millis(50))
+        .thresholds(1, 2);
+    let gateway = redis_gateway(&redis, vec![], Some(health)).await;
     wait_for_members(gateway.admin, &["backend-1", "backend-2", "backend-3"]).await;
 
     // backend-2 stops answering but stays registered: its health checks take it out.
@@ -70,10 +57,12 @@ async fn the_gateway_follows_redis_and_health_checks() {
     gateway.shutdown().await;
 }
 
-/// A gateway following Redis (service `chat`), with `listed` as its static members.
+/// A gateway following Redis (service `chat`), with `listed` as its static members and
+/// `health` checks, if any.
 async fn redis_gateway(
     redis: &RedisServer,
     listed: Vec<(tower_hashring::NodeId, SocketAddr)>,
+    health: Option<HealthCheck>,
 ) -> Gateway {
     let mut config = GatewayConfig {
         public: "127.0.0.1:0".parse().unwrap(),
@@ -86,6 +75,7 @@ async fn redis_gateway(
         service: "chat".into(),
         resync: Duration::from_millis(50),
     });
+    config.discovery.health = health;
     Gateway::start(config, listed).await.unwrap()
 }
 
@@ -112,8 +102,8 @@ async fn gateways_on_one_redis_agree_and_one_cannot_diverge_through_its_admin_ap
         );
     }
     let members = ["backend-1", "backend-2", "backend-3"];
-    let first = redis_gateway(&redis, vec![]).await;
-    let second = redis_gateway(&redis, vec![]).await;
+    let first = redis_gateway(&redis, vec![], None).await;
+    let second = redis_gateway(&redis, vec![], None).await;
     wait_for_members(first.admin, &members).await;
     wait_for_members(second.admin, &members).await;
     let digest = ring(&first).await["digest"].clone();
@@ -147,7 +137,7 @@ async fn a_discovered_entry_never_replaces_nor_removes_a_static_member_of_its_id
         return;
     };
     let (listed, _stop) = start_backend("backend-1").await;
-    let gateway = redis_gateway(&redis, vec![("backend-1".into(), listed)]).await;
+    let gateway = redis_gateway(&redis, vec![("backend-1".into(), listed)], None).await;
     wait_for_members(gateway.admin, &["backend-1"]).await;
     // Redis announces another backend under the static member's id, and one more.
     let registry = RedisRegistry::new(&redis.url(), "chat").unwrap();

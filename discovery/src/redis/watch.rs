@@ -6,21 +6,23 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 
 use super::{RedisError, RedisRegistry};
-use crate::{backoff::Backoff, changes::ChangeSender, Backend, ErrorKind, MemberSet, Source};
+use crate::{
+    backoff::{Backoff, Reconnect},
+    changes::ChangeSender,
+    Backend, ErrorKind, MemberSet, Source,
+};
 
 /// Subscribes, resyncs, and resubscribes after every lost connection, with backoff.
 pub(super) async fn follow(registry: RedisRegistry, changes: ChangeSender) {
     let mut members = MemberSet::default();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let lost = "redis discovery lost its connection";
+    let mut reconnect = Reconnect::new(backoff, lost, registry.metrics.clone(), Source::redis);
     loop {
         let started = tokio::time::Instant::now();
         match session(&registry, &mut members, &changes).await {
             Ok(()) => return, // the stream was dropped
-            Err(error) => {
-                tracing::warn!(%error, "redis discovery lost its connection; keeping the last members");
-                registry.metrics.error(Source::redis, ErrorKind::connection);
-                backoff.wait_after(started.elapsed()).await;
-            }
+            Err(error) => reconnect.after(started, error).await,
         }
     }
 }

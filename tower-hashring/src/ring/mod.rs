@@ -193,17 +193,10 @@ impl Ring {
         for &owner in &owners {
             has_points[owner as usize] = true;
         }
-        let (index, index_shift) = build_index(&positions);
-        Ok(Ring {
-            scheme,
-            routable: has_points.iter().filter(|&&b| b).count(),
-            total_weight: nodes.iter().map(|n| u64::from(n.weight)).sum(),
-            nodes: nodes.into_boxed_slice(),
-            positions: positions.into_boxed_slice(),
-            owners: owners.into_boxed_slice(),
-            index,
-            index_shift,
-        })
+        let routable = has_points.iter().filter(|&&b| b).count();
+        Ok(Ring::assemble(
+            scheme, nodes, positions, owners, routable, None,
+        ))
     }
 
     /// This ring with node `id` added at `weight` (or re-weighted, if it is there): the same
@@ -260,7 +253,14 @@ impl Ring {
         let index = self.index_after(&new, true, positions.len());
         let mut nodes = self.nodes.to_vec();
         nodes.insert(at as usize, Node::new(id, weight));
-        Ok(self.with_points(nodes, positions, owners, routable, index))
+        Ok(Ring::assemble(
+            self.scheme,
+            nodes,
+            positions,
+            owners,
+            routable,
+            index,
+        ))
     }
 
     /// This ring without node `id` (the same ring, if it is not there): the same ring a
@@ -294,7 +294,7 @@ impl Ring {
         let index = self.index_after(&removed, false, positions.len());
         let mut nodes = self.nodes.to_vec();
         nodes.remove(at as usize);
-        self.with_points(nodes, positions, owners, routable, index)
+        Ring::assemble(self.scheme, nodes, positions, owners, routable, index)
     }
 
     /// The bucket index once the sorted points `changed` are added (or removed), for a ring
@@ -322,8 +322,8 @@ impl Ring {
 
     /// A ring of `nodes` over these sorted points, `routable` of them with points, with its
     /// bucket index if it is known.
-    fn with_points(
-        &self,
+    fn assemble(
+        scheme: HashScheme,
         nodes: Vec<Node>,
         positions: Vec<u64>,
         owners: Vec<u32>,
@@ -332,7 +332,7 @@ impl Ring {
     ) -> Ring {
         let (index, index_shift) = index.unwrap_or_else(|| build_index(&positions));
         Ring {
-            scheme: self.scheme,
+            scheme,
             routable,
             total_weight: nodes.iter().map(|n| u64::from(n.weight)).sum(),
             nodes: nodes.into_boxed_slice(),
