@@ -148,33 +148,22 @@ pub(crate) fn member_labels(
     metrics: &DiscoveryMetrics,
     source: Source,
 ) -> Option<(u16, u32)> {
-    let port = match labels.get(PORT_LABEL).map(|p| p.parse::<u16>()) {
-        None => 7100,
-        Some(Ok(port)) if port > 0 => port,
-        Some(_) => {
-            let value = &labels[PORT_LABEL];
-            tracing::warn!(
-                member = name,
-                "{PORT_LABEL}={value:?} is not a port (1 to 65535): left out"
-            );
-            metrics.error(source, ErrorKind::invalid_entry);
-            return None;
-        }
+    let label = |key: &str, what: &str, valid: fn(u32) -> bool| match labels.get(key) {
+        None => Some(None),
+        Some(value) => match value.parse::<u32>() {
+            Ok(parsed) if valid(parsed) => Some(Some(parsed)),
+            _ => {
+                tracing::warn!(member = name, "{key}={value:?} is not {what}: left out");
+                metrics.error(source, ErrorKind::invalid_entry);
+                None
+            }
+        },
     };
-    let weight = match labels.get(WEIGHT_LABEL).map(|w| w.parse::<u32>()) {
-        None => 1,
-        Some(Ok(weight)) => weight,
-        Some(Err(_)) => {
-            let value = &labels[WEIGHT_LABEL];
-            tracing::warn!(
-                member = name,
-                "{WEIGHT_LABEL}={value:?} is not a weight (0 to 4294967295): left out"
-            );
-            metrics.error(source, ErrorKind::invalid_entry);
-            return None;
-        }
-    };
-    Some((port, weight))
+    let port = label(PORT_LABEL, "a port (1 to 65535)", |p| {
+        (1..=65535).contains(&p)
+    })?;
+    let weight = label(WEIGHT_LABEL, "a weight (0 to 4294967295)", |_| true)?;
+    Some((port.map_or(7100, |p| p as u16), weight.unwrap_or(1)))
 }
 
 async fn follow(source: DockerSource, changes: ChangeSender) {
