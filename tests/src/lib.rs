@@ -6,9 +6,11 @@
 //! there a missing server fails the test.
 
 mod gateway;
+mod members;
 
-pub use self::gateway::{
-    add_backend, eventually, http, http_raw, ring_members, ring_of, wait_for_members,
+pub use self::{
+    gateway::{add_backend, eventually, http, http_raw, ring_members, ring_of, wait_for_members},
+    members::members_until,
 };
 
 use std::{

@@ -3,31 +3,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use discovery::{amqp_members, AmqpAnnouncer, Announcement, Backend, MemberChanges};
+use discovery::{amqp_members, AmqpAnnouncer, Announcement, Backend};
 use futures_util::StreamExt;
 use lapin::{options::BasicPublishOptions, BasicProperties, Connection, ConnectionProperties};
-use tower::discover::Change;
-use wscluster_tests::RabbitMq;
-
-async fn until(
-    stream: &mut MemberChanges,
-    members: &mut BTreeMap<String, Backend>,
-    within: Duration,
-    done: impl Fn(&BTreeMap<String, Backend>) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !done(members) {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(Change::Insert(id, backend)))) => {
-                members.insert(id.to_string(), backend);
-            }
-            Ok(Some(Ok(Change::Remove(id)))) => {
-                members.remove(id.as_str());
-            }
-            other => panic!("members {:?} after {within:?}: {other:?}", members.keys()),
-        }
-    }
-}
+use wscluster_tests::{members_until, RabbitMq};
 
 async fn send(url: &str, exchange: &str, announcement: &Announcement) {
     let connection = Connection::connect(url, ConnectionProperties::default())
@@ -64,7 +43,7 @@ async fn announcements_make_idempotent_members_and_crashes_lapse() {
     let announcer_a = AmqpAnnouncer::start(&broker.url(), &exchange, a.clone(), ttl);
     let announcer_b = AmqpAnnouncer::start(&broker.url(), &exchange, b.clone(), ttl);
     let mut members = BTreeMap::new();
-    until(&mut stream, &mut members, Duration::from_secs(5), |m| {
+    members_until(&mut stream, &mut members, Duration::from_secs(5), |m| {
         m.len() == 2
     })
     .await;
@@ -84,7 +63,7 @@ async fn announcements_make_idempotent_members_and_crashes_lapse() {
 
     // A clean leave is immediate.
     announcer_b.leave().await;
-    until(&mut stream, &mut members, Duration::from_millis(800), |m| {
+    members_until(&mut stream, &mut members, Duration::from_millis(800), |m| {
         !m.contains_key("backend-b")
     })
     .await;
@@ -92,7 +71,7 @@ async fn announcements_make_idempotent_members_and_crashes_lapse() {
     // A crash: the announcer stops without a down; gone once its TTL lapses.
     let crashed_at = tokio::time::Instant::now();
     drop(announcer_a);
-    until(&mut stream, &mut members, Duration::from_secs(5), |m| {
+    members_until(&mut stream, &mut members, Duration::from_secs(5), |m| {
         m.is_empty()
     })
     .await;

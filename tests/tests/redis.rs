@@ -5,7 +5,6 @@ use std::{collections::BTreeMap, time::Duration};
 
 use discovery::{Backend, MemberChanges, RedisRegistry};
 use futures_util::StreamExt;
-use tower::discover::Change;
 use tower_hashring::Ring;
 use wscluster_tests::RedisServer;
 
@@ -25,17 +24,6 @@ fn registry(redis: &RedisServer) -> RedisRegistry {
 struct Members(BTreeMap<String, Backend>);
 
 impl Members {
-    fn apply(&mut self, change: Change<tower_hashring::NodeId, Backend>) {
-        match change {
-            Change::Insert(id, backend) => {
-                self.0.insert(id.to_string(), backend);
-            }
-            Change::Remove(id) => {
-                self.0.remove(id.as_str());
-            }
-        }
-    }
-
     /// Applies changes until `done` holds; panics after `within`.
     async fn until(
         &mut self,
@@ -43,13 +31,7 @@ impl Members {
         within: Duration,
         done: impl Fn(&BTreeMap<String, Backend>) -> bool,
     ) {
-        let deadline = tokio::time::Instant::now() + within;
-        while !done(&self.0) {
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok(change))) => self.apply(change),
-                other => panic!("members {:?} after {within:?}: {other:?}", self.0.keys()),
-            }
-        }
+        wscluster_tests::members_until(stream, &mut self.0, within, done).await;
     }
 
     fn ring(&self) -> Ring {

@@ -136,18 +136,7 @@ async fn until(
     members: &mut BTreeMap<String, Backend>,
     done: impl Fn(&BTreeMap<String, Backend>) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !done(members) {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(Change::Insert(id, backend)))) => {
-                members.insert(id.to_string(), backend);
-            }
-            Ok(Some(Ok(Change::Remove(id)))) => {
-                members.remove(id.as_str());
-            }
-            other => panic!("members {:?} after a minute: {other:?}", members.keys()),
-        }
-    }
+    wscluster_tests::members_until(stream, members, Duration::from_secs(60), done).await;
 }
 
 #[tokio::test]
