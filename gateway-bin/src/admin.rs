@@ -346,11 +346,12 @@ async fn send(State(state): State<AdminState>, body: axum::body::Bytes) -> Respo
     };
     match push_through(&state.ring, request).await {
         Ok(answer) => (answer.status(), answer_text(answer).await).into_response(),
-        Err(error) => (
-            StatusCode::BAD_GATEWAY,
-            format!("no backend took the push: {error}\n"),
-        )
-            .into_response(),
+        // The balancer's own verdicts, as the public listener answers them: 503 with no
+        // backend on the ring, 502 when the owner failed.
+        Err(error) => {
+            let status = tower_hashring::error::http_status(&*error);
+            (status, format!("no backend took the push: {error}\n")).into_response()
+        }
     }
 }
 

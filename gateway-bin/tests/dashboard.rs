@@ -203,6 +203,15 @@ async fn a_push_from_the_admin_api_reaches_the_users_socket() {
 }
 
 #[tokio::test]
+async fn a_push_with_no_backend_on_the_ring_is_a_503() {
+    let gateway = demo(0).await;
+    let body = r#"{"userId":"alice","message":"hi"}"#;
+    let (status, answer) = http(gateway.admin, "POST", "/admin/send", body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("no backend took the push"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_member_failing_its_health_checks_shows_as_unhealthy() {
     let mut config = any_port();
     config.discovery.health = Some(
