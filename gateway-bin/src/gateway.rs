@@ -557,13 +557,17 @@ impl Routing {
         // (live, or by a 1012 close), paced.
         let recent = RecentMoves::default();
         let (migrate, migrator) = MigrateLayer::from_ring(&ring, connections);
-        let migrator = migrator
+        let mut migrator = migrator
             .policy(migration.policy.clone())
             .pacing(migration.pacing)
             .drain_window(migration.drain_window)
             .deadline(deadline)
             .metrics(metrics)
             .hook(migration_hook(events, recent.clone()));
+        if let Some(factor) = config.load_factor {
+            // Moves land where the balancer would route: no backend past its capacity.
+            migrator = migrator.bounded_loads(factor);
+        }
         let stats = migrator.stats();
         tokio::spawn(migrator.run());
         let routes = migration.routes.clone();

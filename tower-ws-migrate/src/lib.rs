@@ -5,7 +5,8 @@
 //! - the live connections are `tower_ws_proxy`'s one registry,
 //!   [`LiveConnections`](tower_ws_proxy::LiveConnections): key and ring position, backend,
 //!   ring version, start time, and a handle that can move the connection;
-//! - [`plan`]: which registered connections a ring change affects, from the ring diff;
+//! - [`plan`]: which registered connections a ring change affects, from the ring diff
+//!   ([`plan_bounded`] where the balancer routes with bounded loads);
 //! - [`Pacing`]: at most R migrations per second, with jitter;
 //! - [`MigrationHook`]: called for each migration; closures implement it;
 //! - [`Migrator`]: subscribes to a ring's snapshots and runs the above on every change;
@@ -42,7 +43,7 @@ pub use self::{
     metrics::MigrationMetrics,
     migrator::Migrator,
     pace::Pacing,
-    plan::{plan, PlannedMove},
+    plan::{plan, plan_bounded, PlannedMove},
     policy::{Migrate, MigrateFuture, MigrationPolicy},
     signature::{BadSignature, MigrationSecret, DEFAULT_MAX_AGE, MIGRATION_SIGNATURE},
 };

@@ -3,12 +3,13 @@
 use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
-use tower_hashring::{RingSnapshot, RingWatch};
+use tower_hashring::{LoadFactor, RingSnapshot, RingWatch};
 use tower_ws_proxy::{ConnectionId, LiveConnections};
 
 use crate::{
-    plan, plan::plan_stragglers, Migrate, MigrationEvent, MigrationHook, MigrationMetrics,
-    MigrationPolicy, MigrationStats, Outcome, Pacing, PlannedMove,
+    plan::{plan_stragglers, plan_with},
+    Migrate, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy, MigrationStats,
+    Outcome, Pacing, PlannedMove,
 };
 
 const DEFAULT_IN_FLIGHT: usize = 256;
@@ -43,6 +44,10 @@ pub struct Migrator<H> {
     current: Arc<RingSnapshot>,
     policy: MigrationPolicy,
     pacing: Pacing,
+    // One budget for every move, whatever stream or batch it is in: the earliest time the
+    // next one may start.
+    next_slot: tokio::time::Instant,
+    bounded: Option<LoadFactor>,
     drain_window: Duration,
     in_flight: Arc<Semaphore>,
     deadline: Duration,
@@ -77,6 +82,8 @@ where
             current,
             policy: MigrationPolicy::default(),
             pacing: Pacing::default(),
+            next_slot: tokio::time::Instant::now(),
+            bounded: None,
             drain_window: Duration::ZERO,
             in_flight: Arc::new(Semaphore::new(DEFAULT_IN_FLIGHT)),
             deadline: DEFAULT_DEADLINE,
@@ -92,9 +99,18 @@ where
         self
     }
 
-    /// How fast connections whose owner changed are moved.
+    /// How fast connections are moved: one budget shared by the owner changes and the
+    /// drains of departed backends, and across ring changes, so together they never start
+    /// more than the rate allows.
     pub fn pacing(mut self, pacing: Pacing) -> Self {
         self.pacing = pacing;
+        self
+    }
+
+    /// Plans moves as the balancer routes under bounded loads with `factor`
+    /// ([`plan_bounded`](crate::plan_bounded)): no backend is pushed past its capacity.
+    pub fn bounded_loads(mut self, factor: LoadFactor) -> Self {
+        self.bounded = Some(factor);
         self
     }
 
@@ -155,7 +171,8 @@ where
                 // planned (the seed's race): check it against the ring now.
                 () = self.registry.stragglers_registered() => {
                     let current = self.current.clone();
-                    let moves = plan_stragglers(self.registry.take_stragglers(), &current);
+                    let stragglers = self.registry.take_stragglers();
+                    let moves = plan_stragglers(&self.registry, stragglers, &current, self.bounded);
                     if !moves.is_empty() {
                         tracing::debug!(count = moves.len(), "moving connections routed on an older ring");
                         if let Some(newer) = self.apply(moves, &current, &mut HashSet::new()).await {
@@ -175,7 +192,7 @@ where
         loop {
             self.stats.count_ring_change();
             self.registry.planning(newest.version());
-            let mut moves = plan(&self.registry, &self.current, &newest);
+            let mut moves = plan_with(&self.registry, &self.current, &newest, self.bounded);
             moves.retain(|m| !told.contains(&m.id));
             tracing::debug!(
                 version = newest.version(),
@@ -200,7 +217,8 @@ where
         ring: &RingSnapshot,
         told: &mut HashSet<ConnectionId>,
     ) -> Option<Arc<RingSnapshot>> {
-        for (due, planned) in self.schedule(moves, ring) {
+        for (wanted, planned) in self.schedule(moves, ring) {
+            let due = wanted.max(self.next_slot);
             if due > tokio::time::Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
@@ -211,6 +229,7 @@ where
                 return Some(self.ring.borrow_and_update().clone());
             }
             told.insert(planned.id);
+            self.next_slot = due + self.pacing.next_gap().unwrap_or_default();
             let policy = planned
                 .policy
                 .unwrap_or_else(|| Arc::new(self.policy.clone()));
@@ -237,7 +256,7 @@ where
                 if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =
                     (&outcome, &*policy, &planned.to)
                 {
-                    registry.set_backend(planned.id, to.clone());
+                    registry.set_backend(planned.id, to.clone(), ring_version);
                     if let Some(metrics) = &metrics {
                         metrics.moved_live_to(to);
                     }
@@ -256,8 +275,9 @@ where
         None
     }
 
-    /// When each move starts: moves off a departed backend spread over the drain window,
-    /// the others at the pacing's rate, both from now. Deadlines are absolute, so timer
+    /// When each move would start: moves off a departed backend spread over the drain
+    /// window, the others at the pacing's rate, both from now; where both are due, the one
+    /// pacing budget (`next_slot`) takes them in turn. Deadlines are absolute, so timer
     /// rounding never adds up over a batch.
     fn schedule(
         &self,

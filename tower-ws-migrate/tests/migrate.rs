@@ -27,6 +27,8 @@ struct Recorder {
     hangs: bool,
     /// Its route's policy, if it has its own.
     policy: Option<Arc<MigrationPolicy>>,
+    /// A move takes this long before it reports its outcome.
+    takes: Duration,
 }
 
 impl Migrate for Recorder {
@@ -47,7 +49,11 @@ impl Migrate for Recorder {
             self.log.lock().unwrap().push(entry);
             Outcome::Moved
         };
-        Box::pin(std::future::ready(outcome))
+        let takes = self.takes;
+        Box::pin(async move {
+            tokio::time::sleep(takes).await;
+            outcome
+        })
     }
 }
 
@@ -66,6 +72,8 @@ struct Setup {
     guards: Vec<Registered<Recorder>>,
     /// Connections made from now on never finish a migration.
     hanging: bool,
+    /// Moves of connections made from now on take this long.
+    move_takes: Duration,
 }
 
 impl Setup {
@@ -78,6 +86,7 @@ impl Setup {
             log: Arc::default(),
             guards: Vec::new(),
             hanging: false,
+            move_takes: Duration::ZERO,
         };
         (setup, watch)
     }
@@ -109,6 +118,7 @@ impl Setup {
             ended: false,
             hangs: self.hanging,
             policy,
+            takes: self.move_takes,
         };
         let position = ring.key_position(key.as_bytes());
         let guard =
@@ -292,6 +302,7 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
         ended: true,
         hangs: false,
         policy: None,
+        takes: Duration::ZERO,
     };
     let position = snapshot.ring().key_position(ended_key.as_bytes());
     let _ended = setup.registry.register(
@@ -542,4 +553,119 @@ async fn a_stuck_migration_gives_back_its_permit_at_the_deadline() {
     assert!(times
         .windows(2)
         .all(|w| w[1] - w[0] == Duration::from_secs(1)));
+}
+
+/// The ring flaps a,b → a,b,c → a,b while live moves to c are under way: moves that finish
+/// after the flap back put their connections on c, which the second plan could not see;
+/// they are moved again, and every connection ends on its owner in the current ring.
+#[tokio::test(start_paused = true)]
+async fn a_ring_that_flaps_during_live_moves_ends_with_every_connection_on_its_owner() {
+    let (mut setup, watch) = Setup::new(&["a", "b"]);
+    setup.move_takes = Duration::from_secs(1);
+    let snapshot = setup.publish.borrow().clone();
+    let live = Arc::new(MigrationPolicy::live());
+    for key in users(600) {
+        setup.connect_with_policy(&key, &snapshot, Some(live.clone()));
+    }
+    tokio::spawn(
+        Migrator::new(setup.registry.clone(), watch)
+            .pacing(Pacing::unlimited())
+            .run(),
+    );
+    setup.change(&["a", "b", "c"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let under_way = setup.moved_keys().len();
+    assert_eq!(
+        under_way,
+        owner_changed(600, &["a", "b"], &["a", "b", "c"]).len()
+    );
+    let back = setup.change(&["a", "b"]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let mut off_owner = Vec::new();
+    setup.registry.for_each(|tracked| {
+        let owner = back.ring().owner_of(tracked.position).unwrap().id();
+        if &tracked.backend != owner {
+            off_owner.push(String::from_utf8_lossy(&tracked.key).into_owned());
+        }
+    });
+    assert!(off_owner.is_empty(), "left off their owner: {off_owner:?}");
+    assert_eq!(
+        setup.log.lock().unwrap().len(),
+        2 * under_way,
+        "each moved to c, then back"
+    );
+    assert!(!setup.registry.per_backend().contains_key(&NodeId::from("c")));
+}
+
+/// A change that both drains a departed backend and moves keys to a new one starts both
+/// kinds of move from one pacing budget: together they never exceed the rate.
+#[tokio::test(start_paused = true)]
+async fn drains_and_owner_changes_share_one_pacing_budget() {
+    let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
+    setup.connect(users(2000));
+    tokio::spawn(
+        Migrator::new(setup.registry.clone(), watch)
+            .pacing(Pacing::per_second(100))
+            .run(),
+    );
+    let start = Instant::now();
+    setup.change(&["a", "b", "d"]);
+    let expected = owner_changed(2000, &["a", "b", "c"], &["a", "b", "d"]).len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let in_first_second = setup.moved_keys().len();
+    assert!(
+        (99..=101).contains(&in_first_second),
+        "100 in the first second, drains and changes together: {in_first_second}"
+    );
+    tokio::time::sleep(Duration::from_secs(expected as u64 / 100 + 2)).await;
+    let times = setup.moved_times();
+    assert_eq!(times.len(), expected);
+    assert!(
+        times
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_millis(10)),
+        "no two moves closer than the rate allows"
+    );
+    let span = (*times.last().unwrap() - start).as_secs_f64();
+    assert!(span >= (expected - 1) as f64 / 100.0 - 0.01, "{span}");
+}
+
+/// Under bounded loads, the migrator places moved connections as the balancer would: the
+/// new backend takes its capacity and no more, and no backend ends above its capacity.
+#[tokio::test(start_paused = true)]
+async fn migration_plans_respect_bounded_loads() {
+    let (mut setup, watch) = Setup::new(&["a", "b"]);
+    let snapshot = setup.publish.borrow().clone();
+    let three = ring(&["a", "b", "c"]);
+    let live = Arc::new(MigrationPolicy::live());
+    let for_c = (0..)
+        .map(|u| format!("user-{u}"))
+        .filter(|u| three.route(u.as_bytes()).unwrap().id().as_str() == "c")
+        .take(300);
+    for key in for_c {
+        setup.connect_with_policy(&key, &snapshot, Some(live.clone()));
+    }
+    let factor = tower_hashring::LoadFactor::new(1.25).unwrap();
+    tokio::spawn(
+        Migrator::new(setup.registry.clone(), watch)
+            .pacing(Pacing::unlimited())
+            .bounded_loads(factor)
+            .run(),
+    );
+    setup.change(&["a", "b", "c"]);
+    settle().await;
+    let capacity = factor.capacity(1, 3, 299);
+    assert_eq!(capacity, 125);
+    let counts = setup.registry.per_backend();
+    assert_eq!(
+        counts[&NodeId::from("c")],
+        capacity,
+        "c fills to its capacity"
+    );
+    assert!(
+        counts.values().all(|&n| n <= capacity),
+        "nobody above capacity: {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<u64>(), 300);
 }

@@ -240,12 +240,19 @@ impl<H> LiveConnections<H> {
         self.lock().per_backend.clone()
     }
 
-    /// Records that connection `id` now runs to `backend` (after a live move).
-    pub fn set_backend(&self, id: ConnectionId, backend: NodeId) {
+    /// Records that connection `id` now runs to `backend`, where a live move planned on ring
+    /// `ring_version` took it.
+    ///
+    /// A move can finish after a newer ring was planned (the ring flapped A→B→A while it was
+    /// under way): that plan saw the connection still on its old backend, so it is queued
+    /// as a straggler, and a migrator checks it against the newest ring.
+    pub fn set_backend(&self, id: ConnectionId, backend: NodeId, ring_version: u64) {
         let mut entries = self.lock();
         let Entries {
             connections,
             retired,
+            planned_version,
+            stragglers,
             ..
         } = &mut *entries;
         let Some(tracked) = connections.get_mut(&id) else {
@@ -254,6 +261,11 @@ impl<H> LiveConnections<H> {
         // What it carried so far stays with the backend it leaves.
         Entries::retire_traffic(retired, tracked);
         let old = std::mem::replace(&mut tracked.backend, backend.clone());
+        tracked.ring_version = ring_version;
+        if ring_version < *planned_version {
+            stragglers.push(id);
+            self.inner.stragglers_waiting.notify_one();
+        }
         entries.count(&old, false);
         entries.count(&backend, true);
     }
@@ -519,7 +531,7 @@ mod tests {
         let guard = live.register(b"k", 1, a.clone(), 1, handle);
         let traffic = guard.traffic();
         traffic.count(true, 2, 100);
-        live.set_backend(guard.id(), b.clone());
+        live.set_backend(guard.id(), b.clone(), 1);
         traffic.count(false, 1, 10);
         let totals = live.traffic_per_backend();
         assert_eq!(totals[&a].to_backend.bytes, 100, "before the move: a's");
@@ -547,7 +559,7 @@ mod tests {
             .register(b"7", 1, NodeId::from("a"), 1, handle)
             .holding(live.admit().unwrap());
         assert_eq!(live.admit().unwrap_err(), Refusal::AtCapacity);
-        live.set_backend(guard.id(), NodeId::from("b"));
+        live.set_backend(guard.id(), NodeId::from("b"), 1);
         assert_eq!(live.per_backend(), HashMap::from([(NodeId::from("b"), 1)]));
         assert_eq!(live.load(&NodeId::from("a")), 0);
         drop(guard);
