@@ -99,6 +99,33 @@ impl MemberSet {
         changes
     }
 
+    /// Adds or updates one member: the change, if it is one (O(log n), for sources that
+    /// learn of one member at a time).
+    ///
+    /// ```
+    /// use discovery::{Backend, MemberSet};
+    ///
+    /// let a = Backend::new("a", "127.0.0.1:7100".parse().unwrap());
+    /// let mut members = MemberSet::default();
+    /// assert!(members.set(a.clone()).is_some());
+    /// assert!(members.set(a).is_none(), "the same member changes nothing");
+    /// assert!(members.remove("a").is_some() && members.is_empty());
+    /// ```
+    pub fn set(&mut self, backend: Backend) -> Option<Change<NodeId, Backend>> {
+        if self.members.get(&backend.id) == Some(&backend) {
+            return None;
+        }
+        self.members.insert(backend.id.clone(), backend.clone());
+        Some(Change::Insert(backend.node_id(), backend))
+    }
+
+    /// Removes one member: the change, if it was one.
+    pub fn remove(&mut self, id: &str) -> Option<Change<NodeId, Backend>> {
+        self.members
+            .remove(id)
+            .map(|_| Change::Remove(NodeId::from(id)))
+    }
+
     /// The current members.
     pub fn members(&self) -> impl Iterator<Item = &Backend> {
         self.members.values()

@@ -1,7 +1,16 @@
 //! Docker: containers carrying a service label are members; the admin API can start and
 //! stop more of them. Only ever through the local socket, and only labelled containers.
 
-use std::{collections::HashMap, fmt, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bollard::{
     models::{ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig},
@@ -68,6 +77,7 @@ pub struct DockerSource {
     service: String,
     network: Option<String>,
     metrics: DiscoveryMetrics,
+    inspections: Arc<AtomicU64>,
 }
 
 impl DockerSource {
@@ -77,7 +87,14 @@ impl DockerSource {
             service: service.into(),
             network: None,
             metrics: DiscoveryMetrics::default(),
+            inspections: Arc::default(),
         }
+    }
+
+    /// How many containers [`discover`](Self::discover) inspected so far: each one once
+    /// per connection to the engine, then one per event of a labelled container.
+    pub fn inspections(&self) -> u64 {
+        self.inspections.load(Ordering::Relaxed)
     }
 
     /// Counts the errors of [`discover`](Self::discover) (a lost engine) into `metrics`.
@@ -93,9 +110,11 @@ impl DockerSource {
     }
 
     /// Follows the containers of the service: the engine's event stream is subscribed to
-    /// before the containers are listed (so no change falls between the two), repeated
-    /// events change nothing, and a broken event stream is followed by a fresh list. While
-    /// Docker is unreachable nothing is yielded.
+    /// before the containers are listed (so no change falls between the two); then each
+    /// event costs one inspection of the container it names, never a new listing, so the
+    /// work per event does not grow with the service. Repeated events change nothing, and a
+    /// broken event stream is followed by a fresh list. While Docker is unreachable nothing
+    /// is yielded.
     pub fn discover(&self) -> MemberChanges {
         let this = self.clone();
         MemberChanges::spawn(|changes| follow(this, changes))
@@ -112,7 +131,7 @@ impl DockerSource {
     /// logged and counted), is healthy (where it has a health check) and has an address.
     fn backend(&self, container: &ContainerInspectResponse) -> Option<Backend> {
         let state = container.state.as_ref()?;
-        if state.running != Some(true) {
+        if state.running != Some(true) || state.paused == Some(true) {
             return None;
         }
         let labels = container.config.as_ref()?.labels.as_ref()?;
@@ -188,33 +207,45 @@ async fn session(
     let docker = connect().await?;
     let mut filters = source.label_filter();
     filters.insert("type".into(), vec!["container".into()]);
+    // Only what can change membership: not the exec events of every health probe.
+    filters.insert("event".into(), MEMBERSHIP_EVENTS.map(str::to_owned).to_vec());
     let mut events = docker.events(Some(
         EventsOptionsBuilder::default().filters(&filters).build(),
     ));
-    let list = |docker: Docker| async move {
-        let options = ListContainersOptionsBuilder::default()
-            .filters(&source.label_filter())
-            .build();
-        let mut backends = Vec::new();
-        for summary in docker.list_containers(Some(options)).await? {
-            let Some(id) = summary.id else { continue };
-            if let Ok(container) = docker.inspect_container(&id, None).await {
-                backends.extend(source.backend(&container));
-            }
+    // The member each container is, so an event that names only the container (its death,
+    // its removal) finds the member it takes away.
+    let mut by_container: HashMap<String, String> = HashMap::new();
+    let options = ListContainersOptionsBuilder::default()
+        .filters(&source.label_filter())
+        .build();
+    let mut listed = Vec::new();
+    for summary in docker.list_containers(Some(options)).await? {
+        let Some(id) = summary.id else { continue };
+        if let Some(backend) = source.inspect(&docker, &id).await? {
+            by_container.insert(id, backend.id.clone());
+            listed.push(backend);
         }
-        Ok::<_, DockerError>(backends)
-    };
+    }
     let send_all =
         |list: Vec<Change<NodeId, Backend>>| list.into_iter().all(|c| changes.send(c).is_ok());
-    if !send_all(members.update(list(docker.clone()).await?)) {
+    if !send_all(members.update(listed)) {
         return Ok(());
     }
     while let Some(event) = events.next().await {
-        event?;
-        // Any event of one of ours may change the set: read it again. Re-listing (rather
-        // than applying the event) de-duplicates, and stays right however events are
-        // ordered or repeated.
-        if !send_all(members.update(list(docker.clone()).await?)) {
+        let Some(container) = event?.actor.and_then(|actor| actor.id) else {
+            continue;
+        };
+        let now = source.inspect(&docker, &container).await?;
+        let before = match &now {
+            Some(backend) => by_container.insert(container, backend.id.clone()),
+            None => by_container.remove(&container),
+        };
+        // A renamed container leaves under its old name.
+        let gone = before
+            .filter(|old| now.as_ref().is_none_or(|backend| &backend.id != old))
+            .and_then(|old| members.remove(&old));
+        let came = now.and_then(|backend| members.set(backend));
+        if !send_all(gone.into_iter().chain(came).collect()) {
             return Ok(());
         }
     }
@@ -222,6 +253,33 @@ async fn session(
         err: std::io::Error::other("the event stream ended"),
     }))
 }
+
+impl DockerSource {
+    /// The member container `id` is now: `None` when it is not one (any more), including
+    /// when it no longer exists.
+    async fn inspect(&self, docker: &Docker, id: &str) -> Result<Option<Backend>, DockerError> {
+        self.inspections.fetch_add(1, Ordering::Relaxed);
+        match docker.inspect_container(id, None).await {
+            Ok(container) => Ok(self.backend(&container)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// The container events that can change whether, or where, a container is a member
+/// (the engine matches `health_status` by prefix).
+pub(crate) const MEMBERSHIP_EVENTS: [&str; 7] = [
+    "start",
+    "die",
+    "destroy",
+    "health_status",
+    "rename",
+    "pause",
+    "unpause",
+];
 
 pub(crate) async fn connect() -> Result<Docker, DockerError> {
     Ok(Docker::connect_with_socket_defaults()?

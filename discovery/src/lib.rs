@@ -13,6 +13,8 @@
 //!   exchange, so backends can hand state off before a user arrives.
 //! - [`HealthCheck::wrap`]: wraps any of them and lets a backend in only while its active
 //!   health check (HTTP `GET /health`, or a TCP connect) passes.
+//! - [`FlapDamping::wrap`]: holds out a member that keeps leaving and coming back, so one
+//!   bad backend cannot cause a storm of ring changes.
 //!
 //! The task-fed sources all hand out a [`MemberChanges`] stream. Each source's client is
 //! behind a cargo feature, off by default, so an app that needs only static lists and
@@ -39,6 +41,7 @@ mod backend;
 #[cfg(any(feature = "redis", feature = "amqp", feature = "docker"))]
 mod backoff;
 mod changes;
+mod damping;
 #[cfg(feature = "docker")]
 mod docker;
 #[cfg(feature = "amqp")]
@@ -68,6 +71,7 @@ pub use self::{
 pub use self::{
     backend::{Backend, MemberSet},
     changes::MemberChanges,
+    damping::{FlapDamping, HeldDown},
     health::HealthCheck,
     metrics::{DiscoveryMetrics, ErrorKind, Source},
     static_list::StaticDiscovery,

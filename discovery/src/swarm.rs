@@ -15,7 +15,7 @@ use tower_hashring::NodeId;
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
-    docker::{connect, member_labels, DockerError, SERVICE_LABEL},
+    docker::{connect, member_labels, DockerError, MEMBERSHIP_EVENTS, SERVICE_LABEL},
     Backend, DiscoveryMetrics, MemberChanges, MemberSet, Source,
 };
 
@@ -179,10 +179,20 @@ async fn session(
     changes: &ChangeSender,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
-    let filters = HashMap::from([(
-        "type".to_owned(),
-        vec!["service".to_owned(), "container".to_owned()],
-    )]);
+    // Service changes, and the container events that can change a task's membership (not
+    // the exec events of every health probe on the engine).
+    let actions = ["create", "update", "remove"]
+        .into_iter()
+        .chain(MEMBERSHIP_EVENTS)
+        .map(str::to_owned)
+        .collect();
+    let filters = HashMap::from([
+        (
+            "type".to_owned(),
+            vec!["service".to_owned(), "container".to_owned()],
+        ),
+        ("event".to_owned(), actions),
+    ]);
     let mut events = docker.events(Some(
         EventsOptionsBuilder::default().filters(&filters).build(),
     ));

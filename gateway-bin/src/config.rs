@@ -58,6 +58,9 @@
 //! resync_ms = 1000              # re-read the whole set this often, announcements or not
 //! amqp = "amqp://guest:guest@127.0.0.1:5672/%2f"   # and/or: backends announce on RabbitMQ
 //! amqp_exchange = "wscluster.members"                # (wsbackend --amqp)
+//! flap_limit = 4                # a member that left this often (0: off) within
+//! flap_window_ms = 60000        #   this window is held out when it returns,
+//! hold_down_ms = 30000          #   until this long after its latest departure
 //!
 //! [events]                      # every ring change and migration, as JSON, to RabbitMQ
 //! amqp = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -98,7 +101,7 @@ use tower_ws_proxy::{frame::FrameLimits, RelayConfig, UpstreamConfig};
 
 use tower_ws_migrate::{MigrationPolicy, MigrationSecret, Pacing};
 
-use discovery::{ContainerLimits, HealthCheck};
+use discovery::{ContainerLimits, FlapDamping, HealthCheck};
 
 use ipnet::IpNet;
 
@@ -177,6 +180,9 @@ struct Discovery {
     resync_ms: Option<u64>,
     amqp: Option<String>,
     amqp_exchange: Option<String>,
+    flap_limit: Option<u32>,
+    flap_window_ms: Option<u64>,
+    hold_down_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -508,6 +514,7 @@ impl ConfigFile {
                 redis: self.discovery.source()?,
                 amqp: self.discovery.amqp_source()?,
                 health: self.health.as_ref().map(Health::check).transpose()?,
+                damping: self.discovery.damping()?,
                 docker: match &self.docker {
                     None => None,
                     Some(DockerSection { cap: Some(0), .. }) => {
@@ -611,6 +618,33 @@ impl Discovery {
             .clone()
             .unwrap_or_else(|| "wscluster.members".into());
         Ok(Some((url.clone(), exchange)))
+    }
+
+    /// Flap damping: on by default (4 departures within 60 s hold a member out for 30 s).
+    fn damping(&self) -> Result<Option<FlapDamping>, ConfigError> {
+        let limit = self.flap_limit.unwrap_or(4);
+        let ms = |value: Option<u64>, field: &str| match value {
+            Some(0) => Err(ConfigError(format!(
+                "discovery.{field}: must be at least 1"
+            ))),
+            other => Ok(other.map(Duration::from_millis)),
+        };
+        let window = ms(self.flap_window_ms, "flap_window_ms")?;
+        let hold_down = ms(self.hold_down_ms, "hold_down_ms")?;
+        if limit == 0 {
+            if window.is_some() || hold_down.is_some() {
+                return Err(ConfigError(
+                    "discovery: flap_window_ms and hold_down_ms need flap_limit above 0".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(FlapDamping::new(
+            limit,
+            window.unwrap_or(Duration::from_secs(60)),
+            hold_down.unwrap_or(Duration::from_secs(30)),
+        )))
+        // (The same defaults as `DiscoveryConfig::default`.)
     }
 
     fn source(&self) -> Result<Option<RedisSource>, ConfigError> {
@@ -822,6 +856,29 @@ mod tests {
     }
 
     #[test]
+    fn flap_damping_is_on_by_default_and_configurable() {
+        let damping = |text: &str| {
+            ConfigFile::parse(text)
+                .unwrap()
+                .gateway_config()
+                .unwrap()
+                .discovery
+                .damping
+                .map(|d| d.to_string())
+        };
+        assert_eq!(
+            damping("").as_deref(),
+            Some("held out for 30s after 4 departures within 60s")
+        );
+        assert_eq!(
+            damping("[discovery]\nflap_limit = 2\nflap_window_ms = 10000\nhold_down_ms = 5000")
+                .as_deref(),
+            Some("held out for 5s after 2 departures within 10s")
+        );
+        assert_eq!(damping("[discovery]\nflap_limit = 0"), None);
+    }
+
+    #[test]
     fn a_swarm_section_follows_the_labelled_services() {
         let config = ConfigFile::parse("[swarm]\nservice = \"chat\"\nnetwork = \"chat_net\"")
             .unwrap()
@@ -987,6 +1044,11 @@ mod tests {
             ("[health]\ncheck = \"icmp\"", "check"),
             ("[events]\namqp = \"127.0.0.1:5672\"", "events.amqp"),
             ("[docker]\ncap = 0", "docker.cap"),
+            ("[discovery]\nhold_down_ms = 0", "discovery.hold_down_ms"),
+            (
+                "[discovery]\nflap_limit = 0\nhold_down_ms = 10",
+                "need flap_limit above 0",
+            ),
             ("[swarm]\nservce = \"x\"", "servce"),
             ("[discovery]\namqp = \"rabbit\"", "discovery.amqp"),
             ("[migration]\njitter = 2.0", "migration.jitter"),

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
     amqp_members_counted, AmqpEvents, ContainerLimits, DiscoveryMetrics, DockerScaler,
-    DockerSource, HealthCheck, RedisRegistry, StaticDiscovery, SwarmSource,
+    DockerSource, FlapDamping, HealthCheck, RedisRegistry, StaticDiscovery, SwarmSource,
 };
 use serde_json::json;
 use tokio::{
@@ -102,7 +102,7 @@ pub struct EventsConfig {
 }
 
 /// Membership sources beyond the static list, and health checks.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
     /// Backends registered in Redis.
     pub redis: Option<RedisSource>,
@@ -115,6 +115,27 @@ pub struct DiscoveryConfig {
     /// Active health checks for configured and discovered backends (not for the demo's
     /// in-process ones): a backend is on the ring only while they pass.
     pub health: Option<HealthCheck>,
+    /// Holds out discovered members that keep leaving and coming back (`None`: off).
+    pub damping: Option<FlapDamping>,
+}
+
+impl Default for DiscoveryConfig {
+    /// No sources, no health checks, and flap damping on: a member that left 4 times within
+    /// 60 s is held out for 30 s after its latest departure.
+    fn default() -> Self {
+        Self {
+            redis: None,
+            docker: None,
+            swarm: None,
+            amqp: None,
+            health: None,
+            damping: Some(FlapDamping::new(
+                4,
+                Duration::from_secs(60),
+                Duration::from_secs(30),
+            )),
+        }
+    }
 }
 
 /// Backends that run as Docker containers labelled `wscluster.service=<service>`.
@@ -463,6 +484,9 @@ fn follow_sources(
 ) -> std::io::Result<()> {
     let discovery = &config.discovery;
     let health = discovery.health.as_ref();
+    if let Some(damping) = &discovery.damping {
+        members.damp(damping.clone());
+    }
     let listed = backends
         .into_iter()
         .map(|(id, address)| discovery::Backend::new(id.as_str(), address));

@@ -11,7 +11,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use discovery::HealthCheck;
+use discovery::{FlapDamping, HealthCheck, HeldDown};
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tower::discover::Change;
@@ -102,6 +102,8 @@ pub(crate) struct Members {
     announced: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
     /// Entries refused because their id was another origin's, by the origin that sent them.
     collisions: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// Holds out discovered members that flap; its held members show as `held_down`.
+    damping: Arc<Mutex<Option<FlapDamping>>>,
     upstream: UpstreamConfig,
 }
 
@@ -116,6 +118,7 @@ impl Members {
             weights: Arc::default(),
             announced: Arc::default(),
             collisions: Arc::default(),
+            damping: Arc::default(),
             upstream,
         };
         (members, Box::pin(ChannelDiscovery(receiver)))
@@ -157,6 +160,23 @@ impl Members {
         member.weight = weight;
         self.insert(id.clone(), member);
         true
+    }
+
+    /// Damps every source followed from now on with `damping` (one held-down set for all).
+    pub(crate) fn damp(&self, damping: FlapDamping) {
+        *guard(&self.damping) = Some(damping);
+    }
+
+    fn held_down(&self) -> HeldDown {
+        guard(&self.damping)
+            .as_ref()
+            .map(FlapDamping::held_down)
+            .unwrap_or_default()
+    }
+
+    /// How many times a flapping member was held out.
+    pub(crate) fn hold_downs(&self) -> u64 {
+        self.held_down().total()
     }
 
     /// Entries refused because their id was taken by another origin's member, per origin.
@@ -201,16 +221,26 @@ impl Members {
                 .into_iter()
                 .map(|(id, _)| (id, "unhealthy")),
         );
+        states.extend(
+            self.held_down()
+                .now()
+                .into_keys()
+                .map(|id| (id, "held_down")),
+        );
         states
     }
 
-    /// Announced by a health-checked source, but failing its checks (and not leaving).
+    /// Announced by a health-checked source, but failing its checks (and not leaving nor
+    /// held down).
     fn unhealthy(&self) -> Vec<(NodeId, SocketAddr)> {
+        let held = self.held_down().now();
         let members = self.lock();
         let leaving = guard(&self.leaving);
         guard(&self.announced)
             .iter()
-            .filter(|(id, _)| !members.contains_key(*id) && !leaving.contains(*id))
+            .filter(|(id, _)| {
+                !members.contains_key(*id) && !leaving.contains(*id) && !held.contains_key(*id)
+            })
             .map(|(id, address)| (id.clone(), *address))
             .collect()
     }
@@ -234,6 +264,7 @@ impl Members {
                 .into_iter()
                 .map(|(id, address)| (id, Some(address), 0)),
         );
+        off.extend(self.held_down().now().into_keys().map(|id| (id, None, 0)));
         off
     }
 
@@ -310,8 +341,8 @@ impl Members {
         }
     }
 
-    /// Follows `source`, through `health` checks when there are any: a member is on the
-    /// ring only while they pass.
+    /// Follows `source`, through `health` checks when there are any (a member is on the
+    /// ring only while they pass), and through the flap damping when it is on.
     pub(crate) fn follow_checked<S>(&self, origin: Origin, health: Option<&HealthCheck>, source: S)
     where
         S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
@@ -328,8 +359,22 @@ impl Members {
                     }
                     Err(never) => match *never {},
                 });
-                self.follow(origin, check.clone().wrap(source))
+                self.follow_damped(origin, check.clone().wrap(source))
             }
+            // A plain static list never takes a member away: nothing to damp, and its
+            // members are applied before the gateway starts serving.
+            None if origin == Origin::Static => self.follow(origin, source),
+            None => self.follow_damped(origin, source),
+        }
+    }
+
+    fn follow_damped<S>(&self, origin: Origin, source: S)
+    where
+        S: Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send + 'static,
+    {
+        let damping = guard(&self.damping).clone();
+        match damping {
+            Some(damping) => self.follow(origin, damping.wrap(source)),
             None => self.follow(origin, source),
         }
     }
@@ -352,6 +397,55 @@ impl Stream for ChannelDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A health-flapping member is held out and shows as `held_down`, not as unhealthy; the
+    /// ring saw its departures, and not its held return.
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_member_is_held_down_and_shown_so() {
+        let (members, mut ring_changes) = Members::new(tower_ws_proxy::UpstreamConfig::default());
+        let window = std::time::Duration::from_secs(60);
+        let hold = std::time::Duration::from_secs(30);
+        members.damp(FlapDamping::new(2, window, hold));
+        let (source, receiver) = mpsc::unbounded_channel();
+        let source_stream = futures_util::stream::unfold(receiver, |mut r| async move {
+            r.recv().await.map(|change| (change, r))
+        });
+        members.follow_checked(Origin::Redis, None, source_stream);
+        let a = NodeId::from("a");
+        let up = || {
+            Ok(Change::Insert(
+                a.clone(),
+                discovery::Backend::new("a", "127.0.0.1:7100".parse().unwrap()),
+            ))
+        };
+        for _ in 0..2 {
+            source.send(up()).unwrap();
+            source.send(Ok(Change::Remove(a.clone()))).unwrap();
+        }
+        source.send(up()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let ring = tower_hashring::Ring::builder().build().unwrap();
+        assert_eq!(members.states(&ring), vec![(a.clone(), "held_down")]);
+        assert_eq!(members.hold_downs(), 1);
+        let mut seen = Vec::new();
+        while let Some(Some(Ok(change))) = ring_changes.next().now_or_never() {
+            seen.push(matches!(change, Change::Insert(..)));
+        }
+        assert_eq!(
+            seen,
+            [true, false, true, false],
+            "two flaps reached the ring, not the third"
+        );
+        tokio::time::sleep(hold).await;
+        assert!(matches!(
+            ring_changes.next().await,
+            Some(Ok(Change::Insert(..)))
+        ));
+        assert!(members
+            .states(&ring)
+            .iter()
+            .all(|(_, state)| *state == "joining"));
+    }
 
     #[tokio::test]
     async fn a_weight_above_the_cap_is_capped() {

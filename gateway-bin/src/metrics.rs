@@ -136,6 +136,13 @@ impl Collector for GatewayState {
         for (origin, count) in self.members.collisions() {
             ConstCounter::new(count).encode(family.encode_family(&[("origin", origin)])?)?;
         }
+        let hold_downs = encoder.encode_descriptor(
+            "member_hold_downs",
+            "Times a flapping member was held out of the ring (backend_up{state=\"held_down\"} names the ones held now)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.members.hold_downs()).encode(hold_downs)?;
         Ok(())
     }
 }

@@ -595,7 +595,10 @@ async fn a_ring_that_flaps_during_live_moves_ends_with_every_connection_on_its_o
         2 * under_way,
         "each moved to c, then back"
     );
-    assert!(!setup.registry.per_backend().contains_key(&NodeId::from("c")));
+    assert!(!setup
+        .registry
+        .per_backend()
+        .contains_key(&NodeId::from("c")));
 }
 
 /// A change that both drains a departed backend and moves keys to a new one starts both
