@@ -60,6 +60,28 @@ pub enum DockerError {
     /// The instance cap is reached.
     #[error("the service already runs {0} containers, its cap")]
     AtCap(usize),
+    /// The Swarm service exists but does not carry our service label: never touched.
+    #[error("Swarm service {0} does not carry our service label")]
+    ServiceNotOurs(String),
+    /// No Swarm service carries the label, or it is not a replicated one.
+    #[error("no replicated Swarm service for {0}")]
+    NoService(String),
+    /// Several Swarm services carry the label: which to scale is not ours to guess.
+    #[error("several Swarm services carry our service label ({0}): scale one by hand")]
+    SeveralServices(String),
+    /// The Swarm service runs as many replicas as allowed (the cap, or the floor of 1).
+    #[error("Swarm service {service} already runs {replicas} replicas, its {bound}")]
+    AtBound {
+        /// The service.
+        service: String,
+        /// Its replicas.
+        replicas: u64,
+        /// `cap` or `floor`.
+        bound: &'static str,
+    },
+    /// Another update of the Swarm service came first: read it again and retry.
+    #[error("Swarm service {0} was updated meanwhile: retry")]
+    Concurrent(String),
 }
 
 /// Where the members of a service run on Docker: containers labelled
@@ -208,7 +230,10 @@ async fn session(
     let mut filters = source.label_filter();
     filters.insert("type".into(), vec!["container".into()]);
     // Only what can change membership: not the exec events of every health probe.
-    filters.insert("event".into(), MEMBERSHIP_EVENTS.map(str::to_owned).to_vec());
+    filters.insert(
+        "event".into(),
+        MEMBERSHIP_EVENTS.map(str::to_owned).to_vec(),
+    );
     let mut events = docker.events(Some(
         EventsOptionsBuilder::default().filters(&filters).build(),
     ));

@@ -62,7 +62,7 @@ pub use self::docker::{
 #[cfg(feature = "redis")]
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
 #[cfg(feature = "docker")]
-pub use self::swarm::SwarmSource;
+pub use self::swarm::{SwarmScaler, SwarmSource};
 #[cfg(feature = "amqp")]
 pub use self::{
     amqp_members::{amqp_members, amqp_members_counted, AmqpAnnouncer, Announcement, MAX_TTL},

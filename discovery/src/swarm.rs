@@ -5,7 +5,10 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use bollard::{
     models::{HealthStatusEnum, TaskState},
-    query_parameters::{EventsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder},
+    query_parameters::{
+        EventsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+        UpdateServiceOptionsBuilder,
+    },
     Docker,
 };
 use futures_util::StreamExt;
@@ -218,6 +221,126 @@ async fn session(
             },
             _ = resync.tick() => {}
             () = changes.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Scales the labelled Swarm service for `POST /admin/backends` (one more replica) and
+/// `DELETE /admin/backends` (one fewer). It touches only the one Swarm service that carries
+/// `wscluster.service=<service>`, and refuses when several do.
+///
+/// Swarm picks which task a scale-down stops, and moves it out of the `running` desired
+/// state before it signals the task: every gateway's [`SwarmSource`] drops the member at
+/// once and moves its users live while the backend, on SIGTERM, keeps serving for its drain
+/// time (the reference backend's `--drain-ms`; give the service a `stop_grace_period` above
+/// it). So the drain before the task stops is carried by the source to every gateway.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), discovery::DockerError> {
+/// use discovery::SwarmScaler;
+///
+/// let scaler = SwarmScaler::new("wscluster").cap(8);
+/// let joining = scaler.scale_up().await?; // "wscluster_backend.4", say
+/// let replicas = scaler.scale_down().await?;
+/// # let _ = (joining, replicas); Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SwarmScaler {
+    label: String,
+    cap: u64,
+}
+
+impl SwarmScaler {
+    /// Scales the Swarm service labelled `wscluster.service=<service>` (at most 16 replicas
+    /// unless [`cap`](Self::cap) says).
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            label: service.into(),
+            cap: 16,
+        }
+    }
+
+    /// The most replicas the service may run.
+    pub fn cap(mut self, cap: u64) -> Self {
+        self.cap = cap.max(1);
+        self
+    }
+
+    /// One more replica; returns the member id its slot will have.
+    pub async fn scale_up(&self) -> Result<String, DockerError> {
+        let (name, replicas) = self.scale_by(1).await?;
+        Ok(format!("{name}.{replicas}"))
+    }
+
+    /// One fewer replica (never below 1); returns how many remain.
+    pub async fn scale_down(&self) -> Result<u64, DockerError> {
+        Ok(self.scale_by(-1).await?.1)
+    }
+
+    /// Scales by `step`; returns the service's name and its replicas now.
+    async fn scale_by(&self, step: i64) -> Result<(String, u64), DockerError> {
+        let docker = connect().await?;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{SERVICE_LABEL}={}", self.label)],
+        )]);
+        let options = ListServicesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut services = docker.list_services(Some(options)).await?;
+        let service = match services.len() {
+            0 => return Err(DockerError::NoService(self.label.clone())),
+            1 => services.remove(0),
+            _ => {
+                let names: Vec<String> = services
+                    .iter()
+                    .filter_map(|s| s.spec.as_ref()?.name.clone())
+                    .collect();
+                return Err(DockerError::SeveralServices(names.join(", ")));
+            }
+        };
+        let (Some(mut spec), Some(version)) = (service.spec, service.version.and_then(|v| v.index))
+        else {
+            return Err(DockerError::NoService(self.label.clone()));
+        };
+        let name = spec.name.clone().unwrap_or_default();
+        // Listed by label, but checked again: only ever ours.
+        let labels = spec.labels.as_ref();
+        if labels.and_then(|l| l.get(SERVICE_LABEL)) != Some(&self.label) {
+            return Err(DockerError::ServiceNotOurs(name));
+        }
+        let Some(replicated) = spec.mode.as_mut().and_then(|m| m.replicated.as_mut()) else {
+            return Err(DockerError::NoService(name));
+        };
+        let now = replicated.replicas.unwrap_or(1).max(0) as u64;
+        let (wanted, bound) = if step > 0 {
+            (now + 1, (now >= self.cap).then_some("cap"))
+        } else {
+            (now.saturating_sub(1), (now <= 1).then_some("floor"))
+        };
+        if let Some(bound) = bound {
+            return Err(DockerError::AtBound {
+                service: name,
+                replicas: now,
+                bound,
+            });
+        }
+        replicated.replicas = Some(wanted as i64);
+        let options = UpdateServiceOptionsBuilder::default()
+            .version(i32::try_from(version).unwrap_or(i32::MAX))
+            .build();
+        match docker.update_service(&name, spec, options, None).await {
+            Ok(_) => {
+                tracing::info!(service = %name, replicas = wanted, "scaled");
+                Ok((name, wanted))
+            }
+            // The version moved on: someone else (another gateway) scaled first.
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+                if message.contains("out of sequence") =>
+            {
+                Err(DockerError::Concurrent(name))
+            }
+            Err(error) => Err(error.into()),
         }
     }
 }

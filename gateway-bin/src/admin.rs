@@ -54,15 +54,57 @@ pub(crate) fn admin_router(state: AdminState) -> Router {
         .route("/admin/ring", get(ring))
         .route("/admin/events", get(dashboard::events))
         .route("/metrics", get(metrics))
-        .route("/admin/backends", post(add_backend))
+        .route("/admin/backends", post(add_backend).delete(scale_down))
         .route(
             "/admin/backends/{id}",
             delete(remove_backend).patch(reweigh_backend),
         )
         .route("/admin/send", post(send))
+        .route(
+            "/admin/route",
+            post(route_keys).layer(axum::extract::DefaultBodyLimit::max(4 << 20)),
+        )
         .with_state(state)
         .layer(ValidateRequestHeaderLayer::custom(guard));
     dashboard::page_router().merge(api)
+}
+
+/// The most keys one `POST /admin/route` may ask about.
+const MAX_ROUTE_KEYS: usize = 100_000;
+
+/// `POST /admin/route` with `{"keys": ["42", …]}` (at most 100,000): each key's owner on the
+/// ring now, in order (`null` on an empty ring), with the ring's version and digest: where
+/// the ring sends a user, and the means to check that gateways agree.
+async fn route_keys(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Keys {
+        keys: Vec<String>,
+    }
+    let keys = match serde_json::from_slice::<Keys>(&body) {
+        Ok(Keys { keys }) if keys.len() <= MAX_ROUTE_KEYS => keys,
+        Ok(Keys { keys }) => {
+            let reason = format!("{} keys: at most {MAX_ROUTE_KEYS} at once\n", keys.len());
+            return (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response();
+        }
+        Err(error) => {
+            let reason = format!("the body must be {{\"keys\": [\"…\", …]}}: {error}\n");
+            return (StatusCode::BAD_REQUEST, reason).into_response();
+        }
+    };
+    let snapshot = state.ring.snapshot();
+    let ring = snapshot.ring();
+    let owners: Vec<Option<&str>> = keys
+        .iter()
+        .map(|key| ring.route(key.as_bytes()).map(|node| node.id().as_str()))
+        .collect();
+    let members = state.members.lock().clone();
+    Json(json!({
+        "version": snapshot.version(),
+        "digest": crate::digest::ring_digest(ring, &members),
+        "owners": owners,
+    }))
+    .into_response()
 }
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -275,6 +317,20 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
     }
 }
 
+/// `DELETE /admin/backends`: one backend fewer, of the platform's choosing (a Swarm service
+/// scaled down; its stopped task drains first, on every gateway). 409 without a scaler that
+/// can, at the floor of one, or on a concurrent change.
+async fn scale_down(State(state): State<AdminState>) -> Response {
+    let Some(scaler) = &state.scaler else {
+        let reason = "this gateway has no scaler: DELETE /admin/backends/{id} removes a member\n";
+        return (StatusCode::CONFLICT, reason).into_response();
+    };
+    match scaler.scale_down().await {
+        Ok(remaining) => Json(json!({ "backends": remaining })).into_response(),
+        Err(error) => scale_error(&error),
+    }
+}
+
 /// `PATCH /admin/backends/{id}` with `{"weight": n}`: re-weighs a member (0 drains it: it
 /// stays a member, owns no keys, and its users move to their new owners).
 async fn reweigh_backend(
@@ -384,6 +440,14 @@ fn answer_text(answer: Answer) -> BoxFuture<'static, String> {
 /// 409: `id` comes from a source every gateway follows; changing it on one gateway would
 /// make the gateways route differently.
 fn shared_member(id: &NodeId, origin: Origin, what: &str) -> Response {
+    if origin == Origin::Swarm && what == "remove" {
+        let reason = format!(
+            "backend {id} is a Swarm task, which every gateway follows: Swarm picks which \
+             replica a scale-down stops, so DELETE /admin/backends scales the service down \
+             (its stopped task drains first, on every gateway)\n"
+        );
+        return (StatusCode::CONFLICT, reason).into_response();
+    }
     let reason = format!(
         "backend {id} comes from {}, which every gateway follows: {what} it there; doing it \
          on one gateway would make the gateways route differently\n",
@@ -395,7 +459,7 @@ fn shared_member(id: &NodeId, origin: Origin, what: &str) -> Response {
 /// A scaler's failure as the admin API answers it.
 fn scale_error(error: &ScaleError) -> Response {
     let status = match error {
-        ScaleError::AtCap(_) => StatusCode::CONFLICT,
+        ScaleError::AtCap(_) | ScaleError::Conflict(_) => StatusCode::CONFLICT,
         ScaleError::NotOurs(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::BAD_GATEWAY,
     };

@@ -78,6 +78,8 @@
 //! [swarm]                       # backends as the tasks of Swarm services labelled
 //! service = "wscluster"         #   wscluster.service=<service>, one member per replica slot
 //! network = "wscluster_backends"  # reach tasks on this overlay (default: their first)
+//! scale = true                  # POST/DELETE /admin/backends scale the one labelled service
+//! cap = 16                      # the most replicas the admin API may run
 //!
 //! [health]                      # active checks; a backend is on the ring only while they pass
 //! check = "http"                # or "tcp"
@@ -146,6 +148,8 @@ pub struct ConfigFile {
 struct SwarmSection {
     service: Option<String>,
     network: Option<String>,
+    scale: Option<bool>,
+    cap: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,10 +532,18 @@ impl ConfigFile {
                         limits: docker.limits()?,
                     }),
                 },
-                swarm: self.swarm.as_ref().map(|swarm| SwarmConfig {
-                    service: swarm.service.clone().unwrap_or_else(|| "wscluster".into()),
-                    network: swarm.network.clone(),
-                }),
+                swarm: match &self.swarm {
+                    None => None,
+                    Some(SwarmSection { cap: Some(0), .. }) => {
+                        return Err(ConfigError("swarm.cap: must be at least 1".into()))
+                    }
+                    Some(swarm) => Some(SwarmConfig {
+                        service: swarm.service.clone().unwrap_or_else(|| "wscluster".into()),
+                        network: swarm.network.clone(),
+                        scale: swarm.scale.unwrap_or(false),
+                        cap: swarm.cap.unwrap_or(16),
+                    }),
+                },
             },
             events: match &self.events {
                 None => None,
@@ -1044,6 +1056,7 @@ mod tests {
             ("[health]\ncheck = \"icmp\"", "check"),
             ("[events]\namqp = \"127.0.0.1:5672\"", "events.amqp"),
             ("[docker]\ncap = 0", "docker.cap"),
+            ("[swarm]\ncap = 0", "swarm.cap"),
             ("[discovery]\nhold_down_ms = 0", "discovery.hold_down_ms"),
             (
                 "[discovery]\nflap_limit = 0\nhold_down_ms = 10",

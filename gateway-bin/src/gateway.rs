@@ -6,7 +6,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
     amqp_members_counted, AmqpEvents, ContainerLimits, DiscoveryMetrics, DockerScaler,
-    DockerSource, FlapDamping, HealthCheck, RedisRegistry, StaticDiscovery, SwarmSource,
+    DockerSource, FlapDamping, HealthCheck, RedisRegistry, StaticDiscovery, SwarmScaler,
+    SwarmSource,
 };
 use serde_json::json;
 use tokio::{
@@ -161,6 +162,11 @@ pub struct SwarmConfig {
     pub service: String,
     /// The overlay network the gateway reaches the tasks on (default: their first).
     pub network: Option<String>,
+    /// The admin API scales the one Swarm service carrying the label (`POST
+    /// /admin/backends`: one more replica, `DELETE /admin/backends`: one fewer).
+    pub scale: bool,
+    /// The most replicas the admin API may run.
+    pub cap: u64,
 }
 
 /// Backends that register themselves in Redis (`wsbackend --redis`).
@@ -277,7 +283,12 @@ impl Gateway {
         config: GatewayConfig,
         backends: Vec<(NodeId, SocketAddr)>,
     ) -> std::io::Result<Gateway> {
-        let scaler = config.discovery.docker.as_ref().and_then(docker_scaler);
+        let scaler = config
+            .discovery
+            .docker
+            .as_ref()
+            .and_then(docker_scaler)
+            .or_else(|| config.discovery.swarm.as_ref().and_then(swarm_scaler));
         Self::launch(config, backends, scaler).await
     }
 
@@ -536,6 +547,13 @@ fn docker_scaler(docker: &DockerConfig) -> Option<Arc<dyn Scaler>> {
         None => scaler,
     };
     Some(Arc::new(scaler))
+}
+
+/// The Swarm scaler of `[swarm]`, when it names a service to scale.
+fn swarm_scaler(swarm: &SwarmConfig) -> Option<Arc<dyn Scaler>> {
+    swarm
+        .scale
+        .then(|| Arc::new(SwarmScaler::new(swarm.service.as_str()).cap(swarm.cap)) as _)
 }
 
 /// The ring over the members, its migrator (spawned) and the layer that makes connections

@@ -4,7 +4,7 @@
 
 use std::{convert::Infallible, future::Future, pin::Pin};
 
-use discovery::{DockerError, DockerScaler};
+use discovery::{DockerError, DockerScaler, SwarmScaler};
 use futures_util::Stream;
 use tower::discover::Change;
 use tower_hashring::NodeId;
@@ -23,6 +23,10 @@ pub enum ScaleError {
     /// As many backends as allowed already run (409).
     #[error("{0}")]
     AtCap(String),
+    /// Not now, or not this way (409): at the floor, a concurrent change, or a scaler that
+    /// stops only named backends.
+    #[error("{0}")]
+    Conflict(String),
     /// The backend exists but is not the scaler's to stop (403).
     #[error("{0}")]
     NotOurs(String),
@@ -76,6 +80,17 @@ pub trait Scaler: std::fmt::Debug + Send + Sync + 'static {
     /// Stops backend `id` (after the gateway drained it).
     fn stop<'a>(&'a self, id: &'a NodeId) -> ScaleFuture<'a, ()>;
 
+    /// Runs one backend fewer, of the platform's choosing, for `DELETE /admin/backends`;
+    /// returns how many remain. The platform must let the backend drain before it stops
+    /// (Swarm does: see [`SwarmScaler`]). By default a scaler stops only named backends.
+    fn scale_down(&self) -> ScaleFuture<'_, u64> {
+        Box::pin(async {
+            Err(ScaleError::Conflict(
+                "this gateway's scaler stops a named backend: DELETE /admin/backends/{id}".into(),
+            ))
+        })
+    }
+
     /// The changes of the scaler's backends, for one whose backends no discovery source
     /// sees (taken once; `None`: a discovery source reports them, e.g. Docker's labels).
     fn members(&self) -> Option<ScaledMembers> {
@@ -106,11 +121,42 @@ impl Scaler for DockerScaler {
     }
 }
 
+/// A Swarm service's replicas: members come from the [`SwarmSource`](discovery::SwarmSource),
+/// which every gateway follows, so a scale by any gateway reaches them all.
+impl Scaler for SwarmScaler {
+    fn start_one(&self) -> ScaleFuture<'_, NodeId> {
+        Box::pin(async move { Ok(NodeId::from(self.scale_up().await?)) })
+    }
+
+    /// None is the scaler's to stop by name: Swarm picks which replica a scale-down stops.
+    fn ownership<'a>(&'a self, _: &'a NodeId) -> ScaleFuture<'a, Ownership> {
+        Box::pin(async { Ok(Ownership::Unknown) })
+    }
+
+    fn stop<'a>(&'a self, id: &'a NodeId) -> ScaleFuture<'a, ()> {
+        Box::pin(async move {
+            Err(ScaleError::Conflict(format!(
+                "Swarm picks which replica a scale-down stops, not {id}: DELETE /admin/backends"
+            )))
+        })
+    }
+
+    fn scale_down(&self) -> ScaleFuture<'_, u64> {
+        Box::pin(async move { Ok(SwarmScaler::scale_down(self).await?) })
+    }
+}
+
 impl From<DockerError> for ScaleError {
     fn from(error: DockerError) -> Self {
         match error {
             DockerError::AtCap(_) => ScaleError::AtCap(error.to_string()),
-            DockerError::NotOurs(_) => ScaleError::NotOurs(error.to_string()),
+            DockerError::AtBound { bound: "cap", .. } => ScaleError::AtCap(error.to_string()),
+            DockerError::AtBound { .. }
+            | DockerError::Concurrent(_)
+            | DockerError::SeveralServices(_) => ScaleError::Conflict(error.to_string()),
+            DockerError::NotOurs(_) | DockerError::ServiceNotOurs(_) => {
+                ScaleError::NotOurs(error.to_string())
+            }
             error => ScaleError::Failed(error.to_string()),
         }
     }

@@ -240,3 +240,60 @@ async fn a_container_with_a_bad_port_or_weight_label_is_left_out_and_counted() {
     let more = tokio::time::timeout(Duration::from_secs(2), changes.next()).await;
     assert!(more.is_err(), "a bad container joined later: {more:?}");
 }
+
+/// Docker discovery's work per event does not grow with the service: after one listing,
+/// each membership event costs one inspection of the container it names, and the exec
+/// events of every health probe cost nothing.
+#[tokio::test]
+async fn docker_discovery_inspects_only_what_an_event_names() {
+    let Some(host) = DockerHost::start("per-event").await else {
+        return;
+    };
+    let name = |n: usize| format!("{}-{n}", host.service());
+    const EXISTING: usize = 6;
+    for n in 0..EXISTING {
+        host.run_labelled(&name(n), &[]).await;
+    }
+    let source = discovery::DockerSource::new(host.service()).network(host.network());
+    let mut changes = source.discover();
+    let mut members = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while members.len() < EXISTING {
+        match tokio::time::timeout_at(deadline, changes.next()).await {
+            Ok(Some(Ok(tower::discover::Change::Insert(id, _)))) => {
+                members.insert(id.to_string());
+            }
+            Ok(Some(Ok(tower::discover::Change::Remove(id)))) => {
+                members.remove(id.as_str());
+            }
+            other => panic!(
+                "{} of {EXISTING} healthy within 60 s: {other:?}",
+                members.len()
+            ),
+        }
+    }
+    // Quiet: every container's health probe runs each second, and none changes anything.
+    let quiet = source.inspections();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        source.inspections(),
+        quiet,
+        "health probes cost inspections"
+    );
+
+    host.run_labelled(&name(EXISTING), &[]).await;
+    let joined = wscluster_tests::eventually(Duration::from_secs(30), async || {
+        matches!(
+            tokio::time::timeout(Duration::from_millis(100), changes.next()).await,
+            Ok(Some(Ok(tower::discover::Change::Insert(..))))
+        )
+    });
+    assert!(joined.await, "the new container joined");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = source.inspections() - quiet;
+    // Its start and its health turning healthy; one listing would inspect all 7.
+    assert!(
+        (1..=3).contains(&spent),
+        "{spent} inspections for one container joining"
+    );
+}
