@@ -143,11 +143,12 @@ async fn main() -> ExitCode {
     }
     let discovered = config.discovery.redis.is_some()
         || config.discovery.amqp.is_some()
-        || config.discovery.docker.is_some();
+        || config.discovery.docker.is_some()
+        || config.discovery.swarm.is_some();
     if backends.is_empty() && demo == 0 && !discovered {
         return fail(
             &"no backends: give `--backend id=host:port`, `[[backends]]` or a \
-                      [discovery]/[docker] source in the config file",
+                      [discovery], [docker] or [swarm] source in the config file",
         );
     }
     let config_has_token = config.admin_access.token.is_some() && shown_token.is_none();

@@ -235,3 +235,36 @@ async fn a_member_failing_its_health_checks_shows_as_unhealthy() {
         "{metrics}"
     );
 }
+
+/// `POST /admin/route` answers where the ring sends each key, in order, with the digest
+/// `/admin/ring` shows; the user's own connection is on that owner. Too many keys is a 413.
+#[tokio::test]
+async fn the_route_of_a_batch_of_keys_is_where_their_users_land() {
+    let gateway = demo(3).await;
+    let users: Vec<String> = (0..40).map(|u| format!("user-{u}")).collect();
+    let body = serde_json::json!({ "keys": users }).to_string();
+    let (status, answer) = http(gateway.admin, "POST", "/admin/route", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["digest"], ring_json(&gateway).await["digest"]);
+    let owners = answer["owners"].as_array().unwrap();
+    assert_eq!(owners.len(), users.len());
+    let distinct: std::collections::BTreeSet<_> = owners.iter().map(|o| o.to_string()).collect();
+    assert_eq!(distinct.len(), 3, "40 users spread over the 3 backends");
+    for (user, owner) in users.iter().zip(owners).take(6) {
+        let (_client, server) = connect(&gateway, user).await;
+        assert_eq!(owner.as_str(), Some(server.as_str()), "{user}");
+    }
+    let too_many: Vec<String> = (0..100_001).map(|u| u.to_string()).collect();
+    let body = serde_json::json!({ "keys": too_many }).to_string();
+    let (status, answer) = http(gateway.admin, "POST", "/admin/route", &body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("at most 100000"), "{answer}");
+    let (status, answer) = http(gateway.admin, "POST", "/admin/route", r#"{"key":"1"}"#).await;
+    assert_eq!(status, 400);
+    assert!(answer.contains("keys"), "{answer}");
+    // The demo's scaler stops named backends only.
+    let (status, answer) = http(gateway.admin, "DELETE", "/admin/backends", "").await;
+    assert_eq!(status, 409);
+    assert!(answer.contains("DELETE /admin/backends/{id}"), "{answer}");
+}

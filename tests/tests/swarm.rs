@@ -8,7 +8,11 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use discovery::{Backend, MemberChanges, SwarmSource};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::{net::TcpStream, process::Command};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    process::Command,
+};
 use tokio_tungstenite::tungstenite::Message;
 use tower::discover::Change;
 
@@ -330,13 +334,20 @@ impl Stack {
             self.token,
             body.len()
         );
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect(self.gateways[n].1),
-        )
-        .await
-        {
-            Ok(Ok(_)) => wscluster_tests::http_raw(self.gateways[n].1, &request).await,
+        // Until its container runs, a gateway's port refuses or resets: (0, "").
+        let exchange = async {
+            let mut tcp = TcpStream::connect(self.gateways[n].1).await?;
+            tcp.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            tcp.read_to_end(&mut response).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+        };
+        match tokio::time::timeout(Duration::from_secs(20), exchange).await {
+            Ok(Ok(response)) if response.len() > 12 => {
+                let status = response[9..12].parse().unwrap_or(0);
+                let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                (status, body.to_owned())
+            }
             _ => (0, String::new()),
         }
     }
@@ -397,6 +408,8 @@ struct User {
     gateway: usize,
     client: Client,
     on: String,
+    /// How often its connection closed and it connected again.
+    reconnects: u32,
 }
 
 impl User {
@@ -417,6 +430,7 @@ impl User {
             gateway,
             client,
             on,
+            reconnects: 0,
         }
     }
 
@@ -438,7 +452,9 @@ impl User {
                 }
             }
         }
+        let reconnects = self.reconnects + 1;
         *self = User::connect(stack, self.gateway, &self.key.clone()).await;
+        self.reconnects = reconnects;
         Box::pin(self.echo(stack)).await
     }
 }
@@ -497,7 +513,8 @@ fn member_ids(ring: &Value) -> Vec<String> {
 
 /// The stack file on a real single-node swarm: 3 gateways agree without a leader, route
 /// 100,000 keys identically, put clients on their owners through any gateway, converge
-/// together on a scale-up through the admin API, and move a killed task's users.
+/// together on a scale-up through the admin API, move a killed task's users, and drain a
+/// scaled-down task's users live.
 #[tokio::test]
 async fn three_gateways_on_swarm_agree_on_every_key() {
     let Some(stack) = Stack::deploy().await else {
@@ -567,6 +584,7 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
         moved += usize::from(before != user.on);
     }
     assert!(moved > 0, "some of the 60 users belong to the new backend");
+    eprintln!("scale-up: gateways converged {spread:?} apart; {moved} of 60 users moved");
 
     // A backend task is killed: its users end on their new owners (Swarm's replacement
     // takes back the slot, so the owners are read again once every gateway has 4 members).
@@ -618,4 +636,44 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
             user.key
         );
     }
+    eprintln!("kill: {on_victim} users of {victim} on their owners again");
+
+    // Scale down through the admin API: Swarm picks the task, every gateway drops it at once,
+    // and its users move live (no reconnect) while it drains, before it stops.
+    let reconnects: Vec<u32> = users.iter().map(|u| u.reconnects).collect();
+    let (status, body) = stack.admin(2, "DELETE", "/admin/backends", "").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = until_every_gateway(&stack, Duration::from_secs(30), |ring| {
+        member_ids(ring).len() == 3
+    })
+    .await;
+    let spread = *seen.iter().max().unwrap() - *seen.iter().min().unwrap();
+    let left = stack
+        .ring(0)
+        .await
+        .map(|r| member_ids(&r))
+        .unwrap_or_default();
+    let removed = four.iter().find(|id| !left.contains(id)).unwrap().clone();
+    let on_removed = users.iter().filter(|u| u.on == removed).count();
+    until_every_gateway(&stack, Duration::from_secs(20), |ring| {
+        ring["off_owner"] == 0 && ring["migrations"]["in_flight"] == 0
+    })
+    .await;
+    let (_, owners) = stack.owners(1, &keys).await;
+    for (u, user) in users.iter_mut().enumerate() {
+        assert_eq!(
+            user.echo(&stack).await,
+            owners[u],
+            "{} after the scale-down",
+            user.key
+        );
+    }
+    let after: Vec<u32> = users.iter().map(|u| u.reconnects).collect();
+    assert_eq!(
+        after, reconnects,
+        "a user had to reconnect on the scale-down"
+    );
+    eprintln!(
+        "scale-down: {removed} left every gateway {spread:?} apart; its {on_removed} users moved live"
+    );
 }
