@@ -546,10 +546,9 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
 
     // Clients through every gateway land on their key's owner.
     let mut users = Vec::new();
-    for u in 0..60 {
-        let key = format!("user-{u}");
-        let user = User::connect(&stack, u % 3, &key).await;
-        assert_eq!(user.on, owners[u], "{key} through gateway {}", u % 3 + 1);
+    for (u, (key, owner)) in keys.iter().zip(&owners).take(60).enumerate() {
+        let user = User::connect(&stack, u % 3, key).await;
+        assert_eq!(&user.on, owner, "{key} through gateway {}", u % 3 + 1);
         users.push(user);
     }
 
