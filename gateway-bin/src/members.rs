@@ -27,22 +27,24 @@ pub(crate) type RingChanges =
 /// takes milliseconds.
 pub(crate) const MAX_WEIGHT: u32 = 1000;
 
-/// Where a member comes from. One id space spans them all: a member of one origin is never
-/// replaced or removed by another's entry of the same id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a member comes from. One id space spans them all, and where two origins claim one
+/// id, the one first in this order holds it (the others' claims are kept, logged and
+/// counted, and one takes over when the holder's goes): a static member is never replaced
+/// or removed by a discovered one, and every gateway resolves a duplicate alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Origin {
     /// The configured list (`--backend`, `[[backends]]`).
     Static,
     /// Added through the admin API.
     Api,
+    /// The tasks of labelled Docker Swarm services.
+    Swarm,
+    /// Labelled Docker containers.
+    Docker,
     /// The Redis registry.
     Redis,
     /// RabbitMQ announcements.
     Amqp,
-    /// Labelled Docker containers.
-    Docker,
-    /// The tasks of labelled Docker Swarm services.
-    Swarm,
     /// The scaler's own backends (the demo's in-process ones).
     Scaler,
 }
@@ -100,8 +102,10 @@ pub(crate) struct Members {
     /// What health-checked sources announce, healthy or not: those announced but not
     /// members are the unhealthy ones.
     announced: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
-    /// Entries refused because their id was another origin's, by the origin that sent them.
+    /// Claims that lost an id to another origin's, by the losing origin.
     collisions: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// Every source origin's claim on each id (the member is the first origin's).
+    claims: Arc<Mutex<BTreeMap<NodeId, BTreeMap<Origin, discovery::Backend>>>>,
     /// Holds out discovered members that flap; its held members show as `held_down`.
     damping: Arc<Mutex<Option<FlapDamping>>>,
     upstream: UpstreamConfig,
@@ -118,6 +122,7 @@ impl Members {
             weights: Arc::default(),
             announced: Arc::default(),
             collisions: Arc::default(),
+            claims: Arc::default(),
             damping: Arc::default(),
             upstream,
         };
@@ -179,7 +184,7 @@ impl Members {
         self.held_down().total()
     }
 
-    /// Entries refused because their id was taken by another origin's member, per origin.
+    /// Claims that lost an id to another origin's, per losing origin.
     pub(crate) fn collisions(&self) -> BTreeMap<&'static str, u64> {
         guard(&self.collisions).clone()
     }
@@ -301,44 +306,79 @@ impl Members {
         });
     }
 
-    /// The origin of the member `id` holds now, if another than `origin`.
-    fn taken(&self, id: &NodeId, origin: Origin) -> Option<Origin> {
-        self.lock()
-            .get(id)
-            .map(|m| m.origin)
-            .filter(|held| *held != origin)
-    }
-
+    /// Applies a source's change. Every origin's claim on an id is kept, and the member is
+    /// the claim of the origin that comes first in [`Origin`]'s order, whatever order the
+    /// claims arrived in: gateways that see the same claims resolve a duplicate id alike.
     fn apply(&self, origin: Origin, change: Change<NodeId, discovery::Backend>) {
         match change {
             Change::Insert(id, _) if self.is_leaving(&id) => {}
             Change::Insert(id, backend) => {
-                if let Some(held) = self.taken(&id, origin) {
-                    tracing::warn!(
-                        backend = %id,
-                        address = %backend.address,
-                        "a {} member claims the id of a {} member: ignored (ids are one space across sources)",
-                        origin.as_str(),
-                        held.as_str(),
-                    );
-                    *guard(&self.collisions).entry(origin.as_str()).or_default() += 1;
-                    return;
+                guard(&self.claims)
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(origin, backend.clone());
+                let held = self.lock().get(&id).map(|m| m.origin);
+                match held {
+                    Some(held) if held < origin => {
+                        self.collision(&id, held, origin, "ignored");
+                        return;
+                    }
+                    Some(held) if held > origin => self.collision(&id, origin, held, "replaced"),
+                    _ => {}
                 }
                 tracing::info!(backend = %id, address = %backend.address, origin = origin.as_str(), "discovered");
-                let mut weight = self.weight_for(&id, backend.weight);
-                if weight > MAX_WEIGHT {
-                    tracing::warn!(backend = %id, weight, "weight above the cap of {MAX_WEIGHT}: capped");
-                    weight = MAX_WEIGHT;
-                }
-                self.insert(id, Member::at(backend.address, weight, origin));
+                self.admit(id, origin, &backend);
             }
-            // Only the source that added a member removes it.
-            Change::Remove(id) if self.taken(&id, origin).is_some() => {}
             Change::Remove(id) => {
-                tracing::info!(backend = %id, "gone");
-                self.remove(&id);
+                let next = {
+                    let mut claims = guard(&self.claims);
+                    let remaining = claims.get_mut(&id).map(|of_id| {
+                        of_id.remove(&origin);
+                        of_id.first_key_value().map(|(o, b)| (*o, b.clone()))
+                    });
+                    if claims.get(&id).is_some_and(BTreeMap::is_empty) {
+                        claims.remove(&id);
+                    }
+                    remaining.flatten()
+                };
+                // Only the origin whose claim is the member removes it.
+                if self.lock().get(&id).map(|m| m.origin) != Some(origin) {
+                    return;
+                }
+                match next {
+                    Some((next, backend)) => {
+                        tracing::warn!(backend = %id, address = %backend.address, "the {} claim is gone: the {} claim on the id takes over", origin.as_str(), next.as_str());
+                        self.admit(id, next, &backend);
+                    }
+                    None => {
+                        tracing::info!(backend = %id, "gone");
+                        self.remove(&id);
+                    }
+                }
             }
         }
+    }
+
+    /// Logs and counts (against the losing origin) two origins' claims on one id.
+    fn collision(&self, id: &NodeId, winner: Origin, loser: Origin, what: &str) {
+        tracing::warn!(
+            backend = %id,
+            "a {} member and a {} member claim one id: the {} one is {what} (ids are one space across sources)",
+            winner.as_str(),
+            loser.as_str(),
+            loser.as_str(),
+        );
+        *guard(&self.collisions).entry(loser.as_str()).or_default() += 1;
+    }
+
+    /// Makes `backend` the member `id`, of `origin`, with its weight capped.
+    fn admit(&self, id: NodeId, origin: Origin, backend: &discovery::Backend) {
+        let mut weight = self.weight_for(&id, backend.weight);
+        if weight > MAX_WEIGHT {
+            tracing::warn!(backend = %id, weight, "weight above the cap of {MAX_WEIGHT}: capped");
+            weight = MAX_WEIGHT;
+        }
+        self.insert(id, Member::at(backend.address, weight, origin));
     }
 
     /// Follows `source`, through `health` checks when there are any (a member is on the
@@ -445,6 +485,44 @@ mod tests {
             .states(&ring)
             .iter()
             .all(|(_, state)| *state == "joining"));
+    }
+
+    /// Two sources claim one id: whatever order the claims come in, the same one holds it,
+    /// the other's is counted, and it takes over when the holder's claim goes.
+    #[tokio::test]
+    async fn a_duplicate_id_resolves_alike_whatever_the_order() {
+        let backend = |port: u16| discovery::Backend::new("x", ([10, 0, 0, 1], port).into());
+        let x = NodeId::from("x");
+        for docker_first in [true, false] {
+            let (members, _changes) = Members::new(tower_ws_proxy::UpstreamConfig::default());
+            let (docker, redis) = (
+                Change::Insert(x.clone(), backend(1)),
+                Change::Insert(x.clone(), backend(2)),
+            );
+            if docker_first {
+                members.apply(Origin::Docker, docker);
+                members.apply(Origin::Redis, redis);
+            } else {
+                members.apply(Origin::Redis, redis);
+                members.apply(Origin::Docker, docker);
+            }
+            let held = members.lock()[&x].clone();
+            assert_eq!(
+                (held.origin, held.address.port()),
+                (Origin::Docker, 1),
+                "docker first: {docker_first}"
+            );
+            assert_eq!(members.collisions()["redis"], 1);
+            // The loser's claim going changes nothing; the holder's going hands over.
+            members.apply(Origin::Redis, Change::Remove(x.clone()));
+            assert_eq!(members.lock()[&x].origin, Origin::Docker);
+            members.apply(Origin::Redis, Change::Insert(x.clone(), backend(2)));
+            members.apply(Origin::Docker, Change::Remove(x.clone()));
+            let held = members.lock()[&x].clone();
+            assert_eq!((held.origin, held.address.port()), (Origin::Redis, 2));
+            members.apply(Origin::Redis, Change::Remove(x.clone()));
+            assert!(members.lock().is_empty());
+        }
     }
 
     #[tokio::test]
