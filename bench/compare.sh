@@ -2,17 +2,23 @@
 # Side-by-side on loopback: the same 3 reference backends and the same wsload runs, direct to
 # one backend, through wscluster's gateway, through the axum example app served two ways (the
 # relay's generic path under axum::serve, its fast path under hyper's HTTP/1 builder), and
-# through nginx (`hash $arg_userId consistent`). With BASELINE=<an older gateway-bin binary>,
+# through nginx (`hash $arg_userId consistent`) and HAProxy (`balance url_param userId`,
+# `hash-type consistent`). With BASELINE=<an older gateway-bin binary>,
 # that build runs too (`wscluster-before`), interleaved with the others, for before/after.
 # Rounds are interleaved and medians reported. Bounded: every run has a count and a time limit.
+# A last step sends large messages (LARGE="connections messages bytes", default 50 x 20 x 1 MiB;
+# LARGE=0 skips it) through direct, wscluster, nginx and HAProxy, and reports MiB/s and the
+# proxy's CPU per MiB.
 # Usage: [BASELINE=path] bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} conns=${2:-1000} msgs=${3:-200} size=${4:-64} idle=${5:-9000}
+read -r large_conns large_msgs large_size <<<"${LARGE:-50 20 1048576}"
 # A proxy holds two descriptors per connection: 10k idle connections need a hard limit above
 # 20,000 open files, which not every sandbox grants (then pass a smaller idle count).
 
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
 cargo build --release -q -p gateway-bin --bins
 bin=target/release
 ulimit -n "$(ulimit -Hn)"
@@ -73,6 +79,30 @@ http {
 }
 CONF
 nginx -c "$tmp/nginx.conf" -p "$tmp" & nginx_master=$!; pids+=($nginx_master)
+# HAProxy as Debian ships it, 2 threads like nginx's 2 workers, consistent hashing on the
+# same query parameter; `timeout tunnel` governs the upgraded WebSockets.
+cat >"$tmp/haproxy.cfg" <<CONF
+global
+  maxconn 200000
+  nbthread 2
+  log stderr format raw local0 err
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  timeout tunnel 600s
+frontend ws
+  bind 127.0.0.1:17090
+  default_backend backends
+backend backends
+  balance url_param userId
+  hash-type consistent
+  server b1 127.0.0.1:17101
+  server b2 127.0.0.1:17102
+  server b3 127.0.0.1:17103
+CONF
+haproxy -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
 sleep 1
 
 rss_kb() { # RSS of a process and its children, in KiB
@@ -88,16 +118,18 @@ declare -A url=(
   [wscluster]="ws://127.0.0.1:17000/connect/{user}?userId={user}"
   [wscluster-shared-rt]="ws://127.0.0.1:17010/connect/{user}?userId={user}"
   [nginx]="ws://127.0.0.1:17080/connect/{user}?userId={user}"
+  [haproxy]="ws://127.0.0.1:17090/connect/{user}?userId={user}"
   [axum-generic]="ws://127.0.0.1:17020/connect/{user}?userId={user}"
   [axum-fast]="ws://127.0.0.1:17030/connect/{user}?userId={user}"
   [wscluster-before]="ws://127.0.0.1:17040/connect/{user}?userId={user}"
 )
-order=(direct wscluster wscluster-shared-rt axum-generic axum-fast nginx)
+order=(direct wscluster wscluster-shared-rt axum-generic axum-fast nginx haproxy)
 [ -n "$before_pid" ] && order+=(wscluster-before)
 # TARGETS="wscluster wscluster-before" runs only those (and skips the others' idle step).
 if [ -n "${TARGETS:-}" ]; then read -r -a order <<<"$TARGETS"; fi
 declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared
-  [axum-generic]=$axum_generic [axum-fast]=$axum_fast [nginx]=$nginx_master [wscluster-before]=$before_pid)
+  [axum-generic]=$axum_generic [axum-fast]=$axum_fast [nginx]=$nginx_master [haproxy]=$haproxy_pid
+  [wscluster-before]=$before_pid)
 cpu_ticks() { # user + system clock ticks of a process and its children
   local total=0 p
   for p in "$@" $(pgrep -P "$1" || true); do
@@ -105,7 +137,7 @@ cpu_ticks() { # user + system clock ticks of a process and its children
   done
   echo "$total"
 }
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1); $(haproxy -v | head -1)"
 echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
 for round in $(seq "$rounds"); do
   # The order rotates each round, so no target always runs first (or right after another).
@@ -123,7 +155,7 @@ for round in $(seq "$rounds"); do
 done
 
 # Idle memory: RSS before and while holding $idle idle connections, per proxy.
-idle_targets=(wscluster axum-generic axum-fast nginx)
+idle_targets=(wscluster axum-generic axum-fast nginx haproxy)
 [ -n "$before_pid" ] && idle_targets+=(wscluster-before)
 for target in "${idle_targets[@]}"; do
   [ "$idle" -gt 0 ] || break
@@ -139,8 +171,26 @@ for target in "${idle_targets[@]}"; do
   echo "$target rss_per_conn $(( (during - before) * 1024 / idle ))" >>"$tmp/rss.txt"
 done
 
+# Large messages: bytes per second and the proxy's CPU per MiB relayed, interleaved rounds.
+touch "$tmp/large.txt" "$tmp/large-cpu.txt"
+large_targets=(direct wscluster nginx haproxy)
+for round in $(seq "$rounds"); do
+  [ "$large_conns" -gt 0 ] 2>/dev/null || break
+  shift_by=$(( (round - 1) % ${#large_targets[@]} ))
+  rotated=("${large_targets[@]:shift_by}" "${large_targets[@]:0:shift_by}")
+  for target in "${rotated[@]}"; do
+    [[ " ${order[*]} " == *" $target "* ]] || continue
+    pid=${proxy_pid[$target]}
+    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    "$bin/wsload" --url "${url[$target]}" --connections "$large_conns" --messages "$large_msgs" \
+      --size "$large_size" --time-limit 120 --label "$target" | tee -a "$tmp/large.txt"
+    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    echo "$target $(( after - before )) $(getconf CLK_TCK) $(( large_conns * large_msgs )) $large_size" >>"$tmp/large-cpu.txt"
+  done
+done
+
 touch "$tmp/rss.txt"
-python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" <<'PY'
+python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" "$tmp/large.txt" "$tmp/large-cpu.txt" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -156,7 +206,7 @@ med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
 print()
 print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs / round trip | RSS/idle conn |")
 print("|---|---|---|---|---|---|---|---|---|")
-for t in [t for t in ["direct", "wscluster", "wscluster-before", "wscluster-shared-rt", "axum-fast", "axum-generic", "nginx"] if t in med]:
+for t in [t for t in ["direct", "wscluster", "wscluster-before", "wscluster-shared-rt", "axum-fast", "axum-generic", "nginx", "haproxy"] if t in med]:
     h, m, p50, p99, p999, e = med[t]
     r = f"{int(rss[t]):,} B" if t in rss else "-"
     c = f"{statistics.median(cpu[t]):.1f}" if t != "direct" else "-"
@@ -172,7 +222,36 @@ def ratio(label, x, y):
     c = f", CPU/round trip {cpu_of(x)/cpu_of(y):.2f}x" if x in cpu and y in cpu and x != "direct" else ""
     print(f"{label}: msgs/s {a[1]/b[1]:.2f}x, p99 {a[3]/b[3]:.2f}x, handshakes/s {a[0]/b[0]:.2f}x{c}{mem}")
 ratio("wscluster / nginx", "wscluster", "nginx")
+ratio("wscluster / haproxy", "wscluster", "haproxy")
 ratio("wscluster-shared-rt / nginx", "wscluster-shared-rt", "nginx")
 ratio("generic path / fast path (axum example app)", "axum-generic", "axum-fast")
 ratio("wscluster after / before", "wscluster", "wscluster-before")
+# Large messages: MiB/s each way (echo round trips x size), proxy CPU ms per MiB relayed
+# (each round trip relays the message both ways).
+large = {}
+for line in open(sys.argv[4]):
+    m = re.match(r"(\S+): \d+ conns, \d+ handshakes/s, (\d+) msgs/s, rtt p50 ([\d.]+) ms p99 ([\d.]+) ms", line)
+    if m:
+        large.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
+large_cpu = {}
+for l in open(sys.argv[5]):
+    t, ticks, hz, round_trips, size = l.split()
+    mib = int(round_trips) * int(size) * 2 / 2**20
+    large_cpu.setdefault(t, []).append(int(ticks) / int(hz) * 1e3 / mib)
+if large:
+    size = int(open(sys.argv[5]).readline().split()[4])
+    print()
+    print(f"Large messages ({size:,} bytes):")
+    print("| target | MiB/s each way | p50 ms | p99 ms | proxy CPU ms / MiB |")
+    print("|---|---|---|---|---|")
+    lmed = {t: [statistics.median(c) for c in zip(*v)] for t, v in large.items()}
+    for t in [t for t in ["direct", "wscluster", "nginx", "haproxy"] if t in lmed]:
+        m, p50, p99 = lmed[t]
+        c = f"{statistics.median(large_cpu[t]):.2f}" if t != "direct" else "-"
+        print(f"| {t} | {m * size / 2**20:.0f} | {p50:.1f} | {p99:.1f} | {c} |")
+    for peer in ["nginx", "haproxy"]:
+        if "wscluster" in lmed and peer in lmed:
+            a, b = lmed["wscluster"], lmed[peer]
+            c = statistics.median(large_cpu["wscluster"]) / statistics.median(large_cpu[peer])
+            print(f"large, wscluster / {peer}: bytes/s {a[0]/b[0]:.2f}x, p99 {a[2]/b[2]:.2f}x, CPU/MiB {c:.2f}x")
 PY

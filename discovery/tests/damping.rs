@@ -44,43 +44,36 @@ async fn next(members: &mut MemberChanges, within: Duration) -> Option<String> {
     })
 }
 
+/// Asserts that the next change, within a second, is `expected`.
+async fn expect(members: &mut MemberChanges, expected: &str) {
+    assert_eq!(
+        next(members, Duration::from_secs(1)).await.as_deref(),
+        Some(expected)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_member_that_flaps_is_held_out_for_the_hold_down() {
     let (source, mut members, held) = damped();
     source.send(up("a")).unwrap();
-    assert_eq!(
-        next(&mut members, Duration::from_secs(1)).await.as_deref(),
-        Some("+a")
-    );
+    expect(&mut members, "+a").await;
     // Two departures and returns within the window pass.
     for _ in 0..2 {
         source.send(down("a")).unwrap();
-        assert_eq!(
-            next(&mut members, Duration::from_secs(1)).await.as_deref(),
-            Some("-a")
-        );
+        expect(&mut members, "-a").await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         source.send(up("a")).unwrap();
-        assert_eq!(
-            next(&mut members, Duration::from_secs(1)).await.as_deref(),
-            Some("+a")
-        );
+        expect(&mut members, "+a").await;
     }
     // The third departure passes; the return after it does not.
     source.send(down("a")).unwrap();
-    assert_eq!(
-        next(&mut members, Duration::from_secs(1)).await.as_deref(),
-        Some("-a")
-    );
+    expect(&mut members, "-a").await;
     let left = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     source.send(up("a")).unwrap();
     // Others pass meanwhile.
     source.send(up("b")).unwrap();
-    assert_eq!(
-        next(&mut members, Duration::from_secs(1)).await.as_deref(),
-        Some("+b")
-    );
+    expect(&mut members, "+b").await;
     let until = held.now()[&NodeId::from("a")];
     assert_eq!(
         until,
@@ -114,15 +107,9 @@ async fn departures_spread_wider_than_the_window_are_not_flapping() {
     let (source, mut members, held) = damped();
     for _ in 0..5 {
         source.send(up("a")).unwrap();
-        assert_eq!(
-            next(&mut members, Duration::from_secs(1)).await.as_deref(),
-            Some("+a")
-        );
+        expect(&mut members, "+a").await;
         source.send(down("a")).unwrap();
-        assert_eq!(
-            next(&mut members, Duration::from_secs(1)).await.as_deref(),
-            Some("-a")
-        );
+        expect(&mut members, "-a").await;
         tokio::time::sleep(WINDOW / 2 + Duration::from_secs(1)).await;
     }
     assert_eq!(held.total(), 0);
@@ -136,10 +123,7 @@ async fn a_held_member_that_leaves_again_is_held_from_its_latest_departure() {
         source.send(down("a")).unwrap();
     }
     for expected in ["+a", "-a", "+a", "-a", "+a", "-a"] {
-        assert_eq!(
-            next(&mut members, Duration::from_secs(1)).await.as_deref(),
-            Some(expected)
-        );
+        expect(&mut members, expected).await;
     }
     source.send(up("a")).unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -231,24 +231,39 @@ impl Ring {
         new.sort_unstable();
         let total = self.positions.len() + new.len();
         let (mut positions, mut owners) = (Vec::with_capacity(total), Vec::with_capacity(total));
-        // A merge by (position, node index): the order a rebuild's sort gives. Old owners at
-        // or past the new node's index move up one.
+        // A merge by (position, node index), the order a rebuild's sort gives, done as bulk
+        // copies of the runs of old points between two new ones (a new node's points are
+        // few and spread out); old owners at or past the new node's index move up one.
         let (old_positions, old_owners) = (&self.positions[..], &self.owners[..]);
-        let (mut i, mut j) = (0, 0);
-        while i < old_positions.len() {
-            let owner = old_owners[i] + u32::from(old_owners[i] >= at);
-            if j < new.len() && (new[j], at) < (old_positions[i], owner) {
-                positions.push(new[j]);
-                owners.push(at);
-                j += 1;
-            } else {
-                positions.push(old_positions[i]);
-                owners.push(owner);
-                i += 1;
+        let mut from = 0;
+        for &point in &new {
+            let mut to = from + old_positions[from..].partition_point(|&p| p < point);
+            while to < old_positions.len() && old_positions[to] == point && old_owners[to] < at {
+                to += 1;
             }
+            copy_run(
+                &mut positions,
+                &mut owners,
+                old_positions,
+                old_owners,
+                from..to,
+                at,
+                1,
+            );
+            positions.push(point);
+            owners.push(at);
+            from = to;
         }
-        positions.extend_from_slice(&new[j..]);
-        owners.resize(positions.len(), at);
+        let rest = from..old_positions.len();
+        copy_run(
+            &mut positions,
+            &mut owners,
+            old_positions,
+            old_owners,
+            rest,
+            at,
+            1,
+        );
         let routable = self.routable + usize::from(!new.is_empty());
         let index = self.index_after(&new, true, positions.len());
         let mut nodes = self.nodes.to_vec();
@@ -264,7 +279,7 @@ impl Ring {
     }
 
     /// This ring without node `id` (the same ring, if it is not there): the same ring a
-    /// rebuild would give, in one pass over the points.
+    /// rebuild would give, made by bulk copies of the runs between the node's points.
     ///
     /// ```
     /// use tower_hashring::Ring;
@@ -278,7 +293,65 @@ impl Ring {
         let Some(at) = self.node_index(id) else {
             return self.clone();
         };
+        let node = &self.nodes[at];
         let at = at as u32;
+        // Where its points are: found from their positions, which its id and weight give.
+        let mut removed = Vec::with_capacity(self.scheme.points_for(node.weight) as usize);
+        self.scheme
+            .push_points(node.id.as_str(), node.weight, &mut removed);
+        removed.sort_unstable();
+        let (old_positions, old_owners) = (&self.positions[..], &self.owners[..]);
+        let mut slots = Vec::with_capacity(removed.len());
+        let mut from = 0;
+        for &point in &removed {
+            let mut slot = from + old_positions[from..].partition_point(|&p| p < point);
+            while slot < old_positions.len()
+                && old_positions[slot] == point
+                && old_owners[slot] != at
+            {
+                slot += 1;
+            }
+            if old_owners.get(slot) != Some(&at) || old_positions[slot] != point {
+                // Not where its hashes say (cannot happen for a ring built here): filter.
+                return self.without_node_filtered(at);
+            }
+            slots.push(slot);
+            from = slot + 1;
+        }
+        let kept = old_positions.len() - slots.len();
+        let (mut positions, mut owners) = (Vec::with_capacity(kept), Vec::with_capacity(kept));
+        let mut from = 0;
+        for &slot in &slots {
+            copy_run(
+                &mut positions,
+                &mut owners,
+                old_positions,
+                old_owners,
+                from..slot,
+                at,
+                -1,
+            );
+            from = slot + 1;
+        }
+        let rest = from..old_positions.len();
+        copy_run(
+            &mut positions,
+            &mut owners,
+            old_positions,
+            old_owners,
+            rest,
+            at,
+            -1,
+        );
+        let routable = self.routable - usize::from(!removed.is_empty());
+        let index = self.index_after(&removed, false, positions.len());
+        let mut nodes = self.nodes.to_vec();
+        nodes.remove(at as usize);
+        Ring::assemble(self.scheme, nodes, positions, owners, routable, index)
+    }
+
+    /// [`without_node`](Self::without_node) by one filtering pass over every point.
+    fn without_node_filtered(&self, at: u32) -> Ring {
         let kept = self.positions.len() - self.owners.iter().filter(|&&o| o == at).count();
         let (mut positions, mut owners) = (Vec::with_capacity(kept), Vec::with_capacity(kept));
         let mut removed = Vec::with_capacity(self.positions.len() - kept);
@@ -299,22 +372,35 @@ impl Ring {
 
     /// The bucket index once the sorted points `changed` are added (or removed), for a ring
     /// of `len` points: this one's, shifted by how many changed points lie below each
-    /// bucket (one pass over the buckets, not over the points), while the bucket count
-    /// stays the same.
+    /// bucket, while the bucket count stays the same. The shift is constant between two
+    /// changed points, so it is applied run by run.
     fn index_after(&self, changed: &[u64], added: bool, len: usize) -> Option<(Box<[u32]>, u32)> {
         if 64 - index_bits(len) != self.index_shift {
             return None;
         }
         let buckets = self.index.len() - 1;
         let mut index = Vec::with_capacity(self.index.len());
-        let mut below = 0usize;
-        for (bucket, &count) in self.index[..buckets].iter().enumerate() {
-            let start = (bucket as u64) << self.index_shift;
-            while below < changed.len() && changed[below] < start {
-                below += 1;
+        let mut from = 0;
+        for (below, &point) in changed.iter().enumerate() {
+            // Buckets starting at or before `point` have `below` changed points under them.
+            let to = ((point >> self.index_shift) as usize + 1).min(buckets);
+            let shift = below as u32;
+            if to > from {
+                let run = self.index[from..to].iter();
+                if added {
+                    index.extend(run.map(|&count| count + shift));
+                } else {
+                    index.extend(run.map(|&count| count - shift));
+                }
+                from = to;
             }
-            let below = below as u32;
-            index.push(if added { count + below } else { count - below });
+        }
+        let shift = changed.len() as u32;
+        let run = self.index[from..buckets].iter();
+        if added {
+            index.extend(run.map(|&count| count + shift));
+        } else {
+            index.extend(run.map(|&count| count - shift));
         }
         index.push(len as u32);
         Some((index.into_boxed_slice(), self.index_shift))
@@ -449,6 +535,27 @@ impl Ring {
 
 /// Builds the bucket index: one bucket per point, rounded up to a power of two.
 /// How many bits of a position pick its bucket, for a ring of `len` points.
+/// Appends the points `range` of a ring to a new one's, with owner indices past a changed
+/// node's index `at` moved by `step` (+1 when a node was inserted at `at`, -1 when the node
+/// at `at` was removed). A plain map over slices, which the compiler vectorises.
+fn copy_run(
+    positions: &mut Vec<u64>,
+    owners: &mut Vec<u32>,
+    old_positions: &[u64],
+    old_owners: &[u32],
+    range: std::ops::Range<usize>,
+    at: u32,
+    step: i32,
+) {
+    positions.extend_from_slice(&old_positions[range.clone()]);
+    let run = old_owners[range].iter();
+    if step > 0 {
+        owners.extend(run.map(|&o| o + u32::from(o >= at)));
+    } else {
+        owners.extend(run.map(|&o| o - u32::from(o > at)));
+    }
+}
+
 fn index_bits(len: usize) -> u32 {
     len.next_power_of_two().trailing_zeros().clamp(1, 32)
 }
