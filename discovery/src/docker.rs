@@ -131,7 +131,7 @@ impl DockerSource {
         self
     }
 
-    /// Follows the containers of the service: the engine's event stream is subscribed to
+    /// Follows the containers of the service: the engine's event stream starts from just
     /// before the containers are listed (so no change falls between the two); then each
     /// event costs one inspection of the container it names, never a new listing, so the
     /// work per event does not grow with the service. Repeated events change nothing, and a
@@ -234,8 +234,13 @@ async fn session(
         "event".into(),
         MEMBERSHIP_EVENTS.map(str::to_owned).to_vec(),
     );
+    // The stream connects when first polled, after the listing: the engine replays what
+    // happened since just before it, so no change falls between the two.
     let mut events = docker.events(Some(
-        EventsOptionsBuilder::default().filters(&filters).build(),
+        EventsOptionsBuilder::default()
+            .filters(&filters)
+            .since(&events_since())
+            .build(),
     ));
     // The member each container is, so an event that names only the container (its death,
     // its removal) finds the member it takes away.
@@ -292,6 +297,15 @@ impl DockerSource {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// A second before now, as the engine's `since` takes it (Unix seconds): events from then on
+/// are replayed, a few twice, which changes nothing.
+pub(crate) fn events_since() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs().saturating_sub(1).to_string()
 }
 
 /// The container events that can change whether, or where, a container is a member

@@ -18,7 +18,7 @@ use tower_hashring::NodeId;
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
-    docker::{connect, member_labels, DockerError, MEMBERSHIP_EVENTS, SERVICE_LABEL},
+    docker::{connect, events_since, member_labels, DockerError, MEMBERSHIP_EVENTS, SERVICE_LABEL},
     Backend, DiscoveryMetrics, MemberChanges, MemberSet, Source,
 };
 
@@ -197,7 +197,10 @@ async fn session(
         ("event".to_owned(), actions),
     ]);
     let mut events = docker.events(Some(
-        EventsOptionsBuilder::default().filters(&filters).build(),
+        EventsOptionsBuilder::default()
+            .filters(&filters)
+            .since(&events_since())
+            .build(),
     ));
     let mut resync = tokio::time::interval(source.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
