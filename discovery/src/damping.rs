@@ -131,7 +131,13 @@ impl Flaps {
     ) -> Option<Change<NodeId, Backend>> {
         match change {
             Change::Remove(id) => {
+                let known = self.passed.contains(&id) || self.holding.contains_key(&id);
+                if !known {
+                    return None;
+                }
                 let departures = self.departures.entry(id.clone()).or_default();
+                // Pruned here too: ids that never come back must not pile up.
+                departures.retain(|left| now.saturating_duration_since(*left) <= damping.window);
                 departures.push_back(now);
                 // Held and gone again: nothing left to let in. Its departures still count
                 // when it next comes back.
@@ -155,9 +161,10 @@ impl Flaps {
                 {
                     departures.pop_front();
                 }
-                match departures.back() {
-                    Some(last) if departures.len() >= damping.limit => {
-                        let until = *last + damping.hold_down;
+                let until = departures.back().map(|last| *last + damping.hold_down);
+                match until {
+                    // Flapping, and its hold-down not over yet.
+                    Some(until) if departures.len() >= damping.limit && until > now => {
                         tracing::warn!(
                             backend = %id,
                             departures = departures.len(),

@@ -269,10 +269,11 @@ impl SwarmScaler {
         self
     }
 
-    /// One more replica; returns the member id its slot will have.
+    /// One more replica; returns the member id its slot will have: Swarm gives a new task
+    /// the lowest slot no running task holds.
     pub async fn scale_up(&self) -> Result<String, DockerError> {
-        let (name, replicas) = self.scale_by(1).await?;
-        Ok(format!("{name}.{replicas}"))
+        let (name, _, free_slot) = self.scale_by(1).await?;
+        Ok(format!("{name}.{free_slot}"))
     }
 
     /// One fewer replica (never below 1); returns how many remain.
@@ -280,8 +281,9 @@ impl SwarmScaler {
         Ok(self.scale_by(-1).await?.1)
     }
 
-    /// Scales by `step`; returns the service's name and its replicas now.
-    async fn scale_by(&self, step: i64) -> Result<(String, u64), DockerError> {
+    /// Scales by `step`; returns the service's name, its replicas now, and the lowest slot
+    /// its running tasks left free before the change.
+    async fn scale_by(&self, step: i64) -> Result<(String, u64, u64), DockerError> {
         let docker = connect().await?;
         let filters = HashMap::from([(
             "label".to_owned(),
@@ -329,13 +331,18 @@ impl SwarmScaler {
             });
         }
         replicated.replicas = Some(wanted as i64);
+        let free_slot = if step > 0 {
+            lowest_free_slot(&docker, service.id.as_deref().unwrap_or(&name)).await?
+        } else {
+            0
+        };
         let options = UpdateServiceOptionsBuilder::default()
             .version(i32::try_from(version).unwrap_or(i32::MAX))
             .build();
         match docker.update_service(&name, spec, options, None).await {
             Ok(_) => {
                 tracing::info!(service = %name, replicas = wanted, "scaled");
-                Ok((name, wanted))
+                Ok((name, wanted, free_slot))
             }
             // The version moved on: someone else (another gateway) scaled first.
             Err(bollard::errors::Error::DockerResponseServerError { message, .. })
@@ -346,4 +353,19 @@ impl SwarmScaler {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// The lowest replica slot that no task of `service` meant to run holds.
+async fn lowest_free_slot(docker: &Docker, service: &str) -> Result<u64, DockerError> {
+    let filters = HashMap::from([
+        ("service".to_owned(), vec![service.to_owned()]),
+        ("desired-state".to_owned(), vec!["running".to_owned()]),
+    ]);
+    let tasks = docker
+        .list_tasks(Some(
+            ListTasksOptionsBuilder::default().filters(&filters).build(),
+        ))
+        .await?;
+    let taken: std::collections::BTreeSet<i64> = tasks.iter().filter_map(|t| t.slot).collect();
+    Ok((1..).find(|slot| !taken.contains(slot)).unwrap_or(1) as u64)
 }

@@ -74,7 +74,8 @@ const MAX_ROUTE_KEYS: usize = 100_000;
 
 /// `POST /admin/route` with `{"keys": ["42", …]}` (at most 100,000): each key's owner on the
 /// ring now, in order (`null` on an empty ring), with the ring's version and digest: where
-/// the ring sends a user, and the means to check that gateways agree.
+/// the ring sends a user, and the means to check that gateways agree. It is the plain owner:
+/// with bounded loads on, a new connection may go to a successor with room instead.
 async fn route_keys(State(state): State<AdminState>, body: axum::body::Bytes) -> Response {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -151,7 +151,13 @@ impl Members {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone());
         guard(&self.weights).remove(id);
-        self.remove(id)
+        let member = self.remove(id)?;
+        // Its own source's claim goes with it (announced again, it comes back as new); the
+        // other origins' claims stay, for `returned` to hand the id to.
+        if let Some(claims) = guard(&self.claims).get_mut(id) {
+            claims.remove(&member.origin);
+        }
+        Some(member)
     }
 
     /// Sets a member's weight (0 drains it); `false` if it is not a member. The weight
@@ -189,12 +195,23 @@ impl Members {
         guard(&self.collisions).clone()
     }
 
-    /// Lets discovery announce `id` again.
+    /// Lets discovery announce `id` again; a source's claim on it, kept meanwhile (another
+    /// origin's, when the admin API removed its own member), becomes the member.
     pub(crate) fn returned(&self, id: &NodeId) {
         self.leaving
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        if self.lock().contains_key(id) {
+            return;
+        }
+        let first = guard(&self.claims)
+            .get(id)
+            .and_then(|claims| claims.first_key_value().map(|(o, b)| (*o, b.clone())));
+        if let Some((origin, backend)) = first {
+            tracing::info!(backend = %id, origin = origin.as_str(), "a source's claim becomes the member");
+            self.admit(id.clone(), origin, &backend);
+        }
     }
 
     fn is_leaving(&self, id: &NodeId) -> bool {
@@ -311,12 +328,15 @@ impl Members {
     /// claims arrived in: gateways that see the same claims resolve a duplicate id alike.
     fn apply(&self, origin: Origin, change: Change<NodeId, discovery::Backend>) {
         match change {
-            Change::Insert(id, _) if self.is_leaving(&id) => {}
             Change::Insert(id, backend) => {
                 guard(&self.claims)
                     .entry(id.clone())
                     .or_default()
                     .insert(origin, backend.clone());
+                // Kept, but not admitted while the member is drained on purpose.
+                if self.is_leaving(&id) {
+                    return;
+                }
                 let held = self.lock().get(&id).map(|m| m.origin);
                 match held {
                     Some(held) if held < origin => {
@@ -523,6 +543,29 @@ mod tests {
             members.apply(Origin::Redis, Change::Remove(x.clone()));
             assert!(members.lock().is_empty());
         }
+    }
+
+    /// An admin API member holds its id against a source's claim; once it is removed through
+    /// the API, the kept claim becomes the member, as on gateways that never had it.
+    #[tokio::test]
+    async fn a_claim_kept_behind_an_api_member_takes_over_when_it_is_removed() {
+        let (members, _changes) = Members::new(tower_ws_proxy::UpstreamConfig::default());
+        let x = NodeId::from("x");
+        members.insert(
+            x.clone(),
+            Member::at(([10, 0, 0, 9], 1).into(), 1, Origin::Api),
+        );
+        let docker = discovery::Backend::new("x", ([10, 0, 0, 1], 7100).into());
+        members.apply(Origin::Docker, Change::Insert(x.clone(), docker));
+        assert_eq!(members.lock()[&x].origin, Origin::Api);
+        members.leave(&x);
+        members.returned(&x);
+        let held = members.lock()[&x].clone();
+        assert_eq!((held.origin, held.address.port()), (Origin::Docker, 7100));
+        // A source's own member removed through the API does not come straight back.
+        members.leave(&x);
+        members.returned(&x);
+        assert!(members.lock().is_empty());
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The migrator: follows the ring's snapshots and moves the affected connections, paced.
 
-use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 use tower_hashring::{LoadFactor, RingSnapshot, RingWatch};
@@ -175,7 +175,7 @@ where
                     let moves = plan_stragglers(&self.registry, stragglers, &current, self.bounded);
                     if !moves.is_empty() {
                         tracing::debug!(count = moves.len(), "moving connections routed on an older ring");
-                        if let Some(newer) = self.apply(moves, &current, &mut HashSet::new()).await {
+                        if let Some(newer) = self.apply(moves, &current, &mut HashMap::new()).await {
                             // A ring change came first: it covers the rest.
                             self.follow_ring_change(newer).await;
                         }
@@ -187,13 +187,14 @@ where
 
     /// Moves what the change to `newest` (and any that follows mid-batch) affects.
     async fn follow_ring_change(&mut self, mut newest: Arc<RingSnapshot>) {
-        // Connections already told to move in this round are not told twice.
-        let mut told = HashSet::new();
+        // Connections already told to move in this round are not told twice, unless a live
+        // move has since taken them elsewhere (they are then on a backend of their own).
+        let mut told = HashMap::new();
         loop {
             self.stats.count_ring_change();
             self.registry.planning(newest.version());
             let mut moves = plan_with(&self.registry, &self.current, &newest, self.bounded);
-            moves.retain(|m| !told.contains(&m.id));
+            moves.retain(|m| told.get(&m.id) != Some(&m.from));
             tracing::debug!(
                 version = newest.version(),
                 affected = moves.len(),
@@ -215,21 +216,33 @@ where
         &mut self,
         moves: Vec<PlannedMove<H>>,
         ring: &RingSnapshot,
-        told: &mut HashSet<ConnectionId>,
+        told: &mut HashMap<ConnectionId, tower_hashring::NodeId>,
     ) -> Option<Arc<RingSnapshot>> {
         for (wanted, planned) in self.schedule(moves, ring) {
             let due = wanted.max(self.next_slot);
             if due > tokio::time::Instant::now() {
                 tokio::time::sleep_until(due).await;
             }
-            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-                return None;
+            // A move that had to wait for a permit starts late: the budget counts from then,
+            // so the wait does not earn a burst after it. (Otherwise from the deadline, so
+            // timer rounding never adds up over a batch.)
+            let (permit, waited) = match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => (permit, false),
+                Err(_) => match self.in_flight.clone().acquire_owned().await {
+                    Ok(permit) => (permit, true),
+                    Err(_) => return None,
+                },
             };
             if self.ring.has_changed().unwrap_or(false) {
                 return Some(self.ring.borrow_and_update().clone());
             }
-            told.insert(planned.id);
-            self.next_slot = due + self.pacing.next_gap().unwrap_or_default();
+            told.insert(planned.id, planned.from.clone());
+            let started = if waited {
+                tokio::time::Instant::now()
+            } else {
+                due
+            };
+            self.next_slot = started + self.pacing.next_gap().unwrap_or_default();
             let policy = planned
                 .policy
                 .unwrap_or_else(|| Arc::new(self.policy.clone()));

@@ -116,7 +116,9 @@ pub(crate) fn plan_with<H: Migrate>(
     let mut target = Target::new(live, bounded);
     let mut moves = Vec::new();
     live.for_each(|tracked| {
-        let candidate = tracked.ring_version < old.version()
+        // Routed on another ring than `old` (older, or moved live on a newer one since):
+        // checked against `new` whatever the diff says.
+        let candidate = tracked.ring_version != old.version()
             || diff.moved(tracked.position).is_some()
             || new
                 .node(tracked.backend.as_str())

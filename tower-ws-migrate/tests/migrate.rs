@@ -672,3 +672,40 @@ async fn migration_plans_respect_bounded_loads() {
     );
     assert_eq!(counts.values().sum::<u64>(), 300);
 }
+
+/// The same flap with a paced batch: moves that finished before the flap back (the batch
+/// still under way, so no newer ring had been planned yet) are moved back too.
+#[tokio::test(start_paused = true)]
+async fn a_flap_during_a_paced_batch_ends_with_every_connection_on_its_owner() {
+    let (mut setup, watch) = Setup::new(&["a", "b"]);
+    setup.move_takes = Duration::from_millis(1);
+    let snapshot = setup.publish.borrow().clone();
+    let live = Arc::new(MigrationPolicy::live());
+    for key in users(600) {
+        setup.connect_with_policy(&key, &snapshot, Some(live.clone()));
+    }
+    tokio::spawn(
+        Migrator::new(setup.registry.clone(), watch)
+            .pacing(Pacing::per_second(100))
+            .run(),
+    );
+    setup.change(&["a", "b", "c"]);
+    tokio::time::sleep(Duration::from_millis(505)).await;
+    let moved_to_c = setup.registry.per_backend()[&NodeId::from("c")];
+    assert!(
+        (45..=55).contains(&moved_to_c),
+        "{moved_to_c} on c half a second in"
+    );
+    let back = setup.change(&["a", "b"]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut off_owner = 0;
+    setup.registry.for_each(|tracked| {
+        off_owner +=
+            usize::from(&tracked.backend != back.ring().owner_of(tracked.position).unwrap().id());
+    });
+    assert_eq!(off_owner, 0, "connections left off their owner");
+    assert!(!setup
+        .registry
+        .per_backend()
+        .contains_key(&NodeId::from("c")));
+}

@@ -156,13 +156,15 @@ impl Ring {
 
     /// An empty ring: every lookup answers `None`.
     pub fn empty(scheme: HashScheme) -> Ring {
+        // The index a build of no points gives, so a node added to it keeps a valid one.
+        let (index, index_shift) = build_index(&[]);
         Ring {
             scheme,
             nodes: Box::default(),
             positions: Box::default(),
             owners: Box::default(),
-            index: vec![0, 0].into_boxed_slice(),
-            index_shift: 63,
+            index,
+            index_shift,
             routable: 0,
             total_weight: 0,
         }
