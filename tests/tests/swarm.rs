@@ -557,7 +557,11 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
     let (status, body) = stack.admin(1, "POST", "/admin/backends", "").await;
     assert_eq!(status, 201, "{body}");
     let joining: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(joining["id"], stack.backend(4).as_str(), "the new slot's member id");
+    assert_eq!(
+        joining["id"],
+        stack.backend(4).as_str(),
+        "the new slot's member id"
+    );
     let four: Vec<String> = (1..=4).map(|s| stack.backend(s)).collect();
     let seen = until_every_gateway(&stack, Duration::from_secs(60), |ring| {
         member_ids(ring) == four
