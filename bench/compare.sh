@@ -80,10 +80,11 @@ http {
 CONF
 nginx -c "$tmp/nginx.conf" -p "$tmp" & nginx_master=$!; pids+=($nginx_master)
 # HAProxy as Debian ships it, 2 threads like nginx's 2 workers, consistent hashing on the
-# same query parameter; `timeout tunnel` governs the upgraded WebSockets.
+# same query parameter; `timeout tunnel` governs the upgraded WebSockets. Its maxconn must fit
+# the descriptor limit (two per connection), or it refuses to start.
 cat >"$tmp/haproxy.cfg" <<CONF
 global
-  maxconn 200000
+  maxconn $(( $(ulimit -Hn) / 2 - 100 ))
   nbthread 2
   log stderr format raw local0 err
 defaults
