@@ -127,6 +127,15 @@ impl Setup {
         self.guards.push(guard);
     }
 
+    /// Connects `users` on their owners in the current ring, on a route with the Live policy.
+    fn connect_live(&mut self, users: impl IntoIterator<Item = String>) {
+        let snapshot = self.publish.borrow().clone();
+        let live = Arc::new(MigrationPolicy::live());
+        for key in users {
+            self.connect_with_policy(&key, &snapshot, Some(live.clone()));
+        }
+    }
+
     fn change(&self, nodes: &[&str]) -> Arc<RingSnapshot> {
         let next = Arc::new(self.publish.borrow().next(ring(nodes)));
         self.publish.send_replace(next.clone());
@@ -562,11 +571,7 @@ async fn a_stuck_migration_gives_back_its_permit_at_the_deadline() {
 async fn a_ring_that_flaps_during_live_moves_ends_with_every_connection_on_its_owner() {
     let (mut setup, watch) = Setup::new(&["a", "b"]);
     setup.move_takes = Duration::from_secs(1);
-    let snapshot = setup.publish.borrow().clone();
-    let live = Arc::new(MigrationPolicy::live());
-    for key in users(600) {
-        setup.connect_with_policy(&key, &snapshot, Some(live.clone()));
-    }
+    setup.connect_live(users(600));
     tokio::spawn(
         Migrator::new(setup.registry.clone(), watch)
             .pacing(Pacing::unlimited())
@@ -679,11 +684,7 @@ async fn migration_plans_respect_bounded_loads() {
 async fn a_flap_during_a_paced_batch_ends_with_every_connection_on_its_owner() {
     let (mut setup, watch) = Setup::new(&["a", "b"]);
     setup.move_takes = Duration::from_millis(1);
-    let snapshot = setup.publish.borrow().clone();
-    let live = Arc::new(MigrationPolicy::live());
-    for key in users(600) {
-        setup.connect_with_policy(&key, &snapshot, Some(live.clone()));
-    }
+    setup.connect_live(users(600));
     tokio::spawn(
         Migrator::new(setup.registry.clone(), watch)
             .pacing(Pacing::per_second(100))

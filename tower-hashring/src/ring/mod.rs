@@ -231,11 +231,10 @@ impl Ring {
         let mut new = Vec::with_capacity(added as usize);
         self.scheme.push_points(id.as_str(), weight, &mut new);
         new.sort_unstable();
-        let total = self.positions.len() + new.len();
-        let (mut positions, mut owners) = (Vec::with_capacity(total), Vec::with_capacity(total));
         // A merge by (position, node index), the order a rebuild's sort gives, done as bulk
         // copies of the runs of old points between two new ones (a new node's points are
         // few and spread out); old owners at or past the new node's index move up one.
+        let mut runs = Runs::new(self, self.positions.len() + new.len(), at, 1);
         let (old_positions, old_owners) = (&self.positions[..], &self.owners[..]);
         let mut from = 0;
         for &point in &new {
@@ -243,29 +242,13 @@ impl Ring {
             while to < old_positions.len() && old_positions[to] == point && old_owners[to] < at {
                 to += 1;
             }
-            copy_run(
-                &mut positions,
-                &mut owners,
-                old_positions,
-                old_owners,
-                from..to,
-                at,
-                1,
-            );
-            positions.push(point);
-            owners.push(at);
+            runs.copy(from..to);
+            runs.positions.push(point);
+            runs.owners.push(at);
             from = to;
         }
-        let rest = from..old_positions.len();
-        copy_run(
-            &mut positions,
-            &mut owners,
-            old_positions,
-            old_owners,
-            rest,
-            at,
-            1,
-        );
+        runs.copy(from..old_positions.len());
+        let (positions, owners) = (runs.positions, runs.owners);
         let routable = self.routable + usize::from(!new.is_empty());
         let index = self.index_after(&new, true, positions.len());
         let mut nodes = self.nodes.to_vec();
@@ -320,31 +303,14 @@ impl Ring {
             slots.push(slot);
             from = slot + 1;
         }
-        let kept = old_positions.len() - slots.len();
-        let (mut positions, mut owners) = (Vec::with_capacity(kept), Vec::with_capacity(kept));
+        let mut runs = Runs::new(self, old_positions.len() - slots.len(), at, -1);
         let mut from = 0;
         for &slot in &slots {
-            copy_run(
-                &mut positions,
-                &mut owners,
-                old_positions,
-                old_owners,
-                from..slot,
-                at,
-                -1,
-            );
+            runs.copy(from..slot);
             from = slot + 1;
         }
-        let rest = from..old_positions.len();
-        copy_run(
-            &mut positions,
-            &mut owners,
-            old_positions,
-            old_owners,
-            rest,
-            at,
-            -1,
-        );
+        runs.copy(from..old_positions.len());
+        let (positions, owners) = (runs.positions, runs.owners);
         let routable = self.routable - usize::from(!removed.is_empty());
         let index = self.index_after(&removed, false, positions.len());
         let mut nodes = self.nodes.to_vec();
@@ -552,24 +518,41 @@ fn gallop(positions: &[u64], from: usize, point: u64) -> usize {
     low + positions[low..high].partition_point(|&p| p < point)
 }
 
-/// Appends the points `range` of a ring to a new one's, with owner indices past a changed
-/// node's index `at` moved by `step` (+1 when a node was inserted at `at`, -1 when the node
-/// at `at` was removed). A plain map over slices, which the compiler vectorises.
-fn copy_run(
-    positions: &mut Vec<u64>,
-    owners: &mut Vec<u32>,
-    old_positions: &[u64],
-    old_owners: &[u32],
-    range: std::ops::Range<usize>,
+/// Builds a changed ring's points from runs of an old ring's: `at` is the changed node's
+/// index, and owner indices past it move by `step` (+1 when a node was inserted at `at`,
+/// -1 when the node at `at` was removed).
+struct Runs<'a> {
+    positions: Vec<u64>,
+    owners: Vec<u32>,
+    old_positions: &'a [u64],
+    old_owners: &'a [u32],
     at: u32,
     step: i32,
-) {
-    positions.extend_from_slice(&old_positions[range.clone()]);
-    let run = old_owners[range].iter();
-    if step > 0 {
-        owners.extend(run.map(|&o| o + u32::from(o >= at)));
-    } else {
-        owners.extend(run.map(|&o| o - u32::from(o > at)));
+}
+
+impl<'a> Runs<'a> {
+    fn new(ring: &'a Ring, capacity: usize, at: u32, step: i32) -> Self {
+        Self {
+            positions: Vec::with_capacity(capacity),
+            owners: Vec::with_capacity(capacity),
+            old_positions: &ring.positions,
+            old_owners: &ring.owners,
+            at,
+            step,
+        }
+    }
+
+    /// Appends the old points `range`: a copy and a plain map over slices, which the
+    /// compiler vectorises.
+    fn copy(&mut self, range: std::ops::Range<usize>) {
+        self.positions
+            .extend_from_slice(&self.old_positions[range.clone()]);
+        let (run, at) = (self.old_owners[range].iter(), self.at);
+        if self.step > 0 {
+            self.owners.extend(run.map(|&o| o + u32::from(o >= at)));
+        } else {
+            self.owners.extend(run.map(|&o| o - u32::from(o > at)));
+        }
     }
 }
 
