@@ -128,6 +128,11 @@ impl SwarmHost {
     }
 
     async fn deploy(&self, replicas: u32) {
+        self.deploy_labelled(replicas, "wscluster.port=7100").await;
+    }
+
+    /// Deploys the service with `port_label` (`wscluster.port=…`) as its port label.
+    async fn deploy_labelled(&self, replicas: u32, port_label: &str) {
         let replicas = replicas.to_string();
         let label = format!("wscluster.service={}", self.label);
         docker(&[
@@ -145,7 +150,7 @@ impl SwarmHost {
             "--label",
             &label,
             "--label",
-            "wscluster.port=7100",
+            port_label,
             "--env",
             "WSBACKEND_ID={{.Service.Name}}.{{.Task.Slot}}",
             "wscluster-backend",
@@ -184,7 +189,7 @@ async fn swarm_tasks_are_members_with_ids_stable_per_slot() {
         return;
     };
     host.deploy(3).await;
-    let mut stream = SwarmSource::new(host.label.as_str())
+    let stream = SwarmSource::new(host.label.as_str())
         .network(host.network.as_str())
         .resync(Duration::from_millis(200))
         .discover();
@@ -260,6 +265,47 @@ async fn swarm_tasks_are_members_with_ids_stable_per_slot() {
         m.keys().cloned().collect::<Vec<_>>() == four
     })
     .await;
+}
+
+/// A Swarm service whose port label does not parse is left out and counted, never given a
+/// default port.
+#[tokio::test]
+async fn a_swarm_service_with_a_bad_port_label_is_left_out_and_counted() {
+    let Some(host) = SwarmHost::start().await else {
+        return;
+    };
+    host.deploy_labelled(1, "wscluster.port=71OO").await;
+    let metrics = discovery::DiscoveryMetrics::default();
+    let stream = SwarmSource::new(host.label.as_str())
+        .resync(Duration::from_millis(200))
+        .metrics(metrics.clone());
+    let mut changes = stream.discover();
+    let invalid = || {
+        metrics.errors(
+            discovery::Source::swarm,
+            discovery::ErrorKind::invalid_entry,
+        )
+    };
+    let counted = wscluster_tests::eventually(Duration::from_secs(60), async || invalid() >= 1);
+    assert!(counted.await, "the bad label counted");
+    // Its task runs meanwhile; it never becomes a member.
+    let running = wscluster_tests::eventually(Duration::from_secs(60), async || {
+        docker(&[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            &host.service,
+        ])
+        .await
+        .lines()
+        .count()
+            == 1
+    });
+    assert!(running.await);
+    let joined = tokio::time::timeout(Duration::from_secs(3), changes.next()).await;
+    assert!(joined.is_err(), "a member joined: {joined:?}");
 }
 
 /// `docker/stack.yaml` deployed as a stack of its own; removed (and its network) when dropped.
