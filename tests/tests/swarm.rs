@@ -189,7 +189,7 @@ async fn swarm_tasks_are_members_with_ids_stable_per_slot() {
         return;
     };
     host.deploy(3).await;
-    let stream = SwarmSource::new(host.label.as_str())
+    let mut stream = SwarmSource::new(host.label.as_str())
         .network(host.network.as_str())
         .resync(Duration::from_millis(200))
         .discover();
