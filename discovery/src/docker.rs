@@ -142,13 +142,6 @@ impl DockerSource {
         MemberChanges::spawn(|changes| follow(this, changes))
     }
 
-    fn label_filter(&self) -> HashMap<String, Vec<String>> {
-        HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{SERVICE_LABEL}={}", self.service)],
-        )])
-    }
-
     /// The backend a container is, if it runs, has valid labels (a bad port or weight is
     /// logged and counted), is healthy (where it has a health check) and has an address.
     fn backend(&self, container: &ContainerInspectResponse) -> Option<Backend> {
@@ -227,7 +220,7 @@ async fn session(
     changes: &ChangeSender,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
-    let mut filters = source.label_filter();
+    let mut filters = label_filter(&source.service);
     filters.insert("type".into(), vec!["container".into()]);
     // Only what can change membership: not the exec events of every health probe.
     filters.insert(
@@ -246,7 +239,7 @@ async fn session(
     // its removal) finds the member it takes away.
     let mut by_container: HashMap<String, String> = HashMap::new();
     let options = ListContainersOptionsBuilder::default()
-        .filters(&source.label_filter())
+        .filters(&label_filter(&source.service))
         .build();
     let mut listed = Vec::new();
     for summary in docker.list_containers(Some(options)).await? {
@@ -297,6 +290,14 @@ impl DockerSource {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// The engine filter for objects labelled `wscluster.service=<service>`.
+pub(crate) fn label_filter(service: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{SERVICE_LABEL}={service}")],
+    )])
 }
 
 /// A second before now, as the engine's `since` takes it (Unix seconds): events from then on
@@ -428,10 +429,7 @@ impl DockerScaler {
     pub async fn start_one(&self) -> Result<String, DockerError> {
         let _one_at_a_time = self.starting.lock().await;
         let docker = connect().await?;
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{SERVICE_LABEL}={}", self.service)],
-        )]);
+        let filters = label_filter(&self.service);
         let existing = docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use bollard::{
-    models::{HealthStatusEnum, TaskState},
+    models::{HealthStatusEnum, Service, Task, TaskState},
     query_parameters::{
         EventsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
         UpdateServiceOptionsBuilder,
@@ -18,7 +18,10 @@ use tower_hashring::NodeId;
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
-    docker::{connect, events_since, member_labels, DockerError, MEMBERSHIP_EVENTS, SERVICE_LABEL},
+    docker::{
+        connect, events_since, label_filter, member_labels, DockerError, MEMBERSHIP_EVENTS,
+        SERVICE_LABEL,
+    },
     Backend, DiscoveryMetrics, MemberChanges, MemberSet, Source,
 };
 
@@ -84,17 +87,7 @@ impl SwarmSource {
 
     /// Every member now: one per running, healthy task with an address.
     async fn list(&self, docker: &Docker) -> Result<Vec<Backend>, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{SERVICE_LABEL}={}", self.service)],
-        )]);
-        let services = docker
-            .list_services(Some(
-                ListServicesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await?;
+        let services = labelled_services(docker, &self.service).await?;
         let mut backends = Vec::new();
         for service in services {
             let (Some(service_id), Some(spec)) = (service.id, service.spec) else {
@@ -106,16 +99,7 @@ impl SwarmSource {
             else {
                 continue;
             };
-            let filters = HashMap::from([
-                ("service".to_owned(), vec![service_id.clone()]),
-                ("desired-state".to_owned(), vec!["running".to_owned()]),
-            ]);
-            let tasks = docker
-                .list_tasks(Some(
-                    ListTasksOptionsBuilder::default().filters(&filters).build(),
-                ))
-                .await?;
-            for task in tasks {
+            for task in running_tasks(docker, &service_id).await? {
                 let status = task.status.as_ref();
                 if status.and_then(|s| s.state) != Some(TaskState::RUNNING) {
                     continue;
@@ -285,14 +269,7 @@ impl SwarmScaler {
     /// its running tasks left free before the change.
     async fn scale_by(&self, step: i64) -> Result<(String, u64, u64), DockerError> {
         let docker = connect().await?;
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{SERVICE_LABEL}={}", self.label)],
-        )]);
-        let options = ListServicesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let mut services = docker.list_services(Some(options)).await?;
+        let mut services = labelled_services(&docker, &self.label).await?;
         let service = match services.len() {
             0 => return Err(DockerError::NoService(self.label.clone())),
             1 => services.remove(0),
@@ -357,15 +334,25 @@ impl SwarmScaler {
 
 /// The lowest replica slot that no task of `service` meant to run holds.
 async fn lowest_free_slot(docker: &Docker, service: &str) -> Result<u64, DockerError> {
+    let tasks = running_tasks(docker, service).await?;
+    let taken: std::collections::BTreeSet<i64> = tasks.iter().filter_map(|t| t.slot).collect();
+    Ok((1..).find(|slot| !taken.contains(slot)).unwrap_or(1) as u64)
+}
+
+/// The Swarm services labelled `wscluster.service=<service>`.
+async fn labelled_services(docker: &Docker, service: &str) -> Result<Vec<Service>, DockerError> {
+    let options = ListServicesOptionsBuilder::default()
+        .filters(&label_filter(service))
+        .build();
+    Ok(docker.list_services(Some(options)).await?)
+}
+
+/// The tasks of Swarm service `service` (name or id) that are meant to run.
+async fn running_tasks(docker: &Docker, service: &str) -> Result<Vec<Task>, DockerError> {
     let filters = HashMap::from([
         ("service".to_owned(), vec![service.to_owned()]),
         ("desired-state".to_owned(), vec!["running".to_owned()]),
     ]);
-    let tasks = docker
-        .list_tasks(Some(
-            ListTasksOptionsBuilder::default().filters(&filters).build(),
-        ))
-        .await?;
-    let taken: std::collections::BTreeSet<i64> = tasks.iter().filter_map(|t| t.slot).collect();
-    Ok((1..).find(|slot| !taken.contains(slot)).unwrap_or(1) as u64)
+    let options = ListTasksOptionsBuilder::default().filters(&filters).build();
+    Ok(docker.list_tasks(Some(options)).await?)
 }
