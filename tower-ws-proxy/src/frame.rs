@@ -172,7 +172,7 @@ impl FrameLimits {
 /// It reads only frame headers (and the two status-code bytes of a close frame), so payloads
 /// pass through untouched: masked frames stay masked, compressed ones (RSV1,
 /// permessage-deflate) stay compressed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FrameTracker {
     header: [u8; 14],
     // u8s keep an idle connection's two trackers small.
@@ -182,7 +182,9 @@ pub struct FrameTracker {
     frame: Option<Frame>,
     /// Payload bytes of the data message in progress, for `max_message`.
     message_len: u64,
-    limits: Option<Box<FrameLimits>>,
+    // Inline, `u64::MAX` for none: smaller than `FrameLimits`, and no allocation per tracker.
+    max_frame: u64,
+    max_message: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -195,13 +197,25 @@ struct Frame {
     close_code: [u8; 2],
 }
 
+impl Default for FrameTracker {
+    /// A tracker without limits.
+    fn default() -> Self {
+        Self::with_limits(FrameLimits::NONE)
+    }
+}
+
 impl FrameTracker {
     /// A tracker that reports frames and messages past `limits` (the default tracker has
     /// none).
     pub fn with_limits(limits: FrameLimits) -> Self {
         Self {
-            limits: (limits != FrameLimits::NONE).then(|| Box::new(limits)),
-            ..Self::default()
+            header: [0; 14],
+            header_len: 0,
+            in_message: false,
+            frame: None,
+            message_len: 0,
+            max_frame: limits.max_frame.unwrap_or(u64::MAX),
+            max_message: limits.max_message.unwrap_or(u64::MAX),
         }
     }
 
@@ -348,13 +362,14 @@ impl FrameTracker {
                 self.message_len = 0;
             }
             self.message_len = self.message_len.saturating_add(remaining);
-            if let Some(limits) = &self.limits {
-                too_big = match (limits.max_frame, limits.max_message) {
-                    (Some(limit), _) if remaining > limit => Some(("frame", limit)),
-                    (_, Some(limit)) if self.message_len > limit => Some(("message", limit)),
-                    _ => None,
-                };
-            }
+            // `u64::MAX` (no limit) is never exceeded: no length is above it.
+            too_big = if remaining > self.max_frame {
+                Some(("frame", self.max_frame))
+            } else if self.message_len > self.max_message {
+                Some(("message", self.max_message))
+            } else {
+                None
+            };
         }
         self.frame = Some(Frame {
             opcode,

@@ -12,7 +12,7 @@ use crate::{
     SwitchError,
 };
 
-use super::{handle::lock, DirectionEnd, RelayCommand, Shared, Toward, MOVED_CODE, MOVED_REASON};
+use super::{DirectionEnd, RelayCommand, Shared, Toward, MOVED_CODE, MOVED_REASON};
 
 /// What to send on after reading some bytes.
 pub(super) enum Plan {
@@ -115,11 +115,12 @@ impl Direction<'_> {
         if matches!(self.requested, Some(Injection::Handover)) {
             self.requested = None;
         }
-        if let Some(pending) = lock(&self.shared.commands.switch).take() {
+        let pending = self.shared.commands.control.lock().switch.take();
+        if let Some(pending) = pending {
             let _ = pending.done.send(Err(SwitchError::NoBoundary));
         }
         // Tells the other direction to stop waiting for the old upstream's close.
-        self.shared.commands.sender.send_if_modified(|command| {
+        self.shared.commands.control.modify(|command| {
             let switching = *command == RelayCommand::Switch;
             if switching {
                 *command = RelayCommand::Run;
@@ -237,13 +238,10 @@ impl Direction<'_> {
             self.end.injected = Some(close_code::MESSAGE_TOO_BIG);
             self.deadline = Some(Instant::now() + self.shared.config.half_close_timeout);
         }
-        self.shared
-            .commands
-            .sender
-            .send_replace(RelayCommand::Close {
-                code: close_code::MESSAGE_TOO_BIG,
-                reason: REASON.into(),
-            });
+        self.shared.commands.control.send(RelayCommand::Close {
+            code: close_code::MESSAGE_TOO_BIG,
+            reason: REASON.into(),
+        });
         buf
     }
 

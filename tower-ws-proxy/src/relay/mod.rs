@@ -22,13 +22,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::{
-    net::TcpStream,
-    sync::{watch, Notify},
-    time::Instant,
-};
+use tokio::{net::TcpStream, time::Instant};
 
-use self::handle::lock;
+use self::handle::Control;
 
 /// Which way a direction flows; frames toward the upstream must be masked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +57,7 @@ struct Activity {
 
 /// Shared by both directions while they relay to one upstream.
 struct Shared<'a> {
-    config: RelayConfig,
+    config: &'a RelayConfig,
     activity: &'a Activity,
     commands: &'a RelayCommands,
     /// Close frames seen, one per direction at most; at 2 the close handshake is complete.
@@ -74,11 +70,15 @@ struct Shared<'a> {
     /// Milliseconds after `activity.start` by which both directions must have ended
     /// (`u64::MAX`: no such deadline yet).
     end_by: AtomicU64,
-    /// Wakes the directions after `stopped`, `opaque` or `end_by` changed.
-    changed: Notify,
 }
 
 impl Shared<'_> {
+    /// Wakes the directions after `stopped`, `opaque` or `end_by` changed (through the
+    /// commands' wakeup: one per connection serves both).
+    fn wake(&self) {
+        self.commands.control.changed.notify_waiters();
+    }
+
     fn touch(&self) {
         let now = self.activity.start.elapsed().as_millis() as u64;
         self.activity.last.store(now, Ordering::Relaxed);
@@ -86,14 +86,14 @@ impl Shared<'_> {
 
     fn stop_both(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.changed.notify_waiters();
+        self.wake();
     }
 
     /// Both directions end within `limit` from now, whatever the peers do.
     fn end_within(&self, limit: Duration) {
         let at = (self.activity.start.elapsed() + limit).as_millis() as u64;
         if self.end_by.fetch_min(at, Ordering::AcqRel) > at {
-            self.changed.notify_waiters();
+            self.wake();
         }
     }
 
@@ -109,7 +109,7 @@ impl Shared<'_> {
     fn go_opaque(&self) {
         self.opaque.store(true, Ordering::Release);
         self.end_within(self.config.close_timeout);
-        self.changed.notify_waiters();
+        self.wake();
     }
 
     fn is_opaque(&self) -> bool {
@@ -171,8 +171,8 @@ const MOVED_REASON: &str = "moved to another backend";
 /// out before waiting again, so an idle connection holds no buffer at all; bytes are copied
 /// to the heap only while the destination cannot take them.
 pub async fn relay<C: ClientStream>(
-    client: Peer<C>,
-    upstream: Peer,
+    mut client: Peer<C>,
+    mut upstream: Peer,
     config: RelayConfig,
     commands: RelayCommands,
 ) -> RelayOutcome {
@@ -180,90 +180,83 @@ pub async fn relay<C: ClientStream>(
         start: Instant::now(),
         last: AtomicU64::new(0),
     };
-    let idle = idle_watch(config, &activity, &commands.sender);
-    let phases = async {
-        let Peer {
-            stream: mut client_stream,
-            preread: mut client_bytes,
-        } = client;
-        if let (Some(idle), Some(socket)) = (config.tcp_keepalive, client_stream.socket()) {
-            keepalive(socket, idle);
-        }
-        let mut upstream = upstream;
-        let mut outcome = RelayOutcome {
-            client_close: None,
-            upstream_close: None,
-            relay_close: None,
-            client_bytes: 0,
-            upstream_bytes: 0,
-            switches: 0,
-        };
-        loop {
-            let (up, down) = relay_to(
-                &mut client_stream,
-                client_bytes,
-                upstream,
-                config,
-                &commands,
-                &activity,
-            )
-            .await;
-            outcome.client_bytes += up.bytes;
-            outcome.upstream_bytes += down.bytes;
-            let pending = lock(&commands.switch).take();
-            match (up.handover, down.handed_over, pending) {
-                (Some(leftover), true, Some(next)) => {
-                    client_bytes = leftover.into();
-                    upstream = next.upstream;
-                    outcome.switches += 1;
-                    commands.sender.send_if_modified(|command| {
-                        let switching = *command == RelayCommand::Switch;
-                        if switching {
-                            *command = RelayCommand::Run;
-                        }
-                        switching
-                    });
-                    let _ = next.done.send(Ok(()));
-                }
-                (_, _, pending) => {
-                    if let Some(pending) = pending {
-                        let error = if down.injected == Some(crate::close_code::SERVICE_RESTART) {
-                            SwitchError::Interrupted
-                        } else {
-                            SwitchError::Ended
-                        };
-                        let _ = pending.done.send(Err(error));
+    // The peers stay here and the futures below borrow them, and both futures are made
+    // inside `select!`: whatever a future is handed by value, or is held in a local before
+    // being moved, keeps its space in this one, and every idle connection pays for it.
+    tokio::select! {
+        outcome = phases(&mut client, &mut upstream, &config, &commands, &activity) => outcome,
+        never = idle_watch(config.idle_timeout, &activity, &commands.control) => match never {},
+    }
+}
+
+/// Relays to one upstream after another (a switch hands the client over) until the end.
+async fn phases<C: ClientStream>(
+    client: &mut Peer<C>,
+    upstream: &mut Peer,
+    config: &RelayConfig,
+    commands: &RelayCommands,
+    activity: &Activity,
+) -> RelayOutcome {
+    if let (Some(idle), Some(socket)) = (config.tcp_keepalive, client.stream.socket()) {
+        keepalive(socket, idle);
+    }
+    let mut outcome = RelayOutcome {
+        client_close: None,
+        upstream_close: None,
+        relay_close: None,
+        client_bytes: 0,
+        upstream_bytes: 0,
+        switches: 0,
+    };
+    loop {
+        let (up, down) = relay_to(client, upstream, config, commands, activity).await;
+        outcome.client_bytes += up.bytes;
+        outcome.upstream_bytes += down.bytes;
+        let pending = commands.control.lock().switch.take();
+        match (up.handover, down.handed_over, pending) {
+            (Some(leftover), true, Some(next)) => {
+                client.preread = leftover.into();
+                *upstream = next.upstream;
+                outcome.switches += 1;
+                commands.control.modify(|command| {
+                    let switching = *command == RelayCommand::Switch;
+                    if switching {
+                        *command = RelayCommand::Run;
                     }
-                    outcome.client_close = up.close;
-                    outcome.upstream_close = down.close;
-                    outcome.relay_close = up.injected.or(down.injected);
-                    return outcome;
+                    switching
+                });
+                let _ = next.done.send(Ok(()));
+            }
+            (_, _, pending) => {
+                if let Some(pending) = pending {
+                    let error = if down.injected == Some(crate::close_code::SERVICE_RESTART) {
+                        SwitchError::Interrupted
+                    } else {
+                        SwitchError::Ended
+                    };
+                    let _ = pending.done.send(Err(error));
                 }
+                outcome.client_close = up.close;
+                outcome.upstream_close = down.close;
+                outcome.relay_close = up.injected.or(down.injected);
+                return outcome;
             }
         }
-    };
-    tokio::select! {
-        outcome = phases => outcome,
-        never = idle => match never {},
     }
 }
 
 /// Relays between the client and one upstream until both have closed, or until a switch
-/// handed the client over (then the upstream is dropped).
+/// handed the client over (then the caller drops the upstream). Each side's bytes read
+/// ahead are relayed first.
 async fn relay_to<C: ClientStream>(
-    client: &mut C,
-    client_bytes: Bytes,
-    upstream: Peer,
-    config: RelayConfig,
+    client: &mut Peer<C>,
+    upstream: &mut Peer,
+    config: &RelayConfig,
     commands: &RelayCommands,
     activity: &Activity,
 ) -> (DirectionEnd, DirectionEnd) {
-    let Peer {
-        stream: mut upstream_stream,
-        preread: upstream_bytes,
-    } = upstream;
     if let Some(idle) = config.tcp_keepalive {
-        keepalive(socket2::SockRef::from(&upstream_stream), idle);
+        keepalive(socket2::SockRef::from(&upstream.stream), idle);
     }
     let shared = Shared {
         config,
@@ -273,41 +266,39 @@ async fn relay_to<C: ClientStream>(
         stopped: AtomicBool::new(false),
         opaque: AtomicBool::new(false),
         end_by: AtomicU64::new(u64::MAX),
-        changed: Notify::new(),
     };
-    let (client_read, client_write) = client.halves();
-    let (upstream_read, upstream_write) = upstream_stream.split();
-    let up = pump::pump(
-        client_read,
-        upstream_write,
-        client_bytes,
-        Toward::Upstream,
-        commands.receiver.clone(),
-        &shared,
-    );
-    let down = pump::pump(
-        upstream_read,
-        client_write,
-        upstream_bytes,
-        Toward::Client,
-        commands.receiver.clone(),
-        &shared,
-    );
-    tokio::join!(up, down)
+    let (client_read, client_write) = client.stream.halves();
+    let (upstream_read, upstream_write) = upstream.stream.split();
+    tokio::join!(
+        pump::pump(
+            client_read,
+            upstream_write,
+            &mut client.preread,
+            Toward::Upstream,
+            &shared,
+        ),
+        pump::pump(
+            upstream_read,
+            client_write,
+            &mut upstream.preread,
+            Toward::Client,
+            &shared,
+        ),
+    )
 }
 
 /// Requests a 1001 close once nothing has moved for the idle timeout; never completes.
 async fn idle_watch(
-    config: RelayConfig,
+    idle_timeout: Option<Duration>,
     activity: &Activity,
-    commands: &watch::Sender<RelayCommand>,
+    commands: &Control,
 ) -> Infallible {
-    if let Some(idle) = config.idle_timeout {
+    if let Some(idle) = idle_timeout {
         loop {
             let last =
                 activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
             if Instant::now() >= last + idle {
-                commands.send_replace(RelayCommand::Close {
+                commands.send(RelayCommand::Close {
                     code: crate::close_code::GOING_AWAY,
                     reason: "idle timeout".into(),
                 });

@@ -5,13 +5,11 @@ use std::{
     pin::Pin,
     sync::atomic::Ordering,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
-    sync::watch,
     time::Instant,
 };
 
@@ -23,33 +21,56 @@ use super::{
 };
 use crate::RelayCommand;
 
-/// Copies one direction, injecting a requested close at the first message boundary. When it
-/// ends other than by handing over, the other direction has the half-close timeout left.
-pub(super) async fn pump<R, W>(
+/// Copies one direction (`preread` first: bytes read along with the handshake, or held over
+/// from a switch), injecting a requested close at the first message boundary. When it ends
+/// other than by handing over, the other direction has the half-close timeout left.
+pub(super) fn pump<'a, R, W>(
     src: R,
     dst: W,
-    preread: Bytes,
+    preread: &'a mut Bytes,
     toward: Toward,
-    commands: watch::Receiver<RelayCommand>,
-    shared: &Shared<'_>,
-) -> DirectionEnd
+    shared: &'a Shared<'a>,
+) -> impl Future<Output = DirectionEnd> + 'a
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + 'a,
+    W: AsyncWrite + Unpin + 'a,
 {
-    let end = pump_until_done(src, dst, preread, toward, commands, shared).await;
-    if end.handover.is_none() && !end.handed_over {
-        shared.end_within(shared.config.half_close_timeout);
+    PumpEnd {
+        until_done: pump_until_done(src, dst, preread, toward, shared),
+        shared,
     }
-    end
+}
+
+pin_project_lite::pin_project! {
+    /// Gives the other direction the half-close timeout once this one ends other than by a
+    /// handover. A named future, not an `async` block around the loop's future: the block
+    /// would keep that future twice (as its capture and as what it awaits).
+    struct PumpEnd<'a, F> {
+        #[pin]
+        until_done: F,
+        shared: &'a Shared<'a>,
+    }
+}
+
+impl<F: Future<Output = DirectionEnd>> Future for PumpEnd<'_, F> {
+    type Output = DirectionEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DirectionEnd> {
+        let this = self.project();
+        let end = std::task::ready!(this.until_done.poll(cx));
+        if end.handover.is_none() && !end.handed_over {
+            this.shared
+                .end_within(this.shared.config.half_close_timeout);
+        }
+        Poll::Ready(end)
+    }
 }
 
 async fn pump_until_done<R, W>(
     mut src: R,
     mut dst: W,
-    preread: Bytes,
+    preread: &mut Bytes,
     toward: Toward,
-    mut commands: watch::Receiver<RelayCommand>,
     shared: &Shared<'_>,
 ) -> DirectionEnd
 where
@@ -71,26 +92,31 @@ where
         messages: 0,
     };
     let mut pending: Option<Vec<u8>> = None;
-    // Consumed here so nothing keeps it alive for the rest of the connection.
-    let preread = preread;
-    if !preread.is_empty() {
-        pending = Some(match this.plan(&preread) {
-            Plan::All => preread.to_vec(),
-            Plan::Bytes(bytes) => bytes,
-        });
-        this.count(preread.len());
+    {
+        // Taken (and dropped) before the first wait, so the future keeps no room for it.
+        let preread = std::mem::take(preread);
+        if !preread.is_empty() {
+            pending = Some(match this.plan(&preread) {
+                Plan::All => preread.to_vec(),
+                Plan::Bytes(bytes) => bytes,
+            });
+            this.count(preread.len());
+        }
     }
-    drop(preread);
 
-    // The rare signals wait in futures made once (and again only after they fired), so the
-    // hot path registers nothing: only when the socket has nothing to read does the pump
-    // poll them too.
-    let mut command_sent = wake_on_command(commands.clone());
-    let changed = shared.changed.notified();
+    // Commands, and changes to the relay's shared state, wake the pump through one
+    // registration made once (and again only after it fired), so the hot path registers
+    // nothing: only when the socket has nothing to read does the pump poll it too.
+    let control = &shared.commands.control;
+    // Version 0 is the relay's start: a pump of a later phase (after a switch) takes in
+    // any command sent before it began.
+    let mut seen = 0;
+    let changed = control.changed.notified();
     tokio::pin!(changed);
     changed.as_mut().enable();
-    let timer = tokio::time::sleep(Duration::from_secs(86_400));
-    tokio::pin!(timer);
+    // Boxed and made only once a deadline is set (closing, switching): an idle relay keeps
+    // no timer of its own.
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     loop {
         if let Some(bytes) = pending.take() {
@@ -126,16 +152,19 @@ where
             }
         }
         if let Some(deadline) = this.next_deadline() {
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+            match &mut timer {
+                Some(timer) if timer.deadline() == deadline => {}
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
         }
         let step = std::future::poll_fn(|cx| {
             // A command that arrived since the last look applies before anything more is
             // read: a switch must know where the old upstream's last frames end. (This is
             // polled again without the loop's check after a wakeup.)
-            if commands.has_changed().unwrap_or(false) {
-                let command = commands.borrow_and_update().clone();
+            if control.has_changed(seen) {
+                let (command, version) = control.command();
+                seen = version;
                 return Poll::Ready(Step::Command(command));
             }
             // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
@@ -143,11 +172,10 @@ where
             if let Poll::Ready(step) = read_and_forward(cx, &mut src, &mut dst, &mut this) {
                 return Poll::Ready(step);
             }
-            if let Poll::Ready(watch) = command_sent.as_mut().poll(cx) {
-                return Poll::Ready(Step::CommandSent(watch));
-            }
-            if this.next_deadline().is_some() && timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::Timer);
+            if let (Some(_), Some(timer)) = (this.next_deadline(), &mut timer) {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Timer);
+                }
             }
             if changed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Step::Changed);
@@ -164,10 +192,10 @@ where
                 }
             }
             Step::Pending(bytes) => pending = Some(bytes),
-            // Read on the next turn of the loop, by `commands.has_changed()`.
-            Step::CommandSent(watch) => command_sent = wake_on_command(watch),
+            // A command is read on the next turn of the loop, by `has_changed`; a change of
+            // the shared state by the loop's checks.
             Step::Changed => {
-                changed.set(shared.changed.notified());
+                changed.set(control.changed.notified());
                 changed.as_mut().enable();
             }
             Step::Timer => {
@@ -175,33 +203,21 @@ where
                 if this.switch_deadline.is_some_and(|at| now >= at) {
                     this.give_up_switch();
                 } else if this.deadline.is_some_and(|at| now >= at) {
-                    return source_finished(this, &mut commands, &mut dst).await;
+                    return Box::pin(source_finished(this, &mut seen, &mut dst)).await;
                 }
                 // Otherwise the relay-wide deadline: the loop's check ends the direction.
             }
-            Step::Finished => return source_finished(this, &mut commands, &mut dst).await,
+            // Boxed: the rare end of a direction does not widen every relay's future.
+            Step::Finished => return Box::pin(source_finished(this, &mut seen, &mut dst)).await,
             Step::Broken => return broken(this),
         }
     }
 }
 
-type CommandSent<'a> = Pin<Box<dyn Future<Output = watch::Receiver<RelayCommand>> + Send + 'a>>;
-
-/// Resolves (with the receiver, to wait again) once a command is sent after `watch` last
-/// looked. A relay's commands stay open while it runs, so a closed channel never resolves.
-fn wake_on_command<'a>(mut watch: watch::Receiver<RelayCommand>) -> CommandSent<'a> {
-    Box::pin(async move {
-        if watch.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        watch
-    })
-}
-
 /// The source ended, or missed its close deadline.
 async fn source_finished<W: AsyncWrite + Unpin>(
     mut this: Direction<'_>,
-    commands: &mut watch::Receiver<RelayCommand>,
+    seen: &mut u64,
     dst: &mut W,
 ) -> DirectionEnd {
     // The old upstream ended or missed its deadline while handing over: the client is not
@@ -211,8 +227,10 @@ async fn source_finished<W: AsyncWrite + Unpin>(
         return this.end;
     }
     // A switch requested just before the old upstream went: the client moves on.
-    if commands.has_changed().unwrap_or(false) {
-        let command = commands.borrow_and_update().clone();
+    let control = &this.shared.commands.control;
+    if control.has_changed(*seen) {
+        let (command, version) = control.command();
+        *seen = version;
         this.on_command(&command);
         if this.switching {
             this.end.handed_over = true;
@@ -222,7 +240,7 @@ async fn source_finished<W: AsyncWrite + Unpin>(
     if this.upstream_vanished() {
         // Tell the client, between messages, rather than leave it a bare EOF: with the
         // close it was about to get, or a "try again".
-        let command = commands.borrow().clone();
+        let (command, _) = this.shared.commands.control.command();
         let (code, reason) = match (this.requested.take(), command) {
             (Some(Injection::Close(code, reason)), _)
             | (_, RelayCommand::Close { code, reason }) => (code, reason),
@@ -288,11 +306,10 @@ enum Step {
     Sent,
     /// A command that has not been taken into account yet.
     Command(RelayCommand),
-    /// A command was sent while the socket had nothing to read (the wakeup's receiver).
-    CommandSent(watch::Receiver<RelayCommand>),
     /// These bytes still have to be written.
     Pending(Vec<u8>),
-    /// The relay's shared state changed (stopped, opaque, or a deadline for both).
+    /// A command was sent, or the relay's shared state changed (stopped, opaque, or a
+    /// deadline for both).
     Changed,
     /// A deadline of this direction or of the relay passed.
     Timer,

@@ -1,0 +1,30 @@
+//! What an idle relayed WebSocket costs the gateway in memory: its relay's future is most of
+//! its task, which lives as long as the connection. bench/README.md has the RSS per
+//! connection this adds up to; this guards the part that code changes move most.
+
+use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle};
+
+/// The relay's future was 4,200 bytes before it was trimmed for issue 13 (no timers or
+/// command wakeups boxed per direction until needed, nothing held twice); it is about
+/// 2,100 bytes now (with rustc 1.95, in debug and release alike).
+const MOST: usize = 2_400;
+
+#[tokio::test]
+async fn an_idle_relay_future_stays_small() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let upstream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_handle, commands) = RelayHandle::new();
+    let relaying = relay(
+        Peer::new(client),
+        Peer::new(upstream),
+        RelayConfig::default(),
+        commands,
+    );
+    let size = std::mem::size_of_val(&relaying);
+    assert!(
+        size <= MOST,
+        "a relay's future takes {size} bytes, more than {MOST}: every idle connection pays it"
+    );
+}
