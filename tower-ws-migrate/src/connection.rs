@@ -40,7 +40,7 @@ pub const MIGRATED_FROM: HeaderName = HeaderName::from_static("x-wscluster-migra
 #[derive(Clone)]
 pub struct ProxiedConnection {
     relay: RelayHandle,
-    request: Arc<CompactHead>,
+    request: CompactHead,
     protocol: Option<HeaderValue>,
     live_blocker: Option<String>,
     upstreams: Arc<dyn UpstreamLookup>,
@@ -71,11 +71,11 @@ impl ProxiedConnection {
             .then(|| format!("the request head is over {MAX_KEPT_HEAD} bytes"));
         Self {
             relay,
-            request: Arc::new(if too_large.is_some() {
-                CompactHead(Box::default())
+            request: if too_large.is_some() {
+                CompactHead::empty()
             } else {
                 head
-            }),
+            },
             // Copied too: the backend's value shares the handshake's read buffer.
             protocol: response_headers
                 .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -190,29 +190,39 @@ impl ProxiedConnection {
 /// contain). hyper's parsed values share the connection's whole read buffer, and a
 /// `HeaderMap` costs an allocation per value plus its tables, for as long as the WebSocket
 /// lasts. Hop-by-hop headers are not kept: the dial sets its own.
-struct CompactHead(Box<[u8]>);
+#[derive(Clone)]
+struct CompactHead(Arc<[u8]>);
 
 impl CompactHead {
     fn new(request: &request::Parts) -> Self {
         let path = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut headers = request.headers.clone();
-        tower_ws_proxy::strip_hop_by_hop(&mut headers);
+        // The end-to-end headers, read in place (a copy of the map to strip would cost
+        // every handshake a dozen allocations).
+        let kept = || {
+            request
+                .headers
+                .iter()
+                .filter(|(name, _)| !tower_ws_proxy::is_hop_by_hop(name, &request.headers))
+        };
         let size = path.len()
             + 1
-            + headers
-                .iter()
+            + kept()
                 .map(|(n, v)| n.as_str().len() + v.len() + 2)
                 .sum::<usize>();
         let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(path.as_bytes());
         bytes.push(b'\n');
-        for (name, value) in &headers {
+        for (name, value) in kept() {
             bytes.extend_from_slice(name.as_str().as_bytes());
             bytes.push(b':');
             bytes.extend_from_slice(value.as_bytes());
             bytes.push(b'\n');
         }
-        Self(bytes.into_boxed_slice())
+        Self(bytes.into())
+    }
+
+    fn empty() -> Self {
+        Self(Arc::from(&[][..]))
     }
 
     fn to_parts(&self) -> request::Parts {
@@ -248,7 +258,7 @@ impl ConnectionHandle for ProxiedConnection {
     fn plain(opened: &OpenedConnection<'_>) -> Self {
         Self {
             relay: opened.handle.clone(),
-            request: Arc::new(CompactHead(Box::default())),
+            request: CompactHead::empty(),
             protocol: None,
             live_blocker: Some("it was opened through no migration layer".into()),
             upstreams: Arc::new(|_: &NodeId| -> Option<Upstream> { None }),

@@ -310,29 +310,56 @@ pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, and the
 /// standard ones. `Sec-WebSocket-*` headers are end-to-end and stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is a hop-by-hop header among `headers` (see [`strip_hop_by_hop`]), for
+/// code that copies the end-to-end headers without changing the map.
+///
+/// ```
+/// use http::{header, HeaderMap, HeaderName, HeaderValue};
+/// use tower_ws_proxy::is_hop_by_hop;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade, x-trace"));
+/// assert!(is_hop_by_hop(&HeaderName::from_static("x-trace"), &headers));
+/// assert!(is_hop_by_hop(&header::UPGRADE, &headers));
+/// assert!(!is_hop_by_hop(&header::SEC_WEBSOCKET_KEY, &headers));
+/// ```
+pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    HOP_BY_HOP.contains(name)
+        || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
+}
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// The header names a `Connection` header lists.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The TCP socket under an upgraded hyper connection, with the bytes hyper already read; the

@@ -294,6 +294,8 @@ async fn idle_watch(
     commands: &Control,
 ) -> Infallible {
     if let Some(idle) = idle_timeout {
+        // Boxed: without an idle timeout a relay keeps no room for a timer here.
+        let mut timer = Box::pin(tokio::time::sleep(idle));
         loop {
             let last =
                 activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
@@ -304,7 +306,8 @@ async fn idle_watch(
                 });
                 break;
             }
-            tokio::time::sleep_until(last + idle).await;
+            timer.as_mut().reset(last + idle);
+            timer.as_mut().await;
         }
     }
     std::future::pending().await
