@@ -8,12 +8,14 @@
 # Rounds are interleaved and medians reported. Bounded: every run has a count and a time limit.
 # A last step sends large messages (LARGE="connections messages bytes", default 50 x 20 x 1 MiB;
 # LARGE=0 skips it) through direct, wscluster, nginx and HAProxy, and reports MiB/s and the
-# proxy's CPU per MiB.
+# proxy's CPU per MiB. Then handshakes alone (HANDSHAKES=3000 WebSockets, one echo each;
+# HANDSHAKES=0 skips it): handshakes/s and the proxy's CPU per handshake.
 # Usage: [BASELINE=path] bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} conns=${2:-1000} msgs=${3:-200} size=${4:-64} idle=${5:-9000}
 read -r large_conns large_msgs large_size <<<"${LARGE:-50 20 1048576}"
+handshakes=${HANDSHAKES:-3000}
 # A proxy holds two descriptors per connection: 10k idle connections need a hard limit above
 # 20,000 open files, which not every sandbox grants (then pass a smaller idle count).
 
@@ -190,8 +192,27 @@ for round in $(seq "$rounds"); do
   done
 done
 
+# Handshakes alone: $handshakes WebSockets opened one after another in 64 concurrent streams
+# (wsload's default), each with one echo, through each proxy in interleaved rounds; the
+# proxy's CPU per handshake (accept, route, dial, both upgrades, relay setup and teardown).
+touch "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt"
+for round in $(seq "$rounds"); do
+  [ "$handshakes" -gt 0 ] 2>/dev/null || break
+  shift_by=$(( (round - 1) % ${#large_targets[@]} ))
+  rotated=("${large_targets[@]:shift_by}" "${large_targets[@]:0:shift_by}")
+  for target in "${rotated[@]}"; do
+    [[ " ${order[*]} " == *" $target "* ]] || continue
+    pid=${proxy_pid[$target]}
+    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    "$bin/wsload" --url "${url[$target]}" --connections "$handshakes" --messages 1 --size "$size" \
+      --time-limit 120 --label "$target" | tee -a "$tmp/handshakes.txt"
+    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    echo "$target $(( after - before )) $(getconf CLK_TCK) $handshakes" >>"$tmp/handshake-cpu.txt"
+  done
+done
+
 touch "$tmp/rss.txt"
-python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" "$tmp/large.txt" "$tmp/large-cpu.txt" <<'PY'
+python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -255,4 +276,27 @@ if large:
             a, b = lmed["wscluster"], lmed[peer]
             c = statistics.median(large_cpu["wscluster"]) / statistics.median(large_cpu[peer])
             print(f"large, wscluster / {peer}: bytes/s {a[0]/b[0]:.2f}x, p99 {a[2]/b[2]:.2f}x, CPU/MiB {c:.2f}x")
+# Handshakes alone: handshakes/s and the proxy's CPU per handshake.
+hs = {}
+for line in open(sys.argv[6]):
+    m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s", line)
+    if m:
+        hs.setdefault(m[1], []).append(float(m[2]))
+hs_cpu = {}
+for l in open(sys.argv[7]):
+    t, ticks, hz, count = l.split()
+    hs_cpu.setdefault(t, []).append(int(ticks) / int(hz) * 1e6 / int(count))
+if hs:
+    print()
+    print("Handshakes alone (one echo each):")
+    print("| target | handshakes/s | proxy CPU µs / handshake |")
+    print("|---|---|---|")
+    for t in [t for t in ["direct", "wscluster", "nginx", "haproxy"] if t in hs]:
+        c = f"{statistics.median(hs_cpu[t]):.0f}" if t != "direct" else "-"
+        print(f"| {t} | {statistics.median(hs[t]):.0f} | {c} |")
+    for peer in ["nginx", "haproxy"]:
+        if "wscluster" in hs and peer in hs:
+            r = statistics.median(hs["wscluster"]) / statistics.median(hs[peer])
+            c = statistics.median(hs_cpu["wscluster"]) / statistics.median(hs_cpu[peer])
+            print(f"handshakes, wscluster / {peer}: handshakes/s {r:.2f}x, CPU/handshake {c:.2f}x")
 PY

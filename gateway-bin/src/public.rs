@@ -96,13 +96,26 @@ fn is_valid_id(id: &HeaderValue) -> bool {
 }
 
 /// `<pid in hex>-<counter>`: unique per gateway process without a random source.
-#[derive(Clone, Default)]
-struct GatewayRequestIds(Arc<AtomicU64>);
+#[derive(Clone)]
+struct GatewayRequestIds {
+    next: Arc<AtomicU64>,
+    // Read once: `std::process::id()` is a system call, and every request asks.
+    pid: u32,
+}
+
+impl Default for GatewayRequestIds {
+    fn default() -> Self {
+        Self {
+            next: Arc::default(),
+            pid: std::process::id(),
+        }
+    }
+}
 
 impl MakeRequestId for GatewayRequestIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:x}-{n}", std::process::id());
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:x}-{n}", self.pid);
         HeaderValue::from_str(&id).ok().map(RequestId::new)
     }
 }

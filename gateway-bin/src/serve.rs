@@ -91,7 +91,11 @@ pub(crate) fn on_worker_threads(
             .spawn(move || {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(socket.into())?;
-                    accept_loop(listener, app, limits, stop).await;
+                    // A task rather than `block_on`'s own future: waking that one (each
+                    // accept, each connection that ends) writes to the driver's eventfd
+                    // even from its own thread, while a task is queued in place.
+                    let accepting = tokio::spawn(accept_loop(listener, app, limits, stop));
+                    let _ = accepting.await;
                     let _ = done.send(());
                     let _ = exit.wait_for(|exit| *exit).await;
                     std::io::Result::Ok(())
