@@ -3,13 +3,14 @@
 # traffic, then a 5th backend joins with pacing off. wsmigrate reports how long until every
 # affected connection is on its new owner, messages lost, and unaffected connections touched.
 # Rounds are repeated on a fresh gateway each; every run is bounded in count and time.
-# Usage: bench/migrate.sh [rounds] [connections] [rate per connection] [policy: live|reconnect]
+# Usage: [BIN_DIR=path] bench/migrate.sh [rounds] [connections] [rate per connection] [policy: live|reconnect]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} conns=${2:-9000} rate=${3:-1} policy=${4:-live}
 # The gateway holds two descriptors per connection: 9000 fits under a 20,000 hard limit.
-cargo build --release -q -p gateway-bin --bins
-bin=target/release
+# BIN_DIR=<another build's target/release> runs that build instead (before/after comparisons).
+if [ -z "${BIN_DIR:-}" ]; then cargo build --release -q -p gateway-bin --bins; fi
+bin=${BIN_DIR:-target/release}
 ulimit -n "$(ulimit -Hn)"
 
 tmp=$(mktemp -d)
