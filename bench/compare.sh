@@ -174,42 +174,40 @@ for target in "${idle_targets[@]}"; do
   echo "$target rss_per_conn $(( (during - before) * 1024 / idle ))" >>"$tmp/rss.txt"
 done
 
-# Large messages: bytes per second and the proxy's CPU per MiB relayed, interleaved rounds.
-touch "$tmp/large.txt" "$tmp/large-cpu.txt"
-large_targets=(direct wscluster nginx haproxy)
-for round in $(seq "$rounds"); do
-  [ "$large_conns" -gt 0 ] 2>/dev/null || break
-  shift_by=$(( (round - 1) % ${#large_targets[@]} ))
-  rotated=("${large_targets[@]:shift_by}" "${large_targets[@]:0:shift_by}")
-  for target in "${rotated[@]}"; do
-    [[ " ${order[*]} " == *" $target "* ]] || continue
-    pid=${proxy_pid[$target]}
-    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    "$bin/wsload" --url "${url[$target]}" --connections "$large_conns" --messages "$large_msgs" \
-      --size "$large_size" --time-limit 120 --label "$target" | tee -a "$tmp/large.txt"
-    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    echo "$target $(( after - before )) $(getconf CLK_TCK) $(( large_conns * large_msgs )) $large_size" >>"$tmp/large-cpu.txt"
+# Interleaved rounds over direct and the two peers beside wscluster: wsload with the given
+# arguments, its output appended to $1, and "<target> <proxy CPU ticks> <ticks/s> $3" to $2.
+peer_targets=(direct wscluster nginx haproxy)
+peer_rounds() {
+  local results=$1 cpu=$2 unit=$3 round shift_by target pid before after
+  shift 3
+  for round in $(seq "$rounds"); do
+    shift_by=$(( (round - 1) % ${#peer_targets[@]} ))
+    local rotated=("${peer_targets[@]:shift_by}" "${peer_targets[@]:0:shift_by}")
+    for target in "${rotated[@]}"; do
+      [[ " ${order[*]} " == *" $target "* ]] || continue
+      pid=${proxy_pid[$target]}
+      before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+      "$bin/wsload" --url "${url[$target]}" "$@" --time-limit 120 --label "$target" | tee -a "$results"
+      after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+      echo "$target $(( after - before )) $(getconf CLK_TCK) $unit" >>"$cpu"
+    done
   done
-done
+}
 
-# Handshakes alone: $handshakes WebSockets opened one after another in 64 concurrent streams
-# (wsload's default), each with one echo, through each proxy in interleaved rounds; the
-# proxy's CPU per handshake (accept, route, dial, both upgrades, relay setup and teardown).
-touch "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt"
-for round in $(seq "$rounds"); do
-  [ "$handshakes" -gt 0 ] 2>/dev/null || break
-  shift_by=$(( (round - 1) % ${#large_targets[@]} ))
-  rotated=("${large_targets[@]:shift_by}" "${large_targets[@]:0:shift_by}")
-  for target in "${rotated[@]}"; do
-    [[ " ${order[*]} " == *" $target "* ]] || continue
-    pid=${proxy_pid[$target]}
-    before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    "$bin/wsload" --url "${url[$target]}" --connections "$handshakes" --messages 1 --size "$size" \
-      --time-limit 120 --label "$target" | tee -a "$tmp/handshakes.txt"
-    after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
-    echo "$target $(( after - before )) $(getconf CLK_TCK) $handshakes" >>"$tmp/handshake-cpu.txt"
-  done
-done
+# Large messages: bytes per second and the proxy's CPU per MiB relayed.
+touch "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt"
+if [ "$large_conns" -gt 0 ] 2>/dev/null; then
+  peer_rounds "$tmp/large.txt" "$tmp/large-cpu.txt" "$(( large_conns * large_msgs )) $large_size" \
+    --connections "$large_conns" --messages "$large_msgs" --size "$large_size"
+fi
+
+# Handshakes alone: $handshakes WebSockets opened 64 at a time (wsload's default), each with
+# one echo; the proxy's CPU per handshake (accept, route, dial, both upgrades, relay setup
+# and teardown).
+if [ "$handshakes" -gt 0 ] 2>/dev/null; then
+  peer_rounds "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" "$handshakes" \
+    --connections "$handshakes" --messages 1 --size "$size"
+fi
 
 touch "$tmp/rss.txt"
 python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" <<'PY'
@@ -241,7 +239,7 @@ def ratio(label, x, y):
         return
     a, b = med[x], med[y]
     mem = f", RSS/idle conn {int(rss[x])/int(rss[y]):.2f}x" if x in rss and y in rss else ""
-    c = f", CPU/round trip {cpu_of(x)/cpu_of(y):.2f}x" if x in cpu and y in cpu and x != "direct" else ""
+    c = f", CPU/round trip {cpu_of(x)/cpu_of(y):.2f}x" if x in cpu and y in cpu and x != "direct" and cpu_of(y) > 0 else ""
     print(f"{label}: msgs/s {a[1]/b[1]:.2f}x, p99 {a[3]/b[3]:.2f}x, handshakes/s {a[0]/b[0]:.2f}x{c}{mem}")
 ratio("wscluster / nginx", "wscluster", "nginx")
 ratio("wscluster / haproxy", "wscluster", "haproxy")
@@ -274,7 +272,7 @@ if large:
     for peer in ["nginx", "haproxy"]:
         if "wscluster" in lmed and peer in lmed:
             a, b = lmed["wscluster"], lmed[peer]
-            c = statistics.median(large_cpu["wscluster"]) / statistics.median(large_cpu[peer])
+            c = statistics.median(large_cpu["wscluster"]) / max(statistics.median(large_cpu[peer]), 1e-9)
             print(f"large, wscluster / {peer}: bytes/s {a[0]/b[0]:.2f}x, p99 {a[2]/b[2]:.2f}x, CPU/MiB {c:.2f}x")
 # Handshakes alone: handshakes/s and the proxy's CPU per handshake.
 hs = {}
@@ -297,6 +295,6 @@ if hs:
     for peer in ["nginx", "haproxy"]:
         if "wscluster" in hs and peer in hs:
             r = statistics.median(hs["wscluster"]) / statistics.median(hs[peer])
-            c = statistics.median(hs_cpu["wscluster"]) / statistics.median(hs_cpu[peer])
+            c = statistics.median(hs_cpu["wscluster"]) / max(statistics.median(hs_cpu[peer]), 1e-9)
             print(f"handshakes, wscluster / {peer}: handshakes/s {r:.2f}x, CPU/handshake {c:.2f}x")
 PY
