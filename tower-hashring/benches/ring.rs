@@ -154,6 +154,14 @@ fn change(c: &mut Criterion) {
     group.bench_function("tower-hashring-remove-one", |b| {
         b.iter(|| black_box(&full).without_node(black_box(&leaving)))
     });
+    // The same with ketama's 160 points per member instead of the default 2048.
+    let ketama = ring(&set, HashScheme::Ketama);
+    group.bench_function("tower-hashring-ketama-add-one", |b| {
+        b.iter(|| black_box(&ketama).with_node(black_box(joining), 1).unwrap())
+    });
+    group.bench_function("tower-hashring-ketama-remove-one", |b| {
+        b.iter(|| black_box(&ketama).without_node(black_box(&leaving)))
+    });
     let mut grown = set.clone();
     grown.push(joining);
     group.bench_function("tower-hashring-rebuild", |b| {
