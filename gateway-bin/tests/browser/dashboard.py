@@ -106,8 +106,10 @@ def check(driver):
     wait(lambda: "pushed: hello from the browser" in card.text, "the pushed message on the card")
 
     # Draining the card's backend moves it live: another backend, no reconnect.
-    row = driver.find_element(By.CSS_SELECTOR, f'#backends tr[data-id="{server}"]')
-    row.find_element(By.CSS_SELECTOR, "button.drain").click()
+    # Found and clicked in one step, again if the table was re-rendered in between (a
+    # stale row throws before any click is sent).
+    wait(lambda: driver.find_element(By.CSS_SELECTOR, f'#backends tr[data-id="{server}"]')
+         .find_element(By.CSS_SELECTOR, "button.drain").click() or True, "the drain button")
     wait(lambda: card.get_attribute("data-server") != server, "the card's backend to change")
     assert card.get_attribute("data-reconnects") == "0", card.get_attribute("data-reconnects")
     assert card.get_attribute("data-moves") == "1", card.get_attribute("data-moves")
@@ -129,8 +131,13 @@ def check(driver):
                 and text(driver, "total-connections") == str(ring["connections"])
                 and migrations["moved"] >= 1)
     wait(counters_match, "the page's counters to match /admin/ring")
-    moves = driver.find_elements(By.CSS_SELECTOR, "#moves tbody tr")
-    assert moves and "42" in moves[0].text and server in moves[0].text, [m.text for m in moves]
+    # Read through `wait`: the page re-renders the table every second, so a row found
+    # can be replaced before its text is read (a stale element): then it reads again.
+    def first_move():
+        moves = driver.find_elements(By.CSS_SELECTOR, "#moves tbody tr")
+        first = moves[0].text if moves else ""
+        return first if "42" in first and server in first else None
+    wait(first_move, f"the move of user 42 off {server} in the moves table")
 
     # Narrow window: nothing wider than the viewport.
     driver.set_window_size(420, 900)
