@@ -136,6 +136,18 @@ impl Setup {
         }
     }
 
+    /// The keys of connections that are not on their owner in `ring`.
+    fn off_owner(&self, ring: &RingSnapshot) -> Vec<String> {
+        let mut off_owner = Vec::new();
+        self.registry.for_each(|tracked| {
+            let owner = ring.ring().owner_of(tracked.position).unwrap().id();
+            if &tracked.backend != owner {
+                off_owner.push(String::from_utf8_lossy(&tracked.key).into_owned());
+            }
+        });
+        off_owner
+    }
+
     fn change(&self, nodes: &[&str]) -> Arc<RingSnapshot> {
         let next = Arc::new(self.publish.borrow().next(ring(nodes)));
         self.publish.send_replace(next.clone());
@@ -587,13 +599,7 @@ async fn a_ring_that_flaps_during_live_moves_ends_with_every_connection_on_its_o
     let back = setup.change(&["a", "b"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let mut off_owner = Vec::new();
-    setup.registry.for_each(|tracked| {
-        let owner = back.ring().owner_of(tracked.position).unwrap().id();
-        if &tracked.backend != owner {
-            off_owner.push(String::from_utf8_lossy(&tracked.key).into_owned());
-        }
-    });
+    let off_owner = setup.off_owner(&back);
     assert!(off_owner.is_empty(), "left off their owner: {off_owner:?}");
     assert_eq!(
         setup.log.lock().unwrap().len(),
@@ -699,12 +705,8 @@ async fn a_flap_during_a_paced_batch_ends_with_every_connection_on_its_owner() {
     );
     let back = setup.change(&["a", "b"]);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let mut off_owner = 0;
-    setup.registry.for_each(|tracked| {
-        off_owner +=
-            usize::from(&tracked.backend != back.ring().owner_of(tracked.position).unwrap().id());
-    });
-    assert_eq!(off_owner, 0, "connections left off their owner");
+    let off_owner = setup.off_owner(&back);
+    assert!(off_owner.is_empty(), "left off their owner: {off_owner:?}");
     assert!(!setup
         .registry
         .per_backend()
