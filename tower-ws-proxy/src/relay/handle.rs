@@ -208,18 +208,21 @@ impl Control {
     /// Changes the command in place; sends (bumps the version and wakes the pumps) only if
     /// `change` says it changed something.
     pub(super) fn modify(&self, change: impl FnOnce(&mut RelayCommand) -> bool) {
+        let _ = self.update(|state| change(&mut state.command).then_some(()).ok_or(()));
+    }
+
+    /// Changes the state under the lock: `Ok` means the command was changed, and it is
+    /// sent (the version bumped under the same lock, so versions and commands are seen in
+    /// the same order, then the pumps woken); `Err` leaves it unsent.
+    fn update<T, E>(&self, change: impl FnOnce(&mut ControlState) -> Result<T, E>) -> Result<T, E> {
         let sent = {
             let mut state = self.lock();
-            let sent = change(&mut state.command);
-            if sent {
-                // Under the lock, so versions and commands are seen in the same order.
-                self.version.fetch_add(1, Ordering::Release);
-            }
+            let sent = change(&mut state)?;
+            self.version.fetch_add(1, Ordering::Release);
             sent
         };
-        if sent {
-            self.changed.notify_waiters();
-        }
+        self.changed.notify_waiters();
+        Ok(sent)
     }
 
     /// Whether a command was sent since `seen`.
@@ -308,8 +311,8 @@ impl RelayHandle {
     /// On an error the relay goes on as before (or ends, as it was going to) and `upstream` is
     /// dropped.
     pub async fn switch_to(&self, upstream: Peer) -> Result<(), SwitchError> {
-        let done = {
-            let mut state = self.control.lock();
+        // The checks and the switch under one lock, so no close slips in between.
+        let done = self.control.update(|state| {
             if state.switch.is_some() {
                 return Err(SwitchError::Busy);
             }
@@ -318,13 +321,9 @@ impl RelayHandle {
             }
             let (done, receiver) = oneshot::channel();
             state.switch = Some(PendingSwitch { upstream, done });
-            // Under the same lock as the checks, so no close slips in between.
             state.command = RelayCommand::Switch;
-            self.control.version.fetch_add(1, Ordering::Release);
-            drop(state);
-            self.control.changed.notify_waiters();
-            receiver
-        };
+            Ok(receiver)
+        })?;
         done.await.unwrap_or(Err(SwitchError::Ended))
     }
 
