@@ -196,23 +196,23 @@ struct CompactHead(Arc<[u8]>);
 impl CompactHead {
     fn new(request: &request::Parts) -> Self {
         let path = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // The end-to-end headers, read in place (a copy of the map to strip would cost
-        // every handshake a dozen allocations).
-        let kept = || {
-            request
-                .headers
-                .iter()
-                .filter(|(name, _)| !tower_ws_proxy::is_hop_by_hop(name, &request.headers))
-        };
+        // Sized for every header: the `Arc` below is an exact copy anyway, so one pass
+        // that skips the hop-by-hop ones (read in place: a copy of the map to strip would
+        // cost every handshake a dozen allocations) is enough.
         let size = path.len()
             + 1
-            + kept()
+            + request
+                .headers
+                .iter()
                 .map(|(n, v)| n.as_str().len() + v.len() + 2)
                 .sum::<usize>();
         let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(path.as_bytes());
         bytes.push(b'\n');
-        for (name, value) in kept() {
+        for (name, value) in &request.headers {
+            if tower_ws_proxy::is_hop_by_hop(name, &request.headers) {
+                continue;
+            }
             bytes.extend_from_slice(name.as_str().as_bytes());
             bytes.push(b':');
             bytes.extend_from_slice(value.as_bytes());
