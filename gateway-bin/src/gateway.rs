@@ -353,7 +353,12 @@ impl Gateway {
         let public_app = public::public_stack(
             config.request_timeout,
             routing.migrate,
-            WebSocketLayer::new(connections.clone(), config.relay).metrics(proxy_metrics),
+            // The accept loops give every client socket these options (serve.rs).
+            WebSocketLayer::new(
+                connections.clone(),
+                config.relay.client_keepalive_inherited(true),
+            )
+            .metrics(proxy_metrics),
             routing.ring.clone().failover(ProxyFailover),
         );
         let admin_app = admin::admin_router(admin::AdminState {
@@ -398,6 +403,7 @@ impl Gateway {
             max_headers: config.max_headers,
             open_connections: Some(Arc::new(Semaphore::new(config.max_http_connections))),
             stop_grace: config.shutdown_grace,
+            relay: config.relay,
         };
         let (public, mut servers) = if config.workers == 0 {
             let listener = TcpListener::bind(config.public).await?;

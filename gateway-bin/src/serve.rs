@@ -15,6 +15,7 @@ use tokio::{
     task::JoinSet,
 };
 use tower::ServiceExt;
+use tower_ws_proxy::{socket2::SockRef, RelayConfig};
 
 /// Resolves when a server has stopped accepting and finished its in-flight HTTP requests.
 pub(crate) type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -36,6 +37,10 @@ pub(crate) struct HttpLimits {
     pub(crate) open_connections: Option<Arc<Semaphore>>,
     /// After `stop`, in-flight requests get this long before their connections are dropped.
     pub(crate) stop_grace: Duration,
+    /// Every accepted socket gets `TCP_NODELAY` and this config's keepalive, inherited from
+    /// its listener where the platform does that (Linux), so the relay need not set them
+    /// (its config says `client_keepalive_inherited`).
+    pub(crate) relay: RelayConfig,
 }
 
 impl HttpLimits {
@@ -130,6 +135,14 @@ async fn accept_loop(
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Set once on the listener rather than five system calls per connection.
+    let inherited = match limits.relay.tune_listener(SockRef::from(&listener)) {
+        Ok(inherited) => inherited,
+        Err(error) => {
+            tracing::warn!(%error, "cannot set socket options on the listener");
+            false
+        }
+    };
     let mut connections = JoinSet::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -164,7 +177,9 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = tcp.set_nodelay(true);
+        if !inherited {
+            let _ = limits.relay.tune_socket(SockRef::from(&tcp));
+        }
         // The client's address, for X-Forwarded-For and the logs.
         let service = TowerToHyperService::new(app.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {

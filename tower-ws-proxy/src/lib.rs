@@ -54,3 +54,6 @@ pub use self::{
     },
     websocket::{ProxyFailover, WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };
+
+/// The socket options crate of [`RelayConfig::tune_listener`]'s argument.
+pub use socket2;

@@ -260,3 +260,42 @@ async fn both_sockets_get_tcp_keepalive() {
     handle.close(1001, "done");
     drop(task);
 }
+
+/// A client socket that inherited its options from the listener is left alone: the relay
+/// sets keepalive on the upstream's socket only.
+#[tokio::test]
+async fn an_inherited_client_keepalive_is_not_set_again() {
+    let (_client_side, relay_client) = socket_pair().await;
+    let (_backend_side, relay_backend) = socket_pair().await;
+    let relay_client = relay_client.into_std().unwrap();
+    let relay_backend = relay_backend.into_std().unwrap();
+    let (client, upstream) = (
+        relay_client.try_clone().unwrap(),
+        relay_backend.try_clone().unwrap(),
+    );
+    let (handle, commands) = RelayHandle::new();
+    let config = RelayConfig::default()
+        .tcp_keepalive(Some(Duration::from_secs(42)))
+        .client_keepalive_inherited(true);
+    let task = tokio::spawn(relay(
+        Peer::new(TcpStream::from_std(relay_client).unwrap()),
+        Peer::new(TcpStream::from_std(relay_backend).unwrap()),
+        config,
+        commands,
+    ));
+    let upstream = socket2::SockRef::from(&upstream);
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while !upstream.keepalive().unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the upstream's socket gets keepalive");
+    assert_eq!(
+        upstream.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(42)
+    );
+    assert!(!socket2::SockRef::from(&client).keepalive().unwrap());
+    handle.close(1001, "done");
+    drop(task);
+}

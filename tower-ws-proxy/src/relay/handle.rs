@@ -45,6 +45,11 @@ pub struct RelayConfig {
     /// TCP keepalive on both sockets, to find half-open peers: the idle time before the
     /// first probe (default: 30 s; then 3 probes 10 s apart).
     pub tcp_keepalive: Option<Duration>,
+    /// The client's socket already has `TCP_NODELAY` and this keepalive, so the relay sets
+    /// keepalive on the upstream's socket only (default: false). On Linux an accepted socket
+    /// inherits both from its listener: a server that applies
+    /// [`RelayConfig::tune_listener`] to its listener saves five system calls per connection.
+    pub client_keepalive_inherited: bool,
 }
 
 impl Default for RelayConfig {
@@ -56,6 +61,7 @@ impl Default for RelayConfig {
             switch_timeout: Duration::from_secs(2),
             limits: FrameLimits::default(),
             tcp_keepalive: Some(Duration::from_secs(30)),
+            client_keepalive_inherited: false,
         }
     }
 }
@@ -96,6 +102,61 @@ impl RelayConfig {
         self.tcp_keepalive = idle;
         self
     }
+
+    /// Says whether client sockets come with `TCP_NODELAY` and this config's keepalive
+    /// already set (see [`RelayConfig::client_keepalive_inherited`]).
+    pub fn client_keepalive_inherited(mut self, inherited: bool) -> Self {
+        self.client_keepalive_inherited = inherited;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` and this config's keepalive on a listening socket. On Linux every
+    /// socket it accepts inherits both, so a server can then skip those calls per connection
+    /// and tell the relay with [`RelayConfig::client_keepalive_inherited`]; it returns
+    /// whether that holds here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ws_proxy::RelayConfig;
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let config = RelayConfig::default().tcp_keepalive(Some(Duration::from_secs(42)));
+    /// let inherited = config.tune_listener(tower_ws_proxy::socket2::SockRef::from(&listener))?;
+    /// let config = config.client_keepalive_inherited(inherited);
+    ///
+    /// let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    /// let (accepted, _) = listener.accept()?;
+    /// if cfg!(target_os = "linux") {
+    ///     assert!(config.client_keepalive_inherited);
+    ///     assert!(accepted.nodelay()?);
+    ///     let accepted = tower_ws_proxy::socket2::SockRef::from(&accepted);
+    ///     assert_eq!(accepted.tcp_keepalive_time()?, Duration::from_secs(42));
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn tune_listener(&self, listener: socket2::SockRef<'_>) -> std::io::Result<bool> {
+        self.tune_socket(listener)?;
+        Ok(cfg!(target_os = "linux"))
+    }
+
+    /// Sets `TCP_NODELAY` and this config's keepalive on one socket: what
+    /// [`RelayConfig::tune_listener`] gives every accepted socket where they are inherited.
+    pub fn tune_socket(&self, socket: socket2::SockRef<'_>) -> std::io::Result<()> {
+        socket.set_tcp_nodelay(true)?;
+        if let Some(idle) = self.tcp_keepalive {
+            socket.set_tcp_keepalive(&keepalive_probes(idle))?;
+        }
+        Ok(())
+    }
+}
+
+/// TCP keepalive: probes after `idle` without traffic, then 3 more 10 s apart, so a peer
+/// that vanished without a FIN or RST is found.
+pub(crate) fn keepalive_probes(idle: Duration) -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3)
 }
 
 /// A request to a running relay.

@@ -24,7 +24,7 @@ use std::{
 use bytes::Bytes;
 use tokio::{net::TcpStream, time::Instant};
 
-use self::handle::Control;
+use self::handle::{keepalive_probes, Control};
 
 /// Which way a direction flows; frames toward the upstream must be masked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +197,11 @@ async fn phases<C: ClientStream>(
     commands: &RelayCommands,
     activity: &Activity,
 ) -> RelayOutcome {
-    if let (Some(idle), Some(socket)) = (config.tcp_keepalive, client.stream.socket()) {
+    if let (Some(idle), Some(socket), false) = (
+        config.tcp_keepalive,
+        client.stream.socket(),
+        config.client_keepalive_inherited,
+    ) {
         keepalive(socket, idle);
     }
     let mut outcome = RelayOutcome {
@@ -313,14 +317,9 @@ async fn idle_watch(
     std::future::pending().await
 }
 
-/// TCP keepalive: probes after `idle` without traffic, then 3 more 10 s apart, so a peer
-/// that vanished without a FIN or RST is found.
+/// Sets [`keepalive_probes`] on a socket.
 fn keepalive(socket: socket2::SockRef<'_>, idle: Duration) {
-    let probes = socket2::TcpKeepalive::new()
-        .with_time(idle)
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    if let Err(error) = socket.set_tcp_keepalive(&probes) {
+    if let Err(error) = socket.set_tcp_keepalive(&keepalive_probes(idle)) {
         tracing::debug!(%error, "cannot set TCP keepalive");
     }
 }
