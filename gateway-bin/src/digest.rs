@@ -9,13 +9,14 @@ use tower_hashring::{NodeId, Ring, RingWatch};
 
 use crate::members::{Member, Members};
 
-/// SHA-256 over the scheme and each member's id, address and weight (in id order), as 16
-/// hex digits. A member whose address is not known yet counts as `-`.
+/// SHA-256 over the ring's layout version and scheme and each member's id, address and
+/// weight (in id order), as 16 hex digits. A member whose address is not known yet counts
+/// as `-`.
 pub(crate) fn ring_digest(ring: &Ring, members: &BTreeMap<NodeId, Member>) -> String {
     let mut nodes: Vec<_> = ring.nodes().iter().collect();
     nodes.sort_by(|a, b| a.id().cmp(b.id()));
     let mut hasher = Sha256::new();
-    hasher.update(format!("{:?}\n", ring.scheme()));
+    hasher.update(format!("layout {} {:?}\n", Ring::LAYOUT, ring.scheme()));
     for node in nodes {
         let address = members
             .get(node.id())

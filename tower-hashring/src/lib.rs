@@ -34,7 +34,7 @@ pub use self::{
     ring::{
         HashScheme, InvalidLoadFactor, LoadFactor, LoadSource, MovedRange, Node, NodeId, Ring,
         RingBuilder, RingDiff, RingError, SuccessorCursor, Successors, DEFAULT_POINTS_PER_WEIGHT,
-        MAX_POINTS,
+        MAX_NODES, MAX_POINTS,
     },
     snapshot::{RingSnapshot, RingWatch},
 };

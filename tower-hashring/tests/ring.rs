@@ -26,9 +26,10 @@ fn golden_default_ring() {
 
     let ring = abc();
     assert_eq!(ring.len_points(), 4 * 2048);
-    // The documented layout, recomputed by hand: point i is XXH3_64bits(le32(i) ‖ id).
+    // The documented layout, recomputed by hand: point i is XXH3_64bits(le32(i) ‖ id) with
+    // its low 16 bits set.
     let point = |i: u32, id: &str| {
-        xxhash_rust::xxh3::xxh3_64(&[&i.to_le_bytes()[..], id.as_bytes()].concat())
+        xxhash_rust::xxh3::xxh3_64(&[&i.to_le_bytes()[..], id.as_bytes()].concat()) | 0xffff
     };
     for (i, id) in [(0, "backend-a"), (2047, "backend-b"), (4095, "backend-c")] {
         let position = point(i, id);
@@ -44,12 +45,12 @@ fn golden_default_ring() {
     assert_eq!(
         first,
         [
-            (0x0003_e71d_c4dd_0cb0, "backend-c"),
-            (0x0019_9103_3bb8_75d0, "backend-c"),
-            (0x0027_c000_69d3_4a3f, "backend-a"),
-            (0x0040_558c_8bd0_2b55, "backend-c"),
-            (0x0049_2bbe_613b_2eef, "backend-b"),
-            (0x004c_f7df_fef6_ef48, "backend-c"),
+            (0x0003_e71d_c4dd_ffff, "backend-c"),
+            (0x0019_9103_3bb8_ffff, "backend-c"),
+            (0x0027_c000_69d3_ffff, "backend-a"),
+            (0x0040_558c_8bd0_ffff, "backend-c"),
+            (0x0049_2bbe_613b_ffff, "backend-b"),
+            (0x004c_f7df_fef6_ffff, "backend-c"),
         ]
     );
     let owners: Vec<&str> = (0..8)
@@ -231,5 +232,48 @@ fn successors_are_distinct_and_start_with_the_owner() {
             20
         );
         assert_eq!(order[0], ring.route(key.as_bytes()).unwrap());
+    }
+}
+
+/// Points of two members can share a position (ketama's are 32-bit: a ring of 320,000 has
+/// some). The smaller id owns it; a change node by node keeps exactly a rebuild's points,
+/// and the diff's ranges stay well formed.
+#[test]
+fn tied_points_go_to_the_smaller_id_and_survive_changes() {
+    let ids: Vec<String> = (0..2000)
+        .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+        .collect();
+    let build = |ids: &[&String]| {
+        ids.iter()
+            .fold(Ring::builder().scheme(HashScheme::Ketama), |b, id| {
+                b.node(id.as_str(), 1)
+            })
+            .build()
+            .unwrap()
+    };
+    let ring = build(&ids.iter().collect::<Vec<_>>());
+    let points: Vec<(u64, String)> = ring
+        .points()
+        .map(|(p, n)| (p, n.id().to_string()))
+        .collect();
+    let ties: Vec<(u64, String, String)> = points
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1)
+        .map(|w| (w[0].0, w[0].1.clone(), w[1].1.clone()))
+        .collect();
+    assert!(!ties.is_empty(), "this set of ids has tied points");
+    for (position, winner, loser) in ties.iter().take(3) {
+        assert!(winner < loser);
+        assert_eq!(ring.owner_of(*position).unwrap().id().as_str(), winner);
+        let without = ring.without_node(winner);
+        let rebuilt = build(&ids.iter().filter(|id| *id != winner).collect::<Vec<_>>());
+        assert!(without.points().eq(rebuilt.points()));
+        assert_eq!(without.owner_of(*position).unwrap().id().as_str(), loser);
+        let back = without.with_node(winner.as_str(), 1).unwrap();
+        assert!(back.points().eq(ring.points()));
+        let diff = tower_hashring::RingDiff::between(&ring, &without);
+        assert!(diff.ranges().iter().all(|r| r.start <= r.end));
+        let moved = diff.moved(*position).expect("the tied position moved");
+        assert_eq!(moved.to.as_ref().unwrap().as_str(), loser);
     }
 }

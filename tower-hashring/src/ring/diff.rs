@@ -69,10 +69,10 @@ impl RingDiff {
             .map(|n| new.node_index(n.id().as_str()).map(|i| i as u32))
             .collect();
         let owner_old = |point: usize| -> Option<u32> {
-            (!old.positions().is_empty()).then(|| old.owner_index_at(point) as u32)
+            (!old.is_empty()).then(|| old.owner_index_at(point) as u32)
         };
         let owner_new = |point: usize| -> Option<u32> {
-            (!new.positions().is_empty()).then(|| new.owner_index_at(point) as u32)
+            (!new.is_empty()).then(|| new.owner_index_at(point) as u32)
         };
 
         let mut builder = RangesBuilder {
@@ -81,25 +81,31 @@ impl RingDiff {
             old_to_new,
             ranges: Vec::new(),
         };
-        let (a, b) = (old.positions(), new.positions());
+        let (a, b) = (old.len_points(), new.len_points());
+        let at =
+            |ring: &Ring, point: usize, len: usize| (point < len).then(|| ring.position_at(point));
         let (mut i, mut j) = (0usize, 0usize);
         // Every position in (previous boundary, boundary] maps to the first point at or
         // after the boundary in each ring; past the last boundary both wrap to point 0.
         let mut range_start = 0u64;
         loop {
-            let boundary = match (a.get(i), b.get(j)) {
-                (Some(&x), Some(&y)) => x.min(y),
-                (Some(&x), None) => x,
-                (None, Some(&y)) => y,
+            let (x, y) = (at(old, i, a), at(new, j, b));
+            let boundary = match (x, y) {
+                (Some(x), Some(y)) => x.min(y),
+                (Some(x), None) => x,
+                (None, Some(y)) => y,
                 (None, None) => break,
             };
-            let from = owner_old(if i < a.len() { i } else { 0 });
-            let to = owner_new(if j < b.len() { j } else { 0 });
-            builder.push(range_start, boundary, from, to);
-            if a.get(i) == Some(&boundary) {
+            let from = owner_old(if i < a { i } else { 0 });
+            let to = owner_new(if j < b { j } else { 0 });
+            // A point tied with the one before it owns no position of its own.
+            if range_start <= boundary {
+                builder.push(range_start, boundary, from, to);
+            }
+            if x == Some(boundary) {
                 i += 1;
             }
-            if b.get(j) == Some(&boundary) {
+            if y == Some(boundary) {
                 j += 1;
             }
             match boundary.checked_add(1) {

@@ -16,14 +16,26 @@ pub use self::{
 
 use std::{collections::BTreeMap, fmt};
 
-/// The most points a ring may hold (16.7 M, about 200 MiB with its index).
+/// The most points a ring may hold (16.7 M, about 140 MiB with its index).
 pub const MAX_POINTS: u64 = 1 << 24;
+
+/// The most members a ring may hold: a point keeps its owner's index in its low 16 bits.
+pub const MAX_NODES: usize = 1 << OWNER_BITS;
+
+/// A point is one `u64`: its position's top 48 bits, then its owner's index in `nodes`.
+const OWNER_BITS: u32 = 16;
+const OWNER_MASK: u64 = (1 << OWNER_BITS) - 1;
+/// Points per bucket of the index, on average at most: a lookup reads one or two cache
+/// lines of points, and a change rewrites a quarter of the index it would at one per point.
+const POINTS_PER_BUCKET: usize = 4;
 
 /// An immutable consistent hash ring.
 ///
 /// Build one with [`Ring::builder`]. Lookups hash the key once, then find the owning point
-/// through a bucket index over the top bits of the position (about one point per bucket),
-/// so they cost the same at 10 or 1000 nodes and never allocate.
+/// through a bucket index over the top bits of the position (a few points per bucket),
+/// so they cost the same at 10 or 1000 nodes and never allocate. A point is one `u64`
+/// holding both its position and its owner, so a lookup reads one array, and a change
+/// copies 8 bytes per point.
 ///
 /// The layout is fully determined by the [`HashScheme`] and the set of `(id, weight)`
 /// pairs: the order in which nodes were added does not matter.
@@ -48,12 +60,12 @@ pub const MAX_POINTS: u64 = 1 << 24;
 #[derive(Clone)]
 pub struct Ring {
     scheme: HashScheme,
-    /// Members sorted by id; owners refer to them by index.
+    /// Members sorted by id; points refer to them by index.
     nodes: Box<[Node]>,
-    /// Sorted, distinct point positions.
-    positions: Box<[u64]>,
-    /// `owners[i]` is the index in `nodes` of the node owning `positions[i]`.
-    owners: Box<[u32]>,
+    /// Sorted points: each is its position's top 48 bits, then its owner's index in `nodes`
+    /// (so tied positions sort by owner, the smaller id first). The point's position is
+    /// these bits with the low 16 set: it owns every key up to the end of its 2^16 window.
+    points: Box<[u64]>,
     /// `index[b]` is the first point at or after bucket `b`'s start (`b << index_shift`);
     /// it has one more entry than there are buckets.
     index: Box<[u32]>,
@@ -79,6 +91,11 @@ pub enum RingError {
         /// Points the weights ask for.
         requested: u64,
     },
+    /// More than [`MAX_NODES`] members.
+    TooManyNodes {
+        /// Members asked for.
+        requested: usize,
+    },
 }
 
 impl fmt::Display for RingError {
@@ -87,6 +104,10 @@ impl fmt::Display for RingError {
             RingError::TooManyPoints { requested } => write!(
                 f,
                 "the node weights ask for {requested} ring points, more than the limit of {MAX_POINTS}; lower the weights or the points per weight"
+            ),
+            RingError::TooManyNodes { requested } => write!(
+                f,
+                "{requested} ring members, more than the limit of {MAX_NODES}"
             ),
         }
     }
@@ -149,6 +170,15 @@ impl RingBuilder {
 }
 
 impl Ring {
+    /// The version of the point layout. It changes whenever the same scheme and members
+    /// could route a key elsewhere, so gateways that compare rings (a digest, say) should
+    /// include it. Version 2: a point's position keeps 48 bits of its hash.
+    ///
+    /// ```
+    /// assert_eq!(tower_hashring::Ring::LAYOUT, 2);
+    /// ```
+    pub const LAYOUT: u32 = 2;
+
     /// Starts building a ring.
     pub fn builder() -> RingBuilder {
         RingBuilder::default()
@@ -161,8 +191,7 @@ impl Ring {
         Ring {
             scheme,
             nodes: Box::default(),
-            positions: Box::default(),
-            owners: Box::default(),
+            points: Box::default(),
             index,
             index_shift,
             routable: 0,
@@ -178,27 +207,23 @@ impl Ring {
         if requested > MAX_POINTS {
             return Err(RingError::TooManyPoints { requested });
         }
-        let mut points: Vec<(u64, u32)> = Vec::with_capacity(requested as usize);
-        let mut scratch = Vec::new();
+        if nodes.len() > MAX_NODES {
+            return Err(RingError::TooManyNodes {
+                requested: nodes.len(),
+            });
+        }
+        let mut points: Vec<u64> = Vec::with_capacity(requested as usize);
+        let mut routable = 0;
         for (index, node) in nodes.iter().enumerate() {
-            scratch.clear();
-            scheme.push_points(node.id.as_str(), node.weight, &mut scratch);
-            points.extend(scratch.iter().map(|&p| (p, index as u32)));
+            let before = points.len();
+            node_points(scheme, node, index as u32, &mut points);
+            routable += usize::from(points.len() > before);
         }
         // Ties on position go to the smaller node index, which is the smaller id. Tied points
         // are all kept (a lookup finds the first): removing a node then leaves exactly the
         // points a rebuild without it would have, which incremental changes rely on.
         points.sort_unstable();
-
-        let (positions, owners): (Vec<u64>, Vec<u32>) = points.into_iter().unzip();
-        let mut has_points = vec![false; nodes.len()];
-        for &owner in &owners {
-            has_points[owner as usize] = true;
-        }
-        let routable = has_points.iter().filter(|&&b| b).count();
-        Ok(Ring::assemble(
-            scheme, nodes, positions, owners, routable, None,
-        ))
+        Ok(Ring::assemble(scheme, nodes, points, routable, None))
     }
 
     /// This ring with node `id` added at `weight` (or re-weighted, if it is there): the same
@@ -220,47 +245,44 @@ impl Ring {
             return self.without_node(id.as_str()).with_node(id, weight);
         }
         let added = self.scheme.points_for(weight);
-        let requested = (self.positions.len() as u64).saturating_add(added);
+        let requested = (self.points.len() as u64).saturating_add(added);
         if requested > MAX_POINTS {
             return Err(RingError::TooManyPoints { requested });
+        }
+        if self.nodes.len() >= MAX_NODES {
+            return Err(RingError::TooManyNodes {
+                requested: self.nodes.len() + 1,
+            });
         }
         let at = self
             .nodes
             .binary_search_by(|n| n.id.as_str().cmp(id.as_str()))
             .unwrap_or_else(|i| i) as u32;
+        let node = Node::new(id, weight);
         let mut new = Vec::with_capacity(added as usize);
-        self.scheme.push_points(id.as_str(), weight, &mut new);
+        node_points(self.scheme, &node, at, &mut new);
         new.sort_unstable();
-        // A merge by (position, node index), the order a rebuild's sort gives, done as bulk
-        // copies of the runs of old points between two new ones (a new node's points are
-        // few and spread out); old owners at or past the new node's index move up one.
-        let mut runs = Runs::new(self, self.positions.len() + new.len(), at, 1);
-        let (old_positions, old_owners) = (&self.positions[..], &self.owners[..]);
+        // A merge in the order a rebuild's sort gives, done as bulk copies of the runs of old
+        // points between two new ones (a new node's points are few and spread out). Old
+        // owners at or past `at` move up one, which keeps their order against the new
+        // points: an old point tied with a new one sorts after it exactly when its owner
+        // index is `at` or more, as it is before the shift.
+        let mut runs = Runs::new(self, self.points.len() + new.len(), at, 1);
+        let old = &self.points[..];
         let mut from = 0;
         for &point in &new {
-            let mut to = gallop(old_positions, from, point);
-            while to < old_positions.len() && old_positions[to] == point && old_owners[to] < at {
-                to += 1;
-            }
+            let to = gallop(old, from, point);
             runs.copy(from..to);
-            runs.positions.push(point);
-            runs.owners.push(at);
+            runs.points.push(point);
             from = to;
         }
-        runs.copy(from..old_positions.len());
-        let (positions, owners) = (runs.positions, runs.owners);
+        runs.copy(from..old.len());
+        let points = runs.points;
         let routable = self.routable + usize::from(!new.is_empty());
-        let index = self.index_after(&new, true, positions.len());
+        let index = self.index_after(&new, true, points.len());
         let mut nodes = self.nodes.to_vec();
-        nodes.insert(at as usize, Node::new(id, weight));
-        Ok(Ring::assemble(
-            self.scheme,
-            nodes,
-            positions,
-            owners,
-            routable,
-            index,
-        ))
+        nodes.insert(at as usize, node);
+        Ok(Ring::assemble(self.scheme, nodes, points, routable, index))
     }
 
     /// This ring without node `id` (the same ring, if it is not there): the same ring a
@@ -278,64 +300,53 @@ impl Ring {
         let Some(at) = self.node_index(id) else {
             return self.clone();
         };
-        let node = &self.nodes[at];
         let at = at as u32;
-        // Where its points are: found from their positions, which its id and weight give.
-        let mut removed = Vec::with_capacity(self.scheme.points_for(node.weight) as usize);
-        self.scheme
-            .push_points(node.id.as_str(), node.weight, &mut removed);
+        // Where its points are: found from their values, which its id, weight and index give.
+        let mut removed =
+            Vec::with_capacity(self.scheme.points_for(self.nodes[at as usize].weight) as usize);
+        node_points(self.scheme, &self.nodes[at as usize], at, &mut removed);
         removed.sort_unstable();
-        let (old_positions, old_owners) = (&self.positions[..], &self.owners[..]);
+        let old = &self.points[..];
         let mut slots = Vec::with_capacity(removed.len());
         let mut from = 0;
         for &point in &removed {
-            let mut slot = gallop(old_positions, from, point);
-            while slot < old_positions.len()
-                && old_positions[slot] == point
-                && old_owners[slot] != at
-            {
-                slot += 1;
-            }
-            if old_owners.get(slot) != Some(&at) || old_positions[slot] != point {
+            let slot = gallop(old, from, point);
+            if old.get(slot) != Some(&point) {
                 // Not where its hashes say (cannot happen for a ring built here): filter.
                 return self.without_node_filtered(at);
             }
             slots.push(slot);
             from = slot + 1;
         }
-        let mut runs = Runs::new(self, old_positions.len() - slots.len(), at, -1);
+        let mut runs = Runs::new(self, old.len() - slots.len(), at, -1);
         let mut from = 0;
         for &slot in &slots {
             runs.copy(from..slot);
             from = slot + 1;
         }
-        runs.copy(from..old_positions.len());
-        let (positions, owners) = (runs.positions, runs.owners);
-        let routable = self.routable - usize::from(!removed.is_empty());
-        let index = self.index_after(&removed, false, positions.len());
-        let mut nodes = self.nodes.to_vec();
-        nodes.remove(at as usize);
-        Ring::assemble(self.scheme, nodes, positions, owners, routable, index)
+        runs.copy(from..old.len());
+        self.assemble_without(at, runs.points, &removed)
     }
 
     /// [`without_node`](Self::without_node) by one filtering pass over every point.
     fn without_node_filtered(&self, at: u32) -> Ring {
-        let kept = self.positions.len() - self.owners.iter().filter(|&&o| o == at).count();
-        let (mut positions, mut owners) = (Vec::with_capacity(kept), Vec::with_capacity(kept));
-        let mut removed = Vec::with_capacity(self.positions.len() - kept);
-        for (&position, &owner) in self.positions.iter().zip(self.owners.iter()) {
-            if owner != at {
-                positions.push(position);
-                owners.push(owner - u32::from(owner > at));
-            } else {
-                removed.push(position);
+        let (mut points, mut removed) = (Vec::with_capacity(self.points.len()), Vec::new());
+        for &point in self.points.iter() {
+            match (point & OWNER_MASK) as u32 {
+                owner if owner == at => removed.push(point),
+                owner => points.push(point - u64::from(owner > at)),
             }
         }
+        self.assemble_without(at, points, &removed)
+    }
+
+    /// This ring without the node at `at`, whose sorted points were `removed`, over `points`.
+    fn assemble_without(&self, at: u32, points: Vec<u64>, removed: &[u64]) -> Ring {
         let routable = self.routable - usize::from(!removed.is_empty());
-        let index = self.index_after(&removed, false, positions.len());
+        let index = self.index_after(removed, false, points.len());
         let mut nodes = self.nodes.to_vec();
         nodes.remove(at as usize);
-        Ring::assemble(self.scheme, nodes, positions, owners, routable, index)
+        Ring::assemble(self.scheme, nodes, points, routable, index)
     }
 
     /// The bucket index once the sorted points `changed` are added (or removed), for a ring
@@ -379,19 +390,17 @@ impl Ring {
     fn assemble(
         scheme: HashScheme,
         nodes: Vec<Node>,
-        positions: Vec<u64>,
-        owners: Vec<u32>,
+        points: Vec<u64>,
         routable: usize,
         index: Option<(Box<[u32]>, u32)>,
     ) -> Ring {
-        let (index, index_shift) = index.unwrap_or_else(|| build_index(&positions));
+        let (index, index_shift) = index.unwrap_or_else(|| build_index(&points));
         Ring {
             scheme,
             routable,
             total_weight: nodes.iter().map(|n| u64::from(n.weight)).sum(),
             nodes: nodes.into_boxed_slice(),
-            positions: positions.into_boxed_slice(),
-            owners: owners.into_boxed_slice(),
+            points: points.into_boxed_slice(),
             index,
             index_shift,
         }
@@ -424,12 +433,12 @@ impl Ring {
 
     /// Whether no key can be routed (no members, or all drained).
     pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
+        self.points.is_empty()
     }
 
     /// The number of points on the ring.
     pub fn len_points(&self) -> usize {
-        self.positions.len()
+        self.points.len()
     }
 
     /// The sum of all members' weights.
@@ -437,12 +446,12 @@ impl Ring {
         self.total_weight
     }
 
-    /// Iterates over the points in ring order as `(position, owner)`.
+    /// Iterates over the points in ring order as `(position, owner)`: the owner takes every
+    /// key position after the previous point's, up to and including this one's.
     pub fn points(&self) -> impl ExactSizeIterator<Item = (u64, &Node)> + '_ {
-        self.positions
+        self.points
             .iter()
-            .zip(self.owners.iter())
-            .map(|(&p, &o)| (p, &self.nodes[o as usize]))
+            .map(|&p| (p | OWNER_MASK, &self.nodes[(p & OWNER_MASK) as usize]))
     }
 
     /// The ring position of a key under this ring's scheme.
@@ -461,7 +470,7 @@ impl Ring {
     #[inline]
     pub fn owner_of(&self, position: u64) -> Option<&Node> {
         let point = self.point_at_or_after(position)?;
-        Some(&self.nodes[self.owners[point] as usize])
+        Some(&self.nodes[self.owner_index_at(point)])
     }
 
     /// The distinct nodes in ring order from a key's owner on: the owner, then failover
@@ -478,26 +487,36 @@ impl Ring {
     /// The index of the first point at or after `position`, wrapping to the first point.
     #[inline]
     fn point_at_or_after(&self, position: u64) -> Option<usize> {
-        if self.positions.is_empty() {
+        if self.points.is_empty() {
             return None;
         }
+        // A point at or past this holds a position at or past `position` (its low bits, the
+        // owner, stand for all ones); the shift is at least 32, so the bucket is the same.
+        let floor = position & !OWNER_MASK;
         let bucket = (position >> self.index_shift) as usize;
         let start = self.index[bucket] as usize;
         let end = self.index[bucket + 1] as usize;
-        let found = start + self.positions[start..end].partition_point(|&p| p < position);
-        Some(if found == self.positions.len() {
-            0
-        } else {
-            found
-        })
+        let found = start + self.points[start..end].partition_point(|&p| p < floor);
+        Some(if found == self.points.len() { 0 } else { found })
     }
 
     pub(crate) fn owner_index_at(&self, point: usize) -> usize {
-        self.owners[point] as usize
+        (self.points[point] & OWNER_MASK) as usize
     }
 
-    pub(crate) fn positions(&self) -> &[u64] {
-        &self.positions
+    /// The position of the point at `point` (see [`Ring::points`]).
+    pub(crate) fn position_at(&self, point: usize) -> u64 {
+        self.points[point] | OWNER_MASK
+    }
+}
+
+/// Appends a node's points, owned by index `owner`: each position's top 48 bits, then the
+/// owner.
+fn node_points(scheme: HashScheme, node: &Node, owner: u32, out: &mut Vec<u64>) {
+    let start = out.len();
+    scheme.push_points(node.id.as_str(), node.weight, out);
+    for point in &mut out[start..] {
+        *point = (*point & !OWNER_MASK) | u64::from(owner);
     }
 }
 
@@ -507,73 +526,72 @@ impl Ring {
 /// doubling steps from `from` and then a binary search within the last step: the next
 /// changed point is a few thousand points on, so this touches a few cache lines near the
 /// cursor instead of a binary search's ~21 misses across the whole array.
-fn gallop(positions: &[u64], from: usize, point: u64) -> usize {
+fn gallop(points: &[u64], from: usize, point: u64) -> usize {
     let mut low = from;
     let mut step = 1;
-    while low + step < positions.len() && positions[low + step] < point {
+    while low + step < points.len() && points[low + step] < point {
         low += step;
         step *= 2;
     }
-    let high = (low + step).min(positions.len());
-    low + positions[low..high].partition_point(|&p| p < point)
+    let high = (low + step).min(points.len());
+    low + points[low..high].partition_point(|&p| p < point)
 }
 
 /// Builds a changed ring's points from runs of an old ring's: `at` is the changed node's
 /// index, and owner indices past it move by `step` (+1 when a node was inserted at `at`,
 /// -1 when the node at `at` was removed).
 struct Runs<'a> {
-    positions: Vec<u64>,
-    owners: Vec<u32>,
-    old_positions: &'a [u64],
-    old_owners: &'a [u32],
-    at: u32,
+    points: Vec<u64>,
+    old: &'a [u64],
+    at: u64,
     step: i32,
 }
 
 impl<'a> Runs<'a> {
     fn new(ring: &'a Ring, capacity: usize, at: u32, step: i32) -> Self {
         Self {
-            positions: Vec::with_capacity(capacity),
-            owners: Vec::with_capacity(capacity),
-            old_positions: &ring.positions,
-            old_owners: &ring.owners,
-            at,
+            points: Vec::with_capacity(capacity),
+            old: &ring.points,
+            at: u64::from(at),
             step,
         }
     }
 
-    /// Appends the old points `range`: a copy and a plain map over slices, which the
-    /// compiler vectorises.
+    /// Appends the old points `range` with their owners moved: a plain map over a slice,
+    /// which the compiler vectorises.
     fn copy(&mut self, range: std::ops::Range<usize>) {
-        self.positions
-            .extend_from_slice(&self.old_positions[range.clone()]);
-        let (run, at) = (self.old_owners[range].iter(), self.at);
+        let (run, at) = (self.old[range].iter(), self.at);
         if self.step > 0 {
-            self.owners.extend(run.map(|&o| o + u32::from(o >= at)));
+            self.points
+                .extend(run.map(|&p| p + u64::from(p & OWNER_MASK >= at)));
         } else {
-            self.owners.extend(run.map(|&o| o - u32::from(o > at)));
+            self.points
+                .extend(run.map(|&p| p - u64::from(p & OWNER_MASK > at)));
         }
     }
 }
 
 fn index_bits(len: usize) -> u32 {
-    len.next_power_of_two().trailing_zeros().clamp(1, 32)
+    (len.next_power_of_two() / POINTS_PER_BUCKET)
+        .max(1)
+        .trailing_zeros()
+        .clamp(1, 32)
 }
 
-fn build_index(positions: &[u64]) -> (Box<[u32]>, u32) {
-    let bits = index_bits(positions.len());
+fn build_index(points: &[u64]) -> (Box<[u32]>, u32) {
+    let bits = index_bits(points.len());
     let shift = 64 - bits;
     let buckets = 1usize << bits;
     let mut index = Vec::with_capacity(buckets + 1);
     let mut point = 0usize;
     for bucket in 0..buckets {
         let start = (bucket as u64) << shift;
-        while point < positions.len() && positions[point] < start {
+        while point < points.len() && points[point] < start {
             point += 1;
         }
         index.push(point as u32);
     }
-    index.push(positions.len() as u32);
+    index.push(points.len() as u32);
     (index.into_boxed_slice(), shift)
 }
 
@@ -582,7 +600,7 @@ impl fmt::Debug for Ring {
         f.debug_struct("Ring")
             .field("scheme", &self.scheme)
             .field("nodes", &self.nodes)
-            .field("points", &self.positions.len())
+            .field("points", &self.points.len())
             .finish()
     }
 }

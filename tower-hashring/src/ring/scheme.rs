@@ -13,8 +13,9 @@ const KETAMA_POINTS_PER_WEIGHT: u32 = 160;
 ///
 /// Both schemes map keys and points to `u64` positions; a key belongs to the node owning the
 /// first point at or after the key's position, wrapping around past the largest point.
-/// Points with equal positions are de-duplicated, keeping the one whose node id sorts first
-/// (byte-wise).
+/// A point's position is its hash below with the low 16 bits set to one (the ring keeps the
+/// point's owner in those bits, so a point is 8 bytes). Where points share a position the
+/// one whose node id sorts first (byte-wise) owns it.
 ///
 /// ```
 /// use tower_hashring::HashScheme;
@@ -32,7 +33,7 @@ pub enum HashScheme {
     ///
     /// - key position = `XXH3_64bits(key bytes)` (seed 0);
     /// - point `i` of node `id`, for `i` in `0 .. points_per_weight × weight`, is at
-    ///   `XXH3_64bits(le32(i) ‖ UTF-8 bytes of id)`: the point number as 4 little-endian
+    ///   `XXH3_64bits(le32(i) ‖ UTF-8 bytes of id) | 0xffff`: the point number as 4 little-endian
     ///   bytes, then the id. (Not the id with seed `i`: XXH3 mixes a seed linearly into
     ///   short inputs, so the points of ids such as `n0` and `n1` would coincide.)
     ///
@@ -47,7 +48,8 @@ pub enum HashScheme {
     /// (an id without `:` is all host, empty port). With `crc32` the IEEE CRC-32 (zlib's),
     /// point `j` (of `160 × weight`) is `crc32(host ‖ 0x00 ‖ port ‖ le32(point j−1))`,
     /// with point −1 taken as 0; a key's hash is `crc32(key)`. Positions are these 32-bit
-    /// values shifted into the high half of a `u64`, which keeps their order.
+    /// values shifted into the high half of a `u64`, which keeps their order (a point's low
+    /// half is then `0xffff`, which changes no owner).
     Ketama,
 }
 
