@@ -11,34 +11,38 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{strip_hop_by_hop, Peer, ProxyBody, UpstreamError};
+use crate::{is_hop_by_hop, strip_hop_by_hop, Peer, ProxyBody, UpstreamError};
 
 /// The most a backend's response head may take.
 const MAX_HEAD: usize = 16 * 1024;
 /// The most headers a backend's response may have.
 const MAX_HEADERS: usize = 64;
 
-/// Writes `request` (already stripped of hop-by-hop headers, with the upgrade headers set)
-/// and reads the answer: a 101 leaves the connection, with any bytes read past the head, to
-/// the relay; another status comes back with its body (by `content-length`; a response
-/// without one ends at EOF).
+/// Writes the client's request head as the backend's (its method, path and query, and its
+/// end-to-end headers, with the upgrade headers set) and reads the answer: a 101 leaves the
+/// connection, with any bytes read past the head, to the relay; another status comes back
+/// with its body (by `content-length`; a response without one ends at EOF).
 pub(crate) async fn handshake(
     mut tcp: TcpStream,
-    request: &request::Parts,
+    client: &request::Parts,
 ) -> Result<(Response<ProxyBody>, Option<Peer>), UpstreamError> {
+    // Written straight from the client's head: no copy of its header map per handshake.
     let mut head = Vec::with_capacity(512);
-    let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    head.extend_from_slice(request.method.as_str().as_bytes());
+    let target = client.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    head.extend_from_slice(client.method.as_str().as_bytes());
     head.extend_from_slice(b" ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &request.headers {
+    for (name, value) in &client.headers {
+        if is_hop_by_hop(name, &client.headers) {
+            continue;
+        }
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     tcp.write_all(&head).await.map_err(UpstreamError::Connect)?;
 
     let mut buffer = Vec::with_capacity(1024);

@@ -175,20 +175,9 @@ impl Upstream {
         .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
 
-        let mut request = Request::builder()
-            .method(client.method.clone())
-            .uri(client.uri.path_and_query().map_or("/", |pq| pq.as_str()))
-            .body(())
-            .map_err(|e| UpstreamError::Http(e.into()))?
-            .into_parts()
-            .0;
-        request.headers = client.headers.clone();
-        strip_hop_by_hop(&mut request.headers);
-        set_upgrade_headers(&mut request.headers);
-
         let (mut response, upgraded) = tokio::time::timeout(
             self.config.handshake_timeout,
-            handshake::handshake(tcp, &request),
+            handshake::handshake(tcp, client),
         )
         .await
         .map_err(|_| UpstreamError::HandshakeTimeout)??;
