@@ -136,6 +136,20 @@ pub struct Peer<S = TcpStream> {
     preread: Bytes,
 }
 
+impl Peer {
+    /// This peer with its socket registered on the current runtime's I/O driver. A socket
+    /// dialed on another runtime (a migrator's) would otherwise be driven by that runtime:
+    /// every read would wake the relay from another thread, and the socket would stop
+    /// working if that runtime shut down. Two system calls (deregister, register).
+    fn on_this_runtime(self) -> std::io::Result<Peer> {
+        let stream = TcpStream::from_std(self.stream.into_std()?)?;
+        Ok(Peer {
+            stream,
+            preread: self.preread,
+        })
+    }
+}
+
 impl<S> Peer<S> {
     /// A peer with nothing read yet.
     pub fn new(stream: S) -> Self {
@@ -220,7 +234,16 @@ async fn phases<C: ClientStream>(
         match (up.handover, down.handed_over, pending) {
             (Some(leftover), true, Some(next)) => {
                 client.preread = leftover.into();
-                *upstream = next.upstream;
+                *upstream = match next.upstream.on_this_runtime() {
+                    Ok(peer) => peer,
+                    Err(error) => {
+                        // Only when the dialing runtime is gone mid-switch: the new socket
+                        // went with it, and the old upstream is closed.
+                        tracing::warn!(%error, "the switched-to socket was lost");
+                        let _ = next.done.send(Err(SwitchError::Ended));
+                        return outcome;
+                    }
+                };
                 outcome.switches += 1;
                 commands.control.modify(|command| {
                     let switching = *command == RelayCommand::Switch;
