@@ -1,6 +1,8 @@
 //! A live move that cannot happen falls back to Reconnect, over a real relay: the client gets
 //! the policy's close, and the outcome says why.
 
+mod common;
+
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -18,21 +20,14 @@ use tower_ws_proxy::{
     frame::close_frame, relay, Peer, RelayConfig, RelayHandle, Upstream, UpstreamConfig,
 };
 
-async fn socket_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (accepted, connected) = tokio::join!(listener.accept(), connect);
-    (connected.unwrap(), accepted.unwrap().0)
-}
-
 /// A relayed connection: the client's end of it, and its handle.
 async fn relayed() -> (TcpStream, TcpStream, RelayHandle) {
     relayed_with(RelayConfig::default()).await
 }
 
 async fn relayed_with(config: RelayConfig) -> (TcpStream, TcpStream, RelayHandle) {
-    let (client, relay_client) = socket_pair().await;
-    let (upstream, relay_upstream) = socket_pair().await;
+    let (client, relay_client) = common::socket_pair().await;
+    let (upstream, relay_upstream) = common::socket_pair().await;
     let (handle, commands) = RelayHandle::new();
     tokio::spawn(relay(
         Peer::new(relay_client),
@@ -49,17 +44,7 @@ async fn accepting_backend() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tcp.read_u8().await.unwrap());
-        }
-        tcp.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        let mut tcp = common::accept_handshake(&listener).await;
         let mut rest = Vec::new();
         let _ = tcp.read_to_end(&mut rest).await;
     });

@@ -1,6 +1,8 @@
 //! A live move hands the relay a socket dialed on the migrator's runtime; the relay takes it onto
 //! its own I/O driver, so the moved connection outlives the migrator's runtime.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
 use http::HeaderMap;
@@ -24,30 +26,13 @@ fn runtime() -> Runtime {
         .unwrap()
 }
 
-async fn socket_pair() -> (TcpStream, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let connect = TcpStream::connect(listener.local_addr().unwrap());
-    let (accepted, connected) = tokio::join!(listener.accept(), connect);
-    (connected.unwrap(), accepted.unwrap().0)
-}
-
 /// A backend that takes one WebSocket handshake, then answers each masked frame of up to
 /// 125 bytes with [`PONG`].
 async fn ponging_backend() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(tcp.read_u8().await.unwrap());
-        }
-        tcp.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        let mut tcp = common::accept_handshake(&listener).await;
         loop {
             let mut header = [0u8; 2];
             if tcp.read_exact(&mut header).await.is_err() {
@@ -86,8 +71,8 @@ fn a_moved_connection_outlives_the_migrators_runtime() {
     // The relay's runtime: the connection is opened and relayed here.
     let relays = runtime();
     let (mut client, connection) = relays.block_on(async {
-        let (client, relay_client) = socket_pair().await;
-        let (old_backend, relay_upstream) = socket_pair().await;
+        let (client, relay_client) = common::socket_pair().await;
+        let (old_backend, relay_upstream) = common::socket_pair().await;
         tokio::spawn(answer_the_close(old_backend));
         let (handle, commands) = RelayHandle::new();
         tokio::spawn(relay(
