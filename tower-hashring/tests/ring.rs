@@ -3,7 +3,7 @@
 use std::{collections::HashSet, net::SocketAddr};
 
 use proptest::prelude::*;
-use tower_hashring::{HashScheme, Node, Ring, RingError, MAX_POINTS};
+use tower_hashring::{HashScheme, Node, Ring, RingError, MAX_NODES, MAX_POINTS};
 
 fn abc() -> Ring {
     Ring::builder()
@@ -186,6 +186,34 @@ fn empty_ring_routes_nothing() {
     assert!(ring.is_empty());
     assert_eq!(ring.route(b"user-1"), None);
     assert_eq!(ring.successors(b"user-1").next(), None);
+}
+
+/// A point keeps its owner's index in 16 bits: a 65,537th member is an error, whether the
+/// ring is built or grown.
+#[test]
+fn too_many_members_are_an_error_not_a_panic() {
+    let ids = |n: usize| (0..n).map(|i| Node::new(format!("n{i}"), 0));
+    let err = Ring::builder()
+        .nodes(ids(MAX_NODES + 1))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RingError::TooManyNodes {
+            requested: MAX_NODES + 1
+        }
+    );
+    assert!(err.to_string().contains(&MAX_NODES.to_string()));
+
+    let full = Ring::builder().nodes(ids(MAX_NODES)).build().unwrap();
+    assert_eq!(
+        full.with_node("one-more", 1).unwrap_err(),
+        RingError::TooManyNodes {
+            requested: MAX_NODES + 1
+        }
+    );
+    // Re-weighing a member of a full ring is no new member.
+    assert!(full.with_node("n7", 1).is_ok());
 }
 
 #[test]

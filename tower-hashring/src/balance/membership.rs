@@ -12,7 +12,7 @@ use tower::discover::Change;
 
 use crate::{
     error::{BoxError, MissingKey, NoBackend},
-    ring::{LoadFactor, LoadSource, NodeId, Ring, SuccessorCursor, MAX_POINTS},
+    ring::{LoadFactor, LoadSource, NodeId, Ring, SuccessorCursor, MAX_NODES, MAX_POINTS},
     snapshot::{RingPublisher, RingSnapshot, RingWatch},
     HashScheme, KeyExtractor, MissingKeyPolicy, Node, RoutingKey,
 };
@@ -79,8 +79,12 @@ impl Membership {
     }
 
     /// Inserts or re-weights a node. Refuses (returns false) a weight that would push the
-    /// ring past [`MAX_POINTS`], keeping the ring buildable.
+    /// ring past [`MAX_POINTS`], or a new node past [`MAX_NODES`], keeping the ring buildable.
     pub(crate) fn insert(&mut self, id: NodeId, weight: u32) -> bool {
+        if self.weights.len() >= MAX_NODES && !self.weights.contains_key(&id) {
+            tracing::warn!(node = %id, "refusing node: the ring holds its limit of {MAX_NODES} members");
+            return false;
+        }
         let others: u64 = self
             .weights
             .iter()
@@ -289,5 +293,27 @@ impl Candidates {
                 return Some(index);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member past the node limit is refused, as one past the point limit is, so the ring
+    /// stays buildable; the members already there can still be re-weighed or removed.
+    #[test]
+    fn a_member_past_the_node_limit_is_refused() {
+        let mut membership = Membership::new(HashScheme::default());
+        // Drained members (weight 0) place no points, so only the count is at stake.
+        membership.weights = (0..MAX_NODES)
+            .map(|n| (NodeId::from(format!("n{n}")), 0))
+            .collect();
+        assert!(!membership.insert(NodeId::from("one-more"), 1));
+        assert!(!membership.weights.contains_key(&NodeId::from("one-more")));
+        assert!(membership.insert(NodeId::from("n7"), 1), "a re-weight");
+        membership.remove(&NodeId::from("n8"));
+        assert!(membership.insert(NodeId::from("one-more"), 1), "room again");
+        assert!(membership.publish_if_changed().is_some(), "the ring builds");
     }
 }
