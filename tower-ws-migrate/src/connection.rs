@@ -209,10 +209,7 @@ impl CompactHead {
         let mut bytes = Vec::with_capacity(size);
         bytes.extend_from_slice(path.as_bytes());
         bytes.push(b'\n');
-        for (name, value) in &request.headers {
-            if tower_ws_proxy::is_hop_by_hop(name, &request.headers) {
-                continue;
-            }
+        for (name, value) in tower_ws_proxy::end_to_end_headers(&request.headers) {
             bytes.extend_from_slice(name.as_str().as_bytes());
             bytes.push(b':');
             bytes.extend_from_slice(value.as_bytes());

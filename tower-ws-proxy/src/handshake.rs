@@ -11,7 +11,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{is_hop_by_hop, strip_hop_by_hop, Peer, ProxyBody, UpstreamError};
+use crate::{end_to_end_headers, strip_hop_by_hop, Peer, ProxyBody, UpstreamError};
 
 /// The most a backend's response head may take.
 const MAX_HEAD: usize = 16 * 1024;
@@ -33,10 +33,7 @@ pub(crate) async fn handshake(
     head.extend_from_slice(b" ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &client.headers {
-        if is_hop_by_hop(name, &client.headers) {
-            continue;
-        }
+    for (name, value) in end_to_end_headers(&client.headers) {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());

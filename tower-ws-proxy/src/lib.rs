@@ -49,8 +49,9 @@ pub use self::{
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     traffic::{Flow, Traffic, TrafficTotals},
     upstream::{
-        is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop, tcp_peer, BoxError, ProxyBody,
-        Upstream, UpstreamConfig, UpstreamError, UpstreamSocket, WebSocketAnswer,
+        end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop, tcp_peer,
+        BoxError, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
+        WebSocketAnswer,
     },
     websocket::{ProxyFailover, WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };

@@ -328,6 +328,29 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
         || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
 }
 
+/// The end-to-end headers among `headers`: every one but the hop-by-hop ones (see
+/// [`is_hop_by_hop`]), read in place, for code that copies them to another hop without
+/// changing (or copying) the map.
+///
+/// ```
+/// use http::{header, HeaderMap, HeaderValue};
+/// use tower_ws_proxy::end_to_end_headers;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade, x-trace"));
+/// headers.insert("x-trace", HeaderValue::from_static("1"));
+/// headers.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+/// let kept: Vec<_> = end_to_end_headers(&headers).map(|(name, _)| name.as_str()).collect();
+/// assert_eq!(kept, ["cookie"]);
+/// ```
+pub fn end_to_end_headers(
+    headers: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers
+        .iter()
+        .filter(move |(name, _)| !is_hop_by_hop(name, headers))
+}
+
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
