@@ -1,6 +1,7 @@
 //! What every public request goes through before the proxy.
 
 use std::{
+    io::Write,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -115,8 +116,14 @@ impl Default for GatewayRequestIds {
 impl MakeRequestId for GatewayRequestIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:x}-{n}", self.pid);
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        // On the stack (8 hex digits, `-`, 20 digits at most), copied once into the value.
+        let mut id = [0u8; 32];
+        let len = {
+            let mut out = &mut id[..];
+            write!(out, "{:x}-{n}", self.pid).ok()?;
+            32 - out.len()
+        };
+        HeaderValue::from_bytes(&id[..len]).ok().map(RequestId::new)
     }
 }
 
@@ -138,5 +145,23 @@ mod tests {
         }
         let long = HeaderValue::from_str(&"a".repeat(MAX_REQUEST_ID + 1)).unwrap();
         assert!(!is_valid_id(&long));
+    }
+
+    #[test]
+    fn new_request_ids_are_the_pid_in_hex_and_a_counter() {
+        let mut ids = GatewayRequestIds::default();
+        let request = Request::new(());
+        let next = |ids: &mut GatewayRequestIds| {
+            let id = ids.make_request_id(&request).expect("an id");
+            id.header_value().to_str().unwrap().to_owned()
+        };
+        let pid = format!("{:x}", std::process::id());
+        assert_eq!(next(&mut ids), format!("{pid}-0"));
+        assert_eq!(next(&mut ids), format!("{pid}-1"));
+        // The largest counter still fits the stack buffer.
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        let last = next(&mut ids);
+        assert_eq!(last, format!("{pid}-{}", u64::MAX));
+        assert!(is_valid_id(&HeaderValue::from_str(&last).unwrap()));
     }
 }

@@ -1,7 +1,11 @@
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) toward the backends.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+};
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -23,33 +27,102 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// assert_eq!(headers["x-forwarded-proto"], "http");
 /// ```
 pub fn set_forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, proto: &'static str) {
-    let ip = client.ip();
-    let for_list = match headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-    {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip.to_string(),
+    // The address formatted on the stack, and each value built in one exact allocation:
+    // this runs on every request.
+    let mut text = [0u8; 64];
+    let ip = {
+        let mut out = &mut text[..];
+        // Cannot fail: the longest IPv6 text is 45 bytes.
+        let _ = write!(out, "{}", client.ip());
+        let left = out.len();
+        &text[..text.len() - left]
     };
-    let node = match ip {
-        IpAddr::V4(ip) => ip.to_string(),
-        // RFC 7239 §6: an IPv6 node is bracketed and quoted.
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    // RFC 7239 §6: an IPv6 node is bracketed and quoted.
+    let (open, close): (&[u8], &[u8]) = match client.ip() {
+        IpAddr::V4(_) => (b"", b""),
+        IpAddr::V6(_) => (b"\"[", b"]\""),
     };
-    let element = format!("for={node};proto={proto}");
-    let forwarded = match headers
-        .get(header::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-    {
-        Some(earlier) => format!("{earlier}, {element}"),
-        None => element,
-    };
+    let for_list = appended(headers.get(X_FORWARDED_FOR), &[ip]);
+    let forwarded = appended(
+        headers.get(header::FORWARDED),
+        &[b"for=", open, ip, close, b";proto=", proto.as_bytes()],
+    );
     for (name, value) in [(X_FORWARDED_FOR, for_list), (header::FORWARDED, forwarded)] {
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(value) {
             headers.insert(name, value);
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// `<earlier>, <parts…>`, or the parts alone when there is no readable earlier list.
+fn appended(earlier: Option<&HeaderValue>, parts: &[&[u8]]) -> Bytes {
+    let earlier = earlier
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty());
+    let size = earlier.map_or(0, |v| v.len() + 2) + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut value = Vec::with_capacity(size);
+    if let Some(earlier) = earlier {
+        value.extend_from_slice(earlier.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    for part in parts {
+        value.extend_from_slice(part);
+    }
+    Bytes::from(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::set_forwarded_headers;
+
+    fn forwarded(earlier: &[(&str, &[u8])], client: &str) -> (String, String) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in earlier {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            headers.append(name, HeaderValue::from_bytes(value).unwrap());
+        }
+        set_forwarded_headers(&mut headers, client.parse().unwrap(), "https");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        let text = |name: &str| headers[name].to_str().unwrap().to_owned();
+        (text("x-forwarded-for"), text("forwarded"))
+    }
+
+    #[test]
+    fn the_client_is_appended_to_what_came_before() {
+        assert_eq!(
+            forwarded(&[], "203.0.113.9:5000"),
+            ("203.0.113.9".into(), "for=203.0.113.9;proto=https".into())
+        );
+        assert_eq!(
+            forwarded(
+                &[
+                    ("x-forwarded-for", b"10.0.0.1"),
+                    ("forwarded", b"for=10.0.0.1")
+                ],
+                "[2001:db8::1]:443"
+            ),
+            (
+                "10.0.0.1, 2001:db8::1".into(),
+                "for=10.0.0.1, for=\"[2001:db8::1]\";proto=https".into()
+            )
+        );
+        // The longest IPv6 text still fits.
+        let (for_list, _) = forwarded(&[], "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1");
+        assert_eq!(for_list, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+    }
+
+    #[test]
+    fn blank_or_unreadable_earlier_values_are_replaced() {
+        for earlier in [&b"  "[..], &b"caf\xc3\xa9"[..]] {
+            let (for_list, forwarded) = forwarded(
+                &[("x-forwarded-for", earlier), ("forwarded", earlier)],
+                "192.0.2.1:80",
+            );
+            assert_eq!(for_list, "192.0.2.1");
+            assert_eq!(forwarded, "for=192.0.2.1;proto=https");
+        }
+    }
 }

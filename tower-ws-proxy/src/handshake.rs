@@ -3,7 +3,9 @@
 //! spawn a connection task and hand the socket back through an upgrade, which costs more
 //! per handshake than the whole exchange.)
 
-use bytes::Bytes;
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
 use http::{request, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use tokio::{
@@ -42,14 +44,17 @@ pub(crate) async fn handshake(
     head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     tcp.write_all(&head).await.map_err(UpstreamError::Connect)?;
 
-    let mut buffer = Vec::with_capacity(1024);
+    // Read straight into spare capacity: no zeroed chunk per read.
+    let mut buffer = BytesMut::with_capacity(1024);
     let (response, head_len) = loop {
         if buffer.len() >= MAX_HEAD {
             return Err(http_error("the backend's response head is too large"));
         }
-        let mut chunk = [0u8; 4096];
+        if buffer.capacity() - buffer.len() < 512 {
+            buffer.reserve(4096);
+        }
         let read = tcp
-            .read(&mut chunk)
+            .read_buf(&mut buffer)
             .await
             .map_err(|e| UpstreamError::Http(e.into()))?;
         if read == 0 {
@@ -57,14 +62,14 @@ pub(crate) async fn handshake(
                 "the backend closed the connection before answering",
             ));
         }
-        buffer.extend_from_slice(&chunk[..read]);
         if let Some(parsed) = parse_head(&buffer)? {
             break parsed;
         }
     };
     let rest = buffer.split_off(head_len);
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let peer = Peer::with_preread(tcp, Bytes::from(rest));
+        // Usually nothing follows the 101; what does is copied, so the head's buffer goes.
+        let peer = Peer::with_preread(tcp, Bytes::copy_from_slice(&rest));
         return Ok((response.map(|()| ProxyBody::default()), Some(peer)));
     }
     // A refusal: read its body so the client gets the backend's reason.
@@ -75,11 +80,11 @@ pub(crate) async fn handshake(
     let mut body = rest;
     match length {
         Some(length) if length <= MAX_HEAD => {
+            body.reserve(length.saturating_sub(body.len()));
             while body.len() < length {
-                let mut chunk = [0u8; 4096];
-                match tcp.read(&mut chunk).await {
+                match tcp.read_buf(&mut body).await {
                     Ok(0) | Err(_) => break,
-                    Ok(read) => body.extend_from_slice(&chunk[..read]),
+                    Ok(_) => {}
                 }
             }
             body.truncate(length);
@@ -88,7 +93,7 @@ pub(crate) async fn handshake(
         _ => body.clear(),
     }
     let mut response = response.map(|()| {
-        Full::new(Bytes::from(body))
+        Full::new(body.freeze())
             .map_err(|never| match never {})
             .boxed_unsync()
     });
@@ -100,9 +105,14 @@ pub(crate) async fn handshake(
 
 /// Parses a complete response head; `None` while more bytes are needed.
 fn parse_head(buffer: &[u8]) -> Result<Option<(Response<()>, usize)>, UpstreamError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(buffer) {
+    // Uninitialised: the parser writes what it finds, so 2 KiB need not be zeroed first.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buffer,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => {

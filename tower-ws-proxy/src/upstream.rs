@@ -283,13 +283,15 @@ impl fmt::Debug for Upstream {
 /// ```
 pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
     let has_token = |name: HeaderName, token: &str| {
-        request
-            .headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+        request.headers().get_all(name).iter().any(|value| {
+            // The usual value is the token alone: no split needed.
+            value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
+                || value.to_str().is_ok_and(|value| {
+                    value
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case(token))
+                })
+        })
     };
     request.method() == http::Method::GET
         && has_token(header::CONNECTION, "upgrade")
@@ -324,8 +326,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// assert!(!is_hop_by_hop(&header::SEC_WEBSOCKET_KEY, &headers));
 /// ```
 pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    HOP_BY_HOP.contains(name)
-        || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
+    HOP_BY_HOP.contains(name) || names_in_connection(name, headers)
+}
+
+/// Whether `headers`' `Connection` lists `name`.
+fn names_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_str()))
+}
+
+/// Whether `Connection` lists anything beyond the standard hop-by-hop names (a WebSocket
+/// upgrade's lists `Upgrade`, perhaps `keep-alive`): only then must each header be looked up
+/// among its tokens.
+fn connection_names_more(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|token| {
+        !HOP_BY_HOP
+            .iter()
+            .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+    })
 }
 
 /// The end-to-end headers among `headers`: every one but the hop-by-hop ones (see
@@ -346,9 +363,11 @@ pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
 pub fn end_to_end_headers(
     headers: &HeaderMap,
 ) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    headers
-        .iter()
-        .filter(move |(name, _)| !is_hop_by_hop(name, headers))
+    // `Connection` read once per map, not once per header.
+    let listed = connection_names_more(headers);
+    headers.iter().filter(move |(name, _)| {
+        !(HOP_BY_HOP.contains(name) || listed && names_in_connection(name, headers))
+    })
 }
 
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -387,4 +406,55 @@ pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer, Upgraded> {
 fn set_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::{end_to_end_headers, is_hop_by_hop};
+
+    /// The one-pass filter keeps exactly what the per-header rule keeps, whatever
+    /// `Connection` lists (standard names only, a custom one, several headers, odd spacing).
+    #[test]
+    fn end_to_end_headers_agree_with_is_hop_by_hop() {
+        let connections: [&[&str]; 7] = [
+            &[],
+            &["Upgrade"],
+            &["keep-alive, Upgrade"],
+            &["close"],
+            &["upgrade, X-Trace"],
+            &["upgrade", " x-trace ,, cookie"],
+            &["Upgrade, TE, proxy-connection"],
+        ];
+        for connection in connections {
+            let mut headers = HeaderMap::new();
+            for value in connection {
+                headers.append("connection", HeaderValue::from_str(value).unwrap());
+            }
+            for (name, value) in [
+                ("upgrade", "websocket"),
+                ("x-trace", "1"),
+                ("cookie", "a=1"),
+                ("close", "x"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("sec-websocket-key", "k"),
+            ] {
+                headers.append(name, HeaderValue::from_static(value));
+            }
+            let kept: Vec<_> = end_to_end_headers(&headers).map(|(n, _)| n).collect();
+            let expected: Vec<_> = headers
+                .iter()
+                .filter(|(name, _)| !is_hop_by_hop(name, &headers))
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(kept, expected, "Connection: {connection:?}");
+            assert!(kept.iter().any(|n| *n == "sec-websocket-key"));
+            let named_trace = connection
+                .iter()
+                .any(|v| v.contains("x-trace") || v.contains("X-Trace"));
+            assert_eq!(kept.iter().any(|n| *n == "x-trace"), !named_trace);
+        }
+    }
 }
