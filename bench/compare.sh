@@ -140,6 +140,13 @@ cpu_ticks() { # user + system clock ticks of a process and its children
   done
   echo "$total"
 }
+sys_ticks() { # system (kernel) clock ticks alone: what no user-space change can remove
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" || true); do
+    total=$(( total + $(awk '{print $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1); $(haproxy -v | head -1)"
 echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
 for round in $(seq "$rounds"); do
@@ -149,11 +156,14 @@ for round in $(seq "$rounds"); do
   for target in "${rotated[@]}"; do
     pid=${proxy_pid[$target]}
     before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    sys_before=$([ -n "$pid" ] && sys_ticks "$pid" || echo 0)
     "$bin/wsload" --url "${url[$target]}" --connections "$conns" --messages "$msgs" --size "$size" \
       --time-limit 120 --label "$target" | tee -a "$tmp/results.txt"
     # The proxy's CPU time per echo round trip (two relayed messages), in microseconds.
     after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    sys_after=$([ -n "$pid" ] && sys_ticks "$pid" || echo 0)
     echo "$target $(( after - before )) $(getconf CLK_TCK) $(( conns * msgs ))" >>"$tmp/cpu.txt"
+    echo "$target $(( sys_after - sys_before )) $(getconf CLK_TCK) $(( conns * msgs ))" >>"$tmp/cpu.txt.sys"
   done
 done
 
@@ -175,10 +185,11 @@ for target in "${idle_targets[@]}"; do
 done
 
 # Interleaved rounds over direct and the two peers beside wscluster: wsload with the given
-# arguments, its output appended to $1, and "<target> <proxy CPU ticks> <ticks/s> $3" to $2.
+# arguments, its output appended to $1, and "<target> <proxy CPU ticks> <ticks/s> $3" to $2
+# (and the same with the kernel's ticks alone to $2.sys).
 peer_targets=(direct wscluster nginx haproxy)
 peer_rounds() {
-  local results=$1 cpu=$2 unit=$3 round shift_by target pid before after
+  local results=$1 cpu=$2 unit=$3 round shift_by target pid before after sys_before sys_after
   shift 3
   for round in $(seq "$rounds"); do
     shift_by=$(( (round - 1) % ${#peer_targets[@]} ))
@@ -187,15 +198,19 @@ peer_rounds() {
       [[ " ${order[*]} " == *" $target "* ]] || continue
       pid=${proxy_pid[$target]}
       before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+      sys_before=$([ -n "$pid" ] && sys_ticks "$pid" || echo 0)
       "$bin/wsload" --url "${url[$target]}" "$@" --time-limit 120 --label "$target" | tee -a "$results"
       after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+      sys_after=$([ -n "$pid" ] && sys_ticks "$pid" || echo 0)
       echo "$target $(( after - before )) $(getconf CLK_TCK) $unit" >>"$cpu"
+      echo "$target $(( sys_after - sys_before )) $(getconf CLK_TCK) $unit" >>"$cpu.sys"
     done
   done
 }
 
 # Large messages: bytes per second and the proxy's CPU per MiB relayed.
-touch "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt"
+touch "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" \
+  "$tmp/cpu.txt.sys" "$tmp/handshake-cpu.txt.sys"
 if [ "$large_conns" -gt 0 ] 2>/dev/null; then
   peer_rounds "$tmp/large.txt" "$tmp/large-cpu.txt" "$(( large_conns * large_msgs )) $large_size" \
     --connections "$large_conns" --messages "$large_msgs" --size "$large_size"
@@ -218,18 +233,23 @@ for line in open(sys.argv[1]):
     if m:
         rows.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
 rss = dict(l.split()[0::2] for l in open(sys.argv[2]) if l.strip())
-cpu = {}
-for l in open(sys.argv[3]):
-    t, ticks, hz, round_trips = l.split()
-    cpu.setdefault(t, []).append(int(ticks) / int(hz) * 1e6 / int(round_trips))
+def per_unit(path):
+    """Median-ready lists of µs per unit from "<target> <ticks> <hz> <units>" lines."""
+    out = {}
+    for l in open(path):
+        t, ticks, hz, units = l.split()[:4]
+        out.setdefault(t, []).append(int(ticks) / int(hz) * 1e6 / int(units))
+    return out
+cpu = per_unit(sys.argv[3])
+cpu_sys = per_unit(sys.argv[3] + ".sys")
 med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
 print()
-print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs / round trip | RSS/idle conn |")
+print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs / round trip (kernel's) | RSS/idle conn |")
 print("|---|---|---|---|---|---|---|---|---|")
 for t in [t for t in ["direct", "wscluster", "wscluster-before", "wscluster-shared-rt", "axum-fast", "axum-generic", "nginx", "haproxy"] if t in med]:
     h, m, p50, p99, p999, e = med[t]
     r = f"{int(rss[t]):,} B" if t in rss else "-"
-    c = f"{statistics.median(cpu[t]):.1f}" if t != "direct" else "-"
+    c = f"{statistics.median(cpu[t]):.1f} ({statistics.median(cpu_sys[t]):.1f})" if t != "direct" and t in cpu_sys else "-"
     print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {c} | {r} |")
 def cpu_of(t):
     return statistics.median(cpu[t])
@@ -280,21 +300,29 @@ for line in open(sys.argv[6]):
     m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s", line)
     if m:
         hs.setdefault(m[1], []).append(float(m[2]))
-hs_cpu = {}
-for l in open(sys.argv[7]):
-    t, ticks, hz, count = l.split()
-    hs_cpu.setdefault(t, []).append(int(ticks) / int(hz) * 1e6 / int(count))
+hs_cpu = per_unit(sys.argv[7])
+hs_sys = per_unit(sys.argv[7] + ".sys")
+def kernel_floor(label, ours_sys, peer_cpu, peers):
+    # The kernel's share of our CPU over each peer's whole CPU: a floor for the ratio that
+    # no user-space change goes below.
+    for peer in peers:
+        if "wscluster" in ours_sys and peer in peer_cpu:
+            f = statistics.median(ours_sys["wscluster"]) / max(statistics.median(peer_cpu[peer]), 1e-9)
+            print(f"{label}, wscluster's kernel CPU alone / {peer}'s whole CPU: {f:.2f}x")
 if hs:
     print()
     print("Handshakes alone (one echo each):")
-    print("| target | handshakes/s | proxy CPU µs / handshake |")
-    print("|---|---|---|")
+    print("| target | handshakes/s | proxy CPU µs / handshake | of which the kernel's |")
+    print("|---|---|---|---|")
     for t in [t for t in ["direct", "wscluster", "nginx", "haproxy"] if t in hs]:
         c = f"{statistics.median(hs_cpu[t]):.0f}" if t != "direct" else "-"
-        print(f"| {t} | {statistics.median(hs[t]):.0f} | {c} |")
+        k = f"{statistics.median(hs_sys[t]):.0f}" if t != "direct" and t in hs_sys else "-"
+        print(f"| {t} | {statistics.median(hs[t]):.0f} | {c} | {k} |")
     for peer in ["nginx", "haproxy"]:
         if "wscluster" in hs and peer in hs:
             r = statistics.median(hs["wscluster"]) / statistics.median(hs[peer])
             c = statistics.median(hs_cpu["wscluster"]) / max(statistics.median(hs_cpu[peer]), 1e-9)
             print(f"handshakes, wscluster / {peer}: handshakes/s {r:.2f}x, CPU/handshake {c:.2f}x")
+    kernel_floor("handshakes", hs_sys, hs_cpu, ["nginx", "haproxy"])
+kernel_floor("echo round trips", cpu_sys, cpu, ["nginx", "haproxy"])
 PY
