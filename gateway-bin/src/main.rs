@@ -75,12 +75,6 @@ fn parse_backend(value: &str) -> Result<(NodeId, SocketAddr), String> {
     Ok((NodeId::from(id), address))
 }
 
-/// mimalloc: a handshake allocates a few dozen small blocks, and glibc's allocator made
-/// about a tenth of its CPU (bench/README.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
