@@ -9,7 +9,9 @@
 # A last step sends large messages (LARGE="connections messages bytes", default 50 x 20 x 1 MiB;
 # LARGE=0 skips it) through direct, wscluster, nginx and HAProxy, and reports MiB/s and the
 # proxy's CPU per MiB. Then handshakes alone (HANDSHAKES=3000 WebSockets, one echo each;
-# HANDSHAKES=0 skips it): handshakes/s and the proxy's CPU per handshake.
+# HANDSHAKES=0 skips it): handshakes/s and the proxy's CPU per handshake. PERF=1 then profiles
+# one more handshake pass per proxy with `perf record` (Debian's linux-perf) and splits its CPU
+# per handshake into the kernel's and its own code's.
 # Usage: [BASELINE=path] bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -224,6 +226,30 @@ if [ "$handshakes" -gt 0 ] 2>/dev/null; then
     --connections "$handshakes" --messages 1 --size "$size"
 fi
 
+# Where each proxy's handshake CPU goes: perf's samples in the kernel and in user space (the
+# proxy's code and its libraries), per handshake, from one pass of $handshakes handshakes.
+if [ "${PERF:-0}" = 1 ] && [ "$handshakes" -gt 0 ] 2>/dev/null; then
+  command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
+  { echo; echo "Handshake CPU by perf (1999 samples/s, one pass of $handshakes):"
+    echo "| target | kernel µs / handshake | user-space µs / handshake |"
+    echo "|---|---|---|"; } >"$tmp/perf.txt"
+  for target in wscluster nginx haproxy; do
+    [[ " ${order[*]} " == *" $target "* ]] || continue
+    pid=${proxy_pid[$target]}
+    pids=$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')
+    perf record -q -F 1999 -p "$pids" -o "$tmp/perf-$target.data" 2>/dev/null & recorder=$!
+    sleep 0.5
+    "$bin/wsload" --url "${url[$target]}" --connections "$handshakes" --messages 1 --size "$size" \
+      --time-limit 120 --label "$target" >/dev/null
+    kill -INT "$recorder"; wait "$recorder" 2>/dev/null || true
+    perf report -q -i "$tmp/perf-$target.data" --sort dso -F sample,dso --stdio 2>/dev/null |
+      awk -v t="$target" -v n="$handshakes" '
+        $2 == "[kernel.kallsyms]" { k += $1; next } NF >= 2 { u += $1 }
+        END { printf "| %s | %.0f | %.0f |\n", t, k / 1999 * 1e6 / n, u / 1999 * 1e6 / n }' \
+      >>"$tmp/perf.txt"
+  done
+fi
+
 touch "$tmp/rss.txt"
 python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" <<'PY'
 import re, statistics, sys
@@ -326,3 +352,4 @@ if hs:
     kernel_floor("handshakes", hs_sys, hs_cpu, ["nginx", "haproxy"])
 kernel_floor("echo round trips", cpu_sys, cpu, ["nginx", "haproxy"])
 PY
+[ -s "$tmp/perf.txt" ] && cat "$tmp/perf.txt"

@@ -88,7 +88,7 @@ async fn one_connection(
     start_messages.wait().await;
     if let Some(hold) = args.hold {
         tokio::time::sleep(Duration::from_secs(hold)).await;
-        let _ = socket.close(None).await;
+        close_as_a_browser_does(&mut socket).await;
         return report;
     }
     let payload = "x".repeat(args.size);
@@ -117,8 +117,24 @@ async fn one_connection(
             }
         }
     }
-    let _ = socket.close(None).await;
+    close_as_a_browser_does(&mut socket).await;
     report
+}
+
+/// Sends a Close, then reads until the server's Close ends the stream (RFC 6455 §7.1.1: the
+/// server closes TCP first), as browsers do, instead of dropping the socket right after its
+/// own Close. Bounded: a server that never answers gets 5 s.
+async fn close_as_a_browser_does<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if socket.close(None).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 #[tokio::main]
