@@ -135,20 +135,16 @@ if [ -n "${TARGETS:-}" ]; then read -r -a order <<<"$TARGETS"; fi
 declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared
   [axum-generic]=$axum_generic [axum-fast]=$axum_fast [nginx]=$nginx_master [haproxy]=$haproxy_pid
   [wscluster-before]=$before_pid)
-cpu_ticks() { # user + system clock ticks of a process and its children
-  local total=0 p
+stat_ticks() { # $1: an awk sum of /proc/<pid>/stat fields, over process $2 and its children
+  local fields=$1 total=0 p
+  shift
   for p in "$@" $(pgrep -P "$1" || true); do
-    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+    total=$(( total + $(awk "{print $fields}" "/proc/$p/stat" 2>/dev/null || echo 0) ))
   done
   echo "$total"
 }
-sys_ticks() { # system (kernel) clock ticks alone: what no user-space change can remove
-  local total=0 p
-  for p in "$@" $(pgrep -P "$1" || true); do
-    total=$(( total + $(awk '{print $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
-  done
-  echo "$total"
-}
+cpu_ticks() { stat_ticks '$14 + $15' "$@"; } # user + system clock ticks
+sys_ticks() { stat_ticks '$15' "$@"; } # the kernel's alone: what no user-space change removes
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(nginx -v 2>&1); $(haproxy -v | head -1)"
 echo "load: $conns connections x $msgs echo round trips of $size bytes, $rounds interleaved rounds"
 for round in $(seq "$rounds"); do

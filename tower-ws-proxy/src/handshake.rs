@@ -128,15 +128,17 @@ fn parse_head(buffer: &[u8]) -> Result<Option<(Response<()>, usize)>, UpstreamEr
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = Version::HTTP_11;
-    // Own allocations: nothing keeps the read buffer alive.
+    // Sized once; own allocations: nothing keeps the read buffer alive.
+    let headers = response.headers_mut();
+    headers.reserve(parsed.headers.len());
     for header in parsed.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| http_error("the backend sent an invalid header name"))?;
         let value = HeaderValue::from_bytes(header.value)
             .map_err(|_| http_error("the backend sent an invalid header value"))?;
-        response.headers_mut().append(name, value);
+        headers.append(name, value);
     }
-    strip_hop_by_hop(response.headers_mut());
+    strip_hop_by_hop(headers);
     Ok(Some((response, head_len)))
 }
 

@@ -301,14 +301,26 @@ pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, and the
 /// standard ones. `Sec-WebSocket-*` headers are end-to-end and stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if connection_names_more(headers) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    // Found in one pass over the names rather than nine lookups: a map holds one or two of
+    // them (a 101's `Connection` and `Upgrade`).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[at] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -370,7 +382,8 @@ pub fn end_to_end_headers(
     })
 }
 
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP_COUNT: usize = 9;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -412,10 +425,11 @@ fn set_upgrade_headers(headers: &mut HeaderMap) {
 mod tests {
     use http::{HeaderMap, HeaderValue};
 
-    use super::{end_to_end_headers, is_hop_by_hop};
+    use super::{end_to_end_headers, is_hop_by_hop, strip_hop_by_hop};
 
-    /// The one-pass filter keeps exactly what the per-header rule keeps, whatever
-    /// `Connection` lists (standard names only, a custom one, several headers, odd spacing).
+    /// The one-pass filter keeps exactly what the per-header rule keeps, and stripping a map
+    /// leaves exactly that, whatever `Connection` lists (standard names only, a custom one,
+    /// several headers, odd spacing).
     #[test]
     fn end_to_end_headers_agree_with_is_hop_by_hop() {
         let connections: [&[&str]; 7] = [
@@ -436,6 +450,7 @@ mod tests {
                 ("upgrade", "websocket"),
                 ("x-trace", "1"),
                 ("cookie", "a=1"),
+                ("cookie", "b=2"),
                 ("close", "x"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
@@ -450,6 +465,18 @@ mod tests {
                 .map(|(n, _)| n)
                 .collect();
             assert_eq!(kept, expected, "Connection: {connection:?}");
+            let mut stripped = headers.clone();
+            strip_hop_by_hop(&mut stripped);
+            let pairs = |iter: &mut dyn Iterator<Item = (&http::HeaderName, &HeaderValue)>| {
+                let mut pairs: Vec<_> = iter.map(|(n, v)| format!("{n}: {v:?}")).collect();
+                pairs.sort();
+                pairs
+            };
+            assert_eq!(
+                pairs(&mut stripped.iter()),
+                pairs(&mut end_to_end_headers(&headers)),
+                "Connection: {connection:?}"
+            );
             assert!(kept.iter().any(|n| *n == "sec-websocket-key"));
             let named_trace = connection
                 .iter()
