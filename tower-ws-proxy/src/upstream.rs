@@ -282,16 +282,14 @@ impl fmt::Debug for Upstream {
 /// assert!(is_websocket_upgrade(&req));
 /// ```
 pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
     let has_token = |name: HeaderName, token: &str| {
-        request.headers().get_all(name).iter().any(|value| {
-            // The usual value is the token alone: no split needed.
-            value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
-                || value.to_str().is_ok_and(|value| {
-                    value
-                        .split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case(token))
-                })
-        })
+        // The usual value is the token alone: no split needed.
+        headers
+            .get_all(&name)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
+            || header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
     };
     request.method() == http::Method::GET
         && has_token(header::CONNECTION, "upgrade")
@@ -397,8 +395,13 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 
 /// The header names a `Connection` header lists.
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    header_tokens(headers, header::CONNECTION)
+}
+
+/// The comma-separated tokens of every `name` header, trimmed, empty ones skipped.
+fn header_tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -425,7 +428,42 @@ fn set_upgrade_headers(headers: &mut HeaderMap) {
 mod tests {
     use http::{HeaderMap, HeaderValue};
 
-    use super::{end_to_end_headers, is_hop_by_hop, strip_hop_by_hop};
+    use super::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop};
+
+    /// The token alone, in a list, in any case, spread over several headers: all upgrades;
+    /// a token that only starts like one, or another method, is not.
+    #[test]
+    fn websocket_upgrades_are_found_in_any_token_list() {
+        let request = |method: &str, connection: &[&str], upgrade: &str| {
+            let mut request = http::Request::builder().method(method).uri("/");
+            for value in connection {
+                request = request.header("connection", *value);
+            }
+            request.header("upgrade", upgrade).body(()).unwrap()
+        };
+        for (connection, upgrade) in [
+            (&["Upgrade"][..], "websocket"),
+            (&["keep-alive, Upgrade"], "WebSocket"),
+            (&[" upgrade "], "h2c, websocket"),
+            (&["keep-alive", "upgrade"], "websocket"),
+        ] {
+            assert!(
+                is_websocket_upgrade(&request("GET", connection, upgrade)),
+                "{connection:?} {upgrade:?}"
+            );
+        }
+        for (method, connection, upgrade) in [
+            ("GET", &["upgraded"][..], "websocket"),
+            ("GET", &["keep-alive"], "websocket"),
+            ("GET", &["upgrade"], "websockets"),
+            ("POST", &["upgrade"], "websocket"),
+        ] {
+            assert!(
+                !is_websocket_upgrade(&request(method, connection, upgrade)),
+                "{method} {connection:?} {upgrade:?}"
+            );
+        }
+    }
 
     /// The one-pass filter keeps exactly what the per-header rule keeps, and stripping a map
     /// leaves exactly that, whatever `Connection` lists (standard names only, a custom one,
