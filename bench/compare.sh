@@ -23,7 +23,7 @@ handshakes=${HANDSHAKES:-3000}
 
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
 command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
-cargo build --release -q -p gateway-bin --bins
+cargo build --release -q -p gateway-bin -p reference-backend -p wscluster-tools --bins
 bin=target/release
 ulimit -n "$(ulimit -Hn)"
 

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5} count=${2:-6000}
 shift $(( $# >= 2 ? 2 : $# ))
-cargo build --release -q -p gateway-bin --bins
+cargo build --release -q -p gateway-bin -p reference-backend -p wscluster-tools --bins
 bin=target/release
 gateways=("$@"); [ ${#gateways[@]} -gt 0 ] || gateways=("$bin/gateway-bin")
 ulimit -n "$(ulimit -Hn)"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3} conns=${2:-9000} rate=${3:-1} policy=${4:-live}
 # The gateway holds two descriptors per connection: 9000 fits under a 20,000 hard limit.
 # BIN_DIR=<another build's target/release> runs that build instead (before/after comparisons).
-if [ -z "${BIN_DIR:-}" ]; then cargo build --release -q -p gateway-bin --bins; fi
+if [ -z "${BIN_DIR:-}" ]; then cargo build --release -q -p gateway-bin -p reference-backend -p wscluster-tools --bins; fi
 bin=${BIN_DIR:-target/release}
 ulimit -n "$(ulimit -Hn)"
 

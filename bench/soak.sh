@@ -36,7 +36,7 @@ hostile_seconds=$((hostile_answer_ms * 2 / 1000 + 10)) # a handshake and an answ
 max_backends=${MAX_BACKENDS:-6}
 min_backends=2
 
-cargo build --release -q -p gateway-bin --bins
+cargo build --release -q -p gateway-bin -p reference-backend -p wscluster-tools --bins
 bin=target/release
 ulimit -n "$(ulimit -Hn)"
 command -v jq >/dev/null || { echo "soak: needs jq" >&2; exit 2; }

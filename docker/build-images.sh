@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -q \
-  --target x86_64-unknown-linux-gnu -p gateway-bin --bin wsbackend --bin gateway-bin
+  --target x86_64-unknown-linux-gnu -p reference-backend --bin wsbackend -p gateway-bin --bin gateway-bin
 # A context with the binary alone, not the whole target directory.
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT

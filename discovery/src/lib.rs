@@ -16,6 +16,11 @@
 //! - [`FlapDamping::wrap`]: holds out a member that keeps leaving and coming back, so one
 //!   bad backend cannot cause a storm of ring changes.
 //!
+//! - [`Membership`]: several of them merged into the one member set a ring is built from
+//!   (which source owns an id, collisions, admin weights, leave and return, damping, health).
+//! - [`Scaler`]: starts and stops backends on request; [`DockerScaler`] and [`SwarmScaler`]
+//!   are two.
+//!
 //! The task-fed sources all hand out a [`MemberChanges`] stream. Each source's client is
 //! behind a cargo feature, off by default, so an app that needs only static lists and
 //! health checks compiles none of them: `redis` (Redis), `amqp` (RabbitMQ, lapin),
@@ -47,9 +52,11 @@ mod docker;
 #[cfg(feature = "amqp")]
 mod events;
 mod health;
+mod membership;
 mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
+mod scale;
 mod static_list;
 #[cfg(feature = "docker")]
 mod swarm;
@@ -73,6 +80,8 @@ pub use self::{
     changes::MemberChanges,
     damping::{FlapDamping, HeldDown},
     health::HealthCheck,
+    membership::{Member, MemberState, Membership, MembershipChanges, OffRing, Origin, MAX_WEIGHT},
     metrics::{DiscoveryMetrics, ErrorKind, Source},
+    scale::{Ownership, ScaleError, ScaleFuture, ScaledMembers, Scaler},
     static_list::StaticDiscovery,
 };

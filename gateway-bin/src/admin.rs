@@ -12,7 +12,7 @@ use axum::{
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use serde_json::json;
-use tower_hashring::{HttpKey, LoadSource, NodeId, SharedHashRing};
+use tower_hashring::{HttpKey, NodeId, SharedHashRing};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_ws_migrate::{FallbackKind, MigrationMetrics, MigrationStats, ProxiedConnection};
 use tower_ws_proxy::{BoxError, LiveConnections, ProxyBody, ProxyFailover, Upstream};
@@ -20,16 +20,15 @@ use tower_ws_proxy::{BoxError, LiveConnections, ProxyBody, ProxyFailover, Upstre
 use crate::{
     admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
     dashboard::{self, RecentMoves},
-    members::{Member, Members, Origin, MAX_WEIGHT},
     metrics::GatewayMetrics,
-    scale::{Ownership, ScaleError, Scaler},
 };
+use discovery::{Backend, Member, Membership, Origin, Ownership, ScaleError, Scaler, MAX_WEIGHT};
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) ring: SharedHashRing<Upstream, HttpKey>,
-    pub(crate) members: Members,
+    pub(crate) members: Membership,
     pub(crate) connections: LiveConnections<ProxiedConnection>,
     pub(crate) stats: MigrationStats,
     pub(crate) drain_window: Duration,
@@ -99,7 +98,7 @@ async fn route_keys(State(state): State<AdminState>, body: axum::body::Bytes) ->
         .iter()
         .map(|key| ring.route(key.as_bytes()).map(|node| node.id().as_str()))
         .collect();
-    let members = state.members.lock().clone();
+    let members = state.members.members();
     Json(json!({
         "version": snapshot.version(),
         "digest": crate::digest::ring_digest(ring, &members),
@@ -120,7 +119,7 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
     let ring = snapshot.ring();
     let counts = state.connections.per_backend();
     let traffic = state.connections.traffic_per_backend();
-    let members = state.members.lock().clone();
+    let members = state.members.members();
     let states: BTreeMap<_, _> = state.members.states(ring).into_iter().collect();
     let shares = dashboard::shares(ring);
     let describe = |id: &NodeId| {
@@ -128,7 +127,7 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
         json!({
             "id": id.as_str(),
             "connections": counts.get(id).copied().unwrap_or(0),
-            "state": states.get(id).copied().unwrap_or("up"),
+            "state": states.get(id).map_or("up", |state| state.as_str()),
             "traffic": {
                 "to_backend": { "messages": totals.to_backend.messages, "bytes": totals.to_backend.bytes },
                 "to_client": { "messages": totals.to_client.messages, "bytes": totals.to_client.bytes },
@@ -141,7 +140,10 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
         .zip(&shares)
         .map(|(node, share)| {
             let mut entry = describe(node.id());
-            entry["address"] = json!(members.get(node.id()).map(|m| m.address.to_string()));
+            let address = members
+                .get(node.id())
+                .map(|m| m.backend.address.to_string());
+            entry["address"] = json!(address);
             entry["weight"] = json!(node.weight());
             entry["share"] = json!(share);
             entry
@@ -151,10 +153,10 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
         .members
         .off_ring(ring)
         .into_iter()
-        .map(|(id, address, weight)| {
-            let mut entry = describe(&id);
-            entry["address"] = json!(address.map(|a| a.to_string()));
-            entry["weight"] = json!(weight);
+        .map(|off| {
+            let mut entry = describe(&off.id);
+            entry["address"] = json!(off.address.map(|a| a.to_string()));
+            entry["weight"] = json!(off.weight);
             entry["share"] = json!(0.0);
             entry
         })
@@ -248,11 +250,11 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
         if let Some(why) = refuse_backend_address(new.address, &state.own_listeners, networks) {
             return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
         }
-        if state.members.lock().contains_key(new.id.as_str()) {
+        if state.members.contains(&NodeId::from(new.id.as_str())) {
             let reason = format!("backend {} is already on the ring\n", new.id);
             return (StatusCode::CONFLICT, reason).into_response();
         }
-        let member = Member::at(new.address, 1, Origin::Api);
+        let member = Member::new(Backend::new(new.id.as_str(), new.address), Origin::Api);
         state.members.insert(NodeId::from(new.id.as_str()), member);
         return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
     }
@@ -287,7 +289,7 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
     }
     // A member every gateway learns of from a shared source is removed there, or the
     // gateways would diverge; one the scaler runs is stopped, which the source then reports.
-    let origin = state.members.lock().get(&id).map(|m| m.origin);
+    let origin = state.members.get(&id).map(|m| m.origin);
     if let Some(origin) = origin.filter(|o| o.is_shared()) {
         if !matches!(ownership, Ownership::Ours) {
             return shared_member(&id, origin, "remove");
@@ -299,14 +301,9 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
         return (StatusCode::NOT_FOUND, reason).into_response();
     }
     // The ring change makes the migrator move its clients to their new owners over the
-    // drain window; stop the backend once they have gone.
-    let drained = async {
-        while state.connections.load(&id) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    // drain window; stop the backend once they have gone (the registry says when).
     let limit = state.drain_window + Duration::from_secs(5);
-    let _ = tokio::time::timeout(limit, drained).await;
+    let _ = tokio::time::timeout(limit, state.connections.drained(&id)).await;
     let stopped = match (&state.scaler, ownership) {
         (Some(scaler), Ownership::Ours) => scaler.stop(&id).await,
         _ => Ok(()),
@@ -356,7 +353,7 @@ async fn reweigh_backend(
         }
     };
     let id = NodeId::from(id);
-    let origin = state.members.lock().get(&id).map(|m| m.origin);
+    let origin = state.members.get(&id).map(|m| m.origin);
     if let Some(origin) = origin.filter(|o| o.is_shared()) {
         return shared_member(&id, origin, "re-weigh");
     }

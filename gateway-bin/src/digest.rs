@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write};
 use sha2::{Digest, Sha256};
 use tower_hashring::{NodeId, Ring, RingWatch};
 
-use crate::members::{Member, Members};
+use discovery::{Member, Membership};
 
 /// SHA-256 over the ring's layout version and scheme and each member's id, address and
 /// weight (in id order), as 16 hex digits. A member whose address is not known yet counts
@@ -20,7 +20,7 @@ pub(crate) fn ring_digest(ring: &Ring, members: &BTreeMap<NodeId, Member>) -> St
     for node in nodes {
         let address = members
             .get(node.id())
-            .map_or_else(|| "-".to_owned(), |m| m.address.to_string());
+            .map_or_else(|| "-".to_owned(), |m| m.backend.address.to_string());
         hasher.update(format!("{} {address} {}\n", node.id(), node.weight()));
     }
     hasher.finalize()[..8]
@@ -32,11 +32,11 @@ pub(crate) fn ring_digest(ring: &Ring, members: &BTreeMap<NodeId, Member>) -> St
 }
 
 /// Logs every new ring with its digest, for as long as rings are published.
-pub(crate) fn log_ring_changes(mut ring: RingWatch, members: Members) {
+pub(crate) fn log_ring_changes(mut ring: RingWatch, members: Membership) {
     tokio::spawn(async move {
         loop {
             let snapshot = ring.borrow_and_update().clone();
-            let digest = ring_digest(snapshot.ring(), &members.lock());
+            let digest = ring_digest(snapshot.ring(), &members.members());
             tracing::info!(
                 version = snapshot.version(),
                 digest,
@@ -53,7 +53,7 @@ pub(crate) fn log_ring_changes(mut ring: RingWatch, members: Members) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::members::Origin;
+    use discovery::{Backend, Origin};
 
     fn members(entries: &[(&str, &str, u32)]) -> (Ring, BTreeMap<NodeId, Member>) {
         let ring = entries
@@ -64,7 +64,8 @@ mod tests {
         let map = entries
             .iter()
             .map(|(id, address, w)| {
-                let member = Member::at(address.parse().unwrap(), *w, Origin::Static);
+                let backend = Backend::new(*id, address.parse().unwrap()).weight(*w);
+                let member = Member::new(backend, Origin::Static);
                 (NodeId::from(*id), member)
             })
             .collect();

@@ -6,14 +6,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
     amqp_members_counted, AmqpEvents, ContainerLimits, DiscoveryMetrics, DockerScaler,
-    DockerSource, FlapDamping, HealthCheck, RedisRegistry, StaticDiscovery, SwarmScaler,
-    SwarmSource,
+    DockerSource, FlapDamping, HealthCheck, Membership, MembershipChanges, Origin, RedisRegistry,
+    Scaler, StaticDiscovery, SwarmScaler, SwarmSource,
 };
 use serde_json::json;
-use tokio::{
-    net::TcpListener,
-    sync::{watch, Semaphore},
-};
+use tokio::{net::TcpListener, sync::watch};
 use tower_hashring::{
     HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId, SharedHashRing,
 };
@@ -22,6 +19,7 @@ use tower_ws_migrate::{
     MigrationSecret, MigrationStats, Outcome, Pacing, ProxiedConnection,
 };
 use tower_ws_proxy::{
+    server::{self, HttpLimits, Stopped},
     LiveConnections, ProxyFailover, ProxyMetrics, RelayConfig, Upstream, UpstreamConfig,
     WebSocketLayer,
 };
@@ -30,11 +28,8 @@ use crate::{
     admin,
     admin_access::{AdminAccess, OwnListeners},
     dashboard::RecentMoves,
-    members::{Members, Origin, RingChanges},
     metrics::GatewayMetrics,
     public,
-    scale::Scaler,
-    serve::{self, Stopped},
 };
 
 /// Settings of a gateway.
@@ -319,7 +314,7 @@ impl Gateway {
                 ),
             ));
         }
-        let (members, ring_changes) = Members::new(config.upstream);
+        let (members, ring_changes) = Membership::new();
         let discovery_metrics = DiscoveryMetrics::default();
         follow_sources(
             &members,
@@ -397,22 +392,19 @@ impl Gateway {
         let admin_listener = TcpListener::bind(config.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
-        let limits = serve::HttpLimits {
-            head_timeout: config.head_timeout,
-            max_head_bytes: config.max_head_bytes,
-            max_headers: config.max_headers,
-            open_connections: Some(Arc::new(Semaphore::new(config.max_http_connections))),
-            stop_grace: config.shutdown_grace,
-            relay: config.relay,
-        };
+        let mut limits = HttpLimits::default().open_connections(config.max_http_connections);
+        limits.head_timeout = config.head_timeout;
+        limits.max_head_bytes = config.max_head_bytes;
+        limits.max_headers = config.max_headers;
+        limits.stop_grace = config.shutdown_grace;
+        limits.relay = config.relay;
         let (public, mut servers) = if config.workers == 0 {
             let listener = TcpListener::bind(config.public).await?;
             let public = listener.local_addr()?;
-            let server =
-                serve::on_current_runtime(listener, public_app, limits.clone(), stopped.clone());
+            let server = server::serve(listener, public_app, limits.clone(), stopped.clone());
             (public, vec![server])
         } else {
-            serve::on_worker_threads(
+            server::serve_on_workers(
                 config.public,
                 config.workers,
                 public_app,
@@ -428,15 +420,14 @@ impl Gateway {
                 let listener = TcpListener::bind(address).await?;
                 let bound = listener.local_addr()?;
                 own.push(bound);
-                let server =
-                    serve::on_current_runtime(listener, app, limits.without_cap(), stopped.clone());
+                let server = server::serve(listener, app, limits.without_cap(), stopped.clone());
                 servers.push(server);
                 Some(bound)
             }
             _ => None,
         };
         own_listeners.set(own);
-        servers.push(serve::on_current_runtime(
+        servers.push(server::serve(
             admin_listener,
             admin_app,
             limits.without_cap(),
@@ -493,7 +484,7 @@ struct Apps {
 /// Follows every member source: the configured list, Redis, RabbitMQ and Docker (each
 /// through the health checks when configured), and the scaler's own backends.
 fn follow_sources(
-    members: &Members,
+    members: &Membership,
     config: &GatewayConfig,
     backends: Vec<(NodeId, SocketAddr)>,
     scaler: Option<&dyn Scaler>,
@@ -574,8 +565,8 @@ struct Routing {
 impl Routing {
     fn start(
         config: &GatewayConfig,
-        members: &Members,
-        ring_changes: RingChanges,
+        members: &Membership,
+        ring_changes: MembershipChanges,
         connections: &LiveConnections<ProxiedConnection>,
         metrics: MigrationMetrics,
     ) -> Self {
@@ -586,7 +577,10 @@ impl Routing {
         if let Some(factor) = config.load_factor {
             balancer = balancer.bounded_loads(factor, Arc::new(connections.clone()));
         }
-        let (ring, driver) = balancer.shared(ring_changes);
+        let upstream = config.upstream;
+        let upstreams = ring_changes
+            .map_backends(move |backend| Upstream::new(backend.address.to_string(), upstream));
+        let (ring, driver) = balancer.shared(upstreams);
         tokio::spawn(driver);
         crate::digest::log_ring_changes(ring.subscribe(), members.clone());
         let events = config.events.as_ref().map(|events| {
@@ -687,26 +681,4 @@ fn publish_ring_changes(events: AmqpEvents, mut ring: tower_hashring::RingWatch)
             last = newest;
         }
     });
-}
-
-/// A future that resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }

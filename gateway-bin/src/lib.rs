@@ -1,23 +1,18 @@
-//! The reference gateway, its reference backend and the embedded demo.
+//! The reference gateway and its embedded demo: wiring of the library crates.
 //!
 //! The gateway is a composition of reusable layers: [`tower_hashring`] picks the backend
 //! by key, [`tower_ws_proxy`] forwards HTTP and relays WebSockets, axum serves them.
 
 mod admin;
 pub mod admin_access;
-pub mod backend;
 pub mod config;
 mod dashboard;
 pub mod demo;
 pub mod descriptors;
 mod digest;
 pub mod gateway;
-pub mod loadgen;
-mod members;
 mod metrics;
 mod public;
-pub mod scale;
-mod serve;
 
 /// The README's Rust blocks, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -4,12 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use gateway_bin::{
-    admin_access::AdminToken,
-    config::ConfigFile,
-    demo, descriptors,
-    gateway::{shutdown_signal, Gateway},
+    admin_access::AdminToken, config::ConfigFile, demo, descriptors, gateway::Gateway,
 };
 use tower_hashring::NodeId;
+use tower_ws_proxy::server::shutdown_signal;
 
 #[derive(Parser)]
 #[command(

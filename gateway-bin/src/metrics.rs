@@ -15,7 +15,7 @@ use tower_hashring::{HttpKey, RingMetrics, SharedHashRing};
 use tower_ws_migrate::{MigrationMetrics, ProxiedConnection};
 use tower_ws_proxy::{ActiveWebSockets, LiveConnections, ProxyMetrics, Upstream};
 
-use crate::members::Members;
+use discovery::Membership;
 
 /// The registry every metric of the gateway is in.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ impl GatewayMetrics {
         discovery: &DiscoveryMetrics,
         ring: &SharedHashRing<Upstream, HttpKey>,
         connections: &LiveConnections<ProxiedConnection>,
-        members: &Members,
+        members: &Membership,
     ) -> Self {
         let mut registry = Registry::with_prefix("wscluster");
         proxy.register(&mut registry);
@@ -72,7 +72,7 @@ pub(crate) fn off_owner(
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MemberState {
+struct MemberStateLabels {
     backend: String,
     state: &'static str,
 }
@@ -81,7 +81,7 @@ struct MemberState {
 struct GatewayState {
     ring: SharedHashRing<Upstream, HttpKey>,
     connections: LiveConnections<ProxiedConnection>,
-    members: Members,
+    members: Membership,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -94,7 +94,7 @@ impl Collector for GatewayState {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snapshot = self.ring.snapshot();
         let ring = snapshot.ring();
-        let digest = crate::digest::ring_digest(ring, &self.members.lock());
+        let digest = crate::digest::ring_digest(ring, &self.members.members());
         let info = ConstGauge::new(1i64);
         let mut metric = encoder.encode_descriptor(
             "ring_digest",
@@ -121,9 +121,9 @@ impl Collector for GatewayState {
             ConstGauge::new(0i64).metric_type(),
         )?;
         for (backend, state) in self.members.states(ring) {
-            let labels = MemberState {
+            let labels = MemberStateLabels {
                 backend: backend.as_str().to_owned(),
-                state,
+                state: state.as_str(),
             };
             ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
         }

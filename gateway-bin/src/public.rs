@@ -2,7 +2,6 @@
 
 use std::{
     io::Write,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -11,7 +10,6 @@ use std::{
 };
 
 use axum::{
-    extract::ConnectInfo,
     http::{HeaderName, HeaderValue, Request, StatusCode},
     Router,
 };
@@ -24,7 +22,7 @@ use tower_http::{
 };
 use tower_ws_migrate::MigrateLayer;
 use tower_ws_migrate::ProxiedConnection;
-use tower_ws_proxy::{ProxyFailover, Upstream, WebSocketLayer};
+use tower_ws_proxy::{server::ClientAddr, ProxyFailover, Upstream, WebSocketLayer};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -75,11 +73,7 @@ fn forwarded(mut request: Request<axum::body::Body>) -> Request<axum::body::Body
     if headers.get(X_REQUEST_ID).is_some_and(|id| !is_valid_id(id)) {
         headers.remove(X_REQUEST_ID);
     }
-    if let Some(ConnectInfo(client)) = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .copied()
-    {
+    if let Some(ClientAddr(client)) = request.extensions().get::<ClientAddr>().copied() {
         tower_ws_proxy::set_forwarded_headers(request.headers_mut(), client, "http");
     }
     request

@@ -4,7 +4,7 @@
 
 mod common;
 
-#[path = "../examples/axum_app.rs"]
+#[path = "../../tools/examples/axum_app.rs"]
 #[allow(unreachable_pub)]
 mod axum_app;
 
@@ -13,7 +13,7 @@ use std::{convert::Infallible, time::Duration};
 use axum::{routing::get, Router};
 use common::{assert_on_owners, echo_traffic, eventually, next_json, owned_by, ring_of, Client};
 use futures_util::stream;
-use gateway_bin::backend::ReferenceBackend;
+use reference_backend::ReferenceBackend;
 use tokio::{net::TcpListener, sync::mpsc};
 use tower::discover::Change;
 use tower_hashring::NodeId;

@@ -14,7 +14,7 @@ const TOKEN: &str = "browser-test-admin-token-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_headless_chromium() {
-    if !wscluster_tests::browser_available() {
+    if !wscluster_testkit::browser_available() {
         return;
     }
     let mut config = any_port();

@@ -14,7 +14,7 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::Message;
-use wscluster_tests::add_backend;
+use wscluster_testkit::add_backend;
 
 /// The raw answer to a GET: status line and headers (lower-cased) and body.
 async fn get_raw(gateway: &gateway_bin::gateway::Gateway, path: &str) -> (String, String) {
@@ -219,10 +219,10 @@ async fn a_member_failing_its_health_checks_shows_as_unhealthy() {
             .interval(Duration::from_millis(50))
             .timeout(Duration::from_millis(200)),
     );
-    let dead = format!("127.0.0.1:{}", wscluster_tests::free_port());
+    let dead = format!("127.0.0.1:{}", wscluster_testkit::free_port());
     let backends = vec![("dead".into(), dead.parse().unwrap())];
     let gateway = gateway_bin::demo::start(config, backends, 1).await.unwrap();
-    let unhealthy = wscluster_tests::eventually(Duration::from_secs(5), async || {
+    let unhealthy = wscluster_testkit::eventually(Duration::from_secs(5), async || {
         let ring = ring_json(&gateway).await;
         ring["others"].as_array().unwrap().iter().any(|m| {
             m["id"] == "dead" && m["state"] == "unhealthy" && m["address"] == dead.as_str()

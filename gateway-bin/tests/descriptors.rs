@@ -60,7 +60,7 @@ async fn websocket(public: SocketAddr, user: usize) -> Result<TcpStream, String>
 #[tokio::test]
 async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_api() {
     let backend = free_address().await;
-    let _backend = Command::new(env!("CARGO_BIN_EXE_wsbackend"))
+    let _backend = Command::new(wscluster_testkit::wsbackend_binary())
         .args(["--id", "only", "--listen", &backend.to_string()])
         .stdout(Stdio::null())
         .kill_on_drop(true)

@@ -178,8 +178,7 @@ async fn live_moves_are_signed_and_backends_check_the_signature() {
     // Straight to a backend that has the secret: a forged claim is ignored.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let backend =
-        gateway_bin::backend::ReferenceBackend::new("backend-b").with_secret(secret.clone());
+    let backend = reference_backend::ReferenceBackend::new("backend-b").with_secret(secret.clone());
     tokio::spawn(backend.serve(listener, std::future::pending()));
     let claim = |signature: String| {
         let mut request = format!("ws://{address}/connect/mallory")
@@ -392,7 +391,7 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
     let mut processes = Vec::new();
     for id in ["proc-a", "proc-b", "proc-c"] {
         let address = free_address().await;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbackend"))
+        let child = tokio::process::Command::new(wscluster_testkit::wsbackend_binary())
             .args([
                 "--id",
                 id,
@@ -494,9 +493,7 @@ async fn free_address() -> SocketAddr {
 async fn slow_backend(id: &str, delay: Duration) -> SocketAddr {
     let real = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let real_address = real.local_addr().unwrap();
-    tokio::spawn(
-        gateway_bin::backend::ReferenceBackend::new(id).serve(real, std::future::pending()),
-    );
+    tokio::spawn(reference_backend::ReferenceBackend::new(id).serve(real, std::future::pending()));
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = front.local_addr().unwrap();
     tokio::spawn(async move {

@@ -646,7 +646,7 @@ async fn the_admin_api_adds_a_running_backend_by_address() {
     let gateway = demo(1).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let backend = gateway_bin::backend::ReferenceBackend::new("external");
+    let backend = reference_backend::ReferenceBackend::new("external");
     tokio::spawn(backend.serve(listener, std::future::pending()));
 
     let (status, body) = http(gateway.admin, "POST", "/admin/backends", "{\"id\": 7}").await;
@@ -683,7 +683,7 @@ async fn the_admin_api_adds_a_running_backend_by_address() {
 async fn without_a_scaler_an_empty_post_starts_no_backend() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let backend = gateway_bin::backend::ReferenceBackend::new("only");
+    let backend = reference_backend::ReferenceBackend::new("only");
     tokio::spawn(backend.serve(listener, std::future::pending()));
     let gateway = Gateway::start(any_port(), vec![(NodeId::from("only"), address)])
         .await

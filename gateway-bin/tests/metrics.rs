@@ -155,7 +155,7 @@ async fn discovery_errors_are_counted_per_source() {
     // A Redis source on a port nothing listens on: every attempt fails to connect.
     let mut config = any_port();
     config.discovery.redis = Some(gateway_bin::gateway::RedisSource {
-        url: format!("redis://127.0.0.1:{}/0", wscluster_tests::free_port()),
+        url: format!("redis://127.0.0.1:{}/0", wscluster_testkit::free_port()),
         service: "metrics-test".into(),
         resync: Duration::from_millis(50),
     });

@@ -24,7 +24,7 @@ echo "autobahn: install step $((SECONDS - started)) s"
 
 if [ -z "${GATEWAY_BIN:-}" ] || [ -z "${WSECHO_BIN:-}" ]; then
   started=$SECONDS
-  cargo build --release --locked -p gateway-bin --bin gateway-bin --bin wsecho
+  cargo build --release --locked -p gateway-bin --bin gateway-bin -p wscluster-tools --bin wsecho
   GATEWAY_BIN="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/gateway-bin}"
   WSECHO_BIN="${WSECHO_BIN:-${CARGO_TARGET_DIR:-target}/release/wsecho}"
   echo "autobahn: build step $((SECONDS - started)) s"

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use discovery::{amqp_members, AmqpAnnouncer, Announcement, Backend};
 use futures_util::StreamExt;
 use lapin::{options::BasicPublishOptions, BasicProperties, Connection, ConnectionProperties};
-use wscluster_tests::{members_until, RabbitMq};
+use wscluster_testkit::{members_until, RabbitMq};
 
 async fn send(url: &str, exchange: &str, announcement: &Announcement) {
     let connection = Connection::connect(url, ConnectionProperties::default())

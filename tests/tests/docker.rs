@@ -10,7 +10,7 @@ use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use wscluster_tests::{add_backend, http, ring_members, ring_of, wait_for_members, DockerHost};
+use wscluster_testkit::{add_backend, http, ring_members, ring_of, wait_for_members, DockerHost};
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
@@ -235,7 +235,7 @@ async fn a_container_with_a_bad_port_or_weight_label_is_left_out_and_counted() {
             discovery::ErrorKind::invalid_entry,
         )
     };
-    let counted = wscluster_tests::eventually(Duration::from_secs(10), async || invalid() >= 2);
+    let counted = wscluster_testkit::eventually(Duration::from_secs(10), async || invalid() >= 2);
     assert!(counted.await, "both bad labels counted: {}", invalid());
     let more = tokio::time::timeout(Duration::from_secs(2), changes.next()).await;
     assert!(more.is_err(), "a bad container joined later: {more:?}");
@@ -282,7 +282,7 @@ async fn docker_discovery_inspects_only_what_an_event_names() {
     );
 
     host.run_labelled(&name(EXISTING), &[]).await;
-    let joined = wscluster_tests::eventually(Duration::from_secs(30), async || {
+    let joined = wscluster_testkit::eventually(Duration::from_secs(30), async || {
         matches!(
             tokio::time::timeout(Duration::from_millis(100), changes.next()).await,
             Ok(Some(Ok(tower::discover::Change::Insert(..))))

@@ -5,12 +5,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{HealthCheck, RedisRegistry};
-use gateway_bin::{
-    backend::ReferenceBackend,
-    gateway::{Gateway, GatewayConfig, RedisSource},
-};
+use gateway_bin::gateway::{Gateway, GatewayConfig, RedisSource};
+use reference_backend::ReferenceBackend;
 use tokio::sync::Notify;
-use wscluster_tests::{wait_for_members, RedisServer};
+use wscluster_testkit::{wait_for_members, RedisServer};
 
 /// A reference backend serving until `stop`.
 async fn start_backend(id: &str) -> (SocketAddr, Arc<Notify>) {
@@ -80,7 +78,7 @@ async fn redis_gateway(
 }
 
 async fn ring(gateway: &Gateway) -> serde_json::Value {
-    let (status, body) = wscluster_tests::http(gateway.admin, "GET", "/admin/ring", "").await;
+    let (status, body) = wscluster_testkit::http(gateway.admin, "GET", "/admin/ring", "").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -117,12 +115,12 @@ async fn gateways_on_one_redis_agree_and_one_cannot_diverge_through_its_admin_ap
     // Removing or re-weighing a Redis member through one gateway would split them: 409.
     for (method, body) in [("DELETE", ""), ("PATCH", r#"{"weight":0}"#)] {
         let (status, answer) =
-            wscluster_tests::http(first.admin, method, "/admin/backends/backend-2", body).await;
+            wscluster_testkit::http(first.admin, method, "/admin/backends/backend-2", body).await;
         assert_eq!(status, 409, "{method}: {answer}");
         assert!(answer.contains("comes from redis"), "{answer}");
     }
     assert_eq!(ring(&first).await["digest"], digest, "nothing changed");
-    let metrics = wscluster_tests::http(first.admin, "GET", "/metrics", "")
+    let metrics = wscluster_testkit::http(first.admin, "GET", "/metrics", "")
         .await
         .1;
     assert!(
@@ -158,7 +156,7 @@ async fn a_discovered_entry_never_replaces_nor_removes_a_static_member_of_its_id
         listed.to_string(),
         "the static member stays"
     );
-    let metrics = wscluster_tests::http(gateway.admin, "GET", "/metrics", "")
+    let metrics = wscluster_testkit::http(gateway.admin, "GET", "/metrics", "")
         .await
         .1;
     assert!(

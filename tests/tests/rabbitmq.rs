@@ -12,7 +12,7 @@ use lapin::{
 };
 use serde_json::Value;
 use tokio::net::TcpStream;
-use wscluster_tests::{add_backend, ring_of, RabbitMq};
+use wscluster_testkit::{add_backend, ring_of, RabbitMq};
 
 /// A consumer of every event published to `exchange` from now on.
 async fn subscribe(url: &str, exchange: &str) -> (Connection, Consumer) {

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use discovery::{Backend, MemberChanges, RedisRegistry};
 use futures_util::StreamExt;
 use tower_hashring::Ring;
-use wscluster_tests::RedisServer;
+use wscluster_testkit::RedisServer;
 
 fn backend(n: u16) -> Backend {
     Backend::new(format!("backend-{n}"), ([127, 0, 0, 1], 7100 + n).into())
@@ -31,7 +31,7 @@ impl Members {
         within: Duration,
         done: impl Fn(&BTreeMap<String, Backend>) -> bool,
     ) {
-        wscluster_tests::members_until(stream, &mut self.0, within, done).await;
+        wscluster_testkit::members_until(stream, &mut self.0, within, done).await;
     }
 
     fn ring(&self) -> Ring {

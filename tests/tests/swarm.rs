@@ -53,7 +53,7 @@ impl Swarm {
                     std::env::var_os("CI").is_none(),
                     "no docker engine or no {image} image: run docker/build-images.sh"
                 );
-                wscluster_tests::skipped(&format!(
+                wscluster_testkit::skipped(&format!(
                     "no docker or no {image} image (docker/build-images.sh)"
                 ));
                 return None;
@@ -180,7 +180,7 @@ async fn until(
     members: &mut BTreeMap<String, Backend>,
     done: impl Fn(&BTreeMap<String, Backend>) -> bool,
 ) {
-    wscluster_tests::members_until(stream, members, Duration::from_secs(60), done).await;
+    wscluster_testkit::members_until(stream, members, Duration::from_secs(60), done).await;
 }
 
 #[tokio::test]
@@ -286,10 +286,10 @@ async fn a_swarm_service_with_a_bad_port_label_is_left_out_and_counted() {
             discovery::ErrorKind::invalid_entry,
         )
     };
-    let counted = wscluster_tests::eventually(Duration::from_secs(60), async || invalid() >= 1);
+    let counted = wscluster_testkit::eventually(Duration::from_secs(60), async || invalid() >= 1);
     assert!(counted.await, "the bad label counted");
     // Its task runs meanwhile; it never becomes a member.
-    let running = wscluster_tests::eventually(Duration::from_secs(60), async || {
+    let running = wscluster_testkit::eventually(Duration::from_secs(60), async || {
         docker(&[
             "service",
             "ps",
@@ -331,7 +331,10 @@ impl Stack {
         ];
         let mut gateways = Vec::new();
         for n in 1..=3 {
-            let (public, admin) = (wscluster_tests::free_port(), wscluster_tests::free_port());
+            let (public, admin) = (
+                wscluster_testkit::free_port(),
+                wscluster_testkit::free_port(),
+            );
             env.push((format!("WSCLUSTER_GATEWAY_{n}"), public.to_string()));
             env.push((format!("WSCLUSTER_GATEWAY_{n}_ADMIN"), admin.to_string()));
             gateways.push((

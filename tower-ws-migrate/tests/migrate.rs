@@ -458,7 +458,7 @@ async fn route_policies_apply_and_live_moves_update_the_counts() {
     for key in users(1000) {
         // Even users are on a live route, odd ones on the migrator's (Reconnect).
         let n: usize = key.trim_start_matches("user-").parse().unwrap();
-        let policy = (n % 2 == 0).then(|| live.clone());
+        let policy = n.is_multiple_of(2).then(|| live.clone());
         setup.connect_with_policy(&key, &snapshot, policy);
     }
     tokio::spawn(
@@ -473,7 +473,7 @@ async fn route_policies_apply_and_live_moves_update_the_counts() {
     assert!(!log.is_empty());
     for (key, _, policy) in &log {
         let n: usize = key.trim_start_matches("user-").parse().unwrap();
-        let expected = if n % 2 == 0 {
+        let expected = if n.is_multiple_of(2) {
             MigrationPolicy::live()
         } else {
             MigrationPolicy::reconnect()

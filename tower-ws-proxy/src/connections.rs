@@ -94,6 +94,8 @@ struct Inner<H> {
     limit: Arc<Semaphore>,
     shutting_down: AtomicBool,
     emptied: Notify,
+    // Woken when some backend's last connection leaves it.
+    backend_emptied: Notify,
     stragglers_waiting: Notify,
     entries: Mutex<Entries<H>>,
 }
@@ -122,15 +124,19 @@ impl<H> Entries<H> {
         tracked.counted = now;
     }
 
-    fn count(&mut self, backend: &NodeId, up: bool) {
+    /// Counts one connection more (`up`) or less on `backend`; `true` when that was its
+    /// last one.
+    fn count(&mut self, backend: &NodeId, up: bool) -> bool {
         if up {
             *self.per_backend.entry(backend.clone()).or_insert(0) += 1;
         } else if let Some(count) = self.per_backend.get_mut(backend) {
             *count -= 1;
             if *count == 0 {
                 self.per_backend.remove(backend);
+                return true;
             }
         }
+        false
     }
 }
 
@@ -155,6 +161,7 @@ impl<H> LiveConnections<H> {
                 limit: Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))),
                 shutting_down: AtomicBool::new(false),
                 emptied: Notify::new(),
+                backend_emptied: Notify::new(),
                 stragglers_waiting: Notify::new(),
                 entries: Mutex::new(Entries {
                     next_id: 0,
@@ -242,6 +249,42 @@ impl<H> LiveConnections<H> {
         self.lock().per_backend.clone()
     }
 
+    /// Resolves once no live connection runs to `backend`: at once if none does, else when
+    /// its last one ends or moves away (the registry wakes it; nothing polls). Bound it
+    /// with a timeout: a client that never leaves keeps it pending.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower_hashring::NodeId;
+    /// use tower_ws_proxy::{LiveConnections, RelayHandle};
+    ///
+    /// let live = LiveConnections::new(10);
+    /// let a = NodeId::from("a");
+    /// let (handle, _commands) = RelayHandle::new();
+    /// let guard = live.register(b"42", 7, a.clone(), 1, handle);
+    /// let drained = live.drained(&a);
+    /// drop(guard); // its last connection ends
+    /// drained.await;
+    /// # }
+    /// ```
+    pub fn drained(&self, backend: &NodeId) -> impl std::future::Future<Output = ()> + Send + '_
+    where
+        H: Send + Sync,
+    {
+        let backend = backend.clone();
+        async move {
+            loop {
+                // Created before the check, so a wakeup between the two is not lost.
+                let emptied = self.inner.backend_emptied.notified();
+                if !self.lock().per_backend.contains_key(&backend) {
+                    return;
+                }
+                emptied.await;
+            }
+        }
+    }
+
     /// Records that connection `id` now runs to `backend`, where a live move planned on ring
     /// `ring_version` took it.
     ///
@@ -268,8 +311,11 @@ impl<H> LiveConnections<H> {
             stragglers.push(id);
             self.inner.stragglers_waiting.notify_one();
         }
-        entries.count(&old, false);
+        let emptied = entries.count(&old, false);
         entries.count(&backend, true);
+        if emptied {
+            self.inner.backend_emptied.notify_waiters();
+        }
     }
 
     /// What relays carried per backend since this registry started: every connection's
@@ -464,7 +510,9 @@ impl<H> Drop for Registered<H> {
     fn drop(&mut self) {
         let mut entries = self.connections.lock();
         if let Some(mut tracked) = entries.connections.remove(&self.id) {
-            entries.count(&tracked.backend, false);
+            if entries.count(&tracked.backend, false) {
+                self.connections.inner.backend_emptied.notify_waiters();
+            }
             Entries::retire_traffic(&mut entries.retired, &mut tracked);
         }
         if entries.connections.is_empty() {
@@ -551,6 +599,38 @@ mod tests {
             after[&b].to_backend.bytes, 5,
             "what came before the close is kept"
         );
+    }
+
+    /// A backend is drained when its last connection ends or moves away, not before, and
+    /// another backend's connections do not hold it.
+    #[tokio::test(start_paused = true)]
+    async fn drained_resolves_when_the_last_connection_leaves_the_backend() {
+        let live = LiveConnections::new(10);
+        let (a, b) = (NodeId::from("a"), NodeId::from("b"));
+        let mut guards = Vec::new();
+        for backend in [&a, &a, &b] {
+            let (handle, _commands) = RelayHandle::new();
+            guards.push(live.register(b"k", 1, backend.clone(), 1, handle));
+        }
+        let drained = live.drained(&a);
+        tokio::pin!(drained);
+        use futures_util::FutureExt;
+        assert!(
+            drained.as_mut().now_or_never().is_none(),
+            "two connections on a"
+        );
+        drop(guards.remove(0));
+        assert!(
+            drained.as_mut().now_or_never().is_none(),
+            "one connection on a"
+        );
+        live.set_backend(guards[0].id(), b.clone(), 2);
+        assert!(
+            futures_util::FutureExt::now_or_never(drained.as_mut()).is_some(),
+            "the last one moved to b"
+        );
+        live.drained(&a).await;
+        assert_eq!(live.load(&b), 2);
     }
 
     #[test]

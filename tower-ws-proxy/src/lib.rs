@@ -17,6 +17,8 @@
 //! - [`LiveConnections`]: the one registry of proxied WebSockets: capped, counted per
 //!   backend, found by key and ring position (a migrator moves them and records their new
 //!   backend there), and closed with 1001 over a paced window on shutdown.
+//! - [`server`]: the fast path that hosts them: hyper's HTTP/1.1 server with upgrades on
+//!   `SO_REUSEPORT` worker threads, bounded heads, a connection cap and a graceful stop.
 //! - [`MakeHandle`]: a request extension through which a layer above the proxy chooses
 //!   what the registry keeps of each WebSocket ([`ConnectionHandle`]; a migration layer
 //!   keeps what a live move needs).
@@ -32,6 +34,7 @@ mod metrics;
 mod proxy;
 mod relay;
 mod request_check;
+pub mod server;
 mod traffic;
 mod upstream;
 mod websocket;

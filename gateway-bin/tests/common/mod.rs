@@ -18,7 +18,7 @@ use tower_hashring::Ring;
 use tower_ws_migrate::MigrationPolicy;
 use tower_ws_proxy::{frame::FrameLimits, RelayConfig};
 
-pub use wscluster_tests::{eventually, http, http_raw, ring_of};
+pub use wscluster_testkit::{eventually, http, http_raw, ring_of};
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

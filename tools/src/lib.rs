@@ -1,4 +1,6 @@
-//! Shared by the load tools (`wsload`, `wsmigrate`): they only ever target loopback.
+//! The load, migration, conformance and hostile-client tools of wscluster (`wsload`,
+//! `wsmigrate`, `wsecho`, `wshostile`, `wsaxum`), and what they share: they only ever
+//! target loopback.
 
 use std::net::{IpAddr, ToSocketAddrs};
 
@@ -6,7 +8,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 /// not.
 ///
 /// ```
-/// use gateway_bin::loadgen::check_loopback;
+/// use wscluster_tools::check_loopback;
 ///
 /// assert!(check_loopback("ws://127.0.0.1:7000/connect/{user}").is_ok());
 /// assert!(check_loopback("http://[::1]:7001").is_ok());
@@ -38,7 +40,7 @@ pub fn check_loopback(url: &str) -> Result<(), String> {
 /// The `p`th percentile of sorted microseconds, in milliseconds (NaN when empty).
 ///
 /// ```
-/// use gateway_bin::loadgen::percentile_ms;
+/// use wscluster_tools::percentile_ms;
 ///
 /// assert_eq!(percentile_ms(&[1000, 2000, 3000], 50.0), 2.0);
 /// ```

@@ -31,13 +31,13 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
-use gateway_bin::loadgen::check_loopback;
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use wscluster_tools::check_loopback;
 
 #[derive(Parser, Clone, Debug)]
 #[command(about = "Hostile and broken WebSocket clients against a loopback gateway")]

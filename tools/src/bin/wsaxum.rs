@@ -4,8 +4,8 @@
 //!
 //! - `--server axum`: `axum::serve`, which wraps the socket, so WebSockets take the generic
 //!   path over hyper's `Upgraded`;
-//! - `--server hyper`: hyper's HTTP/1 builder with upgrades, which gives the raw `TcpStream`
-//!   back, so they take the fast path.
+//! - `--server hyper`: `tower_ws_proxy::server::serve` (hyper's HTTP/1 builder with upgrades),
+//!   which gives the raw `TcpStream` back, so they take the fast path.
 //!
 //! ```sh
 //! wsaxum --listen 127.0.0.1:17020 --server axum --backend backend-1=127.0.0.1:17101
@@ -20,11 +20,12 @@ use std::{net::SocketAddr, process::ExitCode};
 use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
-use hyper::server::conn::http1;
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tower::discover::Change;
 use tower_hashring::NodeId;
-use tower_ws_proxy::{Upstream, UpstreamConfig};
+use tower_ws_proxy::{
+    server::{self, HttpLimits},
+    Upstream, UpstreamConfig,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Server {
@@ -84,19 +85,11 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        Server::Hyper => loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let service = TowerToHyperService::new(app.clone());
-            tokio::spawn(async move {
-                let connection = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                let _ = connection.await;
-            });
-        },
+        Server::Hyper => {
+            // The library's fast-path server, as an embedding app calls it.
+            let (_stop, stopped) = tokio::sync::watch::channel(false);
+            server::serve(listener, app, HttpLimits::default(), stopped).await;
+        }
     }
     ExitCode::SUCCESS
 }

@@ -15,9 +15,9 @@ use std::{
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use gateway_bin::loadgen::{check_loopback, percentile_ms};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
+use wscluster_tools::{check_loopback, percentile_ms};
 
 #[derive(Parser, Clone)]
 #[command(about = "Bounded WebSocket load against a loopback target")]

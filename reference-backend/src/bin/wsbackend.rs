@@ -6,8 +6,9 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use discovery::{AmqpAnnouncer, RedisRegistry};
-use gateway_bin::{backend::ReferenceBackend, gateway::shutdown_signal};
+use reference_backend::ReferenceBackend;
 use tower_ws_migrate::MigrationSecret;
+use tower_ws_proxy::server::shutdown_signal;
 
 #[derive(Parser)]
 #[command(version, about = "The wscluster reference WebSocket backend")]

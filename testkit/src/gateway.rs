@@ -16,7 +16,7 @@ use tokio::{
 ///
 /// ```no_run
 /// # async fn f(admin: std::net::SocketAddr) {
-/// let (status, body) = wscluster_tests::http(admin, "GET", "/admin/ring", "").await;
+/// let (status, body) = wscluster_testkit::http(admin, "GET", "/admin/ring", "").await;
 /// # }
 /// ```
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {

@@ -25,11 +25,59 @@ use tokio::{
     process::{Child, Command},
 };
 
+/// The `wsbackend` binary of this build (the reference backend, standalone), for tests
+/// that need a backend in a process of its own (killed with SIGKILL, say). `cargo test
+/// --workspace` builds it; a test binary run on its own builds it first.
+///
+/// ```no_run
+/// let backend = std::process::Command::new(wscluster_testkit::wsbackend_binary())
+///     .args(["--id", "backend-a", "--listen", "127.0.0.1:7100"])
+///     .spawn();
+/// ```
+pub fn wsbackend_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // A test binary runs from target/<profile>/deps; the binaries sit one up.
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let profile_dir = exe
+                .parent()
+                .and_then(std::path::Path::parent)
+                .expect("target/<profile>");
+            let binary = profile_dir.join("wsbackend");
+            if binary.exists() {
+                // `cargo test --workspace` built it with everything else.
+                return binary;
+            }
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build.args([
+                "build",
+                "-q",
+                "-p",
+                "reference-backend",
+                "--bin",
+                "wsbackend",
+            ]);
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "cannot build wsbackend");
+            assert!(binary.exists(), "{} is missing", binary.display());
+            binary
+        })
+        .clone()
+}
+
 /// A `redis-server` of this test's own, on loopback, with no persistence.
 ///
 /// ```no_run
 /// # async fn f() {
-/// let Some(redis) = wscluster_tests::RedisServer::start().await else { return };
+/// let Some(redis) = wscluster_testkit::RedisServer::start().await else { return };
 /// assert!(redis.url().starts_with("redis://127.0.0.1:"));
 /// # }
 /// ```
@@ -160,7 +208,7 @@ pub fn free_port() -> u16 {
 ///
 /// ```no_run
 /// # async fn f() {
-/// let Some(broker) = wscluster_tests::RabbitMq::running().await else { return };
+/// let Some(broker) = wscluster_testkit::RabbitMq::running().await else { return };
 /// assert!(broker.url().starts_with("amqp://"));
 /// # }
 /// ```
@@ -219,7 +267,7 @@ impl RabbitMq {
 ///
 /// ```no_run
 /// # async fn f() {
-/// let Some(docker) = wscluster_tests::DockerHost::start("demo").await else { return };
+/// let Some(docker) = wscluster_testkit::DockerHost::start("demo").await else { return };
 /// assert!(docker.network().starts_with("wscluster-test-"));
 /// # }
 /// ```

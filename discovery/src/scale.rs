@@ -1,20 +1,23 @@
-//! Starting and stopping backends from the admin API: a [`Scaler`] does it, the gateway only
-//! asks. The reference gateway has two: Docker containers of one labelled service (run mode,
-//! with `[docker] image`) and reference backends in the gateway's own process (the demo).
+//! Starting and stopping backends on request: a [`Scaler`] does it, an admin API only asks.
+//! Two live here, beside the sources that see what they start: `DockerScaler` (containers
+//! of one labelled service) and `SwarmScaler` (a Swarm service's replicas). The reference
+//! backend crate has a third, for backends in the caller's own process.
 
 use std::{convert::Infallible, future::Future, pin::Pin};
 
-use discovery::{DockerError, DockerScaler, SwarmScaler};
 use futures_util::Stream;
 use tower::discover::Change;
 use tower_hashring::NodeId;
+
+#[cfg(feature = "docker")]
+use crate::{DockerError, DockerScaler, SwarmScaler};
 
 /// A boxed future of a [`Scaler`].
 pub type ScaleFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ScaleError>> + Send + 'a>>;
 
 /// The members a scaler reports itself, for a scaler whose backends no discovery source sees.
 pub type ScaledMembers =
-    Pin<Box<dyn Stream<Item = Result<Change<NodeId, discovery::Backend>, Infallible>> + Send>>;
+    Pin<Box<dyn Stream<Item = Result<Change<NodeId, crate::Backend>, Infallible>> + Send>>;
 
 /// Why a scaler did not do what it was asked; each has its own admin API status.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,7 @@ pub enum Ownership {
 /// `DELETE /admin/backends/{id}`.
 ///
 /// ```
-/// use gateway_bin::scale::{Ownership, ScaleError, ScaleFuture, Scaler};
+/// use discovery::{Ownership, ScaleError, ScaleFuture, Scaler};
 /// use tower_hashring::NodeId;
 ///
 /// /// A platform that is always full.
@@ -82,7 +85,7 @@ pub trait Scaler: std::fmt::Debug + Send + Sync + 'static {
 
     /// Runs one backend fewer, of the platform's choosing, for `DELETE /admin/backends`;
     /// returns how many remain. The platform must let the backend drain before it stops
-    /// (Swarm does: see [`SwarmScaler`]). By default a scaler stops only named backends.
+    /// (Swarm does: see `SwarmScaler`). By default a scaler stops only named backends.
     fn scale_down(&self) -> ScaleFuture<'_, u64> {
         Box::pin(async {
             Err(ScaleError::Conflict(
@@ -98,6 +101,7 @@ pub trait Scaler: std::fmt::Debug + Send + Sync + 'static {
     }
 }
 
+#[cfg(feature = "docker")]
 impl Scaler for DockerScaler {
     fn start_one(&self) -> ScaleFuture<'_, NodeId> {
         Box::pin(async move { Ok(NodeId::from(DockerScaler::start_one(self).await?)) })
@@ -121,8 +125,9 @@ impl Scaler for DockerScaler {
     }
 }
 
-/// A Swarm service's replicas: members come from the [`SwarmSource`](discovery::SwarmSource),
+/// A Swarm service's replicas: members come from the [`SwarmSource`](crate::SwarmSource),
 /// which every gateway follows, so a scale by any gateway reaches them all.
+#[cfg(feature = "docker")]
 impl Scaler for SwarmScaler {
     fn start_one(&self) -> ScaleFuture<'_, NodeId> {
         Box::pin(async move { Ok(NodeId::from(self.scale_up().await?)) })
@@ -146,6 +151,7 @@ impl Scaler for SwarmScaler {
     }
 }
 
+#[cfg(feature = "docker")]
 impl From<DockerError> for ScaleError {
     fn from(error: DockerError) -> Self {
         match error {

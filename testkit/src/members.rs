@@ -14,7 +14,7 @@ use tower::discover::Change;
 /// use std::{collections::BTreeMap, time::Duration};
 ///
 /// let mut members = BTreeMap::new();
-/// wscluster_tests::members_until(&mut stream, &mut members, Duration::from_secs(5), |m| m.len() == 3).await;
+/// wscluster_testkit::members_until(&mut stream, &mut members, Duration::from_secs(5), |m| m.len() == 3).await;
 /// # }
 /// ```
 pub async fn members_until(

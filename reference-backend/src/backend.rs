@@ -71,7 +71,7 @@ impl ReferenceBackend {
     /// Believes `x-wscluster-migrated-from` only with a valid signature by `secret`.
     ///
     /// ```
-    /// use gateway_bin::backend::ReferenceBackend;
+    /// use reference_backend::ReferenceBackend;
     /// use tower_ws_migrate::MigrationSecret;
     ///
     /// let backend = ReferenceBackend::new("backend-a").with_secret(MigrationSecret::new("0123456789abcdef"));

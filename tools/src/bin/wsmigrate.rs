@@ -17,7 +17,6 @@ use std::{
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use gateway_bin::loadgen::{check_loopback, percentile_ms};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -26,6 +25,7 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::Message;
 use tower_hashring::Ring;
+use wscluster_tools::{check_loopback, percentile_ms};
 
 #[derive(Parser, Clone)]
 #[command(about = "Measure a live ring change through a loopback gateway")]

@@ -1,0 +1,237 @@
+//! Accepting connections and serving each with hyper's HTTP/1.1 connection, upgrades on.
+
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::Request;
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use socket2::SockRef;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{oneshot, watch, OwnedSemaphorePermit},
+    task::JoinSet,
+};
+use tower_service::Service;
+
+use super::{ClientAddr, HttpLimits, Stopped};
+use crate::BoxError;
+
+/// Serves `service` on `listener` from a task on the current runtime until `stop` turns
+/// true; the returned future resolves once in-flight requests finished (or the limits'
+/// stop grace dropped them). Every request carries its [`ClientAddr`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use tokio::{net::TcpListener, sync::watch};
+/// use tower_ws_proxy::server::{serve, HttpLimits};
+///
+/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+/// });
+/// let (stop, stopped) = watch::channel(false);
+/// let serving = serve(TcpListener::bind("127.0.0.1:0").await?, app, HttpLimits::default(), stopped);
+/// stop.send_replace(true);
+/// serving.await;
+/// # Ok(()) }
+/// ```
+pub fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: HttpLimits,
+    stop: watch::Receiver<bool>,
+) -> Stopped
+where
+    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (done, stopped) = oneshot::channel();
+    tokio::spawn(async move {
+        accept_loop(listener, service, limits, stop).await;
+        let _ = done.send(());
+    });
+    Stopped::new(stopped)
+}
+
+/// Accepts until `stop` turns true, then gives in-flight requests the stop grace. Upgraded
+/// WebSockets are detached from hyper: their registry closes them.
+pub(super) async fn accept_loop<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: HttpLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    // Set once on the listener rather than five system calls per connection.
+    let inherited = match limits.relay.tune_listener(SockRef::from(&listener)) {
+        Ok(inherited) => inherited,
+        Err(error) => {
+            tracing::warn!(%error, "cannot set socket options on the listener");
+            false
+        }
+    };
+    let mut connections = JoinSet::new();
+    let http = http_builder(&limits);
+    let mut shed = Shed::default();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, typically: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let Ok(permit) = shed.admit(&limits) else {
+            continue;
+        };
+        if !inherited {
+            let _ = limits.relay.tune_socket(SockRef::from(&tcp));
+        }
+        let service = WithClientAddr {
+            inner: service.clone(),
+            client: ClientAddr(peer),
+        };
+        connections.spawn(serve_connection(
+            http.clone(),
+            tcp,
+            service,
+            permit,
+            stop.clone(),
+        ));
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    finish(connections, limits.stop_grace).await;
+}
+
+fn http_builder(limits: &HttpLimits) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    http
+}
+
+/// The connection cap is reached.
+struct AtCap;
+
+/// Connections closed at once at the cap, logged at powers of two.
+#[derive(Default)]
+struct Shed(u64);
+
+impl Shed {
+    /// A place under the cap (`None` with no cap); `Err`: close this connection.
+    fn admit(&mut self, limits: &HttpLimits) -> Result<Option<OwnedSemaphorePermit>, AtCap> {
+        let Some(open) = &limits.open_connections else {
+            return Ok(None);
+        };
+        match open.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                // Closing at once costs less than anything else we could answer.
+                self.0 += 1;
+                if self.0.is_power_of_two() {
+                    tracing::warn!(
+                        shed = self.0,
+                        "at the connection cap: closing new connections"
+                    );
+                }
+                Err(AtCap)
+            }
+        }
+    }
+}
+
+/// One connection: served until it ends, or, once `stop` turns true, until the request in
+/// flight is answered.
+async fn serve_connection<S, B>(
+    http: http1::Builder,
+    tcp: TcpStream,
+    service: WithClientAddr<S>,
+    permit: Option<OwnedSemaphorePermit>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let _permit = permit;
+    let connection = http
+        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Waits up to `grace` for the connections still serving, then drops them.
+async fn finish(mut connections: JoinSet<()>, grace: Duration) {
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "dropping connections still open after the stop grace"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// `inner`, with the client's address in every request's extensions.
+#[derive(Clone)]
+struct WithClientAddr<S> {
+    inner: S,
+    client: ClientAddr,
+}
+
+impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAddr<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Incoming>) -> S::Future {
+        request.extensions_mut().insert(self.client);
+        self.inner.call(request)
+    }
+}

@@ -1,0 +1,42 @@
+//! The fast path: hyper's HTTP/1.1 server with upgrades, serving any `tower::Service` (an
+//! axum `Router`, say) on a listener of the caller's runtime ([`serve`]) or on worker
+//! threads that each own a runtime and an `SO_REUSEPORT` listener ([`serve_on_workers`]),
+//! with bounded request heads, a cap on open connections and a graceful stop.
+//!
+//! Why not `axum::serve`: the relay needs the raw TCP socket back from an upgrade, which
+//! the auto-detecting builder wraps; and a relay whose two sockets live on one thread never
+//! wakes another, as in nginx's worker model.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use std::convert::Infallible;
+//!
+//! use tokio::{net::TcpListener, sync::watch};
+//! use tower_ws_proxy::server::{self, ClientAddr, HttpLimits};
+//!
+//! let app = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+//!     // Where the client connected from (for X-Forwarded-For, logs, limits).
+//!     let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+//!     assert!(client.is_some());
+//!     Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
+//! });
+//! let (stop, stopped) = watch::channel(false);
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let serving = server::serve(listener, app, HttpLimits::default(), stopped);
+//! server::shutdown_signal().await;
+//! stop.send_replace(true);
+//! serving.await; // in-flight requests finished, or the stop grace passed
+//! # Ok(()) }
+//! ```
+
+mod accept;
+mod client_addr;
+mod limits;
+mod signal;
+mod stopped;
+mod workers;
+
+pub use self::{
+    accept::serve, client_addr::ClientAddr, limits::HttpLimits, signal::shutdown_signal,
+    stopped::Stopped, workers::serve_on_workers,
+};

@@ -1,0 +1,100 @@
+//! Worker threads, each a single-threaded runtime with its own `SO_REUSEPORT` listener.
+
+use std::net::SocketAddr;
+
+use http::Request;
+use hyper::body::Incoming;
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+};
+use tower_service::Service;
+
+use super::{accept::accept_loop, HttpLimits, Stopped};
+use crate::BoxError;
+
+/// Serves `service` on `threads` threads, each a single-threaded runtime with its own
+/// listener on `addr` (`SO_REUSEPORT`: the kernel spreads connections over them); returns
+/// the bound address (port 0 becomes the one the first listener got) and one [`Stopped`]
+/// per thread.
+///
+/// Why: a WebSocket's relay and both its sockets then live on one thread, so no wakeup
+/// crosses threads. A thread keeps its runtime, and with it the relays it spawned, until
+/// `exit` turns true, so a shutdown can close them first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use tokio::sync::watch;
+/// use tower_ws_proxy::server::{serve_on_workers, HttpLimits};
+///
+/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+/// });
+/// let (stop, stopped) = watch::channel(false);
+/// let (exit, exited) = watch::channel(false);
+/// let (addr, servers) = serve_on_workers("127.0.0.1:0".parse().unwrap(), 2, app, HttpLimits::default(), stopped, exited)?;
+/// assert_ne!(addr.port(), 0);
+/// stop.send_replace(true);
+/// futures_util::future::join_all(servers).await;
+/// exit.send_replace(true); // the worker runtimes may end
+/// # Ok(()) }
+/// ```
+pub fn serve_on_workers<S, B>(
+    addr: SocketAddr,
+    threads: usize,
+    service: S,
+    limits: HttpLimits,
+    stop: watch::Receiver<bool>,
+    exit: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, Vec<Stopped>)>
+where
+    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut addr = addr;
+    let mut stopped = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let socket = reuseport_listener(addr)?;
+        addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (service, limits, stop, mut exit) =
+            (service.clone(), limits.clone(), stop.clone(), exit.clone());
+        let (done, done_receiver) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{n}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(socket.into())?;
+                    // A task rather than `block_on`'s own future: waking that one (each
+                    // accept, each connection that ends) writes to the driver's eventfd
+                    // even from its own thread, while a task is queued in place.
+                    let accepting = tokio::spawn(accept_loop(listener, service, limits, stop));
+                    let _ = accepting.await;
+                    let _ = done.send(());
+                    let _ = exit.wait_for(|exit| *exit).await;
+                    std::io::Result::Ok(())
+                })
+            })?;
+        stopped.push(Stopped::new(done_receiver));
+    }
+    Ok((addr, stopped))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket)
+}
