@@ -24,10 +24,12 @@
 
 pub mod close_code;
 mod connections;
+mod error;
 mod forwarded;
 pub mod frame;
 mod handle;
 mod handshake;
+mod headers;
 mod metrics;
 mod proxy;
 mod relay;
@@ -38,8 +40,10 @@ mod websocket;
 
 pub use self::{
     connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
+    error::BoxError,
     forwarded::set_forwarded_headers,
     handle::{ConnectionHandle, MakeHandle, OpenedConnection},
+    headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
     metrics::{ActiveWebSockets, HandshakeResult, ProxyMetrics},
     proxy::{text_response, HashRingProxy},
     relay::{
@@ -49,8 +53,7 @@ pub use self::{
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     traffic::{Flow, Traffic, TrafficTotals},
     upstream::{
-        end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop, tcp_peer,
-        BoxError, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
+        tcp_peer, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
         WebSocketAnswer,
     },
     websocket::{ProxyFailover, WebSocketFuture, WebSocketLayer, WebSocketProxy},

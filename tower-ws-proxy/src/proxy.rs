@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    upstream::BoxError, ConnectionHandle, LiveConnections, ProxyBody, ProxyFailover, RelayConfig,
+    BoxError, ConnectionHandle, LiveConnections, ProxyBody, ProxyFailover, RelayConfig,
     RelayHandle, Upstream, WebSocketFuture, WebSocketLayer, WebSocketProxy,
 };
 

@@ -28,9 +28,9 @@ use tracing::Instrument;
 
 use crate::{
     check_upgrade, is_websocket_upgrade, metrics::HandshakeResult, relay, strip_internal_headers,
-    tcp_peer, upstream::BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection,
-    Peer, ProxyBody, ProxyMetrics, Registered, RelayCommands, RelayConfig, RelayHandle,
-    RelayOutcome, UpstreamError, UpstreamSocket,
+    tcp_peer, BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection, Peer,
+    ProxyBody, ProxyMetrics, Registered, RelayCommands, RelayConfig, RelayHandle, RelayOutcome,
+    UpstreamError, UpstreamSocket,
 };
 
 /// Relays WebSockets that the service below it upgraded; see [`WebSocketProxy`].
