@@ -25,6 +25,7 @@
 pub mod close_code;
 mod connections;
 mod error;
+mod failover;
 mod forwarded;
 pub mod frame;
 mod handle;
@@ -41,6 +42,7 @@ mod websocket;
 pub use self::{
     connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
     error::BoxError,
+    failover::ProxyFailover,
     forwarded::set_forwarded_headers,
     handle::{ConnectionHandle, MakeHandle, OpenedConnection},
     headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
@@ -56,7 +58,7 @@ pub use self::{
         tcp_peer, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
         WebSocketAnswer,
     },
-    websocket::{ProxyFailover, WebSocketFuture, WebSocketLayer, WebSocketProxy},
+    websocket::{ResponseFuture as WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };
 
 /// The socket options crate of [`RelayConfig::tune_listener`]'s argument.

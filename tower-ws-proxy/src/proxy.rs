@@ -98,13 +98,13 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = WebSocketFuture;
+    type Future = WebSocketFuture<SharedHashRing<Upstream, E, ProxyFailover>, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> WebSocketFuture {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         self.inner.call(request)
     }
 }

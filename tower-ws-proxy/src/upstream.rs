@@ -206,7 +206,7 @@ impl Upstream {
 pub struct UpstreamSocket(Arc<std::sync::Mutex<Option<Peer>>>);
 
 impl UpstreamSocket {
-    fn new(peer: Peer) -> Self {
+    pub(crate) fn new(peer: Peer) -> Self {
         Self(Arc::new(std::sync::Mutex::new(Some(peer))))
     }
 
