@@ -28,6 +28,15 @@ use crate::{
 };
 
 /// A request body the upstream can send (boxed so retries can swap it for an empty one).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_ws_proxy::ProxyBody;
+///
+/// let body: ProxyBody = Full::new(Bytes::from("hello")).map_err(|e| match e {}).boxed_unsync();
+/// # let _ = body;
+/// ```
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Timeouts toward one backend.
@@ -59,6 +68,16 @@ impl Default for UpstreamConfig {
 
 /// Why a backend could not serve a request. All of these mean the request never reached a
 /// backend's application, so a proxy may try the next backend.
+///
+/// ```
+/// use tower_ws_proxy::UpstreamError;
+///
+/// let error = UpstreamError::Unavailable(http::StatusCode::SERVICE_UNAVAILABLE);
+/// assert_eq!(
+///     error.to_string(),
+///     "the backend answered the websocket handshake with 503 Service Unavailable"
+/// );
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum UpstreamError {
@@ -94,6 +113,16 @@ impl fmt::Display for UpstreamError {
 impl std::error::Error for UpstreamError {}
 
 /// The backend's answer to a WebSocket handshake.
+///
+/// ```
+/// use tower_ws_proxy::{Upstream, UpstreamError};
+///
+/// /// Whether the backend took the WebSocket the client asks for in `head`.
+/// async fn accepted(upstream: &Upstream, head: &http::request::Parts) -> Result<bool, UpstreamError> {
+///     let answer = upstream.open_websocket(head).await?;
+///     Ok(answer.upgraded.is_some())
+/// }
+/// ```
 #[derive(Debug)]
 pub struct WebSocketAnswer {
     /// The backend's response, hop-by-hop headers removed (with its body when it refused).
