@@ -58,6 +58,7 @@ pub use self::{
         tcp_peer, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
         WebSocketAnswer,
     },
+    // tower's name inside the middleware's module; the crate root keeps the name it had.
     websocket::{ResponseFuture as WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };
 

@@ -14,10 +14,11 @@ use super::{error::error_response, upgrade::PendingUpgrade};
 use crate::{BoxError, ConnectionHandle, ProxyBody, RelayHandle};
 
 pin_project! {
-    /// The response future of [`WebSocketProxy`](super::WebSocketProxy) (re-exported as
-    /// `WebSocketFuture`): the service below is readied and called in it, and whatever it
-    /// answers, or fails with, becomes the client's response. For a WebSocket upgrade
-    /// answered with a `101`, the relay is spawned before the response is returned.
+    /// The response future of [`WebSocketProxy`](super::WebSocketProxy): the service below
+    /// is readied and called in it, and whatever that answers, or fails with, becomes the
+    /// client's response. For a WebSocket upgrade answered with a `101`, the relay is
+    /// spawned before the response is returned. A refused upgrade is answered without a
+    /// call below.
     ///
     /// ```
     /// use std::convert::Infallible;

@@ -24,7 +24,7 @@ pub struct WebSocketLayer<H = RelayHandle> {
 impl<H> WebSocketLayer<H> {
     /// Registers the WebSockets in `connections` (their cap, their records for migration,
     /// their shutdown) and relays them with `relay`'s deadlines and limits.
-    pub fn new(connections: LiveConnections<H>, relay: RelayConfig) -> Self {
+    pub const fn new(connections: LiveConnections<H>, relay: RelayConfig) -> Self {
         Self {
             connections,
             relay,
