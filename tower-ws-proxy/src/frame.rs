@@ -172,6 +172,17 @@ impl FrameLimits {
 /// It reads only frame headers (and the two status-code bytes of a close frame), so payloads
 /// pass through untouched: masked frames stay masked, compressed ones (RSV1,
 /// permessage-deflate) stay compressed.
+///
+/// ```
+/// use tower_ws_proxy::frame::FrameTracker;
+///
+/// // A final, unmasked text frame of 2 bytes ("hi"), then the start of the next frame.
+/// let mut tracker = FrameTracker::default();
+/// let (taken, end) = tracker.feed(b"\x81\x02hi\x81").unwrap().expect("a frame ends");
+/// assert_eq!(taken, 4);
+/// assert!(end.fin);
+/// assert!(tracker.at_message_boundary());
+/// ```
 #[derive(Clone, Debug)]
 pub struct FrameTracker {
     header: [u8; 14],

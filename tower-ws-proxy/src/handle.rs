@@ -8,7 +8,17 @@ use tower_hashring::{NodeId, RoutingKey};
 
 use crate::RelayHandle;
 
-/// A WebSocket the proxy has just established.
+/// A WebSocket the proxy has just established, as a [`MakeHandle`] sees it.
+///
+/// ```
+/// use tower_ws_proxy::{MakeHandle, OpenedConnection, RelayHandle};
+///
+/// let make = MakeHandle::new(|opened: &OpenedConnection<'_>| {
+///     tracing::debug!(backend = %opened.backend, path = opened.request.uri.path(), "opened");
+///     opened.handle.clone()
+/// });
+/// # let _: MakeHandle<RelayHandle> = make;
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct OpenedConnection<'a> {

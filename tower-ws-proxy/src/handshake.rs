@@ -13,7 +13,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{end_to_end_headers, strip_hop_by_hop, Peer, ProxyBody, UpstreamError};
+use crate::{
+    headers::{end_to_end_headers, strip_hop_by_hop},
+    Peer, ProxyBody, UpstreamError,
+};
 
 /// The most a backend's response head may take.
 const MAX_HEAD: usize = 16 * 1024;

@@ -26,10 +26,13 @@
 
 pub mod close_code;
 mod connections;
+mod error;
+mod failover;
 mod forwarded;
 pub mod frame;
 mod handle;
 mod handshake;
+mod headers;
 mod metrics;
 mod proxy;
 mod relay;
@@ -41,8 +44,11 @@ mod websocket;
 
 pub use self::{
     connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
+    error::BoxError,
+    failover::ProxyFailover,
     forwarded::set_forwarded_headers,
     handle::{ConnectionHandle, MakeHandle, OpenedConnection},
+    headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
     metrics::{ActiveWebSockets, HandshakeResult, ProxyMetrics},
     proxy::{text_response, HashRingProxy},
     relay::{
@@ -52,11 +58,11 @@ pub use self::{
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     traffic::{Flow, Traffic, TrafficTotals},
     upstream::{
-        end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop, tcp_peer,
-        BoxError, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
+        tcp_peer, ProxyBody, Upstream, UpstreamConfig, UpstreamError, UpstreamSocket,
         WebSocketAnswer,
     },
-    websocket::{ProxyFailover, WebSocketFuture, WebSocketLayer, WebSocketProxy},
+    // tower's name inside the middleware's module; the crate root keeps the name it had.
+    websocket::{ResponseFuture as WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };
 
 /// The socket options crate of [`RelayConfig::tune_listener`]'s argument.

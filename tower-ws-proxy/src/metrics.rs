@@ -21,7 +21,14 @@ use tower_hashring::NodeId;
 
 use crate::{Flow, LiveConnections, TrafficTotals};
 
-/// How a WebSocket handshake through the proxy ended.
+/// How a WebSocket handshake through the proxy ended: the `result` label of the
+/// `websocket_handshakes` counter of [`ProxyMetrics`], spelled as the variants are.
+///
+/// ```
+/// use tower_ws_proxy::HandshakeResult;
+///
+/// assert_eq!(format!("{:?}", HandshakeResult::bad_request), "bad_request");
+/// ```
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum HandshakeResult {

@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    upstream::BoxError, ConnectionHandle, LiveConnections, ProxyBody, ProxyFailover, RelayConfig,
+    BoxError, ConnectionHandle, LiveConnections, ProxyBody, ProxyFailover, RelayConfig,
     RelayHandle, Upstream, WebSocketFuture, WebSocketLayer, WebSocketProxy,
 };
 
@@ -28,6 +28,29 @@ use crate::{
 /// to the owner's successors only when nothing of it reached a backend's application and it
 /// can be sent again ([`ProxyFailover`]). Errors become responses (see [`WebSocketProxy`]),
 /// so it drops into hyper or `axum::Router` as is.
+///
+/// ```
+/// use std::convert::Infallible;
+///
+/// use futures_util::stream;
+/// use tower::discover::Change;
+/// use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+/// use tower_ws_proxy::{HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let backends = stream::iter([Ok::<_, Infallible>(Change::Insert(
+///     NodeId::from("a"),
+///     Upstream::new("127.0.0.1:7100", UpstreamConfig::default()),
+/// ))]);
+/// let key = HttpKey::new().path("/connect/{userId}")?;
+/// let (ring, driver) = HashRingLayer::new(key).shared(backends);
+/// tokio::spawn(driver);
+/// let proxy = HashRingProxy::new(ring, LiveConnections::new(10_000), RelayConfig::default());
+/// assert!(proxy.connections().is_empty());
+/// # Ok(())
+/// # }
+/// ```
 pub struct HashRingProxy<E, H = RelayHandle> {
     ring: SharedHashRing<Upstream, E>,
     inner: WebSocketProxy<SharedHashRing<Upstream, E, ProxyFailover>, H>,
@@ -98,13 +121,13 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = WebSocketFuture;
+    type Future = WebSocketFuture<SharedHashRing<Upstream, E, ProxyFailover>, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> WebSocketFuture {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         self.inner.call(request)
     }
 }

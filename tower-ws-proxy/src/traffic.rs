@@ -7,6 +7,13 @@ use std::{
 };
 
 /// What one direction carried.
+///
+/// ```
+/// use tower_ws_proxy::Flow;
+///
+/// let flow = Flow { messages: 1, bytes: 12 } + Flow { messages: 2, bytes: 30 };
+/// assert_eq!(flow, Flow { messages: 3, bytes: 42 });
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// Complete data messages (text or binary, the final frame of each).

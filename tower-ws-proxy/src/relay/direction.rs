@@ -53,6 +53,26 @@ pub(super) struct Direction<'a> {
     pub(super) messages: u64,
 }
 
+impl<'a> Direction<'a> {
+    /// A direction about to relay its first bytes.
+    pub(super) fn new(toward: Toward, shared: &'a Shared<'a>) -> Self {
+        Self {
+            toward,
+            shared,
+            tracker: FrameTracker::with_limits(shared.config.limits),
+            end: DirectionEnd::default(),
+            requested: None,
+            deadline: None,
+            switch_deadline: None,
+            handshake_complete: false,
+            switching: false,
+            held: Vec::new(),
+            opaque: false,
+            messages: 0,
+        }
+    }
+}
+
 impl Direction<'_> {
     fn count_message(&mut self, frame: &FrameEnd) {
         let data = matches!(

@@ -159,7 +159,14 @@ pub(crate) fn keepalive_probes(idle: Duration) -> socket2::TcpKeepalive {
         .with_retries(3)
 }
 
-/// A request to a running relay.
+/// A request to a running relay; a [`RelayHandle`] sends them.
+///
+/// ```
+/// use tower_ws_proxy::RelayCommand;
+///
+/// let command = RelayCommand::Close { code: 1001, reason: "going away".into() };
+/// assert!(matches!(command, RelayCommand::Close { code: 1001, .. }));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RelayCommand {
@@ -312,6 +319,17 @@ pub struct RelayHandle {
 }
 
 /// The receiving end of a [`RelayHandle`], given to [`relay`](super::relay).
+///
+/// ```
+/// use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle};
+///
+/// async fn relayed(client: Peer, upstream: Peer) {
+///     let (handle, commands) = RelayHandle::new();
+///     let relaying = tokio::spawn(relay(client, upstream, RelayConfig::default(), commands));
+///     handle.close(1001, "going away");
+///     let _ = relaying.await;
+/// }
+/// ```
 #[derive(Debug)]
 pub struct RelayCommands {
     pub(super) control: Arc<Control>,
@@ -403,6 +421,16 @@ impl RelayHandle {
 }
 
 /// How a relay ended.
+///
+/// ```
+/// use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle};
+///
+/// async fn relayed(client: Peer, upstream: Peer) {
+///     let (_handle, commands) = RelayHandle::new();
+///     let outcome = relay(client, upstream, RelayConfig::default(), commands).await;
+///     tracing::debug!(client = ?outcome.client_close, upstream = ?outcome.upstream_close, "closed");
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RelayOutcome {

@@ -10,10 +10,9 @@ use std::{
 use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
-    time::Instant,
+    sync::{futures::Notified, Notify},
+    time::{Instant, Sleep},
 };
-
-use crate::frame::FrameTracker;
 
 use super::{
     direction::{Direction, Injection, Plan},
@@ -77,46 +76,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut this = Direction {
-        toward,
-        shared,
-        tracker: FrameTracker::with_limits(shared.config.limits),
-        end: DirectionEnd::default(),
-        requested: None,
-        deadline: None,
-        switch_deadline: None,
-        handshake_complete: false,
-        switching: false,
-        held: Vec::new(),
-        opaque: false,
-        messages: 0,
-    };
-    let mut pending: Option<Vec<u8>> = None;
-    {
-        // Taken (and dropped) before the first wait, so the future keeps no room for it.
-        let preread = std::mem::take(preread);
-        if !preread.is_empty() {
-            pending = Some(match this.plan(&preread) {
-                Plan::All => preread.to_vec(),
-                Plan::Bytes(bytes) => bytes,
-            });
-            this.count(preread.len());
-        }
-    }
-
-    // Commands, and changes to the relay's shared state, wake the pump through one
-    // registration made once (and again only after it fired), so the hot path registers
-    // nothing: only when the socket has nothing to read does the pump poll it too.
-    let control = &shared.commands.control;
-    // Version 0 is the relay's start: a pump of a later phase (after a switch) takes in
-    // any command sent before it began.
-    let mut seen = 0;
-    let changed = control.changed.notified();
-    tokio::pin!(changed);
-    changed.as_mut().enable();
-    // Boxed and made only once a deadline is set (closing, switching): an idle relay keeps
-    // no timer of its own.
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut this = Direction::new(toward, shared);
+    let mut pending = take_preread(&mut this, preread);
+    let wakeups = Wakeups::new(&shared.commands.control.changed);
+    tokio::pin!(wakeups);
+    wakeups.as_mut().listen();
 
     loop {
         if let Some(bytes) = pending.take() {
@@ -124,93 +88,233 @@ where
                 return broken(this);
             }
         }
-        if this.end.handover.is_some() || this.end.handed_over {
-            return this.end;
+        match this.ending() {
+            Some(Ending::HandedOver) => return this.end,
+            Some(Ending::Done) => {
+                shutdown_write(&mut dst).await;
+                return this.end;
+            }
+            None => {}
         }
-        let out_of_time = shared.end_by().is_some_and(|at| Instant::now() >= at);
-        if this.finished() || shared.stopped.load(Ordering::Acquire) || out_of_time {
-            shutdown_write(&mut dst).await;
-            return this.end;
-        }
-        // Between messages and nothing half-forwarded: inject right away.
-        if this.tracker.at_message_boundary() && this.end.close.is_none() && !shared.is_opaque() {
-            match this.requested.take() {
-                Some(Injection::Close(code, reason)) => {
-                    let frame = this.close_frame(code, &reason);
-                    if dst.write_all(&frame).await.is_err() {
-                        return broken(this);
-                    }
-                    continue;
-                }
-                Some(Injection::Handover) => {
-                    let frame = this.close_frame(MOVED_CODE, MOVED_REASON);
-                    let _ = dst.write_all(&frame).await;
+        if let Some(injection) = this.injection_due() {
+            let written = dst.write_all(&injection.frame).await;
+            match injection.then {
+                AfterInjection::Relay if written.is_ok() => continue,
+                AfterInjection::Relay => return broken(this),
+                AfterInjection::HandOver => {
                     this.end.handover = Some(Vec::new());
                     return this.end;
                 }
-                None => {}
             }
         }
-        if let Some(deadline) = this.next_deadline() {
-            match &mut timer {
-                Some(timer) if timer.deadline() == deadline => {}
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
+        wakeups.as_mut().arm_timer(this.next_deadline());
         let step = std::future::poll_fn(|cx| {
-            // A command that arrived since the last look applies before anything more is
-            // read: a switch must know where the old upstream's last frames end. (This is
-            // polled again without the loop's check after a wakeup.)
-            if control.has_changed(seen) {
-                let (command, version) = control.command();
-                seen = version;
-                return Poll::Ready(Step::Command(command));
-            }
-            // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
-            // each message costs one `read` and one `write`, with no `read` that finds nothing.
-            if let Poll::Ready(step) = read_and_forward(cx, &mut src, &mut dst, &mut this) {
-                return Poll::Ready(step);
-            }
-            if let (Some(_), Some(timer)) = (this.next_deadline(), &mut timer) {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Step::Timer);
-                }
-            }
-            if changed.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::Changed);
-            }
-            Poll::Pending
+            wakeups
+                .as_mut()
+                .poll_step(cx, &mut src, &mut dst, &mut this)
         })
         .await;
         match step {
             Step::Sent => {}
-            Step::Command(command) => {
-                this.on_command(&command);
-                if !this.switching && !this.held.is_empty() {
-                    pending = Some(std::mem::take(&mut this.held));
-                }
-            }
+            Step::Command(command) => pending = this.take_in(&command),
             Step::Pending(bytes) => pending = Some(bytes),
             // A command is read on the next turn of the loop, by `has_changed`; a change of
             // the shared state by the loop's checks.
-            Step::Changed => {
-                changed.set(control.changed.notified());
-                changed.as_mut().enable();
-            }
+            Step::Changed => wakeups
+                .as_mut()
+                .listen_again(&shared.commands.control.changed),
             Step::Timer => {
-                let now = Instant::now();
-                if this.switch_deadline.is_some_and(|at| now >= at) {
-                    this.give_up_switch();
-                } else if this.deadline.is_some_and(|at| now >= at) {
-                    return Box::pin(source_finished(this, &mut seen, &mut dst)).await;
+                if this.source_overdue() {
+                    let seen = wakeups.as_mut().project().seen;
+                    return Box::pin(source_finished(this, seen, &mut dst)).await;
                 }
                 // Otherwise the relay-wide deadline: the loop's check ends the direction.
             }
             // Boxed: the rare end of a direction does not widen every relay's future.
-            Step::Finished => return Box::pin(source_finished(this, &mut seen, &mut dst)).await,
+            Step::Finished => {
+                let seen = wakeups.as_mut().project().seen;
+                return Box::pin(source_finished(this, seen, &mut dst)).await;
+            }
             Step::Broken => return broken(this),
         }
+    }
+}
+
+/// The bytes read before the relay began (along with the handshake, or held over from a
+/// switch), planned and counted like any read: what goes out first.
+fn take_preread(this: &mut Direction<'_>, preread: &mut Bytes) -> Option<Vec<u8>> {
+    // Taken (and dropped) before the first wait, so the future keeps no room for it.
+    let preread = std::mem::take(preread);
+    if preread.is_empty() {
+        return None;
+    }
+    let pending = match this.plan(&preread) {
+        Plan::All => preread.to_vec(),
+        Plan::Bytes(bytes) => bytes,
+    };
+    this.count(preread.len());
+    Some(pending)
+}
+
+/// Why a direction stops before waiting again.
+enum Ending {
+    /// A switch took the connection over: nothing is closed.
+    HandedOver,
+    /// Nothing more goes this way (the close handshake completed, the relay stopped, or
+    /// its deadline passed): the destination is half-closed.
+    Done,
+}
+
+/// A close due now, and what follows it.
+struct DueInjection {
+    frame: Bytes,
+    then: AfterInjection,
+}
+
+enum AfterInjection {
+    /// Relaying goes on (up to the source's own close).
+    Relay,
+    /// The client moves to another upstream: this direction ends.
+    HandOver,
+}
+
+impl Direction<'_> {
+    fn ending(&self) -> Option<Ending> {
+        if self.end.handover.is_some() || self.end.handed_over {
+            return Some(Ending::HandedOver);
+        }
+        let shared = self.shared;
+        let out_of_time = shared.end_by().is_some_and(|at| Instant::now() >= at);
+        if self.finished() || shared.stopped.load(Ordering::Acquire) || out_of_time {
+            return Some(Ending::Done);
+        }
+        None
+    }
+
+    /// The requested close, once the direction is between messages with nothing
+    /// half-forwarded (then it goes in right away).
+    fn injection_due(&mut self) -> Option<DueInjection> {
+        let between_messages = self.tracker.at_message_boundary() && self.end.close.is_none();
+        if !between_messages || self.shared.is_opaque() {
+            return None;
+        }
+        Some(match self.requested.take()? {
+            Injection::Close(code, reason) => DueInjection {
+                frame: self.close_frame(code, &reason),
+                then: AfterInjection::Relay,
+            },
+            Injection::Handover => DueInjection {
+                frame: self.close_frame(MOVED_CODE, MOVED_REASON),
+                then: AfterInjection::HandOver,
+            },
+        })
+    }
+
+    /// Takes a command into account; a frame start held back for a switch that is now
+    /// over goes out next.
+    fn take_in(&mut self, command: &RelayCommand) -> Option<Vec<u8>> {
+        self.on_command(command);
+        (!self.switching && !self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+    }
+
+    /// A deadline of this direction passed: a switch that found no message boundary is
+    /// given up; true when the source missed its close deadline.
+    fn source_overdue(&mut self) -> bool {
+        let now = Instant::now();
+        if self.switch_deadline.is_some_and(|at| now >= at) {
+            self.give_up_switch();
+            false
+        } else {
+            self.deadline.is_some_and(|at| now >= at)
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What wakes a waiting pump besides its socket. Commands, and changes to the relay's
+    /// shared state, wake it through one registration made once (and again only after it
+    /// fired), so the hot path registers nothing: only when the socket has nothing to read
+    /// does the pump poll these too.
+    struct Wakeups<'a> {
+        // The version of the last command taken in. Version 0 is the relay's start: a
+        // pump of a later phase (after a switch) takes in any command sent before it began.
+        seen: u64,
+        #[pin]
+        changed: Notified<'a>,
+        // Boxed and made only once a deadline is set (closing, switching): an idle relay
+        // keeps no timer of its own.
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<'a> Wakeups<'a> {
+    fn new(changed: &'a Notify) -> Self {
+        Self {
+            seen: 0,
+            changed: changed.notified(),
+            timer: None,
+        }
+    }
+
+    fn listen(self: Pin<&mut Self>) {
+        self.project().changed.enable();
+    }
+
+    /// After the change registration fired.
+    fn listen_again(self: Pin<&mut Self>, changed: &'a Notify) {
+        let mut registration = self.project().changed;
+        registration.set(changed.notified());
+        registration.as_mut().enable();
+    }
+
+    /// Points the timer at the direction's next deadline, if it has one.
+    fn arm_timer(self: Pin<&mut Self>, deadline: Option<Instant>) {
+        let Some(deadline) = deadline else {
+            return;
+        };
+        match self.project().timer {
+            Some(timer) if timer.deadline() == deadline => {}
+            Some(timer) => timer.as_mut().reset(deadline),
+            timer @ None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// One look at everything a pump waits on, in order.
+    fn poll_step<R, W>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        this: &mut Direction<'_>,
+    ) -> Poll<Step>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let wakeups = self.project();
+        let control = &this.shared.commands.control;
+        // A command that arrived since the last look applies before anything more is
+        // read: a switch must know where the old upstream's last frames end. (This is
+        // polled again without the loop's check after a wakeup.)
+        if control.has_changed(*wakeups.seen) {
+            let (command, version) = control.command();
+            *wakeups.seen = version;
+            return Poll::Ready(Step::Command(command));
+        }
+        // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
+        // each message costs one `read` and one `write`, with no `read` that finds nothing.
+        if let Poll::Ready(step) = read_and_forward(cx, src, dst, this) {
+            return Poll::Ready(step);
+        }
+        if let (Some(_), Some(timer)) = (this.next_deadline(), wakeups.timer) {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Timer);
+            }
+        }
+        if wakeups.changed.poll(cx).is_ready() {
+            return Poll::Ready(Step::Changed);
+        }
+        Poll::Pending
     }
 }
 

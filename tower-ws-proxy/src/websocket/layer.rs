@@ -1,0 +1,72 @@
+use std::fmt;
+
+use tower_layer::Layer;
+
+use super::WebSocketProxy;
+use crate::{LiveConnections, ProxyMetrics, RelayConfig, RelayHandle};
+
+/// Relays WebSockets that the service below it upgraded; see [`WebSocketProxy`].
+///
+/// ```
+/// use tower_layer::Layer;
+/// use tower_ws_proxy::{LiveConnections, RelayConfig, Upstream, UpstreamConfig, WebSocketLayer};
+///
+/// let layer = WebSocketLayer::new(LiveConnections::new(10_000), RelayConfig::default());
+/// let proxy = layer.layer(Upstream::new("127.0.0.1:7100", UpstreamConfig::default()));
+/// # let _ = proxy;
+/// ```
+pub struct WebSocketLayer<H = RelayHandle> {
+    connections: LiveConnections<H>,
+    relay: RelayConfig,
+    metrics: Option<ProxyMetrics>,
+}
+
+impl<H> WebSocketLayer<H> {
+    /// Registers the WebSockets in `connections` (their cap, their records for migration,
+    /// their shutdown) and relays them with `relay`'s deadlines and limits.
+    pub const fn new(connections: LiveConnections<H>, relay: RelayConfig) -> Self {
+        Self {
+            connections,
+            relay,
+            metrics: None,
+        }
+    }
+
+    /// Counts handshakes, their latency, and WebSockets opened and closed in `metrics`.
+    pub fn metrics(mut self, metrics: ProxyMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+impl<H> Clone for WebSocketLayer<H> {
+    fn clone(&self) -> Self {
+        Self {
+            connections: self.connections.clone(),
+            relay: self.relay,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<H> fmt::Debug for WebSocketLayer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketLayer")
+            .field("connections", &self.connections)
+            .field("relay", &self.relay)
+            .finish()
+    }
+}
+
+impl<S, H> Layer<S> for WebSocketLayer<H> {
+    type Service = WebSocketProxy<S, H>;
+
+    fn layer(&self, inner: S) -> WebSocketProxy<S, H> {
+        WebSocketProxy {
+            inner,
+            connections: self.connections.clone(),
+            relay: self.relay,
+            metrics: self.metrics.clone(),
+        }
+    }
+}

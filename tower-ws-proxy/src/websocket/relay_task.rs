@@ -1,0 +1,107 @@
+//! The task of one proxied WebSocket, from the client's upgrade to the relay's end.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_hashring::NodeId;
+
+use crate::{
+    relay, tcp_peer, Peer, ProxyMetrics, Registered, RelayCommands, RelayConfig, RelayOutcome,
+};
+
+type RelayArgs = (Peer, RelayConfig, RelayCommands);
+
+pin_project! {
+    /// A proxied WebSocket's task: it waits for the client's upgrade, relays, then counts
+    /// the close and leaves the registry. A named future rather than an `async` block,
+    /// which would keep the upstream socket, the config and the commands twice (as its
+    /// captures and inside the relay): every idle connection would pay for that.
+    pub(super) struct RelayTask<F, H> {
+        #[pin]
+        pub(super) stage: Stage<F>,
+        pub(super) registration: Option<Registered<H>>,
+        pub(super) metrics: Option<ProxyMetrics>,
+        pub(super) backend: NodeId,
+        pub(super) started: Instant,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    pub(super) enum Stage<F> {
+        Upgrading {
+            upgrade: OnUpgrade,
+            relay: Option<RelayArgs>,
+            start: fn(Peer, Peer, RelayConfig, RelayCommands) -> F,
+        },
+        // The fast path: the raw socket, halves without a lock.
+        Raw { #[pin] relay: F },
+        // A server that wraps the socket (axum::serve, hyper-util's auto builder): the
+        // generic path over the upgraded connection, boxed since it is the rarer one.
+        Wrapped { relay: Pin<Box<dyn Future<Output = RelayOutcome> + Send>> },
+    }
+}
+
+impl<F: Future<Output = RelayOutcome>> Future for Stage<F> {
+    /// `None`: the client's upgrade failed.
+    type Output = Option<RelayOutcome>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RelayOutcome>> {
+        loop {
+            let next = match self.as_mut().project() {
+                StageProj::Upgrading {
+                    upgrade,
+                    relay: args,
+                    start,
+                } => {
+                    let upgraded = std::task::ready!(Pin::new(upgrade).poll(cx));
+                    let Some((upstream, config, commands)) = args.take() else {
+                        return Poll::Ready(None);
+                    };
+                    match upgraded.map(tcp_peer) {
+                        Ok(Ok(client)) => Stage::Raw {
+                            relay: start(client, upstream, config, commands),
+                        },
+                        Ok(Err(upgraded)) => {
+                            let client = Peer::new(TokioIo::new(upgraded));
+                            Stage::Wrapped {
+                                relay: Box::pin(relay(client, upstream, config, commands)),
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "client upgrade failed");
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                StageProj::Raw { relay } => return relay.poll(cx).map(Some),
+                StageProj::Wrapped { relay } => return relay.as_mut().poll(cx).map(Some),
+            };
+            self.set(next);
+        }
+    }
+}
+
+impl<F: Future<Output = RelayOutcome>, H> Future for RelayTask<F, H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if let Some(outcome) = std::task::ready!(this.stage.poll(cx)) {
+            tracing::debug!(backend = %this.backend, ?outcome, "websocket closed");
+            if let Some(metrics) = this.metrics {
+                metrics.closed(this.started.elapsed());
+            }
+        }
+        // Out of the registry (and its cap) as soon as the relay ends.
+        this.registration.take();
+        Poll::Ready(())
+    }
+}
