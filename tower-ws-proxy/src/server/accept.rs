@@ -19,8 +19,7 @@ use tokio::{
 };
 use tower_service::Service;
 
-use super::{ClientAddr, HttpLimits, Stopped};
-use crate::BoxError;
+use super::{ClientAddr, HttpLimits, HttpService, Stopped};
 
 /// Serves `service` on `listener` from a task on the current runtime until `stop` turns
 /// true; the returned future resolves once in-flight requests finished (or the limits'
@@ -41,19 +40,14 @@ use crate::BoxError;
 /// serving.await;
 /// # Ok(()) }
 /// ```
-pub fn serve<S, B>(
+pub fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: HttpLimits,
     stop: watch::Receiver<bool>,
 ) -> Stopped
 where
-    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let (done, stopped) = oneshot::channel();
     tokio::spawn(async move {
@@ -65,18 +59,13 @@ where
 
 /// Accepts until `stop` turns true, then gives in-flight requests the stop grace. Upgraded
 /// WebSockets are detached from hyper: their registry closes them.
-pub(super) async fn accept_loop<S, B>(
+pub(super) async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     // Set once on the listener rather than five system calls per connection.
     let inherited = match limits.relay.tune_listener(SockRef::from(&listener)) {
@@ -166,19 +155,14 @@ impl Shed {
 
 /// One connection: served until it ends, or, once `stop` turns true, until the request in
 /// flight is answered.
-async fn serve_connection<S, B>(
+async fn serve_connection<S>(
     http: http1::Builder,
     tcp: TcpStream,
     service: WithClientAddr<S>,
     permit: Option<OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let _permit = permit;
     let connection = http

@@ -32,11 +32,12 @@
 mod accept;
 mod client_addr;
 mod limits;
+mod service;
 mod signal;
 mod stopped;
 mod workers;
 
 pub use self::{
-    accept::serve, client_addr::ClientAddr, limits::HttpLimits, signal::shutdown_signal,
-    stopped::Stopped, workers::serve_on_workers,
+    accept::serve, client_addr::ClientAddr, limits::HttpLimits, service::HttpService,
+    signal::shutdown_signal, stopped::Stopped, workers::serve_on_workers,
 };

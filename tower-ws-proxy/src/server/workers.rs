@@ -2,16 +2,12 @@
 
 use std::net::SocketAddr;
 
-use http::Request;
-use hyper::body::Incoming;
 use tokio::{
     net::TcpListener,
     sync::{oneshot, watch},
 };
-use tower_service::Service;
 
-use super::{accept::accept_loop, HttpLimits, Stopped};
-use crate::BoxError;
+use super::{accept::accept_loop, HttpLimits, HttpService, Stopped};
 
 /// Serves `service` on `threads` threads, each a single-threaded runtime with its own
 /// listener on `addr` (`SO_REUSEPORT`: the kernel spreads connections over them); returns
@@ -40,7 +36,7 @@ use crate::BoxError;
 /// exit.send_replace(true); // the worker runtimes may end
 /// # Ok(()) }
 /// ```
-pub fn serve_on_workers<S, B>(
+pub fn serve_on_workers<S>(
     addr: SocketAddr,
     threads: usize,
     service: S,
@@ -49,12 +45,7 @@ pub fn serve_on_workers<S, B>(
     exit: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, Vec<Stopped>)>
 where
-    S: Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let mut addr = addr;
     let mut stopped = Vec::with_capacity(threads);
