@@ -298,14 +298,30 @@ impl Membership {
         self.lock().members.get(id).cloned()
     }
 
-    /// Whether `id` is a member.
-    pub fn contains(&self, id: &NodeId) -> bool {
-        self.lock().members.contains_key(id)
-    }
-
     /// Adds or replaces the member `id` (an admin API's own, say).
     pub fn insert(&self, id: NodeId, member: Member) {
         self.lock().admit(&self.changes, id, member);
+    }
+
+    /// Adds `member` as `id` unless `id` is a member already, in one step under the lock
+    /// (two admins adding one id at once: one gets `false`).
+    ///
+    /// ```
+    /// use discovery::{Backend, Member, Membership, Origin};
+    /// use tower_hashring::NodeId;
+    ///
+    /// let (members, _changes) = Membership::new();
+    /// let a = || Member::new(Backend::new("a", "127.0.0.1:7100".parse().unwrap()), Origin::Api);
+    /// assert!(members.insert_new(NodeId::from("a"), a()));
+    /// assert!(!members.insert_new(NodeId::from("a"), a()));
+    /// ```
+    pub fn insert_new(&self, id: NodeId, member: Member) -> bool {
+        let mut state = self.lock();
+        if state.members.contains_key(&id) {
+            return false;
+        }
+        state.admit(&self.changes, id, member);
+        true
     }
 
     /// Removes a member; `None` if it was not one.

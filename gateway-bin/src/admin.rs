@@ -250,12 +250,11 @@ async fn add_backend(State(state): State<AdminState>, body: axum::body::Bytes) -
         if let Some(why) = refuse_backend_address(new.address, &state.own_listeners, networks) {
             return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
         }
-        if state.members.contains(&NodeId::from(new.id.as_str())) {
+        let member = Member::new(Backend::new(new.id.as_str(), new.address), Origin::Api);
+        if !state.members.insert_new(member.backend.node_id(), member) {
             let reason = format!("backend {} is already on the ring\n", new.id);
             return (StatusCode::CONFLICT, reason).into_response();
         }
-        let member = Member::new(Backend::new(new.id.as_str(), new.address), Origin::Api);
-        state.members.insert(NodeId::from(new.id.as_str()), member);
         return (StatusCode::CREATED, Json(json!({ "id": new.id }))).into_response();
     }
     let Some(scaler) = &state.scaler else {
