@@ -300,7 +300,7 @@ async fn remove_backend(State(state): State<AdminState>, Path(id): Path<String>)
         return (StatusCode::NOT_FOUND, reason).into_response();
     }
     // The ring change makes the migrator move its clients to their new owners over the
-    // drain window; stop the backend once they have gone (the registry says when).
+    // drain window; stop the backend once they have gone (`LiveConnections::drained` says when).
     let limit = state.drain_window + Duration::from_secs(5);
     let _ = tokio::time::timeout(limit, state.connections.drained(&id)).await;
     let stopped = match (&state.scaler, ownership) {

@@ -323,12 +323,12 @@ impl Gateway {
             scaler.as_deref(),
             &discovery_metrics,
         )?;
-        // One registry: the cap, the per-backend counts (bounded loads read them), the
+        // One `LiveConnections`: the cap, the per-backend counts (bounded loads read them), the
         // migrator's records and shutdown all use it.
         let connections = LiveConnections::with_limit(config.max_connections);
         let (proxy_metrics, migration_metrics) =
             (ProxyMetrics::default(), MigrationMetrics::default());
-        let routing = Routing::start(
+        let routing = RingAndMigration::start(
             &config,
             &members,
             ring_changes,
@@ -555,14 +555,14 @@ fn swarm_scaler(swarm: &SwarmConfig) -> Option<Arc<dyn Scaler>> {
 
 /// The ring over the members, its migrator (spawned) and the layer that makes connections
 /// movable.
-struct Routing {
+struct RingAndMigration {
     ring: SharedHashRing<Upstream, HttpKey>,
     migrate: MigrateLayer,
     stats: MigrationStats,
     recent: RecentMoves,
 }
 
-impl Routing {
+impl RingAndMigration {
     fn start(
         config: &GatewayConfig,
         members: &Membership,

@@ -17,7 +17,7 @@ use tower_ws_proxy::{ActiveWebSockets, LiveConnections, ProxyMetrics, Upstream};
 
 use discovery::Membership;
 
-/// The registry every metric of the gateway is in.
+/// The Prometheus registry every metric of the gateway is in.
 #[derive(Clone, Debug)]
 pub(crate) struct GatewayMetrics {
     registry: Arc<Registry>,
@@ -25,7 +25,7 @@ pub(crate) struct GatewayMetrics {
 
 impl GatewayMetrics {
     /// The registry of `proxy` and `migration` (already given to their layers) and of what
-    /// is read at each scrape from the ring, the registry of connections and the members.
+    /// is read at each scrape from the ring, the live connections and the members.
     pub(crate) fn new(
         proxy: &ProxyMetrics,
         migration: &MigrationMetrics,

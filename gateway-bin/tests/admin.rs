@@ -74,9 +74,9 @@ async fn every_admin_route_needs_the_token() {
     gateway.shutdown().await;
 }
 
-/// The seed's hole: a cross-site `text/plain` POST (what any page the operator opens can
-/// send) added a backend pointing at the gateway itself. Now a write must be JSON, and a
-/// foreign origin is refused even with JSON and the token.
+/// A cross-site `text/plain` POST (what any page the operator opens can send) must not add
+/// a backend pointing at the gateway itself: a write must be JSON, and a foreign origin is
+/// refused even with JSON and the token.
 #[tokio::test]
 async fn cross_site_writes_are_refused() {
     let gateway = demo(1).await; // on loopback without a token: only these checks stand

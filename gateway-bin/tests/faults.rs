@@ -1,6 +1,6 @@
 //! The fault suite: hostile clients and broken backends against a real gateway on loopback.
 //! Every case has a bound; none may disturb the well-behaved clients beside it, and none may
-//! leave a slot, a registry entry or a descriptor behind.
+//! leave a slot, a live-connection record or a descriptor behind.
 
 mod common;
 

@@ -549,7 +549,7 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
     let (status, _) = http(gateway.admin, "DELETE", "/admin/backends/backend-b", "").await;
     assert_eq!(status, 200);
     let latecomers = latecomers.await.unwrap();
-    // The registry's records follow every live move: the counts per backend become the
+    // The live connections' records follow every live move: the counts per backend become the
     // last ring's owners of all 100 users.
     let users = (0..60)
         .map(|n| format!("live-{n}"))

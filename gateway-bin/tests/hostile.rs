@@ -17,7 +17,7 @@ struct Hostile {
 }
 
 /// Every kind of hostile client at once, while well-behaved clients keep echoing: they lose
-/// nothing, every hostile connection ends within its deadline, and afterwards the registry
+/// nothing, every hostile connection ends within its deadline, and afterwards the live connections
 /// is empty and the descriptors are back at their baseline.
 #[tokio::test]
 async fn hostile_clients_leave_no_trace_and_disturb_no_one() {
@@ -102,7 +102,7 @@ async fn hostile_clients_leave_no_trace_and_disturb_no_one() {
             .await
             == 0)
         .await,
-        "every connection left the registry"
+        "every connection left the live connections"
     );
     assert!(
         eventually(Duration::from_secs(2), async || open_descriptors()

@@ -19,7 +19,7 @@ use crate::{MigrationPolicy, MigrationSecret, Migrator, ProxiedConnection, Upstr
 /// each one in its [`LiveConnections`] as a [`ProxiedConnection`] (the request head to dial
 /// a new owner with, the negotiated subprotocol, the route's policy, the signing secret),
 /// under the key, backend and ring version the balancer routed it by, so a [`Migrator`]
-/// over the same registry can move it.
+/// over the same live connections can move it.
 ///
 /// It works through the [`MakeHandle`] request extension. A route gets its own
 /// [`MigrationPolicy`] from its own layer ([`policy`](Self::policy)) or from a
@@ -58,7 +58,7 @@ impl MigrateLayer {
         Self::build(Arc::new(upstreams), Arc::new(()), None)
     }
 
-    /// The layer and its migrator over `ring` and the proxy's registry `connections`: one
+    /// The layer and its migrator over `ring` and the proxy's live `connections`: one
     /// call, the way `HashRingLayer::shared` returns the service and its driver. Spawn the
     /// migrator (after setting its pacing and default policy); put the layer in front of
     /// the proxy that registers in `connections`.

@@ -2,7 +2,7 @@
 //! migrates exactly those whose owner changed: paced, and reported to a hook.
 //!
 //! The pieces, usable on their own:
-//! - the live connections are `tower_ws_proxy`'s one registry,
+//! - the live connections are `tower_ws_proxy`'s one `LiveConnections`,
 //!   [`LiveConnections`](tower_ws_proxy::LiveConnections): key and ring position, backend,
 //!   ring version, start time, and a handle that can move the connection;
 //! - [`plan`]: which registered connections a ring change affects, from the ring diff

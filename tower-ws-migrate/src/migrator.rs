@@ -17,7 +17,7 @@ const DEFAULT_IN_FLIGHT: usize = 256;
 /// backend's close (5 s) at their defaults.
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Moves the connections of a [`LiveConnections`] registry whose owner changed, on every new ring snapshot.
+/// Moves the [`LiveConnections`] whose owner changed, on every new ring snapshot.
 ///
 /// Run it with [`Migrator::run`] (spawn it beside the ring's driver). A ring change that
 /// arrives while a paced batch is running replaces the rest of that batch: the plan is made
@@ -37,7 +37,7 @@ const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 /// # let _ = migrator;
 /// ```
 pub struct Migrator<H> {
-    registry: LiveConnections<H>,
+    connections: LiveConnections<H>,
     ring: RingWatch,
     // The ring the registered connections were placed on: advanced only when a batch
     // finishes, so a batch cut short by a newer ring is planned again in full.
@@ -59,7 +59,7 @@ pub struct Migrator<H> {
 impl<H> fmt::Debug for Migrator<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Migrator")
-            .field("registry", &self.registry)
+            .field("connections", &self.connections)
             .field("policy", &self.policy)
             .field("pacing", &self.pacing)
             .field("drain_window", &self.drain_window)
@@ -71,13 +71,13 @@ impl<H> Migrator<H>
 where
     H: Migrate,
 {
-    /// A migrator over `registry`, following `ring`; Reconnect with 1012 and the default
+    /// A migrator over `connections`, following `ring`; Reconnect with 1012 and the default
     /// pacing.
     /// The snapshot current now is the starting point: changes after this call are migrated.
-    pub fn new(registry: LiveConnections<H>, mut ring: RingWatch) -> Self {
+    pub fn new(connections: LiveConnections<H>, mut ring: RingWatch) -> Self {
         let current = ring.borrow_and_update().clone();
         Self {
-            registry,
+            connections,
             ring,
             current,
             policy: MigrationPolicy::default(),
@@ -157,7 +157,9 @@ where
 
     /// Runs until the ring's sender is dropped.
     pub async fn run(mut self) {
-        self.registry.planning(self.current.version());
+        self.connections
+            .for_migrator()
+            .planning(self.current.version());
         loop {
             tokio::select! {
                 changed = self.ring.changed() => {
@@ -168,11 +170,11 @@ where
                     self.follow_ring_change(newest).await;
                 }
                 // A connection routed on an older ring registered after its change was
-                // planned (the seed's race): check it against the ring now.
-                () = self.registry.stragglers_registered() => {
+                // planned, so that plan missed it: check it against the ring now.
+                () = self.connections.for_migrator().stragglers_registered() => {
                     let current = self.current.clone();
-                    let stragglers = self.registry.take_stragglers();
-                    let moves = plan_stragglers(&self.registry, stragglers, &current, self.bounded);
+                    let stragglers = self.connections.for_migrator().take_stragglers();
+                    let moves = plan_stragglers(&self.connections, stragglers, &current, self.bounded);
                     if !moves.is_empty() {
                         tracing::debug!(count = moves.len(), "moving connections routed on an older ring");
                         if let Some(newer) = self.apply(moves, &current, &mut HashMap::new()).await {
@@ -192,8 +194,8 @@ where
         let mut told = HashMap::new();
         loop {
             self.stats.count_ring_change();
-            self.registry.planning(newest.version());
-            let mut moves = plan_with(&self.registry, &self.current, &newest, self.bounded);
+            self.connections.for_migrator().planning(newest.version());
+            let mut moves = plan_with(&self.connections, &self.current, &newest, self.bounded);
             moves.retain(|m| told.get(&m.id) != Some(&m.from));
             tracing::debug!(
                 version = newest.version(),
@@ -249,8 +251,11 @@ where
             let migration = planned
                 .handle
                 .migrate(&policy, &planned.from, planned.to.as_ref());
-            let (registry, stats, hook) =
-                (self.registry.clone(), self.stats.clone(), self.hook.clone());
+            let (connections, stats, hook) = (
+                self.connections.clone(),
+                self.stats.clone(),
+                self.hook.clone(),
+            );
             let metrics = self.metrics.clone();
             if let Some(metrics) = &metrics {
                 metrics.started();
@@ -269,7 +274,9 @@ where
                 if let (Outcome::Moved, MigrationPolicy::Live { .. }, Some(to)) =
                     (&outcome, &*policy, &planned.to)
                 {
-                    registry.set_backend(planned.id, to.clone(), ring_version);
+                    connections
+                        .for_migrator()
+                        .set_backend(planned.id, to.clone(), ring_version);
                     if let Some(metrics) = &metrics {
                         metrics.moved_live_to(to);
                     }

@@ -12,9 +12,9 @@ use crate::{Fallback, FallbackKind, Outcome};
 /// ```
 /// use tower_ws_migrate::MigrationPolicy;
 ///
-/// // The seed project's behaviour: a normal close, and the client reconnects.
-/// let seed = MigrationPolicy::Reconnect { code: 1000, reason: "moved".into() };
-/// assert_ne!(seed, MigrationPolicy::reconnect());
+/// // A normal close, and the client reconnects: not the default code (1012).
+/// let normal = MigrationPolicy::Reconnect { code: 1000, reason: "moved".into() };
+/// assert_ne!(normal, MigrationPolicy::reconnect());
 /// assert!(matches!(MigrationPolicy::live(), MigrationPolicy::Live { code: 1012, .. }));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -66,7 +66,7 @@ fn ring(nodes: &[&str]) -> Ring {
 }
 
 struct Setup {
-    registry: LiveConnections<Recorder>,
+    connections: LiveConnections<Recorder>,
     publish: watch::Sender<Arc<RingSnapshot>>,
     log: Log,
     guards: Vec<Registered<Recorder>>,
@@ -81,7 +81,7 @@ impl Setup {
         let first = RingSnapshot::initial(HashScheme::default()).next(ring(nodes));
         let (publish, watch) = watch::channel(Arc::new(first));
         let setup = Setup {
-            registry: LiveConnections::default(),
+            connections: LiveConnections::default(),
             publish,
             log: Arc::default(),
             guards: Vec::new(),
@@ -122,7 +122,7 @@ impl Setup {
         };
         let position = ring.key_position(key.as_bytes());
         let guard =
-            self.registry
+            self.connections
                 .register(key.as_bytes(), position, owner, snapshot.version(), handle);
         self.guards.push(guard);
     }
@@ -139,7 +139,7 @@ impl Setup {
     /// The keys of connections that are not on their owner in `ring`.
     fn off_owner(&self, ring: &RingSnapshot) -> Vec<String> {
         let mut off_owner = Vec::new();
-        self.registry.for_each(|tracked| {
+        self.connections.for_each(|tracked| {
             let owner = ring.ring().owner_of(tracked.position).unwrap().id();
             if &tracked.backend != owner {
                 off_owner.push(String::from_utf8_lossy(&tracked.key).into_owned());
@@ -197,7 +197,7 @@ async fn settle() {
 async fn only_connections_whose_owner_changed_move() {
     let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
     setup.connect(users(3000));
-    let migrator = Migrator::new(setup.registry.clone(), watch).pacing(Pacing::unlimited());
+    let migrator = Migrator::new(setup.connections.clone(), watch).pacing(Pacing::unlimited());
     let stats = migrator.stats();
     tokio::spawn(migrator.run());
 
@@ -240,7 +240,7 @@ async fn pacing_holds_the_rate() {
     setup.connect(users(2000));
     let pacing = Pacing::per_second(100).jitter(0.2);
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(pacing)
             .run(),
     );
@@ -280,7 +280,7 @@ async fn a_drain_spreads_over_its_window() {
     let leaving = owner_changed(4000, &["a", "b", "c", "d"], &["a", "b", "c"]);
     let window = Duration::from_secs(4);
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::unlimited())
             .drain_window(window)
             .run(),
@@ -326,7 +326,7 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
         takes: Duration::ZERO,
     };
     let position = snapshot.ring().key_position(ended_key.as_bytes());
-    let _ended = setup.registry.register(
+    let _ended = setup.connections.register(
         ended_key.as_bytes(),
         position,
         owner_before.clone(),
@@ -337,7 +337,7 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
     type Seen = (String, NodeId, Option<NodeId>, Outcome);
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let hook_seen = seen.clone();
-    let migrator = Migrator::new(setup.registry.clone(), watch)
+    let migrator = Migrator::new(setup.connections.clone(), watch)
         .pacing(Pacing::unlimited())
         .policy(MigrationPolicy::Reconnect {
             code: 1000,
@@ -388,15 +388,15 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
         .all(|(.., p)| matches!(p, MigrationPolicy::Reconnect { code: 1000, .. })));
 }
 
-/// The seed's race: a connection routed on the old ring but registered only after the
-/// migrator planned the change still ends on its new owner.
+/// The plan's blind spot: a connection routed on the old ring but registered only after
+/// the migrator planned the change still ends on its new owner.
 #[tokio::test(start_paused = true)]
 async fn a_connection_routed_on_the_old_ring_during_a_change_still_moves() {
     let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
     let old = setup.publish.borrow().clone();
     setup.connect(users(300));
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::unlimited())
             .run(),
     );
@@ -429,7 +429,7 @@ async fn a_change_mid_batch_replans_without_telling_anyone_twice() {
     let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
     setup.connect(users(2000));
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::per_second(100))
             .run(),
     );
@@ -462,7 +462,7 @@ async fn route_policies_apply_and_live_moves_update_the_counts() {
         setup.connect_with_policy(&key, &snapshot, policy);
     }
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::unlimited())
             .run(),
     );
@@ -486,12 +486,12 @@ async fn route_policies_apply_and_live_moves_update_the_counts() {
         .iter()
         .filter(|(_, _, p)| *p == MigrationPolicy::live())
         .count() as u64;
-    let counts = setup.registry.per_backend();
+    let counts = setup.connections.per_backend();
     assert_eq!(counts.get(&NodeId::from("d")).copied(), Some(live_moved));
     assert_eq!(counts.values().sum::<u64>(), 1000);
     use tower_hashring::LoadSource;
-    assert_eq!(setup.registry.load(&NodeId::from("d")), live_moved);
-    assert_eq!(setup.registry.total(), 1000);
+    assert_eq!(setup.connections.load(&NodeId::from("d")), live_moved);
+    assert_eq!(setup.connections.total(), 1000);
 }
 
 /// The layer passes readiness through and gives every request the maker of movable
@@ -523,14 +523,14 @@ async fn the_layer_passes_readiness_through_and_adds_the_handle_maker() {
     response.await.unwrap();
 }
 
-/// The seed's race without a second change: a connection routed on the old ring that
+/// The plan's blind spot without a second change: a connection routed on the old ring that
 /// registers only after the change was planned is moved as soon as it registers.
 #[tokio::test(start_paused = true)]
 async fn a_latecomer_on_the_old_ring_moves_as_soon_as_it_registers() {
     let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
     let old = setup.publish.borrow().clone();
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::unlimited())
             .run(),
     );
@@ -556,7 +556,7 @@ async fn a_stuck_migration_gives_back_its_permit_at_the_deadline() {
     let (mut setup, watch) = Setup::new(&["a"]);
     setup.hanging = true;
     setup.connect(users(200));
-    let migrator = Migrator::new(setup.registry.clone(), watch)
+    let migrator = Migrator::new(setup.connections.clone(), watch)
         .pacing(Pacing::unlimited())
         .max_in_flight(1)
         .deadline(Duration::from_secs(1));
@@ -585,7 +585,7 @@ async fn a_ring_that_flaps_during_live_moves_ends_with_every_connection_on_its_o
     setup.move_takes = Duration::from_secs(1);
     setup.connect_live(users(600));
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::unlimited())
             .run(),
     );
@@ -607,7 +607,7 @@ async fn a_ring_that_flaps_during_live_moves_ends_with_every_connection_on_its_o
         "each moved to c, then back"
     );
     assert!(!setup
-        .registry
+        .connections
         .per_backend()
         .contains_key(&NodeId::from("c")));
 }
@@ -619,7 +619,7 @@ async fn drains_and_owner_changes_share_one_pacing_budget() {
     let (mut setup, watch) = Setup::new(&["a", "b", "c"]);
     setup.connect(users(2000));
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::per_second(100))
             .run(),
     );
@@ -662,7 +662,7 @@ async fn migration_plans_respect_bounded_loads() {
     }
     let factor = tower_hashring::LoadFactor::new(1.25).unwrap();
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::unlimited())
             .bounded_loads(factor)
             .run(),
@@ -671,7 +671,7 @@ async fn migration_plans_respect_bounded_loads() {
     settle().await;
     let capacity = factor.capacity(1, 3, 299);
     assert_eq!(capacity, 125);
-    let counts = setup.registry.per_backend();
+    let counts = setup.connections.per_backend();
     assert_eq!(
         counts[&NodeId::from("c")],
         capacity,
@@ -692,13 +692,13 @@ async fn a_flap_during_a_paced_batch_ends_with_every_connection_on_its_owner() {
     setup.move_takes = Duration::from_millis(1);
     setup.connect_live(users(600));
     tokio::spawn(
-        Migrator::new(setup.registry.clone(), watch)
+        Migrator::new(setup.connections.clone(), watch)
             .pacing(Pacing::per_second(100))
             .run(),
     );
     setup.change(&["a", "b", "c"]);
     tokio::time::sleep(Duration::from_millis(505)).await;
-    let moved_to_c = setup.registry.per_backend()[&NodeId::from("c")];
+    let moved_to_c = setup.connections.per_backend()[&NodeId::from("c")];
     assert!(
         (45..=55).contains(&moved_to_c),
         "{moved_to_c} on c half a second in"
@@ -708,7 +708,7 @@ async fn a_flap_during_a_paced_batch_ends_with_every_connection_on_its_owner() {
     let off_owner = setup.off_owner(&back);
     assert!(off_owner.is_empty(), "left off their owner: {off_owner:?}");
     assert!(!setup
-        .registry
+        .connections
         .per_backend()
         .contains_key(&NodeId::from("c")));
 }

@@ -1,4 +1,4 @@
-//! The one registry of live, proxied WebSockets: capped, counted per backend, found by key
+//! The live, proxied WebSockets, one record each: capped, counted per backend, found by key
 //! and ring position for migration, and closed on shutdown.
 
 use std::{
@@ -45,7 +45,7 @@ pub struct ConnectionId(u64);
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Tracked<H> {
-    /// Its identity in the registry.
+    /// Its identity among the live connections.
     pub id: ConnectionId,
     /// The routing key (user id, room id); empty for a keyless request.
     pub key: Arc<[u8]>,
@@ -147,14 +147,14 @@ pub struct Admission {
 }
 
 impl LiveConnections {
-    /// A registry of bare relay handles admitting at most `limit` connections at once.
+    /// Live connections with bare relay handles, admitting at most `limit` connections at once.
     pub fn new(limit: usize) -> Self {
         Self::with_limit(limit)
     }
 }
 
 impl<H> LiveConnections<H> {
-    /// A registry admitting at most `limit` connections at once.
+    /// Live connections admitting at most `limit` connections at once.
     pub fn with_limit(limit: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -250,7 +250,7 @@ impl<H> LiveConnections<H> {
     }
 
     /// Resolves once no live connection runs to `backend`: at once if none does, else when
-    /// its last one ends or moves away (the registry wakes it; nothing polls). Bound it
+    /// its last one ends or moves away (the record's removal wakes it; nothing polls). Bound it
     /// with a timeout: a client that never leaves keeps it pending.
     ///
     /// ```
@@ -285,13 +285,7 @@ impl<H> LiveConnections<H> {
         }
     }
 
-    /// Records that connection `id` now runs to `backend`, where a live move planned on ring
-    /// `ring_version` took it.
-    ///
-    /// A move can finish after a newer ring was planned (the ring flapped A→B→A while it was
-    /// under way): that plan saw the connection still on its old backend, so it is queued
-    /// as a straggler, and a migrator checks it against the newest ring.
-    pub fn set_backend(&self, id: ConnectionId, backend: NodeId, ring_version: u64) {
+    fn set_backend(&self, id: ConnectionId, backend: NodeId, ring_version: u64) {
         let mut entries = self.lock();
         let Entries {
             connections,
@@ -318,7 +312,7 @@ impl<H> LiveConnections<H> {
         }
     }
 
-    /// What relays carried per backend since this registry started: every connection's
+    /// What relays carried per backend since these live connections were made: every connection's
     /// traffic goes to the backend it ran to at the time (across live moves), so each
     /// backend's totals only grow.
     ///
@@ -341,26 +335,22 @@ impl<H> LiveConnections<H> {
         totals
     }
 
-    /// Calls `f` with every live connection, oldest first, under the registry's lock.
+    /// Calls `f` with every live connection, oldest first, under their lock.
     pub fn for_each(&self, mut f: impl FnMut(&Tracked<H>)) {
         for tracked in self.lock().connections.values() {
             f(tracked);
         }
     }
 
-    /// For a migrator: it plans for ring `version` now, so later registrations routed on an
-    /// older ring become stragglers ([`take_stragglers`](Self::take_stragglers)).
-    pub fn planning(&self, version: u64) {
+    fn planning(&self, version: u64) {
         self.lock().planned_version = version;
     }
 
-    /// For a migrator: waits until a straggler has registered.
-    pub async fn stragglers_registered(&self) {
+    async fn stragglers_registered(&self) {
         self.inner.stragglers_waiting.notified().await;
     }
 
-    /// For a migrator: the stragglers registered since the last call that are still live.
-    pub fn take_stragglers(&self) -> Vec<Tracked<H>>
+    fn take_stragglers(&self) -> Vec<Tracked<H>>
     where
         H: Clone,
     {
@@ -382,6 +372,13 @@ impl<H> LiveConnections<H> {
 
     fn lock(&self) -> MutexGuard<'_, Entries<H>> {
         self.inner.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<H> LiveConnections<H> {
+    /// What only a migrator uses: planning, stragglers, recording moves.
+    pub fn for_migrator(&self) -> ForMigrator<'_, H> {
+        ForMigrator { live: self }
     }
 }
 
@@ -518,6 +515,74 @@ impl<H> Drop for Registered<H> {
         if entries.connections.is_empty() {
             self.connections.inner.emptied.notify_waiters();
         }
+    }
+}
+
+/// What a migrator needs of the [`LiveConnections`] beyond what every user reads: it plans
+/// against a ring version, learns of connections routed on an older ring that registered
+/// after its plan (stragglers), and records where a live move took a connection. Got with
+/// [`LiveConnections::for_migrator`].
+///
+/// ```
+/// use tower_hashring::NodeId;
+/// use tower_ws_proxy::{LiveConnections, RelayHandle};
+///
+/// let live = LiveConnections::new(10);
+/// let (handle, _commands) = RelayHandle::new();
+/// let guard = live.register(b"42", 7, NodeId::from("a"), 1, handle);
+/// live.for_migrator().planning(2);
+/// assert_eq!(live.for_migrator().take_stragglers().len(), 1, "routed on ring 1, after a plan for 2");
+/// live.for_migrator().set_backend(guard.id(), NodeId::from("b"), 2);
+/// assert_eq!(live.per_backend()[&NodeId::from("b")], 1);
+/// ```
+pub struct ForMigrator<'a, H> {
+    live: &'a LiveConnections<H>,
+}
+
+impl<H> fmt::Debug for ForMigrator<'_, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForMigrator")
+            .field("live", self.live)
+            .finish()
+    }
+}
+
+impl<H> Clone for ForMigrator<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H> Copy for ForMigrator<'_, H> {}
+
+impl<'a, H> ForMigrator<'a, H> {
+    /// Records that connection `id` now runs to `backend`, where a live move planned on ring
+    /// `ring_version` took it.
+    ///
+    /// A move can finish after a newer ring was planned (the ring flapped A→B→A while it was
+    /// under way): that plan saw the connection still on its old backend, so it is queued
+    /// as a straggler, and a migrator checks it against the newest ring.
+    pub fn set_backend(&self, id: ConnectionId, backend: NodeId, ring_version: u64) {
+        self.live.set_backend(id, backend, ring_version);
+    }
+
+    /// The migrator plans for ring `version` now, so later registrations routed on an
+    /// older ring become stragglers ([`take_stragglers`](Self::take_stragglers)).
+    pub fn planning(&self, version: u64) {
+        self.live.planning(version);
+    }
+
+    /// Waits until a straggler has registered.
+    pub async fn stragglers_registered(self) {
+        self.live.stragglers_registered().await;
+    }
+
+    /// The stragglers registered since the last call that are still live.
+    pub fn take_stragglers(&self) -> Vec<Tracked<H>>
+    where
+        H: Clone,
+    {
+        self.live.take_stragglers()
     }
 }
 

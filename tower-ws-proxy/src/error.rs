@@ -1,7 +1,7 @@
 //! The crate's type-erased error.
 
-/// A type-erased error, as in `tower`: what the services below the proxy may fail with, and
-/// what a request body's error is boxed into.
+/// A type-erased error, `tower::BoxError` (through `tower_hashring`): what the services
+/// below the proxy may fail with, and what a request body's error is boxed into.
 ///
 /// ```
 /// use tower_ws_proxy::{BoxError, UpstreamError};
@@ -9,4 +9,4 @@
 /// let error: BoxError = UpstreamError::HandshakeTimeout.into();
 /// assert!(error.is::<UpstreamError>());
 /// ```
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use tower_hashring::error::BoxError;

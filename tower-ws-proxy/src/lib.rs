@@ -14,23 +14,23 @@
 //! - [`HashRingProxy`]: the two in one service,
 //!   `WebSocketLayer::new(..).layer(ring.failover(ProxyFailover))`, answering errors with
 //!   clear statuses.
-//! - [`LiveConnections`]: the one registry of proxied WebSockets: capped, counted per
+//! - [`LiveConnections`]: the proxied WebSockets, one record each: capped, counted per
 //!   backend, found by key and ring position (a migrator moves them and records their new
 //!   backend there), and closed with 1001 over a paced window on shutdown.
 //! - [`server`]: the fast path that hosts them: hyper's HTTP/1.1 server with upgrades on
 //!   `SO_REUSEPORT` worker threads, bounded heads, a connection cap and a graceful stop.
 //! - [`MakeHandle`]: a request extension through which a layer above the proxy chooses
-//!   what the registry keeps of each WebSocket ([`ConnectionHandle`]; a migration layer
+//!   what the live connections keep of each WebSocket ([`ConnectionHandle`]; a migration layer
 //!   keeps what a live move needs).
 #![forbid(unsafe_code)]
 
 pub mod close_code;
+mod connection_handle;
 mod connections;
 mod error;
 mod failover;
 mod forwarded;
 pub mod frame;
-mod handle;
 mod handshake;
 mod headers;
 mod metrics;
@@ -43,11 +43,11 @@ mod upstream;
 mod websocket;
 
 pub use self::{
+    connection_handle::{ConnectionHandle, MakeHandle, OpenedConnection},
     connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
     error::BoxError,
     failover::ProxyFailover,
     forwarded::set_forwarded_headers,
-    handle::{ConnectionHandle, MakeHandle, OpenedConnection},
     headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
     metrics::{ActiveWebSockets, HandshakeResult, ProxyMetrics},
     proxy::{text_response, HashRingProxy},

@@ -163,7 +163,7 @@ impl ProxyMetrics {
     }
 }
 
-/// The live WebSockets per backend, read from the registry at each scrape, so live moves
+/// The live WebSockets per backend, read from the `LiveConnections` at each scrape, so live moves
 /// are counted where the connections are now.
 ///
 /// ```

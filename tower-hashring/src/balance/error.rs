@@ -7,8 +7,8 @@ use std::fmt;
 
 use http::StatusCode;
 
-/// A type-erased error, as in tower.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A type-erased error: tower's own, the one the whole workspace uses.
+pub use tower::BoxError;
 
 /// The request carried no routing key and the policy is
 /// [`MissingKeyPolicy::Reject`](crate::MissingKeyPolicy::Reject).

@@ -58,7 +58,7 @@ where
 }
 
 /// Accepts until `stop` turns true, then gives in-flight requests the stop grace. Upgraded
-/// WebSockets are detached from hyper: their registry closes them.
+/// WebSockets are detached from hyper: their `LiveConnections` close them.
 pub(super) async fn accept_loop<S>(
     listener: TcpListener,
     service: S,

@@ -10,8 +10,8 @@ use std::{
 use tokio::sync::oneshot;
 
 /// Resolves when a server has stopped accepting and its in-flight HTTP requests finished
-/// (or the stop grace dropped them). Upgraded WebSockets are not waited for: their registry
-/// closes them ([`LiveConnections::shutdown`](crate::LiveConnections::shutdown)).
+/// (or the stop grace dropped them). Upgraded WebSockets are not waited for: their
+/// [`LiveConnections::shutdown`](crate::LiveConnections::shutdown) closes them.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -20,7 +20,7 @@ type RelayArgs = (Peer, RelayConfig, RelayCommands);
 
 pin_project! {
     /// A proxied WebSocket's task: it waits for the client's upgrade, relays, then counts
-    /// the close and leaves the registry. A named future rather than an `async` block,
+    /// the close and leaves the live connections. A named future rather than an `async` block,
     /// which would keep the upstream socket, the config and the commands twice (as its
     /// captures and inside the relay): every idle connection would pay for that.
     pub(super) struct RelayTask<F, H> {
@@ -100,7 +100,7 @@ impl<F: Future<Output = RelayOutcome>, H> Future for RelayTask<F, H> {
                 metrics.closed(this.started.elapsed());
             }
         }
-        // Out of the registry (and its cap) as soon as the relay ends.
+        // Out of the live connections (and their cap) as soon as the relay ends.
         this.registration.take();
         Poll::Ready(())
     }

@@ -21,7 +21,7 @@ type Handle = mock::Handle<Request<ProxyBody>, Response<ProxyBody>>;
 type Proxy =
     mock::Spawn<super::WebSocketProxy<mock::Mock<Request<ProxyBody>, Response<ProxyBody>>>>;
 
-/// The proxy over a mock, with its registry capped at `limit` and its metrics.
+/// The proxy over a mock, its live connections capped at `limit`, and its metrics registry.
 fn proxy(limit: usize) -> (Proxy, Handle, LiveConnections, Registry) {
     let connections = LiveConnections::<RelayHandle>::with_limit(limit);
     let metrics = ProxyMetrics::default();
@@ -217,7 +217,7 @@ async fn upgrade_errors_below_become_statuses_by_who_failed() {
 }
 
 /// The 101 goes back to the client and the connection is registered under the balancer's
-/// route; a client whose own upgrade then fails leaves the registry (and its place).
+/// route; a client whose own upgrade then fails leaves the live connections (and its place).
 #[tokio::test(start_paused = true)]
 async fn an_upgraded_websocket_is_registered_until_its_relay_ends() {
     let (mut proxy, mut handle, connections, registry) = proxy(1);
@@ -259,7 +259,7 @@ async fn an_upgraded_websocket_is_registered_until_its_relay_ends() {
         }
     })
     .await
-    .expect("the connection leaves the registry");
+    .expect("the connection leaves the live connections");
     assert!(connections.admit().is_ok(), "and frees its place");
 }
 

@@ -94,7 +94,7 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
         tokio::spawn(task.instrument(span));
     }
 
-    /// Records the connection in the registry, with the handle the request's
+    /// Records the connection among the live connections, with the handle the request's
     /// [`MakeHandle`] makes (or the plain one).
     fn register(
         &self,

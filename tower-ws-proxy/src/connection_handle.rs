@@ -1,4 +1,4 @@
-//! What the registry keeps of each WebSocket to control it, and how a layer above the proxy
+//! What [`LiveConnections`](crate::LiveConnections) keeps of each WebSocket to control it, and how a layer above the proxy
 //! makes it (a migration layer keeps what a live move needs).
 
 use std::{fmt, sync::Arc};
@@ -67,7 +67,7 @@ impl ConnectionHandle for RelayHandle {
     }
 }
 
-/// A request extension through which a layer above the proxy makes the registry's handle
+/// A request extension through which a layer above the proxy makes the handle kept in the live connections
 /// of the WebSocket the request opens (a migration layer puts one in every request); cheap
 /// to clone.
 ///
