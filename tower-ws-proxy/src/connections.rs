@@ -528,10 +528,11 @@ impl<H> Drop for Registered<H> {
 /// use tower_ws_proxy::{LiveConnections, RelayHandle};
 ///
 /// let live = LiveConnections::new(10);
-/// let (handle, _commands) = RelayHandle::new();
-/// let guard = live.register(b"42", 7, NodeId::from("a"), 1, handle);
 /// live.for_migrator().planning(2);
-/// assert_eq!(live.for_migrator().take_stragglers().len(), 1, "routed on ring 1, after a plan for 2");
+/// let (handle, _commands) = RelayHandle::new();
+/// // Routed on ring 1, registered after the plan for ring 2: that plan missed it.
+/// let guard = live.register(b"42", 7, NodeId::from("a"), 1, handle);
+/// assert_eq!(live.for_migrator().take_stragglers().len(), 1);
 /// live.for_migrator().set_backend(guard.id(), NodeId::from("b"), 2);
 /// assert_eq!(live.per_backend()[&NodeId::from("b")], 1);
 /// ```
