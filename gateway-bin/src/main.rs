@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use gateway_bin::{
-    admin_access::AdminToken, config::ConfigFile, demo, descriptors, gateway::Gateway,
+    admin_access::AdminToken,
+    config::ConfigFile,
+    demo, descriptors,
+    gateway::{Gateway, GatewayConfig},
 };
 use tower_hashring::NodeId;
 use tower_ws_proxy::server::shutdown_signal;
@@ -76,28 +79,109 @@ fn parse_backend(value: &str) -> Result<(NodeId, SocketAddr), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let launch = match load_config(cli) {
+        Ok(launch) => launch,
+        Err(error) => return fail(&error),
+    };
+    let shown_token = launch.shown_token.clone();
+    let config_has_token = launch.config.admin_access.token.is_some() && shown_token.is_none();
+    let started = if launch.demo > 0 {
+        demo::start(launch.config, launch.backends, launch.demo).await
+    } else {
+        Gateway::start(launch.config, launch.backends).await
+    };
+    let gateway = match started {
+        Ok(gateway) => gateway,
+        Err(error) => return fail(&format!("cannot start the gateway: {error}")),
+    };
+    print_banner(&gateway, shown_token.as_deref(), config_has_token);
+    let code = run_until_signal(gateway).await;
+    // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
+    std::process::exit(code)
+}
+
+/// Log lines to stdout, filtered by `RUST_LOG` (default: info).
+fn init_logs(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         // No escape sequences in a log file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match cli.log_format {
+    match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let file = match cli.config.as_deref().map(ConfigFile::load).transpose() {
-        Ok(file) => file.unwrap_or_default(),
-        Err(error) => return fail(&error),
+}
+
+/// What the gateway starts with: the settings, its backends, and how many in-process demo
+/// backends.
+struct Launch {
+    config: GatewayConfig,
+    backends: Vec<(NodeId, SocketAddr)>,
+    demo: usize,
+    /// The demo's fresh admin token, to print once.
+    shown_token: Option<String>,
+}
+
+/// The config file under the flags and environment, the caps fitted to the descriptor
+/// limit, and the demo's secret and token when it runs one.
+fn load_config(cli: Cli) -> Result<Launch, String> {
+    let file = match cli.config.as_deref() {
+        Some(path) => ConfigFile::load(path).map_err(|e| e.to_string())?,
+        None => ConfigFile::default(),
     };
-    let mut config = match file.gateway_config() {
-        Ok(config) => config,
-        Err(error) => return fail(&error),
+    let mut config = file.gateway_config().map_err(|e| e.to_string())?;
+    fit_caps_to_descriptors(&mut config, file.sets_caps());
+    config.public = cli.public.unwrap_or(config.public);
+    config.admin = cli.admin.unwrap_or(config.admin);
+    config.workers = cli.workers.unwrap_or(config.workers);
+    let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
+        Command::Demo { backends } => (file.backends(), backends),
+        Command::Run { backends } => ([file.backends(), backends].concat(), 0),
     };
+    if demo > 0 && config.migration.secret.is_none() {
+        // The demo's backends run in this process: they share a fresh secret.
+        config.migration.secret = Some(demo::fresh_secret());
+    }
+    // The demo's admin API gets a fresh token unless one is configured.
+    let mut shown_token = None;
+    if demo > 0 && config.admin_access.token.is_none() {
+        let token = demo::fresh_token();
+        config.admin_access.token = Some(AdminToken::new(&token).map_err(|e| e.to_string())?);
+        shown_token = Some(token);
+    }
+    if config.admin_access.token.is_none() {
+        tracing::warn!(admin = %config.admin, "the admin API has no token: anyone on this host can use it");
+    }
+    let discovery = &config.discovery;
+    let discovered = discovery.redis.is_some()
+        || discovery.amqp.is_some()
+        || discovery.docker.is_some()
+        || discovery.swarm.is_some();
+    if backends.is_empty() && demo == 0 && !discovered {
+        return Err(
+            "no backends: give `--backend id=host:port`, `[[backends]]` or a \
+                    [discovery], [docker] or [swarm] source in the config file"
+                .into(),
+        );
+    }
+    Ok(Launch {
+        config,
+        backends,
+        demo,
+        shown_token,
+    })
+}
+
+/// Raises the descriptor limit, and sizes the caps the file leaves unset (`sets`: whether it
+/// sets the WebSocket and the HTTP connection caps) to it.
+fn fit_caps_to_descriptors(config: &mut GatewayConfig, sets: (bool, bool)) {
     match descriptors::raise_limit() {
         Ok(limit) => {
             let (websockets, http) = limit.default_caps();
-            let (sets_websockets, sets_http) = file.sets_caps();
+            let (sets_websockets, sets_http) = sets;
             if !sets_websockets {
                 config.max_connections = websockets;
             }
@@ -115,84 +199,45 @@ async fn main() -> ExitCode {
         }
         Err(error) => tracing::warn!(%error, "cannot read or raise the descriptor limit"),
     }
-    config.public = cli.public.unwrap_or(config.public);
-    config.admin = cli.admin.unwrap_or(config.admin);
-    config.workers = cli.workers.unwrap_or(config.workers);
-    let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
-        Command::Demo { backends } => (file.backends(), backends),
-        Command::Run { backends } => ([file.backends(), backends].concat(), 0),
-    };
-    if demo > 0 && config.migration.secret.is_none() {
-        // The demo's backends run in this process: they share a fresh secret.
-        config.migration.secret = Some(demo::fresh_secret());
-    }
-    // The demo's admin API gets a fresh token unless one is configured.
-    let mut shown_token = None;
-    if demo > 0 && config.admin_access.token.is_none() {
-        let token = demo::fresh_token();
-        match AdminToken::new(&token) {
-            Ok(admin_token) => config.admin_access.token = Some(admin_token),
-            Err(error) => return fail(&error),
-        }
-        shown_token = Some(token);
-    }
-    if config.admin_access.token.is_none() {
-        tracing::warn!(admin = %config.admin, "the admin API has no token: anyone on this host can use it");
-    }
-    let discovered = config.discovery.redis.is_some()
-        || config.discovery.amqp.is_some()
-        || config.discovery.docker.is_some()
-        || config.discovery.swarm.is_some();
-    if backends.is_empty() && demo == 0 && !discovered {
-        return fail(
-            &"no backends: give `--backend id=host:port`, `[[backends]]` or a \
-                      [discovery], [docker] or [swarm] source in the config file",
-        );
-    }
-    let config_has_token = config.admin_access.token.is_some() && shown_token.is_none();
-    let started = if demo > 0 {
-        demo::start(config, backends, demo).await
-    } else {
-        Gateway::start(config, backends).await
-    };
-    let gateway = match started {
-        Ok(gateway) => gateway,
-        Err(error) => return fail(&format!("cannot start the gateway: {error}")),
-    };
-    println!(
-        "wscluster gateway on ws://{0} (admin on http://{1})",
-        gateway.public, gateway.admin
-    );
-    println!("  connect:  websocat ws://{}/connect/42", gateway.public);
-    println!(
-        "  send:     curl -X POST 'http://{}/send?userId=42' -d hello",
-        gateway.public
-    );
-    let auth = match &shown_token {
+}
+
+/// Where to connect, and ready-to-paste commands with the admin token (`shown`: the demo's
+/// fresh one; `configured`: one from the config, not printed).
+fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool) {
+    let (public, admin) = (gateway.public, gateway.admin);
+    println!("wscluster gateway on ws://{public} (admin on http://{admin})");
+    println!("  connect:  websocat ws://{public}/connect/42");
+    println!("  send:     curl -X POST 'http://{public}/send?userId=42' -d hello");
+    let (auth, fragment) = match shown {
         Some(token) => {
             println!("  admin token: {token}");
-            format!("-H 'Authorization: Bearer {token}' ")
+            (
+                format!("-H 'Authorization: Bearer {token}' "),
+                format!("#token={token}"),
+            )
         }
-        None if config_has_token => "-H \"Authorization: Bearer $WSCLUSTER_ADMIN_TOKEN\" ".into(),
-        None => String::new(),
+        None if configured => (
+            "-H \"Authorization: Bearer $WSCLUSTER_ADMIN_TOKEN\" ".into(),
+            "#token=<the admin token>".into(),
+        ),
+        None => (String::new(), String::new()),
     };
-    let fragment = match &shown_token {
-        Some(token) => format!("#token={token}"),
-        None if config_has_token => "#token=<the admin token>".into(),
-        None => String::new(),
-    };
-    println!("  dashboard: http://{}/{fragment}", gateway.admin);
-    println!("  ring:     curl {auth}http://{}/admin/ring", gateway.admin);
+    println!("  dashboard: http://{admin}/{fragment}");
+    println!("  ring:     curl {auth}http://{admin}/admin/ring");
     println!(
-        "  scale up: curl {auth}-H 'Content-Type: application/json' -X POST http://{}/admin/backends",
-        gateway.admin
+        "  scale up: curl {auth}-H 'Content-Type: application/json' -X POST http://{admin}/admin/backends"
     );
+}
+
+/// Serves until Ctrl-C or SIGTERM, then shuts down within its bound; a second signal exits
+/// at once. Returns the exit code.
+async fn run_until_signal(gateway: Gateway) -> i32 {
     shutdown_signal().await;
     let bound = gateway.shutdown_bound();
     println!(
         "shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)"
     );
-    let code = tokio::select! {
+    tokio::select! {
         () = gateway.shutdown() => 0,
         () = shutdown_signal() => {
             eprintln!("second signal: exiting now");
@@ -203,9 +248,7 @@ async fn main() -> ExitCode {
             eprintln!("shutdown overran {bound:?}: exiting");
             1
         }
-    };
-    // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
-    std::process::exit(code)
+    }
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
