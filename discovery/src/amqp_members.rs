@@ -188,39 +188,7 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
     let mut members = MemberSet::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let consumer = async {
-            let channel = fanout_channel(&url, &exchange).await?;
-            let exclusive = QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            };
-            let queue = channel
-                .queue_declare("".into(), exclusive, FieldTable::default())
-                .await?;
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    exchange.as_str().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let no_ack = BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            };
-            channel
-                .basic_consume(
-                    queue.name().clone(),
-                    "gateway".into(),
-                    no_ack,
-                    FieldTable::default(),
-                )
-                .await
-        };
-        let mut consumer = match consumer.await {
+        let mut consumer = match consume(&url, &exchange).await {
             Ok(consumer) => consumer,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the broker; keeping the last members");
@@ -230,46 +198,19 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
             }
         };
         backoff.reset();
-        // Announcements sent while we were away are lost: give everyone one more TTL.
-        let reconnected = Instant::now();
-        for member in announced.values_mut() {
-            let ttl = member.expires.saturating_duration_since(reconnected);
-            member.expires = member
-                .expires
-                .max(reconnected + ttl.max(Duration::from_secs(1)));
-        }
+        extend_after_reconnect(&mut announced);
         let mut sweep = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 delivery = consumer.next() => match delivery {
-                    Some(Ok(delivery)) => match serde_json::from_slice::<Announcement>(&delivery.data) {
-                        Ok(announcement) => {
-                            if let Err(why) = apply(&mut announced, announcement) {
-                                tracing::warn!("ignoring an announcement out of range: {why}");
-                                metrics.error(Source::amqp, ErrorKind::invalid_entry);
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "ignoring a message that is not an announcement");
-                            metrics.error(Source::amqp, ErrorKind::invalid_entry);
-                        }
-                    },
+                    Some(Ok(delivery)) => receive(&mut announced, &delivery.data, &metrics),
                     _ => {
                         tracing::warn!("lost the broker; keeping the last members");
                         metrics.error(Source::amqp, ErrorKind::connection);
                         break;
                     }
                 },
-                _ = sweep.tick() => {
-                    let now = Instant::now();
-                    announced.retain(|id, member| {
-                        let alive = member.expires > now;
-                        if !alive {
-                            tracing::warn!(backend = %id, "no announcement within its TTL: gone");
-                        }
-                        alive
-                    });
-                }
+                _ = sweep.tick() => expire(&mut announced),
                 () = changes.closed() => return,
             }
             let current = announced.values().map(|m| m.backend.clone());
@@ -280,6 +221,80 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
             }
         }
     }
+}
+
+/// A consumer of `exchange`'s announcements, on a queue of this gateway's own (exclusive,
+/// deleted with the connection).
+async fn consume(url: &str, exchange: &str) -> Result<lapin::Consumer, lapin::Error> {
+    let channel = fanout_channel(url, exchange).await?;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), exclusive, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "gateway".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Announcements sent while we were away are lost: gives everyone one more TTL.
+fn extend_after_reconnect(announced: &mut BTreeMap<String, Announced>) {
+    let reconnected = Instant::now();
+    for member in announced.values_mut() {
+        let ttl = member.expires.saturating_duration_since(reconnected);
+        member.expires = member
+            .expires
+            .max(reconnected + ttl.max(Duration::from_secs(1)));
+    }
+}
+
+/// Applies one delivered message, counting one that is not a valid announcement.
+fn receive(announced: &mut BTreeMap<String, Announced>, data: &[u8], metrics: &DiscoveryMetrics) {
+    match serde_json::from_slice::<Announcement>(data) {
+        Ok(announcement) => {
+            if let Err(why) = apply(announced, announcement) {
+                tracing::warn!("ignoring an announcement out of range: {why}");
+                metrics.error(Source::amqp, ErrorKind::invalid_entry);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "ignoring a message that is not an announcement");
+            metrics.error(Source::amqp, ErrorKind::invalid_entry);
+        }
+    }
+}
+
+/// Forgets the members whose last `up` is older than its TTL (a crash).
+fn expire(announced: &mut BTreeMap<String, Announced>) {
+    let now = Instant::now();
+    announced.retain(|id, member| {
+        let alive = member.expires > now;
+        if !alive {
+            tracing::warn!(backend = %id, "no announcement within its TTL: gone");
+        }
+        alive
+    });
 }
 
 /// The longest TTL an announcement may ask for: past it, a backend that crashed would stay
