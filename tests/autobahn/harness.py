@@ -8,7 +8,7 @@ Started by run.sh (which installs wstest and builds the gateway first); all on l
                  echo client -> gateway -> wstest -m fuzzingserver   (agent "gateway")
 
 For 1.* to 10.* the echo backend and the echo client are `wsecho server` and `wsecho
-client` (gateway-bin/src/bin/wsecho.rs, tokio-tungstenite, which passes them all directly);
+client` (tools/src/bin/wsecho.rs, tokio-tungstenite, which passes them all directly);
 for 12.* and 13.* they are Python 3 `websockets` (echo_server.py, echo_client.py), which
 negotiates permessage-deflate, so those cases pass compressed frames through the gateway both
 ways. Each backend has its own gateway in front of it; in the fuzzingserver mode the two

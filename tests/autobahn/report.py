@@ -363,7 +363,7 @@ def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta
     w("tests/autobahn/report.py --out target/autobahn` redoes the table from them.")
     w("")
     w("Setup, all on loopback: the echo backend echoes every message; for 1.* to 10.* it is")
-    w("`wsecho server` (`gateway-bin/src/bin/wsecho.rs`, tokio-tungstenite), for 12.* and 13.*")
+    w("`wsecho server` (`tools/src/bin/wsecho.rs`, tokio-tungstenite), for 12.* and 13.*")
     w("`tests/autobahn/echo_server.py` (websockets), which negotiates permessage-deflate, so those")
     w("frames cross the gateway compressed; each has its own gateway in front of it. `wstest -m")
     w("echoserver` cannot be the backend, as it refuses a Host header other than its own. The")
