@@ -15,9 +15,11 @@ use crate::{
     backoff::Backoff,
     changes::ChangeSender,
     events::{fanout_channel, publish},
-    metrics::{DiscoveryMetrics, ErrorKind, Source},
+    source_errors::SourceErrors,
     Backend, MemberChanges, MemberSet,
 };
+#[cfg(feature = "metrics")]
+use crate::{DiscoveryMetrics, Source};
 
 /// One announcement on the members exchange.
 ///
@@ -158,7 +160,7 @@ impl Drop for AmqpAnnouncer {
 /// # }
 /// ```
 pub fn amqp_members(url: &str, exchange: &str) -> MemberChanges {
-    amqp_members_counted(url, exchange, DiscoveryMetrics::default())
+    follow_spawned(url, exchange, SourceErrors::default())
 }
 
 /// [`amqp_members`], counting its errors (a lost broker, a message that is not an
@@ -171,9 +173,15 @@ pub fn amqp_members(url: &str, exchange: &str) -> MemberChanges {
 /// # let _ = members;
 /// # }
 /// ```
+#[cfg(feature = "metrics")]
 pub fn amqp_members_counted(url: &str, exchange: &str, metrics: DiscoveryMetrics) -> MemberChanges {
+    follow_spawned(url, exchange, SourceErrors::new(metrics, Source::amqp))
+}
+
+/// Follows the announcements on a task, counting its errors into `errors`.
+fn follow_spawned(url: &str, exchange: &str, errors: SourceErrors) -> MemberChanges {
     let (url, exchange) = (url.to_owned(), exchange.to_owned());
-    MemberChanges::spawn(|changes| follow(url, exchange, changes, metrics))
+    MemberChanges::spawn(|changes| follow(url, exchange, changes, errors))
 }
 
 /// A member as last announced.
@@ -183,7 +191,7 @@ struct Announced {
     expires: Instant,
 }
 
-async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: DiscoveryMetrics) {
+async fn follow(url: String, exchange: String, changes: ChangeSender, errors: SourceErrors) {
     let mut announced: BTreeMap<String, Announced> = BTreeMap::new();
     let mut members = MemberSet::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -192,7 +200,7 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
             Ok(consumer) => consumer,
             Err(error) => {
                 tracing::warn!(%error, "cannot reach the broker; keeping the last members");
-                metrics.error(Source::amqp, ErrorKind::connection);
+                errors.connection();
                 backoff.wait().await;
                 continue;
             }
@@ -203,10 +211,10 @@ async fn follow(url: String, exchange: String, changes: ChangeSender, metrics: D
         loop {
             tokio::select! {
                 delivery = consumer.next() => match delivery {
-                    Some(Ok(delivery)) => receive(&mut announced, &delivery.data, &metrics),
+                    Some(Ok(delivery)) => receive(&mut announced, &delivery.data, &errors),
                     _ => {
                         tracing::warn!("lost the broker; keeping the last members");
-                        metrics.error(Source::amqp, ErrorKind::connection);
+                        errors.connection();
                         break;
                     }
                 },
@@ -270,17 +278,17 @@ fn extend_after_reconnect(announced: &mut BTreeMap<String, Announced>) {
 }
 
 /// Applies one delivered message, counting one that is not a valid announcement.
-fn receive(announced: &mut BTreeMap<String, Announced>, data: &[u8], metrics: &DiscoveryMetrics) {
+fn receive(announced: &mut BTreeMap<String, Announced>, data: &[u8], errors: &SourceErrors) {
     match serde_json::from_slice::<Announcement>(data) {
         Ok(announcement) => {
             if let Err(why) = apply(announced, announcement) {
                 tracing::warn!("ignoring an announcement out of range: {why}");
-                metrics.error(Source::amqp, ErrorKind::invalid_entry);
+                errors.invalid_entry();
             }
         }
         Err(error) => {
             tracing::warn!(%error, "ignoring a message that is not an announcement");
-            metrics.error(Source::amqp, ErrorKind::invalid_entry);
+            errors.invalid_entry();
         }
     }
 }

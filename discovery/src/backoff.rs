@@ -5,7 +5,7 @@ use std::{fmt::Display, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::{DiscoveryMetrics, ErrorKind, Source};
+use crate::source_errors::SourceErrors;
 
 /// Doubles from `first` up to `max`; back to `first` once a connection has worked.
 #[derive(Debug)]
@@ -51,23 +51,16 @@ impl Backoff {
 pub(crate) struct Reconnect {
     backoff: Backoff,
     lost: &'static str,
-    metrics: DiscoveryMetrics,
-    source: Source,
+    errors: SourceErrors,
 }
 
 impl Reconnect {
-    /// For `source`, whose failures are logged as `lost` and counted into `metrics`.
-    pub(crate) fn new(
-        backoff: Backoff,
-        lost: &'static str,
-        metrics: DiscoveryMetrics,
-        source: Source,
-    ) -> Self {
+    /// For a source whose failures are logged as `lost` and counted into `errors`.
+    pub(crate) fn new(backoff: Backoff, lost: &'static str, errors: SourceErrors) -> Self {
         Self {
             backoff,
             lost,
-            metrics,
-            source,
+            errors,
         }
     }
 
@@ -75,7 +68,7 @@ impl Reconnect {
     /// were, and the next attempt waits (starting over after a healthy connection).
     pub(crate) async fn after(&mut self, started: Instant, error: impl Display) {
         tracing::warn!(%error, "{}; keeping the last members", self.lost);
-        self.metrics.error(self.source, ErrorKind::connection);
+        self.errors.connection();
         self.backoff.wait_after(started.elapsed()).await;
     }
 }

@@ -27,8 +27,11 @@ use tower_hashring::NodeId;
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
-    Backend, DiscoveryMetrics, ErrorKind, MemberChanges, MemberSet, Source,
+    source_errors::SourceErrors,
+    Backend, MemberChanges, MemberSet,
 };
+#[cfg(feature = "metrics")]
+use crate::{DiscoveryMetrics, Source};
 
 /// The label that names a container's service.
 pub const SERVICE_LABEL: &str = "wscluster.service";
@@ -98,7 +101,7 @@ pub enum DockerError {
 pub struct DockerSource {
     service: String,
     network: Option<String>,
-    metrics: DiscoveryMetrics,
+    errors: SourceErrors,
     inspections: Arc<AtomicU64>,
 }
 
@@ -108,7 +111,7 @@ impl DockerSource {
         Self {
             service: service.into(),
             network: None,
-            metrics: DiscoveryMetrics::default(),
+            errors: SourceErrors::default(),
             inspections: Arc::default(),
         }
     }
@@ -120,8 +123,9 @@ impl DockerSource {
     }
 
     /// Counts the errors of [`discover`](Self::discover) (a lost engine) into `metrics`.
+    #[cfg(feature = "metrics")]
     pub fn metrics(mut self, metrics: DiscoveryMetrics) -> Self {
-        self.metrics = metrics;
+        self.errors = SourceErrors::new(metrics, Source::docker);
         self
     }
 
@@ -154,7 +158,7 @@ impl DockerSource {
             return None;
         }
         let name = container.name.as_deref()?.trim_start_matches('/');
-        let (port, weight) = member_labels(labels, name, &self.metrics, Source::docker)?;
+        let (port, weight) = member_labels(labels, name, &self.errors)?;
         // Labels first: a bad one is reported while the container is still starting.
         let health = state.health.as_ref().and_then(|h| h.status);
         if matches!(
@@ -179,8 +183,7 @@ impl DockerSource {
 pub(crate) fn member_labels(
     labels: &HashMap<String, String>,
     name: &str,
-    metrics: &DiscoveryMetrics,
-    source: Source,
+    errors: &SourceErrors,
 ) -> Option<(u16, u32)> {
     let label = |key: &str, what: &str, valid: fn(u32) -> bool| match labels.get(key) {
         None => Some(None),
@@ -188,7 +191,7 @@ pub(crate) fn member_labels(
             Ok(parsed) if valid(parsed) => Some(Some(parsed)),
             _ => {
                 tracing::warn!(member = name, "{key}={value:?} is not {what}: left out");
-                metrics.error(source, ErrorKind::invalid_entry);
+                errors.invalid_entry();
                 None
             }
         },
@@ -204,7 +207,7 @@ async fn follow(source: DockerSource, changes: ChangeSender) {
     let mut members = MemberSet::default();
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let lost = "docker discovery lost the engine";
-    let mut reconnect = Reconnect::new(backoff, lost, source.metrics.clone(), Source::docker);
+    let mut reconnect = Reconnect::new(backoff, lost, source.errors.clone());
     loop {
         let started = tokio::time::Instant::now();
         match session(&source, &mut members, &changes).await {

@@ -26,6 +26,15 @@
 //! health checks compiles none of them: `redis` (Redis), `amqp` (RabbitMQ, lapin),
 //! `docker` (bollard).
 //!
+//! # Cargo features
+//!
+//! - `redis`, `amqp`, `docker` (off by default): the sources above, with their clients.
+//! - `metrics` (off by default): `DiscoveryMetrics`, the errors of the sources by `Source`
+//!   and `ErrorKind` (a lost connection, an ignored entry), for a `prometheus_client`
+//!   registry the application owns, given to each source with `RedisRegistry::metrics`,
+//!   `DockerSource::metrics`, `SwarmSource::metrics` or `amqp_members_counted`. Without it,
+//!   nothing of Prometheus is compiled and the sources count nothing.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -53,26 +62,33 @@ mod docker;
 mod events;
 mod health;
 mod membership;
+#[cfg(feature = "metrics")]
 mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
 mod scale;
+#[cfg(any(feature = "redis", feature = "amqp", feature = "docker"))]
+mod source_errors;
 mod static_list;
 #[cfg(feature = "docker")]
 mod swarm;
 
+#[cfg(all(feature = "amqp", feature = "metrics"))]
+pub use self::amqp_members::amqp_members_counted;
 #[cfg(feature = "docker")]
 pub use self::docker::{
     ContainerLimits, DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL,
     WEIGHT_LABEL,
 };
+#[cfg(feature = "metrics")]
+pub use self::metrics::{DiscoveryMetrics, ErrorKind, Source};
 #[cfg(feature = "redis")]
 pub use self::redis::{Heartbeat, RedisError, RedisRegistry};
 #[cfg(feature = "docker")]
 pub use self::swarm::{SwarmScaler, SwarmSource};
 #[cfg(feature = "amqp")]
 pub use self::{
-    amqp_members::{amqp_members, amqp_members_counted, AmqpAnnouncer, Announcement, MAX_TTL},
+    amqp_members::{amqp_members, AmqpAnnouncer, Announcement, MAX_TTL},
     events::{ring_event, AmqpEvents},
 };
 pub use self::{
@@ -81,7 +97,6 @@ pub use self::{
     damping::{FlapDamping, HeldDown},
     health::HealthCheck,
     membership::{Member, MemberState, Membership, MembershipChanges, OffRing, Origin, MAX_WEIGHT},
-    metrics::{DiscoveryMetrics, ErrorKind, Source},
     scale::{Ownership, ScaleError, ScaleFuture, ScaledMembers, Scaler},
     static_list::StaticDiscovery,
 };

@@ -22,8 +22,11 @@ use crate::{
         connect, events_since, label_filter, member_labels, DockerError, MEMBERSHIP_EVENTS,
         SERVICE_LABEL,
     },
-    Backend, DiscoveryMetrics, MemberChanges, MemberSet, Source,
+    source_errors::SourceErrors,
+    Backend, MemberChanges, MemberSet,
 };
+#[cfg(feature = "metrics")]
+use crate::{DiscoveryMetrics, Source};
 
 /// Where the members of a service run on Docker Swarm: the running, healthy tasks of every
 /// Swarm service labelled `wscluster.service=<service>`, each reached at its address on
@@ -47,7 +50,7 @@ pub struct SwarmSource {
     service: String,
     network: Option<String>,
     resync: Duration,
-    metrics: DiscoveryMetrics,
+    errors: SourceErrors,
 }
 
 impl SwarmSource {
@@ -57,7 +60,7 @@ impl SwarmSource {
             service: service.into(),
             network: None,
             resync: Duration::from_secs(2),
-            metrics: DiscoveryMetrics::default(),
+            errors: SourceErrors::default(),
         }
     }
 
@@ -74,8 +77,9 @@ impl SwarmSource {
     }
 
     /// Counts the errors of [`discover`](Self::discover) into `metrics`.
+    #[cfg(feature = "metrics")]
     pub fn metrics(mut self, metrics: DiscoveryMetrics) -> Self {
-        self.metrics = metrics;
+        self.errors = SourceErrors::new(metrics, Source::swarm);
         self
     }
 
@@ -95,8 +99,7 @@ impl SwarmSource {
             };
             let name = spec.name.unwrap_or_else(|| service_id.clone());
             let labels = spec.labels.unwrap_or_default();
-            let Some((port, weight)) = member_labels(&labels, &name, &self.metrics, Source::swarm)
-            else {
+            let Some((port, weight)) = member_labels(&labels, &name, &self.errors) else {
                 continue;
             };
             for task in running_tasks(docker, &service_id).await? {
@@ -148,7 +151,7 @@ async fn follow(source: SwarmSource, changes: ChangeSender) {
     let mut members = MemberSet::default();
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let lost = "swarm discovery lost the engine";
-    let mut reconnect = Reconnect::new(backoff, lost, source.metrics.clone(), Source::swarm);
+    let mut reconnect = Reconnect::new(backoff, lost, source.errors.clone());
     loop {
         let started = tokio::time::Instant::now();
         match session(&source, &mut members, &changes).await {

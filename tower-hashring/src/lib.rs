@@ -19,10 +19,17 @@
 //! println!("user-42 lives on {}", owner.id());
 //! # Ok::<(), tower_hashring::RingError>(())
 //! ```
+//!
+//! # Cargo features
+//!
+//! - `metrics` (off by default): `RingMetrics`, a `prometheus_client` collector of the
+//!   ring's version, members and points, read from its newest snapshot at each scrape.
+//!   Without it, nothing of Prometheus is compiled.
 #![forbid(unsafe_code)]
 
 pub mod balance;
 mod key;
+#[cfg(feature = "metrics")]
 mod metrics;
 mod ring;
 mod snapshot;
@@ -30,7 +37,6 @@ mod snapshot;
 pub use self::{
     balance::{error, HashRingBalance, HashRingLayer, SharedHashRing},
     key::{HttpKey, InvalidKeyPattern, KeyExtractor, KeySource, MissingKeyPolicy, RoutingKey},
-    metrics::RingMetrics,
     ring::{
         HashScheme, InvalidLoadFactor, LoadFactor, LoadSource, MovedRange, Node, NodeId, Ring,
         RingBuilder, RingDiff, RingError, SuccessorCursor, Successors, DEFAULT_POINTS_PER_WEIGHT,
@@ -38,3 +44,6 @@ pub use self::{
     },
     snapshot::{RingSnapshot, RingWatch},
 };
+
+#[cfg(feature = "metrics")]
+pub use self::metrics::RingMetrics;

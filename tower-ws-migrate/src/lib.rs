@@ -23,12 +23,20 @@
 //! assert_eq!(pacing.gap(), Some(Duration::from_millis(2)));
 //! # let _ = policy;
 //! ```
+//!
+//! # Cargo features
+//!
+//! - `metrics` (off by default): `MigrationMetrics` and `Migrator::metrics`, which record
+//!   every migration (by policy, outcome and fallback reason; in flight; duration; upstreams
+//!   opened by live moves) into a `prometheus_client` registry the application owns.
+//!   Without it, nothing of Prometheus is compiled and the migrator records nothing.
 
 #![forbid(unsafe_code)]
 
 mod connection;
 mod hook;
 mod layer;
+#[cfg(feature = "metrics")]
 mod metrics;
 mod migrator;
 mod pace;
@@ -40,10 +48,12 @@ pub use self::{
     connection::{ProxiedConnection, UpstreamLookup, MIGRATED_FROM},
     hook::{Fallback, FallbackKind, MigrationEvent, MigrationHook, MigrationStats, Outcome},
     layer::{MigrateLayer, MigrateService, RoutePolicy},
-    metrics::MigrationMetrics,
     migrator::Migrator,
     pace::Pacing,
     plan::{plan, plan_bounded, PlannedMove},
     policy::{Migrate, MigrateFuture, MigrationPolicy},
     signature::{BadSignature, MigrationSecret, DEFAULT_MAX_AGE, MIGRATION_SIGNATURE},
 };
+
+#[cfg(feature = "metrics")]
+pub use self::metrics::MigrationMetrics;

@@ -6,10 +6,12 @@ use tokio::sync::Semaphore;
 use tower_hashring::{LoadFactor, RingSnapshot, RingWatch};
 use tower_ws_proxy::{ConnectionId, LiveConnections};
 
+#[cfg(feature = "metrics")]
+use crate::MigrationMetrics;
 use crate::{
     plan::{plan_stragglers, plan_with},
-    Migrate, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy, MigrationStats,
-    Outcome, Pacing, PlannedMove,
+    Migrate, MigrationEvent, MigrationHook, MigrationPolicy, MigrationStats, Outcome, Pacing,
+    PlannedMove,
 };
 
 const DEFAULT_IN_FLIGHT: usize = 256;
@@ -53,6 +55,7 @@ pub struct Migrator<H> {
     deadline: Duration,
     hook: Arc<dyn MigrationHook>,
     stats: MigrationStats,
+    #[cfg(feature = "metrics")]
     metrics: Option<MigrationMetrics>,
 }
 
@@ -89,6 +92,7 @@ where
             deadline: DEFAULT_DEADLINE,
             hook: Arc::new(()),
             stats: MigrationStats::default(),
+            #[cfg(feature = "metrics")]
             metrics: None,
         }
     }
@@ -145,6 +149,7 @@ where
 
     /// Records every migration in `metrics` (by policy, outcome and reason; in flight;
     /// duration).
+    #[cfg(feature = "metrics")]
     pub fn metrics(mut self, metrics: MigrationMetrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -256,18 +261,18 @@ where
                 self.stats.clone(),
                 self.hook.clone(),
             );
-            let metrics = self.metrics.clone();
-            if let Some(metrics) = &metrics {
-                metrics.started();
-            }
+            #[cfg(feature = "metrics")]
+            let metrics = self.metrics.clone().inspect(MigrationMetrics::started);
             let ring_version = ring.version();
             let deadline = self.deadline;
             tokio::spawn(async move {
+                #[cfg(feature = "metrics")]
                 let started = tokio::time::Instant::now();
                 let outcome = tokio::time::timeout(deadline, migration)
                     .await
                     .unwrap_or_else(|_| Outcome::Failed(format!("no outcome within {deadline:?}")));
                 drop(permit);
+                #[cfg(feature = "metrics")]
                 if let Some(metrics) = &metrics {
                     metrics.finished(&policy, &outcome, started.elapsed().as_secs_f64());
                 }
@@ -277,6 +282,7 @@ where
                     connections
                         .for_migrator()
                         .set_backend(planned.id, to.clone(), ring_version);
+                    #[cfg(feature = "metrics")]
                     if let Some(metrics) = &metrics {
                         metrics.moved_live_to(to);
                     }

@@ -22,6 +22,15 @@
 //! - [`MakeHandle`]: a request extension through which a layer above the proxy chooses
 //!   what the live connections keep of each WebSocket ([`ConnectionHandle`]; a migration layer
 //!   keeps what a live move needs).
+//!
+//! # Cargo features
+//!
+//! - `metrics` (off by default): `ProxyMetrics` (handshakes by `HandshakeResult` and their
+//!   latency, WebSockets opened per backend and how long they lasted), given to the proxy
+//!   with `WebSocketLayer::metrics`, and `ActiveWebSockets` (live WebSockets, messages and
+//!   bytes per backend, read from [`LiveConnections`] at each scrape), for a
+//!   `prometheus_client` registry the application owns. Without it, nothing of Prometheus
+//!   is compiled and the proxy records nothing.
 #![forbid(unsafe_code)]
 
 pub mod close_code;
@@ -33,8 +42,10 @@ mod forwarded;
 pub mod frame;
 mod handshake;
 mod headers;
+#[cfg(feature = "metrics")]
 mod metrics;
 mod proxy;
+mod record;
 mod relay;
 mod request_check;
 pub mod server;
@@ -49,7 +60,6 @@ pub use self::{
     failover::ProxyFailover,
     forwarded::set_forwarded_headers,
     headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
-    metrics::{ActiveWebSockets, HandshakeResult, ProxyMetrics},
     proxy::{text_response, HashRingProxy},
     relay::{
         relay, ClientStream, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle,
@@ -63,6 +73,12 @@ pub use self::{
     },
     // tower's name inside the middleware's module; the crate root keeps the name it had.
     websocket::{ResponseFuture as WebSocketFuture, WebSocketLayer, WebSocketProxy},
+};
+
+#[cfg(feature = "metrics")]
+pub use self::{
+    metrics::{ActiveWebSockets, ProxyMetrics},
+    record::HandshakeResult,
 };
 
 /// The socket options crate of [`RelayConfig::tune_listener`]'s argument.

@@ -19,32 +19,7 @@ use prometheus_client::{
 use tokio::time::Instant;
 use tower_hashring::NodeId;
 
-use crate::{Flow, LiveConnections, TrafficTotals};
-
-/// How a WebSocket handshake through the proxy ended: the `result` label of the
-/// `websocket_handshakes` counter of [`ProxyMetrics`], spelled as the variants are.
-///
-/// ```
-/// use tower_ws_proxy::HandshakeResult;
-///
-/// assert_eq!(format!("{:?}", HandshakeResult::bad_request), "bad_request");
-/// ```
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum HandshakeResult {
-    /// Relayed: the backend's 101 went to the client.
-    upgraded,
-    /// A malformed handshake (400) or another WebSocket version (426).
-    bad_request,
-    /// Refused at the connection cap or while shutting down (503).
-    refused,
-    /// No key, or no backend on the ring (400 or 503).
-    no_backend,
-    /// The backend answered with its own non-101 verdict.
-    backend_answered,
-    /// No backend answered (502).
-    failed,
-}
+use crate::{Flow, HandshakeResult, LiveConnections, TrafficTotals};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {

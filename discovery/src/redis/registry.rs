@@ -6,7 +6,9 @@ use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 
 use super::RedisError;
-use crate::{Backend, DiscoveryMetrics, MemberChanges};
+use crate::{source_errors::SourceErrors, Backend, MemberChanges};
+#[cfg(feature = "metrics")]
+use crate::{DiscoveryMetrics, Source};
 
 /// Where the backends of one service register in Redis; cheap to clone.
 ///
@@ -30,7 +32,7 @@ pub struct RedisRegistry {
     pub(super) service: String,
     pub(super) ttl: Duration,
     pub(super) resync: Duration,
-    pub(super) metrics: DiscoveryMetrics,
+    pub(super) errors: SourceErrors,
 }
 
 impl RedisRegistry {
@@ -42,7 +44,7 @@ impl RedisRegistry {
             service: service.into(),
             ttl: Duration::from_secs(3),
             resync: Duration::from_secs(1),
-            metrics: DiscoveryMetrics::default(),
+            errors: SourceErrors::default(),
         })
     }
 
@@ -61,8 +63,9 @@ impl RedisRegistry {
     }
 
     /// Counts the errors of [`discover`](Self::discover) into `metrics`.
+    #[cfg(feature = "metrics")]
     pub fn metrics(mut self, metrics: DiscoveryMetrics) -> Self {
-        self.metrics = metrics;
+        self.errors = SourceErrors::new(metrics, Source::redis);
         self
     }
 

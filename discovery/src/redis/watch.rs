@@ -9,7 +9,7 @@ use super::{RedisError, RedisRegistry};
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
-    Backend, ErrorKind, MemberSet, Source,
+    Backend, MemberSet,
 };
 
 /// Subscribes, resyncs, and resubscribes after every lost connection, with backoff.
@@ -17,7 +17,7 @@ pub(super) async fn follow(registry: RedisRegistry, changes: ChangeSender) {
     let mut members = MemberSet::default();
     let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let lost = "redis discovery lost its connection";
-    let mut reconnect = Reconnect::new(backoff, lost, registry.metrics.clone(), Source::redis);
+    let mut reconnect = Reconnect::new(backoff, lost, registry.errors.clone());
     loop {
         let started = tokio::time::Instant::now();
         match session(&registry, &mut members, &changes).await {
@@ -92,15 +92,13 @@ async fn read_members(
                 // registration replace or shadow another's.
                 Ok(backend) if registry.key(&backend.id) != *key => {
                     tracing::warn!(%key, id = %backend.id, "ignoring a registration whose id is not its key's");
-                    registry.metrics.error(Source::redis, ErrorKind::invalid_entry);
+                    registry.errors.invalid_entry();
                     None
                 }
                 Ok(backend) => Some(backend),
                 Err(error) => {
                     tracing::warn!(%key, %error, "ignoring a registration that is not a backend");
-                    registry
-                        .metrics
-                        .error(Source::redis, ErrorKind::invalid_entry);
+                    registry.errors.invalid_entry();
                     None
                 }
             }

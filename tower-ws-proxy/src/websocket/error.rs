@@ -4,7 +4,7 @@
 use http::{Response, StatusCode};
 use tower_hashring::error::http_status;
 
-use crate::{metrics::HandshakeResult, text_response, BadUpgrade, ProxyBody, Refusal};
+use crate::{record::HandshakeResult, text_response, BadUpgrade, ProxyBody, Refusal};
 
 /// Why an upgrade was answered before anything went below.
 #[derive(Clone, Copy, Debug)]

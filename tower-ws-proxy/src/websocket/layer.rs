@@ -3,7 +3,9 @@ use std::fmt;
 use tower_layer::Layer;
 
 use super::WebSocketProxy;
-use crate::{LiveConnections, ProxyMetrics, RelayConfig, RelayHandle};
+#[cfg(feature = "metrics")]
+use crate::ProxyMetrics;
+use crate::{record::Recorder, LiveConnections, RelayConfig, RelayHandle};
 
 /// Relays WebSockets that the service below it upgraded; see [`WebSocketProxy`].
 ///
@@ -18,7 +20,7 @@ use crate::{LiveConnections, ProxyMetrics, RelayConfig, RelayHandle};
 pub struct WebSocketLayer<H = RelayHandle> {
     connections: LiveConnections<H>,
     relay: RelayConfig,
-    metrics: Option<ProxyMetrics>,
+    metrics: Recorder,
 }
 
 impl<H> WebSocketLayer<H> {
@@ -28,13 +30,14 @@ impl<H> WebSocketLayer<H> {
         Self {
             connections,
             relay,
-            metrics: None,
+            metrics: Recorder::NONE,
         }
     }
 
     /// Counts handshakes, their latency, and WebSockets opened and closed in `metrics`.
+    #[cfg(feature = "metrics")]
     pub fn metrics(mut self, metrics: ProxyMetrics) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = Recorder::new(metrics);
         self
     }
 }

@@ -32,13 +32,10 @@ use hyper::body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use self::{
-    error::NotAdmitted,
-    upgrade::{count_handshake, PendingUpgrade},
-};
+use self::{error::NotAdmitted, upgrade::PendingUpgrade};
 use crate::{
-    check_upgrade, is_websocket_upgrade, strip_internal_headers, Admission, BoxError,
-    ConnectionHandle, LiveConnections, ProxyBody, ProxyMetrics, RelayConfig, RelayHandle,
+    check_upgrade, is_websocket_upgrade, record::Recorder, strip_internal_headers, Admission,
+    BoxError, ConnectionHandle, LiveConnections, ProxyBody, RelayConfig, RelayHandle,
 };
 
 /// The service of [`WebSocketLayer`].
@@ -67,7 +64,7 @@ pub struct WebSocketProxy<S, H = RelayHandle> {
     inner: S,
     connections: LiveConnections<H>,
     relay: RelayConfig,
-    metrics: Option<ProxyMetrics>,
+    metrics: Recorder,
 }
 
 impl<S: Clone, H> Clone for WebSocketProxy<S, H> {
@@ -138,7 +135,7 @@ where
         match self.admit(&request) {
             Ok(admission) => self.handshake_upstream(request, admission, started),
             Err(not_admitted) => {
-                count_handshake(&self.metrics, not_admitted.result(), started);
+                self.metrics.handshake(not_admitted.result(), started);
                 ResponseFuture::answered(not_admitted.into_response())
             }
         }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tower_hashring::NodeId;
 
 use crate::{
-    relay, tcp_peer, Peer, ProxyMetrics, Registered, RelayCommands, RelayConfig, RelayOutcome,
+    record::Recorder, relay, tcp_peer, Peer, Registered, RelayCommands, RelayConfig, RelayOutcome,
 };
 
 type RelayArgs = (Peer, RelayConfig, RelayCommands);
@@ -27,7 +27,7 @@ pin_project! {
         #[pin]
         pub(super) stage: Stage<F>,
         pub(super) registration: Option<Registered<H>>,
-        pub(super) metrics: Option<ProxyMetrics>,
+        pub(super) metrics: Recorder,
         pub(super) backend: NodeId,
         pub(super) started: Instant,
     }
@@ -96,9 +96,7 @@ impl<F: Future<Output = RelayOutcome>, H> Future for RelayTask<F, H> {
         let this = self.project();
         if let Some(outcome) = std::task::ready!(this.stage.poll(cx)) {
             tracing::debug!(backend = %this.backend, ?outcome, "websocket closed");
-            if let Some(metrics) = this.metrics {
-                metrics.closed(this.started.elapsed());
-            }
+            this.metrics.closed(this.started.elapsed());
         }
         // Out of the live connections (and their cap) as soon as the relay ends.
         this.registration.take();

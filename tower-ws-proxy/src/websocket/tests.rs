@@ -7,29 +7,44 @@ use bytes::Bytes;
 use http::{request, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
+#[cfg(feature = "metrics")]
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use tower_hashring::{balance::Route, error::MissingKey, NodeId};
 use tower_test::mock;
 
 use super::WebSocketLayer;
+#[cfg(feature = "metrics")]
+use crate::ProxyMetrics;
 use crate::{
-    LiveConnections, Peer, ProxyBody, ProxyMetrics, RelayConfig, RelayHandle, UpstreamError,
-    UpstreamSocket,
+    LiveConnections, Peer, ProxyBody, RelayConfig, RelayHandle, UpstreamError, UpstreamSocket,
 };
 
 type Handle = mock::Handle<Request<ProxyBody>, Response<ProxyBody>>;
 type Proxy =
     mock::Spawn<super::WebSocketProxy<mock::Mock<Request<ProxyBody>, Response<ProxyBody>>>>;
 
-/// The proxy over a mock, its live connections capped at `limit`, and its metrics registry.
-fn proxy(limit: usize) -> (Proxy, Handle, LiveConnections, Registry) {
+/// What the proxy counted: with the `metrics` feature, the registry of its metrics; without
+/// it, nothing (and [`assert_handshakes`] checks nothing).
+#[cfg(feature = "metrics")]
+struct Counts(Registry);
+#[cfg(not(feature = "metrics"))]
+struct Counts;
+
+/// The proxy over a mock, its live connections capped at `limit`, and what it counted.
+fn proxy(limit: usize) -> (Proxy, Handle, LiveConnections, Counts) {
     let connections = LiveConnections::<RelayHandle>::with_limit(limit);
-    let metrics = ProxyMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let layer = WebSocketLayer::new(connections.clone(), RelayConfig::default()).metrics(metrics);
+    let layer = WebSocketLayer::new(connections.clone(), RelayConfig::default());
+    #[cfg(feature = "metrics")]
+    let (layer, counts) = {
+        let metrics = ProxyMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        (layer.metrics(metrics), Counts(registry))
+    };
+    #[cfg(not(feature = "metrics"))]
+    let counts = Counts;
     let (proxy, handle) = mock::spawn_layer(layer);
-    (proxy, handle, connections, registry)
+    (proxy, handle, connections, counts)
 }
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -70,16 +85,22 @@ where
     String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
-/// The handshakes counted with `result`, as a scrape reads them.
-fn handshakes(registry: &Registry, result: &str) -> u64 {
+/// `expected` handshakes were counted with `result`, as a scrape reads them.
+#[cfg(feature = "metrics")]
+fn assert_handshakes(Counts(registry): &Counts, result: &str, expected: u64) {
     let mut scrape = String::new();
     encode(&mut scrape, registry).unwrap();
     let series = format!("websocket_handshakes_total{{result=\"{result}\"}} ");
-    scrape
+    let counted = scrape
         .lines()
         .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |count| count.parse().unwrap())
+        .map_or(0, |count| count.parse().unwrap());
+    assert_eq!(counted, expected, "handshakes counted as {result}");
 }
+
+/// Without the `metrics` feature nothing is counted.
+#[cfg(not(feature = "metrics"))]
+fn assert_handshakes(_: &Counts, _: &str, _: u64) {}
 
 /// Nothing the proxy did reached the service below.
 fn nothing_reached_below(handle: &mut Handle) {
@@ -91,7 +112,7 @@ fn nothing_reached_below(handle: &mut Handle) {
 
 #[tokio::test]
 async fn a_plain_request_passes_through_and_its_answer_comes_back() {
-    let (mut proxy, mut handle, connections, registry) = proxy(10);
+    let (mut proxy, mut handle, connections, counts) = proxy(10);
     assert!(proxy.poll_ready::<Request<Full<Bytes>>>().is_ready());
     let request = Request::post("/count?userId=7")
         .header("x-request-id", "r-1")
@@ -115,7 +136,7 @@ async fn a_plain_request_passes_through_and_its_answer_comes_back() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(text(response.into_body()).await, "made");
     assert!(connections.is_empty());
-    assert_eq!(handshakes(&registry, "upgraded"), 0, "no handshake counted");
+    assert_handshakes(&counts, "upgraded", 0);
 }
 
 #[tokio::test]
@@ -134,7 +155,7 @@ async fn a_plain_request_that_fails_below_gets_a_502_naming_no_backend() {
 
 #[tokio::test]
 async fn malformed_upgrades_are_refused_before_the_service_below() {
-    let (mut proxy, mut handle, connections, registry) = proxy(10);
+    let (mut proxy, mut handle, connections, counts) = proxy(10);
     let cases = [
         (upgrade_with(&["13"], &[]), StatusCode::BAD_REQUEST),
         (
@@ -159,18 +180,18 @@ async fn malformed_upgrades_are_refused_before_the_service_below() {
     }
     nothing_reached_below(&mut handle);
     assert!(connections.is_empty());
-    assert_eq!(handshakes(&registry, "bad_request"), refused);
+    assert_handshakes(&counts, "bad_request", refused);
 }
 
 #[tokio::test]
 async fn past_the_connection_cap_an_upgrade_is_refused_with_503_until_a_place_frees() {
-    let (mut proxy, mut handle, connections, registry) = proxy(1);
+    let (mut proxy, mut handle, connections, counts) = proxy(1);
     let taken = connections.admit().expect("the one place");
 
     let refused = proxy.call(upgrade().body(body("")).unwrap()).await;
     assert_eq!(refused.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     nothing_reached_below(&mut handle);
-    assert_eq!(handshakes(&registry, "refused"), 1);
+    assert_handshakes(&counts, "refused", 1);
 
     drop(taken);
     let answer = tokio::spawn(proxy.call(upgrade().body(body("")).unwrap()));
@@ -191,14 +212,14 @@ async fn past_the_connection_cap_an_upgrade_is_refused_with_503_until_a_place_fr
         "the backend's verdict"
     );
     assert_eq!(text(response.into_body()).await, "not you");
-    assert_eq!(handshakes(&registry, "backend_answered"), 1);
+    assert_handshakes(&counts, "backend_answered", 1);
     assert!(connections.is_empty());
     assert!(connections.admit().is_ok(), "the place is free again");
 }
 
 #[tokio::test]
 async fn upgrade_errors_below_become_statuses_by_who_failed() {
-    let (mut proxy, mut handle, _, registry) = proxy(10);
+    let (mut proxy, mut handle, _, counts) = proxy(10);
     let cases: [(crate::BoxError, StatusCode); 2] = [
         (MissingKey::new().into(), StatusCode::BAD_REQUEST),
         (
@@ -212,15 +233,15 @@ async fn upgrade_errors_below_become_statuses_by_who_failed() {
         send.send_error(error);
         assert_eq!(answer.await.unwrap().unwrap().status(), status);
     }
-    assert_eq!(handshakes(&registry, "no_backend"), 1);
-    assert_eq!(handshakes(&registry, "failed"), 1);
+    assert_handshakes(&counts, "no_backend", 1);
+    assert_handshakes(&counts, "failed", 1);
 }
 
 /// The 101 goes back to the client and the connection is registered under the balancer's
 /// route; a client whose own upgrade then fails leaves the live connections (and its place).
 #[tokio::test(start_paused = true)]
 async fn an_upgraded_websocket_is_registered_until_its_relay_ends() {
-    let (mut proxy, mut handle, connections, registry) = proxy(1);
+    let (mut proxy, mut handle, connections, counts) = proxy(1);
     let request = upgrade()
         .header("x-wscluster-migrated-from", "backend-b")
         .body(body(""))
@@ -243,7 +264,7 @@ async fn an_upgraded_websocket_is_registered_until_its_relay_ends() {
     let response = response.unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert!(response.extensions().get::<UpstreamSocket>().is_none());
-    assert_eq!(handshakes(&registry, "upgraded"), 1);
+    assert_handshakes(&counts, "upgraded", 1);
     assert_eq!(connections.per_backend()[&NodeId::from("backend-a")], 1);
     assert!(connections.admit().is_err(), "it holds its place");
     assert_eq!(below.uri(), "/connect/7?userId=7");

@@ -9,9 +9,9 @@ use super::{
     relay_task::{RelayTask, Stage},
 };
 use crate::{
-    metrics::HandshakeResult, relay, Admission, BoxError, ConnectionHandle, LiveConnections,
-    MakeHandle, OpenedConnection, Peer, ProxyBody, ProxyMetrics, Registered, RelayConfig,
-    RelayHandle, UpstreamSocket,
+    record::{HandshakeResult, Recorder},
+    relay, Admission, BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection,
+    Peer, ProxyBody, Registered, RelayConfig, RelayHandle, UpstreamSocket,
 };
 
 /// An admitted WebSocket upgrade whose handshake is on its way to a backend: what answering
@@ -24,7 +24,7 @@ pub(super) struct PendingUpgrade<H> {
     pub(super) client_upgrade: OnUpgrade,
     pub(super) connections: LiveConnections<H>,
     pub(super) relay: RelayConfig,
-    pub(super) metrics: Option<ProxyMetrics>,
+    pub(super) metrics: Recorder,
     pub(super) started: Instant,
 }
 
@@ -77,9 +77,7 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
         let commands = commands.counting(registration.traffic());
         let span = relay_span(&route, &self.head);
         drop(self.head);
-        if let Some(metrics) = &self.metrics {
-            metrics.opened(&route.node);
-        }
+        self.metrics.opened(&route.node);
         let task = RelayTask {
             stage: Stage::Upgrading {
                 upgrade: self.client_upgrade,
@@ -126,7 +124,7 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
     }
 
     fn count(&self, result: HandshakeResult) {
-        count_handshake(&self.metrics, result, self.started);
+        self.metrics.handshake(result, self.started);
     }
 }
 
@@ -141,15 +139,4 @@ fn relay_span(route: &Route, head: &request::Parts) -> tracing::Span {
             .get("x-request-id")
             .and_then(|id| id.to_str().ok()),
     )
-}
-
-/// Counts a handshake's result and latency, when the proxy has metrics.
-pub(super) fn count_handshake(
-    metrics: &Option<ProxyMetrics>,
-    result: HandshakeResult,
-    started: Instant,
-) {
-    if let Some(metrics) = metrics {
-        metrics.handshake(result, started);
-    }
 }
