@@ -343,10 +343,24 @@ async fn a_message_past_the_limit_closes_with_1009() {
 async fn shutdown_ends_in_time_whatever_the_peers_do() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
+    // It reads each request head, reports it, and never answers.
+    let (heads, mut handshakes) = tokio::sync::mpsc::unbounded_channel();
     let held = tokio::spawn(async move {
-        let mut sockets = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            sockets.push(tcp);
+        let mut sockets = tokio::task::JoinSet::new();
+        while let Ok((mut tcp, _)) = silent.accept().await {
+            let heads = heads.clone();
+            sockets.spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read_u8().await {
+                        Ok(byte) => head.push(byte),
+                        Err(_) => return,
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+                std::future::pending::<()>().await;
+                drop(tcp);
+            });
         }
     });
     let mut config = strict();
@@ -372,7 +386,18 @@ async fn shutdown_ends_in_time_whatever_the_peers_do() {
     let stuck_user = user_on("silent");
     let url = format!("ws://{}/connect/{stuck_user}", gateway.public);
     let stuck = tokio::spawn(tokio_tungstenite::connect_async(url));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shutdown starts once the gateway's handshake to the silent backend is in flight.
+    let in_flight = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let head = handshakes.recv().await.expect("the silent backend listens");
+            if head.contains(&format!("/connect/{stuck_user} ")) {
+                break;
+            }
+        }
+    });
+    in_flight
+        .await
+        .expect("the gateway sends the handshake to the silent backend");
 
     let started = Instant::now();
     tokio::time::timeout(bound + Duration::from_secs(1), gateway.shutdown())
