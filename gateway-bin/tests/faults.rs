@@ -463,12 +463,10 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
     for n in 0..30 {
         let user = format!("kill-{n}");
         let (client, server) = connect(&gateway, &user).await;
-        clients.push((
-            server,
-            tokio::spawn(echo_traffic(user, client, stopped.clone())),
-        ));
+        clients.push((server, spawn_echo_traffic(user, client, stopped.clone())));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The kill comes once every client's traffic flows.
+    first_echoes(clients.iter_mut().map(|(_, client)| client)).await;
     processes[1].start_kill().unwrap();
     let killed_at = Instant::now();
     processes[1].wait().await.unwrap();
@@ -478,8 +476,8 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
         .into_iter()
         .partition(|(server, _)| server == "proc-b");
     assert!(!affected.is_empty() && !others.is_empty());
-    for (_, traffic) in affected {
-        let traffic = traffic.await.unwrap();
+    for (_, client) in affected {
+        let traffic = client.traffic.await.unwrap();
         assert_eq!(
             traffic.closed,
             Some(1012),
@@ -502,8 +500,8 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
         );
     }
     stop.send_replace(true);
-    for (_, traffic) in others {
-        traffic.await.unwrap().assert_untouched();
+    for (_, client) in others {
+        client.traffic.await.unwrap().assert_untouched();
     }
     gateway.shutdown().await;
 }
