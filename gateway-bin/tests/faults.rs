@@ -544,7 +544,7 @@ async fn a_slow_new_owner_takes_its_users_without_a_loss() {
     for n in 0..20 {
         let user = format!("slow-{n}");
         let (client, _) = connect(&gateway, &user).await;
-        clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
+        clients.push(spawn_echo_traffic(user, client, stopped.clone()));
     }
     let delay = Duration::from_millis(600);
     let slow = slow_backend("slow", delay).await;
@@ -558,7 +558,14 @@ async fn a_slow_new_owner_takes_its_users_without_a_loss() {
         })
         .await
     );
+    // Stop once every client's traffic is echoed by its owner (the moved ones: by their
+    // new owner), so each ends there.
+    for client in &mut clients {
+        let owner = ring.route(client.user.as_bytes()).unwrap().id().to_string();
+        client.echo_from(&owner).await;
+    }
     stop.send_replace(true);
+    let clients = clients.into_iter().map(|c| c.traffic).collect();
     let moved = assert_on_owners(clients, &ring, "slow", "backend-a").await;
     assert!(moved > 0);
     assert!(added.elapsed() >= delay);
