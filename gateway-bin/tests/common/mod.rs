@@ -162,12 +162,11 @@ impl Traffic {
     }
 }
 
-/// How far one client's echo traffic has come, while it runs.
+/// How far one client's echo traffic has come, while it runs: the server named by its
+/// latest echo (`None` before the first). It changes, and wakes a waiter, only when an echo
+/// comes from another server than the one before.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
-    /// Echoes received so far.
-    pub echoes: usize,
-    /// The server named by the latest echo.
     pub last_echo_from: Option<String>,
 }
 
@@ -213,7 +212,8 @@ impl EchoClient {
 
     /// Waits until the first echo has come back: traffic flows.
     pub async fn first_echo(&mut self) {
-        self.wait_for("first echo", |p| p.echoes > 0).await;
+        self.wait_for("first echo", |p| p.last_echo_from.is_some())
+            .await;
     }
 
     /// Waits until the latest echo came from `server`.
@@ -269,11 +269,16 @@ async fn echo_traffic_reporting(
             message = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match message {
                 Ok(Some(Ok(Message::Text(text)))) => {
                     let message: Value = serde_json::from_str(&text).unwrap();
-                    if message["type"] == "echo" {
-                        let server = message["server"].as_str().map(str::to_owned);
-                        report.send_modify(|progress| {
-                            progress.echoes += 1;
-                            progress.last_echo_from = server;
+                    // Reported only where someone waits, and only when the server changes:
+                    // this runs for every echo of many clients on one thread.
+                    if message["type"] == "echo" && !report.is_closed() {
+                        let server = message["server"].as_str();
+                        report.send_if_modified(|progress| {
+                            let changed = progress.last_echo_from.as_deref() != server;
+                            if changed {
+                                progress.last_echo_from = server.map(str::to_owned);
+                            }
+                            changed
                         });
                     }
                     received.push(message);
