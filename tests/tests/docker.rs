@@ -321,6 +321,7 @@ async fn health_probes(name: &str) -> Vec<String> {
     assert!(output.status.success(), "docker inspect {name} failed");
     String::from_utf8_lossy(&output.stdout)
         .lines()
+        .filter(|line| !line.is_empty())
         .map(str::to_owned)
         .collect()
 }
