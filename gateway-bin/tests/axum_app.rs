@@ -11,7 +11,10 @@ mod axum_app;
 use std::{convert::Infallible, time::Duration};
 
 use axum::{routing::get, Router};
-use common::{assert_on_owners, echo_traffic, eventually, next_json, owned_by, ring_of, Client};
+use common::{
+    assert_on_owners, eventually, first_echoes, next_json, owned_by, ring_of, spawn_echo_traffic,
+    Client,
+};
 use futures_util::stream;
 use reference_backend::ReferenceBackend;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -109,14 +112,22 @@ async fn the_proxy_routes_relays_and_moves_live_under_axum_serve() {
         let user = format!("axum-{n}");
         let (client, server) = connect(address, &user).await;
         assert_eq!(server, "backend-a");
-        clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
+        clients.push(spawn_echo_traffic(user, client, stopped.clone()));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The backend joins under traffic: once every client has had an echo.
+    first_echoes(&mut clients).await;
     reference_backend("backend-b", &changes).await;
     let ring = ring_of(&["backend-a", "backend-b"]);
     let affected = owned_by(&ring, (0..20).map(|n| format!("axum-{n}")), "backend-b") as u64;
     assert!(eventually(Duration::from_secs(5), async || stats.moved() == affected).await);
+    // Stop once every client's traffic is echoed by its owner (the moved ones: by their
+    // new owner), so each ends there.
+    for client in &mut clients {
+        let owner = ring.route(client.user.as_bytes()).unwrap().id().to_string();
+        client.echo_from(&owner).await;
+    }
     stop.send_replace(true);
+    let clients = clients.into_iter().map(|c| c.traffic).collect();
     let moved = assert_on_owners(clients, &ring, "backend-b", "backend-a").await;
     assert!(moved > 0, "some users moved");
 }

@@ -4,6 +4,7 @@
 use std::{
     net::SocketAddr,
     process::Stdio,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,6 +12,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     process::Command,
+    sync::watch,
 };
 
 async fn free_address() -> SocketAddr {
@@ -57,6 +59,36 @@ async fn websocket(public: SocketAddr, user: usize) -> Result<TcpStream, String>
     }
 }
 
+/// A front for the backend at `backend`: it pipes every connection through, and counts
+/// those closed before sending a byte, which are the gateway's TCP health checks (a
+/// connect, then a close).
+async fn counting_front(backend: SocketAddr) -> (SocketAddr, watch::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (count, probes) = watch::channel(0);
+    let count = Arc::new(count);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 4096];
+                match tcp.read(&mut first).await {
+                    Ok(0) | Err(_) => count.send_modify(|n| *n += 1),
+                    Ok(n) => {
+                        let Ok(mut upstream) = TcpStream::connect(backend).await else {
+                            return;
+                        };
+                        if upstream.write_all(&first[..n]).await.is_ok() {
+                            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, probes)
+}
+
 #[tokio::test]
 async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_api() {
     let backend = free_address().await;
@@ -66,6 +98,16 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(backend).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the backend never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The gateway reaches the backend through a front that counts its health checks.
+    let (front, mut health_checks) = counting_front(backend).await;
     let (public, admin) = (free_address().await, free_address().await);
     let config = std::env::temp_dir().join(format!("wscluster-fd-{}.toml", std::process::id()));
     std::fs::write(
@@ -89,7 +131,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
             "1",
             "run",
             "--backend",
-            &format!("only={backend}"),
+            &format!("only={front}"),
         ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -137,9 +179,18 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         }
     }
     assert_eq!(open.len(), 155, "{refused} refused");
-    // Saturated, for several health-check rounds: the ring keeps its member, the admin API
-    // answers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Saturated, for several health-check rounds (5, more than the 2 failures that would
+    // take the member out): the ring keeps its member, the admin API answers.
+    let before = *health_checks.borrow_and_update();
+    let rounds = tokio::time::timeout(
+        Duration::from_secs(10),
+        health_checks.wait_for(|&checks| checks >= before + 5),
+    );
+    assert!(
+        matches!(rounds.await, Ok(Ok(_))),
+        "no 5 health checks reached the backend while saturated: {} of them",
+        *health_checks.borrow() - before
+    );
     assert_eq!(members().await, Some((200, 1)));
     let (status, _) = get(public, "/count?userId=1")
         .await

@@ -343,10 +343,24 @@ async fn a_message_past_the_limit_closes_with_1009() {
 async fn shutdown_ends_in_time_whatever_the_peers_do() {
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
+    // It reads each request head, reports it, and never answers.
+    let (heads, mut handshakes) = tokio::sync::mpsc::unbounded_channel();
     let held = tokio::spawn(async move {
-        let mut sockets = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            sockets.push(tcp);
+        let mut sockets = tokio::task::JoinSet::new();
+        while let Ok((mut tcp, _)) = silent.accept().await {
+            let heads = heads.clone();
+            sockets.spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tcp.read_u8().await {
+                        Ok(byte) => head.push(byte),
+                        Err(_) => return,
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+                std::future::pending::<()>().await;
+                drop(tcp);
+            });
         }
     });
     let mut config = strict();
@@ -372,7 +386,18 @@ async fn shutdown_ends_in_time_whatever_the_peers_do() {
     let stuck_user = user_on("silent");
     let url = format!("ws://{}/connect/{stuck_user}", gateway.public);
     let stuck = tokio::spawn(tokio_tungstenite::connect_async(url));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shutdown starts once the gateway's handshake to the silent backend is in flight.
+    let in_flight = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let head = handshakes.recv().await.expect("the silent backend listens");
+            if head.contains(&format!("/connect/{stuck_user} ")) {
+                break;
+            }
+        }
+    });
+    in_flight
+        .await
+        .expect("the gateway sends the handshake to the silent backend");
 
     let started = Instant::now();
     tokio::time::timeout(bound + Duration::from_secs(1), gateway.shutdown())
@@ -438,12 +463,10 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
     for n in 0..30 {
         let user = format!("kill-{n}");
         let (client, server) = connect(&gateway, &user).await;
-        clients.push((
-            server,
-            tokio::spawn(echo_traffic(user, client, stopped.clone())),
-        ));
+        clients.push((server, spawn_echo_traffic(user, client, stopped.clone())));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The kill comes once every client's traffic flows.
+    first_echoes(clients.iter_mut().map(|(_, client)| client)).await;
     processes[1].start_kill().unwrap();
     let killed_at = Instant::now();
     processes[1].wait().await.unwrap();
@@ -453,8 +476,8 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
         .into_iter()
         .partition(|(server, _)| server == "proc-b");
     assert!(!affected.is_empty() && !others.is_empty());
-    for (_, traffic) in affected {
-        let traffic = traffic.await.unwrap();
+    for (_, client) in affected {
+        let traffic = client.traffic.await.unwrap();
         assert_eq!(
             traffic.closed,
             Some(1012),
@@ -477,8 +500,8 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
         );
     }
     stop.send_replace(true);
-    for (_, traffic) in others {
-        traffic.await.unwrap().assert_untouched();
+    for (_, client) in others {
+        client.traffic.await.unwrap().assert_untouched();
     }
     gateway.shutdown().await;
 }
@@ -521,7 +544,7 @@ async fn a_slow_new_owner_takes_its_users_without_a_loss() {
     for n in 0..20 {
         let user = format!("slow-{n}");
         let (client, _) = connect(&gateway, &user).await;
-        clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
+        clients.push(spawn_echo_traffic(user, client, stopped.clone()));
     }
     let delay = Duration::from_millis(600);
     let slow = slow_backend("slow", delay).await;
@@ -535,7 +558,14 @@ async fn a_slow_new_owner_takes_its_users_without_a_loss() {
         })
         .await
     );
+    // Stop once every client's traffic is echoed by its owner (the moved ones: by their
+    // new owner), so each ends there.
+    for client in &mut clients {
+        let owner = ring.route(client.user.as_bytes()).unwrap().id().to_string();
+        client.echo_from(&owner).await;
+    }
     stop.send_replace(true);
+    let clients = clients.into_iter().map(|c| c.traffic).collect();
     let moved = assert_on_owners(clients, &ring, "slow", "backend-a").await;
     assert!(moved > 0);
     assert!(added.elapsed() >= delay);

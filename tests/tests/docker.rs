@@ -273,8 +273,12 @@ async fn docker_discovery_inspects_only_what_an_event_names() {
         }
     }
     // Quiet: every container's health probe runs each second, and none changes anything.
+    // "Nothing happens" needs a window: three probe rounds, each seen in every container's
+    // health log. A probe's exec events reach the source within far less than the 1 s
+    // between rounds, so those of the first two rounds at least are counted here.
     let quiet = source.inspections();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all: Vec<String> = (0..EXISTING).map(name).collect();
+    probe_rounds(&all, 3).await;
     assert_eq!(
         source.inspections(),
         quiet,
@@ -289,11 +293,64 @@ async fn docker_discovery_inspects_only_what_an_event_names() {
         )
     });
     assert!(joined.await, "the new container joined");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Inspections that come late would show within two more probe rounds of every
+    // container, the new one's included.
+    let all: Vec<String> = (0..=EXISTING).map(name).collect();
+    probe_rounds(&all, 2).await;
     let spent = source.inspections() - quiet;
     // Its start and its health turning healthy; one listing would inspect all 7.
     assert!(
         (1..=3).contains(&spent),
         "{spent} inspections for one container joining"
     );
+}
+
+/// The health probes Docker keeps in container `name`'s health log (its last five), each
+/// named by its start time.
+async fn health_probes(name: &str) -> Vec<String> {
+    let output = tokio::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .State.Health.Log}}{{.Start}}\n{{end}}",
+            name,
+        ])
+        .output()
+        .await
+        .expect("docker runs");
+    assert!(output.status.success(), "docker inspect {name} failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until every container of `names` has run `rounds` more health probes (at most 5,
+/// the length of Docker's health log); panics after 60 s.
+async fn probe_rounds(names: &[String], rounds: usize) {
+    assert!(rounds <= 5, "Docker's health log keeps 5 probes");
+    let mut before = Vec::new();
+    for name in names {
+        before.push(health_probes(name).await);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut behind = Vec::new();
+        for (name, seen) in names.iter().zip(&before) {
+            let probes = health_probes(name).await;
+            if probes.iter().filter(|p| !seen.contains(p)).count() < rounds {
+                behind.push(name);
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {rounds} health probes within 60 s in {behind:?}"
+        );
+        // Docker runs them once a second: look again in a fifth of that.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -248,7 +248,19 @@ async fn both_sockets_get_tcp_keepalive() {
         config,
         commands,
     ));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The relay sets the options as it starts: wait (up to 5 s) until both sockets show
+    // them, then check.
+    let set = |socket: &std::net::TcpStream| {
+        let socket = socket2::SockRef::from(socket);
+        socket.keepalive().unwrap()
+            && socket.tcp_keepalive_time().unwrap() == Duration::from_secs(42)
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while !watched.iter().all(set) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     for socket in &watched {
         let socket = socket2::SockRef::from(socket);
         assert!(socket.keepalive().unwrap());

@@ -162,12 +162,92 @@ impl Traffic {
     }
 }
 
+/// How far one client's echo traffic has come, while it runs: the server named by its
+/// latest echo (`None` before the first). It changes, and wakes a waiter, only when an echo
+/// comes from another server than the one before.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub last_echo_from: Option<String>,
+}
+
+/// A client's echo traffic running in a task of its own, with its progress to await.
+pub struct EchoClient {
+    pub user: String,
+    pub progress: tokio::sync::watch::Receiver<Progress>,
+    pub traffic: tokio::task::JoinHandle<Traffic>,
+}
+
+/// Spawns `echo_traffic` for `user`, reporting its progress.
+pub fn spawn_echo_traffic(
+    user: String,
+    client: Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> EchoClient {
+    let (report, progress) = tokio::sync::watch::channel(Progress::default());
+    let traffic = tokio::spawn(echo_traffic_reporting(user.clone(), client, stop, report));
+    EchoClient {
+        user,
+        progress,
+        traffic,
+    }
+}
+
+impl EchoClient {
+    /// Waits until `ready` holds of the progress; panics after 10 s, or if the traffic
+    /// ended first.
+    pub async fn wait_for(&mut self, what: &str, ready: impl FnMut(&Progress) -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), self.progress.wait_for(ready))
+            .await
+            .map(|ready| ready.is_ok());
+        match waited {
+            Ok(true) => {}
+            Ok(false) => panic!("{}: the traffic ended before {what}", self.user),
+            Err(_) => panic!(
+                "{}: no {what} within 10 s: {:?}",
+                self.user,
+                *self.progress.borrow()
+            ),
+        }
+    }
+
+    /// Waits until the first echo has come back: traffic flows.
+    pub async fn first_echo(&mut self) {
+        self.wait_for("first echo", |p| p.last_echo_from.is_some())
+            .await;
+    }
+
+    /// Waits until the latest echo came from `server`.
+    pub async fn echo_from(&mut self, server: &str) {
+        let what = format!("echo from {server}");
+        self.wait_for(&what, |p| p.last_echo_from.as_deref() == Some(server))
+            .await;
+    }
+}
+
+/// Waits until every client's traffic flows (its first echo came back).
+pub async fn first_echoes<'a>(clients: impl IntoIterator<Item = &'a mut EchoClient>) {
+    for client in clients {
+        client.first_echo().await;
+    }
+}
+
 /// Sends `n0`, `n1`, … every 3 ms until `stop`, while collecting everything the gateway
 /// sends back, until every message has had its echo.
 pub async fn echo_traffic(
     user: String,
     client: Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Traffic {
+    let (report, _) = tokio::sync::watch::channel(Progress::default());
+    echo_traffic_reporting(user, client, stop, report).await
+}
+
+/// `echo_traffic`, reporting each echo to `report` as it arrives.
+async fn echo_traffic_reporting(
+    user: String,
+    client: Client,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    report: tokio::sync::watch::Sender<Progress>,
 ) -> Traffic {
     let (mut sink, mut stream) = client.split();
     let sender = tokio::spawn(async move {
@@ -187,7 +267,22 @@ pub async fn echo_traffic(
     while sent.is_none_or(|sent| echoes(&received) < sent) {
         tokio::select! {
             message = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match message {
-                Ok(Some(Ok(Message::Text(text)))) => received.push(serde_json::from_str(&text).unwrap()),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    // Reported only where someone waits, and only when the server changes:
+                    // this runs for every echo of many clients on one thread.
+                    if message["type"] == "echo" && !report.is_closed() {
+                        let server = message["server"].as_str();
+                        report.send_if_modified(|progress| {
+                            let changed = progress.last_echo_from.as_deref() != server;
+                            if changed {
+                                progress.last_echo_from = server.map(str::to_owned);
+                            }
+                            changed
+                        });
+                    }
+                    received.push(message);
+                }
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     closed = Some(frame.map_or(1005, |f| f.code.into()));
                     break;
