@@ -216,6 +216,18 @@ where
         self.current = newest;
     }
 
+    /// A place among the moves in flight, and whether it had to wait for one (`None`: the
+    /// limit was closed, as the migrator stops).
+    async fn in_flight_permit(&self) -> Option<(tokio::sync::OwnedSemaphorePermit, bool)> {
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some((permit, false)),
+            Err(_) => {
+                let permit = self.in_flight.clone().acquire_owned().await.ok()?;
+                Some((permit, true))
+            }
+        }
+    }
+
     /// Starts each move at its scheduled time; each runs in a task of its own, so slow
     /// live dials overlap. Returns a newer snapshot if one arrived before the batch was
     /// started in full.
@@ -233,13 +245,7 @@ where
             // A move that had to wait for a permit starts late: the budget counts from then,
             // so the wait does not earn a burst after it. (Otherwise from the deadline, so
             // timer rounding never adds up over a batch.)
-            let (permit, waited) = match self.in_flight.clone().try_acquire_owned() {
-                Ok(permit) => (permit, false),
-                Err(_) => match self.in_flight.clone().acquire_owned().await {
-                    Ok(permit) => (permit, true),
-                    Err(_) => return None,
-                },
-            };
+            let (permit, waited) = self.in_flight_permit().await?;
             if self.ring.has_changed().unwrap_or(false) {
                 return Some(self.ring.borrow_and_update().clone());
             }
