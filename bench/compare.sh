@@ -186,6 +186,8 @@ done
 # arguments, its output appended to $1, and "<target> <proxy CPU ticks> <ticks/s> $3" to $2
 # (and the same with the kernel's ticks alone to $2.sys).
 peer_targets=(direct wscluster nginx haproxy)
+# With BASELINE, the older build runs in these steps too: before/after for every workload.
+[ -n "$before_pid" ] && peer_targets+=(wscluster-before)
 peer_rounds() {
   local results=$1 cpu=$2 unit=$3 round shift_by target pid before after sys_before sys_after
   shift 3
@@ -307,7 +309,7 @@ if large:
     print("| target | MiB/s each way | p50 ms | p99 ms | proxy CPU ms / MiB |")
     print("|---|---|---|---|---|")
     lmed = {t: [statistics.median(c) for c in zip(*v)] for t, v in large.items()}
-    for t in [t for t in ["direct", "wscluster", "nginx", "haproxy"] if t in lmed]:
+    for t in [t for t in ["direct", "wscluster", "wscluster-before", "nginx", "haproxy"] if t in lmed]:
         m, p50, p99 = lmed[t]
         c = f"{statistics.median(large_cpu[t]):.2f}" if t != "direct" else "-"
         print(f"| {t} | {m * size / 2**20:.0f} | {p50:.1f} | {p99:.1f} | {c} |")
@@ -336,11 +338,11 @@ if hs:
     print("Handshakes alone (one echo each):")
     print("| target | handshakes/s | proxy CPU µs / handshake | of which the kernel's |")
     print("|---|---|---|---|")
-    for t in [t for t in ["direct", "wscluster", "nginx", "haproxy"] if t in hs]:
+    for t in [t for t in ["direct", "wscluster", "wscluster-before", "nginx", "haproxy"] if t in hs]:
         c = f"{statistics.median(hs_cpu[t]):.0f}" if t != "direct" else "-"
         k = f"{statistics.median(hs_sys[t]):.0f}" if t != "direct" and t in hs_sys else "-"
         print(f"| {t} | {statistics.median(hs[t]):.0f} | {c} | {k} |")
-    for peer in ["nginx", "haproxy"]:
+    for peer in ["wscluster-before", "nginx", "haproxy"]:
         if "wscluster" in hs and peer in hs:
             r = statistics.median(hs["wscluster"]) / statistics.median(hs[peer])
             c = statistics.median(hs_cpu["wscluster"]) / max(statistics.median(hs_cpu[peer]), 1e-9)
@@ -348,4 +350,5 @@ if hs:
     kernel_floor("handshakes", hs_sys, hs_cpu, ["nginx", "haproxy"])
 kernel_floor("echo round trips", cpu_sys, cpu, ["nginx", "haproxy"])
 PY
-[ -s "$tmp/perf.txt" ] && cat "$tmp/perf.txt"
+# Without PERF=1 there is no perf table: not a failure of the run.
+if [ -s "$tmp/perf.txt" ]; then cat "$tmp/perf.txt"; fi
