@@ -27,7 +27,7 @@ public = "127.0.0.1:17200"
 admin = "127.0.0.1:17210"
 [migration]
 policy = "$policy"
-rate = 0
+pacing = { rate = 0 }
 CONF
 echo "machine: $(nproc) cores; $conns connections at $rate msg/s each over 4 backends, add a 5th; policy $policy, pacing off"
 for round in $(seq "$rounds"); do

@@ -44,9 +44,9 @@ use crate::{changes::ChangeSender, Backend, MemberChanges};
 /// ```
 #[derive(Clone, Debug)]
 pub struct FlapDamping {
-    limit: usize,
-    window: Duration,
-    hold_down: Duration,
+    pub(crate) limit: usize,
+    pub(crate) window: Duration,
+    pub(crate) hold_down: Duration,
     held: HeldDown,
 }
 
@@ -81,6 +81,14 @@ impl fmt::Display for FlapDamping {
             "held out for {:?} after {} departures within {:?}",
             self.hold_down, self.limit, self.window
         )
+    }
+}
+
+impl Default for FlapDamping {
+    /// A member that left 4 times within 60 s is held out for 30 s after its latest
+    /// departure.
+    fn default() -> Self {
+        Self::new(4, Duration::from_secs(60), Duration::from_secs(30))
     }
 }
 

@@ -364,13 +364,33 @@ pub struct DockerScaler {
 /// let limits = ContainerLimits::default();
 /// assert_eq!(limits.memory_bytes, 256 << 20);
 /// ```
+///
+/// With the `serde` feature it reads as `{ memory_bytes = 268435456, cpus = 0.5, pids = 256 }`;
+/// a field left out keeps its default, and a value Docker would refuse is an error.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct ContainerLimits {
-    /// Memory, in bytes (default: 256 MiB).
+    /// Memory, in bytes (default: 256 MiB; at least 6 MiB).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::container::memory_bytes")
+    )]
     pub memory_bytes: u64,
     /// CPUs, possibly fractional (default: 1).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::container::cpus")
+    )]
     pub cpus: f64,
     /// Processes and threads (default: 256).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::container::pids")
+    )]
     pub pids: u32,
 }
 

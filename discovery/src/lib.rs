@@ -34,6 +34,9 @@
 //!   registry the application owns, given to each source with `RedisRegistry::metrics`,
 //!   `DockerSource::metrics`, `SwarmSource::metrics` or `amqp_members_counted`. Without it,
 //!   nothing of Prometheus is compiled and the sources count nothing.
+//! - `serde` (off by default): `Deserialize` for [`HealthCheck`], [`FlapDamping`] and
+//!   `ContainerLimits` (with `docker`), durations as `"1s"`, for an application's config
+//!   file. [`Backend`] always deserializes (sources read it as JSON).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -56,6 +59,8 @@ mod backend;
 mod backoff;
 mod changes;
 mod damping;
+#[cfg(feature = "serde")]
+mod deserialize;
 #[cfg(feature = "docker")]
 mod docker;
 #[cfg(feature = "amqp")]

@@ -63,11 +63,26 @@ impl fmt::Debug for AdminToken {
     }
 }
 
-/// How the admin API is protected.
-#[derive(Clone, Debug, Default)]
+/// How the admin API is protected: `[admin]` in the config file.
+///
+/// ```
+/// use gateway_bin::config::GatewayConfig;
+///
+/// let config = GatewayConfig::parse(r#"
+///     [admin]
+///     token = "correct-horse-battery-staple"   # or token = { file = "/run/secrets/admin" }
+///     backend_networks = ["10.0.0.0/8"]
+/// "#)?;
+/// assert!(config.admin.token.unwrap().matches("correct-horse-battery-staple"));
+/// # Ok::<(), gateway_bin::config::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminAccess {
-    /// Every admin route requires `Authorization: Bearer <token>`. Without one the admin
-    /// listener must be on loopback: the gateway refuses to start otherwise.
+    /// Every admin route requires `Authorization: Bearer <token>`, given inline or as
+    /// `{ file = "…" }`. Without one the admin listener must be on loopback: the gateway
+    /// refuses to start otherwise.
+    #[serde(deserialize_with = "crate::config::values::admin_token")]
     pub token: Option<AdminToken>,
     /// A backend added through the API must have an address in one of these networks
     /// (empty: any address that is not one of the gateway's own listeners).

@@ -8,7 +8,7 @@ use reference_backend::InProcessBackends;
 use tower_hashring::NodeId;
 use tower_ws_migrate::MigrationSecret;
 
-use crate::gateway::{Gateway, GatewayConfig};
+use crate::{config::GatewayConfig, gateway::Gateway};
 
 /// A gateway over `backends` plus `count` in-process reference backends (`backend-a`,
 /// `backend-b`, …), which the admin API scales: the demo, and a quick gateway for tests.

@@ -5,245 +5,34 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{
-    amqp_members_counted, AmqpEvents, ContainerLimits, DiscoveryMetrics, DockerScaler,
-    DockerSource, FlapDamping, HealthCheck, Membership, MembershipChanges, Origin, RedisRegistry,
-    Scaler, StaticDiscovery, SwarmScaler, SwarmSource,
+    amqp_members_counted, AmqpEvents, DiscoveryMetrics, DockerScaler, DockerSource, Membership,
+    MembershipChanges, Origin, RedisRegistry, Scaler, StaticDiscovery, SwarmScaler, SwarmSource,
 };
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
-use tower_hashring::{
-    HashRingLayer, HttpKey, LoadFactor, MissingKeyPolicy, NodeId, SharedHashRing,
-};
+use tower_hashring::{HashRingLayer, HttpKey, NodeId, SharedHashRing};
 use tower_ws_migrate::{
-    MigrateLayer, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy,
-    MigrationSecret, MigrationStats, Outcome, Pacing, ProxiedConnection,
+    MigrateLayer, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy, MigrationStats,
+    Outcome, ProxiedConnection,
 };
 use tower_ws_proxy::{
-    server::{self, HttpLimits, Stopped},
-    LiveConnections, ProxyFailover, ProxyMetrics, RelayConfig, Upstream, UpstreamConfig,
-    WebSocketLayer,
+    server::{self, Stopped},
+    LiveConnections, ProxyFailover, ProxyMetrics, Upstream, WebSocketLayer,
 };
 
 use crate::{
     admin,
-    admin_access::{AdminAccess, OwnListeners},
+    admin_access::OwnListeners,
+    config::{DockerConfig, GatewayConfig, SwarmConfig},
     dashboard::RecentMoves,
     metrics::GatewayMetrics,
     public,
 };
 
-/// Settings of a gateway.
-#[derive(Clone, Debug)]
-pub struct GatewayConfig {
-    /// The public listener (clients).
-    pub public: SocketAddr,
-    /// The admin listener.
-    pub admin: SocketAddr,
-    /// A listener that serves `GET /metrics` alone, without the admin token (for a scraper
-    /// that should not hold it); `None`: metrics only on the admin listener.
-    pub metrics: Option<SocketAddr>,
-    /// The admin API's token and the networks backends may be added from. Without a token the
-    /// admin listener must be on loopback.
-    pub admin_access: AdminAccess,
-    /// Where requests carry their key.
-    pub key: HttpKey,
-    /// What happens to requests without a key.
-    pub missing_key: MissingKeyPolicy,
-    /// Bounded loads: a key goes to the first backend clockwise whose live WebSockets are
-    /// under this factor × the mean (weighted); `None` routes to the owner alone.
-    pub load_factor: Option<LoadFactor>,
-    /// Relay timeouts.
-    pub relay: RelayConfig,
-    /// Backend timeouts.
-    pub upstream: UpstreamConfig,
-    /// The most WebSockets proxied at once; past it, 503.
-    pub max_connections: usize,
-    /// On shutdown, WebSockets are closed with 1001 spread over this window.
-    pub shutdown_window: Duration,
-    /// The most an HTTP response head may take (408 past it).
-    pub request_timeout: Duration,
-    /// The whole request head must arrive within this, counted from when the connection
-    /// waits for a request (after the accept, or after the previous response: it bounds the
-    /// keep-alive idle wait too); past it the connection is closed (default: 10 s).
-    pub head_timeout: Duration,
-    /// The largest request head, at least 8 KiB; 431 past it (default: 16 KiB).
-    pub max_head_bytes: usize,
-    /// The most request headers; 431 past it (default: 64).
-    pub max_headers: usize,
-    /// Public connections served at once before an upgrade; past it new ones are closed at
-    /// once, so a flood cannot take the descriptors WebSockets and health checks need.
-    pub max_http_connections: usize,
-    /// After the shutdown window, how long WebSockets and requests still open get before the
-    /// gateway lets go of them (default: 5 s).
-    pub shutdown_grace: Duration,
-    /// Threads serving the public listener, each a single-threaded runtime with its own
-    /// `SO_REUSEPORT` listener, so a WebSocket's relay never wakes another thread. 0 serves
-    /// on the runtime that started the gateway.
-    pub workers: usize,
-    /// How WebSockets whose owner changed are moved.
-    pub migration: MigrationConfig,
-    /// Where members come from besides the configured list and the admin API.
-    pub discovery: DiscoveryConfig,
-    /// Where ring changes and migrations are published.
-    pub events: Option<EventsConfig>,
-}
-
-/// A RabbitMQ fanout exchange that receives every ring change and migration as JSON.
-#[derive(Clone, Debug)]
-pub struct EventsConfig {
-    /// `amqp://user:password@host:port/vhost`.
-    pub url: String,
-    /// The exchange (declared durable, fanout).
-    pub exchange: String,
-}
-
-/// Membership sources beyond the static list, and health checks.
-#[derive(Clone, Debug)]
-pub struct DiscoveryConfig {
-    /// Backends registered in Redis.
-    pub redis: Option<RedisSource>,
-    /// Backends running as labelled Docker containers.
-    pub docker: Option<DockerConfig>,
-    /// Backends running as the tasks of labelled Docker Swarm services.
-    pub swarm: Option<SwarmConfig>,
-    /// Backends that announce themselves on a RabbitMQ fanout exchange: (URL, exchange).
-    pub amqp: Option<(String, String)>,
-    /// Active health checks for configured and discovered backends (not for the demo's
-    /// in-process ones): a backend is on the ring only while they pass.
-    pub health: Option<HealthCheck>,
-    /// Holds out discovered members that keep leaving and coming back (`None`: off).
-    pub damping: Option<FlapDamping>,
-}
-
-impl Default for DiscoveryConfig {
-    /// No sources, no health checks, and flap damping on: a member that left 4 times within
-    /// 60 s is held out for 30 s after its latest departure.
-    fn default() -> Self {
-        Self {
-            redis: None,
-            docker: None,
-            swarm: None,
-            amqp: None,
-            health: None,
-            damping: Some(FlapDamping::new(
-                4,
-                Duration::from_secs(60),
-                Duration::from_secs(30),
-            )),
-        }
-    }
-}
-
-/// Backends that run as Docker containers labelled `wscluster.service=<service>`.
-#[derive(Clone, Debug)]
-pub struct DockerConfig {
-    /// The service label's value.
-    pub service: String,
-    /// The network the gateway reaches them on (default: their first).
-    pub network: Option<String>,
-    /// With an image, the admin API starts (`POST /admin/backends`) and stops containers.
-    pub image: Option<String>,
-    /// The most containers the admin API may run.
-    pub cap: usize,
-    /// Each container's memory, CPU and process limits.
-    pub limits: ContainerLimits,
-}
-
-/// Backends that run as the tasks of Swarm services labelled `wscluster.service=<service>`
-/// (one member per replica slot, `<service name>.<slot>`).
-#[derive(Clone, Debug)]
-pub struct SwarmConfig {
-    /// The service label's value.
-    pub service: String,
-    /// The overlay network the gateway reaches the tasks on (default: their first).
-    pub network: Option<String>,
-    /// The admin API scales the one Swarm service carrying the label (`POST
-    /// /admin/backends`: one more replica, `DELETE /admin/backends`: one fewer).
-    pub scale: bool,
-    /// The most replicas the admin API may run.
-    pub cap: u64,
-}
-
-/// Backends that register themselves in Redis (`wsbackend --redis`).
-#[derive(Clone, Debug)]
-pub struct RedisSource {
-    /// `redis://host:port/db`.
-    pub url: String,
-    /// The service name their registrations are filed under.
-    pub service: String,
-    /// How often the whole set is re-read even without an announcement.
-    pub resync: Duration,
-}
-
-/// How the gateway moves WebSockets whose owner changed on the ring.
-#[derive(Clone, Debug)]
-pub struct MigrationConfig {
-    /// The policy of routes without one of their own (default: Live, falling back to a 1012
-    /// close).
-    pub policy: MigrationPolicy,
-    /// Policies by path prefix; the first match wins.
-    pub routes: Vec<(String, MigrationPolicy)>,
-    /// How fast connections are moved (default: 1000 per second, 20 % jitter).
-    pub pacing: Pacing,
-    /// Connections of a removed backend move over this window (default: 5 s).
-    pub drain_window: Duration,
-    /// Signs live moves so backends can check `x-wscluster-migrated-from` (default: none).
-    pub secret: Option<MigrationSecret>,
-    /// A migration with no outcome after this long counts as failed and frees its slot
-    /// (default: connect + handshake + switch + close timeouts).
-    pub deadline: Option<Duration>,
-}
-
-impl Default for MigrationConfig {
-    fn default() -> Self {
-        Self {
-            policy: MigrationPolicy::live(),
-            routes: Vec::new(),
-            pacing: Pacing::default(),
-            drain_window: Duration::from_secs(5),
-            secret: None,
-            deadline: None,
-        }
-    }
-}
-
-impl GatewayConfig {
-    /// The default routes: `/connect/{userId}`, then `?userId=`.
-    pub fn default_key() -> HttpKey {
-        HttpKey::new()
-            .path("/connect/{userId}")
-            .expect("a valid built-in pattern")
-            .query("userId")
-    }
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        Self {
-            public: ([127, 0, 0, 1], 7000).into(),
-            admin: ([127, 0, 0, 1], 7001).into(),
-            metrics: None,
-            admin_access: AdminAccess::default(),
-            key: Self::default_key(),
-            missing_key: MissingKeyPolicy::Reject,
-            load_factor: None,
-            relay: RelayConfig::default(),
-            upstream: UpstreamConfig::default(),
-            max_connections: 100_000,
-            shutdown_window: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            head_timeout: Duration::from_secs(10),
-            max_head_bytes: 16 * 1024,
-            max_headers: 64,
-            max_http_connections: 10_000,
-            shutdown_grace: Duration::from_secs(5),
-            workers: 0,
-            migration: MigrationConfig::default(),
-            discovery: DiscoveryConfig::default(),
-            events: None,
-        }
-    }
-}
+/// The WebSocket cap where neither the file nor the binary sets one.
+const DEFAULT_MAX_WEBSOCKETS: usize = 100_000;
+/// The public connections' cap where neither the file nor the binary sets one.
+const DEFAULT_OPEN_CONNECTIONS: usize = 10_000;
 
 /// A running gateway.
 pub struct Gateway {
@@ -272,8 +61,9 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway that routes over `backends` (`id`, `address`) and the configured
-    /// discovery sources; with `[docker] image` configured, the admin API scales containers.
+    /// Starts a gateway that routes over `backends` (`id`, `address`), the configured ones
+    /// and the discovery sources; with `[discovery.docker] image` configured, the admin API
+    /// scales containers.
     pub async fn start(
         config: GatewayConfig,
         backends: Vec<(NodeId, SocketAddr)>,
@@ -304,13 +94,13 @@ impl Gateway {
         backends: Vec<(NodeId, SocketAddr)>,
         scaler: Option<Arc<dyn Scaler>>,
     ) -> std::io::Result<Gateway> {
-        if config.admin_access.token.is_none() && !config.admin.ip().is_loopback() {
+        if config.admin.token.is_none() && !config.listen.admin.ip().is_loopback() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
                     "the admin listener {} is not on loopback: give it a token \
-                     (admin.token, admin.token_file or WSCLUSTER_ADMIN_TOKEN)",
-                    config.admin
+                     (admin.token in the config file, or WSCLUSTER_ADMIN_TOKEN)",
+                    config.listen.admin
                 ),
             ));
         }
@@ -325,7 +115,12 @@ impl Gateway {
         )?;
         // One `LiveConnections`: the cap, the per-backend counts (bounded loads read them), the
         // migrator's records and shutdown all use it.
-        let connections = LiveConnections::with_limit(config.max_connections);
+        let connections = LiveConnections::with_limit(
+            config
+                .proxy
+                .max_websockets
+                .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+        );
         let (proxy_metrics, migration_metrics) =
             (ProxyMetrics::default(), MigrationMetrics::default());
         let routing = RingAndMigration::start(
@@ -346,7 +141,7 @@ impl Gateway {
         let migration_metrics = migration_metrics.clone();
         let own_listeners = OwnListeners::default();
         let public_app = public::public_stack(
-            config.request_timeout,
+            config.proxy.request_timeout,
             routing.migrate,
             // The accept loops give every client socket these options (serve.rs).
             WebSocketLayer::new(
@@ -363,7 +158,7 @@ impl Gateway {
             stats: routing.stats,
             drain_window: config.migration.drain_window,
             scaler,
-            access: config.admin_access.clone(),
+            access: config.admin.clone(),
             own_listeners: own_listeners.clone(),
             metrics: metrics.clone(),
             migration_metrics,
@@ -372,7 +167,10 @@ impl Gateway {
         let apps = Apps {
             public: public_app,
             admin: admin_app,
-            metrics: config.metrics.map(|_| admin::metrics_router(metrics)),
+            metrics: config
+                .listen
+                .metrics
+                .map(|_| admin::metrics_router(metrics)),
         };
         Self::serve(&config, apps, connections, own_listeners).await
     }
@@ -389,24 +187,25 @@ impl Gateway {
             admin: admin_app,
             metrics: metrics_app,
         } = apps;
-        let admin_listener = TcpListener::bind(config.admin).await?;
+        let listen = &config.listen;
+        let admin_listener = TcpListener::bind(listen.admin).await?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
-        let mut limits = HttpLimits::default().open_connections(config.max_http_connections);
-        limits.head_timeout = config.head_timeout;
-        limits.max_head_bytes = config.max_head_bytes;
-        limits.max_headers = config.max_headers;
-        limits.stop_grace = config.shutdown_grace;
+        let mut limits = config.http.clone();
+        if limits.open_connections.is_none() {
+            limits = limits.open_connections(DEFAULT_OPEN_CONNECTIONS);
+        }
+        limits.stop_grace = config.shutdown.grace;
         limits.relay = config.relay;
-        let (public, mut servers) = if config.workers == 0 {
-            let listener = TcpListener::bind(config.public).await?;
+        let (public, mut servers) = if listen.workers == 0 {
+            let listener = TcpListener::bind(listen.public).await?;
             let public = listener.local_addr()?;
             let server = server::serve(listener, public_app, limits.clone(), stopped.clone());
             (public, vec![server])
         } else {
             server::serve_on_workers(
-                config.public,
-                config.workers,
+                listen.public,
+                listen.workers,
                 public_app,
                 limits.clone(),
                 stopped.clone(),
@@ -415,7 +214,7 @@ impl Gateway {
         };
         let admin = admin_listener.local_addr()?;
         let mut own = vec![public, admin];
-        let metrics = match (config.metrics, metrics_app) {
+        let metrics = match (listen.metrics, metrics_app) {
             (Some(address), Some(app)) => {
                 let listener = TcpListener::bind(address).await?;
                 let bound = listener.local_addr()?;
@@ -433,7 +232,7 @@ impl Gateway {
             limits.without_cap(),
             stopped,
         ));
-        tracing::info!(%public, %admin, workers = config.workers, "listening");
+        tracing::info!(%public, %admin, workers = listen.workers, "listening");
         Ok(Gateway {
             public,
             admin,
@@ -442,8 +241,8 @@ impl Gateway {
             stop,
             exit,
             servers,
-            shutdown_window: config.shutdown_window,
-            shutdown_grace: config.shutdown_grace,
+            shutdown_window: config.shutdown.window,
+            shutdown_grace: config.shutdown.grace,
         })
     }
 
@@ -495,9 +294,10 @@ fn follow_sources(
     if let Some(damping) = &discovery.damping {
         members.damp(damping.clone());
     }
-    let listed = backends
+    let passed = backends
         .into_iter()
         .map(|(id, address)| discovery::Backend::new(id.as_str(), address));
+    let listed = config.backends.iter().cloned().chain(passed);
     members.follow_checked(Origin::Static, health, StaticDiscovery::new(listed));
     if let Some(redis) = &discovery.redis {
         let registry = RedisRegistry::new(&redis.url, redis.service.as_str())
@@ -506,8 +306,8 @@ fn follow_sources(
             .metrics(metrics.clone());
         members.follow_checked(Origin::Redis, health, registry.discover());
     }
-    if let Some((url, exchange)) = &discovery.amqp {
-        let source = amqp_members_counted(url, exchange, metrics.clone());
+    if let Some(amqp) = &discovery.amqp {
+        let source = amqp_members_counted(&amqp.url, &amqp.exchange, metrics.clone());
         members.follow_checked(Origin::Amqp, health, source);
     }
     if let Some(docker) = &discovery.docker {
@@ -533,7 +333,7 @@ fn follow_sources(
     Ok(())
 }
 
-/// The Docker scaler of `[docker]`, when it names an image to start.
+/// The Docker scaler of `[discovery.docker]`, when it names an image to start.
 fn docker_scaler(docker: &DockerConfig) -> Option<Arc<dyn Scaler>> {
     let image = docker.image.as_ref()?;
     let scaler = DockerScaler::new(docker.service.as_str(), image.as_str())
@@ -546,7 +346,7 @@ fn docker_scaler(docker: &DockerConfig) -> Option<Arc<dyn Scaler>> {
     Some(Arc::new(scaler))
 }
 
-/// The Swarm scaler of `[swarm]`, when it names a service to scale.
+/// The Swarm scaler of `[discovery.swarm]`, when it names a service to scale.
 fn swarm_scaler(swarm: &SwarmConfig) -> Option<Arc<dyn Scaler>> {
     swarm
         .scale
@@ -571,10 +371,11 @@ impl RingAndMigration {
         metrics: MigrationMetrics,
     ) -> Self {
         let weights = members.clone();
-        let mut balancer = HashRingLayer::new(config.key.clone())
-            .missing_key(config.missing_key)
+        let routing = &config.routing;
+        let mut balancer = HashRingLayer::new(routing.key.clone())
+            .missing_key(routing.missing_key)
             .weights(move |id: &NodeId, _: &Upstream| weights.weight(id));
-        if let Some(factor) = config.load_factor {
+        if let Some(factor) = routing.load_factor {
             balancer = balancer.bounded_loads(factor, Arc::new(connections.clone()));
         }
         let upstream = config.upstream;
@@ -606,7 +407,7 @@ impl RingAndMigration {
             .deadline(deadline)
             .metrics(metrics)
             .hook(migration_hook(events, recent.clone()));
-        if let Some(factor) = config.load_factor {
+        if let Some(factor) = routing.load_factor {
             // Moves land where the balancer would route: no backend past its capacity.
             migrator = migrator.bounded_loads(factor);
         }
@@ -617,8 +418,8 @@ impl RingAndMigration {
             let path = request.uri.path();
             routes
                 .iter()
-                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                .map(|(_, policy)| policy.clone())
+                .find(|route| path.starts_with(route.prefix.as_str()))
+                .map(|route| route.policy.clone())
         });
         if let Some(secret) = &migration.secret {
             migrate = migrate.secret(secret.clone());

@@ -4,10 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use gateway_bin::{
-    admin_access::AdminToken,
-    config::ConfigFile,
-    demo, descriptors,
-    gateway::{Gateway, GatewayConfig},
+    admin_access::AdminToken, config::GatewayConfig, demo, descriptors, gateway::Gateway,
 };
 use tower_hashring::NodeId;
 use tower_ws_proxy::server::shutdown_signal;
@@ -85,7 +82,7 @@ async fn main() -> ExitCode {
         Err(error) => return fail(&error),
     };
     let shown_token = launch.shown_token.clone();
-    let config_has_token = launch.config.admin_access.token.is_some() && shown_token.is_none();
+    let config_has_token = launch.config.admin.token.is_some() && shown_token.is_none();
     let started = if launch.demo > 0 {
         demo::start(launch.config, launch.backends, launch.demo).await
     } else {
@@ -128,18 +125,24 @@ struct Launch {
 /// The config file under the flags and environment, the caps fitted to the descriptor
 /// limit, and the demo's secret and token when it runs one.
 fn load_config(cli: Cli) -> Result<Launch, String> {
-    let file = match cli.config.as_deref() {
-        Some(path) => ConfigFile::load(path).map_err(|e| e.to_string())?,
-        None => ConfigFile::default(),
+    let config = match cli.config.as_deref() {
+        Some(path) => GatewayConfig::load(path),
+        None => Ok(GatewayConfig {
+            listen: gateway_bin::config::Listen::from_file(),
+            ..GatewayConfig::default()
+        }),
     };
-    let mut config = file.gateway_config().map_err(|e| e.to_string())?;
-    fit_caps_to_descriptors(&mut config, file.sets_caps());
-    config.public = cli.public.unwrap_or(config.public);
-    config.admin = cli.admin.unwrap_or(config.admin);
-    config.workers = cli.workers.unwrap_or(config.workers);
+    let mut config = config
+        .and_then(|config| config.with_env(|name| std::env::var(name).ok()))
+        .map_err(|e| e.to_string())?;
+    fit_caps_to_descriptors(&mut config);
+    let listen = &mut config.listen;
+    listen.public = cli.public.unwrap_or(listen.public);
+    listen.admin = cli.admin.unwrap_or(listen.admin);
+    listen.workers = cli.workers.unwrap_or(listen.workers);
     let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
-        Command::Demo { backends } => (file.backends(), backends),
-        Command::Run { backends } => ([file.backends(), backends].concat(), 0),
+        Command::Demo { backends } => (Vec::new(), backends),
+        Command::Run { backends } => (backends, 0),
     };
     if demo > 0 && config.migration.secret.is_none() {
         // The demo's backends run in this process: they share a fresh secret.
@@ -147,23 +150,19 @@ fn load_config(cli: Cli) -> Result<Launch, String> {
     }
     // The demo's admin API gets a fresh token unless one is configured.
     let mut shown_token = None;
-    if demo > 0 && config.admin_access.token.is_none() {
+    if demo > 0 && config.admin.token.is_none() {
         let token = demo::fresh_token();
-        config.admin_access.token = Some(AdminToken::new(&token).map_err(|e| e.to_string())?);
+        config.admin.token = Some(AdminToken::new(&token).map_err(|e| e.to_string())?);
         shown_token = Some(token);
     }
-    if config.admin_access.token.is_none() {
-        tracing::warn!(admin = %config.admin, "the admin API has no token: anyone on this host can use it");
+    if config.admin.token.is_none() {
+        tracing::warn!(admin = %config.listen.admin, "the admin API has no token: anyone on this host can use it");
     }
-    let discovery = &config.discovery;
-    let discovered = discovery.redis.is_some()
-        || discovery.amqp.is_some()
-        || discovery.docker.is_some()
-        || discovery.swarm.is_some();
-    if backends.is_empty() && demo == 0 && !discovered {
+    let no_backends = backends.is_empty() && config.backends.is_empty();
+    if no_backends && demo == 0 && !config.discovery.discovers() {
         return Err(
             "no backends: give `--backend id=host:port`, `[[backends]]` or a \
-                    [discovery], [docker] or [swarm] source in the config file"
+                    [discovery] source in the config file"
                 .into(),
         );
     }
@@ -175,25 +174,25 @@ fn load_config(cli: Cli) -> Result<Launch, String> {
     })
 }
 
-/// Raises the descriptor limit, and sizes the caps the file leaves unset (`sets`: whether it
-/// sets the WebSocket and the HTTP connection caps) to it.
-fn fit_caps_to_descriptors(config: &mut GatewayConfig, sets: (bool, bool)) {
+/// Raises the descriptor limit, and sizes the caps the file leaves unset to it.
+fn fit_caps_to_descriptors(config: &mut GatewayConfig) {
     match descriptors::raise_limit() {
         Ok(limit) => {
             let (websockets, http) = limit.default_caps();
-            let (sets_websockets, sets_http) = sets;
-            if !sets_websockets {
-                config.max_connections = websockets;
-            }
-            if !sets_http {
-                config.max_http_connections = http;
+            let max_websockets = *config.proxy.max_websockets.get_or_insert(websockets);
+            if config.http.open_connections.is_none() {
+                config.http = config.http.clone().open_connections(http);
             }
             tracing::info!(
                 was = limit.was,
                 soft = limit.soft,
                 hard = limit.hard,
-                max_connections = config.max_connections,
-                max_http_connections = config.max_http_connections,
+                max_websockets,
+                open_connections = config
+                    .http
+                    .open_connections
+                    .as_ref()
+                    .map(|cap| cap.available_permits()),
                 "descriptor limit"
             );
         }

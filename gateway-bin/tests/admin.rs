@@ -16,7 +16,7 @@ const TOKEN: &str = "test-admin-token-0123456789";
 
 async fn with_token() -> Gateway {
     let mut config = any_port();
-    config.admin_access.token = Some(AdminToken::new(TOKEN).unwrap());
+    config.admin.token = Some(AdminToken::new(TOKEN).unwrap());
     gateway_bin::demo::start(config, vec![], 1).await.unwrap()
 }
 
@@ -134,7 +134,7 @@ async fn no_permissive_cors_headers() {
 #[tokio::test]
 async fn a_backend_address_may_not_be_the_gateway_or_outside_the_allowed_networks() {
     let mut config = any_port();
-    config.admin_access = AdminAccess {
+    config.admin = AdminAccess {
         token: None,
         backend_networks: vec!["127.0.0.0/8".parse().unwrap()],
     };
@@ -163,10 +163,10 @@ async fn a_backend_address_may_not_be_the_gateway_or_outside_the_allowed_network
 #[tokio::test]
 async fn a_public_admin_listener_needs_a_token() {
     let mut config = any_port();
-    config.admin = "0.0.0.0:0".parse().unwrap();
+    config.listen.admin = "0.0.0.0:0".parse().unwrap();
     let error = Gateway::start(config.clone(), vec![]).await.unwrap_err();
     assert!(error.to_string().contains("admin.token"), "{error}");
-    config.admin_access.token = Some(AdminToken::new(TOKEN).unwrap());
+    config.admin.token = Some(AdminToken::new(TOKEN).unwrap());
     let gateway = Gateway::start(config, vec![]).await.unwrap();
     gateway.shutdown().await;
 }

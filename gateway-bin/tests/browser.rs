@@ -18,7 +18,7 @@ async fn the_dashboard_works_in_headless_chromium() {
         return;
     }
     let mut config = any_port();
-    config.admin_access.token = Some(AdminToken::new(TOKEN).unwrap());
+    config.admin.token = Some(AdminToken::new(TOKEN).unwrap());
     let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.py");
     let mut command = tokio::process::Command::new("python3");

@@ -112,7 +112,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
     let config = std::env::temp_dir().join(format!("wscluster-fd-{}.toml", std::process::id()));
     std::fs::write(
         &config,
-        "[health]\ncheck = \"tcp\"\ninterval_ms = 100\ntimeout_ms = 200\nup = 1\ndown = 2\n",
+        "[discovery.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nup = 1\ndown = 2\n",
     )
     .unwrap();
     // 600 descriptors: 344 after the reserve, so 155 WebSockets and 17 connections at once.
@@ -150,7 +150,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
     .await
     .unwrap();
     assert!(
-        limits.contains("soft=600") && limits.contains("max_connections=155"),
+        limits.contains("soft=600") && limits.contains("max_websockets=155"),
         "{limits}"
     );
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });

@@ -55,7 +55,7 @@ async fn a_partial_request_head_is_closed_at_the_head_deadline() {
 #[tokio::test]
 async fn heads_past_the_limits_get_431() {
     let mut config = strict();
-    config.max_headers = 16;
+    config.http.max_headers = 16;
     let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let many: String = (0..40).map(|n| format!("x-h{n}: v\r\n")).collect();
     let (status, _) = http_raw(

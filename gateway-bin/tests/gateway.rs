@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use gateway_bin::gateway::{Gateway, GatewayConfig};
+use gateway_bin::gateway::Gateway;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -284,10 +284,8 @@ async fn a_refusing_owner_fails_over_to_its_successor_then_502() {
 
 #[tokio::test]
 async fn the_connection_limit_answers_503_past_it() {
-    let config = GatewayConfig {
-        max_connections: 2,
-        ..any_port()
-    };
+    let mut config = any_port();
+    config.proxy.max_websockets = Some(2);
     let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let _a = connect(&gateway, "1").await;
     let _b = connect(&gateway, "2").await;
@@ -346,10 +344,8 @@ async fn shutdown_finishes_in_flight_http() {
 /// worker runtimes go away.
 #[tokio::test]
 async fn worker_threads_route_relay_and_shut_down_cleanly() {
-    let config = GatewayConfig {
-        workers: 2,
-        ..any_port()
-    };
+    let mut config = any_port();
+    config.listen.workers = 2;
     let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let mut clients = Vec::new();
     for user in 0..20 {
@@ -703,7 +699,7 @@ async fn without_a_scaler_an_empty_post_starts_no_backend() {
 #[tokio::test]
 async fn bounded_loads_spread_a_hot_key_by_live_connections() {
     let mut config = any_port();
-    config.load_factor = Some(tower_hashring::LoadFactor::new(1.25).unwrap());
+    config.routing.load_factor = Some(tower_hashring::LoadFactor::new(1.25).unwrap());
     let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let mut clients = Vec::new();
     let mut per_server: HashMap<String, u64> = HashMap::new();

@@ -136,9 +136,9 @@ async fn metrics_follow_handshakes_moves_and_the_ring() {
 #[tokio::test]
 async fn a_metrics_listener_needs_no_token_and_serves_nothing_else() {
     let mut config = any_port();
-    config.admin_access.token =
+    config.admin.token =
         Some(gateway_bin::admin_access::AdminToken::new("metrics-test-token-0123").unwrap());
-    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    config.listen.metrics = Some("127.0.0.1:0".parse().unwrap());
     let gateway = gateway_bin::demo::start(config, vec![], 2).await.unwrap();
     let listener = gateway.metrics.expect("a metrics listener");
     let (status, text) = http(listener, "GET", "/metrics", "").await;
@@ -154,7 +154,7 @@ async fn a_metrics_listener_needs_no_token_and_serves_nothing_else() {
 async fn discovery_errors_are_counted_per_source() {
     // A Redis source on a port nothing listens on: every attempt fails to connect.
     let mut config = any_port();
-    config.discovery.redis = Some(gateway_bin::gateway::RedisSource {
+    config.discovery.redis = Some(gateway_bin::config::RedisSource {
         url: format!("redis://127.0.0.1:{}/0", wscluster_testkit::free_port()),
         service: "metrics-test".into(),
         resync: Duration::from_millis(50),

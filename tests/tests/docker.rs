@@ -6,7 +6,10 @@ use std::{collections::HashMap, time::Duration};
 
 use discovery::ContainerLimits;
 use futures_util::{SinkExt, StreamExt};
-use gateway_bin::gateway::{DockerConfig, Gateway, GatewayConfig};
+use gateway_bin::{
+    config::{DockerConfig, GatewayConfig, Listen, Shutdown},
+    gateway::Gateway,
+};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -50,9 +53,11 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     host.run_unlabelled(&unlabelled).await;
 
     let mut config = GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(100),
+        listen: Listen::ephemeral(),
+        shutdown: Shutdown {
+            window: Duration::from_millis(100),
+            ..Shutdown::default()
+        },
         ..GatewayConfig::default()
     };
     config.migration.pacing = tower_ws_migrate::Pacing::unlimited();
@@ -162,9 +167,11 @@ async fn the_cap_holds_under_concurrent_posts_and_containers_get_limits() {
         return;
     };
     let mut config = GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(100),
+        listen: Listen::ephemeral(),
+        shutdown: Shutdown {
+            window: Duration::from_millis(100),
+            ..Shutdown::default()
+        },
         ..GatewayConfig::default()
     };
     let limits = ContainerLimits {

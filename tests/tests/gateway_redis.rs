@@ -5,7 +5,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use discovery::{HealthCheck, RedisRegistry};
-use gateway_bin::gateway::{Gateway, GatewayConfig, RedisSource};
+use gateway_bin::{
+    config::{GatewayConfig, Listen, RedisSource, Shutdown},
+    gateway::Gateway,
+};
 use reference_backend::ReferenceBackend;
 use tokio::sync::Notify;
 use wscluster_testkit::{wait_for_members, RedisServer};
@@ -63,9 +66,11 @@ async fn redis_gateway(
     health: Option<HealthCheck>,
 ) -> Gateway {
     let mut config = GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(100),
+        listen: Listen::ephemeral(),
+        shutdown: Shutdown {
+            window: Duration::from_millis(100),
+            ..Shutdown::default()
+        },
         ..GatewayConfig::default()
     };
     config.discovery.redis = Some(RedisSource {

@@ -4,7 +4,10 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use futures_util::StreamExt;
-use gateway_bin::gateway::{EventsConfig, Gateway, GatewayConfig};
+use gateway_bin::{
+    config::{EventsConfig, GatewayConfig, Listen, Shutdown},
+    gateway::Gateway,
+};
 use lapin::{
     options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
@@ -103,9 +106,11 @@ async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() 
     let (_connection, mut consumer) = subscribe(&broker.url(), &exchange).await;
 
     let mut config = GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(100),
+        listen: Listen::ephemeral(),
+        shutdown: Shutdown {
+            window: Duration::from_millis(100),
+            ..Shutdown::default()
+        },
         ..GatewayConfig::default()
     };
     config.events = Some(EventsConfig {

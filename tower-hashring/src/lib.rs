@@ -25,6 +25,10 @@
 //! - `metrics` (off by default): `RingMetrics`, a `prometheus_client` collector of the
 //!   ring's version, members and points, read from its newest snapshot at each scrape.
 //!   Without it, nothing of Prometheus is compiled.
+//! - `serde` (off by default): `Deserialize` for [`HttpKey`] (a list such as
+//!   `[{ path = "/connect/{userId}" }, { query = "userId" }]`), [`KeySource`],
+//!   [`MissingKeyPolicy`] (`"reject"`, `"round-robin"`, `"random"`) and [`LoadFactor`], for
+//!   an application's config file.
 #![forbid(unsafe_code)]
 
 pub mod balance;

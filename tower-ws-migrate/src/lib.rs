@@ -30,10 +30,15 @@
 //!   every migration (by policy, outcome and fallback reason; in flight; duration; upstreams
 //!   opened by live moves) into a `prometheus_client` registry the application owns.
 //!   Without it, nothing of Prometheus is compiled and the migrator records nothing.
+//! - `serde` (off by default): `Deserialize` for [`MigrationPolicy`] (`"live"`, or a table
+//!   with the close code, checked), [`Pacing`] and [`MigrationSecret`] (16 characters at
+//!   least), for an application's config file.
 
 #![forbid(unsafe_code)]
 
 mod connection;
+#[cfg(feature = "serde")]
+mod deserialize;
 mod hook;
 mod layer;
 #[cfg(feature = "metrics")]
@@ -52,7 +57,7 @@ pub use self::{
     pace::Pacing,
     plan::{plan, plan_bounded, PlannedMove},
     policy::{Migrate, MigrateFuture, MigrationPolicy},
-    signature::{BadSignature, MigrationSecret, DEFAULT_MAX_AGE, MIGRATION_SIGNATURE},
+    signature::{BadSignature, MigrationSecret, ShortSecret, DEFAULT_MAX_AGE, MIGRATION_SIGNATURE},
 };
 
 #[cfg(feature = "metrics")]

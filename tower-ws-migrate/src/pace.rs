@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pacing {
     per_second: Option<u32>,
-    jitter: f64,
+    pub(crate) jitter: f64,
 }
 
 impl Pacing {

@@ -42,6 +42,33 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct MigrationSecret(Arc<[u8]>);
 
+/// A secret too short to sign with: it needs 16 characters (32 random bytes is better).
+///
+/// ```
+/// use tower_ws_migrate::MigrationSecret;
+///
+/// let error = MigrationSecret::from_text("short").unwrap_err();
+/// assert_eq!(error.to_string(), "use at least 16 characters (32 random bytes is better)");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShortSecret;
+
+impl ShortSecret {
+    const MIN_LEN: usize = 16;
+}
+
+impl fmt::Display for ShortSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "use at least {} characters (32 random bytes is better)",
+            Self::MIN_LEN
+        )
+    }
+}
+
+impl std::error::Error for ShortSecret {}
+
 /// Why a migration signature was refused.
 ///
 /// ```
@@ -77,6 +104,23 @@ impl MigrationSecret {
     /// A secret from its bytes (use at least 32 random bytes).
     pub fn new(secret: impl AsRef<[u8]>) -> Self {
         Self(secret.as_ref().into())
+    }
+
+    /// A secret typed by a person or read from a file: at least 16 characters, without the
+    /// surrounding whitespace (a file's newline).
+    ///
+    /// ```
+    /// use tower_ws_migrate::MigrationSecret;
+    ///
+    /// assert!(MigrationSecret::from_text("0123456789abcdef\n").is_ok());
+    /// assert!(MigrationSecret::from_text("short").is_err());
+    /// ```
+    pub fn from_text(text: &str) -> Result<Self, ShortSecret> {
+        let text = text.trim();
+        if text.len() < ShortSecret::MIN_LEN {
+            return Err(ShortSecret);
+        }
+        Ok(Self::new(text))
     }
 
     /// The header value for a move of `key` from `from` to `to` at `unix_seconds`.

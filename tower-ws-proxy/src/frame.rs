@@ -142,11 +142,27 @@ impl std::error::Error for FrameError {}
 /// let (consumed, end) = tracker.feed(&[1, 2, 3, 4, 5]).unwrap().unwrap();
 /// assert_eq!((consumed, end.message_boundary), (5, true));
 /// ```
+///
+/// With the `serde` feature it reads as `{ max_frame = 16777216, max_message = 0 }`, where 0
+/// means no limit and a field left out keeps its default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 pub struct FrameLimits {
     /// The largest payload of one data frame.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::zero_is_none")
+    )]
     pub max_frame: Option<u64>,
     /// The largest payload of one message, over all its fragments.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::zero_is_none")
+    )]
     pub max_message: Option<u64>,
 }
 

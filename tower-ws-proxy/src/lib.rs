@@ -31,11 +31,18 @@
 //!   bytes per backend, read from [`LiveConnections`] at each scrape), for a
 //!   `prometheus_client` registry the application owns. Without it, nothing of Prometheus
 //!   is compiled and the proxy records nothing.
+//! - `serde` (off by default): `Deserialize` for [`RelayConfig`], [`frame::FrameLimits`],
+//!   [`UpstreamConfig`] and [`server::HttpLimits`], so an application reads them straight
+//!   from its config file: durations as `"5s"`, `"off"` for a deadline that can be off, and
+//!   every value checked (a zero deadline is an error naming the field, not a connection
+//!   that ends at once).
 #![forbid(unsafe_code)]
 
 pub mod close_code;
 mod connection_handle;
 mod connections;
+#[cfg(feature = "serde")]
+mod deserialize;
 mod error;
 mod failover;
 mod forwarded;

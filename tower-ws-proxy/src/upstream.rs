@@ -48,12 +48,28 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// let config = UpstreamConfig::default();
 /// assert_eq!(config.connect_timeout, Duration::from_secs(2));
 /// ```
+///
+/// With the `serde` feature it reads as `{ connect_timeout = "2s", handshake_timeout = "5s" }`
+/// (neither may be 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
     /// How long a TCP connect to the backend may take (default: 2 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::positive")
+    )]
     pub connect_timeout: Duration,
     /// How long the backend may take to answer a WebSocket handshake (default: 5 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::positive")
+    )]
     pub handshake_timeout: Duration,
 }
 

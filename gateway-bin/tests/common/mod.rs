@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use gateway_bin::gateway::{Gateway, GatewayConfig};
+use gateway_bin::{
+    config::{GatewayConfig, Listen, Shutdown},
+    gateway::Gateway,
+};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -24,9 +27,11 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub fn any_port() -> GatewayConfig {
     GatewayConfig {
-        public: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        shutdown_window: Duration::from_millis(200),
+        listen: Listen::ephemeral(),
+        shutdown: Shutdown {
+            window: Duration::from_millis(200),
+            ..Shutdown::default()
+        },
         // Test clients do not always answer a close; do not wait 5 s for them.
         relay: RelayConfig::default().close_timeout(Duration::from_millis(300)),
         ..GatewayConfig::default()
@@ -303,7 +308,7 @@ async fn echo_traffic_reporting(
 
 pub fn strict() -> GatewayConfig {
     let mut config = any_port();
-    config.head_timeout = Duration::from_millis(300);
+    config.http.head_timeout = Duration::from_millis(300);
     config.relay = RelayConfig::default()
         .close_timeout(Duration::from_millis(300))
         .half_close_timeout(Duration::from_millis(300))
@@ -312,7 +317,7 @@ pub fn strict() -> GatewayConfig {
             max_frame: Some(64 * 1024),
             max_message: Some(64 * 1024),
         });
-    config.shutdown_grace = Duration::from_millis(500);
+    config.shutdown.grace = Duration::from_millis(500);
     config
 }
 

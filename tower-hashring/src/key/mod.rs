@@ -1,5 +1,7 @@
 //! Routing keys and how they are taken from requests.
 
+#[cfg(feature = "serde")]
+mod deserialize;
 mod http;
 
 pub use self::http::{HttpKey, InvalidKeyPattern, KeySource};
@@ -95,7 +97,14 @@ where
 ///
 /// assert_eq!(MissingKeyPolicy::default(), MissingKeyPolicy::Reject);
 /// ```
+///
+/// With the `serde` feature it reads as `"reject"`, `"round-robin"` or `"random"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 #[non_exhaustive]
 pub enum MissingKeyPolicy {
     /// Fail the request with [`MissingKey`](crate::error::MissingKey) (a gateway answers 400).

@@ -17,7 +17,16 @@ use super::{Node, NodeId, Ring};
 /// assert!(LoadFactor::new(f64::NAN).is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(try_from = "f64"))]
 pub struct LoadFactor(f64);
+
+impl TryFrom<f64> for LoadFactor {
+    type Error = InvalidLoadFactor;
+
+    fn try_from(c: f64) -> Result<Self, Self::Error> {
+        Self::new(c)
+    }
+}
 
 impl LoadFactor {
     /// Checks that `c` is finite and greater than 1.

@@ -25,30 +25,69 @@ use crate::{frame::FrameLimits, Traffic};
 /// assert_eq!(config.close_timeout, Duration::from_secs(5));
 /// assert_eq!(config.half_close_timeout, Duration::from_secs(1));
 /// ```
+///
+/// With the `serde` feature it reads from a config file; a field left out keeps its default,
+/// a deadline that can be off takes `"off"`, and `client_keepalive_inherited` is the
+/// server's to set:
+///
+/// ```toml
+/// idle_timeout = "10m"
+/// close_timeout = "5s"
+/// half_close_timeout = "1s"
+/// switch_timeout = "2s"
+/// tcp_keepalive = "30s"
+/// limits = { max_frame = 16777216, max_message = 67108864 }   # 0: no limit
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct RelayConfig {
     /// Close both sides with 1001 after this long without a byte either way (default: none).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::off_or_duration")
+    )]
     pub idle_timeout: Option<Duration>,
     /// How long to wait for the peers to answer a close the relay sent, and for the
     /// endpoints to end a connection on which a framing error was seen (default: 5 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::positive")
+    )]
     pub close_timeout: Duration,
     /// Once one side's connection has ended (EOF, reset, or its close handshake is done),
     /// how long the other side has to finish before both sockets are dropped (default: 1 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::positive")
+    )]
     pub half_close_timeout: Duration,
     /// How long a live switch waits for the client to reach a message boundary before it
     /// gives up with [`SwitchError::NoBoundary`] (default: 2 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::positive")
+    )]
     pub switch_timeout: Duration,
     /// The largest frame and message relayed; past them both sides are closed with 1009
     /// (default: 16 MiB a frame, 64 MiB a message).
     pub limits: FrameLimits,
     /// TCP keepalive on both sockets, to find half-open peers: the idle time before the
     /// first probe (default: 30 s; then 3 probes 10 s apart).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::off_or_duration")
+    )]
     pub tcp_keepalive: Option<Duration>,
     /// The client's socket already has `TCP_NODELAY` and this keepalive, so the relay sets
     /// keepalive on the upstream's socket only (default: false). On Linux an accepted socket
     /// inherits both from its listener: a server that applies
     /// [`RelayConfig::tune_listener`] to its listener saves five system calls per connection.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub client_keepalive_inherited: bool,
 }
 

@@ -18,27 +18,61 @@ use crate::RelayConfig;
 /// assert_eq!(limits.head_timeout, Duration::from_secs(10));
 /// assert!(limits.without_cap().open_connections.is_none());
 /// ```
+///
+/// With the `serde` feature it reads from a config file; a field left out keeps its default,
+/// the cap is a number, and `stop_grace` and `relay` are the server's to set from the rest of
+/// its configuration:
+///
+/// ```toml
+/// head_timeout = "10s"
+/// max_head_bytes = 16384
+/// max_headers = 64
+/// open_connections = 10000
+/// ```
 #[derive(Clone, Debug)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct HttpLimits {
     /// The whole request head must arrive within this, counted from when the connection
     /// waits for a request: after the accept, or after the previous response on a
     /// keep-alive connection (so it bounds the keep-alive idle wait too). Default: 10 s.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::positive")
+    )]
     pub head_timeout: Duration,
     /// The largest request head (hyper answers 431 past it; at least 8 KiB). Default: 16 KiB.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::head_bytes")
+    )]
     pub max_head_bytes: usize,
     /// The most request headers (431 past it). Default: 64.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::at_least_one")
+    )]
     pub max_headers: usize,
     /// Accepted connections served at once; past it new ones are closed right away, so a
     /// flood cannot take the descriptors that live WebSockets and health checks need.
     /// Default: no cap. Upgraded connections leave hyper, and this count, once relayed.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::deserialize::connection_cap")
+    )]
     pub open_connections: Option<Arc<Semaphore>>,
     /// After the stop, in-flight requests get this long before their connections are
     /// dropped. Default: 5 s.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub stop_grace: Duration,
     /// Every accepted socket gets `TCP_NODELAY` and this config's keepalive, inherited from
     /// its listener where the platform does that (Linux), so the relay need not set them
     /// (give the relay [`RelayConfig::client_keepalive_inherited`]).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub relay: RelayConfig,
 }
 
