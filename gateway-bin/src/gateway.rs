@@ -16,6 +16,7 @@ use tower_ws_migrate::{
     Outcome, ProxiedConnection,
 };
 use tower_ws_proxy::{
+    client_limit::ClientLimitLayer,
     server::{self, Stopped},
     LiveConnections, ProxyFailover, ProxyMetrics, Upstream, WebSocketLayer,
 };
@@ -130,8 +131,10 @@ impl Gateway {
             &connections,
             migration_metrics.clone(),
         );
+        let client_limits = ClientLimitLayer::new(config.client_limits.clone());
         let metrics = GatewayMetrics::new(
             &proxy_metrics,
+            &client_limits.refusals(),
             &migration_metrics,
             &discovery_metrics,
             &routing.ring,
@@ -143,6 +146,7 @@ impl Gateway {
         let public_app = public::public_stack(
             config.proxy.request_timeout,
             routing.migrate,
+            client_limits,
             // The accept loops give every client socket these options (serve.rs).
             WebSocketLayer::new(
                 connections.clone(),

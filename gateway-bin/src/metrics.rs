@@ -13,7 +13,9 @@ use prometheus_client::{
 };
 use tower_hashring::{HttpKey, RingMetrics, SharedHashRing};
 use tower_ws_migrate::{MigrationMetrics, ProxiedConnection};
-use tower_ws_proxy::{ActiveWebSockets, LiveConnections, ProxyMetrics, Upstream};
+use tower_ws_proxy::{
+    client_limit::ClientRefusals, ActiveWebSockets, LiveConnections, ProxyMetrics, Upstream,
+};
 
 use discovery::Membership;
 
@@ -24,10 +26,12 @@ pub(crate) struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// The registry of `proxy` and `migration` (already given to their layers) and of what
+    /// The registry of `proxy` and `migration` (already given to their layers), of the
+    /// per-client limits' refusals, and of what
     /// is read at each scrape from the ring, the live connections and the members.
     pub(crate) fn new(
         proxy: &ProxyMetrics,
+        client_refusals: &ClientRefusals,
         migration: &MigrationMetrics,
         discovery: &DiscoveryMetrics,
         ring: &SharedHashRing<Upstream, HttpKey>,
@@ -36,6 +40,7 @@ impl GatewayMetrics {
     ) -> Self {
         let mut registry = Registry::with_prefix("wscluster");
         proxy.register(&mut registry);
+        registry.register_collector(Box::new(client_refusals.clone()));
         migration.register(&mut registry);
         discovery.register(&mut registry);
         registry.register_collector(Box::new(RingMetrics::new(ring.subscribe())));

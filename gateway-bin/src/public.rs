@@ -22,7 +22,9 @@ use tower_http::{
 };
 use tower_ws_migrate::MigrateLayer;
 use tower_ws_migrate::ProxiedConnection;
-use tower_ws_proxy::{server::ClientAddr, ProxyFailover, Upstream, WebSocketLayer};
+use tower_ws_proxy::{
+    client_limit::ClientLimitLayer, server::ClientAddr, ProxyFailover, Upstream, WebSocketLayer,
+};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -33,11 +35,13 @@ const MAX_REQUEST_ID: usize = 128;
 /// (`X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`) and an invalid request id dropped;
 /// a request id (the client's valid one, or a new one) set, forwarded to the backend and
 /// returned; a tracing span; a timeout (408) on the response head (a WebSocket's head is its
-/// 101, so relays are not cut by it); live migration; the WebSocket proxy; and the
+/// 101, so relays are not cut by it); live migration; the per-client limits (429); the
+/// WebSocket proxy; and the
 /// consistent-hash balancer over the backends, which fails over by [`ProxyFailover`].
 pub(crate) fn public_stack(
     timeout: Duration,
     migrate: MigrateLayer,
+    client_limits: ClientLimitLayer,
     websockets: WebSocketLayer<ProxiedConnection>,
     balancer: SharedHashRing<Upstream, HttpKey, ProxyFailover>,
 ) -> Router {
@@ -62,6 +66,7 @@ pub(crate) fn public_stack(
             timeout,
         ))
         .layer(migrate)
+        .layer(client_limits)
         .layer(websockets)
         .service(balancer);
     Router::new().fallback_service(stack)

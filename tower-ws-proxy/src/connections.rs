@@ -17,7 +17,7 @@ use tokio::{
 };
 use tower_hashring::{LoadSource, NodeId};
 
-use crate::{ConnectionHandle, Traffic, TrafficTotals};
+use crate::{client_limit::KeepWhileOpen, ConnectionHandle, Traffic, TrafficTotals};
 
 /// Why a new connection was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +231,7 @@ impl<H> LiveConnections<H> {
             id,
             traffic,
             _admission: None,
+            _kept: None,
         }
     }
 
@@ -477,6 +478,7 @@ pub struct Registered<H> {
     id: ConnectionId,
     traffic: Arc<Traffic>,
     _admission: Option<Admission>,
+    _kept: Option<KeepWhileOpen>,
 }
 
 impl<H> Registered<H> {
@@ -493,6 +495,12 @@ impl<H> Registered<H> {
     /// Holds the connection's place under the cap for as long as it is registered.
     pub fn holding(mut self, admission: Admission) -> Self {
         self._admission = Some(admission);
+        self
+    }
+
+    /// Keeps what the layers above gave the connection until it is unregistered.
+    pub fn keeping(mut self, kept: Option<KeepWhileOpen>) -> Self {
+        self._kept = kept;
         self
     }
 }

@@ -48,6 +48,12 @@ pub(crate) fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result
     }
 }
 
+pub(crate) fn some_at_least_one<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<usize>, D::Error> {
+    at_least_one(deserializer).map(Some)
+}
+
 /// The largest request head: hyper needs at least 8 KiB.
 pub(crate) fn head_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
     match usize::deserialize(deserializer)? {

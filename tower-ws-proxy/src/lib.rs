@@ -38,6 +38,7 @@
 //!   that ends at once).
 #![forbid(unsafe_code)]
 
+pub mod client_limit;
 pub mod close_code;
 mod connection_handle;
 mod connections;

@@ -50,6 +50,9 @@ fn the_example_file_sets_the_gateway_sections() {
 fn the_example_file_sets_the_library_sections() {
     let config = example();
     assert_eq!(config.http.max_head_bytes, 16384);
+    assert_eq!(config.client_limits.websockets, Some(100));
+    assert_eq!(config.client_limits.burst(), 40);
+    assert_eq!(config.client_limits.trusted_proxies.len(), 1);
     let cap = config
         .http
         .open_connections
@@ -164,6 +167,18 @@ fn errors_name_the_field() {
         ),
         ("[routing]\nload_factor = 0.5", "routing.load_factor: "),
         ("[proxy]\nmax_websockets = 0", "proxy.max_websockets: "),
+        (
+            "[client_limits]\nwebsockets = 0",
+            "client_limits.websockets: must be at least 1",
+        ),
+        (
+            "[client_limits]\nhandshakes_per_second = 0",
+            "client_limits.handshakes_per_second: ",
+        ),
+        (
+            "[client_limits]\nexempt = [\"10.0.0.0/40\"]",
+            "client_limits.exempt[0]: ",
+        ),
         ("[relay]\nclose_timeout = \"0s\"", "relay.close_timeout: "),
         (
             "[relay]\nidle_timeout = \"soon\"",

@@ -34,8 +34,9 @@ use tower_service::Service;
 
 use self::{error::NotAdmitted, upgrade::PendingUpgrade};
 use crate::{
-    check_upgrade, is_websocket_upgrade, record::Recorder, strip_internal_headers, Admission,
-    BoxError, ConnectionHandle, LiveConnections, ProxyBody, RelayConfig, RelayHandle,
+    check_upgrade, client_limit::KeepWhileOpen, is_websocket_upgrade, record::Recorder,
+    strip_internal_headers, Admission, BoxError, ConnectionHandle, LiveConnections, ProxyBody,
+    RelayConfig, RelayHandle,
 };
 
 /// The service of [`WebSocketLayer`].
@@ -173,13 +174,16 @@ where
         started: Instant,
     ) -> ResponseFuture<S, H> {
         let client_upgrade = hyper::upgrade::on(&mut request);
-        let (parts, _) = request.into_parts();
+        let (mut parts, _) = request.into_parts();
+        // Out of the head before it is kept: held by the relay, not by every copy of it.
+        let kept = parts.extensions.remove::<KeepWhileOpen>();
         // The head as the client sent it, for the handle a layer above makes (a migration
         // layer dials a new owner with it); the request itself goes down.
         let head = parts.clone();
         let request = Request::from_parts(parts, ProxyBody::default());
         let upgrade = PendingUpgrade {
             admission,
+            kept,
             head,
             client_upgrade,
             connections: self.connections.clone(),

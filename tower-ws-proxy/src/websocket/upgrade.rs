@@ -9,6 +9,7 @@ use super::{
     relay_task::{RelayTask, Stage},
 };
 use crate::{
+    client_limit::KeepWhileOpen,
     record::{HandshakeResult, Recorder},
     relay, Admission, BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection,
     Peer, ProxyBody, Registered, RelayConfig, RelayHandle, UpstreamSocket,
@@ -19,6 +20,8 @@ use crate::{
 pub(super) struct PendingUpgrade<H> {
     /// Its place under the connection cap, held until the relay ends.
     pub(super) admission: Admission,
+    /// What the layers above keep for as long as the WebSocket is open.
+    pub(super) kept: Option<KeepWhileOpen>,
     /// The head as the client sent it.
     pub(super) head: request::Parts,
     pub(super) client_upgrade: OnUpgrade,
@@ -73,7 +76,8 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
         let (relay_handle, commands) = RelayHandle::new();
         let registration = self
             .register(response, &route, &relay_handle)
-            .holding(self.admission);
+            .holding(self.admission)
+            .keeping(self.kept);
         let commands = commands.counting(registration.traffic());
         let span = relay_span(&route, &self.head);
         drop(self.head);

@@ -1,0 +1,111 @@
+//! Per-client limits through the whole gateway, on real sockets: `[client_limits]` in the
+//! config file, 429 with `Retry-After`, the slot freed when a WebSocket ends, clients named
+//! by a trusted proxy's `X-Forwarded-For`, and the refusals counted without a per-client label.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gateway_bin::{config::GatewayConfig, gateway::Gateway};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+async fn gateway(client_limits: &str) -> Gateway {
+    let file = GatewayConfig::parse(&format!("[client_limits]\n{client_limits}")).unwrap();
+    let config = GatewayConfig {
+        client_limits: file.client_limits,
+        ..any_port()
+    };
+    gateway_bin::demo::start(config, vec![], 1).await.unwrap()
+}
+
+/// Opens a WebSocket for `user`, as if forwarded for `forwarded_for`; the refusal's status
+/// and `Retry-After` if refused.
+async fn open(
+    gateway: &Gateway,
+    user: &str,
+    forwarded_for: Option<&str>,
+) -> Result<Client, (u16, Option<String>)> {
+    let mut request = format!("ws://{}/connect/{user}", gateway.public)
+        .into_client_request()
+        .unwrap();
+    if let Some(client) = forwarded_for {
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((client, _)) => Ok(client),
+        Err(tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        )),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+async fn refusals(gateway: &Gateway, limit: &str) -> String {
+    let (status, text) = http(gateway.admin, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    let series = format!("wscluster_client_limit_refusals_total{{limit=\"{limit}\"}} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .expect(&series);
+    line[series.len()..].to_owned()
+}
+
+#[tokio::test]
+async fn a_client_past_its_websockets_gets_429_until_one_ends() {
+    let gateway = gateway("websockets = 2").await;
+    let first = open(&gateway, "a", None).await.unwrap();
+    let _second = open(&gateway, "b", None).await.unwrap();
+    let refused = open(&gateway, "c", None).await.err();
+    assert_eq!(refused, Some((429, Some("1".into()))));
+    assert_eq!(refusals(&gateway, "websockets").await, "1");
+    // The first ends: once its relay is gone, its place is free again.
+    drop(first);
+    let reopened = eventually(Duration::from_secs(5), async || {
+        open(&gateway, "c", None).await.is_ok()
+    })
+    .await;
+    assert!(reopened, "the slot of a closed WebSocket was never freed");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn handshakes_past_the_rate_get_429_with_retry_after() {
+    let gateway = gateway("handshakes_per_second = 1\nburst = 2").await;
+    let _a = open(&gateway, "a", None).await.unwrap();
+    let _b = open(&gateway, "b", None).await.unwrap();
+    assert_eq!(
+        open(&gateway, "c", None).await.err(),
+        Some((429, Some("1".into())))
+    );
+    assert_eq!(refusals(&gateway, "rate").await, "1");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_its_clients_and_an_untrusted_one_does_not() {
+    let trusted = gateway("websockets = 1\ntrusted_proxies = [\"127.0.0.1/32\"]").await;
+    let _one = open(&trusted, "a", Some("198.51.100.1")).await.unwrap();
+    let _two = open(&trusted, "b", Some("198.51.100.2")).await.unwrap();
+    assert_eq!(
+        open(&trusted, "c", Some("198.51.100.1"))
+            .await
+            .err()
+            .map(|e| e.0),
+        Some(429)
+    );
+    trusted.shutdown().await;
+    // Without trust, the header changes nothing: the peer is the client.
+    let untrusted = gateway("websockets = 1").await;
+    let _one = open(&untrusted, "a", Some("198.51.100.1")).await.unwrap();
+    let refused = open(&untrusted, "b", Some("198.51.100.2")).await.err();
+    assert_eq!(refused.map(|e| e.0), Some(429));
+    untrusted.shutdown().await;
+}

@@ -1,0 +1,88 @@
+//! Who the client is: the socket's peer, or, from a trusted proxy, the address it forwards.
+
+use std::net::IpAddr;
+
+use http::Request;
+use ipnet::IpNet;
+
+use crate::server::ClientAddr;
+
+/// The client's address: the nearest address in `X-Forwarded-For` (read from the right)
+/// that is not a trusted proxy, when the peer is one; else the peer. `None` without a
+/// [`ClientAddr`] (a server that does not set it).
+pub(super) fn client_ip<B>(request: &Request<B>, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = request.extensions().get::<ClientAddr>()?.0.ip();
+    if !is_in(peer, trusted) {
+        return Some(peer);
+    }
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in forwarded.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // A hop that is not an address: nothing before it can be believed.
+            break;
+        };
+        client = ip;
+        if !is_in(ip, trusted) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+pub(super) fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    networks.iter().any(|net| net.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(peer: &str, forwarded: &[&str]) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(ClientAddr(format!("{peer}:4000").parse().unwrap()));
+        for value in forwarded {
+            request
+                .headers_mut()
+                .append("x-forwarded-for", value.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |peer, fwd: &[&str]| client_ip(&request(peer, fwd), &trusted).unwrap();
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            ip("203.0.113.9", &["1.2.3.4"]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // A trusted proxy's rightmost untrusted hop is the client; hops the client added
+        // before it are not believed.
+        let chain = ["6.6.6.6, 198.51.100.7", "10.0.0.2"];
+        assert_eq!(
+            ip("10.0.0.1", &chain),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A malformed hop stops the walk at the last address believed.
+        let bad = ["198.51.100.7, nonsense"];
+        assert_eq!(ip("10.0.0.1", &bad), "10.0.0.1".parse::<IpAddr>().unwrap());
+        // No header: the proxy itself.
+        assert_eq!(ip("10.0.0.1", &[]), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(client_ip(&Request::new(()), &trusted).is_none());
+    }
+}
