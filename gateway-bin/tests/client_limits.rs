@@ -1,6 +1,7 @@
 //! Per-client limits through the whole gateway, on real sockets: `[client_limits]` in the
 //! config file, 429 with `Retry-After`, the slot freed when a WebSocket ends, clients named
-//! by a trusted proxy's `X-Forwarded-For`, and the refusals counted without a per-client label.
+//! by a trusted proxy's `X-Forwarded-For` or a balancer's PROXY protocol header, and the
+//! refusals counted without a per-client label.
 
 mod common;
 
@@ -108,4 +109,60 @@ async fn a_trusted_proxy_names_its_clients_and_an_untrusted_one_does_not() {
     let refused = open(&untrusted, "b", Some("198.51.100.2")).await.err();
     assert_eq!(refused.map(|e| e.0), Some(429));
     untrusted.shutdown().await;
+}
+
+/// A PROXY protocol v2 header for a TCP over IPv4 connection from `client`.
+fn proxy_v2(client: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&client.ip().octets());
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&client.port().to_be_bytes());
+    header.extend_from_slice(&7000u16.to_be_bytes());
+    header
+}
+
+/// A WebSocket through a connection that starts with `preface` (a PROXY header).
+async fn open_after(gateway: &Gateway, user: &str, preface: &[u8]) -> Result<Client, u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(gateway.public)
+        .await
+        .unwrap();
+    tcp.write_all(preface).await.unwrap();
+    let url = format!("ws://{}/connect/{user}", gateway.public);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    match tokio_tungstenite::client_async(url, stream).await {
+        Ok((client, _)) => Ok(client),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_balancer_names_its_clients_with_the_proxy_protocol() {
+    let mut config = any_port();
+    config.http.proxy_protocol_from = vec!["127.0.0.1/32".parse().unwrap()];
+    config.client_limits = GatewayConfig::parse("[client_limits]\nwebsockets = 1")
+        .unwrap()
+        .client_limits;
+    let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
+    let one = proxy_v2("198.51.100.1:40000".parse().unwrap());
+    let two = proxy_v2("198.51.100.2:40000".parse().unwrap());
+    let _first = open_after(&gateway, "a", &one).await.unwrap();
+    let _second = open_after(&gateway, "b", &two).await.unwrap();
+    // The same client again, through another balancer connection: its limit applies.
+    assert_eq!(open_after(&gateway, "c", &one).await.err(), Some(429));
+    let v1 = b"PROXY TCP4 198.51.100.3 127.0.0.1 40000 7000\r\n";
+    let _third = open_after(&gateway, "d", v1).await.unwrap();
+    // A trusted peer that sends no header is closed, not served as a client.
+    let mut bare = tokio::net::TcpStream::connect(gateway.public)
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    bare.write_all(b"GET /connect/e HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut bare, Duration::from_secs(5)).await;
+    assert_eq!(answer, Some(Vec::new()), "closed without an answer");
+    gateway.shutdown().await;
 }

@@ -51,6 +51,7 @@ fn the_example_file_sets_the_library_sections() {
     let config = example();
     assert_eq!(config.http.max_head_bytes, 16384);
     assert_eq!(config.client_limits.websockets, Some(100));
+    assert_eq!(config.http.proxy_protocol_from.len(), 1);
     assert_eq!(config.client_limits.burst(), 40);
     assert_eq!(config.client_limits.trusted_proxies.len(), 1);
     let cap = config

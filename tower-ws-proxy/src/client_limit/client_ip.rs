@@ -37,7 +37,8 @@ pub(super) fn client_ip<B>(request: &Request<B>, trusted: &[IpNet]) -> Option<Ip
     Some(client)
 }
 
-pub(super) fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
+/// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4 one) is in one of `networks`.
+pub(crate) fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,

@@ -51,6 +51,7 @@ use http::{header::RETRY_AFTER, HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub(crate) use self::client_ip::is_in;
 use self::table::{ClientTable, Refusal};
 pub use self::{future::ResponseFuture, keep::KeepWhileOpen, limits::ClientLimits};
 use crate::{is_websocket_upgrade, text_response, ProxyBody};

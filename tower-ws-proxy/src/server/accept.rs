@@ -19,7 +19,8 @@ use tokio::{
 };
 use tower_service::Service;
 
-use super::{ClientAddr, HttpLimits, HttpService, Stopped};
+use super::{proxy_protocol::read_proxy_header, ClientAddr, HttpLimits, HttpService, Stopped};
+use crate::client_limit::is_in;
 
 /// Serves `service` on `listener` from a task on the current runtime until `stop` turns
 /// true; the returned future resolves once in-flight requests finished (or the limits'
@@ -101,10 +102,14 @@ pub(super) async fn accept_loop<S>(
             inner: service.clone(),
             client: ClientAddr(peer),
         };
+        // A balancer's connection starts with the client's address, read on the connection's
+        // own task, within the head deadline.
+        let proxied = is_in(peer.ip(), &limits.proxy_protocol_from).then_some(limits.head_timeout);
         connections.spawn(serve_connection(
             http.clone(),
             tcp,
             service,
+            proxied,
             permit,
             stop.clone(),
         ));
@@ -157,14 +162,30 @@ impl Shed {
 /// flight is answered.
 async fn serve_connection<S>(
     http: http1::Builder,
-    tcp: TcpStream,
-    service: WithClientAddr<S>,
+    mut tcp: TcpStream,
+    mut service: WithClientAddr<S>,
+    proxied: Option<Duration>,
     permit: Option<OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
 ) where
     S: HttpService,
 {
     let _permit = permit;
+    if let Some(deadline) = proxied {
+        let header = tokio::time::timeout(deadline, read_proxy_header(&mut tcp)).await;
+        match header {
+            Ok(Ok(Some(client))) => service.client = ClientAddr(client),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %service.client.0, %error, "closing a connection");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %service.client.0, "no PROXY header within the head timeout");
+                return;
+            }
+        }
+    }
     let connection = http
         .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
         .with_upgrades();

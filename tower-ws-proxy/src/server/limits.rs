@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
 use crate::RelayConfig;
@@ -28,6 +29,7 @@ use crate::RelayConfig;
 /// max_head_bytes = 16384
 /// max_headers = 64
 /// open_connections = 10000
+/// proxy_protocol_from = ["10.0.0.5/32"]
 /// ```
 #[derive(Clone, Debug)]
 #[cfg_attr(
@@ -69,6 +71,11 @@ pub struct HttpLimits {
     /// dropped. Default: 5 s.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub stop_grace: Duration,
+    /// Peers that start every connection with a PROXY protocol header (v1 or v2), as a
+    /// layer-4 balancer with `send-proxy` does: their connections' [`ClientAddr`](super::ClientAddr)
+    /// is the client the header names. A connection from such a peer without a valid header
+    /// within `head_timeout` is closed; other peers are clients themselves. Default: none.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Every accepted socket gets `TCP_NODELAY` and this config's keepalive, inherited from
     /// its listener where the platform does that (Linux), so the relay need not set them
     /// (give the relay [`RelayConfig::client_keepalive_inherited`]).
@@ -84,6 +91,7 @@ impl Default for HttpLimits {
             max_headers: 64,
             open_connections: None,
             stop_grace: Duration::from_secs(5),
+            proxy_protocol_from: Vec::new(),
             relay: RelayConfig::default(),
         }
     }

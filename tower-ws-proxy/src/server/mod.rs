@@ -32,6 +32,7 @@
 mod accept;
 mod client_addr;
 mod limits;
+mod proxy_protocol;
 mod service;
 mod signal;
 mod stopped;
