@@ -218,6 +218,23 @@ fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || std::net::TcpListener::bind((ip, 0)).is_ok()
 }
 
+/// The range of `ip` if it is link-local or a well-known cloud metadata service
+/// (169.254.169.254 for AWS, GCP, Azure and OCI; fd00:ec2::254 for AWS over IPv6;
+/// 100.100.100.200 for Alibaba): a backend there would let a user reach the host's
+/// credentials through the gateway.
+fn outside_the_cluster(ip: IpAddr) -> Option<IpNet> {
+    const RANGES: [&str; 4] = [
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::254/128",
+        "100.100.100.200/32",
+    ];
+    RANGES
+        .iter()
+        .map(|range| range.parse::<IpNet>().expect("a valid built-in range"))
+        .find(|range| range.contains(&ip))
+}
+
 /// Why `address` may not become a backend through the API, if it may not.
 pub(crate) fn refuse_backend_address(
     address: SocketAddr,
@@ -231,6 +248,22 @@ pub(crate) fn refuse_backend_address(
         return Some(format!(
             "{address} is the gateway's own listener {listener}: it would proxy to itself"
         ));
+    }
+    let ip = match address.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address.ip(), IpAddr::V4),
+        IpAddr::V4(_) => address.ip(),
+    };
+    if let Some(special) = outside_the_cluster(ip) {
+        // Only a configured network inside that range lets it in: `0.0.0.0/0` does not.
+        let named = networks
+            .iter()
+            .any(|net| net.contains(&ip) && special.contains(net));
+        if !named {
+            return Some(format!(
+                "{address} is a {special} address (link-local or a cloud metadata service), \
+                 never a backend unless the backend networks name it"
+            ));
+        }
     }
     if !networks.is_empty() && !networks.iter().any(|net| net.contains(&address.ip())) {
         let allowed: Vec<String> = networks.iter().map(ToString::to_string).collect();
@@ -265,6 +298,37 @@ mod tests {
         assert!(
             refused("127.0.0.2:7000").is_none(),
             "another loopback address"
+        );
+    }
+
+    #[test]
+    fn link_local_and_metadata_addresses_are_refused_unless_named() {
+        let own = OwnListeners::default();
+        let refused = |a: &str, networks: &[IpNet]| {
+            refuse_backend_address(a.parse().unwrap(), &own, networks)
+        };
+        for address in [
+            "169.254.169.254:80",
+            "[::ffff:169.254.169.254]:80",
+            "[fe80::1]:7100",
+            "[fd00:ec2::254]:80",
+            "100.100.100.200:80",
+        ] {
+            let why = refused(address, &[]).unwrap_or_else(|| panic!("{address} allowed"));
+            assert!(why.contains("metadata"), "{why}");
+            let everything: Vec<IpNet> =
+                vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+            assert!(
+                refused(address, &everything).is_some(),
+                "{address} under /0"
+            );
+        }
+        let named: Vec<IpNet> = vec!["169.254.10.0/24".parse().unwrap()];
+        assert!(refused("169.254.10.5:7100", &named).is_none());
+        assert!(refused("169.254.169.254:80", &named).is_some());
+        assert!(
+            refused("100.100.100.201:80", &[]).is_none(),
+            "next to it is fine"
         );
     }
 

@@ -170,3 +170,15 @@ async fn a_public_admin_listener_needs_a_token() {
     let gateway = Gateway::start(config, vec![]).await.unwrap();
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_cloud_metadata_service_is_never_a_backend() {
+    let gateway = gateway_bin::demo::start(any_port(), vec![], 1).await.unwrap();
+    let body = r#"{"id":"metadata","address":"169.254.169.254:80"}"#;
+    let (status, reason) = http(gateway.admin, "POST", "/admin/backends", body).await;
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("metadata"), "{reason}");
+    let ring = ring_json(&gateway).await;
+    assert!(!ring.to_string().contains("169.254"), "{ring}");
+    gateway.shutdown().await;
+}
