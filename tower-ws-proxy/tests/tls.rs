@@ -473,6 +473,18 @@ async fn a_broken_file_keeps_the_last_good_certificate_and_is_counted() {
     assert_eq!(certificates.reload_failures(), 2);
     assert_eq!(presented(gateway.addr, "localhost").await, first.der);
 
+    #[cfg(feature = "metrics")]
+    {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("wscluster");
+        certificates.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("wscluster_tls_certificate_reload_failures_total 2"),
+            "{text}"
+        );
+    }
+
     // Made whole again: served.
     folder.write("localhost", &other);
     certificates.reload().unwrap();

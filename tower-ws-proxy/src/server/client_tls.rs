@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-/// Put into every request's extensions by [`serve_tls`](super::serve_tls) and
-/// [`serve_tls_on_workers`](super::serve_tls_on_workers): the client's connection is TLS.
+/// Put into every request's extensions by `serve_tls` and `serve_tls_on_workers` (the
+/// `tls` feature): the client's connection is TLS.
 /// Its absence means plaintext. In an axum handler, extract it with
 /// `Option<Extension<ClientTls>>`.
 ///

@@ -162,3 +162,38 @@ impl fmt::Display for UnknownTlsVersion {
 }
 
 impl std::error::Error for UnknownTlsVersion {}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use serde::{
+        de::{value::MapDeserializer, value::StrDeserializer, IntoDeserializer},
+        Deserialize,
+    };
+
+    use super::{TlsSettings, TlsVersion};
+
+    type Error = serde::de::value::Error;
+
+    #[test]
+    fn versions_read_as_numbers_and_settings_by_their_file_names() {
+        let version = |text| TlsVersion::deserialize::<StrDeserializer<'_, Error>>(text);
+        assert_eq!(
+            version("1.3".into_deserializer()).unwrap(),
+            TlsVersion::Tls13
+        );
+        assert!(version("TLS1.3".into_deserializer()).is_err());
+
+        let fields = [("cert", "c.pem"), ("key", "c.key"), ("min_version", "1.3")];
+        let settings =
+            TlsSettings::deserialize(MapDeserializer::<_, Error>::new(fields.into_iter())).unwrap();
+        assert_eq!(
+            settings,
+            TlsSettings::new("c.pem", "c.key").min_version(TlsVersion::Tls13)
+        );
+        let unknown = [("cert", "c.pem"), ("key", "c.key"), ("certificate", "x")];
+        assert!(
+            TlsSettings::deserialize(MapDeserializer::<_, Error>::new(unknown.into_iter()))
+                .is_err()
+        );
+    }
+}
