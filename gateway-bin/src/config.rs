@@ -564,6 +564,8 @@ impl ConfigFile {
                         .unwrap_or_else(|| "wscluster.events".into()),
                 }),
             },
+            // `--tls-cert`/`--tls-key` only, for now.
+            tls: None,
         })
     }
 }

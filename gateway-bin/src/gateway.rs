@@ -19,7 +19,7 @@ use tower_ws_migrate::{
     MigrationSecret, MigrationStats, Outcome, Pacing, ProxiedConnection,
 };
 use tower_ws_proxy::{
-    server::{self, HttpLimits, Stopped},
+    server::{self, tls::TlsAcceptor, HttpLimits, Stopped},
     LiveConnections, ProxyFailover, ProxyMetrics, RelayConfig, Upstream, UpstreamConfig,
     WebSocketLayer,
 };
@@ -86,6 +86,8 @@ pub struct GatewayConfig {
     pub discovery: DiscoveryConfig,
     /// Where ring changes and migrations are published.
     pub events: Option<EventsConfig>,
+    /// TLS on the public listener (`wss://`); `None`: plaintext.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// A RabbitMQ fanout exchange that receives every ring change and migration as JSON.
@@ -241,6 +243,7 @@ impl Default for GatewayConfig {
             migration: MigrationConfig::default(),
             discovery: DiscoveryConfig::default(),
             events: None,
+            tls: None,
         }
     }
 }
@@ -398,20 +401,34 @@ impl Gateway {
         limits.max_headers = config.max_headers;
         limits.stop_grace = config.shutdown_grace;
         limits.relay = config.relay;
-        let (public, mut servers) = if config.workers == 0 {
-            let listener = TcpListener::bind(config.public).await?;
-            let public = listener.local_addr()?;
-            let server = server::serve(listener, public_app, limits.clone(), stopped.clone());
-            (public, vec![server])
-        } else {
-            server::serve_on_workers(
+        let (public, mut servers) = match (config.workers, config.tls.clone()) {
+            (0, tls) => {
+                let listener = TcpListener::bind(config.public).await?;
+                let public = listener.local_addr()?;
+                let (limits, stopped) = (limits.clone(), stopped.clone());
+                let server = match tls {
+                    None => server::serve(listener, public_app, limits, stopped),
+                    Some(tls) => server::serve_tls(listener, public_app, limits, tls, stopped),
+                };
+                (public, vec![server])
+            }
+            (workers, None) => server::serve_on_workers(
                 config.public,
-                config.workers,
+                workers,
                 public_app,
                 limits.clone(),
                 stopped.clone(),
                 exited,
-            )?
+            )?,
+            (workers, Some(tls)) => server::serve_tls_on_workers(
+                config.public,
+                workers,
+                public_app,
+                limits.clone(),
+                tls,
+                stopped.clone(),
+                exited,
+            )?,
         };
         let admin = admin_listener.local_addr()?;
         let mut own = vec![public, admin];
