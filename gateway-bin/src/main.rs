@@ -1,6 +1,6 @@
 //! The reference gateway. `gateway-bin demo` runs it with three in-process backends.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use gateway_bin::{
@@ -10,7 +10,10 @@ use gateway_bin::{
     gateway::{Gateway, GatewayConfig},
 };
 use tower_hashring::NodeId;
-use tower_ws_proxy::server::shutdown_signal;
+use tower_ws_proxy::server::{
+    shutdown_signal,
+    tls::{Certificates, TlsAcceptor, TlsSettings},
+};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +34,26 @@ struct Cli {
     /// one per core); 0 serves on the main runtime.
     #[arg(long, env = "WSCLUSTER_WORKERS", global = true)]
     workers: Option<usize>,
+    /// TLS on the public listener (`wss://`): the PEM certificate chain, leaf first. With
+    /// `--tls-key`. New handshakes get the file's new contents within ~2 s of a change, or
+    /// at once on SIGHUP; a file that fails to load keeps the previous certificate.
+    #[arg(
+        long,
+        env = "WSCLUSTER_TLS_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(
+        long,
+        env = "WSCLUSTER_TLS_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Log lines as text or as JSON objects (one per line). Colours only on a terminal.
     #[arg(
         long,
@@ -86,6 +109,11 @@ async fn main() -> ExitCode {
     };
     let shown_token = launch.shown_token.clone();
     let config_has_token = launch.config.admin_access.token.is_some() && shown_token.is_none();
+    let certificates = launch
+        .config
+        .tls
+        .as_ref()
+        .map(|tls| tls.certificates().clone());
     let started = if launch.demo > 0 {
         demo::start(launch.config, launch.backends, launch.demo).await
     } else {
@@ -95,7 +123,15 @@ async fn main() -> ExitCode {
         Ok(gateway) => gateway,
         Err(error) => return fail(&format!("cannot start the gateway: {error}")),
     };
-    print_banner(&gateway, shown_token.as_deref(), config_has_token);
+    if let Some(certificates) = &certificates {
+        reload_certificates(certificates);
+    }
+    print_banner(
+        &gateway,
+        shown_token.as_deref(),
+        config_has_token,
+        certificates.is_some(),
+    );
     let code = run_until_signal(gateway).await;
     // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
     std::process::exit(code)
@@ -137,6 +173,11 @@ fn load_config(cli: Cli) -> Result<Launch, String> {
     config.public = cli.public.unwrap_or(config.public);
     config.admin = cli.admin.unwrap_or(config.admin);
     config.workers = cli.workers.unwrap_or(config.workers);
+    if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
+        let tls =
+            TlsAcceptor::new(&TlsSettings::new(cert, key)).map_err(|e| format!("TLS: {e}"))?;
+        config.tls = Some(tls);
+    }
     let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
         Command::Demo { backends } => (file.backends(), backends),
         Command::Run { backends } => ([file.backends(), backends].concat(), 0),
@@ -175,6 +216,36 @@ fn load_config(cli: Cli) -> Result<Launch, String> {
     })
 }
 
+/// New TLS handshakes get the certificate files' new contents: when they change (read each
+/// second) and on SIGHUP. Failures are logged and counted by the reload, and the previous
+/// certificate stays in use.
+fn reload_certificates(certificates: &Arc<Certificates>) {
+    // Ends with the certificates, when the gateway has stopped serving them.
+    drop(certificates.watch(Duration::from_secs(1)));
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let certificates = Arc::downgrade(certificates);
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler: certificates reload on file changes only");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let Some(certificates) = certificates.upgrade() else {
+                    return;
+                };
+                tracing::info!("SIGHUP: reloading the TLS certificates");
+                // Reading files blocks: off the runtime's threads.
+                drop(tokio::task::spawn_blocking(move || certificates.reload()).await);
+            }
+        });
+    }
+}
+
 /// Raises the descriptor limit, and sizes the caps the file leaves unset (`sets`: whether it
 /// sets the WebSocket and the HTTP connection caps) to it.
 fn fit_caps_to_descriptors(config: &mut GatewayConfig, sets: (bool, bool)) {
@@ -201,13 +272,18 @@ fn fit_caps_to_descriptors(config: &mut GatewayConfig, sets: (bool, bool)) {
     }
 }
 
-/// Where to connect, and ready-to-paste commands with the admin token (`shown`: the demo's
+/// Where to connect (`tls`: the public listener serves TLS), and ready-to-paste commands with the admin token (`shown`: the demo's
 /// fresh one; `configured`: one from the config, not printed).
-fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool) {
+fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool, tls: bool) {
     let (public, admin) = (gateway.public, gateway.admin);
-    println!("wscluster gateway on ws://{public} (admin on http://{admin})");
-    println!("  connect:  websocat ws://{public}/connect/42");
-    println!("  send:     curl -X POST 'http://{public}/send?userId=42' -d hello");
+    let (ws, http) = if tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    println!("wscluster gateway on {ws}://{public} (admin on http://{admin})");
+    println!("  connect:  websocat {ws}://{public}/connect/42");
+    println!("  send:     curl -X POST '{http}://{public}/send?userId=42' -d hello");
     let (auth, fragment) = match shown {
         Some(token) => {
             println!("  admin token: {token}");
