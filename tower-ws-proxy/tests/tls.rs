@@ -39,7 +39,7 @@ use tower_ws_proxy::{
             },
             Certificates, TlsAcceptor, TlsSettings, TlsVersion,
         },
-        ClientAddr, ClientTls, HttpLimits,
+        ClientAddr, ClientTls, HttpLimits, HttpService, Stopped,
     },
     set_forwarded_headers, HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig,
 };
@@ -233,10 +233,25 @@ async fn echo_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Option<String>>)
 struct Gateway {
     addr: SocketAddr,
     tls: TlsAcceptor,
-    _stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    serving: Stopped,
 }
 
 async fn gateway(backend: SocketAddr, tls: TlsAcceptor, limits: HttpLimits) -> Gateway {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let serving = server::serve_tls(listener, app(backend), limits, tls.clone(), stopped);
+    Gateway {
+        addr,
+        tls,
+        stop,
+        serving,
+    }
+}
+
+/// The proxy over `backend`, telling it how the client connected.
+fn app(backend: SocketAddr) -> impl HttpService {
     let backends = stream::iter([Ok::<_, Infallible>(Change::Insert(
         NodeId::from("backend"),
         Upstream::new(backend.to_string(), UpstreamConfig::default()),
@@ -245,7 +260,7 @@ async fn gateway(backend: SocketAddr, tls: TlsAcceptor, limits: HttpLimits) -> G
     let (ring, driver) = HashRingLayer::new(key).shared(backends);
     tokio::spawn(driver);
     let proxy = HashRingProxy::new(ring, LiveConnections::new(100), RelayConfig::default());
-    let app = ServiceBuilder::new()
+    ServiceBuilder::new()
         .map_request(|mut request: Request<Incoming>| {
             if let Some(ClientAddr(client)) = request.extensions().get::<ClientAddr>().copied() {
                 let proto = ClientTls::forwarded_proto(request.extensions());
@@ -253,16 +268,7 @@ async fn gateway(backend: SocketAddr, tls: TlsAcceptor, limits: HttpLimits) -> G
             }
             request
         })
-        .service(proxy);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let _serving = server::serve_tls(listener, app, limits, tls.clone(), stopped);
-    Gateway {
-        addr,
-        tls,
-        _stop: stop,
-    }
+        .service(proxy)
 }
 
 async fn tls_connect(
@@ -605,4 +611,77 @@ async fn the_connection_cap_counts_tls_connections_in_their_handshake() {
         assert!(Instant::now() < deadline, "the place was never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_stop_ends_a_handshake_in_progress_at_once() {
+    let pki = Pki::new();
+    let (_folder, _, settings) = localhost(&pki, 1);
+    let (backend, _) = echo_backend().await;
+    let gateway = gateway(
+        backend,
+        TlsAcceptor::new(&settings).unwrap(),
+        HttpLimits::default(),
+    )
+    .await;
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    // Served once a handshake after it finished: the silent one is on its task by then.
+    presented(gateway.addr, "localhost").await;
+
+    let started = Instant::now();
+    gateway.stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(3), gateway.serving)
+        .await
+        .expect("stopped without waiting for the handshake's deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut byte = [0u8; 1];
+    assert!(matches!(silent.read(&mut byte).await, Ok(0) | Err(_)));
+}
+
+#[test]
+fn worker_threads_serve_wss_with_one_set_of_certificates() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pki = Pki::new();
+        let (folder, first, settings) = localhost(&pki, 1);
+        let (backend, mut protos) = echo_backend().await;
+        let tls = TlsAcceptor::new(&settings).unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let (exit, exited) = watch::channel(false);
+        let (addr, servers) = server::serve_tls_on_workers(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            app(backend),
+            HttpLimits::default(),
+            tls.clone(),
+            stopped,
+            exited,
+        )
+        .unwrap();
+        let mut ws = wss(addr, &pki, "erin").await;
+        echoes(&mut ws, "through a worker").await;
+        assert_eq!(protos.recv().await.unwrap().as_deref(), Some("https"));
+
+        let second = pki.leaf("localhost", 2);
+        folder.write("localhost", &second);
+        tls.certificates().reload().unwrap();
+        // Whichever worker the kernel hands them to, new handshakes see the new one.
+        for _ in 0..8 {
+            assert_eq!(presented(addr, "localhost").await, second.der);
+        }
+        assert_ne!(first.der, second.der);
+        echoes(&mut ws, "still open").await;
+
+        drop(ws);
+        stop.send_replace(true);
+        futures_util::future::join_all(servers).await;
+        exit.send_replace(true);
+    });
 }

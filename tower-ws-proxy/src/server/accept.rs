@@ -219,7 +219,7 @@ async fn serve_connection<S, H>(
     H: Handshake,
 {
     let _permit = permit;
-    let Some((io, tls)) = handshake.handshake(tcp, within).await else {
+    let Some((io, tls)) = handshake.handshake(tcp, within, &mut stop).await else {
         return;
     };
     service.tls = tls;

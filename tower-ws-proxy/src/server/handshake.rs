@@ -5,6 +5,7 @@ use std::{future::Future, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    sync::watch,
 };
 
 use super::ClientTls;
@@ -16,11 +17,12 @@ pub(crate) trait Handshake: Clone + Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// The stream, and its TLS details if any; `None`: drop the connection. Must finish
-    /// `within`.
+    /// `within`, and give up once `stop` turns true.
     fn handshake(
         &self,
         tcp: TcpStream,
         within: Duration,
+        stop: &mut watch::Receiver<bool>,
     ) -> impl Future<Output = Option<(Self::Io, Option<ClientTls>)>> + Send;
 }
 
@@ -35,6 +37,7 @@ impl Handshake for Plaintext {
         &self,
         tcp: TcpStream,
         _: Duration,
+        _: &mut watch::Receiver<bool>,
     ) -> impl Future<Output = Option<(TcpStream, Option<ClientTls>)>> + Send {
         std::future::ready(Some((tcp, None)))
     }

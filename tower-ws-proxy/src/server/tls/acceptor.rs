@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 use tokio_rustls::{
     rustls::{version, ServerConfig, SupportedProtocolVersion},
     server::TlsStream,
@@ -13,7 +13,7 @@ use tokio_rustls::{
 
 use super::{CertificateError, Certificates, TlsSettings, TlsVersion};
 use crate::{
-    server::{handshake::Handshake, ClientTls},
+    server::{accept::stopped, handshake::Handshake, ClientTls},
     Peer,
 };
 
@@ -87,8 +87,15 @@ impl Handshake for TlsAcceptor {
         &self,
         tcp: TcpStream,
         within: Duration,
+        stop: &mut watch::Receiver<bool>,
     ) -> Option<(Self::Io, Option<ClientTls>)> {
-        match tokio::time::timeout(within, self.acceptor.accept(tcp)).await {
+        let handshake = tokio::time::timeout(within, self.acceptor.accept(tcp));
+        // A stop ends a handshake at once: there is no request in flight to finish.
+        let handshake = tokio::select! {
+            handshake = handshake => handshake,
+            () = stopped(stop) => return None,
+        };
+        match handshake {
             Ok(Ok(stream)) => {
                 let server_name = stream.get_ref().1.server_name().map(Arc::from);
                 Some((stream, Some(ClientTls { server_name })))
