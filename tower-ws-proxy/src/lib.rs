@@ -31,6 +31,12 @@
 //!   bytes per backend, read from [`LiveConnections`] at each scrape), for a
 //!   `prometheus_client` registry the application owns. Without it, nothing of Prometheus
 //!   is compiled and the proxy records nothing.
+//! - `tls` (off by default): `server::tls`, TLS on the fast path's listener
+//!   (`server::serve_tls`, `server::serve_tls_on_workers`) with rustls on the `ring`
+//!   provider, certificates chosen by SNI and reloaded in place, and `wss://` relayed over
+//!   the TLS stream. With `metrics` too, the certificates' reload failures are a counter.
+//! - `serde` (off by default): `Deserialize` for `server::tls::TlsSettings`, so an
+//!   application's config file can hold them.
 #![forbid(unsafe_code)]
 
 pub mod close_code;

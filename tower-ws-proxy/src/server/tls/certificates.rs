@@ -29,7 +29,7 @@ use super::{CertificateError, ReloadError, TlsSettings};
 ///
 /// A reload that fails keeps the certificate that was in use: the error is logged, counted
 /// in [`reload_failures`](Self::reload_failures) (and, with the `metrics` feature, in the
-/// `tls_certificate_reload_failures` counter of [`register`](Self::register)), and
+/// `tls_certificate_reload_failures` counter of `register`), and
 /// returned. Open connections never notice a reload: a certificate is only read during a
 /// handshake.
 ///
