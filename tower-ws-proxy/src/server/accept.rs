@@ -156,7 +156,8 @@ pub(super) async fn accept_loop<S, H>(
         };
         connections.spawn(serve_connection(
             http.clone(),
-            (tcp, handshake.clone(), limits.head_timeout),
+            tcp,
+            (handshake.clone(), limits.head_timeout),
             service,
             permit,
             stop.clone(),
@@ -210,7 +211,8 @@ impl Shed {
 /// until the request in flight is answered.
 async fn serve_connection<S, H>(
     http: http1::Builder,
-    (tcp, handshake, within): (TcpStream, H, Duration),
+    tcp: TcpStream,
+    (handshake, within): (H, Duration),
     mut service: WithClientAddr<S>,
     permit: Option<OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
