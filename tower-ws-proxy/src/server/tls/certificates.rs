@@ -128,16 +128,19 @@ impl Certificates {
         for slot in self.slots() {
             let files = read_pair(&slot.cert, &slot.key);
             let contents = files.as_ref().map_or(UNREADABLE, PairContents::hash);
-            let mut loaded = slot.loaded.write().unwrap_or_else(PoisonError::into_inner);
-            if !wanted(&mut loaded, contents) {
-                continue;
+            {
+                let mut loaded = slot.write();
+                if !wanted(&mut loaded, contents) {
+                    continue;
+                }
+                loaded.tried = contents;
             }
-            loaded.tried = contents;
+            // Parsed without the lock: handshakes go on reading the current certificate.
             match files
                 .and_then(|files| certified_key(&slot.cert, &slot.key, &files, &self.provider))
             {
                 Ok(certified) => {
-                    loaded.certified = Arc::new(certified);
+                    slot.write().certified = Arc::new(certified);
                     tracing::info!(cert = %slot.cert.display(), "TLS certificate loaded");
                 }
                 Err(error) => failed.push(error),
@@ -177,6 +180,13 @@ impl Certificates {
 
     fn slots(&self) -> impl Iterator<Item = &Slot> {
         std::iter::once(&self.default).chain(&self.named)
+    }
+}
+
+impl Slot {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Loaded> {
+        // A panic elsewhere while holding the lock leaves a whole value behind.
+        self.loaded.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
