@@ -17,7 +17,11 @@ use tower_ws_migrate::{
 };
 use tower_ws_proxy::{
     client_limit::ClientLimitLayer,
-    server::{self, Stopped},
+    server::{
+        self,
+        tls::{Certificates, TlsAcceptor, TlsSettings},
+        Stopped,
+    },
     LiveConnections, ProxyFailover, ProxyMetrics, Upstream, WebSocketLayer,
 };
 
@@ -47,6 +51,7 @@ pub struct Gateway {
     stop: watch::Sender<bool>,
     exit: watch::Sender<bool>,
     servers: Vec<Stopped>,
+    certificates: Option<Arc<Certificates>>,
     shutdown_window: Duration,
     shutdown_grace: Duration,
 }
@@ -132,9 +137,13 @@ impl Gateway {
             migration_metrics.clone(),
         );
         let client_limits = ClientLimitLayer::new(config.client_limits.clone());
+        let tls = config.tls.as_ref().map(start_tls).transpose()?;
         let metrics = GatewayMetrics::new(
-            &proxy_metrics,
-            &client_limits.refusals(),
+            &crate::metrics::EdgeMetrics {
+                proxy: &proxy_metrics,
+                client_refusals: &client_limits.refusals(),
+                certificates: tls.as_ref().map(|tls| &**tls.certificates()),
+            },
             &migration_metrics,
             &discovery_metrics,
             &routing.ring,
@@ -175,6 +184,7 @@ impl Gateway {
                 .listen
                 .metrics
                 .map(|_| admin::metrics_router(metrics)),
+            tls,
         };
         Self::serve(&config, apps, connections, own_listeners).await
     }
@@ -190,7 +200,9 @@ impl Gateway {
             public: public_app,
             admin: admin_app,
             metrics: metrics_app,
+            tls,
         } = apps;
+        let certificates = tls.as_ref().map(|tls| tls.certificates().clone());
         let listen = &config.listen;
         let admin_listener = TcpListener::bind(listen.admin).await?;
         let (stop, stopped) = watch::channel(false);
@@ -201,20 +213,34 @@ impl Gateway {
         }
         limits.stop_grace = config.shutdown.grace;
         limits.relay = config.relay;
-        let (public, mut servers) = if listen.workers == 0 {
-            let listener = TcpListener::bind(listen.public).await?;
-            let public = listener.local_addr()?;
-            let server = server::serve(listener, public_app, limits.clone(), stopped.clone());
-            (public, vec![server])
-        } else {
-            server::serve_on_workers(
+        let (public, mut servers) = match (listen.workers, tls) {
+            (0, tls) => {
+                let listener = TcpListener::bind(listen.public).await?;
+                let public = listener.local_addr()?;
+                let (limits, stopped) = (limits.clone(), stopped.clone());
+                let server = match tls {
+                    None => server::serve(listener, public_app, limits, stopped),
+                    Some(tls) => server::serve_tls(listener, public_app, limits, tls, stopped),
+                };
+                (public, vec![server])
+            }
+            (workers, None) => server::serve_on_workers(
                 listen.public,
-                listen.workers,
+                workers,
                 public_app,
                 limits.clone(),
                 stopped.clone(),
                 exited,
-            )?
+            )?,
+            (workers, Some(tls)) => server::serve_tls_on_workers(
+                listen.public,
+                workers,
+                public_app,
+                limits.clone(),
+                tls,
+                stopped.clone(),
+                exited,
+            )?,
         };
         let admin = admin_listener.local_addr()?;
         let mut own = vec![public, admin];
@@ -245,9 +271,16 @@ impl Gateway {
             stop,
             exit,
             servers,
+            certificates,
             shutdown_window: config.shutdown.window,
             shutdown_grace: config.shutdown.grace,
         })
+    }
+
+    /// The TLS certificates of the public listener, when it serves TLS: reload them on
+    /// demand (on SIGHUP, say).
+    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
+        self.certificates.as_ref()
     }
 
     /// The live WebSocket connections.
@@ -282,6 +315,18 @@ struct Apps {
     public: axum::Router,
     admin: axum::Router,
     metrics: Option<axum::Router>,
+    /// TLS on the public listener.
+    tls: Option<TlsAcceptor>,
+}
+
+/// The `[tls]` certificates loaded (an error names the file), and watched: new handshakes
+/// get the files' new contents within about two seconds of a change.
+fn start_tls(settings: &TlsSettings) -> std::io::Result<TlsAcceptor> {
+    let tls = TlsAcceptor::new(settings)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS: {e}")))?;
+    // Ends with the certificates, once the gateway no longer serves them.
+    drop(tls.certificates().watch(Duration::from_secs(1)));
+    Ok(tls)
 }
 
 /// Follows every member source: the configured list, Redis, RabbitMQ and Docker (each

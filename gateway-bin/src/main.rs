@@ -1,13 +1,16 @@
 //! The reference gateway. `gateway-bin demo` runs it with three in-process backends.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use gateway_bin::{
     admin_access::AdminToken, config::GatewayConfig, demo, descriptors, gateway::Gateway,
 };
 use tower_hashring::NodeId;
-use tower_ws_proxy::server::shutdown_signal;
+use tower_ws_proxy::server::{
+    shutdown_signal,
+    tls::{Certificates, TlsSettings},
+};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,26 @@ struct Cli {
     /// one per core); 0 serves on the main runtime.
     #[arg(long, env = "WSCLUSTER_WORKERS", global = true)]
     workers: Option<usize>,
+    /// TLS on the public listener (`wss://`): the PEM certificate chain, leaf first. With
+    /// `--tls-key`. New handshakes get the file's new contents within ~2 s of a change, or
+    /// at once on SIGHUP; a file that fails to load keeps the previous certificate.
+    #[arg(
+        long,
+        env = "WSCLUSTER_TLS_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(
+        long,
+        env = "WSCLUSTER_TLS_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Log lines as text or as JSON objects (one per line). Colours only on a terminal.
     #[arg(
         long,
@@ -92,7 +115,15 @@ async fn main() -> ExitCode {
         Ok(gateway) => gateway,
         Err(error) => return fail(&format!("cannot start the gateway: {error}")),
     };
-    print_banner(&gateway, shown_token.as_deref(), config_has_token);
+    if let Some(certificates) = gateway.certificates() {
+        reload_on_hangup(certificates);
+    }
+    print_banner(
+        &gateway,
+        shown_token.as_deref(),
+        config_has_token,
+        gateway.certificates().is_some(),
+    );
     let code = run_until_signal(gateway).await;
     // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
     std::process::exit(code)
@@ -140,6 +171,16 @@ fn load_config(cli: Cli) -> Result<Launch, String> {
     listen.public = cli.public.unwrap_or(listen.public);
     listen.admin = cli.admin.unwrap_or(listen.admin);
     listen.workers = cli.workers.unwrap_or(listen.workers);
+    if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
+        // The flags win over the file's `[tls]`, and keep its other settings.
+        config.tls = Some(match config.tls.take() {
+            Some(mut tls) => {
+                (tls.cert, tls.key) = (cert, key);
+                tls
+            }
+            None => TlsSettings::new(cert, key),
+        });
+    }
     let (backends, demo) = match cli.command.unwrap_or(Command::Demo { backends: 3 }) {
         Command::Demo { backends } => (Vec::new(), backends),
         Command::Run { backends } => (backends, 0),
@@ -174,6 +215,34 @@ fn load_config(cli: Cli) -> Result<Launch, String> {
     })
 }
 
+/// On SIGHUP, new TLS handshakes get the certificate files' contents at once (the gateway
+/// also reloads them when they change). Failures are logged and counted by the reload, and
+/// the previous certificate stays in use.
+fn reload_on_hangup(certificates: &Arc<Certificates>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let certificates = Arc::downgrade(certificates);
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "no SIGHUP handler: certificates reload on file changes only");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let Some(certificates) = certificates.upgrade() else {
+                    return;
+                };
+                tracing::info!("SIGHUP: reloading the TLS certificates");
+                // Reading files blocks: off the runtime's threads.
+                drop(tokio::task::spawn_blocking(move || certificates.reload()).await);
+            }
+        });
+    }
+}
+
 /// Raises the descriptor limit, and sizes the caps the file leaves unset to it.
 fn fit_caps_to_descriptors(config: &mut GatewayConfig) {
     match descriptors::raise_limit() {
@@ -200,13 +269,18 @@ fn fit_caps_to_descriptors(config: &mut GatewayConfig) {
     }
 }
 
-/// Where to connect, and ready-to-paste commands with the admin token (`shown`: the demo's
+/// Where to connect (`tls`: the public listener serves TLS), and ready-to-paste commands with the admin token (`shown`: the demo's
 /// fresh one; `configured`: one from the config, not printed).
-fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool) {
+fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool, tls: bool) {
     let (public, admin) = (gateway.public, gateway.admin);
-    println!("wscluster gateway on ws://{public} (admin on http://{admin})");
-    println!("  connect:  websocat ws://{public}/connect/42");
-    println!("  send:     curl -X POST 'http://{public}/send?userId=42' -d hello");
+    let (ws, http) = if tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    println!("wscluster gateway on {ws}://{public} (admin on http://{admin})");
+    println!("  connect:  websocat {ws}://{public}/connect/42");
+    println!("  send:     curl -X POST '{http}://{public}/send?userId=42' -d hello");
     let (auth, fragment) = match shown {
         Some(token) => {
             println!("  admin token: {token}");

@@ -19,6 +19,14 @@ use tower_ws_proxy::{
 
 use discovery::Membership;
 
+/// The metrics of the public listener and what guards it.
+pub(crate) struct EdgeMetrics<'a> {
+    pub(crate) proxy: &'a ProxyMetrics,
+    pub(crate) client_refusals: &'a ClientRefusals,
+    /// The TLS certificates' reload failures, when the listener serves TLS.
+    pub(crate) certificates: Option<&'a tower_ws_proxy::server::tls::Certificates>,
+}
+
 /// The Prometheus registry every metric of the gateway is in.
 #[derive(Clone, Debug)]
 pub(crate) struct GatewayMetrics {
@@ -30,8 +38,7 @@ impl GatewayMetrics {
     /// per-client limits' refusals, and of what
     /// is read at each scrape from the ring, the live connections and the members.
     pub(crate) fn new(
-        proxy: &ProxyMetrics,
-        client_refusals: &ClientRefusals,
+        edge: &EdgeMetrics<'_>,
         migration: &MigrationMetrics,
         discovery: &DiscoveryMetrics,
         ring: &SharedHashRing<Upstream, HttpKey>,
@@ -39,8 +46,11 @@ impl GatewayMetrics {
         members: &Membership,
     ) -> Self {
         let mut registry = Registry::with_prefix("wscluster");
-        proxy.register(&mut registry);
-        registry.register_collector(Box::new(client_refusals.clone()));
+        edge.proxy.register(&mut registry);
+        registry.register_collector(Box::new(edge.client_refusals.clone()));
+        if let Some(certificates) = edge.certificates {
+            certificates.register(&mut registry);
+        }
         migration.register(&mut registry);
         discovery.register(&mut registry);
         registry.register_collector(Box::new(RingMetrics::new(ring.subscribe())));

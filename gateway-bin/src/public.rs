@@ -23,7 +23,9 @@ use tower_http::{
 use tower_ws_migrate::MigrateLayer;
 use tower_ws_migrate::ProxiedConnection;
 use tower_ws_proxy::{
-    client_limit::ClientLimitLayer, server::ClientAddr, ProxyFailover, Upstream, WebSocketLayer,
+    client_limit::ClientLimitLayer,
+    server::{ClientAddr, ClientTls},
+    ProxyFailover, Upstream, WebSocketLayer,
 };
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -79,7 +81,8 @@ fn forwarded(mut request: Request<axum::body::Body>) -> Request<axum::body::Body
         headers.remove(X_REQUEST_ID);
     }
     if let Some(ClientAddr(client)) = request.extensions().get::<ClientAddr>().copied() {
-        tower_ws_proxy::set_forwarded_headers(request.headers_mut(), client, "http");
+        let proto = ClientTls::forwarded_proto(request.extensions());
+        tower_ws_proxy::set_forwarded_headers(request.headers_mut(), client, proto);
     }
     request
 }

@@ -173,7 +173,9 @@ async fn a_public_admin_listener_needs_a_token() {
 
 #[tokio::test]
 async fn the_cloud_metadata_service_is_never_a_backend() {
-    let gateway = gateway_bin::demo::start(any_port(), vec![], 1).await.unwrap();
+    let gateway = gateway_bin::demo::start(any_port(), vec![], 1)
+        .await
+        .unwrap();
     let body = r#"{"id":"metadata","address":"169.254.169.254:80"}"#;
     let (status, reason) = http(gateway.admin, "POST", "/admin/backends", body).await;
     assert_eq!(status, 403, "{reason}");

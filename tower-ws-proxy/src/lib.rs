@@ -32,10 +32,15 @@
 //!   `prometheus_client` registry the application owns. Without it, nothing of Prometheus
 //!   is compiled and the proxy records nothing.
 //! - `serde` (off by default): `Deserialize` for [`RelayConfig`], [`frame::FrameLimits`],
-//!   [`UpstreamConfig`] and [`server::HttpLimits`], so an application reads them straight
-//!   from its config file: durations as `"5s"`, `"off"` for a deadline that can be off, and
-//!   every value checked (a zero deadline is an error naming the field, not a connection
-//!   that ends at once).
+//!   [`UpstreamConfig`], [`server::HttpLimits`] and [`client_limit::ClientLimits`] (and,
+//!   with `tls`, `server::tls::TlsSettings`), so an application reads them straight from its
+//!   config file: durations as `"5s"`, `"off"` for a deadline that can be off, and every
+//!   value checked (a zero deadline is an error naming the field, not a connection that ends
+//!   at once).
+//! - `tls` (off by default): `server::tls`, TLS on the fast path's listener
+//!   (`server::serve_tls`, `server::serve_tls_on_workers`) with rustls on the `ring`
+//!   provider, certificates chosen by SNI and reloaded in place, and `wss://` relayed over
+//!   the TLS stream. With `metrics` too, the certificates' reload failures are a counter.
 #![forbid(unsafe_code)]
 
 pub mod client_limit;

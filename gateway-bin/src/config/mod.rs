@@ -29,7 +29,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 use tower_ws_migrate::MigrationSecret;
-use tower_ws_proxy::{client_limit::ClientLimits, server::HttpLimits, RelayConfig, UpstreamConfig};
+use tower_ws_proxy::{
+    client_limit::ClientLimits,
+    server::{tls::TlsSettings, HttpLimits},
+    RelayConfig, UpstreamConfig,
+};
 
 use crate::admin_access::{AdminAccess, AdminToken};
 
@@ -60,6 +64,8 @@ pub struct GatewayConfig {
     pub http: HttpLimits,
     /// `[proxy]`: the WebSocket cap and the HTTP requests' deadline.
     pub proxy: Proxy,
+    /// `[tls]`: serve the public listener over TLS (`wss://`); default: plaintext.
+    pub tls: Option<TlsSettings>,
     /// `[client_limits]`: what one client IP may open (default: no limits).
     pub client_limits: ClientLimits,
     /// `[relay]`: a WebSocket's deadlines and frame limits.

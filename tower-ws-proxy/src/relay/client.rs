@@ -1,5 +1,6 @@
 //! The client side of a relay: a raw TCP socket (the fast path), or any upgraded hyper
-//! connection (the generic path, for servers that wrap the socket, like `axum::serve`).
+//! connection (the generic path, for servers that wrap the socket, like `axum::serve`), or,
+//! with the `tls` feature, the TLS stream of `server::serve_tls`.
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -62,8 +63,27 @@ impl ClientStream for TokioIo<Upgraded> {
     }
 }
 
+/// A WebSocket over TLS (`wss://`) from [`serve_tls`](crate::server::serve_tls): the
+/// halves share the TLS session through `tokio::io::split`, and the TCP socket beneath is
+/// reachable for keepalive.
+#[cfg(feature = "tls")]
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    type ReadHalf<'a> = tokio::io::ReadHalf<&'a mut tokio_rustls::server::TlsStream<TcpStream>>;
+    type WriteHalf<'a> = tokio::io::WriteHalf<&'a mut tokio_rustls::server::TlsStream<TcpStream>>;
+
+    fn halves(&mut self) -> (Self::ReadHalf<'_>, Self::WriteHalf<'_>) {
+        tokio::io::split(self)
+    }
+
+    fn socket(&self) -> Option<socket2::SockRef<'_>> {
+        Some(socket2::SockRef::from(self.get_ref().0))
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for tokio::net::TcpStream {}
     impl Sealed for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+    #[cfg(feature = "tls")]
+    impl Sealed for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 }

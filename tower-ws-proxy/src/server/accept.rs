@@ -19,7 +19,11 @@ use tokio::{
 };
 use tower_service::Service;
 
-use super::{proxy_protocol::read_proxy_header, ClientAddr, HttpLimits, HttpService, Stopped};
+use super::{
+    handshake::{Handshake, Plaintext},
+    proxy_protocol::read_proxy_header,
+    ClientAddr, ClientTls, HttpLimits, HttpService, Stopped,
+};
 use crate::client_limit::is_in;
 
 /// Serves `service` on `listener` from a task on the current runtime until `stop` turns
@@ -50,9 +54,56 @@ pub fn serve<S>(
 where
     S: HttpService,
 {
+    spawn_accept_loop(listener, service, limits, Plaintext, stop)
+}
+
+/// [`serve`] over TLS: each connection's handshake runs on its own task and must end
+/// within the limits' `head_timeout`; every request also carries [`ClientTls`].
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::{net::TcpListener, sync::watch};
+/// use tower_ws_proxy::server::{serve_tls, tls::{TlsAcceptor, TlsSettings}, HttpLimits};
+///
+/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+/// });
+/// let tls = TlsAcceptor::new(&TlsSettings::new("cert.pem", "key.pem"))?;
+/// let (stop, stopped) = watch::channel(false);
+/// let serving = serve_tls(TcpListener::bind("127.0.0.1:0").await?, app, HttpLimits::default(), tls, stopped);
+/// stop.send_replace(true);
+/// serving.await;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tls")]
+pub fn serve_tls<S>(
+    listener: TcpListener,
+    service: S,
+    limits: HttpLimits,
+    tls: super::tls::TlsAcceptor,
+    stop: watch::Receiver<bool>,
+) -> Stopped
+where
+    S: HttpService,
+{
+    spawn_accept_loop(listener, service, limits, tls, stop)
+}
+
+fn spawn_accept_loop<S, H>(
+    listener: TcpListener,
+    service: S,
+    limits: HttpLimits,
+    handshake: H,
+    stop: watch::Receiver<bool>,
+) -> Stopped
+where
+    S: HttpService,
+    H: Handshake,
+{
     let (done, stopped) = oneshot::channel();
     tokio::spawn(async move {
-        accept_loop(listener, service, limits, stop).await;
+        accept_loop(listener, service, limits, handshake, stop).await;
         let _ = done.send(());
     });
     Stopped::new(stopped)
@@ -60,13 +111,15 @@ where
 
 /// Accepts until `stop` turns true, then gives in-flight requests the stop grace. Upgraded
 /// WebSockets are detached from hyper: their `LiveConnections` close them.
-pub(super) async fn accept_loop<S>(
+pub(super) async fn accept_loop<S, H>(
     listener: TcpListener,
     service: S,
     limits: HttpLimits,
+    handshake: H,
     mut stop: watch::Receiver<bool>,
 ) where
     S: HttpService,
+    H: Handshake,
 {
     // Set once on the listener rather than five system calls per connection.
     let inherited = match limits.relay.tune_listener(SockRef::from(&listener)) {
@@ -101,6 +154,7 @@ pub(super) async fn accept_loop<S>(
         let service = WithClientAddr {
             inner: service.clone(),
             client: ClientAddr(peer),
+            tls: None,
         };
         // A balancer's connection starts with the client's address, read on the connection's
         // own task, within the head deadline.
@@ -108,6 +162,7 @@ pub(super) async fn accept_loop<S>(
         connections.spawn(serve_connection(
             http.clone(),
             tcp,
+            (handshake.clone(), limits.head_timeout),
             service,
             proxied,
             permit,
@@ -158,22 +213,23 @@ impl Shed {
     }
 }
 
-/// One connection: served until it ends, or, once `stop` turns true, until the request in
-/// flight is answered.
-async fn serve_connection<S>(
+/// One connection: its handshake, then served until it ends, or, once `stop` turns true,
+/// until the request in flight is answered.
+async fn serve_connection<S, H>(
     http: http1::Builder,
     mut tcp: TcpStream,
+    (handshake, within): (H, Duration),
     mut service: WithClientAddr<S>,
     proxied: Option<Duration>,
     permit: Option<OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
 ) where
     S: HttpService,
+    H: Handshake,
 {
     let _permit = permit;
     if let Some(deadline) = proxied {
-        let header = tokio::time::timeout(deadline, read_proxy_header(&mut tcp)).await;
-        match header {
+        match tokio::time::timeout(deadline, read_proxy_header(&mut tcp)).await {
             Ok(Ok(Some(client))) => service.client = ClientAddr(client),
             Ok(Ok(None)) => {}
             Ok(Err(error)) => {
@@ -186,8 +242,12 @@ async fn serve_connection<S>(
             }
         }
     }
+    let Some((io, tls)) = handshake.handshake(tcp, within, &mut stop).await else {
+        return;
+    };
+    service.tls = tls;
     let connection = http
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -219,11 +279,12 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// `inner`, with the client's address in every request's extensions.
+/// `inner`, with the client's address (and TLS details) in every request's extensions.
 #[derive(Clone)]
 struct WithClientAddr<S> {
     inner: S,
     client: ClientAddr,
+    tls: Option<ClientTls>,
 }
 
 impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAddr<S> {
@@ -237,6 +298,9 @@ impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAdd
 
     fn call(&mut self, mut request: Request<Incoming>) -> S::Future {
         request.extensions_mut().insert(self.client);
+        if let Some(tls) = &self.tls {
+            request.extensions_mut().insert(tls.clone());
+        }
         self.inner.call(request)
     }
 }

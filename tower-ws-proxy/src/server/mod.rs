@@ -1,7 +1,8 @@
 //! The fast path: hyper's HTTP/1.1 server with upgrades, serving any `tower::Service` (an
 //! axum `Router`, say) on a listener of the caller's runtime ([`serve`]) or on worker
 //! threads that each own a runtime and an `SO_REUSEPORT` listener ([`serve_on_workers`]),
-//! with bounded request heads, a cap on open connections and a graceful stop.
+//! with bounded request heads, a cap on open connections and a graceful stop. With the
+//! `tls` feature, `serve_tls` and `serve_tls_on_workers` do the same over TLS (module `tls`).
 //!
 //! Why not `axum::serve`: the relay needs the raw TCP socket back from an upgrade, which
 //! the auto-detecting builder wraps; and a relay whose two sockets live on one thread never
@@ -31,14 +32,21 @@
 
 mod accept;
 mod client_addr;
+mod client_tls;
+mod handshake;
 mod limits;
 mod proxy_protocol;
 mod service;
 mod signal;
 mod stopped;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod workers;
 
 pub use self::{
-    accept::serve, client_addr::ClientAddr, limits::HttpLimits, service::HttpService,
-    signal::shutdown_signal, stopped::Stopped, workers::serve_on_workers,
+    accept::serve, client_addr::ClientAddr, client_tls::ClientTls, limits::HttpLimits,
+    service::HttpService, signal::shutdown_signal, stopped::Stopped, workers::serve_on_workers,
 };
+
+#[cfg(feature = "tls")]
+pub use self::{accept::serve_tls, workers::serve_tls_on_workers};

@@ -7,7 +7,11 @@ use tokio::{
     sync::{oneshot, watch},
 };
 
-use super::{accept::accept_loop, HttpLimits, HttpService, Stopped};
+use super::{
+    accept::accept_loop,
+    handshake::{Handshake, Plaintext},
+    HttpLimits, HttpService, Stopped,
+};
 
 /// Serves `service` on `threads` threads, each a single-threaded runtime with its own
 /// listener on `addr` (`SO_REUSEPORT`: the kernel spreads connections over them); returns
@@ -47,6 +51,61 @@ pub fn serve_on_workers<S>(
 where
     S: HttpService,
 {
+    spawn_workers(addr, threads, service, limits, Plaintext, stop, exit)
+}
+
+/// [`serve_on_workers`] over TLS: each connection's handshake runs on its own task (on its
+/// worker) and must end within the limits' `head_timeout`; every request also carries
+/// [`ClientTls`](super::ClientTls). The workers share the certificates, so one reload
+/// serves them all.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::sync::watch;
+/// use tower_ws_proxy::server::{serve_tls_on_workers, tls::{TlsAcceptor, TlsSettings}, HttpLimits};
+///
+/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+/// });
+/// let tls = TlsAcceptor::new(&TlsSettings::new("cert.pem", "key.pem"))?;
+/// let (stop, stopped) = watch::channel(false);
+/// let (exit, exited) = watch::channel(false);
+/// let (addr, servers) = serve_tls_on_workers("127.0.0.1:0".parse()?, 2, app, HttpLimits::default(), tls, stopped, exited)?;
+/// stop.send_replace(true);
+/// futures_util::future::join_all(servers).await;
+/// exit.send_replace(true);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tls")]
+pub fn serve_tls_on_workers<S>(
+    addr: SocketAddr,
+    threads: usize,
+    service: S,
+    limits: HttpLimits,
+    tls: super::tls::TlsAcceptor,
+    stop: watch::Receiver<bool>,
+    exit: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, Vec<Stopped>)>
+where
+    S: HttpService,
+{
+    spawn_workers(addr, threads, service, limits, tls, stop, exit)
+}
+
+fn spawn_workers<S, H>(
+    addr: SocketAddr,
+    threads: usize,
+    service: S,
+    limits: HttpLimits,
+    handshake: H,
+    stop: watch::Receiver<bool>,
+    exit: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, Vec<Stopped>)>
+where
+    S: HttpService,
+    H: Handshake,
+{
     let mut addr = addr;
     let mut stopped = Vec::with_capacity(threads);
     for n in 0..threads {
@@ -55,8 +114,13 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (service, limits, stop, mut exit) =
-            (service.clone(), limits.clone(), stop.clone(), exit.clone());
+        let (service, limits, handshake, stop, mut exit) = (
+            service.clone(),
+            limits.clone(),
+            handshake.clone(),
+            stop.clone(),
+            exit.clone(),
+        );
         let (done, done_receiver) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{n}"))
@@ -66,7 +130,8 @@ where
                     // A task rather than `block_on`'s own future: waking that one (each
                     // accept, each connection that ends) writes to the driver's eventfd
                     // even from its own thread, while a task is queued in place.
-                    let accepting = tokio::spawn(accept_loop(listener, service, limits, stop));
+                    let accepting =
+                        tokio::spawn(accept_loop(listener, service, limits, handshake, stop));
                     let _ = accepting.await;
                     let _ = done.send(());
                     let _ = exit.wait_for(|exit| *exit).await;

@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -43,8 +43,8 @@ pin_project! {
         },
         // The fast path: the raw socket, halves without a lock.
         Raw { #[pin] relay: F },
-        // A server that wraps the socket (axum::serve, hyper-util's auto builder): the
-        // generic path over the upgraded connection, boxed since it is the rarer one.
+        // TLS, or a server that wraps the socket (axum::serve, hyper-util's auto builder):
+        // boxed, since the relay's future differs by stream type.
         Wrapped { relay: Pin<Box<dyn Future<Output = RelayOutcome> + Send>> },
     }
 }
@@ -69,12 +69,9 @@ impl<F: Future<Output = RelayOutcome>> Future for Stage<F> {
                         Ok(Ok(client)) => Stage::Raw {
                             relay: start(client, upstream, config, commands),
                         },
-                        Ok(Err(upgraded)) => {
-                            let client = Peer::new(TokioIo::new(upgraded));
-                            Stage::Wrapped {
-                                relay: Box::pin(relay(client, upstream, config, commands)),
-                            }
-                        }
+                        Ok(Err(upgraded)) => Stage::Wrapped {
+                            relay: wrapped_relay(upgraded, (upstream, config, commands)),
+                        },
                         Err(error) => {
                             tracing::debug!(%error, "client upgrade failed");
                             return Poll::Ready(None);
@@ -87,6 +84,22 @@ impl<F: Future<Output = RelayOutcome>> Future for Stage<F> {
             self.set(next);
         }
     }
+}
+
+/// The relay over a connection that is not a bare socket: the TLS stream of
+/// `server::serve_tls` when it is one (no dynamic I/O between the relay and rustls), or the
+/// upgraded connection as hyper hands it over.
+fn wrapped_relay(
+    upgraded: Upgraded,
+    (upstream, config, commands): RelayArgs,
+) -> Pin<Box<dyn Future<Output = RelayOutcome> + Send>> {
+    #[cfg(feature = "tls")]
+    let upgraded = match crate::server::tls::tls_peer(upgraded) {
+        Ok(client) => return Box::pin(relay(client, upstream, config, commands)),
+        Err(upgraded) => upgraded,
+    };
+    let client = Peer::new(TokioIo::new(upgraded));
+    Box::pin(relay(client, upstream, config, commands))
 }
 
 impl<F: Future<Output = RelayOutcome>, H> Future for RelayTask<F, H> {
