@@ -38,7 +38,7 @@
 //!   value checked (a zero deadline is an error naming the field, not a connection that ends
 //!   at once).
 //! - `tls` (off by default): `server::tls`, TLS on the fast path's listener
-//!   (`server::serve_tls`, `server::serve_tls_on_workers`) with rustls on the `ring`
+//!   (`server::serve_tls`, `server::serve_tls_on_workers`) with rustls on the `aws-lc-rs`
 //!   provider, certificates chosen by SNI and reloaded in place, and `wss://` relayed over
 //!   the TLS stream. With `metrics` too, the certificates' reload failures are a counter.
 #![forbid(unsafe_code)]

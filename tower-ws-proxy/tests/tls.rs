@@ -93,7 +93,7 @@ impl Pki {
 fn client_builder(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_protocol_versions(versions)
         .unwrap()
 }
@@ -103,7 +103,7 @@ fn any_certificate_client(versions: &[&'static rustls::SupportedProtocolVersion]
     client_builder(versions)
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         )))
         .with_no_client_auth()
 }

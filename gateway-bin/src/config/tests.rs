@@ -49,6 +49,11 @@ fn the_example_file_sets_the_gateway_sections() {
 #[test]
 fn the_example_file_sets_the_library_sections() {
     let config = example();
+    let tls = config.tls.unwrap();
+    assert_eq!(
+        (tls.sni.len(), tls.min_version.to_string()),
+        (1, "1.2".into())
+    );
     assert_eq!(config.http.max_head_bytes, 16384);
     assert_eq!(config.client_limits.websockets, Some(100));
     assert_eq!(config.http.proxy_protocol_from.len(), 1);

@@ -19,7 +19,7 @@ use crate::{
 
 /// TLS for [`serve_tls`](crate::server::serve_tls) and
 /// [`serve_tls_on_workers`](crate::server::serve_tls_on_workers): the rustls server config
-/// (ring provider, the given oldest version, ALPN `http/1.1`) over hot-reloadable
+/// (aws-lc-rs provider, the given oldest version, ALPN `http/1.1`) over hot-reloadable
 /// [`Certificates`]. Cheap to clone.
 ///
 /// ```no_run
@@ -56,7 +56,7 @@ impl TlsAcceptor {
         };
         let mut config = ServerConfig::builder_with_provider(Arc::new(super::provider()))
             .with_protocol_versions(versions)
-            .expect("the ring provider has cipher suites for TLS 1.2 and 1.3")
+            .expect("the aws-lc-rs provider has cipher suites for TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(certificates.clone());
         // Only what the connection is served with: hyper's HTTP/1.1 server. A client that

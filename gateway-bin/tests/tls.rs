@@ -1,0 +1,84 @@
+//! `[tls]` through the whole gateway: `wss://` to the demo's backends with a certificate made
+//! at test time, and the certificates' reload failures on `/metrics`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use gateway_bin::config::GatewayConfig;
+use tokio_rustls::{
+    rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore},
+    TlsConnector,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn the_tls_section_serves_wss_to_plain_backends() {
+    let dir = std::env::temp_dir().join(format!("wscluster-gw-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let file = GatewayConfig::parse(&format!(
+        "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\nmin_version = \"1.3\"",
+        dir.display()
+    ))
+    .unwrap();
+    let config = GatewayConfig {
+        tls: file.tls,
+        ..any_port()
+    };
+    let gateway = gateway_bin::demo::start(config, vec![], 2).await.unwrap();
+    assert!(gateway.certificates().is_some());
+
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gateway.public)
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let url = format!("wss://localhost:{}/connect/tls-user", gateway.public.port());
+    let (mut ws, response) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let Message::Text(hello) = ws.next().await.unwrap().unwrap() else {
+        panic!("the backend's greeting is text");
+    };
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(hello["type"], "connected");
+    ws.send(Message::text("over tls")).await.unwrap();
+    let echo = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(text) if text.contains("over tls") => break text,
+            _ => continue,
+        }
+    };
+    assert!(echo.contains("over tls"), "{echo}");
+
+    let (status, metrics) = http(gateway.admin, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("wscluster_tls_certificate_reload_failures_total 0"),
+        "{metrics}"
+    );
+    drop(ws);
+    gateway.shutdown().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
