@@ -65,9 +65,10 @@ async fn the_tls_section_serves_wss_to_plain_backends() {
     assert_eq!(hello["type"], "connected");
     ws.send(Message::text("over tls")).await.unwrap();
     let echo = loop {
-        match ws.next().await.unwrap().unwrap() {
-            Message::Text(text) if text.contains("over tls") => break text,
-            _ => continue,
+        if let Message::Text(text) = ws.next().await.unwrap().unwrap() {
+            if text.contains("over tls") {
+                break text;
+            }
         }
     };
     assert!(echo.contains("over tls"), "{echo}");
