@@ -20,7 +20,7 @@ use tower_ws_proxy::{
     server::{
         self,
         tls::{Certificates, TlsAcceptor, TlsSettings},
-        Stopped,
+        HttpLimits, Stopped,
     },
     LiveConnections, ProxyFailover, ProxyMetrics, Upstream, WebSocketLayer,
 };
@@ -28,7 +28,7 @@ use tower_ws_proxy::{
 use crate::{
     admin,
     admin_access::OwnListeners,
-    config::{DockerConfig, GatewayConfig, SwarmConfig},
+    config::{DockerConfig, GatewayConfig, Listen, SwarmConfig},
     dashboard::RecentMoves,
     metrics::GatewayMetrics,
     public,
@@ -100,16 +100,7 @@ impl Gateway {
         backends: Vec<(NodeId, SocketAddr)>,
         scaler: Option<Arc<dyn Scaler>>,
     ) -> std::io::Result<Gateway> {
-        if config.admin.token.is_none() && !config.listen.admin.ip().is_loopback() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the admin listener {} is not on loopback: give it a token \
-                     (admin.token in the config file, or WSCLUSTER_ADMIN_TOKEN)",
-                    config.listen.admin
-                ),
-            ));
-        }
+        refuse_an_open_admin_api(&config)?;
         let (members, ring_changes) = Membership::new();
         let discovery_metrics = DiscoveryMetrics::default();
         follow_sources(
@@ -213,35 +204,8 @@ impl Gateway {
         }
         limits.stop_grace = config.shutdown.grace;
         limits.relay = config.relay;
-        let (public, mut servers) = match (listen.workers, tls) {
-            (0, tls) => {
-                let listener = TcpListener::bind(listen.public).await?;
-                let public = listener.local_addr()?;
-                let (limits, stopped) = (limits.clone(), stopped.clone());
-                let server = match tls {
-                    None => server::serve(listener, public_app, limits, stopped),
-                    Some(tls) => server::serve_tls(listener, public_app, limits, tls, stopped),
-                };
-                (public, vec![server])
-            }
-            (workers, None) => server::serve_on_workers(
-                listen.public,
-                workers,
-                public_app,
-                limits.clone(),
-                stopped.clone(),
-                exited,
-            )?,
-            (workers, Some(tls)) => server::serve_tls_on_workers(
-                listen.public,
-                workers,
-                public_app,
-                limits.clone(),
-                tls,
-                stopped.clone(),
-                exited,
-            )?,
-        };
+        let (public, mut servers) =
+            serve_public(listen, public_app, &limits, tls, (&stopped, exited)).await?;
         let admin = admin_listener.local_addr()?;
         let mut own = vec![public, admin];
         let metrics = match (listen.metrics, metrics_app) {
@@ -317,6 +281,49 @@ struct Apps {
     metrics: Option<axum::Router>,
     /// TLS on the public listener.
     tls: Option<TlsAcceptor>,
+}
+
+/// A gateway whose admin API anyone who can reach it could use is not started.
+fn refuse_an_open_admin_api(config: &GatewayConfig) -> std::io::Result<()> {
+    if config.admin.token.is_none() && !config.listen.admin.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the admin listener {} is not on loopback: give it a token \
+                 (admin.token in the config file, or WSCLUSTER_ADMIN_TOKEN)",
+                config.listen.admin
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The public listener: on this runtime or on worker threads, in plaintext or TLS.
+async fn serve_public(
+    listen: &Listen,
+    app: axum::Router,
+    limits: &HttpLimits,
+    tls: Option<TlsAcceptor>,
+    (stopped, exited): (&watch::Receiver<bool>, watch::Receiver<bool>),
+) -> std::io::Result<(SocketAddr, Vec<Stopped>)> {
+    let (limits, stopped) = (limits.clone(), stopped.clone());
+    Ok(match (listen.workers, tls) {
+        (0, tls) => {
+            let listener = TcpListener::bind(listen.public).await?;
+            let public = listener.local_addr()?;
+            let server = match tls {
+                None => server::serve(listener, app, limits, stopped),
+                Some(tls) => server::serve_tls(listener, app, limits, tls, stopped),
+            };
+            (public, vec![server])
+        }
+        (workers, None) => {
+            server::serve_on_workers(listen.public, workers, app, limits, stopped, exited)?
+        }
+        (workers, Some(tls)) => {
+            server::serve_tls_on_workers(listen.public, workers, app, limits, tls, stopped, exited)?
+        }
+    })
 }
 
 /// The `[tls]` certificates loaded (an error names the file), and watched: new handshakes

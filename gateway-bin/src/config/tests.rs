@@ -140,131 +140,133 @@ fn the_environment_wins_over_the_file() {
     assert!(short.unwrap_err().to_string().starts_with(ADMIN_TOKEN_ENV));
 }
 
+/// A bad value, and what its error must say: the field's path, then why.
+const BAD_VALUES: &[(&str, &str)] = &[
+    ("[listen]\npublic = \"nowhere\"", "listen.public: "),
+    (
+        "[http]\nmax_conections = 1",
+        "unknown field `max_conections`",
+    ),
+    (
+        "[http]\nopen_connections = 0",
+        "http.open_connections: must be at least 1",
+    ),
+    (
+        "[http]\nmax_head_bytes = 100",
+        "http.max_head_bytes: 100 is below",
+    ),
+    ("[http]\nmax_headers = 0", "http.max_headers: "),
+    ("[http]\nhead_timeout = \"0s\"", "http.head_timeout: "),
+    (
+        "[routing]\nkey = [{ path = \"/connect\" }]",
+        "routing.key[0]: ",
+    ),
+    (
+        "[routing]\nkey = [{ header = \"bad header\" }]",
+        "routing.key[0]: ",
+    ),
+    ("[routing]\nkey = []", "routing.key: give at least one"),
+    (
+        "[routing]\nmissing_key = \"sometimes\"",
+        "routing.missing_key: ",
+    ),
+    ("[routing]\nload_factor = 0.5", "routing.load_factor: "),
+    ("[proxy]\nmax_websockets = 0", "proxy.max_websockets: "),
+    (
+        "[client_limits]\nwebsockets = 0",
+        "client_limits.websockets: must be at least 1",
+    ),
+    (
+        "[client_limits]\nhandshakes_per_second = 0",
+        "client_limits.handshakes_per_second: ",
+    ),
+    (
+        "[client_limits]\nexempt = [\"10.0.0.0/40\"]",
+        "client_limits.exempt[0]: ",
+    ),
+    ("[relay]\nclose_timeout = \"0s\"", "relay.close_timeout: "),
+    (
+        "[relay]\nidle_timeout = \"soon\"",
+        "relay.idle_timeout: `soon`",
+    ),
+    (
+        "[upstream]\nconnect_timeout = \"0s\"",
+        "upstream.connect_timeout: ",
+    ),
+    ("[[backends]]\nid = \"a\"", "missing field `address`"),
+    (
+        "[migration]\npolicy = \"teleport\"",
+        "migration.policy: unknown variant `teleport`",
+    ),
+    (
+        "[migration]\npolicy = { mode = \"live\", close_code = 1006 }",
+        "migration.policy: close_code: 1006",
+    ),
+    (
+        "[migration]\npacing = { jitter = 2.0 }",
+        "migration.pacing: jitter: 2",
+    ),
+    (
+        "[migration]\nroutes = [{ prefix = \"game\", policy = \"live\" }]",
+        "migration.routes[0].prefix: ",
+    ),
+    (
+        "[migration]\nsecret = \"short\"",
+        "migration.secret: use at least 16",
+    ),
+    (
+        "[migration]\nsecret = { file = \"/nonexistent/s\" }",
+        "migration.secret: cannot read /nonexistent/s",
+    ),
+    ("[migration]\ndeadline = \"0s\"", "migration.deadline: "),
+    (
+        "[admin]\ntoken = \"short\"",
+        "admin.token: an admin token needs at least 16",
+    ),
+    (
+        "[admin]\nbackend_networks = [\"10.0.0.0/33\"]",
+        "admin.backend_networks[0]: ",
+    ),
+    (
+        "[discovery.redis]\nurl = \"localhost:6379\"",
+        "discovery.redis.url: `localhost:6379` is not a redis:// URL",
+    ),
+    (
+        "[discovery.redis]\nservice = \"chat\"",
+        "missing field `url`",
+    ),
+    ("[discovery.amqp]\nurl = \"rabbit\"", "discovery.amqp.url: "),
+    (
+        "[discovery.health]\ncheck = \"tcp\"\npath = \"/x\"",
+        "discovery.health: a tcp check has no path",
+    ),
+    (
+        "[discovery.health]\ncheck = \"icmp\"",
+        "discovery.health.check: ",
+    ),
+    (
+        "[discovery.damping]\nhold_down = \"0s\"",
+        "discovery.damping.hold_down: ",
+    ),
+    (
+        "[discovery.docker]\ncap = 0",
+        "discovery.docker.cap: must be at least 1",
+    ),
+    (
+        "[discovery.docker.limits]\nmemory_bytes = 1",
+        "discovery.docker.limits.memory_bytes: ",
+    ),
+    (
+        "[discovery.docker.limits]\ncpus = 0.0",
+        "discovery.docker.limits.cpus: ",
+    ),
+    ("[discovery.swarm]\nservce = \"x\"", "servce"),
+    ("[events]\nurl = \"127.0.0.1:5672\"", "events.url: "),
+];
+
 #[test]
 fn errors_name_the_field() {
-    let cases = [
-        ("[listen]\npublic = \"nowhere\"", "listen.public: "),
-        (
-            "[http]\nmax_conections = 1",
-            "unknown field `max_conections`",
-        ),
-        (
-            "[http]\nopen_connections = 0",
-            "http.open_connections: must be at least 1",
-        ),
-        (
-            "[http]\nmax_head_bytes = 100",
-            "http.max_head_bytes: 100 is below",
-        ),
-        ("[http]\nmax_headers = 0", "http.max_headers: "),
-        ("[http]\nhead_timeout = \"0s\"", "http.head_timeout: "),
-        (
-            "[routing]\nkey = [{ path = \"/connect\" }]",
-            "routing.key[0]: ",
-        ),
-        (
-            "[routing]\nkey = [{ header = \"bad header\" }]",
-            "routing.key[0]: ",
-        ),
-        ("[routing]\nkey = []", "routing.key: give at least one"),
-        (
-            "[routing]\nmissing_key = \"sometimes\"",
-            "routing.missing_key: ",
-        ),
-        ("[routing]\nload_factor = 0.5", "routing.load_factor: "),
-        ("[proxy]\nmax_websockets = 0", "proxy.max_websockets: "),
-        (
-            "[client_limits]\nwebsockets = 0",
-            "client_limits.websockets: must be at least 1",
-        ),
-        (
-            "[client_limits]\nhandshakes_per_second = 0",
-            "client_limits.handshakes_per_second: ",
-        ),
-        (
-            "[client_limits]\nexempt = [\"10.0.0.0/40\"]",
-            "client_limits.exempt[0]: ",
-        ),
-        ("[relay]\nclose_timeout = \"0s\"", "relay.close_timeout: "),
-        (
-            "[relay]\nidle_timeout = \"soon\"",
-            "relay.idle_timeout: `soon`",
-        ),
-        (
-            "[upstream]\nconnect_timeout = \"0s\"",
-            "upstream.connect_timeout: ",
-        ),
-        ("[[backends]]\nid = \"a\"", "missing field `address`"),
-        (
-            "[migration]\npolicy = \"teleport\"",
-            "migration.policy: unknown variant `teleport`",
-        ),
-        (
-            "[migration]\npolicy = { mode = \"live\", close_code = 1006 }",
-            "migration.policy: close_code: 1006",
-        ),
-        (
-            "[migration]\npacing = { jitter = 2.0 }",
-            "migration.pacing: jitter: 2",
-        ),
-        (
-            "[migration]\nroutes = [{ prefix = \"game\", policy = \"live\" }]",
-            "migration.routes[0].prefix: ",
-        ),
-        (
-            "[migration]\nsecret = \"short\"",
-            "migration.secret: use at least 16",
-        ),
-        (
-            "[migration]\nsecret = { file = \"/nonexistent/s\" }",
-            "migration.secret: cannot read /nonexistent/s",
-        ),
-        ("[migration]\ndeadline = \"0s\"", "migration.deadline: "),
-        (
-            "[admin]\ntoken = \"short\"",
-            "admin.token: an admin token needs at least 16",
-        ),
-        (
-            "[admin]\nbackend_networks = [\"10.0.0.0/33\"]",
-            "admin.backend_networks[0]: ",
-        ),
-        (
-            "[discovery.redis]\nurl = \"localhost:6379\"",
-            "discovery.redis.url: `localhost:6379` is not a redis:// URL",
-        ),
-        (
-            "[discovery.redis]\nservice = \"chat\"",
-            "missing field `url`",
-        ),
-        ("[discovery.amqp]\nurl = \"rabbit\"", "discovery.amqp.url: "),
-        (
-            "[discovery.health]\ncheck = \"tcp\"\npath = \"/x\"",
-            "discovery.health: a tcp check has no path",
-        ),
-        (
-            "[discovery.health]\ncheck = \"icmp\"",
-            "discovery.health.check: ",
-        ),
-        (
-            "[discovery.damping]\nhold_down = \"0s\"",
-            "discovery.damping.hold_down: ",
-        ),
-        (
-            "[discovery.docker]\ncap = 0",
-            "discovery.docker.cap: must be at least 1",
-        ),
-        (
-            "[discovery.docker.limits]\nmemory_bytes = 1",
-            "discovery.docker.limits.memory_bytes: ",
-        ),
-        (
-            "[discovery.docker.limits]\ncpus = 0.0",
-            "discovery.docker.limits.cpus: ",
-        ),
-        ("[discovery.swarm]\nservce = \"x\"", "servce"),
-        ("[events]\nurl = \"127.0.0.1:5672\"", "events.url: "),
-    ];
-    for (text, expected) in cases {
+    for &(text, expected) in BAD_VALUES {
         let error = GatewayConfig::parse(text).unwrap_err().to_string();
         assert!(error.contains(expected), "{text:?} gave {error:?}");
         assert!(
