@@ -220,14 +220,17 @@ fn is_local(ip: IpAddr) -> bool {
 
 /// The range of `ip` if it is link-local or a well-known cloud metadata service
 /// (169.254.169.254 for AWS, GCP, Azure and OCI; fd00:ec2::254 for AWS over IPv6;
-/// 100.100.100.200 for Alibaba): a backend there would let a user reach the host's
-/// credentials through the gateway.
+/// 100.100.100.200 for Alibaba; 168.63.129.16, Azure's WireServer): a backend there would let
+/// a user reach the host's credentials through the gateway.
 fn outside_the_cluster(ip: IpAddr) -> Option<IpNet> {
-    const RANGES: [&str; 4] = [
-        "169.254.0.0/16",
-        "fe80::/10",
+    // The services first: a network that names all of link-local does not name them.
+    const RANGES: [&str; 6] = [
+        "169.254.169.254/32",
         "fd00:ec2::254/128",
         "100.100.100.200/32",
+        "168.63.129.16/32",
+        "169.254.0.0/16",
+        "fe80::/10",
     ];
     RANGES
         .iter()
@@ -265,7 +268,7 @@ pub(crate) fn refuse_backend_address(
             ));
         }
     }
-    if !networks.is_empty() && !networks.iter().any(|net| net.contains(&address.ip())) {
+    if !networks.is_empty() && !networks.iter().any(|net| net.contains(&ip)) {
         let allowed: Vec<String> = networks.iter().map(ToString::to_string).collect();
         return Some(format!(
             "{address} is outside the networks backends may be added from ({})",
@@ -326,6 +329,13 @@ mod tests {
         let named: Vec<IpNet> = vec!["169.254.10.0/24".parse().unwrap()];
         assert!(refused("169.254.10.5:7100", &named).is_none());
         assert!(refused("169.254.169.254:80", &named).is_some());
+        let link_local: Vec<IpNet> = vec!["169.254.0.0/16".parse().unwrap()];
+        assert!(refused("169.254.10.5:7100", &link_local).is_none());
+        assert!(
+            refused("169.254.169.254:80", &link_local).is_some(),
+            "not named by the /16"
+        );
+        assert!(refused("168.63.129.16:80", &[]).is_some());
         assert!(
             refused("100.100.100.201:80", &[]).is_none(),
             "next to it is fine"

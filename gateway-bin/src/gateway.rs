@@ -213,7 +213,12 @@ impl Gateway {
                 let listener = TcpListener::bind(address).await?;
                 let bound = listener.local_addr()?;
                 own.push(bound);
-                let server = server::serve(listener, app, limits.without_cap(), stopped.clone());
+                let server = server::serve(
+                    listener,
+                    app,
+                    limits.for_private_listener(),
+                    stopped.clone(),
+                );
                 servers.push(server);
                 Some(bound)
             }
@@ -223,7 +228,7 @@ impl Gateway {
         servers.push(server::serve(
             admin_listener,
             admin_app,
-            limits.without_cap(),
+            limits.for_private_listener(),
             stopped,
         ));
         tracing::info!(%public, %admin, workers = listen.workers, "listening");

@@ -30,10 +30,14 @@ async fn open(
     let mut request = format!("ws://{}/connect/{user}", gateway.public)
         .into_client_request()
         .unwrap();
-    if let Some(client) = forwarded_for {
+    // `a | b`: two lines, as a client's claim and a balancer's own line.
+    for line in forwarded_for
+        .into_iter()
+        .flat_map(|lines| lines.split(" | "))
+    {
         request
             .headers_mut()
-            .insert("x-forwarded-for", client.parse().unwrap());
+            .append("x-forwarded-for", line.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((client, _)) => Ok(client),
@@ -102,6 +106,9 @@ async fn a_trusted_proxy_names_its_clients_and_an_untrusted_one_does_not() {
             .map(|e| e.0),
         Some(429)
     );
+    // A client's own line before the balancer's does not make it someone else.
+    let claimed = open(&trusted, "d", Some("203.0.113.50 | 198.51.100.1")).await;
+    assert_eq!(claimed.err().map(|e| e.0), Some(429));
     trusted.shutdown().await;
     // Without trust, the header changes nothing: the peer is the client.
     let untrusted = gateway("websockets = 1").await;
@@ -152,6 +159,8 @@ async fn a_balancer_names_its_clients_with_the_proxy_protocol() {
     let _second = open_after(&gateway, "b", &two).await.unwrap();
     // The same client again, through another balancer connection: its limit applies.
     assert_eq!(open_after(&gateway, "c", &one).await.err(), Some(429));
+    // The admin listener, on the balancer's address too, expects no header.
+    assert_eq!(http(gateway.admin, "GET", "/admin/ring", "").await.0, 200);
     let v1 = b"PROXY TCP4 198.51.100.3 127.0.0.1 40000 7000\r\n";
     let _third = open_after(&gateway, "d", v1).await.unwrap();
     // A trusted peer that sends no header is closed, not served as a client.

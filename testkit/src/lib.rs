@@ -6,10 +6,12 @@
 //! there a missing server fails the test.
 
 mod gateway;
+mod haproxy;
 mod members;
 
 pub use self::{
     gateway::{add_backend, eventually, http, http_raw, ring_members, ring_of, wait_for_members},
+    haproxy::HaproxyTcp,
     members::members_until,
 };
 

@@ -42,9 +42,9 @@ pub fn set_forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, proto:
         IpAddr::V4(_) => (b"", b""),
         IpAddr::V6(_) => (b"\"[", b"]\""),
     };
-    let for_list = appended(headers.get(X_FORWARDED_FOR), &[ip]);
+    let for_list = appended(headers.get_all(X_FORWARDED_FOR), &[ip]);
     let forwarded = appended(
-        headers.get(header::FORWARDED),
+        headers.get_all(header::FORWARDED),
         &[b"for=", open, ip, close, b";proto=", proto.as_bytes()],
     );
     for (name, value) in [(X_FORWARDED_FOR, for_list), (header::FORWARDED, forwarded)] {
@@ -55,15 +55,20 @@ pub fn set_forwarded_headers(headers: &mut HeaderMap, client: SocketAddr, proto:
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
-/// `<earlier>, <parts…>`, or the parts alone when there is no readable earlier list.
-fn appended(earlier: Option<&HeaderValue>, parts: &[&[u8]]) -> Bytes {
-    let earlier = earlier
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty());
-    let size = earlier.map_or(0, |v| v.len() + 2) + parts.iter().map(|p| p.len()).sum::<usize>();
+/// `<earlier>, <parts…>`, or the parts alone when there is no readable earlier list. Every
+/// earlier line counts, in order: a proxy may add a line of its own rather than extend the
+/// client's, and the list's last entries are the ones to believe.
+fn appended(earlier: http::header::GetAll<'_, HeaderValue>, parts: &[&[u8]]) -> Bytes {
+    let earlier: Vec<&str> = earlier
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .collect();
+    let size = earlier.iter().map(|v| v.len() + 2).sum::<usize>()
+        + parts.iter().map(|p| p.len()).sum::<usize>();
     let mut value = Vec::with_capacity(size);
-    if let Some(earlier) = earlier {
-        value.extend_from_slice(earlier.as_bytes());
+    for line in earlier {
+        value.extend_from_slice(line.as_bytes());
         value.extend_from_slice(b", ");
     }
     for part in parts {
@@ -112,6 +117,26 @@ mod tests {
         // The longest IPv6 text still fits.
         let (for_list, _) = forwarded(&[], "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1");
         assert_eq!(for_list, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+    }
+
+    #[test]
+    fn every_earlier_line_is_kept_in_order() {
+        // A proxy that adds its own line: the client's claim stays first, where it is not
+        // believed.
+        let (for_list, forwarded) = forwarded(
+            &[
+                ("x-forwarded-for", b"1.2.3.4"),
+                ("x-forwarded-for", b"198.51.100.9"),
+                ("forwarded", b"for=1.2.3.4"),
+                ("forwarded", b"for=198.51.100.9"),
+            ],
+            "10.0.0.2:80",
+        );
+        assert_eq!(for_list, "1.2.3.4, 198.51.100.9, 10.0.0.2");
+        assert_eq!(
+            forwarded,
+            "for=1.2.3.4, for=198.51.100.9, for=10.0.0.2;proto=https"
+        );
     }
 
     #[test]

@@ -37,6 +37,19 @@ pub(super) fn client_ip<B>(request: &Request<B>, trusted: &[IpNet]) -> Option<Ip
     Some(client)
 }
 
+/// What one client is counted as: its IPv4 address (an IPv4-mapped IPv6 address as the IPv4
+/// one), or its IPv6 /64, since a host picks any address of its /64 at will and per-address
+/// limits would not hold it.
+pub(super) fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        IpAddr::V4(_) => ip,
+    }
+}
+
 /// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4 one) is in one of `networks`.
 pub(crate) fn is_in(ip: IpAddr, networks: &[IpNet]) -> bool {
     let ip = match ip {
@@ -85,5 +98,13 @@ mod tests {
         // No header: the proxy itself.
         assert_eq!(ip("10.0.0.1", &[]), "10.0.0.1".parse::<IpAddr>().unwrap());
         assert!(client_ip(&Request::new(()), &trusted).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_one_its_ipv4() {
+        let ip = |text: &str| counted_as(text.parse().unwrap());
+        assert_eq!(ip("2001:db8:1:2:aaaa::1"), ip("2001:db8:1:2:bbbb::9"));
+        assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
+        assert_eq!(ip("::ffff:198.51.100.7"), ip("198.51.100.7"));
     }
 }

@@ -4,8 +4,9 @@ use std::num::NonZeroU32;
 
 use ipnet::IpNet;
 
-/// What one client (by IP address) may open: WebSockets at once, and WebSocket handshakes
-/// per second with a burst. `None` is no limit. Clients in `exempt` have none;
+/// What one client (an IPv4 address, or an IPv6 /64) may open: WebSockets at once, and
+/// WebSocket handshakes per second with a burst. Clients behind one NAT share one address,
+/// and so one allowance: size `burst` for a whole office reconnecting at once. `None` is no limit. Clients in `exempt` have none;
 /// `trusted_proxies` are the peers whose `X-Forwarded-For` names the client (a load balancer
 /// in front of the gateway).
 ///

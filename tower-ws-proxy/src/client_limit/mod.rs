@@ -122,7 +122,7 @@ where
         if client_ip::is_in(ip, &limits.exempt) {
             return ResponseFuture::passed(self.inner.call(request));
         }
-        match self.layer.table.admit(ip, limits) {
+        match self.layer.table.admit(client_ip::counted_as(ip), limits) {
             Ok(slot) => {
                 KeepWhileOpen::add(&mut request, slot);
                 ResponseFuture::passed(self.inner.call(request))

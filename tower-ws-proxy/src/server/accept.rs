@@ -158,7 +158,7 @@ pub(super) async fn accept_loop<S, H>(
         };
         // A balancer's connection starts with the client's address, read on the connection's
         // own task, within the head deadline.
-        let proxied = is_in(peer.ip(), &limits.proxy_protocol_from).then_some(limits.head_timeout);
+        let proxied = is_in(peer.ip(), &limits.proxy_protocol_from);
         connections.spawn(serve_connection(
             http.clone(),
             tcp,
@@ -220,7 +220,7 @@ async fn serve_connection<S, H>(
     mut tcp: TcpStream,
     (handshake, within): (H, Duration),
     mut service: WithClientAddr<S>,
-    proxied: Option<Duration>,
+    proxied: bool,
     permit: Option<OwnedSemaphorePermit>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -228,8 +228,14 @@ async fn serve_connection<S, H>(
     H: Handshake,
 {
     let _permit = permit;
-    if let Some(deadline) = proxied {
-        match tokio::time::timeout(deadline, read_proxy_header(&mut tcp)).await {
+    let accepted = tokio::time::Instant::now();
+    if proxied {
+        let header = tokio::time::timeout(within, read_proxy_header(&mut tcp));
+        let header = tokio::select! {
+            header = header => header,
+            () = stopped(&mut stop) => return,
+        };
+        match header {
             Ok(Ok(Some(client))) => service.client = ClientAddr(client),
             Ok(Ok(None)) => {}
             Ok(Err(error)) => {
@@ -242,6 +248,8 @@ async fn serve_connection<S, H>(
             }
         }
     }
+    // The PROXY header and the TLS handshake share one head deadline.
+    let within = within.saturating_sub(accepted.elapsed());
     let Some((io, tls)) = handshake.handshake(tcp, within, &mut stop).await else {
         return;
     };

@@ -17,7 +17,7 @@ use crate::RelayConfig;
 ///
 /// let limits = HttpLimits::default().open_connections(10_000);
 /// assert_eq!(limits.head_timeout, Duration::from_secs(10));
-/// assert!(limits.without_cap().open_connections.is_none());
+/// assert!(limits.for_private_listener().open_connections.is_none());
 /// ```
 ///
 /// With the `serde` feature it reads from a config file; a field left out keeps its default,
@@ -104,10 +104,13 @@ impl HttpLimits {
         self
     }
 
-    /// The same deadlines with no cap (for a listener that is not public).
-    pub fn without_cap(&self) -> Self {
+    /// The same deadlines for a listener that is not public (admin, metrics): no cap, and no
+    /// PROXY header expected, since a balancer does not stand in front of it (an operator's
+    /// `curl` from a balancer's host must not be closed for lacking one).
+    pub fn for_private_listener(&self) -> Self {
         Self {
             open_connections: None,
+            proxy_protocol_from: Vec::new(),
             ..self.clone()
         }
     }

@@ -49,6 +49,9 @@ pub struct Certificates {
     named: Vec<Slot>,
     provider: Arc<CryptoProvider>,
     reload_failures: Arc<AtomicU64>,
+    /// One reload at a time (SIGHUP beside the watcher): an older read finishing last would
+    /// put the older certificate back.
+    reloading: std::sync::Mutex<()>,
 }
 
 /// One certificate and the files it comes from.
@@ -102,6 +105,7 @@ impl Certificates {
             named,
             provider,
             reload_failures: Arc::default(),
+            reloading: std::sync::Mutex::new(()),
         }))
     }
 
@@ -124,6 +128,7 @@ impl Certificates {
 
     /// Reloads the slots for which `wanted(state, hash of the files now)` holds.
     fn reload_where(&self, wanted: impl Fn(&mut Loaded, u64) -> bool) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let mut failed = Vec::new();
         for slot in self.slots() {
             let files = read_pair(&slot.cert, &slot.key);
