@@ -202,7 +202,9 @@ impl Gateway {
         if limits.open_connections.is_none() {
             limits = limits.open_connections(DEFAULT_OPEN_CONNECTIONS);
         }
-        limits.stop_grace = config.shutdown.grace;
+        // An HTTP/2 connection carries its WebSockets as streams: it must outlive their 1001
+        // closes, spread over the window (each relay ends by its own deadline within the grace).
+        limits.stop_grace = config.shutdown.window + config.shutdown.grace;
         limits.relay = config.relay;
         let (public, mut servers) =
             serve_public(listen, public_app, &limits, tls, (&stopped, exited)).await?;

@@ -73,3 +73,24 @@ pub(crate) fn connection_cap<'de, D: Deserializer<'de>>(
         cap.min(Semaphore::MAX_PERMITS),
     ))))
 }
+
+/// A `u32` count of at least 1.
+pub(crate) fn at_least_one_u32<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u32, D::Error> {
+    match u32::deserialize(deserializer)? {
+        0 => Err(D::Error::custom("must be at least 1")),
+        count => Ok(count),
+    }
+}
+
+/// An HTTP/2 flow-control window: from the protocol's initial 65,535 bytes to its largest,
+/// 2^31 - 1 (RFC 9113 §6.9.2).
+pub(crate) fn flow_window<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    match u32::deserialize(deserializer)? {
+        bytes @ 65_535..=0x7fff_ffff => Ok(bytes),
+        bytes => Err(D::Error::custom(format!(
+            "{bytes} is outside HTTP/2's window range, 65535 to 2147483647"
+        ))),
+    }
+}

@@ -6,7 +6,8 @@ use http::{
     HeaderMap, Request,
 };
 
-/// Whether a request asks for a WebSocket upgrade (RFC 6455 §4.1).
+/// Whether a request asks for a WebSocket: an HTTP/1.1 upgrade (RFC 6455 §4.1), or an HTTP/2
+/// extended CONNECT (RFC 8441, see [`is_extended_connect`](crate::is_extended_connect)).
 ///
 /// ```
 /// use tower_ws_proxy::is_websocket_upgrade;
@@ -28,9 +29,10 @@ pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
             .any(|value| value.as_bytes().eq_ignore_ascii_case(token.as_bytes()))
             || header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
     };
-    request.method() == http::Method::GET
+    (request.method() == http::Method::GET
         && has_token(header::CONNECTION, "upgrade")
-        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::UPGRADE, "websocket"))
+        || crate::is_extended_connect(request)
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by `Connection`, and the

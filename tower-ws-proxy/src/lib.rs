@@ -50,6 +50,7 @@ mod connections;
 #[cfg(feature = "serde")]
 mod deserialize;
 mod error;
+mod extended_connect;
 mod failover;
 mod forwarded;
 pub mod frame;
@@ -70,6 +71,7 @@ pub use self::{
     connection_handle::{ConnectionHandle, MakeHandle, OpenedConnection},
     connections::{Admission, ConnectionId, LiveConnections, Refusal, Registered, Tracked},
     error::BoxError,
+    extended_connect::is_extended_connect,
     failover::ProxyFailover,
     forwarded::set_forwarded_headers,
     headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
@@ -91,7 +93,7 @@ pub use self::{
 #[cfg(feature = "metrics")]
 pub use self::{
     metrics::{ActiveWebSockets, ProxyMetrics},
-    record::HandshakeResult,
+    record::{HandshakeResult, OpenedVia},
 };
 
 /// The socket options crate of [`RelayConfig::tune_listener`]'s argument.

@@ -19,11 +19,16 @@ use prometheus_client::{
 use tokio::time::Instant;
 use tower_hashring::NodeId;
 
-use crate::{Flow, HandshakeResult, LiveConnections, TrafficTotals};
+use crate::{Flow, HandshakeResult, LiveConnections, OpenedVia, TrafficTotals};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: HandshakeResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViaLabel {
+    via: OpenedVia,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +76,7 @@ struct Inner {
     handshakes: Family<ResultLabel, Counter>,
     handshake_seconds: Histogram,
     opened: Family<BackendLabel, Counter>,
+    opened_via: Family<ViaLabel, Counter>,
     duration_seconds: Histogram,
 }
 
@@ -82,6 +88,7 @@ impl Default for ProxyMetrics {
                 // 0.5 ms to ~16 s.
                 handshake_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
                 opened: Family::default(),
+                opened_via: Family::default(),
                 // 1 s to ~9 h.
                 duration_seconds: Histogram::new(exponential_buckets(1.0, 3.0, 11)),
             }),
@@ -109,6 +116,12 @@ impl ProxyMetrics {
             inner.opened.clone(),
         );
         registry.register(
+            "websockets_opened_via",
+            "WebSockets relayed, by how the client asked: an HTTP/1.1 upgrade or an HTTP/2 \
+             extended CONNECT",
+            inner.opened_via.clone(),
+        );
+        registry.register(
             "websocket_duration_seconds",
             "How long relayed WebSockets lasted",
             inner.duration_seconds.clone(),
@@ -126,11 +139,12 @@ impl ProxyMetrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    pub(crate) fn opened(&self, backend: &NodeId) {
+    pub(crate) fn opened(&self, backend: &NodeId, via: OpenedVia) {
         let label = BackendLabel {
             backend: Backend(backend.clone()),
         };
         self.inner.opened.get_or_create(&label).inc();
+        self.inner.opened_via.get_or_create(&ViaLabel { via }).inc();
     }
 
     pub(crate) fn closed(&self, lasted: Duration) {

@@ -45,6 +45,31 @@ pub enum HandshakeResult {
     failed,
 }
 
+/// How a client opened its WebSocket: the `via` label of the `websockets_opened_via` counter
+/// of [`ProxyMetrics`], spelled as the variants are.
+///
+/// ```
+/// # #[cfg(feature = "metrics")] {
+/// use tower_ws_proxy::OpenedVia;
+///
+/// assert_eq!(format!("{:?}", OpenedVia::h2_extended_connect), "h2_extended_connect");
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "metrics",
+    derive(prometheus_client::encoding::EncodeLabelValue)
+)]
+#[cfg_attr(not(feature = "metrics"), allow(unreachable_pub))]
+#[allow(non_camel_case_types)]
+pub enum OpenedVia {
+    /// An HTTP/1.1 `Upgrade: websocket` (RFC 6455).
+    http1_upgrade,
+    /// An HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441): one stream of the
+    /// client's connection.
+    h2_extended_connect,
+}
+
 /// The proxy's metrics, when it has some: cheap to clone, and empty without the `metrics`
 /// feature.
 #[derive(Clone, Debug, Default)]
@@ -77,10 +102,10 @@ impl Recorder {
         }
     }
 
-    /// A WebSocket to `backend` opened.
-    pub(crate) fn opened(&self, backend: &NodeId) {
+    /// A WebSocket to `backend` opened, asked for `via` an upgrade or a stream.
+    pub(crate) fn opened(&self, backend: &NodeId, via: OpenedVia) {
         if let Some(metrics) = &self.metrics {
-            metrics.opened(backend);
+            metrics.opened(backend, via);
         }
     }
 
@@ -100,7 +125,7 @@ impl Recorder {
     pub(crate) fn handshake(&self, _: HandshakeResult, _: Instant) {}
 
     #[inline(always)]
-    pub(crate) fn opened(&self, _: &NodeId) {}
+    pub(crate) fn opened(&self, _: &NodeId, _: OpenedVia) {}
 
     #[inline(always)]
     pub(crate) fn closed(&self, _: Duration) {}

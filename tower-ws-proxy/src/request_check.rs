@@ -100,12 +100,18 @@ impl fmt::Display for BadUpgrade {
 
 impl std::error::Error for BadUpgrade {}
 
-/// Checks a WebSocket upgrade request (RFC 6455 §4.2.1) before anything is spent on it.
+/// Checks a WebSocket upgrade request (RFC 6455 §4.2.1), or an HTTP/2 extended CONNECT
+/// (RFC 8441 §5: the version only), before anything is spent on it.
 pub fn check_upgrade<B>(request: &Request<B>) -> Result<(), BadUpgrade> {
     let headers = request.headers();
     let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
     if versions.next().map(HeaderValue::as_bytes) != Some(b"13") || versions.next().is_some() {
         return Err(BadUpgrade::Version);
+    }
+    if crate::is_extended_connect(request) {
+        // RFC 8441 §5: no key (the stream proves the server took the WebSocket), and the
+        // stream's data is the WebSocket, not a body.
+        return Ok(());
     }
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     match (keys.next(), keys.next()) {

@@ -186,6 +186,14 @@ impl Upstream {
         request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let (mut parts, body) = request.into_parts();
+        // An HTTP/2 client's request names its host in `:authority` (the URI), not in `Host`;
+        // the backend speaks HTTP/1.1 and gets it as `Host`.
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(host) = http::HeaderValue::try_from(authority.as_str()) {
+                parts.headers.entry(http::header::HOST).or_insert(host);
+            }
+        }
+        parts.version = http::Version::HTTP_11;
         parts.uri = self.absolute_uri(&parts.uri)?;
         strip_hop_by_hop(&mut parts.headers);
         let mut response = self

@@ -534,18 +534,20 @@ async fn with_tls_1_3_as_the_oldest_a_tls_1_2_client_is_refused() {
     assert!(tls_connect(gateway.addr, "localhost", old).await.is_err());
     assert_eq!(presented(gateway.addr, "localhost").await, leaf.der);
 
-    // And by default, TLS 1.2 is served (with ALPN http/1.1).
+    // And by default, TLS 1.2 is served, with ALPN h2 preferred; without HTTP/2, http/1.1.
     let (_folder, _, settings) = localhost(&pki, 2);
-    let gateway = gateway_at_default(&settings).await;
-    let mut old = any_certificate_client(&[&rustls::version::TLS12]);
-    old.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let tls = tls_connect(gateway.addr, "localhost", old).await.unwrap();
-    let (_, session) = tls.get_ref();
-    assert_eq!(
-        session.protocol_version(),
-        Some(rustls::ProtocolVersion::TLSv1_2)
-    );
-    assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
+    for (http2, chosen) in [(true, &b"h2"[..]), (false, b"http/1.1")] {
+        let gateway = gateway_at_default(&settings.clone().http2(http2)).await;
+        let mut old = any_certificate_client(&[&rustls::version::TLS12]);
+        old.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = tls_connect(gateway.addr, "localhost", old).await.unwrap();
+        let (_, session) = tls.get_ref();
+        assert_eq!(
+            session.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        assert_eq!(session.alpn_protocol(), Some(chosen));
+    }
 }
 
 async fn gateway_at_default(settings: &TlsSettings) -> Gateway {

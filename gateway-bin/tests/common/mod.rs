@@ -10,7 +10,7 @@ use gateway_bin::{
 };
 use serde_json::Value;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_tungstenite::{
@@ -53,7 +53,9 @@ pub async fn demo_reconnecting(backends: usize) -> Gateway {
         .unwrap()
 }
 
-pub async fn next_json(client: &mut Client) -> Value {
+pub async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+) -> Value {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), client.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).unwrap(),
@@ -65,7 +67,9 @@ pub async fn next_json(client: &mut Client) -> Value {
 
 /// Connects as `user`; returns the client and the server named in its `connected` message.
 /// The next close frame's code and reason; panics on anything else or after 5 s.
-pub async fn next_close(client: &mut Client) -> (u16, String) {
+pub async fn next_close<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+) -> (u16, String) {
     match tokio::time::timeout(Duration::from_secs(5), client.next())
         .await
         .unwrap()
@@ -183,9 +187,9 @@ pub struct EchoClient {
 }
 
 /// Spawns `echo_traffic` for `user`, reporting its progress.
-pub fn spawn_echo_traffic(
+pub fn spawn_echo_traffic<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     user: String,
-    client: Client,
+    client: WebSocketStream<S>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> EchoClient {
     let (report, progress) = tokio::sync::watch::channel(Progress::default());
@@ -238,9 +242,9 @@ pub async fn first_echoes<'a>(clients: impl IntoIterator<Item = &'a mut EchoClie
 
 /// Sends `n0`, `n1`, … every 3 ms until `stop`, while collecting everything the gateway
 /// sends back, until every message has had its echo.
-pub async fn echo_traffic(
+pub async fn echo_traffic<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     user: String,
-    client: Client,
+    client: WebSocketStream<S>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Traffic {
     let (report, _) = tokio::sync::watch::channel(Progress::default());
@@ -248,9 +252,9 @@ pub async fn echo_traffic(
 }
 
 /// `echo_traffic`, reporting each echo to `report` as it arrives.
-async fn echo_traffic_reporting(
+async fn echo_traffic_reporting<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     user: String,
-    client: Client,
+    client: WebSocketStream<S>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     report: tokio::sync::watch::Sender<Progress>,
 ) -> Traffic {

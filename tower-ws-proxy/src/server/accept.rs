@@ -1,14 +1,20 @@
-//! Accepting connections and serving each with hyper's HTTP/1.1 connection, upgrades on.
+//! Accepting connections and serving each with hyper's HTTP/1.1 connection (upgrades on), or
+//! its HTTP/2 connection (extended CONNECT on) when a TLS client picked `h2`.
 
 use std::{
+    future::Future,
+    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
 use http::Request;
-use hyper::{body::Incoming, server::conn::http1};
+use hyper::{
+    body::Incoming,
+    server::conn::{http1, http2},
+};
 use hyper_util::{
-    rt::{TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use socket2::SockRef;
@@ -130,7 +136,7 @@ pub(super) async fn accept_loop<S, H>(
         }
     };
     let mut connections = JoinSet::new();
-    let http = http_builder(&limits);
+    let http = Protocols::new(&limits);
     let mut shed = Shed::default();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -174,13 +180,26 @@ pub(super) async fn accept_loop<S, H>(
     finish(connections, limits.stop_grace).await;
 }
 
-fn http_builder(limits: &HttpLimits) -> http1::Builder {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout)
-        .max_buf_size(limits.max_head_bytes.max(8192))
-        .max_headers(limits.max_headers);
-    http
+/// hyper's two servers, configured once per listener.
+#[derive(Clone)]
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: &HttpLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.head_timeout)
+            .max_buf_size(limits.max_head_bytes.max(8192))
+            .max_headers(limits.max_headers);
+        Self {
+            http1,
+            http2: limits.http2.builder(limits.max_head_bytes),
+        }
+    }
 }
 
 /// The connection cap is reached.
@@ -216,7 +235,7 @@ impl Shed {
 /// One connection: its handshake, then served until it ends, or, once `stop` turns true,
 /// until the request in flight is answered.
 async fn serve_connection<S, H>(
-    http: http1::Builder,
+    http: Protocols,
     mut tcp: TcpStream,
     (handshake, within): (H, Duration),
     mut service: WithClientAddr<S>,
@@ -253,20 +272,36 @@ async fn serve_connection<S, H>(
     let Some((io, tls)) = handshake.handshake(tcp, within, &mut stop).await else {
         return;
     };
+    let http2 = tls.as_ref().is_some_and(|tls| tls.http2);
     service.tls = tls;
-    let connection = http
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .with_upgrades();
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopped(&mut stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+    let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
+    let result = if http2 {
+        // Its WebSockets are streams of this connection, which serves them until they end
+        // (their relays close them on a shutdown); GOAWAY tells the client to open no more.
+        let connection = http.http2.serve_connection(io, service);
+        until_stopped(connection, &mut stop, http2::Connection::graceful_shutdown).await
+    } else {
+        let connection = http.http1.serve_connection(io, service).with_upgrades();
+        until_stopped(connection, &mut stop, |c| c.graceful_shutdown()).await
     };
     if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Serves `connection` to its end; once `stop` turns true, `graceful_shutdown` first.
+async fn until_stopped<C: Future>(
+    connection: C,
+    stop: &mut watch::Receiver<bool>,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(stop) => {
+            graceful_shutdown(connection.as_mut());
+            connection.await
+        }
     }
 }
 

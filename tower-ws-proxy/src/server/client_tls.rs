@@ -12,13 +12,16 @@ use std::sync::Arc;
 ///
 /// let mut request = http::Request::new(());
 /// assert_eq!(ClientTls::forwarded_proto(request.extensions()), "http");
-/// request.extensions_mut().insert(ClientTls { server_name: Some("chat.example.com".into()) });
+/// request.extensions_mut().insert(ClientTls { server_name: Some("chat.example.com".into()), http2: true });
 /// assert_eq!(ClientTls::forwarded_proto(request.extensions()), "https");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientTls {
     /// The name the client asked for (SNI), if it sent one.
     pub server_name: Option<Arc<str>>,
+    /// The client picked HTTP/2 by ALPN: the connection is served by hyper's HTTP/2 server,
+    /// and its WebSockets come as extended CONNECT streams (RFC 8441).
+    pub http2: bool,
 }
 
 impl ClientTls {

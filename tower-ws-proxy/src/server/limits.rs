@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
+use super::Http2Limits;
 use crate::RelayConfig;
 
 /// What an HTTP connection may cost and how long it may take, before a request reaches the
@@ -30,6 +31,9 @@ use crate::RelayConfig;
 /// max_headers = 64
 /// open_connections = 10000
 /// proxy_protocol_from = ["10.0.0.5/32"]
+///
+/// [http2]
+/// max_concurrent_streams = 100
 /// ```
 #[derive(Clone, Debug)]
 #[cfg_attr(
@@ -81,6 +85,8 @@ pub struct HttpLimits {
     /// (give the relay [`RelayConfig::client_keepalive_inherited`]).
     #[cfg_attr(feature = "serde", serde(skip))]
     pub relay: RelayConfig,
+    /// What one HTTP/2 connection may cost (TLS connections whose client picked `h2`).
+    pub http2: Http2Limits,
 }
 
 impl Default for HttpLimits {
@@ -93,6 +99,7 @@ impl Default for HttpLimits {
             stop_grace: Duration::from_secs(5),
             proxy_protocol_from: Vec::new(),
             relay: RelayConfig::default(),
+            http2: Http2Limits::default(),
         }
     }
 }

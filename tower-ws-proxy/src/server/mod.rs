@@ -34,6 +34,7 @@ mod accept;
 mod client_addr;
 mod client_tls;
 mod handshake;
+mod http2;
 mod limits;
 mod proxy_protocol;
 mod service;
@@ -44,8 +45,9 @@ pub mod tls;
 mod workers;
 
 pub use self::{
-    accept::serve, client_addr::ClientAddr, client_tls::ClientTls, limits::HttpLimits,
-    service::HttpService, signal::shutdown_signal, stopped::Stopped, workers::serve_on_workers,
+    accept::serve, client_addr::ClientAddr, client_tls::ClientTls, http2::Http2Limits,
+    limits::HttpLimits, service::HttpService, signal::shutdown_signal, stopped::Stopped,
+    workers::serve_on_workers,
 };
 
 #[cfg(feature = "tls")]

@@ -34,7 +34,11 @@ use tower_service::Service;
 
 use self::{error::NotAdmitted, upgrade::PendingUpgrade};
 use crate::{
-    check_upgrade, client_limit::KeepWhileOpen, is_websocket_upgrade, record::Recorder,
+    check_upgrade,
+    client_limit::KeepWhileOpen,
+    extended_connect::{self, is_extended_connect_head},
+    is_websocket_upgrade,
+    record::{OpenedVia, Recorder},
     strip_internal_headers, Admission, BoxError, ConnectionHandle, LiveConnections, ProxyBody,
     RelayConfig, RelayHandle,
 };
@@ -48,7 +52,10 @@ use crate::{
 /// [`Route`](tower_hashring::balance::Route) the balancer recorded (key, ring position and
 /// version, backend) with the handle the request's [`MakeHandle`](crate::MakeHandle) makes
 /// (or [`ConnectionHandle::plain`]), and the two connections are relayed frame-aware (on the
-/// raw socket where the server gives it back, otherwise over hyper's `Upgraded`). Ordinary
+/// raw socket where the server gives it back, otherwise over hyper's `Upgraded`). An HTTP/2
+/// extended CONNECT (RFC 8441) goes below as the HTTP/1.1 upgrade it stands for (fresh key,
+/// `Host` from `:authority`), and the backend's `101` reaches the client as a `200` on its
+/// stream: backends see one kind of handshake. Ordinary
 /// requests pass through. Errors become responses: 400 (no key), 503 (no backend), 502 (no
 /// backend answered; the body names none, the log does). Client headers in the gateway's
 /// own `x-wscluster-*` namespace are dropped.
@@ -175,6 +182,13 @@ where
     ) -> ResponseFuture<S, H> {
         let client_upgrade = hyper::upgrade::on(&mut request);
         let (mut parts, _) = request.into_parts();
+        // An HTTP/2 stream's WebSocket goes to its backend as an HTTP/1.1 upgrade.
+        let via = if is_extended_connect_head(&parts) {
+            extended_connect::into_upgrade(&mut parts);
+            OpenedVia::h2_extended_connect
+        } else {
+            OpenedVia::http1_upgrade
+        };
         // Out of the head before it is kept: held by the relay, not by every copy of it.
         let kept = parts.extensions.remove::<KeepWhileOpen>();
         // The head as the client sent it, for the handle a layer above makes (a migration
@@ -182,6 +196,7 @@ where
         let head = parts.clone();
         let request = Request::from_parts(parts, ProxyBody::default());
         let upgrade = PendingUpgrade {
+            via,
             admission,
             kept,
             head,

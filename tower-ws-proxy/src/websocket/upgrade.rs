@@ -10,7 +10,8 @@ use super::{
 };
 use crate::{
     client_limit::KeepWhileOpen,
-    record::{HandshakeResult, Recorder},
+    extended_connect,
+    record::{HandshakeResult, OpenedVia, Recorder},
     relay, Admission, BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection,
     Peer, ProxyBody, Registered, RelayConfig, RelayHandle, UpstreamSocket,
 };
@@ -18,6 +19,8 @@ use crate::{
 /// An admitted WebSocket upgrade whose handshake is on its way to a backend: what answering
 /// the client and relaying its connection take once the backend answered.
 pub(super) struct PendingUpgrade<H> {
+    /// How the client asked: an HTTP/2 stream's answer is a `200`, not the backend's `101`.
+    pub(super) via: OpenedVia,
     /// Its place under the connection cap, held until the relay ends.
     pub(super) admission: Admission,
     /// What the layers above keep for as long as the WebSocket is open.
@@ -52,6 +55,11 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
             return response;
         };
         self.count(HandshakeResult::upgraded);
+        if self.via == OpenedVia::h2_extended_connect {
+            let (mut head, body) = response.into_parts();
+            extended_connect::into_stream_answer(&mut head.status, &mut head.headers);
+            response = Response::from_parts(head, body);
+        }
         let route = response
             .extensions_mut()
             .remove::<Route>()
@@ -81,7 +89,7 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
         let commands = commands.counting(registration.traffic());
         let span = relay_span(&route, &self.head);
         drop(self.head);
-        self.metrics.opened(&route.node);
+        self.metrics.opened(&route.node, self.via);
         let task = RelayTask {
             stage: Stage::Upgrading {
                 upgrade: self.client_upgrade,

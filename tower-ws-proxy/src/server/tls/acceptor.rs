@@ -19,7 +19,7 @@ use crate::{
 
 /// TLS for [`serve_tls`](crate::server::serve_tls) and
 /// [`serve_tls_on_workers`](crate::server::serve_tls_on_workers): the rustls server config
-/// (aws-lc-rs provider, the given oldest version, ALPN `http/1.1`) over hot-reloadable
+/// (aws-lc-rs provider, the given oldest version, ALPN `h2` and `http/1.1`) over hot-reloadable
 /// [`Certificates`]. Cheap to clone.
 ///
 /// ```no_run
@@ -31,7 +31,7 @@ use crate::{
 ///
 /// let tls = TlsAcceptor::new(&TlsSettings::new("cert.pem", "key.pem").min_version(TlsVersion::Tls13))?;
 /// let _watcher = tls.certificates().watch(Duration::from_secs(1));
-/// assert_eq!(tls.config().alpn_protocols, [b"http/1.1".to_vec()]);
+/// assert_eq!(tls.config().alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -45,11 +45,20 @@ impl TlsAcceptor {
     /// read or used.
     pub fn new(settings: &TlsSettings) -> Result<Self, CertificateError> {
         let certificates = Certificates::load(settings)?;
-        Ok(Self::with_certificates(certificates, settings.min_version))
+        Ok(Self::with_certificates(
+            certificates,
+            settings.min_version,
+            settings.http2,
+        ))
     }
 
-    /// Serves `certificates`, to clients of `min_version` or newer.
-    pub fn with_certificates(certificates: Arc<Certificates>, min_version: TlsVersion) -> Self {
+    /// Serves `certificates`, to clients of `min_version` or newer, offering HTTP/2 by ALPN
+    /// if `http2`.
+    pub fn with_certificates(
+        certificates: Arc<Certificates>,
+        min_version: TlsVersion,
+        http2: bool,
+    ) -> Self {
         let versions: &[&'static SupportedProtocolVersion] = match min_version {
             TlsVersion::Tls12 => &[&version::TLS13, &version::TLS12],
             TlsVersion::Tls13 => &[&version::TLS13],
@@ -59,9 +68,14 @@ impl TlsAcceptor {
             .expect("the aws-lc-rs provider has cipher suites for TLS 1.2 and 1.3")
             .with_no_client_auth()
             .with_cert_resolver(certificates.clone());
-        // Only what the connection is served with: hyper's HTTP/1.1 server. A client that
-        // offers only `h2` is refused in the handshake rather than misunderstood after it.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Only what the connection can be served with: hyper's HTTP/2 server (with extended
+        // CONNECT, so WebSockets too) and its HTTP/1.1 server. A client that offers neither
+        // is refused in the handshake rather than misunderstood after it.
+        config.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Self {
             acceptor: Arc::new(config).into(),
             certificates,
@@ -97,8 +111,12 @@ impl Handshake for TlsAcceptor {
         };
         match handshake {
             Ok(Ok(stream)) => {
-                let server_name = stream.get_ref().1.server_name().map(Arc::from);
-                Some((stream, Some(ClientTls { server_name })))
+                let session = stream.get_ref().1;
+                let tls = ClientTls {
+                    server_name: session.server_name().map(Arc::from),
+                    http2: session.alpn_protocol() == Some(b"h2"),
+                };
+                Some((stream, Some(tls)))
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "TLS handshake failed");

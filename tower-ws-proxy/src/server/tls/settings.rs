@@ -11,6 +11,7 @@ use std::{fmt, path::PathBuf, str::FromStr};
 /// cert = "/etc/wscluster/default.pem"
 /// key = "/etc/wscluster/default.key"
 /// min_version = "1.3"            # "1.2" (the default) or "1.3"
+/// http2 = true                   # offer h2 by ALPN (the default): WebSockets over HTTP/2 too
 ///
 /// [[sni]]
 /// name = "chat.example.com"      # or "*.example.com": one label, as in a certificate
@@ -40,6 +41,10 @@ pub struct TlsSettings {
     /// The oldest protocol version a client may use. Default: TLS 1.2.
     #[cfg_attr(feature = "serde", serde(default))]
     pub min_version: TlsVersion,
+    /// Offer HTTP/2 (ALPN `h2`, before `http/1.1`): browsers then send requests and, with
+    /// extended CONNECT (RFC 8441), WebSockets as streams of one connection. Default: on.
+    #[cfg_attr(feature = "serde", serde(default = "yes"))]
+    pub http2: bool,
     /// Certificates chosen by the server name the client asks for.
     #[cfg_attr(feature = "serde", serde(default))]
     pub sni: Vec<SniCertificate>,
@@ -52,6 +57,7 @@ impl TlsSettings {
             cert: cert.into(),
             key: key.into(),
             min_version: TlsVersion::default(),
+            http2: true,
             sni: Vec::new(),
         }
     }
@@ -71,11 +77,22 @@ impl TlsSettings {
         self
     }
 
+    /// Offers HTTP/2 by ALPN, or not (`http/1.1` only).
+    pub fn http2(mut self, offer: bool) -> Self {
+        self.http2 = offer;
+        self
+    }
+
     /// Refuses clients older than `version`.
     pub fn min_version(mut self, version: TlsVersion) -> Self {
         self.min_version = version;
         self
     }
+}
+
+#[cfg(feature = "serde")]
+fn yes() -> bool {
+    true
 }
 
 /// A certificate served to the clients that ask for `name` (SNI).
