@@ -38,6 +38,8 @@ pub(crate) struct AdminState {
     pub(crate) access: crate::admin_access::AdminAccess,
     /// The gateway's listeners, once bound: never a backend.
     pub(crate) own_listeners: OwnListeners,
+    /// The public listener serves TLS: the dashboard's clients use `wss://`.
+    pub(crate) public_tls: bool,
     /// What `/metrics` serves.
     pub(crate) metrics: GatewayMetrics,
     /// Migrations in flight, for the overview.
@@ -169,6 +171,7 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         "public": state.own_listeners.public().map(|a| a.to_string()),
+        "public_tls": state.public_tls,
         "scaler": state.scaler.is_some(),
         "members": nodes,
         "others": others,

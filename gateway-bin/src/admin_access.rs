@@ -72,6 +72,7 @@ impl fmt::Debug for AdminToken {
 ///     [admin]
 ///     token = "correct-horse-battery-staple"   # or token = { file = "/run/secrets/admin" }
 ///     backend_networks = ["10.0.0.0/8"]
+///     tls = false                              # true: https:// with [tls]'s certificates
 /// "#)?;
 /// assert!(config.admin.token.unwrap().matches("correct-horse-battery-staple"));
 /// # Ok::<(), gateway_bin::config::ConfigError>(())
@@ -87,6 +88,9 @@ pub struct AdminAccess {
     /// A backend added through the API must have an address in one of these networks
     /// (empty: any address that is not one of the gateway's own listeners).
     pub backend_networks: Vec<IpNet>,
+    /// Serve the admin listener (API, dashboard, `/metrics`) over TLS too, with `[tls]`'s
+    /// certificates (and their reloads). Default: off (it is on loopback by default).
+    pub tls: bool,
 }
 
 /// Checks every admin request before a handler sees it: the token (401), that it is not a
@@ -123,7 +127,7 @@ impl<B> ValidateRequest<B> for AdminGuard {
                 return Err(refusal);
             }
         }
-        if let Some(why) = cross_site(headers) {
+        if let Some(why) = cross_site(headers, request.uri()) {
             return Err(refuse(StatusCode::FORBIDDEN, &why));
         }
         let writes = matches!(
@@ -146,8 +150,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Why a request comes from another site, if it does.
-fn cross_site(headers: &HeaderMap) -> Option<String> {
+/// Why a request comes from another site, if it does. Its own host is `Host`, or over HTTP/2
+/// the URI's authority (`:authority`).
+fn cross_site(headers: &HeaderMap, uri: &http::Uri) -> Option<String> {
     if headers
         .get("sec-fetch-site")
         .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
@@ -155,7 +160,10 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
         return Some("cross-site requests to the admin API are refused".into());
     }
     let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
     let origin_host = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
@@ -355,13 +363,27 @@ mod tests {
     #[test]
     fn only_the_own_origin_may_write() {
         let mut headers = HeaderMap::new();
+        let path = http::Uri::from_static("/admin/backends");
         headers.insert(header::HOST, "127.0.0.1:7001".parse().unwrap());
-        assert!(cross_site(&headers).is_none(), "no Origin: curl, scripts");
+        assert!(
+            cross_site(&headers, &path).is_none(),
+            "no Origin: curl, scripts"
+        );
         headers.insert(header::ORIGIN, "http://127.0.0.1:7001".parse().unwrap());
-        assert!(cross_site(&headers).is_none());
+        assert!(cross_site(&headers, &path).is_none());
         headers.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        assert!(cross_site(&headers).unwrap().contains("evil.example"));
+        assert!(cross_site(&headers, &path)
+            .unwrap()
+            .contains("evil.example"));
         headers.insert(header::ORIGIN, "null".parse().unwrap());
-        assert!(cross_site(&headers).is_some());
+        assert!(cross_site(&headers, &path).is_some());
+
+        // HTTP/2: no Host, the authority is the URI's.
+        let mut headers = HeaderMap::new();
+        let h2 = http::Uri::from_static("https://127.0.0.1:7001/admin/backends");
+        headers.insert(header::ORIGIN, "https://127.0.0.1:7001".parse().unwrap());
+        assert!(cross_site(&headers, &h2).is_none());
+        headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(cross_site(&headers, &h2).is_some());
     }
 }

@@ -163,6 +163,7 @@ impl Gateway {
             drain_window: config.migration.drain_window,
             scaler,
             access: config.admin.clone(),
+            public_tls: config.tls.is_some(),
             own_listeners: own_listeners.clone(),
             metrics: metrics.clone(),
             migration_metrics,
@@ -194,6 +195,7 @@ impl Gateway {
             tls,
         } = apps;
         let certificates = tls.as_ref().map(|tls| tls.certificates().clone());
+        let admin_tls = tls.clone().filter(|_| config.admin.tls);
         let listen = &config.listen;
         let admin_listener = TcpListener::bind(listen.admin).await?;
         let (stop, stopped) = watch::channel(false);
@@ -227,12 +229,11 @@ impl Gateway {
             _ => None,
         };
         own_listeners.set(own);
-        servers.push(server::serve(
-            admin_listener,
-            admin_app,
-            limits.for_private_listener(),
-            stopped,
-        ));
+        let admin_limits = limits.for_private_listener();
+        servers.push(match admin_tls {
+            Some(tls) => server::serve_tls(admin_listener, admin_app, admin_limits, tls, stopped),
+            None => server::serve(admin_listener, admin_app, admin_limits, stopped),
+        });
         tracing::info!(%public, %admin, workers = listen.workers, "listening");
         Ok(Gateway {
             public,
@@ -290,8 +291,15 @@ struct Apps {
     tls: Option<TlsAcceptor>,
 }
 
-/// A gateway whose admin API anyone who can reach it could use is not started.
+/// A gateway whose admin API anyone who can reach it could use is not started, nor one
+/// asked to serve it over TLS without certificates.
 fn refuse_an_open_admin_api(config: &GatewayConfig) -> std::io::Result<()> {
+    if config.admin.tls && config.tls.is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "admin.tls is on but there is no certificate: add [tls] (or --tls-cert and --tls-key)",
+        ));
+    }
     if config.admin.token.is_none() && !config.listen.admin.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -106,6 +106,10 @@ async fn main() -> ExitCode {
     };
     let shown_token = launch.shown_token.clone();
     let config_has_token = launch.config.admin.token.is_some() && shown_token.is_none();
+    let tls = ServedTls {
+        public: launch.config.tls.is_some(),
+        admin: launch.config.tls.is_some() && launch.config.admin.tls,
+    };
     let started = if launch.demo > 0 {
         demo::start(launch.config, launch.backends, launch.demo).await
     } else {
@@ -118,12 +122,7 @@ async fn main() -> ExitCode {
     if let Some(certificates) = gateway.certificates() {
         reload_on_hangup(certificates);
     }
-    print_banner(
-        &gateway,
-        shown_token.as_deref(),
-        config_has_token,
-        gateway.certificates().is_some(),
-    );
+    print_banner(&gateway, shown_token.as_deref(), config_has_token, tls);
     let code = run_until_signal(gateway).await;
     // Not a return: dropping the runtime would wait for blocking tasks (a DNS lookup, say).
     std::process::exit(code)
@@ -269,16 +268,17 @@ fn fit_caps_to_descriptors(config: &mut GatewayConfig) {
     }
 }
 
-/// Where to connect (`tls`: the public listener serves TLS), and ready-to-paste commands with the admin token (`shown`: the demo's
-/// fresh one; `configured`: one from the config, not printed).
-fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool, tls: bool) {
+/// Where to connect (`tls`: which listeners serve TLS), and ready-to-paste commands with the
+/// admin token (`shown`: the demo's fresh one; `configured`: one from the config, not printed).
+fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool, tls: ServedTls) {
     let (public, admin) = (gateway.public, gateway.admin);
-    let (ws, http) = if tls {
+    let (ws, http) = if tls.public {
         ("wss", "https")
     } else {
         ("ws", "http")
     };
-    println!("wscluster gateway on {ws}://{public} (admin on http://{admin})");
+    let admin_http = if tls.admin { "https" } else { "http" };
+    println!("wscluster gateway on {ws}://{public} (admin on {admin_http}://{admin})");
     println!("  connect:  websocat {ws}://{public}/connect/42");
     println!("  send:     curl -X POST '{http}://{public}/send?userId=42' -d hello");
     let (auth, fragment) = match shown {
@@ -295,11 +295,18 @@ fn print_banner(gateway: &Gateway, shown: Option<&str>, configured: bool, tls: b
         ),
         None => (String::new(), String::new()),
     };
-    println!("  dashboard: http://{admin}/{fragment}");
-    println!("  ring:     curl {auth}http://{admin}/admin/ring");
+    println!("  dashboard: {admin_http}://{admin}/{fragment}");
+    println!("  ring:     curl {auth}{admin_http}://{admin}/admin/ring");
     println!(
-        "  scale up: curl {auth}-H 'Content-Type: application/json' -X POST http://{admin}/admin/backends"
+        "  scale up: curl {auth}-H 'Content-Type: application/json' -X POST {admin_http}://{admin}/admin/backends"
     );
+}
+
+/// Which listeners serve TLS, for the banner.
+#[derive(Clone, Copy)]
+struct ServedTls {
+    public: bool,
+    admin: bool,
 }
 
 /// Serves until Ctrl-C or SIGTERM, then shuts down within its bound; a second signal exits

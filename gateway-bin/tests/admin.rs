@@ -137,6 +137,7 @@ async fn a_backend_address_may_not_be_the_gateway_or_outside_the_allowed_network
     config.admin = AdminAccess {
         token: None,
         backend_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        ..AdminAccess::default()
     };
     let gateway = gateway_bin::demo::start(config, vec![], 1).await.unwrap();
     let add = |address: SocketAddr| {
@@ -183,4 +184,16 @@ async fn the_cloud_metadata_service_is_never_a_backend() {
     let ring = ring_json(&gateway).await;
     assert!(!ring.to_string().contains("169.254"), "{ring}");
     gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_listener_on_tls_without_certificates_is_not_started() {
+    let mut config = any_port();
+    config.admin.tls = true;
+    let error = gateway_bin::demo::start(config, vec![], 1)
+        .await
+        .err()
+        .expect("no certificate for admin.tls");
+    assert!(error.to_string().contains("admin.tls"), "{error}");
+    assert!(error.to_string().contains("[tls]"), "{error}");
 }

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gateway_bin::admin_access::AdminToken;
+use gateway_bin::{admin_access::AdminToken, config::GatewayConfig};
 
 const TOKEN: &str = "browser-test-admin-token-0123456789";
 
@@ -20,16 +20,55 @@ async fn the_dashboard_works_in_headless_chromium() {
     let mut config = any_port();
     config.admin.token = Some(AdminToken::new(TOKEN).unwrap());
     let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
+    let mut command = dashboard_checks(&format!("http://{}", gateway.admin));
+    if let Some(path) = std::env::var_os("DASHBOARD_SCREENSHOT") {
+        command.env("SCREENSHOT", path);
+    }
+    run(command).await;
+}
+
+/// The same checks over HTTPS, both listeners on TLS: the card's WebSocket rides the page's
+/// HTTP/2 connection to the public listener as an extended CONNECT, and a live move keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_dashboards_websockets_ride_http2() {
+    if !wscluster_testkit::browser_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("wscluster-browser-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let file = GatewayConfig::parse(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\ntls = true\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",
+        dir.display()
+    ))
+    .unwrap();
+    let config = GatewayConfig {
+        admin: file.admin,
+        tls: file.tls,
+        ..any_port()
+    };
+    let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
+    run(dashboard_checks(&format!("https://{}", gateway.admin))).await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `tests/browser/dashboard.py` against the admin listener at `admin`.
+fn dashboard_checks(admin: &str) -> tokio::process::Command {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.py");
     let mut command = tokio::process::Command::new("python3");
     command
         .arg(script)
-        .env("ADMIN", format!("http://{}", gateway.admin))
+        .env("ADMIN", admin)
         .env("TOKEN", TOKEN)
         .kill_on_drop(true);
-    if let Some(path) = std::env::var_os("DASHBOARD_SCREENSHOT") {
-        command.env("SCREENSHOT", path);
-    }
+    command
+}
+
+async fn run(mut command: tokio::process::Command) {
     let run = tokio::time::timeout(Duration::from_secs(180), command.output());
     let output = run
         .await

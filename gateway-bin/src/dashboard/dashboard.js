@@ -367,13 +367,31 @@ function renderMigrations(s) {
 // ---- client cards: real WebSockets to the public listener, as a chosen user.
 const clients = new Map();
 
-function publicUrl(user) {
+function publicTls() {
+  return (state && state.public_tls) || location.protocol === 'https:';
+}
+
+function publicOrigin() {
   const [host, port] = splitAddress(state ? state.public : location.host);
   const unspecified = host === '0.0.0.0' || host === '::' || host === '[::]';
   const name = unspecified ? location.hostname : host;
-  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  return `${name.includes(':') && !name.startsWith('[') ? `[${name}]` : name}:${port}`;
+}
+
+function publicUrl(user) {
   const u = encodeURIComponent(user);
-  return `${scheme}://${name.includes(':') && !name.startsWith('[') ? `[${name}]` : name}:${port}/connect/${u}?userId=${u}`;
+  return `${publicTls() ? 'wss' : 'ws'}://${publicOrigin()}/connect/${u}?userId=${u}`;
+}
+
+// A browser sends a WebSocket over HTTP/2 (RFC 8441) only on an HTTP/2 connection it already
+// holds to that origin; otherwise it opens an HTTP/1.1 one. One request opens it (answered
+// 400 for lack of a key; what matters is the connection), with credentials, as a WebSocket's.
+let warmed = null;
+function warmPublicConnection() {
+  if (!publicTls()) return Promise.resolve();
+  warmed = warmed || fetch(`https://${publicOrigin()}/`, { mode: 'no-cors', credentials: 'include' })
+    .catch(() => {});
+  return warmed;
 }
 
 function splitAddress(address) {
@@ -414,8 +432,9 @@ function message(client, text) {
   list.scrollTop = list.scrollHeight;
 }
 
-function connect(client) {
+async function connect(client) {
   status(client, 'connecting…');
+  await warmPublicConnection();
   const ws = new WebSocket(publicUrl(client.user));
   client.ws = ws;
   ws.addEventListener('open', () => {

@@ -35,10 +35,11 @@ const SCRIPT: &str = include_str!("dashboard.js");
 const STYLE: &str = include_str!("dashboard.css");
 
 /// Scripts and styles from this origin only; WebSockets to the public listener (another
-/// port, so another origin); no framing, no form posts, no plugins.
+/// port, so another origin), and one `https:` request there that opens the HTTP/2 connection
+/// its WebSockets then ride; no framing, no form posts, no plugins.
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-                      img-src 'self'; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
-                      base-uri 'none'; form-action 'none'";
+                      img-src 'self'; connect-src 'self' ws: wss: https:; \
+                      frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// How often the live state is sent when nothing changes.
 const TICK: Duration = Duration::from_secs(1);

@@ -2,12 +2,16 @@
 
 Debian's `chromium` and `chromium-driver` with Python `selenium` (the system chromedriver,
 nothing downloaded). Run by `gateway-bin/tests/browser.rs`, which starts the gateway and
-passes ADMIN (http://host:port), TOKEN and, optionally, SCREENSHOT (a PNG path).
+passes ADMIN (http://host:port), TOKEN and, optionally, SCREENSHOT (a PNG path). With
+ADMIN an https:// address, the gateway serves TLS on both listeners (a certificate made by
+the test): the page is loaded over HTTPS, and its client card's WebSocket must arrive over
+HTTP/2 as an extended CONNECT (RFC 8441), and stay open through a live move.
 Exits non-zero with the reason on the first check that fails.
 """
 
 import json
 import os
+import ssl
 import sys
 import time
 import traceback
@@ -20,6 +24,16 @@ from selenium.webdriver.common.by import By
 ADMIN = os.environ["ADMIN"]
 TOKEN = os.environ["TOKEN"]
 SCREENSHOT = os.environ.get("SCREENSHOT")
+TLS = ADMIN.startswith("https://")
+# The test's own self-signed certificate: not checked by the API calls or the browser.
+UNCHECKED = ssl._create_unverified_context() if TLS else None
+
+
+def get_text(path):
+    request = urllib.request.Request(ADMIN + path)
+    request.add_header("Authorization", "Bearer " + TOKEN)
+    with urllib.request.urlopen(request, timeout=10, context=UNCHECKED) as response:
+        return response.read().decode()
 
 
 def api(path, method="GET", body=None):
@@ -29,7 +43,7 @@ def api(path, method="GET", body=None):
     if body is not None:
         request.add_header("Content-Type", "application/json")
         data = json.dumps(body).encode()
-    with urllib.request.urlopen(request, data, timeout=10) as response:
+    with urllib.request.urlopen(request, data, timeout=10, context=UNCHECKED) as response:
         return json.loads(response.read())
 
 
@@ -61,6 +75,8 @@ def main():
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1200"):
         options.add_argument(argument)
+    if TLS:
+        options.add_argument("--ignore-certificate-errors")
     service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
     driver = webdriver.Chrome(service=service, options=options)
     try:
@@ -138,6 +154,18 @@ def check(driver):
         first = moves[0].text if moves else ""
         return first if "42" in first and server in first else None
     wait(first_move, f"the move of user 42 off {server} in the moves table")
+
+    if TLS:
+        # The card's WebSocket was a stream of the page's HTTP/2 connection to the public
+        # listener, and it stayed open through the move above.
+        opened = {}
+        for line in get_text("/metrics").splitlines():
+            if line.startswith("wscluster_websockets_opened_via_total{"):
+                via = line.split('via="')[1].split('"')[0]
+                opened[via] = int(float(line.rsplit(" ", 1)[1]))
+        assert opened.get("h2_extended_connect", 0) >= 1, opened
+        assert opened.get("http1_upgrade", 0) == 0, opened
+        assert card.get_attribute("data-open") == "yes", card.get_attribute("data-open")
 
     # Narrow window: nothing wider than the viewport.
     driver.set_window_size(420, 900)
