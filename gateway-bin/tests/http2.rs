@@ -281,6 +281,8 @@ mod frames {
     pub(super) const GOAWAY: u8 = 0x7;
     pub(super) const ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
     pub(super) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub(super) const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub(super) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
     pub(super) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
     pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -332,7 +334,11 @@ async fn read_frame(tls: &mut TlsStream<tokio::net::TcpStream>) -> Option<(u8, u
 /// `ENHANCE_YOUR_CALM`, and the gateway goes on serving others.
 #[tokio::test]
 async fn settings_are_announced_and_a_rapid_reset_flood_gets_goaway() {
-    let gateway = TlsGateway::start(1, "max_concurrent_streams = 7\nmax_pending_resets = 10").await;
+    let gateway = TlsGateway::start(
+        1,
+        "max_concurrent_streams = 7\nmax_pending_resets = 10\nstream_window = 65536",
+    )
+    .await;
     let mut tls = gateway.tls().await;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
@@ -351,6 +357,12 @@ async fn settings_are_announced_and_a_rapid_reset_flood_gets_goaway() {
         settings.contains(&(frames::MAX_CONCURRENT_STREAMS, 7)),
         "{settings:?}"
     );
+    for expected in [
+        (frames::INITIAL_WINDOW_SIZE, 65_536),
+        (frames::MAX_HEADER_LIST_SIZE, 16_384),
+    ] {
+        assert!(settings.contains(&expected), "{expected:?} in {settings:?}");
+    }
 
     let mut flood = vec![];
     for stream in (1..2_000u32).step_by(2) {
@@ -399,6 +411,25 @@ async fn a_connection_carries_at_most_its_stream_cap() {
     )
     .await
     .expect("a closed stream frees its place");
+    assert_eq!(server, "backend-a");
+    gateway.shutdown().await;
+}
+
+/// A header list past `http.max_head_bytes` is refused on its stream (431), and the
+/// connection goes on serving.
+#[tokio::test]
+async fn an_oversized_header_list_is_refused_on_its_stream() {
+    let gateway = TlsGateway::start(1, "").await;
+    let mut sender = gateway.http2().await;
+    let big = http::Request::get(gateway.url("/count?userId=big"))
+        .header("x-big", "x".repeat(32 * 1024))
+        .body(Full::default())
+        .unwrap();
+    sender.ready().await.unwrap();
+    // h2 answers it itself, before the stack sees the request.
+    let answer = sender.send_request(big).await.unwrap();
+    assert_eq!(answer.status(), 431);
+    let (_, server) = open_stream(&gateway, &mut sender, "after-the-big-one").await;
     assert_eq!(server, "backend-a");
     gateway.shutdown().await;
 }
