@@ -449,9 +449,10 @@ impl RingAndMigration {
         if let Some(factor) = routing.load_factor {
             balancer = balancer.bounded_loads(factor, Arc::new(connections.clone()));
         }
-        let upstream = config.upstream;
-        let upstreams = ring_changes
-            .map_backends(move |backend| Upstream::new(backend.address.to_string(), upstream));
+        let upstream = config.upstream.clone();
+        let upstreams = ring_changes.map_backends(move |backend| {
+            Upstream::new(backend.address.to_string(), upstream.clone())
+        });
         let (ring, driver) = balancer.shared(upstreams);
         tokio::spawn(driver);
         crate::digest::log_ring_changes(ring.subscribe(), members.clone());

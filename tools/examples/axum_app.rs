@@ -69,7 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let registry = RedisRegistry::new(&redis, "wscluster")?;
     members.follow(Origin::Redis, registry.discover());
     let config = UpstreamConfig::default();
-    let upstreams = changes.map_backends(move |b| Upstream::new(b.address.to_string(), config));
+    let upstreams =
+        changes.map_backends(move |b| Upstream::new(b.address.to_string(), config.clone()));
     let (app, _stats) = app(upstreams);
     // The fast path (raw sockets for the relay); `axum::serve(listener, app)` works too.
     let listener = tokio::net::TcpListener::bind(listen).await?;

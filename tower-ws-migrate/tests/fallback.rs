@@ -31,7 +31,7 @@ async fn relayed_with(config: RelayConfig) -> (TcpStream, TcpStream, RelayHandle
     let (handle, commands) = RelayHandle::new();
     tokio::spawn(relay(
         Peer::new(relay_client),
-        Peer::new(relay_upstream),
+        Peer::new(relay_upstream.into()),
         config,
         commands,
     ));

@@ -77,7 +77,7 @@ fn a_moved_connection_outlives_the_migrators_runtime() {
         let (handle, commands) = RelayHandle::new();
         tokio::spawn(relay(
             Peer::new(relay_client),
-            Peer::new(relay_upstream),
+            Peer::new(relay_upstream.into()),
             RelayConfig::default(),
             commands,
         ));

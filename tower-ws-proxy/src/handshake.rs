@@ -8,14 +8,11 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::{request, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     headers::{end_to_end_headers, strip_hop_by_hop},
-    Peer, ProxyBody, UpstreamError,
+    Peer, ProxyBody, UpstreamError, UpstreamStream,
 };
 
 /// The most a backend's response head may take.
@@ -28,7 +25,7 @@ const MAX_HEADERS: usize = 64;
 /// connection, with any bytes read past the head, to the relay; another status comes back
 /// with its body (by `content-length`; a response without one ends at EOF).
 pub(crate) async fn handshake(
-    mut tcp: TcpStream,
+    mut tcp: UpstreamStream,
     client: &request::Parts,
 ) -> Result<(Response<ProxyBody>, Option<Peer>), UpstreamError> {
     // Written straight from the client's head: no copy of its header map per handshake.

@@ -65,6 +65,8 @@ mod request_check;
 pub mod server;
 mod traffic;
 mod upstream;
+#[cfg(feature = "tls")]
+mod upstream_tls;
 mod websocket;
 
 pub use self::{
@@ -78,7 +80,7 @@ pub use self::{
     proxy::{text_response, HashRingProxy},
     relay::{
         relay, ClientStream, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle,
-        RelayOutcome, SwitchError,
+        RelayOutcome, SwitchError, UpstreamStream,
     },
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     traffic::{Flow, Traffic, TrafficTotals},
@@ -89,6 +91,9 @@ pub use self::{
     // tower's name inside the middleware's module; the crate root keeps the name it had.
     websocket::{ResponseFuture as WebSocketFuture, WebSocketLayer, WebSocketProxy},
 };
+
+#[cfg(feature = "tls")]
+pub use self::upstream_tls::{UpstreamTls, UpstreamTlsSettings};
 
 #[cfg(feature = "metrics")]
 pub use self::{

@@ -21,11 +21,24 @@ use tokio::net::TcpStream;
 use tower_hashring::balance::Route;
 use tower_service::Service;
 
+#[cfg(feature = "tls")]
+use crate::UpstreamTls;
+#[cfg(feature = "tls")]
+use hyper_rustls::HttpsConnector;
+
 use crate::{
     handshake,
     headers::{is_websocket_upgrade, set_upgrade_headers, strip_hop_by_hop},
-    BoxError, Peer,
+    BoxError, Peer, UpstreamStream,
 };
+
+/// The pooled client's TCP connector: the config's connect deadline, no Nagle.
+fn http_connector(config: &UpstreamConfig) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector
+}
 
 /// A request body the upstream can send (boxed so retries can swap it for an empty one).
 ///
@@ -51,7 +64,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 ///
 /// With the `serde` feature it reads as `{ connect_timeout = "2s", handshake_timeout = "5s" }`
 /// (neither may be 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Deserialize),
@@ -71,6 +84,16 @@ pub struct UpstreamConfig {
         serde(deserialize_with = "crate::deserialize::positive")
     )]
     pub handshake_timeout: Duration,
+    /// TLS to the backends (`wss://`, `https://`), with the `tls` feature; default: plaintext.
+    /// In a config file, `tls = { ca = "backends-ca.pem", server_name = "backend.internal" }`
+    /// ([`UpstreamTlsSettings`](crate::UpstreamTlsSettings)): the bundle is read as the file
+    /// is, and a bad one is an error naming it.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "crate::upstream_tls::load")
+    )]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Default for UpstreamConfig {
@@ -78,6 +101,8 @@ impl Default for UpstreamConfig {
         Self {
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -159,20 +184,46 @@ pub struct WebSocketAnswer {
 pub struct Upstream {
     authority: Arc<str>,
     client: Client<HttpConnector, ProxyBody>,
+    /// TLS to this backend, and the pooled client that speaks it.
+    #[cfg(feature = "tls")]
+    tls: Option<(
+        UpstreamTls,
+        Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    )>,
     config: UpstreamConfig,
 }
 
 impl Upstream {
-    /// A backend at `authority` (`host:port`).
+    /// A backend at `authority` (`host:port`), over TLS if `config.tls` says so.
     pub fn new(authority: impl Into<Arc<str>>, config: UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        Self {
+        #[cfg(feature = "tls")]
+        let tls = config.tls.clone();
+        let upstream = Self {
             authority: authority.into(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(http_connector(&config)),
+            #[cfg(feature = "tls")]
+            tls: None,
             config,
+        };
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls {
+            return upstream.tls(tls);
         }
+        upstream
+    }
+
+    /// Speaks TLS to this backend (`wss://`, `https://`), trusting `tls`'s CAs only. A
+    /// handshake that fails (an unknown CA, a name that does not match) is a connect error:
+    /// the balancer tries the next candidate.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: UpstreamTls) -> Self {
+        let mut http = http_connector(&self.config);
+        // `https://` URIs reach it through the TLS connector above it.
+        http.enforce_http(false);
+        let connector = tls.https_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        self.tls = Some((tls, client));
+        self
     }
 
     /// The backend's `host:port`.
@@ -196,17 +247,21 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         parts.uri = self.absolute_uri(&parts.uri)?;
         strip_hop_by_hop(&mut parts.headers);
-        let mut response = self
-            .client
-            .request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(std::io::Error::other(e))
-                } else {
-                    UpstreamError::Http(e.into())
-                }
-            })?;
+        let request = Request::from_parts(parts, body);
+        #[cfg(feature = "tls")]
+        let response = match &self.tls {
+            Some((_, client)) => client.request(request).await,
+            None => self.client.request(request).await,
+        };
+        #[cfg(not(feature = "tls"))]
+        let response = self.client.request(request).await;
+        let mut response = response.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(std::io::Error::other(e))
+            } else {
+                UpstreamError::Http(e.into())
+            }
+        })?;
         strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }
@@ -226,10 +281,10 @@ impl Upstream {
         .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
 
-        let (mut response, upgraded) = tokio::time::timeout(
-            self.config.handshake_timeout,
-            handshake::handshake(tcp, client),
-        )
+        let (mut response, upgraded) = tokio::time::timeout(self.config.handshake_timeout, async {
+            let stream = self.secure(tcp).await.map_err(UpstreamError::Connect)?;
+            handshake::handshake(stream, client).await
+        })
         .await
         .map_err(|_| UpstreamError::HandshakeTimeout)??;
         if upgraded.is_some() {
@@ -238,9 +293,28 @@ impl Upstream {
         Ok(WebSocketAnswer { response, upgraded })
     }
 
+    /// The socket as the relay's upstream: in TLS if this backend speaks it.
+    async fn secure(&self, tcp: TcpStream) -> std::io::Result<UpstreamStream> {
+        #[cfg(feature = "tls")]
+        if let Some((tls, _)) = &self.tls {
+            let stream = tls.connect(tcp, &self.authority).await?;
+            return Ok(UpstreamStream::Tls(Box::new(stream)));
+        }
+        Ok(tcp.into())
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(clippy::unused_self))]
+    fn scheme(&self) -> &'static str {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return "https";
+        }
+        "http"
+    }
+
     fn absolute_uri(&self, uri: &Uri) -> Result<Uri, UpstreamError> {
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("http://{}{path}", self.authority)
+        format!("{}://{}{path}", self.scheme(), self.authority)
             .parse()
             .map_err(|e: http::uri::InvalidUri| UpstreamError::Http(e.into()))
     }
@@ -315,6 +389,7 @@ impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("authority", &self.authority)
+            .field("scheme", &self.scheme())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -322,7 +397,7 @@ impl fmt::Debug for Upstream {
 
 /// The TCP socket under an upgraded hyper connection, with the bytes hyper already read; the
 /// connection back when the server wrapped its socket (then relay it as it is).
-pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer, Upgraded> {
+pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer<TcpStream>, Upgraded> {
     let parts = upgraded.downcast::<TokioIo<TcpStream>>()?;
     // `read_buf` can share hyper's whole read buffer; copying the few leftover bytes lets
     // that buffer go, instead of pinning it for the connection's lifetime.

@@ -30,7 +30,7 @@ async fn relayed(
     let (handle, commands) = RelayHandle::new();
     let task = tokio::spawn(relay(
         Peer::new(relay_client),
-        Peer::new(relay_backend),
+        Peer::new(relay_backend.into()),
         config,
         commands,
     ));
@@ -172,7 +172,7 @@ async fn a_switch_gives_up_on_a_client_parked_mid_message() {
 
     let (mut new_backend, relay_new) = socket_pair().await;
     let started = Instant::now();
-    let switched = handle.switch_to(Peer::new(relay_new)).await;
+    let switched = handle.switch_to(Peer::new(relay_new.into())).await;
     assert_eq!(switched, Err(SwitchError::NoBoundary));
     let took = started.elapsed();
     assert!(
@@ -244,7 +244,7 @@ async fn both_sockets_get_tcp_keepalive() {
     let config = RelayConfig::default().tcp_keepalive(Some(Duration::from_secs(42)));
     let task = tokio::spawn(relay(
         Peer::new(TcpStream::from_std(relay_client).unwrap()),
-        Peer::new(TcpStream::from_std(relay_backend).unwrap()),
+        Peer::new(TcpStream::from_std(relay_backend).unwrap().into()),
         config,
         commands,
     ));
@@ -291,7 +291,7 @@ async fn an_inherited_client_keepalive_is_not_set_again() {
         .client_keepalive_inherited(true);
     let task = tokio::spawn(relay(
         Peer::new(TcpStream::from_std(relay_client).unwrap()),
-        Peer::new(TcpStream::from_std(relay_backend).unwrap()),
+        Peer::new(TcpStream::from_std(relay_backend).unwrap().into()),
         config,
         commands,
     ));

@@ -60,7 +60,13 @@ async fn proxy(
         let mut server = TcpStream::connect(upstream).await.unwrap();
         copy_head(&mut client, &mut server).await;
         copy_head(&mut server, &mut client).await;
-        relay(Peer::new(client), Peer::new(server), config, commands).await
+        relay(
+            Peer::new(client),
+            Peer::new(server.into()),
+            config,
+            commands,
+        )
+        .await
     });
     (addr, handle, task)
 }
@@ -118,7 +124,7 @@ async fn what_the_relay_carried_is_counted_by_direction() {
         copy_head(&mut upstream, &mut client).await;
         relay(
             Peer::new(client),
-            Peer::new(upstream),
+            Peer::new(upstream.into()),
             RelayConfig::default(),
             commands,
         )
@@ -284,7 +290,7 @@ async fn nothing_follows_an_injected_close() {
     handle.close(1012, "moving");
     let relay_task = tokio::spawn(relay(
         Peer::new(relay_client),
-        Peer::new(relay_upstream),
+        Peer::new(relay_upstream.into()),
         RelayConfig::default(),
         commands,
     ));
@@ -383,7 +389,9 @@ async fn a_switch_moves_the_client_without_a_close_or_a_lost_message() {
         if echoes.len() == 50 {
             let handle = handle.clone();
             switched = Some(tokio::spawn(async move {
-                handle.switch_to(Peer::new(handshaken(new).await)).await
+                handle
+                    .switch_to(Peer::new(handshaken(new).await.into()))
+                    .await
             }));
         }
     }
@@ -437,7 +445,7 @@ async fn a_switch_interrupted_mid_message_closes_the_client_with_1012() {
     let (handle, commands) = RelayHandle::new();
     let relay_task = tokio::spawn(relay(
         Peer::new(relay_client),
-        Peer::new(relay_old),
+        Peer::new(relay_old.into()),
         RelayConfig::default(),
         commands,
     ));
@@ -451,14 +459,14 @@ async fn a_switch_interrupted_mid_message_closes_the_client_with_1012() {
     let (_new_side, relay_new) = socket_pair().await;
     let switching = {
         let handle = handle.clone();
-        tokio::spawn(async move { handle.switch_to(Peer::new(relay_new)).await })
+        tokio::spawn(async move { handle.switch_to(Peer::new(relay_new.into())).await })
     };
     // The relay closed the old upstream (masked, 1001): the switch is under way.
     let mut closed = vec![0u8; close_frame(1001, "moved to another backend", true).len()];
     old_side.read_exact(&mut closed).await.unwrap();
     let (_other, relay_other) = socket_pair().await;
     assert_eq!(
-        handle.switch_to(Peer::new(relay_other)).await,
+        handle.switch_to(Peer::new(relay_other.into())).await,
         Err(SwitchError::Busy)
     );
     // The old upstream answers with its close before finishing the message.

@@ -18,7 +18,7 @@ async fn an_idle_relay_future_stays_small() {
     let (_handle, commands) = RelayHandle::new();
     let relaying = relay(
         Peer::new(client),
-        Peer::new(upstream),
+        Peer::new(upstream.into()),
         RelayConfig::default(),
         commands,
     );

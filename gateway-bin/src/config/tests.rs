@@ -158,6 +158,14 @@ const BAD_VALUES: &[(&str, &str)] = &[
     ("[http]\nmax_headers = 0", "http.max_headers: "),
     ("[http]\nhead_timeout = \"0s\"", "http.head_timeout: "),
     (
+        "[http.http2]\nstream_window = 100",
+        "http.http2.stream_window: 100 is outside",
+    ),
+    (
+        "[upstream]\ntls = { ca = \"/nonexistent/backends-ca.pem\" }",
+        "upstream.tls: cannot read /nonexistent/backends-ca.pem",
+    ),
+    (
         "[routing]\nkey = [{ path = \"/connect\" }]",
         "routing.key[0]: ",
     ),

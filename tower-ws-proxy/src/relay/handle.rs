@@ -362,7 +362,7 @@ pub struct RelayHandle {
 /// ```
 /// use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle};
 ///
-/// async fn relayed(client: Peer, upstream: Peer) {
+/// async fn relayed(client: Peer<tokio::net::TcpStream>, upstream: Peer) {
 ///     let (handle, commands) = RelayHandle::new();
 ///     let relaying = tokio::spawn(relay(client, upstream, RelayConfig::default(), commands));
 ///     handle.close(1001, "going away");
@@ -464,7 +464,7 @@ impl RelayHandle {
 /// ```
 /// use tower_ws_proxy::{relay, Peer, RelayConfig, RelayHandle};
 ///
-/// async fn relayed(client: Peer, upstream: Peer) {
+/// async fn relayed(client: Peer<tokio::net::TcpStream>, upstream: Peer) {
 ///     let (_handle, commands) = RelayHandle::new();
 ///     let outcome = relay(client, upstream, RelayConfig::default(), commands).await;
 ///     tracing::debug!(client = ?outcome.client_close, upstream = ?outcome.upstream_close, "closed");

@@ -8,8 +8,9 @@ mod client;
 mod direction;
 mod handle;
 mod pump;
+mod upstream_stream;
 
-pub use self::client::ClientStream;
+pub use self::{client::ClientStream, upstream_stream::UpstreamStream};
 
 pub use self::handle::{
     RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome, SwitchError,
@@ -22,7 +23,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
 use self::handle::{keepalive_probes, Control};
 
@@ -118,20 +119,21 @@ impl Shared<'_> {
 }
 
 /// One side of a relayed connection: its stream and any bytes already read from it (for
-/// example frames that arrived together with the HTTP upgrade). Upstreams are TCP sockets;
-/// a client is one too on the fast path, or any upgraded hyper connection
-/// ([`ClientStream`]).
+/// example frames that arrived together with the HTTP upgrade). An upstream (the default
+/// type) is an [`UpstreamStream`]: a TCP socket, or TLS over one; a client is a TCP socket
+/// on the fast path, or any upgraded hyper connection ([`ClientStream`]).
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
 /// use tower_ws_proxy::Peer;
 ///
 /// let stream = tokio::net::TcpStream::connect("127.0.0.1:7100").await?;
-/// let peer = Peer::new(stream);
-/// # let _ = peer; Ok(()) }
+/// let client = Peer::new(stream);
+/// let upstream: Peer = Peer::new(tokio::net::TcpStream::connect("127.0.0.1:7101").await?.into());
+/// # let _ = (client, upstream); Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Peer<S = TcpStream> {
+pub struct Peer<S = UpstreamStream> {
     stream: S,
     preread: Bytes,
 }
@@ -142,9 +144,8 @@ impl Peer {
     /// every read would wake the relay from another thread, and the socket would stop
     /// working if that runtime shut down. Two system calls (deregister, register).
     fn on_this_runtime(self) -> std::io::Result<Peer> {
-        let stream = TcpStream::from_std(self.stream.into_std()?)?;
         Ok(Peer {
-            stream,
+            stream: self.stream.on_this_runtime()?,
             preread: self.preread,
         })
     }
@@ -283,7 +284,7 @@ async fn relay_to<C: ClientStream>(
     activity: &Activity,
 ) -> (DirectionEnd, DirectionEnd) {
     if let Some(idle) = config.tcp_keepalive {
-        keepalive(socket2::SockRef::from(&upstream.stream), idle);
+        keepalive(upstream.stream.socket(), idle);
     }
     let shared = Shared {
         config,
@@ -295,7 +296,7 @@ async fn relay_to<C: ClientStream>(
         end_by: AtomicU64::new(u64::MAX),
     };
     let (client_read, client_write) = client.stream.halves();
-    let (upstream_read, upstream_write) = upstream.stream.split();
+    let (upstream_read, upstream_write) = upstream.stream.halves();
     tokio::join!(
         pump::pump(
             client_read,

@@ -9,7 +9,7 @@ use std::{
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use tokio::{net::TcpStream, time::Instant};
 use tower_hashring::NodeId;
 
 use crate::{
@@ -39,7 +39,7 @@ pin_project! {
         Upgrading {
             upgrade: OnUpgrade,
             relay: Option<RelayArgs>,
-            start: fn(Peer, Peer, RelayConfig, RelayCommands) -> F,
+            start: fn(Peer<TcpStream>, Peer, RelayConfig, RelayCommands) -> F,
         },
         // The fast path: the raw socket, halves without a lock.
         Raw { #[pin] relay: F },

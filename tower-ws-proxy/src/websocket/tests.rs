@@ -290,5 +290,5 @@ async fn backend_socket() -> Peer {
     let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
-    Peer::new(socket)
+    Peer::new(socket.into())
 }

@@ -27,14 +27,14 @@ enum Reason {
 }
 
 impl CertificateError {
-    pub(super) fn read(path: &Path, error: std::io::Error) -> Self {
+    pub(crate) fn read(path: &Path, error: std::io::Error) -> Self {
         Self {
             path: path.to_owned(),
             reason: Reason::Read(error),
         }
     }
 
-    pub(super) fn unusable(path: &Path, error: impl fmt::Display) -> Self {
+    pub(crate) fn unusable(path: &Path, error: impl fmt::Display) -> Self {
         Self {
             path: path.to_owned(),
             reason: Reason::Unusable(error.to_string()),

@@ -78,6 +78,6 @@ pub use self::{
 pub use tokio_rustls::rustls;
 
 /// The one crypto provider of the crate.
-fn provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }

@@ -1,0 +1,277 @@
+//! TLS toward the backends, over real sockets with certificates made here: WebSockets and
+//! requests reach `wss://`/`https://` backends signed by the configured CA, checked against
+//! their address or a configured name; a backend the CA did not sign gets nothing (502).
+#![cfg(feature = "tls")]
+
+use std::{convert::Infallible, net::SocketAddr, path::PathBuf, time::Duration};
+
+use bytes::Bytes;
+use futures_util::{stream, SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_tungstenite::tungstenite::Message;
+use tower::discover::Change;
+use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+use tower_ws_proxy::{
+    server::{
+        self,
+        tls::{TlsAcceptor, TlsSettings},
+        HttpLimits,
+    },
+    HashRingProxy, LiveConnections, RelayConfig, Upstream, UpstreamConfig, UpstreamTls,
+    UpstreamTlsSettings,
+};
+
+/// A CA, the folder its files go to, and leaves it signs.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+    folder: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let folder = std::env::temp_dir().join(format!(
+            "tower-ws-proxy-upstream-tls-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("ca.pem"), ca.pem()).unwrap();
+        Self { ca, ca_key, folder }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.folder.join("ca.pem")
+    }
+
+    /// A leaf for `names` (an IP address becomes an IP name), as cert and key files.
+    fn leaf(&self, names: &[&str]) -> TlsSettings {
+        let key = KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let params = CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (cert_file, key_file) = (self.folder.join("leaf.pem"), self.folder.join("leaf.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        TlsSettings::new(cert_file, key_file)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// A `wss://` echo backend with `leaf`'s certificate.
+async fn wss_backend(leaf: &TlsSettings) -> SocketAddr {
+    let config = TlsAcceptor::new(leaf).unwrap().config().clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An `https://` backend (this crate's TLS server) that names the scheme it was reached by.
+async fn https_backend(leaf: &TlsSettings) -> (SocketAddr, watch::Sender<bool>) {
+    let app = tower::service_fn(|request: http::Request<Incoming>| async move {
+        let body = format!("over tls to {}", request.uri().path());
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let tls = TlsAcceptor::new(leaf).unwrap();
+    drop(server::serve_tls(
+        listener,
+        app,
+        HttpLimits::default(),
+        tls,
+        stopped,
+    ));
+    (addr, stop)
+}
+
+/// The proxy over `backend`, reached with `config`, served in plaintext.
+async fn gateway(backend: SocketAddr, config: UpstreamConfig) -> SocketAddr {
+    let backends = stream::iter([Ok::<_, Infallible>(Change::Insert(
+        NodeId::from("backend"),
+        Upstream::new(backend.to_string(), config),
+    ))]);
+    let key = HttpKey::new().path("/connect/{userId}").unwrap();
+    let (ring, driver) = HashRingLayer::new(key).shared(backends);
+    tokio::spawn(driver);
+    let proxy = HashRingProxy::new(ring, LiveConnections::new(100), RelayConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    drop(server::serve(
+        listener,
+        proxy,
+        HttpLimits::default(),
+        stopped,
+    ));
+    // The gateway serves until the test's runtime ends.
+    tokio::spawn(async move { stop.closed().await });
+    addr
+}
+
+fn tls_config(settings: &UpstreamTlsSettings) -> UpstreamConfig {
+    let mut config = UpstreamConfig::default();
+    config.tls = Some(UpstreamTls::new(settings).unwrap());
+    config
+}
+
+/// The status of a WebSocket handshake through `gateway` (101 when it is relayed), and the
+/// echo of one message when it was.
+async fn websocket(gateway: SocketAddr, user: &str) -> (u16, Option<String>) {
+    let url = format!("ws://{gateway}/connect/{user}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (mut ws, _) = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok(connected) => break connected,
+            // The ring learns of its backend from a task: 503 until then.
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == 503 && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                return (response.status().as_u16(), None)
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    ws.send(Message::text(format!("hi {user}"))).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (101, Some(echo.into_text().unwrap().to_string()))
+}
+
+/// `GET path` through `gateway`: the status and the body.
+async fn get(gateway: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(gateway).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_owned())
+}
+
+#[tokio::test]
+async fn a_websocket_reaches_a_wss_backend_signed_by_the_ca() {
+    let pki = Pki::new("ws");
+    let backend = wss_backend(&pki.leaf(&["127.0.0.1"])).await;
+    let gateway = gateway(
+        backend,
+        tls_config(&UpstreamTlsSettings::new(pki.ca_file())),
+    )
+    .await;
+    assert_eq!(
+        websocket(gateway, "alice").await,
+        (101, Some("hi alice".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_configured_name_is_checked_instead_of_the_address() {
+    let pki = Pki::new("name");
+    let backend = wss_backend(&pki.leaf(&["backend.internal"])).await;
+    let by_address = gateway(
+        backend,
+        tls_config(&UpstreamTlsSettings::new(pki.ca_file())),
+    )
+    .await;
+    assert_eq!(
+        websocket(by_address, "bob").await.0,
+        502,
+        "127.0.0.1 is not its name"
+    );
+    let settings = UpstreamTlsSettings::new(pki.ca_file()).server_name("backend.internal");
+    let by_name = gateway(backend, tls_config(&settings)).await;
+    assert_eq!(
+        websocket(by_name, "bob").await,
+        (101, Some("hi bob".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_backend_another_ca_signed_gets_nothing() {
+    let (trusted, other) = (Pki::new("trusted"), Pki::new("other"));
+    let backend = wss_backend(&other.leaf(&["127.0.0.1"])).await;
+    let gateway = gateway(
+        backend,
+        tls_config(&UpstreamTlsSettings::new(trusted.ca_file())),
+    )
+    .await;
+    assert_eq!(websocket(gateway, "eve").await, (502, None));
+    // And a plaintext gateway hop to a TLS backend is no WebSocket either.
+    let plain = self::gateway(backend, UpstreamConfig::default()).await;
+    assert_eq!(websocket(plain, "eve").await, (502, None));
+}
+
+#[tokio::test]
+async fn requests_reach_an_https_backend() {
+    let pki = Pki::new("https");
+    let (backend, _stop) = https_backend(&pki.leaf(&["127.0.0.1"])).await;
+    let gateway = gateway(
+        backend,
+        tls_config(&UpstreamTlsSettings::new(pki.ca_file())),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = get(gateway, "/connect/carol").await;
+        if status != 503 || tokio::time::Instant::now() >= deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((status, body.as_str()), (200, "over tls to /connect/carol"));
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_is_an_error_naming_it() {
+    let folder = std::env::temp_dir().join(format!("tower-ws-proxy-bad-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let file = folder.join("ca.pem");
+    std::fs::write(&file, "not a certificate").unwrap();
+    let error = UpstreamTls::new(&UpstreamTlsSettings::new(&file)).unwrap_err();
+    assert!(error.to_string().contains("ca.pem"), "{error}");
+    let missing = UpstreamTls::new(&UpstreamTlsSettings::new(folder.join("missing.pem")));
+    assert!(missing.unwrap_err().to_string().contains("missing.pem"));
+    std::fs::remove_dir_all(&folder).ok();
+}
