@@ -4,21 +4,24 @@
 
 use std::net::{IpAddr, ToSocketAddrs};
 
-/// Checks that `url` (`ws://` or `http://`) names a loopback address; the error says why
-/// not.
+pub mod tls;
+
+/// Checks that `url` (`ws://`, `wss://`, `http://` or `https://`) names a loopback address;
+/// the error says why not.
 ///
 /// ```
 /// use wscluster_tools::check_loopback;
 ///
 /// assert!(check_loopback("ws://127.0.0.1:7000/connect/{user}").is_ok());
 /// assert!(check_loopback("http://[::1]:7001").is_ok());
+/// assert!(check_loopback("wss://localhost:7443/connect/{user}").is_ok());
 /// assert!(check_loopback("ws://192.0.2.1:7000/").is_err());
 /// ```
 pub fn check_loopback(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("only ws:// and http:// URLs are supported, got `{url}`"))?;
+    let rest = ["ws://", "wss://", "http://", "https://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .ok_or_else(|| format!("only ws(s):// and http(s):// URLs are supported, got `{url}`"))?;
     let authority = rest.split('/').next().unwrap_or_default();
     let addrs = authority
         .to_socket_addrs()

@@ -12,15 +12,14 @@
 //! `--first`/`--last` run only a range of the case numbers. It mirrors `echo_client.py`:
 //! a case silent for `--idle-timeout` seconds, or longer than `--case-timeout` in all, is
 //! abandoned; the exit status is non-zero only if the fuzzing server cannot be reached.
+//! `--connect-ca ca.pem` makes the case connections TLS (to a gateway serving `wss://`),
+//! checked against that CA and the `--connect` host.
 
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    time::timeout,
-};
+use tokio::{net::TcpListener, time::timeout};
 use tokio_tungstenite::{
     accept_async_with_config, client_async_with_config,
     tungstenite::{
@@ -30,6 +29,7 @@ use tokio_tungstenite::{
     },
     WebSocketStream,
 };
+use wscluster_tools::tls::{ClientStream, TlsClient};
 
 /// 9.* sends messages (and frames) of up to 16 MiB.
 const MAX_SIZE: usize = 32 << 20;
@@ -67,6 +67,9 @@ struct ClientArgs {
     /// host:port to open the case connections to (default: the URL's).
     #[arg(long, alias = "via")]
     connect: Option<String>,
+    /// Open the case connections in TLS, trusting this CA certificate (PEM).
+    #[arg(long, requires = "connect")]
+    connect_ca: Option<std::path::PathBuf>,
     /// The first case number to run (1-based).
     #[arg(long, default_value_t = 1)]
     first: u32,
@@ -175,13 +178,16 @@ async fn serve(listen: &str) -> ExitCode {
     }
 }
 
-/// A WebSocket to `url` over a TCP connection to `connect`.
-async fn open(url: &str, connect: &str) -> Result<WebSocketStream<TcpStream>, String> {
+/// A WebSocket to `url` over a TCP connection to `connect`, in TLS when `tls` is given.
+async fn open(
+    url: &str,
+    connect: &str,
+    tls: Option<&TlsClient>,
+) -> Result<WebSocketStream<ClientStream>, String> {
     let opened = async {
-        let stream = TcpStream::connect(connect)
-            .await
-            .map_err(|e| format!("cannot connect to {connect}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let host = connect.rsplit_once(':').map_or(connect, |(host, _)| host);
+        let stream = ClientStream::open(connect, host, tls).await?;
+        let _ = stream.tcp().set_nodelay(true);
         let (ws, _) = client_async_with_config(url, stream, Some(config()))
             .await
             .map_err(|e| format!("{url}: {e}"))?;
@@ -194,7 +200,7 @@ async fn open(url: &str, connect: &str) -> Result<WebSocketStream<TcpStream>, St
 
 async fn get_case_count(server: &str, connect: &str) -> Result<u32, String> {
     let url = format!("{server}/getCaseCount");
-    let mut ws = open(&url, connect).await?;
+    let mut ws = open(&url, connect, None).await?;
     let count = match timeout(Duration::from_secs(10), ws.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => text
             .trim()
@@ -209,7 +215,7 @@ async fn get_case_count(server: &str, connect: &str) -> Result<u32, String> {
 async fn update_reports(server: &str, connect: &str, agent: &str) -> Result<(), String> {
     let url = format!("{server}/updateReports?agent={agent}");
     let closed = async {
-        let mut ws = open(&url, connect).await?;
+        let mut ws = open(&url, connect, None).await?;
         let _ = ws.close(None).await;
         while let Some(Ok(_)) = ws.next().await {}
         Ok(())
@@ -231,6 +237,7 @@ async fn client(args: &ClientArgs) -> Result<(), String> {
         url,
         agent,
         connect,
+        connect_ca,
         first,
         last,
         idle_timeout,
@@ -241,6 +248,7 @@ async fn client(args: &ClientArgs) -> Result<(), String> {
     let (first, case_timeout) = (*first, *case_timeout);
     let server = url.trim_end_matches('/');
     let direct = authority(server)?;
+    let tls = connect_ca.as_deref().map(TlsClient::trusting).transpose()?;
     if !*update_only {
         let count = get_case_count(server, &direct).await?;
         let last = last.unwrap_or(count).min(count);
@@ -255,7 +263,7 @@ async fn client(args: &ClientArgs) -> Result<(), String> {
         for case in first..=last {
             let url = format!("{server}/runCase?case={case}&agent={agent}");
             let run = async {
-                match open(&url, target).await {
+                match open(&url, target, tls.as_ref()).await {
                     // The fuzzing server judges the connection; a failed one is its verdict.
                     Err(_) => Ok(()),
                     Ok(mut ws) => echo(&mut ws, Some(idle)).await,

@@ -6,18 +6,40 @@
 //! handshakes/s, messages/s, round-trip percentiles and errors. `--hold SECS` instead keeps
 //! the connections open and idle (for memory measurements). Refuses non-loopback targets,
 //! and stops by itself after `--time-limit`.
+//!
+//! `wss://` URLs connect over TLS, trusting only `--ca` (a full handshake every time, no
+//! session resumption). `--close wait` ends each WebSocket as a browser does (its Close,
+//! then the server's); `--close leave` as a client that does not wait: its Close, then the
+//! socket dropped.
 
 use std::{
+    path::PathBuf,
     process::ExitCode,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
-use wscluster_tools::{check_loopback, percentile_ms};
+use tokio_tungstenite::{
+    tungstenite::{http::Uri, Message},
+    WebSocketStream,
+};
+use wscluster_tools::{
+    check_loopback, percentile_ms,
+    tls::{ClientStream, TlsClient},
+};
+
+/// How a client ends its WebSockets.
+#[derive(Clone, Copy, ValueEnum)]
+enum Close {
+    /// Its Close, then it reads until the server's Close ends the stream (as browsers do).
+    Wait,
+    /// Its Close, then it drops the socket without waiting (a tab closing, an app going to
+    /// the background).
+    Leave,
+}
 
 #[derive(Parser, Clone)]
 #[command(about = "Bounded WebSocket load against a loopback target")]
@@ -46,6 +68,12 @@ struct Args {
     /// Give up after this many seconds in all.
     #[arg(long, default_value_t = 120)]
     time_limit: u64,
+    /// How each WebSocket ends.
+    #[arg(long, value_enum, default_value_t = Close::Wait)]
+    close: Close,
+    /// The CA certificate (PEM) that `wss://` targets are checked against.
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// A label for the report line.
     #[arg(long, default_value = "target")]
     label: String,
@@ -58,8 +86,44 @@ struct ConnectionReport {
     round_trips_us: Vec<u64>,
 }
 
+/// Where the target is: host:port to connect to, the host the certificate names, and TLS.
+struct Target {
+    address: String,
+    host: String,
+    tls: Option<TlsClient>,
+}
+
+impl Target {
+    fn of(args: &Args) -> Result<Self, String> {
+        let url = args.url.replace("{user}", "u0");
+        let uri: Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+        let secure = uri.scheme_str() == Some("wss");
+        let host = uri.host().ok_or_else(|| format!("no host in {url}"))?;
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = match (secure, &args.ca) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(TlsClient::trusting(ca)?),
+            (true, None) => return Err("a wss:// URL needs --ca".into()),
+        };
+        Ok(Self {
+            address: format!("{host}:{port}"),
+            host: host.to_owned(),
+            tls,
+        })
+    }
+
+    async fn websocket(&self, url: String) -> Result<WebSocketStream<ClientStream>, String> {
+        let stream = ClientStream::open(&self.address, &self.host, self.tls.as_ref()).await?;
+        let (socket, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(socket)
+    }
+}
+
 async fn one_connection(
     args: Arc<Args>,
+    target: Arc<Target>,
     user: usize,
     handshakes: Arc<Semaphore>,
     start_messages: Arc<tokio::sync::Barrier>,
@@ -67,10 +131,10 @@ async fn one_connection(
     let mut report = ConnectionReport::default();
     let url = args.url.replace("{user}", &format!("u{user}"));
     let permit = handshakes.acquire().await;
-    let connected = tokio_tungstenite::connect_async(url).await;
+    let connected = target.websocket(url).await;
     drop(permit);
     let mut socket = match connected {
-        Ok((mut socket, _)) => match socket.next().await {
+        Ok(mut socket) => match socket.next().await {
             Some(Ok(Message::Text(_))) => socket,
             _ => {
                 report.errors += 1;
@@ -88,7 +152,7 @@ async fn one_connection(
     start_messages.wait().await;
     if let Some(hold) = args.hold {
         tokio::time::sleep(Duration::from_secs(hold)).await;
-        close_as_a_browser_does(&mut socket).await;
+        close(&mut socket, args.close).await;
         return report;
     }
     let payload = "x".repeat(args.size);
@@ -117,8 +181,21 @@ async fn one_connection(
             }
         }
     }
-    close_as_a_browser_does(&mut socket).await;
+    close(&mut socket, args.close).await;
     report
+}
+
+async fn close<S>(socket: &mut WebSocketStream<S>, how: Close)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match how {
+        Close::Wait => close_as_a_browser_does(socket).await,
+        // The Close is written and flushed; the caller drops the socket.
+        Close::Leave => {
+            let _ = socket.send(Message::Close(None)).await;
+        }
+    }
 }
 
 /// Sends a Close, then reads until the server's Close ends the stream (RFC 6455 §7.1.1: the
@@ -144,6 +221,13 @@ async fn main() -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::from(2);
     }
+    let target = match Target::of(&args) {
+        Ok(target) => Arc::new(target),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let handshakes = Arc::new(Semaphore::new(args.handshake_concurrency.max(1)));
     let start_messages = Arc::new(tokio::sync::Barrier::new(args.connections + 1));
     let started = Instant::now();
@@ -151,6 +235,7 @@ async fn main() -> ExitCode {
         .map(|user| {
             tokio::spawn(one_connection(
                 args.clone(),
+                target.clone(),
                 user,
                 handshakes.clone(),
                 start_messages.clone(),
