@@ -11,13 +11,20 @@
 # proxy's CPU per MiB. Then handshakes alone (HANDSHAKES=3000 WebSockets, one echo each;
 # HANDSHAKES=0 skips it): handshakes/s and the proxy's CPU per handshake. PERF=1 then profiles
 # one more handshake pass per proxy with `perf record` (Debian's linux-perf) and splits its CPU
-# per handshake into the kernel's and its own code's.
+# per handshake into the kernel's and its own code's. The handshake step runs twice: with
+# clients that close as a browser does (their Close, then the server's) and with clients that
+# leave without waiting (their Close, then the socket dropped).
+# TLS (TLS=0 skips it): the same ECDSA P-256 certificate (made here, from a test CA) on a
+# wscluster gateway (rustls), nginx and HAProxy (Debian's OpenSSL), the same backends; echo
+# rounds, TLS handshakes alone with both kinds of client (TLS_HANDSHAKES=2000, full
+# handshakes: wsload resumes no session) and RSS per idle TLS WebSocket (TLS_IDLE=5000).
 # Usage: [BASELINE=path] bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3} conns=${2:-1000} msgs=${3:-200} size=${4:-64} idle=${5:-9000}
 read -r large_conns large_msgs large_size <<<"${LARGE:-50 20 1048576}"
 handshakes=${HANDSHAKES:-3000}
+tls=${TLS:-1} tls_handshakes=${TLS_HANDSHAKES:-2000} tls_idle=${TLS_IDLE:-5000}
 # A proxy holds two descriptors per connection: 10k idle connections need a hard limit above
 # 20,000 open files, which not every sandbox grants (then pass a smaller idle count).
 
@@ -32,6 +39,16 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
+# One test CA and one ECDSA P-256 certificate for 127.0.0.1 (PKCS#8 key), for every proxy.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$tmp/ca.key" -subj "/CN=wscluster bench CA" -days 2 -out "$tmp/ca.pem"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/leaf.key" 2>/dev/null
+openssl req -new -key "$tmp/leaf.key" -subj "/CN=127.0.0.1" -out "$tmp/leaf.csr"
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$tmp/leaf.ext"
+openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+  -days 2 -extfile "$tmp/leaf.ext" -out "$tmp/leaf.pem" 2>/dev/null
+cat "$tmp/leaf.pem" "$tmp/leaf.key" >"$tmp/haproxy.pem"
+
 for i in 1 2 3; do
   "$bin/wsbackend" --id "backend-$i" --listen "127.0.0.1:1710$i" >"$tmp/backend-$i.log" 2>&1 & pids+=($!)
 done
@@ -40,6 +57,11 @@ done
 RUST_LOG=warn "$bin/gateway-bin" --workers 2 --public 127.0.0.1:17000 --admin 127.0.0.1:17001 run \
   --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
   >"$tmp/gateway.log" 2>&1 & gateway=$!; pids+=($gateway)
+# The same gateway with TLS on its public listener (the only difference).
+RUST_LOG=warn "$bin/gateway-bin" --tls-cert "$tmp/leaf.pem" --tls-key "$tmp/leaf.key" --workers 2 \
+  --public 127.0.0.1:17443 --admin 127.0.0.1:17444 run \
+  --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
+  >"$tmp/gateway-tls.log" 2>&1 & gateway_tls=$!; pids+=($gateway_tls)
 # The same gateway on one shared multi-threaded runtime (`--workers 0`, what an embedding app gets).
 RUST_LOG=warn "$bin/gateway-bin" --workers 0 --public 127.0.0.1:17010 --admin 127.0.0.1:17011 run \
   --backend backend-1=127.0.0.1:17101 --backend backend-2=127.0.0.1:17102 --backend backend-3=127.0.0.1:17103 \
@@ -80,6 +102,20 @@ http {
       proxy_read_timeout 600s;
     }
   }
+  server {
+    listen 127.0.0.1:17483 ssl backlog=4096;
+    ssl_certificate $tmp/leaf.pem;
+    ssl_certificate_key $tmp/leaf.key;
+    # nginx 1.22's default is TLSv1 to TLSv1.2; the gateway and HAProxy speak 1.2 and 1.3.
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_read_timeout 600s;
+    }
+  }
 }
 CONF
 nginx -c "$tmp/nginx.conf" -p "$tmp" & nginx_master=$!; pids+=($nginx_master)
@@ -99,6 +135,9 @@ defaults
   timeout tunnel 600s
 frontend ws
   bind 127.0.0.1:17090
+  default_backend backends
+frontend wss
+  bind 127.0.0.1:17493 ssl crt $tmp/haproxy.pem alpn http/1.1
   default_backend backends
 backend backends
   balance url_param userId
@@ -127,6 +166,9 @@ declare -A url=(
   [axum-generic]="ws://127.0.0.1:17020/connect/{user}?userId={user}"
   [axum-fast]="ws://127.0.0.1:17030/connect/{user}?userId={user}"
   [wscluster-before]="ws://127.0.0.1:17040/connect/{user}?userId={user}"
+  [wscluster-tls]="wss://127.0.0.1:17443/connect/{user}?userId={user}"
+  [nginx-tls]="wss://127.0.0.1:17483/connect/{user}?userId={user}"
+  [haproxy-tls]="wss://127.0.0.1:17493/connect/{user}?userId={user}"
 )
 order=(direct wscluster wscluster-shared-rt axum-generic axum-fast nginx haproxy)
 [ -n "$before_pid" ] && order+=(wscluster-before)
@@ -134,7 +176,10 @@ order=(direct wscluster wscluster-shared-rt axum-generic axum-fast nginx haproxy
 if [ -n "${TARGETS:-}" ]; then read -r -a order <<<"$TARGETS"; fi
 declare -A proxy_pid=([direct]="" [wscluster]=$gateway [wscluster-shared-rt]=$gateway_shared
   [axum-generic]=$axum_generic [axum-fast]=$axum_fast [nginx]=$nginx_master [haproxy]=$haproxy_pid
-  [wscluster-before]=$before_pid)
+  [wscluster-before]=$before_pid [wscluster-tls]=$gateway_tls [nginx-tls]=$nginx_master
+  [haproxy-tls]=$haproxy_pid)
+# Whether a target (or, for a TLS one, its plaintext twin) is among those to run.
+selected() { [[ " ${order[*]} " == *" ${1%-tls} "* ]]; }
 stat_ticks() { # $1: an awk sum of /proc/<pid>/stat fields, over process $2 and its children
   local fields=$1 total=0 p
   shift
@@ -166,20 +211,28 @@ for round in $(seq "$rounds"); do
 done
 
 # Idle memory: RSS before and while holding $idle idle connections, per proxy.
+# The RSS is read 2 s after every handshake is over (wsload says `holding`), 10 s into the hold.
+hold_idle() { # $1: target, $2: connections, $3: the file of "<target> rss_per_conn <bytes>" lines
+  local target=$1 count=$2 pid before during loader waited=0
+  pid=${proxy_pid[$target]}
+  before=$(rss_kb "$pid")
+  "$bin/wsload" --url "${url[$target]}" --ca "$tmp/ca.pem" --connections "$count" --hold 12 \
+    --time-limit 180 --label "$target-idle" >"$tmp/idle-$target.txt" & loader=$!
+  until grep -q holding "$tmp/idle-$target.txt" || [ "$waited" -ge 1500 ] || ! kill -0 "$loader" 2>/dev/null; do
+    sleep 0.1; waited=$(( waited + 1 ))
+  done
+  sleep 2
+  during=$(rss_kb "$pid")
+  wait "$loader" || true
+  echo "$target idle: $(tail -1 "$tmp/idle-$target.txt"); RSS ${before} KiB -> ${during} KiB" | tee -a "$tmp/idle.txt"
+  echo "$target rss_per_conn $(( (during - before) * 1024 / count ))" >>"$3"
+}
 idle_targets=(wscluster axum-generic axum-fast nginx haproxy)
 [ -n "$before_pid" ] && idle_targets+=(wscluster-before)
 for target in "${idle_targets[@]}"; do
   [ "$idle" -gt 0 ] || break
-  [[ " ${order[*]} " == *" $target "* ]] || continue
-  pid=${proxy_pid[$target]}
-  before=$(rss_kb "$pid")
-  "$bin/wsload" --url "${url[$target]}" --connections "$idle" --hold 15 --time-limit 120 --label "$target-idle" \
-    >"$tmp/idle-$target.txt" & loader=$!
-  sleep 12
-  during=$(rss_kb "$pid")
-  wait "$loader"
-  echo "$target idle: $(cat "$tmp/idle-$target.txt"); RSS ${before} KiB -> ${during} KiB" | tee -a "$tmp/idle.txt"
-  echo "$target rss_per_conn $(( (during - before) * 1024 / idle ))" >>"$tmp/rss.txt"
+  selected "$target" || continue
+  hold_idle "$target" "$idle" "$tmp/rss.txt"
 done
 
 # Interleaved rounds over direct and the two peers beside wscluster: wsload with the given
@@ -195,11 +248,12 @@ peer_rounds() {
     shift_by=$(( (round - 1) % ${#peer_targets[@]} ))
     local rotated=("${peer_targets[@]:shift_by}" "${peer_targets[@]:0:shift_by}")
     for target in "${rotated[@]}"; do
-      [[ " ${order[*]} " == *" $target "* ]] || continue
+      selected "$target" || continue
       pid=${proxy_pid[$target]}
       before=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
       sys_before=$([ -n "$pid" ] && sys_ticks "$pid" || echo 0)
-      "$bin/wsload" --url "${url[$target]}" "$@" --time-limit 120 --label "$target" | tee -a "$results"
+      "$bin/wsload" --url "${url[$target]}" --ca "$tmp/ca.pem" "$@" --time-limit 120 --label "$target" \
+        | tee -a "$results"
       after=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
       sys_after=$([ -n "$pid" ] && sys_ticks "$pid" || echo 0)
       echo "$target $(( after - before )) $(getconf CLK_TCK) $unit" >>"$cpu"
@@ -209,8 +263,7 @@ peer_rounds() {
 }
 
 # Large messages: bytes per second and the proxy's CPU per MiB relayed.
-touch "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" \
-  "$tmp/cpu.txt.sys" "$tmp/handshake-cpu.txt.sys"
+touch "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/cpu.txt.sys"
 if [ "$large_conns" -gt 0 ] 2>/dev/null; then
   peer_rounds "$tmp/large.txt" "$tmp/large-cpu.txt" "$(( large_conns * large_msgs )) $large_size" \
     --connections "$large_conns" --messages "$large_msgs" --size "$large_size"
@@ -219,9 +272,36 @@ fi
 # Handshakes alone: $handshakes WebSockets opened 64 at a time (wsload's default), each with
 # one echo; the proxy's CPU per handshake (accept, route, dial, both upgrades, relay setup
 # and teardown).
-if [ "$handshakes" -gt 0 ] 2>/dev/null; then
-  peer_rounds "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" "$handshakes" \
-    --connections "$handshakes" --messages 1 --size "$size"
+# Then the same with clients that leave without waiting for the server's Close.
+for close in wait leave; do
+  touch "$tmp/handshakes-$close.txt" "$tmp/handshake-cpu-$close.txt" "$tmp/handshake-cpu-$close.txt.sys"
+  [ "$handshakes" -gt 0 ] 2>/dev/null || continue
+  peer_rounds "$tmp/handshakes-$close.txt" "$tmp/handshake-cpu-$close.txt" "$handshakes" \
+    --connections "$handshakes" --messages 1 --size "$size" --close "$close"
+done
+
+# TLS, on the same certificate and backends: echo rounds, TLS handshakes alone with both kinds
+# of client, and RSS per idle TLS WebSocket.
+touch "$tmp/tls-echo.txt" "$tmp/tls-echo-cpu.txt" "$tmp/tls-echo-cpu.txt.sys" "$tmp/tls-rss.txt"
+for close in wait leave; do
+  touch "$tmp/tls-handshakes-$close.txt" "$tmp/tls-handshake-cpu-$close.txt" "$tmp/tls-handshake-cpu-$close.txt.sys"
+done
+if [ "$tls" = 1 ]; then
+  plain_targets=("${peer_targets[@]}")
+  peer_targets=(wscluster-tls nginx-tls haproxy-tls)
+  peer_rounds "$tmp/tls-echo.txt" "$tmp/tls-echo-cpu.txt" "$(( conns * msgs ))" \
+    --connections "$conns" --messages "$msgs" --size "$size"
+  for close in wait leave; do
+    [ "$tls_handshakes" -gt 0 ] 2>/dev/null || continue
+    peer_rounds "$tmp/tls-handshakes-$close.txt" "$tmp/tls-handshake-cpu-$close.txt" "$tls_handshakes" \
+      --connections "$tls_handshakes" --messages 1 --size "$size" --close "$close"
+  done
+  for target in "${peer_targets[@]}"; do
+    [ "$tls_idle" -gt 0 ] || break
+    selected "$target" || continue
+    hold_idle "$target" "$tls_idle" "$tmp/tls-rss.txt"
+  done
+  peer_targets=("${plain_targets[@]}")
 fi
 
 # Where each proxy's handshake CPU goes: perf's samples in the kernel and in user space (the
@@ -234,11 +314,11 @@ if [ "${PERF:-0}" = 1 ] && [ "$handshakes" -gt 0 ] 2>/dev/null; then
   for target in wscluster nginx haproxy; do
     [[ " ${order[*]} " == *" $target "* ]] || continue
     pid=${proxy_pid[$target]}
-    pids=$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')
-    perf record -q -F 1999 -p "$pids" -o "$tmp/perf-$target.data" 2>/dev/null & recorder=$!
+    perf_pids=$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')
+    perf record -q -F 1999 -p "$perf_pids" -o "$tmp/perf-$target.data" 2>/dev/null & recorder=$!
     sleep 0.5
     "$bin/wsload" --url "${url[$target]}" --connections "$handshakes" --messages 1 --size "$size" \
-      --time-limit 120 --label "$target" >/dev/null
+      --close "${PERF_CLOSE:-wait}" --time-limit 120 --label "$target" >/dev/null
     kill -INT "$recorder"; wait "$recorder" 2>/dev/null || true
     perf report -q -i "$tmp/perf-$target.data" --sort dso -F sample,dso --stdio 2>/dev/null |
       awk -v t="$target" -v n="$handshakes" '
@@ -249,41 +329,51 @@ if [ "${PERF:-0}" = 1 ] && [ "$handshakes" -gt 0 ] 2>/dev/null; then
 fi
 
 touch "$tmp/rss.txt"
-python3 - "$tmp/results.txt" "$tmp/rss.txt" "$tmp/cpu.txt" "$tmp/large.txt" "$tmp/large-cpu.txt" "$tmp/handshakes.txt" "$tmp/handshake-cpu.txt" <<'PY'
-import re, statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s, (\d+) msgs/s, rtt p50 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms, (\d+) errors", line)
-    if m:
-        rows.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
-rss = dict(l.split()[0::2] for l in open(sys.argv[2]) if l.strip())
-def per_unit(path):
+python3 - "$tmp" <<'PY'
+import os, re, statistics, sys
+tmp = sys.argv[1]
+def path(name):
+    return os.path.join(tmp, name)
+def lines(name):
+    return open(path(name)) if os.path.exists(path(name)) else []
+med_of = statistics.median
+def echo_rows(name):
+    rows = {}
+    for line in lines(name):
+        m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s, (\d+) msgs/s, rtt p50 ([\d.]+) ms p99 ([\d.]+) ms p99.9 ([\d.]+) ms, (\d+) errors", line)
+        if m:
+            rows.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
+    return {t: [med_of(c) for c in zip(*v)] for t, v in rows.items()}
+def per_unit(name):
     """Median-ready lists of µs per unit from "<target> <ticks> <hz> <units>" lines."""
     out = {}
-    for l in open(path):
+    for l in lines(name):
         t, ticks, hz, units = l.split()[:4]
         out.setdefault(t, []).append(int(ticks) / int(hz) * 1e6 / int(units))
     return out
-cpu = per_unit(sys.argv[3])
-cpu_sys = per_unit(sys.argv[3] + ".sys")
-med = {t: [statistics.median(c) for c in zip(*v)] for t, v in rows.items()}
+def rss_of(name):
+    return {l.split()[0]: int(l.split()[2]) for l in lines(name) if l.strip()}
+med = echo_rows("results.txt")
+rss = rss_of("rss.txt")
+cpu = per_unit("cpu.txt")
+cpu_sys = per_unit("cpu.txt.sys")
 print()
 print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU µs / round trip (kernel's) | RSS/idle conn |")
 print("|---|---|---|---|---|---|---|---|---|")
 for t in [t for t in ["direct", "wscluster", "wscluster-before", "wscluster-shared-rt", "axum-fast", "axum-generic", "nginx", "haproxy"] if t in med]:
     h, m, p50, p99, p999, e = med[t]
-    r = f"{int(rss[t]):,} B" if t in rss else "-"
-    c = f"{statistics.median(cpu[t]):.1f} ({statistics.median(cpu_sys[t]):.1f})" if t != "direct" and t in cpu_sys else "-"
+    r = f"{rss[t]:,} B" if t in rss else "-"
+    c = f"{med_of(cpu[t]):.1f} ({med_of(cpu_sys[t]):.1f})" if t != "direct" and t in cpu_sys else "-"
     print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {p999:.2f} | {e:.0f} | {c} | {r} |")
-def cpu_of(t):
-    return statistics.median(cpu[t])
 print()
-def ratio(label, x, y):
+def ratio(label, x, y, med=med, cpu=cpu, rss=rss):
     if x not in med or y not in med:
         return
     a, b = med[x], med[y]
-    mem = f", RSS/idle conn {int(rss[x])/int(rss[y]):.2f}x" if x in rss and y in rss else ""
-    c = f", CPU/round trip {cpu_of(x)/cpu_of(y):.2f}x" if x in cpu and y in cpu and x != "direct" and cpu_of(y) > 0 else ""
+    mem = f", RSS/idle conn {rss[x]/rss[y]:.2f}x" if x in rss and y in rss and rss[y] > 0 else ""
+    c = ""
+    if x in cpu and y in cpu and x != "direct" and med_of(cpu[y]) > 0:
+        c = f", CPU/round trip {med_of(cpu[x])/med_of(cpu[y]):.2f}x"
     print(f"{label}: msgs/s {a[1]/b[1]:.2f}x, p99 {a[3]/b[3]:.2f}x, handshakes/s {a[0]/b[0]:.2f}x{c}{mem}")
 ratio("wscluster / nginx", "wscluster", "nginx")
 ratio("wscluster / haproxy", "wscluster", "haproxy")
@@ -293,62 +383,99 @@ ratio("wscluster after / before", "wscluster", "wscluster-before")
 # Large messages: MiB/s each way (echo round trips x size), proxy CPU ms per MiB relayed
 # (each round trip relays the message both ways).
 large = {}
-for line in open(sys.argv[4]):
+for line in lines("large.txt"):
     m = re.match(r"(\S+): \d+ conns, \d+ handshakes/s, (\d+) msgs/s, rtt p50 ([\d.]+) ms p99 ([\d.]+) ms", line)
     if m:
         large.setdefault(m[1], []).append([float(x) for x in m.groups()[1:]])
 large_cpu = {}
-for l in open(sys.argv[5]):
+size = 0
+for l in lines("large-cpu.txt"):
     t, ticks, hz, round_trips, size = l.split()
-    mib = int(round_trips) * int(size) * 2 / 2**20
+    size = int(size)
+    mib = int(round_trips) * size * 2 / 2**20
     large_cpu.setdefault(t, []).append(int(ticks) / int(hz) * 1e3 / mib)
 if large:
-    size = int(open(sys.argv[5]).readline().split()[4])
     print()
     print(f"Large messages ({size:,} bytes):")
     print("| target | MiB/s each way | p50 ms | p99 ms | proxy CPU ms / MiB |")
     print("|---|---|---|---|---|")
-    lmed = {t: [statistics.median(c) for c in zip(*v)] for t, v in large.items()}
+    lmed = {t: [med_of(c) for c in zip(*v)] for t, v in large.items()}
     for t in [t for t in ["direct", "wscluster", "wscluster-before", "nginx", "haproxy"] if t in lmed]:
         m, p50, p99 = lmed[t]
-        c = f"{statistics.median(large_cpu[t]):.2f}" if t != "direct" else "-"
+        c = f"{med_of(large_cpu[t]):.2f}" if t != "direct" else "-"
         print(f"| {t} | {m * size / 2**20:.0f} | {p50:.1f} | {p99:.1f} | {c} |")
     for peer in ["nginx", "haproxy"]:
         if "wscluster" in lmed and peer in lmed:
             a, b = lmed["wscluster"], lmed[peer]
-            c = statistics.median(large_cpu["wscluster"]) / max(statistics.median(large_cpu[peer]), 1e-9)
+            c = med_of(large_cpu["wscluster"]) / max(med_of(large_cpu[peer]), 1e-9)
             print(f"large, wscluster / {peer}: bytes/s {a[0]/b[0]:.2f}x, p99 {a[2]/b[2]:.2f}x, CPU/MiB {c:.2f}x")
-# Handshakes alone: handshakes/s and the proxy's CPU per handshake.
-hs = {}
-for line in open(sys.argv[6]):
-    m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s", line)
-    if m:
-        hs.setdefault(m[1], []).append(float(m[2]))
-hs_cpu = per_unit(sys.argv[7])
-hs_sys = per_unit(sys.argv[7] + ".sys")
-def kernel_floor(label, ours_sys, peer_cpu, peers):
-    # The kernel's share of our CPU over each peer's whole CPU: a floor for the ratio that
-    # no user-space change goes below.
-    for peer in peers:
-        if "wscluster" in ours_sys and peer in peer_cpu:
-            f = statistics.median(ours_sys["wscluster"]) / max(statistics.median(peer_cpu[peer]), 1e-9)
-            print(f"{label}, wscluster's kernel CPU alone / {peer}'s whole CPU: {f:.2f}x")
-if hs:
+def handshake_table(title, prefix, ours, peers, order):
+    """Handshakes alone, with both kinds of client: handshakes/s, the proxy's CPU per
+    handshake and its kernel/user split, and ours over each peer's."""
+    printed = False
+    for close, who in (("wait", "clients that wait for the server's Close"),
+                       ("leave", "clients that leave without waiting")):
+        hs = {}
+        for line in lines(f"{prefix}handshakes-{close}.txt"):
+            m = re.match(r"(\S+): \d+ conns, (\d+) handshakes/s", line)
+            if m:
+                hs.setdefault(m[1], []).append(float(m[2]))
+        if not hs:
+            continue
+        hs_cpu = per_unit(f"{prefix}handshake-cpu-{close}.txt")
+        hs_sys = per_unit(f"{prefix}handshake-cpu-{close}.txt.sys")
+        print()
+        print(f"{title}, {who}:")
+        print("| target | handshakes/s | proxy CPU µs / handshake | kernel | user |")
+        print("|---|---|---|---|---|")
+        for t in [t for t in order if t in hs]:
+            if t == "direct" or t not in hs_cpu:
+                print(f"| {t} | {med_of(hs[t]):.0f} | - | - | - |")
+                continue
+            c, k = med_of(hs_cpu[t]), med_of(hs_sys[t])
+            print(f"| {t} | {med_of(hs[t]):.0f} | {c:.0f} | {k:.0f} | {c - k:.0f} |")
+        for peer in peers:
+            if ours in hs and peer in hs:
+                r = med_of(hs[ours]) / med_of(hs[peer])
+                c = med_of(hs_cpu[ours]) / max(med_of(hs_cpu[peer]), 1e-9)
+                peer_user = med_of(hs_cpu[peer]) - med_of(hs_sys[peer])
+                u = (med_of(hs_cpu[ours]) - med_of(hs_sys[ours])) / peer_user if peer_user > 0 else float("nan")
+                print(f"{title.lower()} ({close}), {ours} / {peer}: handshakes/s {r:.2f}x, CPU/handshake {c:.2f}x, user CPU/handshake {u:.2f}x")
+        if not peers or ours not in hs_sys:
+            continue
+        for peer in peers:
+            if peer in hs_cpu:
+                f = med_of(hs_sys[ours]) / max(med_of(hs_cpu[peer]), 1e-9)
+                print(f"{title.lower()} ({close}), {ours}'s kernel CPU alone / {peer}'s whole CPU: {f:.2f}x")
+handshake_table("Handshakes alone (one echo each)", "", "wscluster",
+                ["wscluster-before", "nginx", "haproxy"],
+                ["direct", "wscluster", "wscluster-before", "nginx", "haproxy"])
+for peer in ["nginx", "haproxy"]:
+    if "wscluster" in cpu_sys and peer in cpu:
+        f = med_of(cpu_sys["wscluster"]) / max(med_of(cpu[peer]), 1e-9)
+        print(f"echo round trips, wscluster's kernel CPU alone / {peer}'s whole CPU: {f:.2f}x")
+# TLS: echo, handshakes, idle memory, on the same certificate and backends.
+tls_med = echo_rows("tls-echo.txt")
+tls_cpu = per_unit("tls-echo-cpu.txt")
+tls_cpu_sys = per_unit("tls-echo-cpu.txt.sys")
+tls_rss = rss_of("tls-rss.txt")
+if tls_med or tls_rss:
     print()
-    print("Handshakes alone (one echo each):")
-    print("| target | handshakes/s | proxy CPU µs / handshake | of which the kernel's |")
-    print("|---|---|---|---|")
-    for t in [t for t in ["direct", "wscluster", "wscluster-before", "nginx", "haproxy"] if t in hs]:
-        c = f"{statistics.median(hs_cpu[t]):.0f}" if t != "direct" else "-"
-        k = f"{statistics.median(hs_sys[t]):.0f}" if t != "direct" and t in hs_sys else "-"
-        print(f"| {t} | {statistics.median(hs[t]):.0f} | {c} | {k} |")
-    for peer in ["wscluster-before", "nginx", "haproxy"]:
-        if "wscluster" in hs and peer in hs:
-            r = statistics.median(hs["wscluster"]) / statistics.median(hs[peer])
-            c = statistics.median(hs_cpu["wscluster"]) / max(statistics.median(hs_cpu[peer]), 1e-9)
-            print(f"handshakes, wscluster / {peer}: handshakes/s {r:.2f}x, CPU/handshake {c:.2f}x")
-    kernel_floor("handshakes", hs_sys, hs_cpu, ["nginx", "haproxy"])
-kernel_floor("echo round trips", cpu_sys, cpu, ["nginx", "haproxy"])
+    print("Over TLS (ECDSA P-256, full handshakes), echo and idle memory:")
+    print("| target | handshakes/s | msgs/s | p50 ms | p99 ms | errors | proxy CPU µs / round trip (kernel's) | RSS / idle TLS conn |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t in ["wscluster-tls", "nginx-tls", "haproxy-tls"]:
+        if t not in tls_med and t not in tls_rss:
+            continue
+        h, m, p50, p99, _, e = tls_med.get(t, [float("nan")] * 6)
+        c = f"{med_of(tls_cpu[t]):.1f} ({med_of(tls_cpu_sys[t]):.1f})" if t in tls_cpu else "-"
+        r = f"{tls_rss[t]:,} B" if t in tls_rss else "-"
+        print(f"| {t} | {h:.0f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {e:.0f} | {c} | {r} |")
+    for peer in ["nginx-tls", "haproxy-tls"]:
+        ratio(f"over TLS, wscluster / {peer.removesuffix('-tls')}", "wscluster-tls", peer,
+              med=tls_med, cpu=tls_cpu, rss=tls_rss)
+handshake_table("TLS handshakes alone (one echo each)", "tls-", "wscluster-tls",
+                ["nginx-tls", "haproxy-tls"], ["wscluster-tls", "nginx-tls", "haproxy-tls"])
 PY
 # Without PERF=1 there is no perf table: not a failure of the run.
 if [ -s "$tmp/perf.txt" ]; then cat "$tmp/perf.txt"; fi

@@ -3,7 +3,10 @@
 //!
 //! Every connection makes a full handshake (no session resumption): a benchmark of TLS
 //! handshakes then measures what a new client costs, as an OpenSSL client without a session
-//! cache does.
+//! cache does. The key exchange is X25519 (P-256 also offered, as TLS 1.2 needs it for an
+//! ECDSA P-256 certificate): rustls would offer X25519MLKEM768 first, which a rustls server
+//! takes and Debian's OpenSSL 3.0 (nginx, HAProxy) cannot, so a benchmark would charge the
+//! gateway a post-quantum handshake and its peers a classical one.
 
 use std::{
     io,
@@ -66,7 +69,12 @@ impl TlsClient {
         if roots.is_empty() {
             return Err(format!("{}: no CERTIFICATE in it", ca.display()));
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = vec![
+            rustls::crypto::aws_lc_rs::kx_group::X25519,
+            rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+        ];
+        let provider = Arc::new(provider);
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?

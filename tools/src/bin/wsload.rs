@@ -4,8 +4,9 @@
 //! for each backend's `connected` message, then does `--messages` echo round trips of
 //! `--size` bytes per connection (at `--rate` messages/s per connection if given). Prints
 //! handshakes/s, messages/s, round-trip percentiles and errors. `--hold SECS` instead keeps
-//! the connections open and idle (for memory measurements). Refuses non-loopback targets,
-//! and stops by itself after `--time-limit`.
+//! the connections open and idle (for memory measurements), printing `<label>: holding`
+//! once every handshake is over. Refuses non-loopback targets, and stops by itself after
+//! `--time-limit`.
 //!
 //! `wss://` URLs connect over TLS, trusting only `--ca` (a full handshake every time, no
 //! session resumption). `--close wait` ends each WebSocket as a browser does (its Close,
@@ -246,6 +247,10 @@ async fn main() -> ExitCode {
     let run = async {
         start_messages.wait().await;
         let handshake_time = started.elapsed();
+        if args.hold.is_some() {
+            // Every handshake is over: a memory sample may be taken from now on.
+            println!("{}: holding", args.label);
+        }
         let messages_started = Instant::now();
         let mut reports = Vec::with_capacity(tasks.len());
         for task in tasks {
