@@ -110,14 +110,7 @@ impl Gateway {
             scaler.as_deref(),
             &discovery_metrics,
         )?;
-        // One `LiveConnections`: the cap, the per-backend counts (bounded loads read them), the
-        // migrator's records and shutdown all use it.
-        let connections = LiveConnections::with_limit(
-            config
-                .proxy
-                .max_websockets
-                .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
-        );
+        let connections = live_connections(&config);
         let (proxy_metrics, migration_metrics) =
             (ProxyMetrics::default(), MigrationMetrics::default());
         let routing = RingAndMigration::start(
@@ -554,4 +547,15 @@ fn publish_ring_changes(events: AmqpEvents, mut ring: tower_hashring::RingWatch)
             last = newest;
         }
     });
+}
+
+/// The one `LiveConnections`: the cap, the per-backend counts (bounded loads read them), the
+/// migrator's records and shutdown all use it.
+fn live_connections(config: &GatewayConfig) -> LiveConnections<ProxiedConnection> {
+    LiveConnections::with_limit(
+        config
+            .proxy
+            .max_websockets
+            .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+    )
 }
