@@ -6,11 +6,19 @@ echoing every message it receives, then asks it to write its reports
 
     python echo_client.py --server ws://127.0.0.1:9001 --agent direct
     python echo_client.py --server ws://127.0.0.1:9001 --agent gateway --via 127.0.0.1:7000
+    python echo_client.py --server ws://127.0.0.1:9001 --agent gateway-tls \
+        --via 127.0.0.1:7443 --via-ca ca.pem
 
 With --via the case connections go to that address (the gateway, whose backend is the fuzzing
 server) while their URL, and so their Host header, stays the fuzzing server's: Autobahn
 fails a handshake whose Host port is not the one it listens on. /getCaseCount and
 /updateReports always go straight to the fuzzing server.
+
+--via-ca ca.pem makes the case connections TLS (to a gateway serving wss://), the certificate
+checked against that CA and the --via host (an IP address here). websockets refuses a TLS
+context for a ws:// URI, so those connections use the same URL as wss://: the host and port,
+and so the Host header (the port is not 443, so it is written out), the path and the query
+are the fuzzing server's as before; only the transport changes.
 
 A case whose connection stays silent for --idle-timeout seconds (the fuzzing server's own
 waits are at most 2 s, so only a path that never delivers the end of a case gets there), or
@@ -27,6 +35,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 
 # 9.3.1 and 9.4.1 send a 4 MiB message in 64-byte fragments (65536 of them); websockets
@@ -37,11 +46,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 
-def open_socket(via):
+def split_host_port(via):
     host, _, port = via.rpartition(":")
-    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+    return host.strip("[]"), int(port)
+
+
+def open_socket(via):
+    sock = socket.create_connection(split_host_port(via), timeout=10)
     sock.setblocking(False)
     return sock
+
+
+def tls_context(ca):
+    """A client context trusting `ca` and nothing else (given a cafile, Python loads no
+    system roots), checking the chain and the name as a browser would."""
+    return ssl.create_default_context(cafile=ca)
 
 
 async def get_case_count(server):
@@ -53,12 +72,18 @@ class Abandoned(Exception):
     pass
 
 
-async def run_case(server, agent, case, via, idle):
+async def run_case(server, agent, case, via, idle, tls=None, seen_tls=None):
+    """Runs one case; with `tls` (a context) the connection to `via` is TLS, and the first
+    one adds its protocol and cipher to `seen_tls`."""
     kwargs = {}
+    url = f"{server}/runCase?case={case}&agent={agent}"
     if via:
         kwargs["sock"] = open_socket(via)
+    if tls is not None:
+        url = "wss://" + url.removeprefix("ws://")
+        kwargs.update(ssl=tls, server_hostname=split_host_port(via)[0])
     async with connect(
-        f"{server}/runCase?case={case}&agent={agent}",
+        url,
         max_size=2**25,  # 9.* sends messages of up to 16 MiB
         max_queue=None,
         ping_interval=None,  # no pings of our own: the suite counts every frame
@@ -66,6 +91,10 @@ async def run_case(server, agent, case, via, idle):
         close_timeout=5,
         **kwargs,
     ) as ws:
+        ssl_object = ws.transport.get_extra_info("ssl_object")
+        if ssl_object is not None and seen_tls is not None and not seen_tls:
+            seen_tls.append(f"{ssl_object.version()} {ssl_object.cipher()[0]}")
+            print(f"{agent}: TLS to {via}: {seen_tls[0]} ({ssl.OPENSSL_VERSION})", flush=True)
         while True:
             try:
                 message = await asyncio.wait_for(ws.recv(), idle)
@@ -90,6 +119,9 @@ async def main():
     parser.add_argument("--server", required=True, help="the fuzzing server's ws:// URL")
     parser.add_argument("--agent", required=True)
     parser.add_argument("--via", help="host:port to open the case connections to")
+    parser.add_argument(
+        "--via-ca", help="open the --via connections in TLS, trusting this CA (PEM)"
+    )
     parser.add_argument("--idle-timeout", type=float, default=4)
     parser.add_argument("--case-timeout", type=float, default=120)
     parser.add_argument("--update-only", action="store_true")
@@ -98,16 +130,23 @@ async def main():
     parser.add_argument("--last", type=int, help="last case number (default: the count)")
     args = parser.parse_args()
     server = args.server.rstrip("/")
+    if args.via_ca and not args.via:
+        parser.error("--via-ca needs --via")
+    if not server.startswith("ws://"):
+        parser.error("--server is the fuzzing server's ws:// URL")
+    tls = tls_context(args.via_ca) if args.via_ca else None
+    seen_tls = []
     if not args.update_only:
         count = await get_case_count(server)
-        via = f" via {args.via}" if args.via else ""
+        via = f" via {args.via}{' in TLS' if tls else ''}" if args.via else ""
         last = min(count, args.last or count)
         print(f"{args.agent}: {count} cases, running {args.first} to {last}{via}", flush=True)
         abandoned = []
         for case in range(args.first, last + 1):
             try:
                 await asyncio.wait_for(
-                    run_case(server, args.agent, case, args.via, args.idle_timeout),
+                    run_case(server, args.agent, case, args.via, args.idle_timeout, tls,
+                             seen_tls),
                     args.case_timeout,
                 )
             except Abandoned as why:

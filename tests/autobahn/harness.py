@@ -18,6 +18,18 @@ gateway but keeps the fuzzing server's URL, hence its Host header: Autobahn fail
 handshake whose Host port is not its own listening port, and it listens on every address,
 so the gateway cannot take the same port on another loopback address.
 
+With --tls the client-to-gateway hop is wss:// (TLS, rustls in the gateway) and the gateway's
+agent is "gateway-tls"; the direct runs, and the gateway's hop to its backend, stay
+plaintext, so the comparison is "the same verdicts through the TLS gateway as directly".
+The certificates are made here, in OUT/tls, with openssl: a test CA and an ECDSA P-256 leaf
+for IP 127.0.0.1 (not a CA), served with `--tls-cert leaf-chain.pem --tls-key leaf.key`.
+Every client checks them: wstest's fuzzing client gets a "hostname" in its server entry,
+which makes it connect with Twisted's optionsForClientTLS (pyOpenSSL; trust from
+SSL_CERT_FILE, set to ca.pem; the IP checked by service_identity), and wstest_tls_probe.py
+makes that same handshake once first, to fail early and write down the protocol and cipher;
+`wsecho client --connect-ca ca.pem` (rustls) and `echo_client.py --via-ca ca.pem` (Python's
+ssl) open their case connections in TLS, still with the fuzzing server's URL.
+
 Each wstest run and each echo-client run has its own time limit; a run that hits it leaves
 its cases without a verdict, which counts as a failure. Every process started here is
 stopped at the end, also on SIGTERM (run.sh's overall `timeout`); their ids are kept in
@@ -165,6 +177,54 @@ def run_bounded(procs, name, argv, logfile, seconds, cwd=None, env=None):
     return status, time.monotonic() - started
 
 
+def make_certs(folder):
+    """A test CA and a leaf for IP 127.0.0.1 signed by it, made with openssl; returns the
+    paths of ca.pem, leaf-chain.pem (leaf then CA) and leaf.key."""
+    if subprocess.run(["sh", "-c", "command -v openssl"], capture_output=True).returncode:
+        raise SystemExit("--tls needs openssl (Debian: apt-get install openssl)")
+    if folder.exists():
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+    folder.mkdir(parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def openssl(*argv):
+        subprocess.run(["openssl", *argv], cwd=folder, check=True, capture_output=True,
+                       timeout=60)
+
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=wscluster Autobahn test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-new", *ec, "-keyout", "leaf.key", "-out", "leaf.csr",
+            "-subj", "/CN=127.0.0.1")
+    (folder / "leaf.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1\n"
+    )
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "leaf.ext")
+    openssl("verify", "-CAfile", "ca.pem", "-verify_ip", "127.0.0.1", "leaf.pem")
+    chain = folder / "leaf-chain.pem"
+    chain.write_text((folder / "leaf.pem").read_text() + (folder / "ca.pem").read_text())
+    return folder / "ca.pem", chain, folder / "leaf.key"
+
+
+def wstest_tls(wstest, port, env):
+    """The protocol and cipher wstest's fuzzing client gets from the gateway on `port`
+    (wstest_tls_probe.py, in wstest's Python); the run stops here if it cannot connect."""
+    python = Path(wstest).parent / "python"
+    probe = subprocess.run(
+        [str(python), str(HERE / "wstest_tls_probe.py"), "127.0.0.1", str(port)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    if probe.returncode:
+        raise SystemExit(f"wstest's TLS client cannot use the gateway on :{port}: "
+                         f"{probe.stderr.strip().splitlines()[-1:]}")
+    return probe.stdout.strip()
+
+
 def expand_cases(wstest, patterns):
     """The case ids wstest runs for these patterns, in its order."""
     python = Path(wstest).parent / "python"
@@ -206,6 +266,11 @@ def main():
         help="all 216 cases of 12.* and 13.* instead of 48 (about 30 more minutes)",
     )
     parser.add_argument("--workers", type=int, default=1, help="the gateway's --workers")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="clients reach the gateway over wss:// (agent gateway-tls); direct stays ws://",
+    )
     args = parser.parse_args()
 
     out = Path(args.out).resolve()
@@ -237,9 +302,20 @@ def main():
         + f"; modes: {', '.join(modes)}"
     )
 
+    gateway_agent = "gateway-tls" if args.tls else "gateway"
     (out / "expected.json").write_text(
-        json.dumps(dict(modes=modes, expected=expected, full_deflate=args.full_deflate))
+        json.dumps(dict(modes=modes, expected=expected, full_deflate=args.full_deflate,
+                        gateway_agent=gateway_agent, tls={} if args.tls else None))
     )
+    tls = {}  # what the clients negotiated with the gateway, for the report
+    ca, tls_flags, wstest_env = None, [], None
+    if args.tls:
+        ca, chain, key = make_certs(out / "tls")
+        tls_flags = ["--tls-cert", str(chain), "--tls-key", str(key)]
+        log(f"tls: test CA and leaf for IP 127.0.0.1 in {out / 'tls'}")
+        # wstest checks the gateway's certificate against ca.pem alone.
+        wstest_env = dict(os.environ, SSL_CERT_FILE=str(ca))
+        wstest_env.pop("SSL_CERT_DIR", None)
     import websockets
 
     version = subprocess.run(
@@ -275,6 +351,7 @@ def main():
             name,
             [
                 args.gateway,
+                *tls_flags,
                 "--config",
                 str(config),
                 "--public",
@@ -319,19 +396,28 @@ def main():
                 log(f"echo backend (websockets) on :{py_port}, gateway on :{gw3_port} in front of it")
             for suite in suites:
                 if suite in rust:
-                    targets[suite] = {"direct": echo_port, "gateway": gw_port}
+                    targets[suite] = {"direct": echo_port, gateway_agent: gw_port}
                 else:
-                    targets[suite] = {"direct": py_port, "gateway": gw3_port}
+                    targets[suite] = {"direct": py_port, gateway_agent: gw3_port}
+            if args.tls:
+                port = gw_port if rust else gw3_port
+                tls["wstest -m fuzzingclient"] = wstest_tls(args.wstest, port, wstest_env)
+                log(f"tls: wstest gets {tls['wstest -m fuzzingclient']}")
             limits = {"core": 300, "perf": 300, "deflate": 1800 if args.full_deflate else 300}
             for suite in suites:
                 for agent, port in targets[suite].items():
                     outdir = reports_dir / "fuzzingclient" / f"{suite}-{agent}"
                     spec = out / f"fuzzingclient-{suite}-{agent}.json"
+                    secure = args.tls and agent == gateway_agent
+                    server = {"agent": agent, "url": f"ws://127.0.0.1:{port}"}
+                    if secure:
+                        # "hostname" turns on wstest's certificate and name checks.
+                        server.update(url=f"wss://127.0.0.1:{port}", hostname="127.0.0.1")
                     spec.write_text(
                         json.dumps(
                             {
                                 "outdir": str(outdir),
-                                "servers": [{"agent": agent, "url": f"ws://127.0.0.1:{port}"}],
+                                "servers": [server],
                                 "cases": expected[suite],
                                 "exclude-cases": [],
                                 "exclude-agent-cases": {},
@@ -346,12 +432,13 @@ def main():
                         logs / f"fuzzingclient-{suite}-{agent}.log",
                         limits[suite],
                         cwd=str(out),
+                        env=wstest_env if secure else None,
                     )
                     runs.append(
                         dict(mode="fuzzingclient", suite=suite, agent=agent,
                              seconds=round(took, 1), status=status, limit=limits[suite])
                     )
-                    log(f"fuzzingclient {suite:8} {agent:8} {took:6.1f} s  status {status}")
+                    log(f"fuzzingclient {suite:8} {agent:11} {took:6.1f} s  status {status}")
             procs.stop_all()
 
         if "fuzzingserver" in modes:
@@ -392,11 +479,14 @@ def main():
                 clients.append(("py", [python3, str(HERE / "echo_client.py"), "--server",
                                        server_url],
                                 f"{n_rust + 1}-{len(numbered)}", ["--first", str(n_rust + 1)]))
-            for agent, via in (("direct", None), ("gateway", f"127.0.0.1:{gw2_port}")):
+            ca_flag = {"wsecho": "--connect-ca", "py": "--via-ca"}
+            for agent, via in (("direct", None), (gateway_agent, f"127.0.0.1:{gw2_port}")):
                 for i, (kind, base, numbers, span) in enumerate(clients):
                     argv = base + ["--agent", agent]
                     if via:
                         argv += ["--via", via]
+                        if args.tls:
+                            argv += [ca_flag[kind], str(ca)]
                     last = i == len(clients) - 1
                     name = f"echo-client-{agent}-{kind}"
                     status, took = run_bounded(
@@ -414,19 +504,23 @@ def main():
                         dict(mode="fuzzingserver", suite=what, agent=agent,
                              seconds=round(took, 1), status=status, limit=limit)
                     )
-                    log(f"fuzzingserver {what:24} {agent:8} {took:6.1f} s  status {status}")
-                    abandoned = [
-                        line.strip()
-                        for line in (logs / f"{name}.log").read_text().splitlines()
-                        if "abandoned" in line
-                    ]
-                    for line in abandoned:
-                        log(f"  {line}")
+                    log(f"fuzzingserver {what:24} {agent:11} {took:6.1f} s  status {status}")
+                    lines = (logs / f"{name}.log").read_text().splitlines()
+                    for line in lines:
+                        if "abandoned" in line:
+                            log(f"  {line.strip()}")
+                        if f"{agent}: TLS to " in line:  # echo_client.py's first handshake
+                            tls["echo_client.py"] = line.split(": ", 2)[2].strip()
+                            log(f"  tls: echo_client.py gets {tls['echo_client.py']}")
     finally:
         procs.stop_all()
         pidfile.write_text("")
 
     (out / "runs.json").write_text(json.dumps(runs, indent=2))
+    if args.tls:
+        state = json.loads((out / "expected.json").read_text())
+        state["tls"] = tls
+        (out / "expected.json").write_text(json.dumps(state))
     return report.main_with(
         out=out,
         modes=modes,
@@ -436,6 +530,8 @@ def main():
         known=HERE / "known-backend-failures.txt",
         full_deflate=args.full_deflate,
         meta=meta,
+        gateway_agent=gateway_agent,
+        tls=tls if args.tls else None,
     )
 
 

@@ -14,6 +14,10 @@ flips between the two from run to run (4.1.5 did), so an OK through the gateway 
 NON-STRICT directly, or the reverse, with the same close behavior, counts as "same up to
 timing": passing, and listed.
 
+With harness.py --tls the gateway's agent is "gateway-tls" (its clients reach it over
+wss://) and the document says so: its own title, paths and a TLS section (what each client
+negotiated); docs/conformance-tls.md is that document, docs/conformance.md the plaintext one.
+
 Run by harness.py; to redo the table from the reports of an earlier run:
 
     python report.py --out target/autobahn [--doc docs/conformance.md]
@@ -175,7 +179,10 @@ def md(text):
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def main_with(out, modes, expected, runs, doc, known, full_deflate, meta=None):
+def main_with(out, modes, expected, runs, doc, known, full_deflate, meta=None,
+              gateway_agent="gateway", tls=None):
+    """Compares, prints, writes `doc`; returns the exit status. `tls` (what each client
+    negotiated, by client) marks a run whose clients reached the gateway over wss://."""
     out = Path(out)
     known = load_known(known)
     if meta is None:
@@ -185,7 +192,7 @@ def main_with(out, modes, expected, runs, doc, known, full_deflate, meta=None):
     rows = []  # (mode, case, direct verdict, gateway verdict, outcome, g item, d item)
     for mode in modes:
         results = load_mode(out, mode)
-        direct, gateway = results.get("direct", {}), results.get("gateway", {})
+        direct, gateway = results.get("direct", {}), results.get(gateway_agent, {})
         for case in all_cases:
             d, g = direct.get(case), gateway.get(case)
             dv, gv = verdict(d), verdict(g)
@@ -231,7 +238,9 @@ def main_with(out, modes, expected, runs, doc, known, full_deflate, meta=None):
             "differs")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)] if table else []
     print()
-    print("Verdicts through the gateway (same, timing, differs: against the direct connection)")
+    hop = " over wss://" if tls is not None else ""
+    print(f"Verdicts through the gateway{hop} (same, timing, differs: against the direct "
+          "connection)")
     for line in [head] + table:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
     notable = [r for r in rows if r[4] != "same"]
@@ -250,37 +259,53 @@ def main_with(out, modes, expected, runs, doc, known, full_deflate, meta=None):
     ok = not bad and not failed_runs
     print()
     print(
-        f"autobahn: {'PASS' if ok else 'FAIL'}: {len(rows)} case runs through the gateway, "
+        f"autobahn: {'PASS' if ok else 'FAIL'}: {len(rows)} case runs through the gateway{hop}, "
         f"{sum(r[4] in ('differs', 'no gateway verdict', 'no direct verdict') for r in rows)} "
         f"without the direct verdict, {sum(r[4] == 'same, failing' for r in rows)} failing "
         f"both ways, {len(failed_runs)} runs cut short"
     )
 
     if doc:
-        write_doc(Path(doc), modes, expected, rows, table, runs, known, full_deflate, meta, ok)
+        write_doc(Path(doc), modes, expected, rows, table, runs, known, full_deflate, meta, ok,
+                  tls)
         print(f"autobahn: wrote {doc}")
     return 0 if ok else 1
 
 
-def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta, ok):
+def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta, ok,
+              tls=None):
     commit = git("rev-parse", "--short", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     lines = []
     w = lines.append
-    w("# WebSocket conformance (Autobahn|Testsuite)")
+    if tls is None:
+        w("# WebSocket conformance (Autobahn|Testsuite)")
+    else:
+        w("# WebSocket conformance over wss:// (Autobahn|Testsuite through the TLS gateway)")
     w("")
     w("<!-- Written by tests/autobahn/run.sh; edit tests/autobahn/report.py instead. -->")
     w("")
     w("The gateway relays WebSocket frames unchanged, so a peer should get exactly the")
     w("verdicts through it that it gets on a direct connection. This run checks that with")
-    w("[Autobahn|Testsuite](https://github.com/crossbario/autobahn-testsuite), both ways:")
+    if tls is None:
+        w("[Autobahn|Testsuite](https://github.com/crossbario/autobahn-testsuite), both ways:")
+    else:
+        w("[Autobahn|Testsuite](https://github.com/crossbario/autobahn-testsuite), both ways,")
+        w("here with the client-to-gateway hop in TLS. The gateway serves `wss://` (rustls; every")
+        w("client here negotiates TLS 1.3 with it, see [TLS](#tls)) with certificates made by the")
+        w("run; its hop to the backend, and the direct reference connection, stay plaintext")
+        w("`ws://`. So a case passes when its verdict through the TLS gateway (agent")
+        w("`gateway-tls`) is the one the same peer gets on a plaintext direct connection. The")
+        w("plaintext run through the gateway is [conformance.md](conformance.md).")
     w("")
+    hop = " →wss→ gateway →ws→ " if tls is not None else " → gateway → "
     w("| mode | path | what it tests |")
     w("|---|---|---|")
-    w("| fuzzingclient | `wstest -m fuzzingclient` → gateway → echo backend | client-to-backend frames, the backend's answers back |")
-    w("| fuzzingserver | echo client → gateway → `wstest -m fuzzingserver` | backend-to-client frames, the client's answers back |")
+    w(f"| fuzzingclient | `wstest -m fuzzingclient`{hop}echo backend | client-to-backend frames, the backend's answers back |")
+    w(f"| fuzzingserver | echo client{hop}`wstest -m fuzzingserver` | backend-to-client frames, the client's answers back |")
     w("")
-    w("Each mode also runs without the gateway (agent `direct`) for the reference verdicts. A")
+    w("Each mode also runs without the gateway (agent `direct`"
+      + (", plaintext" if tls is not None else "") + ") for the reference verdicts. A")
     w("case passes when its verdict through the gateway (behavior and close behavior) is the")
     w("direct one and is OK, NON-STRICT or INFORMATIONAL. A case the reference peer fails")
     w("directly too is accepted only when `tests/autobahn/known-backend-failures.txt` lists it.")
@@ -296,7 +321,8 @@ def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta
     at = f"`{commit}`" + (" with uncommitted changes" if dirty else "") if commit else "this tree"
     nbad = sum(r[4] not in ACCEPTED for r in rows)
     short = [r for r in runs if r["status"] != 0]
-    w(f"**{'PASS' if ok else 'FAIL'}** at {at}: {len(rows)} case runs through the gateway, "
+    w(f"**{'PASS' if ok else 'FAIL'}** at {at}: {len(rows)} case runs through the gateway"
+      + (" over `wss://`" if tls is not None else "") + ", "
       f"{nbad} that differ from the direct connection or fail"
       + (f", {len(short)} runs cut short by their time limit" if short else "") + ".")
     w("")
@@ -312,6 +338,8 @@ def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta
     w("Counts are the verdicts through the gateway; a case counts under its worse part")
     w("(behavior or close behavior).")
     w("")
+    if tls is not None:
+        write_tls(w, modes, tls)
     w("## Cases that differ or are not OK")
     w("")
     notable = sorted((r for r in rows if r[4] != "same" or r[3] != ("OK", "OK")),
@@ -350,17 +378,31 @@ def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta
     w("## How to run")
     w("")
     w("```sh")
-    w("bash tests/autobahn/run.sh                     # install if missing, build, run, write this file")
-    w("AUTOBAHN_ARGS='--suites core --modes fuzzingclient' bash tests/autobahn/run.sh   # a part")
-    w("AUTOBAHN_ARGS=--full-deflate bash tests/autobahn/run.sh                         # all of 12.*, 13.*")
+    if tls is None:
+        w("bash tests/autobahn/run.sh                     # install if missing, build, run, write this file")
+        w("AUTOBAHN_ARGS='--suites core --modes fuzzingclient' bash tests/autobahn/run.sh   # a part")
+        w("AUTOBAHN_ARGS=--full-deflate bash tests/autobahn/run.sh                         # all of 12.*, 13.*")
+    else:
+        w("# install if missing, build, run, write this file:")
+        w("AUTOBAHN_ARGS=--tls AUTOBAHN_OUT=target/autobahn-tls AUTOBAHN_DOC=docs/conformance-tls.md \\")
+        w("  bash tests/autobahn/run.sh")
+        w("# what CI runs (1.* to 10.*, both modes):")
+        w("AUTOBAHN_ARGS='--tls --suites core,perf' AUTOBAHN_OUT=target/autobahn-tls \\")
+        w("  AUTOBAHN_DOC=target/autobahn-tls/conformance-tls.md bash tests/autobahn/run.sh")
     w("```")
     w("")
-    w("`.ci/run` runs it as its last step. The first run installs wstest (autobahntestsuite, Python")
+    if tls is None:
+        w("`.ci/run` runs it as its last step. The first run installs wstest (autobahntestsuite, Python")
+    else:
+        w("`.ci/run` runs its `core,perf` part (every case of 1.* to 10.*, both modes) after the")
+        w("plaintext run, and fails on any verdict through the TLS gateway that differs from the")
+        w("direct one or fails. The first run installs wstest (autobahntestsuite, Python")
+    out = "target/autobahn-tls" if tls is not None else "target/autobahn"
     w("2.7 from pyenv, every dependency pinned in `tests/autobahn/requirements-py2.txt`) and")
     w("`websockets` (Python 3) into `/opt/wscluster-autobahn` (`AUTOBAHN_HOME`), in about half a")
     w("minute; later runs reuse it. Reports (Autobahn's JSON and HTML per case) and every")
-    w("process's log go to `target/autobahn/` (`AUTOBAHN_OUT`); `python3")
-    w("tests/autobahn/report.py --out target/autobahn` redoes the table from them.")
+    w(f"process's log go to `{out}/` (`AUTOBAHN_OUT`); `python3")
+    w(f"tests/autobahn/report.py --out {out}` redoes the table from them.")
     w("")
     w("Setup, all on loopback: the echo backend echoes every message; for 1.* to 10.* it is")
     w("`wsecho server` (`tools/src/bin/wsecho.rs`, tokio-tungstenite), for 12.* and 13.*")
@@ -379,6 +421,41 @@ def write_doc(doc, modes, expected, rows, table, runs, known, full_deflate, meta
     doc.write_text("\n".join(lines))
 
 
+def write_tls(w, modes, tls):
+    """The TLS section: the certificates, and how each client reached the gateway."""
+    w("## TLS")
+    w("")
+    w("The run makes its certificates with openssl: a test CA and an ECDSA P-256 leaf for IP")
+    w("127.0.0.1 (`subjectAltName IP:127.0.0.1`, `CA:FALSE`), which the gateways serve with")
+    w("`--tls-cert leaf-chain.pem --tls-key leaf.key`. Every client trusts that CA alone and")
+    w("checks the chain and the address, so a case connection is a verified TLS session:")
+    w("")
+    w("| mode | client | TLS stack | negotiated |")
+    w("|---|---|---|---|")
+    if "fuzzingclient" in modes:
+        w("| fuzzingclient | `wstest -m fuzzingclient` itself, to `wss://127.0.0.1:port` | "
+          "Twisted and pyOpenSSL; its server entry's `\"hostname\": \"127.0.0.1\"` selects "
+          "`optionsForClientTLS` (the name checked by service_identity), trusting "
+          "`SSL_CERT_FILE=ca.pem` | "
+          + md(tls.get("wstest -m fuzzingclient", "not recorded")) + " |")
+    if "fuzzingserver" in modes:
+        w("| fuzzingserver | `wsecho client --connect-ca ca.pem` (1.* to 10.*) | rustls, the "
+          "gateway's own TLS library (`tools/src/tls.rs`) | TLS 1.3 (rustls on both ends, both "
+          "offering it; not logged) |")
+        if tls.get("echo_client.py"):
+            w("| fuzzingserver | `echo_client.py --via-ca ca.pem` (12.*, 13.*) | Python's `ssl`, "
+              "`create_default_context(cafile=ca.pem)` | " + md(tls["echo_client.py"]) + " |")
+    w("")
+    if "fuzzingclient" in modes:
+        w("wstest speaks TLS itself here: no proxy originates the TLS of the fuzzing client. Its")
+        w("line was measured before the run by `tests/autobahn/wstest_tls_probe.py`, which makes")
+        w("the fuzzing client's handshake with its own settings (and stops the run if it fails).")
+    if "fuzzingserver" in modes:
+        w("The echo clients keep the fuzzing server's `ws://` URL, and so its Host header, while")
+        w("their TCP connection, in TLS, goes to the gateway.")
+    w("")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
@@ -395,6 +472,8 @@ def main():
         doc=Path(args.doc) if args.doc else None,
         known=Path(__file__).resolve().parent / "known-backend-failures.txt",
         full_deflate=state["full_deflate"],
+        gateway_agent=state.get("gateway_agent", "gateway"),
+        tls=state.get("tls"),
     )
 
 

@@ -4,13 +4,16 @@
 # wsecho, runs harness.py under an overall time limit, writes docs/conformance.md.
 #
 #   bash tests/autobahn/run.sh
+#   AUTOBAHN_ARGS=--tls AUTOBAHN_OUT=target/autobahn-tls AUTOBAHN_DOC=docs/conformance-tls.md \
+#     bash tests/autobahn/run.sh     # the clients reach the gateway over wss:// (TLS)
 #
 # Environment: AUTOBAHN_HOME (the install, default /opt/wscluster-autobahn), AUTOBAHN_OUT
 # (reports and logs, default target/autobahn), AUTOBAHN_DOC (default docs/conformance.md),
-# AUTOBAHN_ARGS (more harness.py flags, e.g. "--suites core --modes fuzzingclient" or
-# "--full-deflate"), AUTOBAHN_TIMEOUT (seconds for the whole run, default 1500),
-# GATEWAY_BIN, WSECHO_BIN (a gateway-bin, a wsecho to use instead of building the release
-# ones; wsecho is the echo peer of 1.* to 10.*, websockets that of 12.* and 13.*).
+# AUTOBAHN_ARGS (more harness.py flags, e.g. "--suites core --modes fuzzingclient",
+# "--full-deflate", or "--tls": certificates made at run time with openssl, the gateways
+# serving wss://, agent gateway-tls), AUTOBAHN_TIMEOUT (seconds for the whole run, default
+# 1500), GATEWAY_BIN, WSECHO_BIN (a gateway-bin, a wsecho to use instead of building the
+# release ones; wsecho is the echo peer of 1.* to 10.*, websockets that of 12.* and 13.*).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export AUTOBAHN_HOME="${AUTOBAHN_HOME:-/opt/wscluster-autobahn}"
