@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
@@ -11,7 +12,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    process::Command,
+    process::{Child, Command},
     sync::watch,
 };
 
@@ -89,10 +90,10 @@ async fn counting_front(backend: SocketAddr) -> (SocketAddr, watch::Receiver<usi
     (address, probes)
 }
 
-#[tokio::test]
-async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_api() {
+/// Starts a `wsbackend` with id `only` and waits until it listens.
+async fn start_backend() -> (SocketAddr, Child) {
     let backend = free_address().await;
-    let _backend = Command::new(wscluster_testkit::wsbackend_binary())
+    let process = Command::new(wscluster_testkit::wsbackend_binary())
         .args(["--id", "only", "--listen", &backend.to_string()])
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -106,78 +107,127 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The gateway reaches the backend through a front that counts its health checks.
-    let (front, mut health_checks) = counting_front(backend).await;
-    let (public, admin) = (free_address().await, free_address().await);
-    let config = std::env::temp_dir().join(format!("wscluster-fd-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        "[discovery.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nup = 1\ndown = 2\n",
-    )
-    .unwrap();
-    // 600 descriptors: 344 after the reserve, so 155 WebSockets and 17 connections at once.
-    let mut gateway = Command::new("prlimit")
-        .args(["--nofile=600:600", "--"])
-        .arg(env!("CARGO_BIN_EXE_gateway-bin"))
-        .args(["--config", config.to_str().unwrap()])
-        .args([
-            "--public",
-            &public.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .args([
-            "--workers",
-            "1",
-            "run",
-            "--backend",
-            &format!("only={front}"),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let limits = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            if line.contains("descriptor limit") {
-                return without_colours(&line);
-            }
-        }
-        panic!("the gateway exited");
-    })
-    .await
-    .unwrap();
-    assert!(
-        limits.contains("soft=600") && limits.contains("max_websockets=155"),
-        "{limits}"
-    );
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    (backend, process)
+}
 
-    let started = Instant::now();
-    let members = || async {
-        let (status, body) = get(admin, "/admin/ring").await?;
-        let ring: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some((status, ring["members"].as_array()?.len()))
-    };
-    while members().await != Some((200, 1)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the backend never joined"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The gateway binary under `prlimit --nofile=600:600`, with one backend reached at `front`.
+struct LimitedGateway {
+    process: Child,
+    public: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    /// The line the gateway logged about its descriptor limit and the caps it derived.
+    limits: String,
+}
+
+impl LimitedGateway {
+    async fn start(front: SocketAddr) -> Self {
+        let (public, admin) = (free_address().await, free_address().await);
+        let config = std::env::temp_dir().join(format!("wscluster-fd-{}.toml", std::process::id()));
+        std::fs::write(
+            &config,
+            "[discovery.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nup = 1\ndown = 2\n",
+        )
+        .unwrap();
+        // 600 descriptors: 344 after the reserve, so 155 WebSockets and 17 connections at once.
+        let mut process = Command::new("prlimit")
+            .args(["--nofile=600:600", "--"])
+            .arg(env!("CARGO_BIN_EXE_gateway-bin"))
+            .args(["--config", config.to_str().unwrap()])
+            .args([
+                "--public",
+                &public.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .args([
+                "--workers",
+                "1",
+                "run",
+                "--backend",
+                &format!("only={front}"),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(process.stdout.take().unwrap()).lines();
+        let limits = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = log.next_line().await.unwrap() {
+                if line.contains("descriptor limit") {
+                    return without_colours(&line);
+                }
+            }
+            panic!("the gateway exited");
+        })
+        .await
+        .unwrap();
+        // Keep draining the log so the gateway never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+        Self {
+            process,
+            public,
+            admin,
+            config,
+            limits,
+        }
     }
 
-    // Far more than the descriptors allow: 155 get through, the rest are refused or shed.
+    /// The admin API's status and the ring's member count, if it answered.
+    async fn members(&self) -> Option<(u16, usize)> {
+        let (status, body) = get(self.admin, "/admin/ring").await?;
+        let ring: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some((status, ring["members"].as_array()?.len()))
+    }
+
+    async fn wait_for_the_backend_to_join(&self) {
+        let started = Instant::now();
+        while self.members().await != Some((200, 1)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the backend never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.process.start_kill();
+        let _ = std::fs::remove_file(self.config);
+    }
+}
+
+/// Opens WebSockets for users `0..attempts` and keeps those that got through, with the
+/// number refused or shed.
+async fn flood(public: SocketAddr, attempts: usize) -> (Vec<TcpStream>, usize) {
     let mut open = Vec::new();
     let mut refused = 0;
-    for user in 0..400 {
+    for user in 0..attempts {
         match websocket(public, user).await {
             Ok(tcp) => open.push(tcp),
             Err(_) => refused += 1,
         }
     }
+    (open, refused)
+}
+
+#[tokio::test]
+async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_api() {
+    let (backend, _backend) = start_backend().await;
+    // The gateway reaches the backend through a front that counts its health checks.
+    let (front, mut health_checks) = counting_front(backend).await;
+    let gateway = LimitedGateway::start(front).await;
+    let limits = &gateway.limits;
+    assert!(
+        limits.contains("soft=600") && limits.contains("max_websockets=155"),
+        "{limits}"
+    );
+    gateway.wait_for_the_backend_to_join().await;
+    let public = gateway.public;
+
+    // Far more than the descriptors allow: 155 get through, the rest are refused or shed.
+    let (open, refused) = flood(public, 400).await;
     assert_eq!(open.len(), 155, "{refused} refused");
     // Saturated, for several health-check rounds (5, more than the 2 failures that would
     // take the member out): the ring keeps its member, the admin API answers.
@@ -191,7 +241,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         "no 5 health checks reached the backend while saturated: {} of them",
         *health_checks.borrow() - before
     );
-    assert_eq!(members().await, Some((200, 1)));
+    assert_eq!(gateway.members().await, Some((200, 1)));
     let (status, _) = get(public, "/count?userId=1")
         .await
         .expect("HTTP still served");
@@ -209,8 +259,7 @@ async fn a_descriptor_shortage_sheds_connections_but_keeps_the_ring_and_admin_ap
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = gateway.start_kill();
-    let _ = std::fs::remove_file(config);
+    gateway.stop();
 }
 
 /// The line without ANSI colour sequences (`ESC [ … m`).

@@ -408,13 +408,14 @@ async fn shutdown_ends_in_time_whatever_the_peers_do() {
     held.abort();
 }
 
-/// A backend killed with SIGKILL under echo load: its clients are told (1012), reconnect and
-/// end on their new owners within 2 s; no other client sees anything but its echoes.
-#[tokio::test]
-async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
+/// Starts a reference `wsbackend` process (no drain delay) for each id and waits until
+/// every one listens; the processes die with their handles.
+async fn backend_processes(
+    ids: &[&str],
+) -> (Vec<(NodeId, SocketAddr)>, Vec<tokio::process::Child>) {
     let mut backends = Vec::new();
     let mut processes = Vec::new();
-    for id in ["proc-a", "proc-b", "proc-c"] {
+    for &id in ids {
         let address = free_address().await;
         let child = tokio::process::Command::new(wscluster_testkit::wsbackend_binary())
             .args([
@@ -441,6 +442,13 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
             .await
         );
     }
+    (backends, processes)
+}
+
+/// A gateway whose TCP health checks run every 100 ms and act on a single result, so a
+/// killed backend leaves the ring at once; returned once all `backends` are members.
+async fn gateway_with_fast_health_checks(backends: Vec<(NodeId, SocketAddr)>) -> Gateway {
+    let expected = backends.len();
     let mut config = strict();
     config.discovery.health = Some(
         discovery::HealthCheck::tcp()
@@ -453,10 +461,19 @@ async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
         eventually(Duration::from_secs(5), async || {
             ring_json(&gateway).await["members"]
                 .as_array()
-                .is_some_and(|m| m.len() == 3)
+                .is_some_and(|m| m.len() == expected)
         })
         .await
     );
+    gateway
+}
+
+/// A backend killed with SIGKILL under echo load: its clients are told (1012), reconnect and
+/// end on their new owners within 2 s; no other client sees anything but its echoes.
+#[tokio::test]
+async fn a_killed_backend_sends_its_clients_to_their_new_owners() {
+    let (backends, mut processes) = backend_processes(&["proc-a", "proc-b", "proc-c"]).await;
+    let gateway = gateway_with_fast_health_checks(backends).await;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();

@@ -484,6 +484,110 @@ async fn a_silent_backend_times_out_its_handshake_with_502() {
     gateway.shutdown().await;
 }
 
+/// The id of `user`'s owner on `ring`.
+fn owner(ring: &Ring, user: &str) -> String {
+    ring.route(user.as_bytes()).unwrap().id().to_string()
+}
+
+/// Connects `count` latecomers (`late-0`, …) one every 15 ms, so that they keep arriving
+/// while the ring changes; returns each with its client.
+async fn latecomers_arriving(public: SocketAddr, count: usize) -> Vec<(String, Client)> {
+    let mut late = Vec::new();
+    for n in 0..count {
+        let user = format!("late-{n}");
+        let url = format!("ws://{public}/connect/{user}");
+        let (client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        late.push((user, client));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    late
+}
+
+/// The live connections per member, as the admin API's ring counts them (members with none
+/// left out).
+async fn connections_per_member(gateway: &Gateway) -> HashMap<String, u64> {
+    let ring = ring_json(gateway).await;
+    let members = ring["members"].as_array().unwrap().clone();
+    let counted = members.iter().map(|m| {
+        let id = m["id"].as_str().unwrap().to_owned();
+        (id, m["connections"].as_u64().unwrap())
+    });
+    counted.filter(|(_, n)| *n > 0).collect::<HashMap<_, _>>()
+}
+
+/// Asserts that a client that kept sending through both ring changes was never closed, got
+/// one echo per message in order, and was relayed to exactly its successive owners (first
+/// `first_server`, then its owner on `middle`, then on `last`), each move announced by the
+/// new backend's `connected` naming the old one. Returns whether it moved at all.
+fn assert_relayed_to_its_owners_in_order(
+    traffic: Traffic,
+    first_server: &str,
+    middle: &Ring,
+    last: &Ring,
+) -> bool {
+    let Traffic {
+        user,
+        sent,
+        received,
+        closed,
+    } = traffic;
+    assert_eq!(closed, None, "{user} was closed");
+    assert!(sent > 50, "{user} kept sending ({sent})");
+    let contents: Vec<&str> = received
+        .iter()
+        .filter(|m| m["type"] == "echo")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..sent).map(|i| format!("n{i}")).collect();
+    assert_eq!(contents, expected, "{user}: one echo per message, in order");
+
+    // The servers it was relayed to, in order, as the echoes and hellos tell.
+    let mut servers = vec![first_server.to_owned()];
+    for message in &received {
+        let server = message["server"].as_str().unwrap();
+        if message["type"] == "connected" {
+            assert_eq!(
+                message["migratedFrom"].as_str(),
+                servers.last().map(String::as_str),
+                "{user}: the new backend is told where the user came from"
+            );
+            servers.push(server.to_owned());
+        } else {
+            assert_eq!(
+                server,
+                servers.last().unwrap(),
+                "{user}: echo from {server}"
+            );
+        }
+    }
+    let mut owners = vec![
+        first_server.to_owned(),
+        owner(middle, &user),
+        owner(last, &user),
+    ];
+    owners.dedup();
+    assert_eq!(
+        servers, owners,
+        "{user} moved exactly when its owner changed"
+    );
+    owners.len() > 1
+}
+
+/// Asserts that every latecomer's echo now comes from its owner on `last`.
+async fn assert_latecomers_on_their_owners(latecomers: Vec<(String, Client)>, last: &Ring) {
+    for (user, mut client) in latecomers {
+        client.send(Message::text("where am i")).await.unwrap();
+        let server = loop {
+            // Its hello, perhaps a move's hello, then the echo from where it is now.
+            let message = next_json(&mut client).await;
+            if message["type"] == "echo" {
+                break message["server"].as_str().unwrap().to_owned();
+            }
+        };
+        assert_eq!(server, owner(last, &user), "{user} ended on its owner");
+    }
+}
+
 /// Live migration under continuous traffic: a 4th backend joins, then one of the first three
 /// leaves. Clients whose owner changed end on their new owner without a close, every message
 /// gets exactly one echo, in order, and each move is announced by the new backend's
@@ -504,18 +608,7 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
         clients.push(tokio::spawn(echo_traffic(user, client, stopped.clone())));
     }
     // Latecomers connect throughout both changes.
-    let public = gateway.public;
-    let latecomers = tokio::spawn(async move {
-        let mut late = Vec::new();
-        for n in 0..40 {
-            let user = format!("late-{n}");
-            let url = format!("ws://{public}/connect/{user}");
-            let (client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            late.push((user, client));
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        late
-    });
+    let latecomers = tokio::spawn(latecomers_arriving(gateway.public, 40));
 
     // The first change comes once some latecomers are in, so others arrive during it.
     let some_late = eventually(Duration::from_secs(5), async || {
@@ -529,7 +622,6 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
     let first = ring_of(&["backend-a", "backend-b", "backend-c"]);
     let middle = ring_of(&["backend-a", "backend-b", "backend-c", &added]);
     let last = ring_of(&["backend-a", "backend-c", &added]);
-    let owner = |ring: &Ring, user: &str| ring.route(user.as_bytes()).unwrap().id().to_string();
     // The second change once the first one's moves of the 60 are done.
     let to_added = (0..60)
         .filter(|n| owner(&first, &format!("live-{n}")) != owner(&middle, &format!("live-{n}")))
@@ -554,81 +646,27 @@ async fn live_migration_moves_exactly_the_affected_clients_without_losing_a_mess
     for user in users {
         *expected.entry(owner(&last, &user)).or_default() += 1;
     }
-    let counts = || async {
-        let ring = ring_json(&gateway).await;
-        let members = ring["members"].as_array().unwrap().clone();
-        let counted = members.iter().map(|m| {
-            let id = m["id"].as_str().unwrap().to_owned();
-            (id, m["connections"].as_u64().unwrap())
-        });
-        counted.filter(|(_, n)| *n > 0).collect::<HashMap<_, _>>()
-    };
-    let settled = eventually(Duration::from_secs(5), async || counts().await == expected);
-    assert!(settled.await, "{:?} != {expected:?}", counts().await);
+    let settled = eventually(Duration::from_secs(5), async || {
+        connections_per_member(&gateway).await == expected
+    });
+    assert!(
+        settled.await,
+        "{:?} != {expected:?}",
+        connections_per_member(&gateway).await
+    );
     stop.send_replace(true);
 
     let mut moved = 0;
     for client in clients {
-        let Traffic {
-            user,
-            sent,
-            received,
-            closed,
-        } = client.await.unwrap();
-        assert_eq!(closed, None, "{user} was closed");
-        assert!(sent > 50, "{user} kept sending ({sent})");
-        let contents: Vec<&str> = received
-            .iter()
-            .filter(|m| m["type"] == "echo")
-            .map(|m| m["content"].as_str().unwrap())
-            .collect();
-        let expected: Vec<String> = (0..sent).map(|i| format!("n{i}")).collect();
-        assert_eq!(contents, expected, "{user}: one echo per message, in order");
-
-        // The servers it was relayed to, in order, as the echoes and hellos tell.
-        let mut servers = vec![first_server[&user].clone()];
-        for message in &received {
-            let server = message["server"].as_str().unwrap();
-            if message["type"] == "connected" {
-                assert_eq!(
-                    message["migratedFrom"].as_str(),
-                    servers.last().map(String::as_str),
-                    "{user}: the new backend is told where the user came from"
-                );
-                servers.push(server.to_owned());
-            } else {
-                assert_eq!(
-                    server,
-                    servers.last().unwrap(),
-                    "{user}: echo from {server}"
-                );
-            }
-        }
-        let mut owners = vec![
-            first_server[&user].clone(),
-            owner(&middle, &user),
-            owner(&last, &user),
-        ];
-        owners.dedup();
-        assert_eq!(
-            servers, owners,
-            "{user} moved exactly when its owner changed"
-        );
-        moved += usize::from(owners.len() > 1);
+        let traffic = client.await.unwrap();
+        let started_on = first_server[&traffic.user].clone();
+        let moved_once =
+            assert_relayed_to_its_owners_in_order(traffic, &started_on, &middle, &last);
+        moved += usize::from(moved_once);
     }
     assert!(moved > 5, "some of 60 users moved ({moved})");
 
-    for (user, mut client) in latecomers {
-        client.send(Message::text("where am i")).await.unwrap();
-        let server = loop {
-            // Its hello, perhaps a move's hello, then the echo from where it is now.
-            let message = next_json(&mut client).await;
-            if message["type"] == "echo" {
-                break message["server"].as_str().unwrap().to_owned();
-            }
-        };
-        assert_eq!(server, owner(&last, &user), "{user} ended on its owner");
-    }
+    assert_latecomers_on_their_owners(latecomers, &last).await;
     let ring = ring_json(&gateway).await;
     assert_eq!(ring["migrations"]["failed"], 0);
     assert_eq!(ring["migrations"]["fell_back"], 0);

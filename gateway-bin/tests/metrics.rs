@@ -35,14 +35,39 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// `name{backend="…"} value` samples as a map by backend.
 fn per_backend(text: &str, name: &str) -> HashMap<String, u64> {
-    let prefix = format!("{name}{{backend=\"");
     text.lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (backend, value) = rest.split_once("\"} ")?;
+            let (series, value) = line.split_once(' ')?;
+            let labels = series.strip_prefix(name)?;
+            let backend = labels.strip_prefix("{backend=\"")?.strip_suffix("\"}")?;
             Some((backend.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// The live connections per member as the admin API's ring counts them, members with none
+/// left out (as `wscluster_websockets_active` leaves them out).
+fn connections_per_member(ring: &serde_json::Value) -> HashMap<String, u64> {
+    ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["connections"].as_u64().unwrap(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Adds a backend through the admin API and returns the id it was given.
+async fn add_backend(gateway: &Gateway) -> String {
+    let (status, body) = http(gateway.admin, "POST", "/admin/backends", "").await;
+    assert_eq!(status, 201, "{body}");
+    let added: serde_json::Value = serde_json::from_str(&body).unwrap();
+    added["id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -72,18 +97,7 @@ async fn metrics_follow_handshakes_moves_and_the_ring() {
         sample(&text, "wscluster_ring_version"),
         ring["version"].as_f64()
     );
-    let counted: HashMap<String, u64> = ring["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_str().unwrap().to_owned(),
-                m["connections"].as_u64().unwrap(),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let counted = connections_per_member(&ring);
     assert_eq!(per_backend(&text, "wscluster_websockets_active"), counted);
     assert_eq!(sample(&text, "wscluster_connections_off_owner"), Some(0.0));
     for backend in ["backend-a", "backend-b", "backend-c"] {
@@ -93,12 +107,7 @@ async fn metrics_follow_handshakes_moves_and_the_ring() {
     assert!(!text.contains("metric-user"), "no label names a user");
 
     // A fourth backend: its users move live, and the metrics follow them.
-    let added = {
-        let (status, body) = http(gateway.admin, "POST", "/admin/backends", "").await;
-        assert_eq!(status, 201, "{body}");
-        let added: serde_json::Value = serde_json::from_str(&body).unwrap();
-        added["id"].as_str().unwrap().to_owned()
-    };
+    let added = add_backend(&gateway).await;
     let settled = eventually(Duration::from_secs(5), async || {
         let text = scrape(&gateway).await;
         sample(&text, "wscluster_ring_members") == Some(4.0)

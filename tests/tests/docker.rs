@@ -44,14 +44,9 @@ async fn echo_server(client: &mut Client, was_on: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn the_gateway_follows_labelled_containers_and_scales_them() {
-    let Some(host) = DockerHost::start("scale").await else {
-        return;
-    };
-    let unlabelled = format!("{}-stranger", host.service());
-    host.run_unlabelled(&unlabelled).await;
-
+/// A gateway on the Docker membership of `host`'s service: it may start up to 5 containers
+/// of the backend image, and moves users without pacing.
+fn scaling_config(host: &DockerHost) -> GatewayConfig {
     let mut config = GatewayConfig {
         listen: Listen::ephemeral(),
         shutdown: Shutdown {
@@ -68,16 +63,15 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
         cap: 5,
         limits: ContainerLimits::default(),
     });
-    let gateway = Gateway::start(config, vec![]).await.unwrap();
+    config
+}
 
-    // Three containers through the admin API: the ring follows them once they are healthy.
-    let mut names = Vec::new();
-    for _ in 0..3 {
-        names.push(add_backend(gateway.admin).await);
-    }
-    names.sort();
-    wait_for_members(gateway.admin, &names).await;
-
+/// Connects users `dock-0` to `dock-29`, each asserted to land on its owner on the ring of
+/// `names`; returns each user with its client and the server it is on.
+async fn clients_on_their_owners(
+    gateway: &Gateway,
+    names: &[String],
+) -> Vec<(String, Client, String)> {
     let mut clients: Vec<(String, Client, String)> = Vec::new();
     for n in 0..30 {
         let user = format!("dock-{n}");
@@ -89,14 +83,53 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
             .to_owned();
         assert_eq!(
             server,
-            ring_of(&names)
-                .route(user.as_bytes())
-                .unwrap()
-                .id()
-                .as_str()
+            ring_of(names).route(user.as_bytes()).unwrap().id().as_str()
         );
         clients.push((user, client, server));
     }
+    clients
+}
+
+/// The unlabelled container is never a member, and the admin API refuses to touch it.
+async fn assert_the_unlabelled_container_is_left_alone(
+    gateway: &Gateway,
+    host: &DockerHost,
+    unlabelled: &str,
+) {
+    assert!(!ring_members(gateway.admin)
+        .await
+        .contains(&unlabelled.to_owned()));
+    let (status, body) = http(
+        gateway.admin,
+        "DELETE",
+        &format!("/admin/backends/{unlabelled}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("does not carry our service label"), "{body}");
+    assert!(host.running(unlabelled).await, "still running");
+}
+
+#[tokio::test]
+async fn the_gateway_follows_labelled_containers_and_scales_them() {
+    let Some(host) = DockerHost::start("scale").await else {
+        return;
+    };
+    let unlabelled = format!("{}-stranger", host.service());
+    host.run_unlabelled(&unlabelled).await;
+
+    let gateway = Gateway::start(scaling_config(&host), vec![]).await.unwrap();
+
+    // Three containers through the admin API: the ring follows them once they are healthy.
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(add_backend(gateway.admin).await);
+    }
+    names.sort();
+    wait_for_members(gateway.admin, &names).await;
+
+    let mut clients = clients_on_their_owners(&gateway, &names).await;
 
     // A fourth container: the users it now owns move to it live.
     names.push(add_backend(gateway.admin).await);
@@ -131,18 +164,7 @@ async fn the_gateway_follows_labelled_containers_and_scales_them() {
     }
     assert!(!per_server.contains_key(&stopped));
 
-    // The unlabelled container is never a member, and the admin API refuses to touch it.
-    assert!(!ring_members(gateway.admin).await.contains(&unlabelled));
-    let (status, body) = http(
-        gateway.admin,
-        "DELETE",
-        &format!("/admin/backends/{unlabelled}"),
-        "",
-    )
-    .await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("does not carry our service label"), "{body}");
-    assert!(host.running(&unlabelled).await, "still running");
+    assert_the_unlabelled_container_is_left_alone(&gateway, &host, &unlabelled).await;
 
     // Removing one of ours through the API drains it, then stops and removes its container.
     let leaving = names[0].clone();

@@ -97,14 +97,9 @@ async fn connect_user(
     client
 }
 
-#[tokio::test]
-async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() {
-    let Some(broker) = RabbitMq::running().await else {
-        return;
-    };
-    let exchange = format!("wscluster.events.test-{}", std::process::id());
-    let (_connection, mut consumer) = subscribe(&broker.url(), &exchange).await;
-
+/// A gateway that publishes its events to `exchange` on `broker`, and moves users without
+/// pacing.
+fn publishing_config(broker: &RabbitMq, exchange: &str) -> GatewayConfig {
     let mut config = GatewayConfig {
         listen: Listen::ephemeral(),
         shutdown: Shutdown {
@@ -115,9 +110,21 @@ async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() 
     };
     config.events = Some(EventsConfig {
         url: broker.url(),
-        exchange: exchange.clone(),
+        exchange: exchange.to_owned(),
     });
     config.migration.pacing = tower_ws_migrate::Pacing::unlimited();
+    config
+}
+
+#[tokio::test]
+async fn ring_changes_and_migrations_reach_a_consumer_across_a_broker_restart() {
+    let Some(broker) = RabbitMq::running().await else {
+        return;
+    };
+    let exchange = format!("wscluster.events.test-{}", std::process::id());
+    let (_connection, mut consumer) = subscribe(&broker.url(), &exchange).await;
+
+    let config = publishing_config(&broker, &exchange);
     let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let users: Vec<String> = (0..40).map(|n| format!("rabbit-{n}")).collect();
     let mut clients = Vec::new();

@@ -183,6 +183,39 @@ async fn until(
     wscluster_testkit::members_until(stream, members, Duration::from_secs(60), done).await;
 }
 
+/// Applies changes until one names `slot` (an insert or a removal); panics after a minute,
+/// as it waits for a replaced task's slot.
+async fn until_slot_changes(
+    stream: &mut MemberChanges,
+    members: &mut BTreeMap<String, Backend>,
+    slot: &str,
+) {
+    let changed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Change::Insert(id, backend))) => {
+                    let id = id.to_string();
+                    let done = id == slot;
+                    members.insert(id, backend);
+                    if done {
+                        return;
+                    }
+                }
+                Some(Ok(Change::Remove(id))) => {
+                    members.remove(id.as_str());
+                    if id.as_str() == slot {
+                        return;
+                    }
+                }
+                other => panic!("the stream ended: {other:?}"),
+            }
+        }
+    });
+    changed
+        .await
+        .expect("slot 2's replacement seen within a minute");
+}
+
 #[tokio::test]
 async fn swarm_tasks_are_members_with_ids_stable_per_slot() {
     let Some(host) = SwarmHost::start().await else {
@@ -223,30 +256,7 @@ async fn swarm_tasks_are_members_with_ids_stable_per_slot() {
     assert!(!container.is_empty(), "slot 2's container");
     docker(&["rm", "-f", &container]).await;
     // Either it leaves and comes back, or it comes back at once at a new address.
-    let changed = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match stream.next().await {
-                Some(Ok(Change::Insert(id, backend))) => {
-                    let id = id.to_string();
-                    let done = id == slot_two;
-                    members.insert(id, backend);
-                    if done {
-                        return;
-                    }
-                }
-                Some(Ok(Change::Remove(id))) => {
-                    members.remove(id.as_str());
-                    if id.as_str() == slot_two {
-                        return;
-                    }
-                }
-                other => panic!("the stream ended: {other:?}"),
-            }
-        }
-    });
-    changed
-        .await
-        .expect("slot 2's replacement seen within a minute");
+    until_slot_changes(&mut stream, &mut members, &slot_two).await;
     until(&mut stream, &mut members, |m| {
         m.keys().cloned().collect::<Vec<_>>() == expected
     })
@@ -560,26 +570,16 @@ fn member_ids(ring: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The stack file on a real single-node swarm: 3 gateways agree without a leader, route
-/// 100,000 keys identically, put clients on their owners through any gateway, converge
-/// together on a scale-up through the admin API, move a killed task's users, and drain a
-/// scaled-down task's users live.
-#[tokio::test]
-async fn three_gateways_on_swarm_agree_on_every_key() {
-    let Some(stack) = Stack::deploy().await else {
-        return;
-    };
-    let three: Vec<String> = (1..=3).map(|s| stack.backend(s)).collect();
-    until_every_gateway(&stack, Duration::from_secs(120), |ring| {
-        member_ids(ring) == three
-    })
-    .await;
-
-    // One digest, and the same owner for every one of 100,000 keys.
-    let keys: Vec<String> = (0..100_000).map(|u| format!("user-{u}")).collect();
-    let (digest, owners) = stack.owners(0, &keys).await;
+/// Every gateway has one digest and the same owner for every one of `keys`, and each of
+/// `three` owns a fair share of them; returns the owners.
+async fn assert_every_gateway_routes_keys_alike(
+    stack: &Stack,
+    keys: &[String],
+    three: &[String],
+) -> Vec<String> {
+    let (digest, owners) = stack.owners(0, keys).await;
     for n in 1..3 {
-        let (other_digest, other_owners) = stack.owners(n, &keys).await;
+        let (other_digest, other_owners) = stack.owners(n, keys).await;
         assert_eq!(other_digest, digest, "gateway {} digest", n + 1);
         let differing = owners
             .iter()
@@ -588,19 +588,31 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
             .count();
         assert_eq!(differing, 0, "keys routed differently by gateway {}", n + 1);
     }
-    for backend in &three {
+    for backend in three {
         let share = owners.iter().filter(|o| *o == backend).count();
         assert!(share > 20_000, "{backend} owns {share} of 100,000");
     }
+    owners
+}
 
-    // Clients through every gateway land on their key's owner.
+/// Clients through every gateway land on their key's owner: the users of the first 60
+/// `keys`, connected in turn through each gateway.
+async fn users_on_their_owners(stack: &Stack, keys: &[String], owners: &[String]) -> Vec<User> {
     let mut users = Vec::new();
-    for (u, (key, owner)) in keys.iter().zip(&owners).take(60).enumerate() {
-        let user = User::connect(&stack, u % 3, key).await;
+    for (u, (key, owner)) in keys.iter().zip(owners).take(60).enumerate() {
+        let user = User::connect(stack, u % 3, key).await;
         assert_eq!(&user.on, owner, "{key} through gateway {}", u % 3 + 1);
         users.push(user);
     }
+    users
+}
 
+/// The scale-up phase; returns the 4 members after it.
+async fn scale_up_through_the_admin_api(
+    stack: &Stack,
+    keys: &[String],
+    users: &mut [User],
+) -> Vec<String> {
     // Scale up through one gateway's admin API: every gateway converges within 2 s of the
     // first, and no connection is left off its owner on any of them.
     let (status, body) = stack.admin(1, "POST", "/admin/backends", "").await;
@@ -612,7 +624,7 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
         "the new slot's member id"
     );
     let four: Vec<String> = (1..=4).map(|s| stack.backend(s)).collect();
-    let seen = until_every_gateway(&stack, Duration::from_secs(60), |ring| {
+    let seen = until_every_gateway(stack, Duration::from_secs(60), |ring| {
         member_ids(ring) == four
     })
     .await;
@@ -621,16 +633,16 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
         spread <= Duration::from_secs(2),
         "converged {spread:?} apart"
     );
-    until_every_gateway(&stack, Duration::from_secs(20), |ring| {
+    until_every_gateway(stack, Duration::from_secs(20), |ring| {
         ring["off_owner"] == 0 && ring["migrations"]["in_flight"] == 0
     })
     .await;
-    let (_, owners) = stack.owners(2, &keys).await;
+    let (_, owners) = stack.owners(2, keys).await;
     let mut moved = 0;
     for (u, user) in users.iter_mut().enumerate() {
         let before = user.on.clone();
         assert_eq!(
-            user.echo(&stack).await,
+            user.echo(stack).await,
             owners[u],
             "{} after the scale-up",
             user.key
@@ -639,7 +651,11 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
     }
     assert!(moved > 0, "some of the 60 users belong to the new backend");
     eprintln!("scale-up: gateways converged {spread:?} apart; {moved} of 60 users moved");
+    four
+}
 
+/// The phase where a backend task is killed.
+async fn kill_a_backend_task(stack: &Stack, keys: &[String], users: &mut [User], four: &[String]) {
     // A backend task is killed: its users end on their new owners (Swarm's replacement
     // takes back the slot, so the owners are read again once every gateway has 4 members).
     let victim = stack.backend(2);
@@ -668,7 +684,7 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
     ])
     .await;
     docker(&["kill", &container]).await;
-    until_every_gateway(&stack, Duration::from_secs(30), |ring| {
+    until_every_gateway(stack, Duration::from_secs(30), |ring| {
         !member_ids(ring).contains(&victim)
             || ring["members"]
                 .as_array()
@@ -677,27 +693,35 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
                 .any(|m| m["id"] == victim.as_str() && m["connections"] == 0)
     })
     .await;
-    until_every_gateway(&stack, Duration::from_secs(60), |ring| {
+    until_every_gateway(stack, Duration::from_secs(60), |ring| {
         member_ids(ring) == four && ring["off_owner"] == 0
     })
     .await;
-    let (_, owners) = stack.owners(0, &keys).await;
+    let (_, owners) = stack.owners(0, keys).await;
     for (u, user) in users.iter_mut().enumerate() {
         assert_eq!(
-            user.echo(&stack).await,
+            user.echo(stack).await,
             owners[u],
             "{} after the kill",
             user.key
         );
     }
     eprintln!("kill: {on_victim} users of {victim} on their owners again");
+}
 
+/// The scale-down phase.
+async fn scale_down_through_the_admin_api(
+    stack: &Stack,
+    keys: &[String],
+    users: &mut [User],
+    four: &[String],
+) {
     // Scale down through the admin API: Swarm picks the task, every gateway drops it at once,
     // and its users move live (no reconnect) while it drains, before it stops.
     let reconnects: Vec<u32> = users.iter().map(|u| u.reconnects).collect();
     let (status, body) = stack.admin(2, "DELETE", "/admin/backends", "").await;
     assert_eq!(status, 200, "{body}");
-    let seen = until_every_gateway(&stack, Duration::from_secs(30), |ring| {
+    let seen = until_every_gateway(stack, Duration::from_secs(30), |ring| {
         member_ids(ring).len() == 3
     })
     .await;
@@ -709,14 +733,14 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
         .unwrap_or_default();
     let removed = four.iter().find(|id| !left.contains(id)).unwrap().clone();
     let on_removed = users.iter().filter(|u| u.on == removed).count();
-    until_every_gateway(&stack, Duration::from_secs(20), |ring| {
+    until_every_gateway(stack, Duration::from_secs(20), |ring| {
         ring["off_owner"] == 0 && ring["migrations"]["in_flight"] == 0
     })
     .await;
-    let (_, owners) = stack.owners(1, &keys).await;
+    let (_, owners) = stack.owners(1, keys).await;
     for (u, user) in users.iter_mut().enumerate() {
         assert_eq!(
-            user.echo(&stack).await,
+            user.echo(stack).await,
             owners[u],
             "{} after the scale-down",
             user.key
@@ -730,4 +754,28 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
     eprintln!(
         "scale-down: {removed} left every gateway {spread:?} apart; its {on_removed} users moved live"
     );
+}
+
+/// The stack file on a real single-node swarm: 3 gateways agree without a leader, route
+/// 100,000 keys identically, put clients on their owners through any gateway, converge
+/// together on a scale-up through the admin API, move a killed task's users, and drain a
+/// scaled-down task's users live.
+#[tokio::test]
+async fn three_gateways_on_swarm_agree_on_every_key() {
+    let Some(stack) = Stack::deploy().await else {
+        return;
+    };
+    let three: Vec<String> = (1..=3).map(|s| stack.backend(s)).collect();
+    until_every_gateway(&stack, Duration::from_secs(120), |ring| {
+        member_ids(ring) == three
+    })
+    .await;
+
+    // One digest, and the same owner for every one of 100,000 keys.
+    let keys: Vec<String> = (0..100_000).map(|u| format!("user-{u}")).collect();
+    let owners = assert_every_gateway_routes_keys_alike(&stack, &keys, &three).await;
+    let mut users = users_on_their_owners(&stack, &keys, &owners).await;
+    let four = scale_up_through_the_admin_api(&stack, &keys, &mut users).await;
+    kill_a_backend_task(&stack, &keys, &mut users, &four).await;
+    scale_down_through_the_admin_api(&stack, &keys, &mut users, &four).await;
 }

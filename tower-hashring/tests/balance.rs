@@ -444,6 +444,14 @@ mod shared {
         }
     }
 
+    /// The next request that mock backend `name` receives, with its responder.
+    async fn next_request_to(
+        handles: &mut std::collections::HashMap<&'static str, Handle<Req, &'static str>>,
+        name: &str,
+    ) -> (Req, mock::SendResponse<&'static str>) {
+        handles.get_mut(name).unwrap().next_request().await.unwrap()
+    }
+
     /// With a failover policy, a call that fails in a way the policy retries goes on to the
     /// next successor, with the replayed request; a request the policy cannot replay is sent
     /// once; without a policy nothing is retried.
@@ -472,20 +480,10 @@ mod shared {
             .collect();
 
         let call = tokio::spawn(retrying.clone().oneshot(key.to_owned()));
-        let (first, respond) = handles
-            .get_mut(order[0])
-            .unwrap()
-            .next_request()
-            .await
-            .unwrap();
+        let (first, respond) = next_request_to(&mut handles, order[0]).await;
         assert_eq!(first, format!("{key}@{}", order[0]));
         respond.send_error("refused");
-        let (second, respond) = handles
-            .get_mut(order[1])
-            .unwrap()
-            .next_request()
-            .await
-            .unwrap();
+        let (second, respond) = next_request_to(&mut handles, order[1]).await;
         assert_eq!(
             second,
             format!("{key}@{}", order[1]),
@@ -509,23 +507,13 @@ mod shared {
                 .as_str();
             let owner = if owner == "a" { "a" } else { "b" };
             let call = tokio::spawn(retrying.clone().oneshot(request));
-            let (_, respond) = handles
-                .get_mut(owner)
-                .unwrap()
-                .next_request()
-                .await
-                .unwrap();
+            let (_, respond) = next_request_to(&mut handles, owner).await;
             respond.send_error(error);
             assert_eq!(call.await.unwrap().unwrap_err().to_string(), error);
         }
         // Without a policy, even "refused" is final.
         let call = tokio::spawn(plain.clone().oneshot(key.to_owned()));
-        let (untouched, respond) = handles
-            .get_mut(order[0])
-            .unwrap()
-            .next_request()
-            .await
-            .unwrap();
+        let (untouched, respond) = next_request_to(&mut handles, order[0]).await;
         assert_eq!(untouched, key, "no route recorded without a policy");
         respond.send_error("refused");
         assert_eq!(call.await.unwrap().unwrap_err().to_string(), "refused");

@@ -127,6 +127,31 @@ impl Setup {
         self.guards.push(guard);
     }
 
+    /// Registers `key` on its owner in the current ring as a connection that has already
+    /// ended (its every migration fails), and returns that owner.
+    fn connect_ended(&mut self, key: &str) -> NodeId {
+        let snapshot = self.publish.borrow().clone();
+        let owner = snapshot.ring().route(key.as_bytes()).unwrap().id().clone();
+        let handle = Recorder {
+            key: key.into(),
+            log: self.log.clone(),
+            ended: true,
+            hangs: false,
+            policy: None,
+            takes: Duration::ZERO,
+        };
+        let position = snapshot.ring().key_position(key.as_bytes());
+        let guard = self.connections.register(
+            key.as_bytes(),
+            position,
+            owner.clone(),
+            snapshot.version(),
+            handle,
+        );
+        self.guards.push(guard);
+        owner
+    }
+
     /// Connects `users` on their owners in the current ring, on a route with the Live policy.
     fn connect_live(&mut self, users: impl IntoIterator<Item = String>) {
         let snapshot = self.publish.borrow().clone();
@@ -309,30 +334,8 @@ async fn the_hook_sees_every_migration_and_failures_are_counted() {
     let (mut setup, watch) = Setup::new(&["a", "b"]);
     setup.connect(users(500));
     // One connection has already ended but is still registered.
-    let snapshot = setup.publish.borrow().clone();
     let ended_key = "ends-early";
-    let owner_before = snapshot
-        .ring()
-        .route(ended_key.as_bytes())
-        .unwrap()
-        .id()
-        .clone();
-    let handle = Recorder {
-        key: ended_key.into(),
-        log: setup.log.clone(),
-        ended: true,
-        hangs: false,
-        policy: None,
-        takes: Duration::ZERO,
-    };
-    let position = snapshot.ring().key_position(ended_key.as_bytes());
-    let _ended = setup.connections.register(
-        ended_key.as_bytes(),
-        position,
-        owner_before.clone(),
-        snapshot.version(),
-        handle,
-    );
+    let owner_before = setup.connect_ended(ended_key);
 
     type Seen = (String, NodeId, Option<NodeId>, Outcome);
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
