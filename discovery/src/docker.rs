@@ -54,6 +54,9 @@ pub enum DockerError {
     /// The engine answered with an error, or could not be reached.
     #[error("docker: {0}")]
     Engine(#[from] bollard::errors::Error),
+    /// A request the engine's API answered with an error, or did not answer in time.
+    #[error("docker: {0}")]
+    Api(String),
     /// The container exists but is not one of ours: it is never touched.
     #[error("container {0} does not carry our service label")]
     NotOurs(String),
@@ -325,9 +328,8 @@ pub(crate) const MEMBERSHIP_EVENTS: [&str; 7] = [
 ];
 
 pub(crate) async fn connect() -> Result<Docker, DockerError> {
-    Ok(Docker::connect_with_socket_defaults()?
-        .negotiate_version()
-        .await?)
+    // `DOCKER_HOST` as for the docker CLI: a local socket, or a manager's API over TCP.
+    Ok(Docker::connect_with_defaults()?.negotiate_version().await?)
 }
 
 /// Starts and stops containers of one service: `POST /admin/backends` and

@@ -130,6 +130,8 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
             "id": id.as_str(),
             "connections": counts.get(id).copied().unwrap_or(0),
             "state": states.get(id).map_or("up", |state| state.as_str()),
+            // Where its source says it runs (a Swarm task's node), if it says.
+            "node": members.get(id).and_then(|m| m.backend.metadata.get("node")),
             "traffic": {
                 "to_backend": { "messages": totals.to_backend.messages, "bytes": totals.to_backend.bytes },
                 "to_client": { "messages": totals.to_client.messages, "bytes": totals.to_client.bytes },

@@ -131,6 +131,16 @@ impl SwarmHost {
         self.deploy_labelled(replicas, "wscluster.port=7100").await;
     }
 
+    /// The address on the test's network of the container of member `id` (`<service>.<slot>`).
+    async fn container_address(&self, id: &str) -> String {
+        let container = docker(&["ps", "-q", "--filter", &format!("name={id}.")]).await;
+        let template = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.network
+        );
+        docker(&["inspect", "-f", &template, &container]).await
+    }
+
     /// Deploys the service with `port_label` (`wscluster.port=…`) as its port label.
     async fn deploy_labelled(&self, replicas: u32, port_label: &str) {
         let replicas = replicas.to_string();
@@ -234,11 +244,20 @@ async fn swarm_tasks_are_members_with_ids_stable_per_slot() {
         m.keys().cloned().collect::<Vec<_>>() == expected
     })
     .await;
-    for backend in members.values() {
+    let node = docker(&["info", "--format", "{{.Name}}"]).await;
+    for (id, backend) in &members {
         assert_eq!(backend.address.port(), 7100, "{backend:?}");
-        assert!(
-            !backend.address.ip().is_loopback(),
-            "a task address: {backend:?}"
+        assert_eq!(
+            backend.metadata.get("node"),
+            Some(&node),
+            "the node each task runs on: {backend:?}"
+        );
+        // Read from the Swarm API (the task's network attachments), it is the address the
+        // task's container has on the network.
+        assert_eq!(
+            backend.address.ip().to_string(),
+            host.container_address(id).await,
+            "{id}'s address"
         );
     }
 
@@ -770,6 +789,12 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
         member_ids(ring) == three
     })
     .await;
+    // Each member names the node its task runs on.
+    let node = docker(&["info", "--format", "{{.Name}}"]).await;
+    let ring = stack.ring(0).await.expect("gateway 1's ring");
+    for member in ring["members"].as_array().expect("members") {
+        assert_eq!(member["node"].as_str(), Some(node.as_str()), "{member}");
+    }
 
     // One digest, and the same owner for every one of 100,000 keys.
     let keys: Vec<String> = (0..100_000).map(|u| format!("user-{u}")).collect();

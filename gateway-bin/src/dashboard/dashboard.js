@@ -137,6 +137,8 @@ function renderBackends(s) {
     row.dot.className = 'dot ' + member.state;
     row.dot.title = member.state;
     row.address.textContent = member.address || '–';
+    row.node.textContent = member.node ? ' on ' + member.node : '';
+    row.address.appendChild(row.node); // a Swarm task's node, where the source names it
     if (document.activeElement !== row.weight) row.weight.value = member.weight;
     row.connections.textContent = member.connections;
     const before = previous && [...previous.members, ...previous.others].find((m) => m.id === member.id);
@@ -180,6 +182,8 @@ function backendRow(id) {
   name.textContent = id;
   name.className = 'id';
   const address = cell(tr);
+  const node = document.createElement('span');
+  node.className = 'node';
   const weight = document.createElement('input');
   weight.type = 'number';
   weight.min = 0;
@@ -207,7 +211,7 @@ function backendRow(id) {
   });
   remove.className = 'remove danger';
   actions.append(drain, ' ', remove);
-  return { tr, dot, address, weight, connections, msgs, bytes };
+  return { tr, dot, address, node, weight, connections, msgs, bytes };
 }
 
 function button(text, onClick) {

@@ -1,10 +1,12 @@
 //! Docker Swarm: the running tasks of labelled Swarm services are members, one per replica
-//! slot. Only through the local engine socket; only services labelled with our service.
+//! slot, on every node of the swarm. Only services labelled with our service.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+mod tasks;
+
+use std::{collections::HashMap, time::Duration};
 
 use bollard::{
-    models::{HealthStatusEnum, Service, Task, TaskState},
+    models::{Service, Task},
     query_parameters::{
         EventsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
         UpdateServiceOptionsBuilder,
@@ -15,6 +17,7 @@ use futures_util::StreamExt;
 use tower::discover::Change;
 use tower_hashring::NodeId;
 
+use self::tasks::Engine;
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
@@ -35,9 +38,14 @@ use crate::{DiscoveryMetrics, Source};
 ///
 /// A member's id is `<swarm service name>.<slot>`: stable per replica slot, so a task that
 /// Swarm restarts or replaces takes back its place on the ring. Engine events trigger a new
-/// listing, and a listing every `resync` (default 2 s) is the safety net. A task is reached
-/// through the local engine (its container is inspected for its address), so this follows
-/// the tasks of the node the gateway's engine is: all of them on a single-node swarm.
+/// listing, and a listing every `resync` (default 2 s) is the safety net.
+///
+/// The tasks and their overlay addresses come from the Swarm API (each task's network
+/// attachments), so the tasks of every node are members, wherever the gateway runs: on a
+/// manager through its local socket, on a worker through a manager's API named by
+/// `DOCKER_HOST` (`tcp://manager:2375`), as for the docker CLI. Each member's
+/// `metadata["node"]` is the hostname of the node its task runs on. A task is a member while
+/// Swarm reports it `running`, which for a task with a health check means healthy.
 ///
 /// ```no_run
 /// use discovery::SwarmSource;
@@ -89,10 +97,13 @@ impl SwarmSource {
         MemberChanges::spawn(|changes| follow(this, changes))
     }
 
-    /// Every member now: one per running, healthy task with an address.
-    async fn list(&self, docker: &Docker) -> Result<Vec<Backend>, DockerError> {
+    /// Every member now: one per running (so healthy) task with an address, read from the
+    /// Swarm API, so tasks on every node are members, with their node's hostname in
+    /// `metadata["node"]`.
+    async fn list(&self, docker: &Docker, engine: &Engine) -> Result<Vec<Backend>, DockerError> {
         let services = labelled_services(docker, &self.service).await?;
         let mut backends = Vec::new();
+        let mut nodes = None;
         for service in services {
             let (Some(service_id), Some(spec)) = (service.id, service.spec) else {
                 continue;
@@ -102,48 +113,28 @@ impl SwarmSource {
             let Some((port, weight)) = member_labels(&labels, &name, &self.errors) else {
                 continue;
             };
-            for task in running_tasks(docker, &service_id).await? {
-                let status = task.status.as_ref();
-                if status.and_then(|s| s.state) != Some(TaskState::RUNNING) {
+            for task in engine.running_tasks(&service_id).await? {
+                let (Some(slot), true) = (task.slot, task.is_running()) else {
                     continue;
+                };
+                let Some(ip) = task.address(self.network.as_deref()) else {
+                    continue;
+                };
+                let mut backend = Backend::new(format!("{name}.{slot}"), (ip, port).into());
+                if let Some(node) = &task.node_id {
+                    // Listed once per listing, and only when a task is there to name.
+                    if nodes.is_none() {
+                        nodes = Some(engine.node_names().await?);
+                    }
+                    let hostname = nodes.as_ref().and_then(|names| names.get(node));
+                    backend
+                        .metadata
+                        .insert("node".to_owned(), hostname.unwrap_or(node).clone());
                 }
-                let Some(slot) = task.slot else { continue };
-                let container = status
-                    .and_then(|s| s.container_status.as_ref())
-                    .and_then(|c| c.container_id.clone());
-                let Some(container) = container else { continue };
-                if let Some(ip) = self.task_address(docker, &container).await {
-                    let id = format!("{name}.{slot}");
-                    backends.push(Backend::new(id, (ip, port).into()).weight(weight));
-                }
+                backends.push(backend.weight(weight));
             }
         }
         Ok(backends)
-    }
-
-    /// A task's address, if its container runs here, is healthy (where it has a check),
-    /// and is on the network.
-    async fn task_address(&self, docker: &Docker, container: &str) -> Option<IpAddr> {
-        let container = docker.inspect_container(container, None).await.ok()?;
-        let state = container.state.as_ref()?;
-        let health = state.health.as_ref().and_then(|h| h.status);
-        if state.running != Some(true)
-            || matches!(
-                health,
-                Some(HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY)
-            )
-        {
-            return None;
-        }
-        let networks = container.network_settings.as_ref()?.networks.as_ref()?;
-        let endpoint = match &self.network {
-            Some(network) => networks.get(network)?,
-            None => networks
-                .iter()
-                .find(|(name, _)| name.as_str() != "ingress")
-                .map(|(_, endpoint)| endpoint)?,
-        };
-        endpoint.ip_address.as_deref()?.parse().ok()
     }
 }
 
@@ -169,6 +160,7 @@ async fn session(
     changes: &ChangeSender,
 ) -> Result<(), DockerError> {
     let docker = connect().await?;
+    let engine = Engine::from_env();
     // Service changes, and the container events that can change a task's membership (not
     // the exec events of every health probe on the engine).
     let actions = ["create", "update", "remove"]
@@ -192,7 +184,7 @@ async fn session(
     let mut resync = tokio::time::interval(source.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let listed = source.list(&docker).await?;
+        let listed = source.list(&docker, &engine).await?;
         let update: Vec<Change<NodeId, Backend>> = members.update(listed);
         if !update
             .into_iter()
