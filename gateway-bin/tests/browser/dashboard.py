@@ -167,6 +167,18 @@ def check(driver):
         assert opened.get("http1_upgrade", 0) == 0, opened
         assert card.get_attribute("data-open") == "yes", card.get_attribute("data-open")
 
+    # At 1400 px the panels fill the width: the migrations panel ends where the backends
+    # panel does (no empty third column), and its table of moves needs no scrollbar.
+    driver.set_window_size(1400, 1000)
+    time.sleep(0.3)
+    short, scrolled = driver.execute_script(
+        "const right = (id) => document.getElementById(id).getBoundingClientRect().right;"
+        "const moves = document.querySelector('#migrations-panel .scroll');"
+        "return [right('backends-panel') - right('migrations-panel'),"
+        "        moves.scrollWidth - moves.clientWidth];")
+    assert short <= 1, f"the migrations panel ends {short}px short of the backends panel"
+    assert scrolled <= 0, f"the table of moves scrolls by {scrolled}px at 1400 px"
+
     # Narrow window: nothing wider than the viewport.
     driver.set_window_size(420, 900)
     time.sleep(0.3)
