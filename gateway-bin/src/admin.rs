@@ -46,10 +46,13 @@ pub(crate) struct AdminState {
     pub(crate) migration_metrics: MigrationMetrics,
     /// The latest migrations, for the dashboard.
     pub(crate) recent: RecentMoves,
+    /// The last 10 minutes, for the dashboard's charts.
+    pub(crate) history: dashboard::History,
 }
 
 /// The admin API; every route behind the [`AdminGuard`] (token, same origin, JSON writes).
 pub(crate) fn admin_router(state: AdminState) -> Router {
+    dashboard::History::follow(state.clone());
     let guard = AdminGuard::new(state.access.token.clone());
     let api = Router::new()
         .route("/admin/ring", get(ring))

@@ -161,6 +161,7 @@ impl Gateway {
             metrics: metrics.clone(),
             migration_metrics,
             recent: routing.recent,
+            history: Default::default(),
         });
         let apps = Apps {
             public: public_app,

@@ -90,10 +90,21 @@ async fn the_events_carry_the_overview_and_the_ring_on_every_change() {
         .map(|m| m["share"].as_f64().unwrap())
         .sum();
     assert!((shares - 1.0).abs() < 1e-6, "{shares}");
-    // Unchanged ring: the next tick leaves the arcs out.
+    // The first state brings the charts' samples so far: the one taken at start, with each
+    // member's connections and messages.
+    let history = first["history"]
+        .as_array()
+        .expect("the first state's history");
+    assert!(!history.is_empty(), "a sample is taken at start");
+    let sample = &history[0];
+    assert_eq!(sample["version"], first["version"]);
+    assert_eq!(sample["backends"].as_object().unwrap().len(), 3, "{sample}");
+    assert_eq!(sample["backends"]["backend-a"]["c"], 0, "{sample}");
+    // Unchanged ring: the next tick leaves the arcs and the history out.
     let tick = next_state(&mut lines).await;
     assert_eq!(tick["version"], first["version"]);
     assert!(tick.get("arcs").is_none());
+    assert!(tick.get("history").is_none());
     add_backend(gateway.admin).await;
     let changed = loop {
         let state = next_state(&mut lines).await;

@@ -110,6 +110,7 @@ function render(next) {
   if (next.arcs) renderRing(next);
   renderShares(next);
   renderMigrations(next);
+  renderCharts(next);
 }
 
 // ---- backends
@@ -513,3 +514,73 @@ $('token-form').addEventListener('submit', (event) => {
 });
 
 follow();
+
+// ---- charts: the last 10 minutes, from the server's samples (the first state's `history`)
+// and then every live state
+const WINDOW_MS = 10 * 60 * 1000;
+const SVG_NS = 'http://www.w3.org/2000/svg';
+let points = [];
+
+// The same point as the server's history::point.
+function pointOf(s) {
+  const backends = {};
+  for (const m of [...s.members, ...s.others]) {
+    backends[m.id] = { c: m.connections, m: m.traffic.to_backend.messages + m.traffic.to_client.messages };
+  }
+  return { at_ms: s.at_ms, version: s.version, moved: s.migrations.moved, backends };
+}
+
+// Per second between point i-1 and i of what `read` takes from a point; null where unknown.
+// A total that went down (its connections closed) counts as 0.
+function rateAt(i, read) {
+  if (i === 0) return null;
+  const a = read(points[i - 1]), b = read(points[i]);
+  const seconds = (points[i].at_ms - points[i - 1].at_ms) / 1000;
+  if (a == null || b == null || seconds <= 0) return null;
+  return Math.max(0, (b - a) / seconds);
+}
+
+function renderCharts(s) {
+  if (s.history) points = s.history.slice();
+  points.push(pointOf(s));
+  points = points.filter((p) => p.at_ms >= s.at_ms - WINDOW_MS);
+  const ids = [...new Set(points.flatMap((p) => Object.keys(p.backends)))];
+  const series = (value) => ids.map((id) => ({
+    id,
+    values: points.map((p, i) => [p.at_ms, value(p, i, id)]).filter(([, v]) => v != null),
+  }));
+  const of = (id, field) => (p) => (p.backends[id] ? p.backends[id][field] : null);
+  chart('chart-connections', 'max-connections', s.at_ms, series((p, i, id) => of(id, 'c')(p)));
+  chart('chart-messages', 'max-messages', s.at_ms, series((p, i, id) => rateAt(i, of(id, 'm'))));
+  const moves = points.map((p, i) => [p.at_ms, rateAt(i, (q) => q.moved)]).filter(([, v]) => v != null);
+  chart('chart-moves', 'max-moves', s.at_ms, [{ id: 'moves', values: moves }]);
+}
+
+function chart(id, maxId, now, series) {
+  const svg = $(id);
+  const width = 600, height = 120;
+  const max = Math.max(1, ...series.flatMap((line) => line.values.map(([, v]) => v)));
+  const x = (t) => (width * (1 - (now - t) / WINDOW_MS)).toFixed(1);
+  const y = (v) => (height - 4 - ((height - 8) * v) / max).toFixed(1);
+  const drawn = [];
+  for (let i = 1; i < points.length; i++) {
+    if (points[i].version === points[i - 1].version) continue;
+    const mark = document.createElementNS(SVG_NS, 'line');
+    mark.setAttribute('class', 'ring-change');
+    mark.setAttribute('x1', x(points[i].at_ms));
+    mark.setAttribute('x2', x(points[i].at_ms));
+    mark.setAttribute('y1', 0);
+    mark.setAttribute('y2', height);
+    drawn.push(mark);
+  }
+  for (const line of series) {
+    if (line.values.length === 0) continue;
+    const polyline = document.createElementNS(SVG_NS, 'polyline');
+    polyline.setAttribute('points', line.values.map(([t, v]) => `${x(t)},${y(v)}`).join(' '));
+    polyline.setAttribute('stroke', line.id === 'moves' ? 'var(--ink)' : colour(line.id));
+    polyline.dataset.id = line.id;
+    drawn.push(polyline);
+  }
+  svg.replaceChildren(...drawn);
+  $(maxId).textContent = '(top: ' + rate(max) + ')';
+}

@@ -30,6 +30,9 @@ use tower_ws_migrate::{MigrationEvent, MigrationPolicy, Outcome};
 
 use crate::admin::{overview, AdminState};
 
+mod history;
+pub(crate) use self::history::History;
+
 const PAGE: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("dashboard.js");
 const STYLE: &str = include_str!("dashboard.css");
@@ -81,7 +84,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// `GET /admin/events`: a `state` event (the `/admin/ring` overview, with the ring's arcs
-/// whenever its version changed) every second and at once on every ring change.
+/// whenever its version changed) every second and at once on every ring change; the first
+/// also carries the last 10 minutes' samples (`history`) for the charts.
 pub(crate) async fn events(
     State(state): State<AdminState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -98,6 +102,10 @@ pub(crate) async fn events(
             let version = snapshot.version();
             if drawn != Some(version) {
                 body["arcs"] = serde_json::to_value(Arcs::of(snapshot.ring())).unwrap_or_default();
+            }
+            if first {
+                // The charts' minutes before this page: the page adds every later state.
+                body["history"] = state.history.samples().into();
             }
             let event = Event::default().event("state").data(body.to_string());
             Some((Ok(event), (state, ring, Some(version), false)))

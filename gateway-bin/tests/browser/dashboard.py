@@ -167,6 +167,17 @@ def check(driver):
         assert opened.get("http1_upgrade", 0) == 0, opened
         assert card.get_attribute("data-open") == "yes", card.get_attribute("data-open")
 
+    # The charts: a line per member, and the ring change of "Add instance" marked on the
+    # time axis; moves per second drawn too.
+    def charts_drawn():
+        counts = driver.execute_script(
+            "const n = (q) => document.querySelectorAll(q).length;"
+            "return [n('#chart-connections polyline'), n('#chart-messages polyline'),"
+            "        n('#chart-connections .ring-change'), n('#chart-moves polyline')];")
+        members = len(rows(driver))
+        return counts[0] >= members and counts[1] >= members and counts[2] >= 1 and counts[3] == 1
+    wait(charts_drawn, "a line per member on the charts, and the ring change marked")
+
     # At 1400 px the panels fill the width: the migrations panel ends where the backends
     # panel does (no empty third column), and its table of moves needs no scrollbar.
     driver.set_window_size(1400, 1000)
