@@ -550,8 +550,17 @@ down() {
     # A dockerd that died early (or was killed) leaves its launcher, containerd, shims and
     # containers: each by its own pidfile, and only while its command line names our dirs.
     stop_pidfile "$dir/launch.pid" "$dir/" 10
-    for shim in "$dir"/exec/containerd/daemon/io.containerd.runtime.v2.task/*/*/shim.pid; do
-      [ -e "$shim" ] && stop_pidfile "$shim" "$dir/exec/" 5
+    # Each container's init by its pidfile, known as ours by its cgroup (the node's parent;
+    # its command line is the image's), then its shim: no pidfile of its own here, but the
+    # init's parent, and its command line names our exec-root. A shim ignores SIGTERM.
+    for init in "$dir"/exec/containerd/daemon/io.containerd.runtime.v2.task/*/*/init.pid; do
+      [ -s "$init" ] || continue
+      local pid shim
+      pid=$(tr -dc 0-9 <"$init")
+      [ -n "$pid" ] && grep -q ":/\(.*/\)\?$(node_name "$i")/" "/proc/$pid/cgroup" 2>/dev/null || continue
+      shim=$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+      kill -KILL "$pid" 2>/dev/null
+      if ours "$shim" "$dir/exec/"; then kill -KILL "$shim" 2>/dev/null; fi
     done
     stop_pidfile "$dir/exec/containerd/containerd.pid" "$dir/exec/" 10
   done
@@ -570,8 +579,9 @@ down() {
   ip link del "$host_veth" 2>/dev/null
   # The containers' parent cgroups (--cgroup-parent wsnode-n), once empty.
   for i in $(seq "$n"); do
-    find /sys/fs/cgroup -mindepth 1 -maxdepth 3 -type d -name "$(node_name "$i")" 2>/dev/null |
-      sort -r | while read -r group; do rmdir "$group" 2>/dev/null; done
+    # Containers' own cgroups inside first (left behind when their dockerd died).
+    find /sys/fs/cgroup -mindepth 1 -maxdepth 6 -type d -name "$(node_name "$i")" 2>/dev/null |
+      while read -r group; do find "$group" -depth -type d -exec rmdir {} + 2>/dev/null; done
   done
   if [ -d "$state" ] && findmnt -rn -o TARGET | grep -qF "$state/"; then
     say "mounts remain under $state: left in place"
