@@ -70,6 +70,32 @@ async fn next_state(lines: &mut tokio::io::Lines<BufReader<TcpStream>>) -> Value
     }
 }
 
+/// The latest sample in the first state of a fresh `/admin/events` once one lists
+/// `members` members (the first may be taken before the ring has them); 15 s at most.
+async fn sampled_history(admin: std::net::SocketAddr, members: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut tcp = TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(b"GET /admin/events HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let first = next_state(&mut BufReader::new(tcp).lines()).await;
+        let history = first["history"]
+            .as_array()
+            .expect("the first state's history");
+        if let Some(latest) = history.last() {
+            if latest["backends"].as_object().map_or(0, |b| b.len()) == members {
+                return latest.clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sample with {members} members in 15 s: {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_events_carry_the_overview_and_the_ring_on_every_change() {
     let gateway = demo(3).await;
@@ -90,16 +116,11 @@ async fn the_events_carry_the_overview_and_the_ring_on_every_change() {
         .map(|m| m["share"].as_f64().unwrap())
         .sum();
     assert!((shares - 1.0).abs() < 1e-6, "{shares}");
-    // The first state brings the charts' samples so far: the one taken at start, with each
-    // member's connections and messages.
-    let history = first["history"]
-        .as_array()
-        .expect("the first state's history");
-    assert!(!history.is_empty(), "a sample is taken at start");
-    let sample = &history[0];
-    assert_eq!(sample["version"], first["version"]);
-    assert_eq!(sample["backends"].as_object().unwrap().len(), 3, "{sample}");
-    assert_eq!(sample["backends"]["backend-a"]["c"], 0, "{sample}");
+    // The first state brings the charts' samples so far, each with every member's
+    // connections and messages; the gateway samples every 5 s from its start.
+    let sampled = sampled_history(gateway.admin, 3).await;
+    assert_eq!(sampled["backends"]["backend-a"]["c"], 0, "{sampled}");
+    assert_eq!(sampled["version"], first["version"], "{sampled}");
     // Unchanged ring: the next tick leaves the arcs and the history out.
     let tick = next_state(&mut lines).await;
     assert_eq!(tick["version"], first["version"]);

@@ -43,6 +43,8 @@ pub(crate) async fn handshake(
     }
     head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     tcp.write_all(&head).await.map_err(UpstreamError::Connect)?;
+    // Over TLS the head may sit in the session until flushed.
+    tcp.flush().await.map_err(UpstreamError::Connect)?;
 
     // Read straight into spare capacity: no zeroed chunk per read.
     let mut buffer = BytesMut::with_capacity(1024);

@@ -3,7 +3,15 @@
 //! their address or a configured name; a backend the CA did not sign gets nothing (502).
 #![cfg(feature = "tls")]
 
-use std::{convert::Infallible, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::{stream, SinkExt, StreamExt};
@@ -11,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -75,6 +83,55 @@ impl Drop for Pki {
 
 /// A `wss://` echo backend with `leaf`'s certificate.
 async fn wss_backend(leaf: &TlsSettings) -> SocketAddr {
+    slow_wss_backend(leaf, Duration::ZERO).await
+}
+
+/// Reads at most 16 KiB every 2 ms (about 8 MB/s): a writer to it keeps finding the socket
+/// full.
+struct SlowReader<S> {
+    inner: S,
+    rest: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SlowReader<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(rest) = &mut self.rest {
+            std::task::ready!(rest.as_mut().poll(cx));
+            self.rest = None;
+        }
+        let mut chunk = [0; 16 << 10];
+        let wanted = buf.remaining().min(chunk.len());
+        let mut small = ReadBuf::new(&mut chunk[..wanted]);
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut small))?;
+        buf.put_slice(small.filled());
+        self.rest = Some(Box::pin(tokio::time::sleep(Duration::from_millis(2))));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SlowReader<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A `wss://` echo backend that reads nothing for `pause` after each handshake and then
+/// reads slowly, so what is sent to it keeps waiting in the sockets' buffers.
+async fn slow_wss_backend(leaf: &TlsSettings, pause: Duration) -> SocketAddr {
     let config = TlsAcceptor::new(leaf).unwrap().config().clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,11 +143,17 @@ async fn wss_backend(leaf: &TlsSettings) -> SocketAddr {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                let slow = SlowReader {
+                    inner: tls,
+                    rest: None,
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(slow).await else {
                     return;
                 };
+                tokio::time::sleep(pause).await;
                 while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() && ws.send(message).await.is_err() {
+                    let echoed = message.is_text() || message.is_binary();
+                    if echoed && ws.send(message).await.is_err() {
                         return;
                     }
                 }
@@ -204,6 +267,33 @@ async fn a_websocket_reaches_a_wss_backend_signed_by_the_ca() {
         websocket(gateway, "alice").await,
         (101, Some("hi alice".to_owned()))
     );
+}
+
+/// A message larger than the sockets' buffers, toward a backend that reads slowly over TLS,
+/// arrives whole: what the TLS session holds when the socket is full goes out as the backend
+/// drains it (the relay flushes its destination on every step), not when a next message
+/// comes.
+#[tokio::test]
+async fn a_large_message_to_a_slow_wss_backend_arrives_whole() {
+    let pki = Pki::new("slow");
+    let backend = slow_wss_backend(&pki.leaf(&["127.0.0.1"]), Duration::from_millis(300)).await;
+    let gateway = gateway(
+        backend,
+        tls_config(&UpstreamTlsSettings::new(pki.ca_file())),
+    )
+    .await;
+    // Its first echo opens the way (and waits out the backend's pause).
+    assert_eq!(websocket(gateway, "dora").await.0, 101);
+    let url = format!("ws://{gateway}/connect/dora");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let large: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    ws.send(Message::binary(large.clone())).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the echo of 8 MiB within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo.into_data().len(), large.len());
 }
 
 #[tokio::test]

@@ -124,7 +124,11 @@ impl SwarmSource {
                 if let Some(node) = &task.node_id {
                     // Listed once per listing, and only when a task is there to name.
                     if nodes.is_none() {
-                        nodes = Some(engine.node_names().await?);
+                        // Names are a label: without them members still change.
+                        nodes = Some(engine.node_names().await.unwrap_or_else(|error| {
+                            tracing::warn!(%error, "swarm discovery cannot list the nodes");
+                            HashMap::new()
+                        }));
                     }
                     let hostname = nodes.as_ref().and_then(|names| names.get(node));
                     backend

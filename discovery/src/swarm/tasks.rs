@@ -166,6 +166,9 @@ impl Engine {
     }
 }
 
+/// The most an answer of the engine may weigh (32 MiB: tens of thousands of tasks).
+const MAX_BODY: usize = 32 << 20;
+
 async fn fetch<S>(stream: S, path: &str) -> Result<Bytes, DockerError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -181,11 +184,11 @@ where
         .map_err(|e| DockerError::Api(format!("GET {path}: {e}")))?;
     let response = sender.send_request(request).await.map_err(api)?;
     let status = response.status();
-    let body = response
-        .into_body()
+    // Bounded: a broken or hostile engine (it may be a remote one) cannot grow this forever.
+    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(api)?
+        .map_err(|e| DockerError::Api(format!("GET {path}: {e}")))?
         .to_bytes();
     if status != StatusCode::OK {
         let message = String::from_utf8_lossy(&body);

@@ -110,7 +110,11 @@ function render(next) {
   if (next.arcs) renderRing(next);
   renderShares(next);
   renderMigrations(next);
-  renderCharts(next);
+  try {
+    renderCharts(next);
+  } catch (error) {
+    console.warn('charts:', error); // the rest of the page stays live
+  }
 }
 
 // ---- backends
@@ -559,7 +563,8 @@ function renderCharts(s) {
 function chart(id, maxId, now, series) {
   const svg = $(id);
   const width = 600, height = 120;
-  const max = Math.max(1, ...series.flatMap((line) => line.values.map(([, v]) => v)));
+  let max = 1; // a loop, not Math.max(...): thousands of points are too many arguments
+  for (const line of series) for (const [, v] of line.values) if (v > max) max = v;
   const x = (t) => (width * (1 - (now - t) / WINDOW_MS)).toFixed(1);
   const y = (v) => (height - 4 - ((height - 8) * v) / max).toFixed(1);
   const drawn = [];

@@ -97,7 +97,12 @@ where
             None => {}
         }
         if let Some(injection) = this.injection_due() {
-            let written = dst.write_all(&injection.frame).await;
+            // Flushed: after a hand-over nothing else writes here to push out what a TLS
+            // stream may still hold.
+            let written = match dst.write_all(&injection.frame).await {
+                Ok(()) => dst.flush().await,
+                Err(error) => Err(error),
+            };
             match injection.then {
                 AfterInjection::Relay if written.is_ok() => continue,
                 AfterInjection::Relay => return broken(this),
@@ -292,6 +297,12 @@ impl<'a> Wakeups<'a> {
         W: AsyncWrite + Unpin,
     {
         let wakeups = self.project();
+        // A TLS destination takes bytes into its session and may keep records it could
+        // not send yet; they go out here once the socket can take them, or they would wait
+        // for the next message. For TCP this is a no-op.
+        if let Poll::Ready(Err(_)) = Pin::new(&mut *dst).poll_flush(cx) {
+            return Poll::Ready(Step::Broken);
+        }
         let control = &this.shared.commands.control;
         // A command that arrived since the last look applies before anything more is
         // read: a switch must know where the old upstream's last frames end. (This is
