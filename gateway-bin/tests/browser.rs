@@ -34,13 +34,7 @@ async fn over_https_the_dashboards_websockets_ride_http2() {
     if !wscluster_testkit::browser_available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("wscluster-browser-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let (dir, _) = common::localhost_certificate("wscluster-browser-tls");
     let file = GatewayConfig::parse(&format!(
         "[admin]\ntoken = \"{TOKEN}\"\ntls = true\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",
         dir.display()

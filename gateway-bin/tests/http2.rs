@@ -38,17 +38,8 @@ struct TlsGateway {
 
 impl TlsGateway {
     async fn start(backends: usize, http2: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "wscluster-gw-h2-{}-{}",
-            std::process::id(),
-            fastrand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let (dir, cert) =
+            common::localhost_certificate(&format!("wscluster-gw-h2-{}", fastrand_suffix()));
         let file = GatewayConfig::parse(&format!(
             "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n[http.http2]\n{http2}",
             dir.display()

@@ -16,13 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn the_tls_section_serves_wss_to_plain_backends() {
-    let dir = std::env::temp_dir().join(format!("wscluster-gw-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let (dir, cert) = common::localhost_certificate("wscluster-gw-tls");
     let file = GatewayConfig::parse(&format!(
         "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\nmin_version = \"1.3\"",
         dir.display()

@@ -383,3 +383,17 @@ pub fn open_descriptors() -> usize {
 pub async fn live_connections(gateway: &Gateway) -> u64 {
     ring_json(gateway).await["connections"].as_u64().unwrap()
 }
+
+/// A self-signed certificate for `localhost` made now, as `cert.pem` and `key.pem` in a new
+/// folder of the temporary directory named after `name` and this process; returns the folder
+/// and the certificate (for a client to trust).
+pub fn localhost_certificate(name: &str) -> (std::path::PathBuf, rcgen::Certificate) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    (dir, cert)
+}
