@@ -92,17 +92,9 @@ http {
     keepalive 64;
   }
   map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  # One server, plaintext on 17080 and TLS on 17483.
   server {
     listen 127.0.0.1:17080 backlog=4096;
-    location / {
-      proxy_pass http://backends;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_read_timeout 600s;
-    }
-  }
-  server {
     listen 127.0.0.1:17483 ssl backlog=4096;
     ssl_certificate $tmp/leaf.pem;
     ssl_certificate_key $tmp/leaf.key;
