@@ -35,6 +35,9 @@ use crate::{DiscoveryMetrics, Source};
 
 /// The label that names a container's service.
 pub const SERVICE_LABEL: &str = "wscluster.service";
+/// The label of a gateway service's own Swarm service (`wscluster.gateway=<name>`), by which
+/// gateway replicas find each other; see [`SwarmSource::label`](crate::SwarmSource::label).
+pub const GATEWAY_LABEL: &str = "wscluster.gateway";
 /// The label that gives the port a container's backend listens on (default 7100).
 pub const PORT_LABEL: &str = "wscluster.port";
 /// The label that gives its weight (default 1).

@@ -82,8 +82,8 @@ mod swarm;
 pub use self::amqp_members::amqp_members_counted;
 #[cfg(feature = "docker")]
 pub use self::docker::{
-    ContainerLimits, DockerError, DockerScaler, DockerSource, PORT_LABEL, SERVICE_LABEL,
-    WEIGHT_LABEL,
+    ContainerLimits, DockerError, DockerScaler, DockerSource, GATEWAY_LABEL, PORT_LABEL,
+    SERVICE_LABEL, WEIGHT_LABEL,
 };
 #[cfg(feature = "metrics")]
 pub use self::metrics::{DiscoveryMetrics, ErrorKind, Source};

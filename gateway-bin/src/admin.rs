@@ -19,6 +19,7 @@ use tower_ws_proxy::{BoxError, LiveConnections, ProxyBody, ProxyFailover, Upstre
 
 use crate::{
     admin_access::{refuse_backend_address, AdminGuard, OwnListeners},
+    cluster::{ClusterView, ReplicaReport, REPLICA_PATH},
     dashboard::{self, RecentMoves},
     metrics::GatewayMetrics,
 };
@@ -48,15 +49,20 @@ pub(crate) struct AdminState {
     pub(crate) recent: RecentMoves,
     /// The last 10 minutes, for the dashboard's charts.
     pub(crate) history: dashboard::History,
+    /// The other replicas of this gateway and whether they agree.
+    pub(crate) cluster: ClusterView,
 }
 
 /// The admin API; every route behind the [`AdminGuard`] (token, same origin, JSON writes).
 pub(crate) fn admin_router(state: AdminState) -> Router {
     dashboard::History::follow(state.clone());
+    ClusterView::follow(state.clone());
     let guard = AdminGuard::new(state.access.token.clone());
     let api = Router::new()
         .route("/admin/ring", get(ring))
         .route("/admin/events", get(dashboard::events))
+        .route(REPLICA_PATH, get(replica))
+        .route("/admin/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route("/admin/backends", post(add_backend).delete(scale_down))
         .route(
@@ -114,6 +120,16 @@ async fn route_keys(State(state): State<AdminState>, body: axum::body::Bytes) ->
 
 async fn ring(State(state): State<AdminState>) -> Json<serde_json::Value> {
     Json(overview(&state))
+}
+
+/// `GET /admin/replica`: what this gateway routes by, for the other replicas.
+async fn replica(State(state): State<AdminState>) -> Json<ReplicaReport> {
+    Json(ReplicaReport::of(&state))
+}
+
+/// `GET /admin/cluster`: every replica of this gateway, and whether they agree.
+async fn cluster(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(state.cluster.json(ReplicaReport::of(&state)))
 }
 
 /// Everything the admin API knows, as `GET /admin/ring` answers it and the dashboard's
@@ -193,6 +209,7 @@ pub(crate) fn overview(state: &AdminState) -> serde_json::Value {
             "in_flight": state.migration_metrics.in_flight(),
         },
         "recent": state.recent.latest(),
+        "cluster": state.cluster.json(ReplicaReport::of(state)),
     })
 }
 

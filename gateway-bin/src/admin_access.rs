@@ -20,8 +20,9 @@ use tower_http::validate_request::ValidateRequest;
 /// The shortest admin token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// The bearer token of the admin API. Only its SHA-256 is kept, and a presented token is
-/// compared digest to digest in constant time.
+/// The bearer token of the admin API. A presented token is compared by its SHA-256, digest
+/// to digest in constant time; the token itself is kept only to present to the other
+/// gateway replicas (`[cluster]`), which share it.
 ///
 /// ```
 /// use gateway_bin::admin_access::AdminToken;
@@ -33,7 +34,10 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// # Ok::<(), gateway_bin::admin_access::WeakToken>(())
 /// ```
 #[derive(Clone)]
-pub struct AdminToken(Arc<[u8; 32]>);
+pub struct AdminToken {
+    digest: Arc<[u8; 32]>,
+    bearer: Arc<str>,
+}
 
 /// A token too short to be one.
 #[derive(Debug, thiserror::Error)]
@@ -47,13 +51,21 @@ impl AdminToken {
         if token.len() < MIN_TOKEN_LEN {
             return Err(WeakToken);
         }
-        Ok(Self(Arc::new(Sha256::digest(token.as_bytes()).into())))
+        Ok(Self {
+            digest: Arc::new(Sha256::digest(token.as_bytes()).into()),
+            bearer: token.into(),
+        })
     }
 
     /// Whether `presented` is the token.
     pub fn matches(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        digest.ct_eq(&*self.0).into()
+        digest.ct_eq(&*self.digest).into()
+    }
+
+    /// The token, as this gateway presents it to the other replicas' admin APIs.
+    pub(crate) fn bearer(&self) -> &str {
+        &self.bearer
     }
 }
 

@@ -28,6 +28,7 @@ use tower_ws_proxy::{
 use crate::{
     admin,
     admin_access::OwnListeners,
+    cluster::ClusterView,
     config::{DockerConfig, GatewayConfig, Listen, SwarmConfig},
     dashboard::RecentMoves,
     metrics::GatewayMetrics,
@@ -122,6 +123,7 @@ impl Gateway {
         );
         let client_limits = ClientLimitLayer::new(config.client_limits.clone());
         let tls = config.tls.as_ref().map(start_tls).transpose()?;
+        let cluster = ClusterView::new(config.cluster.clone());
         let metrics = GatewayMetrics::new(
             &crate::metrics::EdgeMetrics {
                 proxy: &proxy_metrics,
@@ -133,6 +135,7 @@ impl Gateway {
             &routing.ring,
             &connections,
             &members,
+            &cluster,
         );
         let migration_metrics = migration_metrics.clone();
         let own_listeners = OwnListeners::default();
@@ -162,6 +165,7 @@ impl Gateway {
             migration_metrics,
             recent: routing.recent,
             history: Default::default(),
+            cluster,
         });
         let apps = Apps {
             public: public_app,
@@ -292,6 +296,13 @@ fn refuse_an_open_admin_api(config: &GatewayConfig) -> std::io::Result<()> {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "admin.tls is on but there is no certificate: add [tls] (or --tls-cert and --tls-key)",
+        ));
+    }
+    if config.admin.tls && config.cluster.is_some() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "cluster: the replicas ask each other over plain HTTP, and admin.tls is on: \
+             turn one of them off",
         ));
     }
     if config.admin.token.is_none() && !config.listen.admin.ip().is_loopback() {

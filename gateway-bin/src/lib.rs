@@ -5,6 +5,7 @@
 
 mod admin;
 pub mod admin_access;
+mod cluster;
 pub mod config;
 mod dashboard;
 pub mod demo;

@@ -44,6 +44,7 @@ impl GatewayMetrics {
         ring: &SharedHashRing<Upstream, HttpKey>,
         connections: &LiveConnections<ProxiedConnection>,
         members: &Membership,
+        cluster: &crate::cluster::ClusterView,
     ) -> Self {
         let mut registry = Registry::with_prefix("wscluster");
         edge.proxy.register(&mut registry);
@@ -60,6 +61,7 @@ impl GatewayMetrics {
             connections: connections.clone(),
             members: members.clone(),
         }));
+        registry.register_collector(Box::new(cluster.clone()));
         Self {
             registry: Arc::new(registry),
         }

@@ -614,6 +614,30 @@ async fn assert_every_gateway_routes_keys_alike(
     owners
 }
 
+/// `[cluster]`: each gateway finds the three gateway services' tasks through the Swarm API
+/// and shows them all, itself among them, on `node`, with one digest.
+async fn every_gateway_sees_three_agreeing_replicas(stack: &Stack, node: &str) {
+    for n in 0..3 {
+        let view = async || {
+            let (_, body) = stack.admin(n, "GET", "/admin/cluster", "").await;
+            serde_json::from_str::<Value>(&body).unwrap_or_default()
+        };
+        let agreeing = wscluster_testkit::eventually(Duration::from_secs(30), async || {
+            let view = view().await;
+            let replicas = view["replicas"].as_array().cloned().unwrap_or_default();
+            view["agree"] == true
+                && replicas.len() == 3
+                && replicas
+                    .iter()
+                    .all(|r| r["agrees"] == true && r["node"] == node)
+                && replicas.iter().filter(|r| r["own"] == true).count() == 1
+        });
+        if !agreeing.await {
+            panic!("gateway {}'s replicas: {:#}", n + 1, view().await);
+        }
+    }
+}
+
 /// Clients through every gateway land on their key's owner: the users of the first 60
 /// `keys`, connected in turn through each gateway.
 async fn users_on_their_owners(stack: &Stack, keys: &[String], owners: &[String]) -> Vec<User> {
@@ -799,6 +823,7 @@ async fn three_gateways_on_swarm_agree_on_every_key() {
     // One digest, and the same owner for every one of 100,000 keys.
     let keys: Vec<String> = (0..100_000).map(|u| format!("user-{u}")).collect();
     let owners = assert_every_gateway_routes_keys_alike(&stack, &keys, &three).await;
+    every_gateway_sees_three_agreeing_replicas(&stack, &node).await;
     let mut users = users_on_their_owners(&stack, &keys, &owners).await;
     let four = scale_up_through_the_admin_api(&stack, &keys, &mut users).await;
     kill_a_backend_task(&stack, &keys, &mut users, &four).await;

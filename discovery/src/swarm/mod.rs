@@ -21,10 +21,7 @@ use self::tasks::Engine;
 use crate::{
     backoff::{Backoff, Reconnect},
     changes::ChangeSender,
-    docker::{
-        connect, events_since, label_filter, member_labels, DockerError, MEMBERSHIP_EVENTS,
-        SERVICE_LABEL,
-    },
+    docker::{connect, events_since, member_labels, DockerError, MEMBERSHIP_EVENTS, SERVICE_LABEL},
     source_errors::SourceErrors,
     Backend, MemberChanges, MemberSet,
 };
@@ -37,7 +34,8 @@ use crate::{DiscoveryMetrics, Source};
 /// service's `wscluster.port` label.
 ///
 /// A member's id is `<swarm service name>.<slot>`: stable per replica slot, so a task that
-/// Swarm restarts or replaces takes back its place on the ring. Engine events trigger a new
+/// Swarm restarts or replaces takes back its place on the ring (a global service's tasks
+/// have no slot: `<swarm service name>.<node hostname>`). Engine events trigger a new
 /// listing, and a listing every `resync` (default 2 s) is the safety net.
 ///
 /// The tasks and their overlay addresses come from the Swarm API (each task's network
@@ -56,6 +54,7 @@ use crate::{DiscoveryMetrics, Source};
 #[derive(Clone, Debug)]
 pub struct SwarmSource {
     service: String,
+    label: &'static str,
     network: Option<String>,
     resync: Duration,
     errors: SourceErrors,
@@ -66,10 +65,27 @@ impl SwarmSource {
     pub fn new(service: impl Into<String>) -> Self {
         Self {
             service: service.into(),
+            label: SERVICE_LABEL,
             network: None,
             resync: Duration::from_secs(2),
             errors: SourceErrors::default(),
         }
+    }
+
+    /// Follows the services labelled `<label>=<service>` instead of `wscluster.service`:
+    /// [`GATEWAY_LABEL`](crate::GATEWAY_LABEL) finds a gateway service's own replicas, so
+    /// gateways find each other the way they find backends (their `wscluster.port` label then
+    /// names the admin port).
+    ///
+    /// ```no_run
+    /// use discovery::{SwarmSource, GATEWAY_LABEL};
+    ///
+    /// let peers = SwarmSource::new("wscluster").label(GATEWAY_LABEL).discover();
+    /// # let _ = peers;
+    /// ```
+    pub fn label(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 
     /// Reaches tasks on this network (an overlay of the stack, say).
@@ -101,7 +117,7 @@ impl SwarmSource {
     /// Swarm API, so tasks on every node are members, with their node's hostname in
     /// `metadata["node"]`.
     async fn list(&self, docker: &Docker, engine: &Engine) -> Result<Vec<Backend>, DockerError> {
-        let services = labelled_services(docker, &self.service).await?;
+        let services = labelled_services(docker, self.label, &self.service).await?;
         let mut backends = Vec::new();
         let mut nodes = None;
         for service in services {
@@ -114,26 +130,34 @@ impl SwarmSource {
                 continue;
             };
             for task in engine.running_tasks(&service_id).await? {
-                let (Some(slot), true) = (task.slot, task.is_running()) else {
+                if !task.is_running() {
                     continue;
-                };
+                }
                 let Some(ip) = task.address(self.network.as_deref()) else {
                     continue;
                 };
-                let mut backend = Backend::new(format!("{name}.{slot}"), (ip, port).into());
-                if let Some(node) = &task.node_id {
+                if nodes.is_none() && task.node_id.is_some() {
                     // Listed once per listing, and only when a task is there to name.
-                    if nodes.is_none() {
-                        // Names are a label: without them members still change.
-                        nodes = Some(engine.node_names().await.unwrap_or_else(|error| {
-                            tracing::warn!(%error, "swarm discovery cannot list the nodes");
-                            HashMap::new()
-                        }));
-                    }
+                    // Names are a label: without them members still change.
+                    nodes = Some(engine.node_names().await.unwrap_or_else(|error| {
+                        tracing::warn!(%error, "swarm discovery cannot list the nodes");
+                        HashMap::new()
+                    }));
+                }
+                let node = task.node_id.as_ref().map(|node| {
                     let hostname = nodes.as_ref().and_then(|names| names.get(node));
-                    backend
-                        .metadata
-                        .insert("node".to_owned(), hostname.unwrap_or(node).clone());
+                    hostname.unwrap_or(node).clone()
+                });
+                // A replicated task is known by its slot; a global one (a gateway on every
+                // node) has none, and is known by its node.
+                let instance = match (task.slot, &node) {
+                    (Some(slot), _) => slot.to_string(),
+                    (None, Some(node)) => node.clone(),
+                    (None, None) => continue,
+                };
+                let mut backend = Backend::new(format!("{name}.{instance}"), (ip, port).into());
+                if let Some(node) = node {
+                    backend.metadata.insert("node".to_owned(), node);
                 }
                 backends.push(backend.weight(weight));
             }
@@ -268,7 +292,7 @@ impl SwarmScaler {
     /// its running tasks left free before the change.
     async fn scale_by(&self, step: i64) -> Result<(String, u64, u64), DockerError> {
         let docker = connect().await?;
-        let mut services = labelled_services(&docker, &self.label).await?;
+        let mut services = labelled_services(&docker, SERVICE_LABEL, &self.label).await?;
         let service = match services.len() {
             0 => return Err(DockerError::NoService(self.label.clone())),
             1 => services.remove(0),
@@ -338,10 +362,15 @@ async fn lowest_free_slot(docker: &Docker, service: &str) -> Result<u64, DockerE
     Ok((1..).find(|slot| !taken.contains(slot)).unwrap_or(1) as u64)
 }
 
-/// The Swarm services labelled `wscluster.service=<service>`.
-async fn labelled_services(docker: &Docker, service: &str) -> Result<Vec<Service>, DockerError> {
+/// The Swarm services labelled `<label>=<service>`.
+async fn labelled_services(
+    docker: &Docker,
+    label: &str,
+    service: &str,
+) -> Result<Vec<Service>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{label}={service}")])]);
     let options = ListServicesOptionsBuilder::default()
-        .filters(&label_filter(service))
+        .filters(&filters)
         .build();
     Ok(docker.list_services(Some(options)).await?)
 }

@@ -38,8 +38,8 @@ use tower_ws_proxy::{
 use crate::admin_access::{AdminAccess, AdminToken};
 
 pub use self::sections::{
-    AmqpSource, DiscoveryConfig, DockerConfig, EventsConfig, Listen, MigrationConfig, Proxy,
-    RedisSource, RouteMigration, Routing, Shutdown, SwarmConfig,
+    AmqpSource, ClusterConfig, DiscoveryConfig, DockerConfig, EventsConfig, Listen,
+    MigrationConfig, Proxy, RedisSource, RouteMigration, Routing, Shutdown, SwarmConfig,
 };
 
 /// Where the admin token can come from besides the file; it wins over the file.
@@ -78,6 +78,8 @@ pub struct GatewayConfig {
     pub migration: MigrationConfig,
     /// `[discovery]`: where members come from besides the configured list and the admin API.
     pub discovery: DiscoveryConfig,
+    /// `[cluster]`: the other replicas of this gateway, to show whether they agree.
+    pub cluster: Option<ClusterConfig>,
     /// `[events]`: where ring changes and migrations are published.
     pub events: Option<EventsConfig>,
     /// `[[backends]]`: backends that are always members (`id`, `address`, `weight`).

@@ -300,6 +300,36 @@ pub struct SwarmConfig {
     pub cap: u64,
 }
 
+/// `[cluster]`: the other replicas of this gateway, asked every `interval` for their ring
+/// version, digest and connections (`GET /admin/replica`, with this gateway's own admin
+/// token: replicas share it), so `/admin/cluster`, the dashboard and
+/// `wscluster_cluster_disagreement_seconds_total` show whether they route alike.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The replicas' admin addresses (`"10.0.0.2:7001"`); this gateway's own may be listed.
+    pub peers: Vec<SocketAddr>,
+    /// Replicas are the running tasks of the Swarm service labelled
+    /// `wscluster.gateway=<swarm>`, at its `wscluster.port` label (the admin port).
+    pub swarm: Option<String>,
+    /// The overlay network the replicas are reached on (default: their first).
+    pub network: Option<String>,
+    /// How often the replicas are asked (default: 2 s); each answer has that long at most.
+    #[serde(deserialize_with = "values::positive")]
+    pub interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            swarm: None,
+            network: None,
+            interval: Duration::from_secs(2),
+        }
+    }
+}
+
 /// `[events]`: a RabbitMQ fanout exchange that receives every ring change and migration as
 /// JSON.
 #[derive(Clone, Debug, Deserialize)]

@@ -89,6 +89,7 @@ fn the_shipped_files_parse() {
     for text in [
         include_str!("../../../docker/gateway.toml"),
         include_str!("../../../docker/swarm-gateway.toml"),
+        include_str!("../../../docker/swarm-gateway-multinode.toml"),
     ] {
         GatewayConfig::parse(text).unwrap();
     }
@@ -270,6 +271,11 @@ const BAD_VALUES: &[(&str, &str)] = &[
     ),
     ("[discovery.swarm]\nservce = \"x\"", "servce"),
     ("[events]\nurl = \"127.0.0.1:5672\"", "events.url: "),
+    (
+        "[cluster]\ninterval = \"0s\"",
+        "cluster.interval: must be longer",
+    ),
+    ("[cluster]\npeers = [\"gateway-2\"]", "cluster.peers[0]: "),
 ];
 
 #[test]
