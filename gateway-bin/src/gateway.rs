@@ -102,15 +102,9 @@ impl Gateway {
         scaler: Option<Arc<dyn Scaler>>,
     ) -> std::io::Result<Gateway> {
         refuse_an_open_admin_api(&config)?;
-        let (members, ring_changes) = Membership::new();
         let discovery_metrics = DiscoveryMetrics::default();
-        follow_sources(
-            &members,
-            &config,
-            backends,
-            scaler.as_deref(),
-            &discovery_metrics,
-        )?;
+        let (members, ring_changes) =
+            follow_sources(&config, backends, scaler.as_deref(), &discovery_metrics)?;
         let connections = live_connections(&config);
         let (proxy_metrics, migration_metrics) =
             (ProxyMetrics::default(), MigrationMetrics::default());
@@ -356,15 +350,16 @@ fn start_tls(settings: &TlsSettings) -> std::io::Result<TlsAcceptor> {
     Ok(tls)
 }
 
-/// Follows every member source: the configured list, Redis, RabbitMQ and Docker (each
+/// The members of every source: the configured list, Redis, RabbitMQ and Docker (each
 /// through the health checks when configured), and the scaler's own backends.
 fn follow_sources(
-    members: &Membership,
     config: &GatewayConfig,
     backends: Vec<(NodeId, SocketAddr)>,
     scaler: Option<&dyn Scaler>,
     metrics: &DiscoveryMetrics,
-) -> std::io::Result<()> {
+) -> std::io::Result<(Membership, MembershipChanges)> {
+    let (membership, ring_changes) = Membership::new();
+    let members = &membership;
     let discovery = &config.discovery;
     let health = discovery.health.as_ref();
     if let Some(damping) = &discovery.damping {
@@ -406,7 +401,7 @@ fn follow_sources(
     if let Some(own) = scaler.and_then(|scaler| scaler.members()) {
         members.follow(Origin::Scaler, own);
     }
-    Ok(())
+    Ok((membership, ring_changes))
 }
 
 /// The Docker scaler of `[discovery.docker]`, when it names an image to start.

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`) driven by `tests/browser/dashboard.py` (Python `selenium`) against a
-//! demo gateway with 3 in-process backends. With `DASHBOARD_SCREENSHOT=path.png` it saves a
+//! demo gateway with 3 in-process backends (and, over plaintext, a replica that disagrees). With `DASHBOARD_SCREENSHOT=path.png` it saves a
 //! screenshot of the page at the end (how `docs/dashboard.png` is made).
 
 mod common;
@@ -8,7 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gateway_bin::{admin_access::AdminToken, config::GatewayConfig};
+use gateway_bin::{
+    admin_access::AdminToken,
+    config::{ClusterConfig, GatewayConfig},
+};
 
 const TOKEN: &str = "browser-test-admin-token-0123456789";
 
@@ -17,10 +20,24 @@ async fn the_dashboard_works_in_headless_chromium() {
     if !wscluster_testkit::browser_available() {
         return;
     }
+    // A replica of the gateway whose ring differs (one absent backend of its own): the
+    // replica view marks it.
+    let mut replica = any_port();
+    replica.admin.token = Some(AdminToken::new(TOKEN).unwrap());
+    let backends = vec![("backend-x".into(), "127.0.0.1:9".parse().unwrap())];
+    let replica = gateway_bin::gateway::Gateway::start(replica, backends)
+        .await
+        .unwrap();
     let mut config = any_port();
     config.admin.token = Some(AdminToken::new(TOKEN).unwrap());
+    config.cluster = Some(ClusterConfig {
+        peers: vec![replica.admin],
+        interval: Duration::from_millis(300),
+        ..ClusterConfig::default()
+    });
     let gateway = gateway_bin::demo::start(config, vec![], 3).await.unwrap();
     let mut command = dashboard_checks(&format!("http://{}", gateway.admin));
+    command.env("REPLICA", replica.admin.to_string());
     if let Some(path) = std::env::var_os("DASHBOARD_SCREENSHOT") {
         command.env("SCREENSHOT", path);
     }

@@ -145,6 +145,3 @@ fn moved_section(path: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -110,6 +110,7 @@ function render(next) {
   if (next.arcs) renderRing(next);
   renderShares(next);
   renderMigrations(next);
+  if (next.cluster) renderReplicas(next.cluster);
   try {
     renderCharts(next);
   } catch (error) {
@@ -371,6 +372,42 @@ function renderMigrations(s) {
     cell(tr).textContent = move.outcome;
     body.appendChild(tr);
   }
+}
+
+// ---- gateway replicas ([cluster]): each one's ring, the odd one out marked.
+function renderReplicas(c) {
+  $('replicas-panel').hidden = !c.configured;
+  if (!c.configured) return;
+  const verdict = $('replicas-verdict');
+  verdict.textContent = c.agree ? 'agree' : 'disagree';
+  verdict.classList.toggle('bad', !c.agree);
+  const body = document.querySelector('#replicas tbody');
+  body.replaceChildren();
+  for (const r of c.replicas) {
+    const tr = document.createElement('tr');
+    const state = r.agrees === true ? 'agrees' : r.agrees === false ? 'disagrees' : 'unreachable';
+    tr.className = state;
+    const dot = document.createElement('span');
+    dot.className = 'dot ' + (state === 'agrees' ? 'up' : 'unhealthy');
+    cell(tr).appendChild(dot);
+    cell(tr).textContent = (r.node || r.address || 'this gateway') + (r.own ? ' (this one)' : '');
+    cell(tr).textContent = r.address || '–';
+    cell(tr, 'n').textContent = r.version === undefined ? '–' : 'v' + r.version;
+    const digest = cell(tr, 'digest');
+    digest.textContent = r.digest ? r.digest.slice(0, 12) : '–';
+    digest.title = r.digest || '';
+    cell(tr, 'n').textContent = r.members ?? '–';
+    cell(tr, 'n').textContent = r.connections ?? '–';
+    cell(tr).textContent = r.build || '–';
+    cell(tr).textContent = r.started_ms ? new Date(r.started_ms).toLocaleString() : '–';
+    const what = cell(tr);
+    what.textContent = state;
+    if (r.error) what.title = r.error;
+    body.appendChild(tr);
+  }
+  const asked = c.at_ms ? 'asked ' + new Date(c.at_ms).toLocaleTimeString() : 'not asked yet';
+  $('replicas-note').textContent =
+    `${asked}; disagreed ${c.disagreed_seconds.toFixed(0)} s in all. A replica disagrees when its ring digest is not the majority's.`;
 }
 
 // ---- client cards: real WebSockets to the public listener, as a chosen user.

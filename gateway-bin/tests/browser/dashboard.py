@@ -25,6 +25,8 @@ ADMIN = os.environ["ADMIN"]
 TOKEN = os.environ["TOKEN"]
 SCREENSHOT = os.environ.get("SCREENSHOT")
 TLS = ADMIN.startswith("https://")
+# The admin address of a replica whose ring differs, when the gateway has one ([cluster]).
+REPLICA = os.environ.get("REPLICA")
 # The test's own self-signed certificate: not checked by the API calls or the browser.
 UNCHECKED = ssl._create_unverified_context() if TLS else None
 
@@ -177,6 +179,23 @@ def check(driver):
         members = len(rows(driver))
         return counts[0] >= members and counts[1] >= members and counts[2] >= 1 and counts[3] == 1
     wait(charts_drawn, "a line per member on the charts, and the ring change marked")
+
+    # The replica view ([cluster]): this gateway and a replica whose ring differs, marked.
+    if REPLICA:
+        wait(lambda: driver.find_element(By.ID, "replicas-panel").is_displayed(), "the replicas")
+        def replicas_marked():
+            table = driver.execute_script(
+                "return [...document.querySelectorAll('#replicas tbody tr')]"
+                "  .map(r => [r.className, r.textContent]);")
+            own = [t for c, t in table if "(this one)" in t]
+            odd = [c for c, t in table if REPLICA in t]
+            return (len(table) == 2 and odd == ["disagrees"] and len(own) == 1
+                    and text(driver, "replicas-verdict") == "disagree")
+        wait(replicas_marked, f"the replica at {REPLICA} marked as disagreeing")
+        cluster = api("/admin/cluster")
+        assert cluster["agree"] is False and cluster["disagreed_seconds"] > 0, cluster
+    else:
+        assert not driver.find_element(By.ID, "replicas-panel").is_displayed()
 
     # At 1400 px the panels fill the width: the migrations panel ends where the backends
     # panel does (no empty third column), and its table of moves needs no scrollbar.

@@ -1,3 +1,6 @@
+//! The config file: the example and shipped files parse, every field is read, and a bad
+//! value is an error naming the field and its line.
+
 use std::time::Duration;
 
 use discovery::HealthCheck;
@@ -5,9 +8,9 @@ use tower_hashring::{LoadFactor, MissingKeyPolicy};
 use tower_ws_migrate::{MigrationPolicy, Pacing};
 use tower_ws_proxy::frame::FrameLimits;
 
-use super::*;
+use gateway_bin::config::*;
 
-const EXAMPLE: &str = include_str!("../../gateway.example.toml");
+const EXAMPLE: &str = include_str!("../gateway.example.toml");
 
 /// The example file, with its secrets in files that exist.
 fn example() -> GatewayConfig {
@@ -87,9 +90,9 @@ fn the_example_file_sets_the_library_sections() {
 #[test]
 fn the_shipped_files_parse() {
     for text in [
-        include_str!("../../../docker/gateway.toml"),
-        include_str!("../../../docker/swarm-gateway.toml"),
-        include_str!("../../../docker/swarm-gateway-multinode.toml"),
+        include_str!("../../docker/gateway.toml"),
+        include_str!("../../docker/swarm-gateway.toml"),
+        include_str!("../../docker/swarm-gateway-multinode.toml"),
     ] {
         GatewayConfig::parse(text).unwrap();
     }
