@@ -91,6 +91,14 @@ pub enum DockerError {
     /// Another update of the Swarm service came first: read it again and retry.
     #[error("Swarm service {0} was updated meanwhile: retry")]
     Concurrent(String),
+    /// `DOCKER_HOST` names an engine this source cannot speak to.
+    #[error("DOCKER_HOST={host}: {why}")]
+    UnsupportedHost {
+        /// The value.
+        host: String,
+        /// Why, and what works instead.
+        why: &'static str,
+    },
 }
 
 /// Where the members of a service run on Docker: containers labelled

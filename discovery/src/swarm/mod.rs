@@ -187,8 +187,9 @@ async fn session(
     members: &mut MemberSet,
     changes: &ChangeSender,
 ) -> Result<(), DockerError> {
+    // An engine it cannot speak to is named first, before bollard tries it.
+    let engine = Engine::from_env()?;
     let docker = connect().await?;
-    let engine = Engine::from_env();
     // Service changes, and the container events that can change a task's membership (not
     // the exec events of every health probe on the engine).
     let actions = ["create", "update", "remove"]

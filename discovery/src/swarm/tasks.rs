@@ -87,9 +87,11 @@ impl SwarmTask {
     }
 }
 
-/// Where the engine's API is: `DOCKER_HOST` (`unix:///…` or `tcp://host:port`, as for the
-/// docker CLI and bollard), else the local socket. A gateway on a worker node points it at
-/// a manager's API, since only managers answer the Swarm APIs.
+/// Where the engine's API is: `DOCKER_HOST` (`unix:///…` or `tcp://host[:port]`, port 2375
+/// by default, as for the docker CLI and bollard), else the local socket. A gateway on a
+/// worker node points it at a manager's API, since only managers answer the Swarm APIs.
+/// TLS (`DOCKER_TLS_VERIFY`, `https://`) and `ssh://` are refused with the reason: the
+/// source would otherwise send the request in plaintext to an engine expecting TLS.
 #[derive(Clone, Debug)]
 pub(crate) enum Engine {
     Unix(String),
@@ -97,20 +99,45 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    pub(crate) fn from_env() -> Self {
-        Self::parse(std::env::var("DOCKER_HOST").ok().as_deref())
+    pub(crate) fn from_env() -> Result<Self, DockerError> {
+        let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty());
+        Self::parse(std::env::var("DOCKER_HOST").ok().as_deref(), tls)
     }
 
-    fn parse(docker_host: Option<&str>) -> Self {
-        match docker_host {
-            Some(host) if host.starts_with("tcp://") || host.starts_with("http://") => {
-                let rest = host.split_once("://").map_or(host, |(_, rest)| rest);
-                Self::Tcp(rest.trim_end_matches('/').to_owned())
+    fn parse(docker_host: Option<&str>, tls: bool) -> Result<Self, DockerError> {
+        let refuse = |why| {
+            Err(DockerError::UnsupportedHost {
+                host: docker_host.unwrap_or_default().to_owned(),
+                why,
+            })
+        };
+        let Some(host) = docker_host.filter(|host| !host.is_empty()) else {
+            return Ok(Self::Unix("/var/run/docker.sock".to_owned()));
+        };
+        let (scheme, rest) = host.split_once("://").unwrap_or(("tcp", host));
+        match scheme {
+            "unix" => Ok(Self::Unix(rest.to_owned())),
+            "tcp" | "http" if tls => refuse(
+                "DOCKER_TLS_VERIFY is set, and Swarm discovery does not speak TLS to the engine: \
+                 mount a manager's socket, or reach its API on a private network without TLS",
+            ),
+            "tcp" | "http" => {
+                let address = rest.trim_end_matches('/');
+                // The docker CLI's default port for a plaintext engine.
+                let has_port = address
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    && !address.ends_with(']');
+                Ok(Self::Tcp(if has_port {
+                    address.to_owned()
+                } else {
+                    format!("{address}:2375")
+                }))
             }
-            Some(host) if host.starts_with("unix://") => {
-                Self::Unix(host.trim_start_matches("unix://").to_owned())
+            "https" => {
+                refuse("Swarm discovery does not speak TLS to the engine: use a manager's socket")
             }
-            _ => Self::Unix("/var/run/docker.sock".to_owned()),
+            _ => refuse("Swarm discovery reaches the engine by unix:// or tcp:// only"),
         }
     }
 
@@ -240,16 +267,36 @@ mod tests {
         assert_eq!(starting.address(None), None);
     }
 
+    fn tcp(host: &str) -> String {
+        match Engine::parse(Some(host), false) {
+            Ok(Engine::Tcp(address)) => address,
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+
     #[test]
     fn docker_host_picks_the_engine() {
         assert!(
-            matches!(Engine::parse(None), Engine::Unix(path) if path == "/var/run/docker.sock")
+            matches!(Engine::parse(None, false), Ok(Engine::Unix(path)) if path == "/var/run/docker.sock")
         );
         assert!(
-            matches!(Engine::parse(Some("unix:///run/n1.sock")), Engine::Unix(path) if path == "/run/n1.sock")
+            matches!(Engine::parse(Some("unix:///run/n1.sock"), false), Ok(Engine::Unix(path)) if path == "/run/n1.sock")
         );
-        assert!(
-            matches!(Engine::parse(Some("tcp://10.231.0.11:2375")), Engine::Tcp(a) if a == "10.231.0.11:2375")
-        );
+        assert_eq!(tcp("tcp://10.231.0.11:2375"), "10.231.0.11:2375");
+        assert_eq!(tcp("tcp://manager-1"), "manager-1:2375");
+        assert_eq!(tcp("tcp://[fd00::1]"), "[fd00::1]:2375");
+        assert_eq!(tcp("tcp://[fd00::1]:4243/"), "[fd00::1]:4243");
+    }
+
+    #[test]
+    fn an_engine_it_cannot_speak_to_is_refused_with_the_reason() {
+        for (host, tls, reason) in [
+            ("tcp://manager-1:2376", true, "DOCKER_TLS_VERIFY"),
+            ("https://manager-1:2376", false, "TLS"),
+            ("ssh://admin@manager-1", false, "unix:// or tcp://"),
+        ] {
+            let error = Engine::parse(Some(host), tls).unwrap_err().to_string();
+            assert!(error.contains(host) && error.contains(reason), "{error}");
+        }
     }
 }
