@@ -22,6 +22,8 @@ use tower_hashring::balance::Route;
 use tower_service::Service;
 
 #[cfg(feature = "tls")]
+use crate::upstream_tls::BoundedConnector;
+#[cfg(feature = "tls")]
 use crate::UpstreamTls;
 #[cfg(feature = "tls")]
 use hyper_rustls::HttpsConnector;
@@ -188,7 +190,7 @@ pub struct Upstream {
     #[cfg(feature = "tls")]
     tls: Option<(
         UpstreamTls,
-        Client<HttpsConnector<HttpConnector>, ProxyBody>,
+        Client<BoundedConnector<HttpsConnector<HttpConnector>>, ProxyBody>,
     )>,
     config: UpstreamConfig,
 }
@@ -220,7 +222,11 @@ impl Upstream {
         let mut http = http_connector(&self.config);
         // `https://` URIs reach it through the TLS connector above it.
         http.enforce_http(false);
-        let connector = tls.https_connector(http);
+        let connector = BoundedConnector {
+            inner: tls.https_connector(http),
+            // The TCP connect has its own deadline inside; the handshake gets the rest.
+            deadline: self.config.connect_timeout + self.config.handshake_timeout,
+        };
         let client = Client::builder(TokioExecutor::new()).build(connector);
         self.tls = Some((tls, client));
         self

@@ -2,8 +2,17 @@
 //! to its backends is not trusted: the CAs that sign the backends' certificates, and the name
 //! those certificates are checked against.
 
-use std::{fmt, path::PathBuf, sync::Arc};
+use std::{
+    fmt,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::{
@@ -11,7 +20,7 @@ use tokio_rustls::rustls::{
     ClientConfig, RootCertStore,
 };
 
-use crate::server::tls::CertificateError;
+use crate::{server::tls::CertificateError, BoxError};
 
 /// Where the backends' CAs are, and the name to check their certificates against.
 ///
@@ -160,6 +169,48 @@ impl UpstreamTls {
             None => builder,
         };
         builder.enable_http1().wrap_connector(http)
+    }
+}
+
+/// A connector bounded by one deadline over the TCP connect and the TLS handshake: a backend
+/// that accepts the connection but never finishes the handshake is a connect error (the
+/// balancer then tries the next candidate) at that deadline, not a request stuck until its
+/// own.
+#[derive(Clone, Debug)]
+pub(crate) struct BoundedConnector<C> {
+    pub(crate) inner: C,
+    pub(crate) deadline: Duration,
+}
+
+type ConnectFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl<C> tower_service::Service<Uri> for BoundedConnector<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ConnectFuture<C::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let deadline = self.deadline;
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS session with the backend within {deadline:?}"),
+                )
+                .into()),
+            }
+        })
     }
 }
 

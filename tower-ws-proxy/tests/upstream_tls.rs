@@ -353,6 +353,46 @@ async fn requests_reach_an_https_backend() {
     assert_eq!((status, body.as_str()), (200, "over tls to /connect/carol"));
 }
 
+/// A backend that accepts TCP and never says a word: no TLS session ever starts.
+async fn silent_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_request_to_a_backend_that_never_finishes_the_tls_handshake_fails_at_its_deadline() {
+    let pki = Pki::new("silent");
+    let mut config = tls_config(&UpstreamTlsSettings::new(pki.ca_file()));
+    config.connect_timeout = Duration::from_millis(200);
+    config.handshake_timeout = Duration::from_millis(300);
+    let gateway = gateway(silent_backend().await, config).await;
+    let started = tokio::time::Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let answer = get(gateway, "/connect/dave").await;
+            if answer.0 != 503 {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("an answer, not a request stuck on the handshake");
+    assert_eq!(status, 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn a_ca_file_without_a_certificate_is_an_error_naming_it() {
     let folder = std::env::temp_dir().join(format!("tower-ws-proxy-bad-ca-{}", std::process::id()));
