@@ -42,6 +42,10 @@ fn http_connector(config: &UpstreamConfig) -> HttpConnector {
     connector
 }
 
+/// The pooled HTTP client toward a TLS backend.
+#[cfg(feature = "tls")]
+type TlsClient = Client<BoundedConnector<HttpsConnector<HttpConnector>>, ProxyBody>;
+
 /// A request body the upstream can send (boxed so retries can swap it for an empty one).
 ///
 /// ```
@@ -188,10 +192,7 @@ pub struct Upstream {
     client: Client<HttpConnector, ProxyBody>,
     /// TLS to this backend, and the pooled client that speaks it.
     #[cfg(feature = "tls")]
-    tls: Option<(
-        UpstreamTls,
-        Client<BoundedConnector<HttpsConnector<HttpConnector>>, ProxyBody>,
-    )>,
+    tls: Option<(UpstreamTls, TlsClient)>,
     config: UpstreamConfig,
 }
 
