@@ -33,6 +33,8 @@
 mod accept;
 mod client_addr;
 mod client_tls;
+#[cfg(unix)]
+pub mod handover;
 mod handshake;
 mod http2;
 mod limits;
