@@ -15,6 +15,7 @@ use tower_ws_migrate::{
     MigrateLayer, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy, MigrationStats,
     Outcome, ProxiedConnection,
 };
+use tower_ws_proxy::server::handover::Upgrader;
 use tower_ws_proxy::{
     client_limit::ClientLimitLayer,
     server::{
@@ -33,6 +34,7 @@ use crate::{
     dashboard::RecentMoves,
     metrics::GatewayMetrics,
     public,
+    upgrade::Listeners,
 };
 
 /// The WebSocket cap where neither the file nor the binary sets one.
@@ -55,6 +57,7 @@ pub struct Gateway {
     certificates: Option<Arc<Certificates>>,
     shutdown_window: Duration,
     shutdown_grace: Duration,
+    upgrader: Upgrader,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -145,6 +148,7 @@ impl Gateway {
             .metrics(proxy_metrics),
             routing.ring.clone().failover(ProxyFailover),
         );
+        let ring = routing.ring.clone();
         let admin_app = admin::admin_router(admin::AdminState {
             ring: routing.ring,
             members,
@@ -169,6 +173,7 @@ impl Gateway {
                 .metrics
                 .map(|_| admin::metrics_router(metrics)),
             tls,
+            ring,
         };
         Self::serve(&config, apps, connections, own_listeners).await
     }
@@ -185,11 +190,15 @@ impl Gateway {
             admin: admin_app,
             metrics: metrics_app,
             tls,
+            ring,
         } = apps;
         let certificates = tls.as_ref().map(|tls| tls.certificates().clone());
         let admin_tls = tls.clone().filter(|_| config.admin.tls);
         let listen = &config.listen;
-        let admin_listener = TcpListener::bind(listen.admin).await?;
+        let mut listeners = Listeners::open(listen).await?;
+        let upgrader = Upgrader::new(listeners.copies()?);
+        let offer = listeners.take_offer();
+        let admin_listener = nonblocking(listeners.admin)?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
         let mut limits = config.http.clone();
@@ -200,13 +209,14 @@ impl Gateway {
         // closes, spread over the window (each relay ends by its own deadline within the grace).
         limits.stop_grace = config.shutdown.window + config.shutdown.grace;
         limits.relay = config.relay;
+        let public = listeners.public;
         let (public, mut servers) =
-            serve_public(listen, public_app, &limits, tls, (&stopped, exited)).await?;
+            serve_public(listen, public, public_app, &limits, tls, (&stopped, exited))?;
         let admin = admin_listener.local_addr()?;
         let mut own = vec![public, admin];
-        let metrics = match (listen.metrics, metrics_app) {
-            (Some(address), Some(app)) => {
-                let listener = TcpListener::bind(address).await?;
+        let metrics = match (listeners.metrics, metrics_app) {
+            (Some(listener), Some(app)) => {
+                let listener = nonblocking(listener)?;
                 let bound = listener.local_addr()?;
                 own.push(bound);
                 let server = server::serve(
@@ -227,7 +237,9 @@ impl Gateway {
             None => server::serve(admin_listener, admin_app, admin_limits, stopped),
         });
         tracing::info!(%public, %admin, workers = listen.workers, "listening");
+        crate::upgrade::answer_offer(offer, &ring).await;
         Ok(Gateway {
+            upgrader,
             public,
             admin,
             metrics,
@@ -245,6 +257,11 @@ impl Gateway {
     /// demand (on SIGHUP, say).
     pub fn certificates(&self) -> Option<&Arc<Certificates>> {
         self.certificates.as_ref()
+    }
+
+    /// Starts the next process with the listeners (on SIGUSR2, say).
+    pub fn upgrader(&self) -> Upgrader {
+        self.upgrader.clone()
     }
 
     /// The live WebSocket connections.
@@ -281,6 +298,8 @@ struct Apps {
     metrics: Option<axum::Router>,
     /// TLS on the public listener.
     tls: Option<TlsAcceptor>,
+    /// The ring the public app routes by.
+    ring: SharedHashRing<Upstream, HttpKey>,
 }
 
 /// A gateway whose admin API anyone who can reach it could use is not started, nor one
@@ -312,32 +331,38 @@ fn refuse_an_open_admin_api(config: &GatewayConfig) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The public listener: on this runtime or on worker threads, in plaintext or TLS.
-async fn serve_public(
+/// The public listener: on this runtime or on worker threads (one per listener), in
+/// plaintext or TLS.
+fn serve_public(
     listen: &Listen,
+    listeners: Vec<std::net::TcpListener>,
     app: axum::Router,
     limits: &HttpLimits,
     tls: Option<TlsAcceptor>,
     (stopped, exited): (&watch::Receiver<bool>, watch::Receiver<bool>),
 ) -> std::io::Result<(SocketAddr, Vec<Stopped>)> {
     let (limits, stopped) = (limits.clone(), stopped.clone());
-    Ok(match (listen.workers, tls) {
-        (0, tls) => {
-            let listener = TcpListener::bind(listen.public).await?;
-            let public = listener.local_addr()?;
-            let server = match tls {
+    let public = listeners[0].local_addr()?;
+    let servers = match (listen.workers, listeners.len(), tls) {
+        (0, 1, tls) => {
+            let listener = nonblocking(listeners.into_iter().next().expect("one"))?;
+            vec![match tls {
                 None => server::serve(listener, app, limits, stopped),
                 Some(tls) => server::serve_tls(listener, app, limits, tls, stopped),
-            };
-            (public, vec![server])
+            }]
         }
-        (workers, None) => {
-            server::serve_on_workers(listen.public, workers, app, limits, stopped, exited)?
+        (_, _, None) => server::serve_on_listeners(listeners, app, limits, stopped, exited)?,
+        (_, _, Some(tls)) => {
+            server::serve_tls_on_listeners(listeners, app, limits, tls, stopped, exited)?
         }
-        (workers, Some(tls)) => {
-            server::serve_tls_on_workers(listen.public, workers, app, limits, tls, stopped, exited)?
-        }
-    })
+    };
+    Ok((public, servers))
+}
+
+/// A bound listener for this runtime.
+fn nonblocking(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 /// The `[tls]` certificates loaded (an error names the file), and watched: new handshakes

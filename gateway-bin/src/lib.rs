@@ -14,6 +14,7 @@ mod digest;
 pub mod gateway;
 mod metrics;
 mod public;
+pub mod upgrade;
 
 /// The README's Rust blocks, compiled and run as doc tests.
 #[cfg(doctest)]

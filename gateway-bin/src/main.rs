@@ -309,10 +309,16 @@ struct ServedTls {
     admin: bool,
 }
 
-/// Serves until Ctrl-C or SIGTERM, then shuts down within its bound; a second signal exits
-/// at once. Returns the exit code.
+/// Serves until Ctrl-C or SIGTERM, or until a new process took the listeners over
+/// (SIGUSR2), then shuts down within its bound; a second signal exits at once. Returns the
+/// exit code.
 async fn run_until_signal(gateway: Gateway) -> i32 {
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        pid = tower_ws_proxy::server::handover::upgraded_on_signal(gateway.upgrader()) => {
+            println!("upgraded: process {pid} accepts on the listeners now; this one drains");
+        }
+    }
     let bound = gateway.shutdown_bound();
     println!(
         "shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)"

@@ -4,6 +4,10 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -20,7 +24,7 @@ use hyper_util::{
 use socket2::SockRef;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{oneshot, watch, OwnedSemaphorePermit},
+    sync::{oneshot, watch, Notify, OwnedSemaphorePermit},
     task::JoinSet,
 };
 use tower_service::Service;
@@ -161,6 +165,7 @@ pub(super) async fn accept_loop<S, H>(
             inner: service.clone(),
             client: ClientAddr(peer),
             tls: None,
+            first_request: Arc::default(),
         };
         // A balancer's connection starts with the client's address, read on the connection's
         // own task, within the head deadline.
@@ -274,6 +279,7 @@ async fn serve_connection<S, H>(
     };
     let http2 = tls.as_ref().is_some_and(|tls| tls.http2);
     service.tls = tls;
+    let first_request = service.first_request.clone();
     let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
     let result = if http2 {
         // Its WebSockets are streams of this connection, which serves them until they end
@@ -282,10 +288,55 @@ async fn serve_connection<S, H>(
         until_stopped(connection, &mut stop, http2::Connection::graceful_shutdown).await
     } else {
         let connection = http.http1.serve_connection(io, service).with_upgrades();
-        until_stopped(connection, &mut stop, |c| c.graceful_shutdown()).await
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = stopped(&mut stop) => {
+                // Accepted just before the stop, its request on the way: let it arrive, or
+                // the graceful shutdown would close an idle connection under it (a client
+                // connecting while an upgrade hands the listeners over).
+                let arrived = tokio::time::timeout(FIRST_REQUEST_GRACE, first_request.arrived());
+                tokio::select! {
+                    result = connection.as_mut() => return log_end(result),
+                    _ = arrived => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
     };
+    log_end(result);
+}
+
+fn log_end<E: std::fmt::Display>(result: Result<(), E>) {
     if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// How long a connection that has not sent its first request yet gets after a stop.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a connection's first request has arrived, and a wake-up when it does.
+#[derive(Debug, Default)]
+struct FirstRequest {
+    arrived: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    fn mark(&self) {
+        if !self.arrived.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the first request has arrived (at once if it has).
+    async fn arrived(&self) {
+        let notified = self.notify.notified();
+        if !self.arrived.load(Ordering::Acquire) {
+            notified.await;
+        }
     }
 }
 
@@ -328,6 +379,7 @@ struct WithClientAddr<S> {
     inner: S,
     client: ClientAddr,
     tls: Option<ClientTls>,
+    first_request: Arc<FirstRequest>,
 }
 
 impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAddr<S> {
@@ -340,6 +392,7 @@ impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAdd
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> S::Future {
+        self.first_request.mark();
         request.extensions_mut().insert(self.client);
         if let Some(tls) = &self.tls {
             request.extensions_mut().insert(tls.clone());

@@ -28,6 +28,7 @@
 //! ```
 
 use std::{
+    future::Future,
     io::{IoSlice, IoSliceMut},
     mem::MaybeUninit,
     os::{
@@ -39,6 +40,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -50,6 +52,12 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
     net::{UnixListener, UnixStream},
 };
+
+/// Set in the new process's environment by [`Upgrader`]: where the old one offers its
+/// listeners.
+pub const HANDOVER_ENV: &str = "WSCLUSTER_HANDOVER";
+/// How long an [`Upgrader`]'s new process has to start and serve.
+const UPGRADE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What the first line of an offer starts with (and its version).
 const GREETING: &str = "wscluster-handover 1";
@@ -295,6 +303,102 @@ async fn receive_with_fds(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>),
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Waits for SIGUSR2 and upgrades on each; returns the new process's pid once one took
+/// over. A signal during an upgrade is refused (logged); a failed upgrade is logged and the
+/// next signal tries again.
+pub async fn upgraded_on_signal(upgrader: Upgrader) -> u32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut signals) = signal(SignalKind::user_defined2()) else {
+        tracing::warn!("no SIGUSR2 handler: no in-place upgrade");
+        return std::future::pending().await;
+    };
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    loop {
+        tokio::select! {
+            Some(()) = signals.recv() => {
+                tracing::info!("SIGUSR2: upgrading");
+                let (upgrader, done) = (upgrader.clone(), done.clone());
+                tokio::spawn(async move { let _ = done.send(upgrader.upgrade().await); });
+            }
+            Some(result) = finished.recv() => match result {
+                Ok(pid) => return pid,
+                Err(error) => tracing::error!(%error, "upgrade refused or failed: still serving"),
+            },
+        }
+    }
+}
+
+/// Starts the binary at this process's executable path with the same arguments (as nginx
+/// does on SIGUSR2: replacing the file first is how a new version is rolled out), with
+/// [`HANDOVER_ENV`] naming the offer, and lends it `listeners` (named, for
+/// [`take_listeners`] there).
+///
+/// ```no_run
+/// # async fn f(public: std::net::TcpListener) -> std::io::Result<()> {
+/// use tower_ws_proxy::server::handover::{upgraded_on_signal, Upgrader};
+///
+/// let upgrader = Upgrader::new(vec![("public".into(), public.try_clone()?.into())]);
+/// let pid = upgraded_on_signal(upgrader).await; // SIGUSR2, and the new process serves
+/// // … stop accepting and drain.
+/// # let _ = pid; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Upgrader {
+    handover: Handover,
+    listeners: Arc<Vec<(String, OwnedFd)>>,
+}
+
+impl Upgrader {
+    /// Lends copies of `listeners`, offered at a socket in the temporary directory named by
+    /// this process's id.
+    pub fn new(listeners: Vec<(String, OwnedFd)>) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("wscluster-handover-{}.sock", std::process::id()));
+        Self {
+            handover: Handover::new(path).deadline(UPGRADE_DEADLINE),
+            listeners: Arc::new(listeners),
+        }
+    }
+
+    /// Starts this executable again with the same arguments and hands it the listeners;
+    /// returns its pid once it serves. Refused while an upgrade runs; on failure the new
+    /// process is killed and this one goes on serving.
+    pub async fn upgrade(&self) -> Result<u32, HandoverError> {
+        let exe = std::env::current_exe()?;
+        let named: Vec<(&str, _)> = self
+            .listeners
+            .iter()
+            .map(|(name, fd)| (name.as_str(), fd.as_fd()))
+            .collect();
+        let offer = self.handover.offer(&named);
+        tokio::pin!(offer);
+        // The offer first, so a second upgrade is refused before anything starts.
+        let first = std::future::poll_fn(|cx| Poll::Ready(Future::poll(offer.as_mut(), cx))).await;
+        if let Poll::Ready(result) = first {
+            return result.map(|taken| taken.pid);
+        }
+        let mut child = tokio::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(HANDOVER_ENV, self.handover.path())
+            .spawn()?;
+        tracing::info!(exe = %exe.display(), pid = child.id(), "upgrade: started the new process");
+        let taken = tokio::select! {
+            taken = &mut offer => taken,
+            exited = child.wait() => Err(HandoverError::Protocol(format!(
+                "the new process exited before it served: {}",
+                exited.map_or_else(|e| e.to_string(), |status| status.to_string())
+            ))),
+        };
+        match taken {
+            Ok(taken) => Ok(taken.pid),
+            Err(error) => {
+                let _ = child.start_kill();
+                Err(error)
+            }
         }
     }
 }

@@ -47,10 +47,19 @@ pub mod tls;
 mod workers;
 
 pub use self::{
-    accept::serve, client_addr::ClientAddr, client_tls::ClientTls, http2::Http2Limits,
-    limits::HttpLimits, service::HttpService, signal::shutdown_signal, stopped::Stopped,
-    workers::serve_on_workers,
+    accept::serve,
+    client_addr::ClientAddr,
+    client_tls::ClientTls,
+    http2::Http2Limits,
+    limits::HttpLimits,
+    service::HttpService,
+    signal::shutdown_signal,
+    stopped::Stopped,
+    workers::{bind_workers, serve_on_listeners, serve_on_workers},
 };
 
 #[cfg(feature = "tls")]
-pub use self::{accept::serve_tls, workers::serve_tls_on_workers};
+pub use self::{
+    accept::serve_tls,
+    workers::{serve_tls_on_listeners, serve_tls_on_workers},
+};

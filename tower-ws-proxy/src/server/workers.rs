@@ -51,7 +51,67 @@ pub fn serve_on_workers<S>(
 where
     S: HttpService,
 {
-    spawn_workers(addr, threads, service, limits, Plaintext, stop, exit)
+    let listeners = bind_workers(addr, threads)?;
+    let addr = local_addr(&listeners, addr);
+    Ok((
+        addr,
+        spawn_workers(listeners, service, limits, Plaintext, stop, exit)?,
+    ))
+}
+
+/// Binds `threads` listeners on `addr` with `SO_REUSEPORT` (port 0 becomes the port the
+/// first one got), for [`serve_on_listeners`]: a process keeps copies
+/// (`try_clone`) to hand them to its successor ([`handover`](super::handover)).
+pub fn bind_workers(
+    addr: SocketAddr,
+    threads: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let socket = reuseport_listener(addr)?;
+        addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
+}
+
+/// [`serve_on_workers`] on listeners already bound (by [`bind_workers`], or taken from the
+/// process before this one): one worker thread each.
+pub fn serve_on_listeners<S>(
+    listeners: Vec<std::net::TcpListener>,
+    service: S,
+    limits: HttpLimits,
+    stop: watch::Receiver<bool>,
+    exit: watch::Receiver<bool>,
+) -> std::io::Result<Vec<Stopped>>
+where
+    S: HttpService,
+{
+    spawn_workers(listeners, service, limits, Plaintext, stop, exit)
+}
+
+/// [`serve_on_listeners`] over TLS, as [`serve_tls_on_workers`].
+#[cfg(feature = "tls")]
+pub fn serve_tls_on_listeners<S>(
+    listeners: Vec<std::net::TcpListener>,
+    service: S,
+    limits: HttpLimits,
+    tls: super::tls::TlsAcceptor,
+    stop: watch::Receiver<bool>,
+    exit: watch::Receiver<bool>,
+) -> std::io::Result<Vec<Stopped>>
+where
+    S: HttpService,
+{
+    spawn_workers(listeners, service, limits, tls, stop, exit)
+}
+
+fn local_addr(listeners: &[std::net::TcpListener], bound: SocketAddr) -> SocketAddr {
+    listeners
+        .first()
+        .and_then(|listener| listener.local_addr().ok())
+        .unwrap_or(bound)
 }
 
 /// [`serve_on_workers`] over TLS: each connection's handshake runs on its own task (on its
@@ -90,27 +150,29 @@ pub fn serve_tls_on_workers<S>(
 where
     S: HttpService,
 {
-    spawn_workers(addr, threads, service, limits, tls, stop, exit)
+    let listeners = bind_workers(addr, threads)?;
+    let addr = local_addr(&listeners, addr);
+    Ok((
+        addr,
+        spawn_workers(listeners, service, limits, tls, stop, exit)?,
+    ))
 }
 
 fn spawn_workers<S, H>(
-    addr: SocketAddr,
-    threads: usize,
+    listeners: Vec<std::net::TcpListener>,
     service: S,
     limits: HttpLimits,
     handshake: H,
     stop: watch::Receiver<bool>,
     exit: watch::Receiver<bool>,
-) -> std::io::Result<(SocketAddr, Vec<Stopped>)>
+) -> std::io::Result<Vec<Stopped>>
 where
     S: HttpService,
     H: Handshake,
 {
-    let mut addr = addr;
-    let mut stopped = Vec::with_capacity(threads);
-    for n in 0..threads {
-        let socket = reuseport_listener(addr)?;
-        addr = socket.local_addr()?.as_socket().unwrap_or(addr);
+    let mut stopped = Vec::with_capacity(listeners.len());
+    for (n, socket) in listeners.into_iter().enumerate() {
+        socket.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -126,7 +188,7 @@ where
             .name(format!("gateway-worker-{n}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener = TcpListener::from_std(socket.into())?;
+                    let listener = TcpListener::from_std(socket)?;
                     // A task rather than `block_on`'s own future: waking that one (each
                     // accept, each connection that ends) writes to the driver's eventfd
                     // even from its own thread, while a task is queued in place.
@@ -140,7 +202,7 @@ where
             })?;
         stopped.push(Stopped::new(done_receiver));
     }
-    Ok((addr, stopped))
+    Ok(stopped)
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
