@@ -348,10 +348,10 @@ impl Traffic {
                 .all(|&u| !self.users[u].log().events.moves.is_empty())
         });
         if !moved.await {
-            let still: Vec<&str> = users
+            let still: Vec<(&str, UserEvents)> = users
                 .iter()
                 .filter(|&&u| self.users[u].log().events.moves.is_empty())
-                .map(|&u| self.keys[u].as_str())
+                .map(|&u| (self.keys[u].as_str(), self.users[u].log().events.clone()))
                 .collect();
             panic!("not moved within {within:?}: {still:?}");
         }
