@@ -357,16 +357,35 @@ impl Traffic {
         }
     }
 
-    /// Each of `users`' latest move: when, and to which backend.
-    pub(crate) fn last_moves(&self, users: &[usize]) -> Vec<(Instant, String)> {
-        users
-            .iter()
-            .map(|&u| {
-                let log = self.users[u].log();
-                let last = log.events.moves.last().expect("a move");
-                (last.at, last.to.clone())
-            })
-            .collect()
+    /// Waits until each of `users` is on `owners[u]` after a live move since the last
+    /// [`take_events`](Self::take_events) (a user may move twice, when two backends leave
+    /// one after the other); when each got there.
+    pub(crate) async fn wait_moved_to(
+        &self,
+        users: &[usize],
+        owners: &[String],
+        within: Duration,
+    ) -> Vec<Instant> {
+        let arrived = |u: usize| {
+            let log = self.users[u].log();
+            let last = log.events.moves.last()?;
+            (last.to == owners[u]).then_some(last.at)
+        };
+        let moved = wscluster_testkit::eventually(within, async || {
+            users.iter().all(|&u| arrived(u).is_some())
+        });
+        if !moved.await {
+            let still: Vec<(&str, &str, UserEvents)> = users
+                .iter()
+                .filter(|&&u| arrived(u).is_none())
+                .map(|&u| {
+                    let events = self.users[u].log().events.clone();
+                    (self.keys[u].as_str(), owners[u].as_str(), events)
+                })
+                .collect();
+            panic!("not on their owners within {within:?}: {still:?}");
+        }
+        users.iter().filter_map(|&u| arrived(u)).collect()
     }
 
     /// Waits until each of `users` was closed and connected again since the last
