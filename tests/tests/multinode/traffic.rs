@@ -357,9 +357,9 @@ impl Traffic {
         }
     }
 
-    /// Waits until each of `users` is on `owners[u]` after a live move since the last
-    /// [`take_events`](Self::take_events) (a user may move twice, when two backends leave
-    /// one after the other); when each got there.
+    /// Waits until each of `users` has moved live to `owners[u]` since the last
+    /// [`take_events`](Self::take_events) (maybe through another backend first, when two
+    /// backends leave one after the other); when each first got there.
     pub(crate) async fn wait_moved_to(
         &self,
         users: &[usize],
@@ -368,8 +368,8 @@ impl Traffic {
     ) -> Vec<Instant> {
         let arrived = |u: usize| {
             let log = self.users[u].log();
-            let last = log.events.moves.last()?;
-            (last.to == owners[u]).then_some(last.at)
+            let mut moves = log.events.moves.iter();
+            moves.find(|m| m.to == owners[u]).map(|m| m.at)
         };
         let moved = wscluster_testkit::eventually(within, async || {
             users.iter().all(|&u| arrived(u).is_some())
