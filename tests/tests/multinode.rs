@@ -202,6 +202,7 @@ async fn clients_reach_their_owner_through_any_gateway(
 /// once, live, from their old owner to their new one; nobody reconnected; no echo lost.
 /// Returns how many moved.
 async fn assert_exactly_the_affected_moved(
+    swarm: &MultinodeSwarm,
     traffic: &Traffic,
     before: &[String],
     after: &[String],
@@ -218,6 +219,13 @@ async fn assert_exactly_the_affected_moved(
     let lost = traffic.quiesce(Duration::from_secs(20)).await;
     assert!(lost.is_empty(), "{what}: echoes lost: {lost:?}");
     let events = traffic.take_events();
+    if events.iter().any(|e| !e.closes.is_empty()) {
+        // Why a live move fell back to a reconnect: each gateway's own account.
+        for node in 1..=swarm.nodes() {
+            let ring = swarm.ring(node).await.unwrap_or_default();
+            eprintln!("gateway {node}: {} {}", ring["migrations"], ring["recent"]);
+        }
+    }
     for (u, events) in events.iter().enumerate() {
         let key = &traffic.keys()[u];
         assert!(
@@ -265,7 +273,8 @@ async fn scaling_moves_exactly_the_affected_users(
     for (old, new) in before.iter().zip(&after) {
         assert!(old == new || *new == added, "a key moved {old} -> {new}");
     }
-    let moved_up = assert_exactly_the_affected_moved(traffic, &before, &after, "scale-up").await;
+    let moved_up =
+        assert_exactly_the_affected_moved(swarm, traffic, &before, &after, "scale-up").await;
     let up_took = *joined.iter().max().expect("times") - asked;
     let up_spread = spread(&joined);
 
@@ -288,7 +297,8 @@ async fn scaling_moves_exactly_the_affected_users(
         );
     }
     let moved_down =
-        assert_exactly_the_affected_moved(traffic, &after, &final_owners, "scale-down").await;
+        assert_exactly_the_affected_moved(swarm, traffic, &after, &final_owners, "scale-down")
+            .await;
     eprintln!(
         "scale-up through gateway 1: {added} on every ring {up_took:?} after the request \
          ({up_spread:?} apart), {moved_up} of {USERS} users moved live; scale-down through \
