@@ -131,7 +131,7 @@ async fn agreed_owners(swarm: &MultinodeSwarm, nodes: &[usize], keys: &[String])
     }
 }
 
-/// 1. Every gateway shows one digest and routes 100,000 keys identically, over all six
+/// Scenario 1: Every gateway shows one digest and routes 100,000 keys identically, over all six
 /// backends; returns the members.
 async fn every_gateway_agrees_on_every_key(
     swarm: &MultinodeSwarm,
@@ -167,7 +167,7 @@ async fn every_gateway_agrees_on_every_key(
     members
 }
 
-/// 2. Every user landed on its key's owner through the gateway it chose, and a few keys
+/// Scenario 2: Every user landed on its key's owner through the gateway it chose, and a few keys
 /// reach the same owner through every gateway alone and through the balancer.
 async fn clients_reach_their_owner_through_any_gateway(
     swarm: &MultinodeSwarm,
@@ -248,7 +248,7 @@ async fn assert_exactly_the_affected_moved(
     affected.len()
 }
 
-/// 3. A scale-up through gateway 1 and a scale-down through gateway 2: every gateway
+/// Scenario 3: A scale-up through gateway 1 and a scale-down through gateway 2: every gateway
 /// converges, exactly the affected users move live, nothing is left off its owner.
 async fn scaling_moves_exactly_the_affected_users(
     swarm: &MultinodeSwarm,
@@ -370,7 +370,7 @@ struct NodeLossTimings {
     rescheduled: Duration,
 }
 
-/// 4. Node 3 is cut off. Its backends' users are on their new owners within 5 s of the
+/// Scenario 4: Node 3 is cut off. Its backends' users are on their new owners within 5 s of the
 /// first gateway noticing; the others see nothing; the clients of its gateway reconnect
 /// through the balancer and reach their owners; Swarm's replacements take back their
 /// slots (and their users); once the node is back, every gateway agrees again.
@@ -541,7 +541,7 @@ fn assert_node_loss_events(
     }
 }
 
-/// 5. `docker service update --force` of the gateways: every client closed with 1001 or
+/// Scenario 5: `docker service update --force` of the gateways: every client closed with 1001 or
 /// 1012 reconnects, resends what was not echoed, and every message is echoed exactly once.
 async fn rolling_gateway_update_loses_no_message(swarm: &MultinodeSwarm, traffic: &Traffic) {
     let service = format!("{}_gateway", swarm.stack());
