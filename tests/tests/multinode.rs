@@ -198,6 +198,14 @@ async fn clients_reach_their_owner_through_any_gateway(
     eprintln!("owners: {USERS} users on their owners through 3 gateways");
 }
 
+/// Why a live move fell back to a reconnect: each gateway's own account.
+async fn print_migration_accounts(swarm: &MultinodeSwarm) {
+    for node in 1..=swarm.nodes() {
+        let ring = swarm.ring(node).await.unwrap_or_default();
+        eprintln!("gateway {node}: {} {}", ring["migrations"], ring["recent"]);
+    }
+}
+
 /// Checks a ring change's effect on the users: exactly those whose owner changed moved,
 /// once, live, from their old owner to their new one; nobody reconnected; no echo lost.
 /// Returns how many moved.
@@ -220,11 +228,7 @@ async fn assert_exactly_the_affected_moved(
     assert!(lost.is_empty(), "{what}: echoes lost: {lost:?}");
     let events = traffic.take_events();
     if events.iter().any(|e| !e.closes.is_empty()) {
-        // Why a live move fell back to a reconnect: each gateway's own account.
-        for node in 1..=swarm.nodes() {
-            let ring = swarm.ring(node).await.unwrap_or_default();
-            eprintln!("gateway {node}: {} {}", ring["migrations"], ring["recent"]);
-        }
+        print_migration_accounts(swarm).await;
     }
     for (u, events) in events.iter().enumerate() {
         let key = &traffic.keys()[u];
@@ -466,6 +470,13 @@ async fn node_loss_moves(
     let arrivals = traffic
         .wait_moved_to(&groups.moved_live, &owners.interim, Duration::from_secs(20))
         .await;
+    let arrivals = match arrivals {
+        Ok(arrivals) => arrivals,
+        Err(why) => {
+            print_migration_accounts(swarm).await;
+            panic!("{why}");
+        }
+    };
     let all_moved = arrivals.into_iter().max().unwrap_or(first_noticed);
     assert!(
         all_moved.saturating_duration_since(first_noticed) <= Duration::from_secs(5),

@@ -365,7 +365,7 @@ impl Traffic {
         users: &[usize],
         owners: &[String],
         within: Duration,
-    ) -> Vec<Instant> {
+    ) -> Result<Vec<Instant>, String> {
         let arrived = |u: usize| {
             let log = self.users[u].log();
             let mut moves = log.events.moves.iter();
@@ -383,9 +383,9 @@ impl Traffic {
                     (self.keys[u].as_str(), owners[u].as_str(), events)
                 })
                 .collect();
-            panic!("not on their owners within {within:?}: {still:?}");
+            return Err(format!("not on their owners within {within:?}: {still:?}"));
         }
-        users.iter().filter_map(|&u| arrived(u)).collect()
+        Ok(users.iter().filter_map(|&u| arrived(u)).collect())
     }
 
     /// Waits until each of `users` was closed and connected again since the last
