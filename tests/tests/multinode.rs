@@ -131,6 +131,26 @@ async fn agreed_owners(swarm: &MultinodeSwarm, nodes: &[usize], keys: &[String])
     }
 }
 
+/// Waits until every gateway of `nodes` shows the same ring digest; panics after `within`.
+async fn until_one_digest(swarm: &MultinodeSwarm, nodes: &[usize], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut digests = BTreeSet::new();
+        for &node in nodes {
+            let ring = swarm.ring(node).await.unwrap_or_default();
+            digests.insert(ring["digest"].to_string());
+        }
+        if digests.len() == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "digests {digests:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Scenario 1: Every gateway shows one digest and routes 100,000 keys identically, over all six
 /// backends; returns the members.
 async fn every_gateway_agrees_on_every_key(
@@ -427,6 +447,9 @@ async fn losing_a_node(swarm: &MultinodeSwarm, traffic: &Traffic) {
         member_ids(ring) == members && settled(ring)
     })
     .await;
+    // The returning gateway's ring lists the same ids before it has every task's new
+    // address: one digest (which covers the addresses) is the end of convergence.
+    until_one_digest(swarm, &all, Duration::from_secs(120)).await;
     let converged = agreed_owners(swarm, &all, traffic.keys()).await;
     assert_eq!(converged, before, "after the node's return");
     let lost_count: usize = lost_echoes.iter().map(|(_, seqs)| seqs.len()).sum();
