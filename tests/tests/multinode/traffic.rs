@@ -359,7 +359,8 @@ impl Traffic {
 
     /// Waits until each of `users` has moved live to `owners[u]` since the last
     /// [`take_events`](Self::take_events) (maybe through another backend first, when two
-    /// backends leave one after the other); when each first got there.
+    /// backends leave one after the other), or reconnected to it after a 1012 close; when
+    /// each first got there.
     pub(crate) async fn wait_moved_to(
         &self,
         users: &[usize],
@@ -369,7 +370,13 @@ impl Traffic {
         let arrived = |u: usize| {
             let log = self.users[u].log();
             let mut moves = log.events.moves.iter();
-            moves.find(|m| m.to == owners[u]).map(|m| m.at)
+            let moved = moves.find(|m| m.to == owners[u]).map(|m| m.at);
+            // A move to a backend that is dead too but not yet known to be falls back to a
+            // 1012 close: the user then reconnects to its owner.
+            let fell_back = log.events.closes.iter().any(|c| c.code == Some(1012));
+            let mut connects = log.events.connects.iter();
+            let reconnected = connects.find(|(_, on)| fell_back && *on == owners[u]);
+            moved.or(reconnected.map(|(at, _)| *at))
         };
         let moved = wscluster_testkit::eventually(within, async || {
             users.iter().all(|&u| arrived(u).is_some())
