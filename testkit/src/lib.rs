@@ -8,11 +8,13 @@
 mod gateway;
 mod haproxy;
 mod members;
+mod multinode;
 
 pub use self::{
     gateway::{add_backend, eventually, http, http_raw, ring_members, ring_of, wait_for_members},
     haproxy::HaproxyTcp,
     members::members_until,
+    multinode::MultinodeSwarm,
 };
 
 use std::{

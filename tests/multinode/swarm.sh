@@ -51,6 +51,14 @@ dk() {
   docker -H "unix://$(node_socket "$n")" "$@"
 }
 nodes() { cat "$state/nodes" 2>/dev/null || echo 0; }
+# The static binary an image is built from on the nodes, if one was given: the Dockerfiles
+# copy it by its own name (gateway-bin, wsbackend).
+image_binary() {
+  case $1 in
+    wscluster-gateway) echo "${WSCLUSTER_MULTINODE_GATEWAY_BIN:-}" ;;
+    wscluster-backend) echo "${WSCLUSTER_MULTINODE_BACKEND_BIN:-}" ;;
+  esac
+}
 
 # Polls `cmd` every half second until it succeeds; fails after `seconds`.
 wait_for() {
@@ -126,6 +134,7 @@ up() {
   [ ! -S /run/containerd/containerd.sock ] ||
     die "/run/containerd/containerd.sock exists: our dockerds would share the system containerd"
   for image in "${images[@]}"; do
+    [ -z "$(image_binary "$image")" ] || continue
     docker image inspect "$image" >/dev/null 2>&1 ||
       die "no $image image on this machine's engine: bash docker/build-images.sh"
   done
@@ -199,32 +208,41 @@ up() {
   done
   say "engines answer ($((SECONDS - started))s)"
 
-  say "images: ${images[*]} from this machine's engine (docker save), into every node"
-  docker save -o "$state/images.tar" "${images[@]}"
-  local image_ids
-  image_ids=$(docker image inspect --format '{{index .RepoTags 0}} {{.Id}} {{.Created}}' "${images[@]}")
-  echo "$image_ids" >"$state/images.txt"
-  # In parallel, waited for by pid: a bare `wait` would wait for the dockerds too.
-  local loads=()
-  for i in $(seq "$n"); do
-    dk "$i" load -q -i "$state/images.tar" >/dev/null &
-    loads+=($!)
+  # Each image from this machine's engine (docker save), or built on every node from a static
+  # binary of another tree (WSCLUSTER_MULTINODE_{GATEWAY,BACKEND}_BIN), tagged on our nodes
+  # only: the machine's tags belong to its CI.
+  local saved=() built=()
+  for image in "${images[@]}"; do
+    if [ -n "$(image_binary "$image")" ]; then built+=("$image"); else saved+=("$image"); fi
   done
-  for pid in "${loads[@]}"; do wait "$pid"; done
-  rm -f "$state/images.tar"
-  # A gateway built from another tree (a static gateway-bin), tagged on our nodes only: the
-  # machine's tags belong to its CI.
-  if [ -n "${WSCLUSTER_MULTINODE_GATEWAY_BIN:-}" ]; then
-    local context
-    context=$(mktemp -d)
-    cp "$WSCLUSTER_MULTINODE_GATEWAY_BIN" "$context/gateway-bin"
+  : >"$state/images.txt"
+  if [ "${#saved[@]}" -gt 0 ]; then
+    say "images: ${saved[*]} from this machine's engine (docker save), into every node"
+    docker save -o "$state/images.tar" "${saved[@]}"
+    docker image inspect --format '{{index .RepoTags 0}} {{.Id}} {{.Created}}' "${saved[@]}" \
+      >>"$state/images.txt"
+    # In parallel, waited for by pid: a bare `wait` would wait for the dockerds too.
+    local loads=()
     for i in $(seq "$n"); do
-      DOCKER_BUILDKIT=0 dk "$i" build -q -f "$repo/docker/gateway.Dockerfile" \
-        -t wscluster-gateway "$context" >/dev/null
+      dk "$i" load -q -i "$state/images.tar" >/dev/null &
+      loads+=($!)
+    done
+    for pid in "${loads[@]}"; do wait "$pid"; done
+    rm -f "$state/images.tar"
+  fi
+  for image in "${built[@]}"; do
+    local binary context
+    binary=$(image_binary "$image")
+    say "images: $image built on every node from $binary"
+    context=$(mktemp -d)
+    cp "$binary" "$context/"
+    for i in $(seq "$n"); do
+      DOCKER_BUILDKIT=0 dk "$i" build -q -f "$repo/docker/${image#wscluster-}.Dockerfile" \
+        -t "$image" "$context" >/dev/null
     done
     rm -rf "$context"
-    echo "wscluster-gateway built from $WSCLUSTER_MULTINODE_GATEWAY_BIN" >>"$state/images.txt"
-  fi
+    echo "$image built from $binary" >>"$state/images.txt"
+  done
   say "images loaded ($((SECONDS - started))s)"
 
   # Host-mode ports without iptables are served by docker-proxy, inside the node's namespace:
@@ -280,6 +298,9 @@ start_haproxy() {
     echo "defaults"
     echo "  mode tcp"
     echo "  timeout connect 3s"
+    # A check of a cut-off node gets no answer at all: without this it would wait out the
+    # connect timeout (3 s) each time, and marking the node down (2 checks) would take ~8 s.
+    echo "  timeout check 1s"
     # WebSockets live long; the gateways and backends ping, not the balancer.
     echo "  timeout client 1h"
     echo "  timeout server 1h"
@@ -289,15 +310,19 @@ start_haproxy() {
     echo "  default_backend gateways"
     echo "backend gateways"
     echo "  balance roundrobin"
+    # Checked on the admin port: the public one waits for a PROXY header. A gateway whose
+    # node is cut off sends nothing, not even a reset: without shutdown-sessions its clients'
+    # connections would stay open to nowhere until TCP gave up (minutes), so once it is
+    # marked down (2 failed checks a second apart) HAProxy closes them and they reconnect.
+    local server_options="send-proxy-v2 check port $admin_port inter 1s fall 2 rise 1 on-marked-down shutdown-sessions"
     for i in $(seq "$n"); do
-      # Checked on the admin port: the public one waits for a PROXY header.
-      echo "  server $(node_name "$i") $(node_ip "$i"):$public_port send-proxy-v2 check port $admin_port inter 1s fall 2 rise 1"
+      echo "  server $(node_name "$i") $(node_ip "$i"):$public_port $server_options"
     done
     # One gateway alone, for tests that pick theirs: balancer_ip:7010+n is node n's.
     for i in $(seq "$n"); do
       echo "listen $(node_name "$i")"
       echo "  bind $balancer_ip:$((7010 + i))"
-      echo "  server $(node_name "$i") $(node_ip "$i"):$public_port send-proxy-v2"
+      echo "  server $(node_name "$i") $(node_ip "$i"):$public_port $server_options"
     done
   } >"$state/haproxy.cfg"
   haproxy -c -q -f "$state/haproxy.cfg"
