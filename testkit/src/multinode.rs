@@ -141,10 +141,10 @@ impl Drop for Teardown {
 }
 
 /// Set to run the multi-node tests.
-pub const OPT_IN: &str = "WSCLUSTER_MULTINODE";
+const OPT_IN: &str = "WSCLUSTER_MULTINODE";
 
 impl MultinodeSwarm {
-    /// Builds the swarm and deploys the stack; `None` (skip) unless [`OPT_IN`] is set, or
+    /// Builds the swarm and deploys the stack; `None` (skip) unless `WSCLUSTER_MULTINODE` is set, or
     /// where this machine cannot run it (unless `CI` is set, where that fails the test).
     pub async fn start() -> Option<Self> {
         // Opt-in until its scale-up step stops flaking (about 1 run in 5 falls back to a
