@@ -90,6 +90,20 @@ struct Replica {
     agrees: Option<bool>,
 }
 
+impl Replica {
+    /// This gateway, where no source lists it.
+    fn this_gateway(report: ReplicaReport, agrees: Option<bool>) -> Self {
+        Self {
+            address: None,
+            node: None,
+            own: true,
+            report: Some(report),
+            error: None,
+            agrees,
+        }
+    }
+}
+
 /// A replica's admin address and where it runs, as its source says.
 #[derive(Clone, Debug)]
 struct Peer {
@@ -198,14 +212,7 @@ impl ClusterView {
         let mut replicas = latest.replicas.clone();
         if !replicas.iter().any(|replica| replica.own) {
             // Before the first round, or without [cluster]: this gateway alone.
-            replicas.push(Replica {
-                address: None,
-                node: None,
-                own: true,
-                report: Some(own),
-                error: None,
-                agrees: Some(latest.agree),
-            });
+            replicas.push(Replica::this_gateway(own, Some(latest.agree)));
         }
         serde_json::json!({
             "configured": self.config.is_some(),
@@ -271,14 +278,7 @@ async fn ask_all(state: &AdminState, peers: Vec<Peer>, limit: Duration) -> Vec<R
         })
         .collect();
     if !replicas.iter().any(|replica| replica.own) {
-        replicas.push(Replica {
-            address: None,
-            node: None,
-            own: true,
-            report: Some(own),
-            error: None,
-            agrees: None,
-        });
+        replicas.push(Replica::this_gateway(own, None));
     }
     replicas.sort_by_key(|replica| (replica.node.clone(), replica.address));
     replicas

@@ -39,6 +39,15 @@ fn answer_as(listener: TcpListener, name: &'static str) -> JoinHandle<()> {
     })
 }
 
+/// The offering side's listener, its address, and its accept loop answering "old".
+fn old_side() -> (std::net::TcpListener, std::net::SocketAddr, JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    let copy = TcpListener::from_std(listener.try_clone().unwrap()).unwrap();
+    (listener, address, answer_as(copy, "old"))
+}
+
 /// Who answered a new connection to `address`, or why it failed.
 async fn who_answers(address: std::net::SocketAddr) -> Result<String, String> {
     let tcp = TcpStream::connect(address)
@@ -55,13 +64,7 @@ async fn who_answers(address: std::net::SocketAddr) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_connecting_in_a_tight_loop_sees_no_refusal_across_the_handover() {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let address = std_listener.local_addr().unwrap();
-    let old = answer_as(
-        TcpListener::from_std(std_listener.try_clone().unwrap()).unwrap(),
-        "old",
-    );
+    let (std_listener, address, old) = old_side();
     let done = Arc::new(AtomicBool::new(false));
     let client = tokio::spawn({
         let done = done.clone();
@@ -124,13 +127,7 @@ async fn a_client_connecting_in_a_tight_loop_sees_no_refusal_across_the_handover
 
 #[tokio::test]
 async fn the_offering_side_keeps_serving_when_the_taker_dies_before_serving() {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let address = std_listener.local_addr().unwrap();
-    let old = answer_as(
-        TcpListener::from_std(std_listener.try_clone().unwrap()).unwrap(),
-        "old",
-    );
+    let (std_listener, address, old) = old_side();
     let path = socket_path("dies");
     let handover = Handover::new(&path).deadline(Duration::from_secs(10));
     let taker = tokio::spawn({
