@@ -110,7 +110,14 @@ function render(next) {
   if (next.arcs) renderRing(next);
   renderShares(next);
   renderMigrations(next);
-  if (next.cluster) renderReplicas(next.cluster);
+  if (next.cluster) {
+    renderReplicas(next.cluster);
+    const own = next.cluster.replicas.find((r) => r.own);
+    if (own) {
+      $('process').textContent =
+        `v${own.build} · pid ${own.pid} · since ${new Date(own.started_ms).toLocaleString()}`;
+    }
+  }
   try {
     renderCharts(next);
   } catch (error) {

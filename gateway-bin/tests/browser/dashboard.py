@@ -180,6 +180,10 @@ def check(driver):
         return counts[0] >= members and counts[1] >= members and counts[2] >= 1 and counts[3] == 1
     wait(charts_drawn, "a line per member on the charts, and the ring change marked")
 
+    # The header names this process: its version and pid (an upgrade changes the pid).
+    own = [r for r in api("/admin/cluster")["replicas"] if r["own"]][0]
+    wait(lambda: f"v{own['build']} · pid {own['pid']}" in text(driver, "process"), "the process in the header")
+
     # The replica view ([cluster]): this gateway and a replica whose ring differs, marked.
     if REPLICA:
         wait(lambda: driver.find_element(By.ID, "replicas-panel").is_displayed(), "the replicas")
