@@ -79,8 +79,8 @@ pub use self::{
     headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
     proxy::{text_response, HashRingProxy},
     relay::{
-        relay, ClientStream, Peer, RelayCommand, RelayCommands, RelayConfig, RelayHandle,
-        RelayOutcome, SwitchError, UpstreamStream,
+        relay, ClientStream, ParkError, ParkedRelay, Peer, RelayCommand, RelayCommands,
+        RelayConfig, RelayHandle, RelayOutcome, SwitchError, UpstreamStream,
     },
     request_check::{check_upgrade, strip_internal_headers, BadUpgrade, INTERNAL_HEADER_PREFIX},
     traffic::{Flow, Traffic, TrafficTotals},

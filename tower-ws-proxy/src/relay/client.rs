@@ -35,6 +35,19 @@ pub trait ClientStream: Send + Unpin + 'static + sealed::Sealed {
 
     /// The TCP socket, where it can be reached (for keepalive).
     fn socket(&self) -> Option<socket2::SockRef<'_>>;
+
+    /// Whether [`into_socket`](Self::into_socket) gives the socket: the connection has no
+    /// state in this process beyond the socket.
+    const TRANSFERABLE: bool = false;
+
+    /// The bare socket, for a parked relay to hand over: `None` where the connection's state
+    /// lives in this process (TLS, an HTTP/2 stream, a wrapped connection).
+    fn into_socket(self) -> Option<std::io::Result<std::net::TcpStream>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -47,6 +60,12 @@ impl ClientStream for TcpStream {
 
     fn socket(&self) -> Option<socket2::SockRef<'_>> {
         Some(socket2::SockRef::from(self))
+    }
+
+    const TRANSFERABLE: bool = true;
+
+    fn into_socket(self) -> Option<std::io::Result<std::net::TcpStream>> {
+        Some(self.into_std())
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::{
     close_code,
     frame::{close_frame, FrameEnd, FrameError, FrameTracker, OpCode},
-    SwitchError,
+    ParkError, SwitchError,
 };
 
 use super::{DirectionEnd, RelayCommand, Shared, Toward, MOVED_CODE, MOVED_REASON};
@@ -28,6 +28,8 @@ pub(super) enum Injection {
     Close(u16, String),
     /// Toward the upstream: a close, then stop reading from the client (a switch).
     Handover,
+    /// Stop reading from the source, without a close: the relay is being parked.
+    Park,
 }
 
 /// The state of one direction.
@@ -41,6 +43,8 @@ pub(super) struct Direction<'a> {
     pub(super) deadline: Option<Instant>,
     /// Toward the upstream: when a requested handover gives up waiting for a boundary.
     pub(super) switch_deadline: Option<Instant>,
+    /// When a requested park gives up waiting for this direction's boundary.
+    pub(super) park_deadline: Option<Instant>,
     pub(super) handshake_complete: bool,
     /// Toward the client, switching: forward the old upstream's frames up to its close.
     pub(super) switching: bool,
@@ -64,6 +68,7 @@ impl<'a> Direction<'a> {
             requested: None,
             deadline: None,
             switch_deadline: None,
+            park_deadline: None,
             handshake_complete: false,
             switching: false,
             held: Vec::new(),
@@ -97,6 +102,9 @@ impl Direction<'_> {
     pub(super) fn on_command(&mut self, command: &RelayCommand) {
         if self.shared.is_opaque() {
             // Without frame boundaries nothing can be injected; the deadline ends it.
+            if *command == RelayCommand::Park {
+                self.refuse_park();
+            }
             return;
         }
         if self.switching && *command != RelayCommand::Switch {
@@ -106,6 +114,11 @@ impl Direction<'_> {
         let closing =
             self.end.close.is_some() || self.end.injected.is_some() || self.requested.is_some();
         match command {
+            RelayCommand::Park if closing || self.switching => self.refuse_park(),
+            RelayCommand::Park if self.end.parked.is_none() => {
+                self.requested = Some(Injection::Park);
+                self.park_deadline = Some(Instant::now() + self.shared.config.switch_timeout);
+            }
             RelayCommand::Close { code, reason } if !closing && !self.switching => {
                 self.requested = Some(Injection::Close(*code, reason.clone()));
             }
@@ -147,6 +160,78 @@ impl Direction<'_> {
             }
             switching
         });
+    }
+
+    /// A park asked of a direction that is closing or switching: answered at once, and the
+    /// relay goes on.
+    fn refuse_park(&mut self) {
+        self.answer_park(ParkError::Ended);
+    }
+
+    /// Tells the park's caller why it failed (once: the first direction to know answers)
+    /// and takes the command back, so the other direction stops waiting too.
+    fn answer_park(&mut self, error: ParkError) {
+        let control = &self.shared.commands.control;
+        let pending = control.lock().park.take();
+        if let Some(pending) = pending {
+            let _ = pending.send(Err(error));
+        }
+        control.modify(|command| {
+            let parking = *command == RelayCommand::Park;
+            if parking {
+                *command = RelayCommand::Run;
+            }
+            parking
+        });
+    }
+
+    /// A requested park found no message boundary here within the switch timeout.
+    pub(super) fn give_up_park(&mut self) {
+        self.park_deadline = None;
+        if matches!(self.requested, Some(Injection::Park)) {
+            self.requested = None;
+        }
+        self.answer_park(ParkError::NoBoundary);
+    }
+
+    /// Stops reading from the source here; `leftover` was read past the boundary.
+    pub(super) fn park(&mut self, leftover: Vec<u8>) {
+        self.park_deadline = None;
+        self.end.parked = Some(leftover);
+        if self.shared.parked.fetch_add(1, Ordering::AcqRel) == 1 {
+            // Both directions are parked: the other one may be waiting.
+            self.shared.wake();
+        }
+    }
+
+    /// A command other than the park came before both directions parked: back to
+    /// relaying, with the bytes read past the boundary first (planned like any read).
+    /// Nothing changes once both are parked: the relay is handed off.
+    pub(super) fn cancel_park(&mut self) -> Option<Vec<u8>> {
+        self.park_deadline = None;
+        if matches!(self.requested, Some(Injection::Park)) {
+            self.requested = None;
+        }
+        self.end.parked.as_ref()?;
+        let shared = self.shared;
+        if shared
+            .parked
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return None;
+        }
+        let leftover = self.end.parked.take().unwrap_or_default();
+        match self.plan(&leftover) {
+            Plan::All if leftover.is_empty() => None,
+            Plan::All => Some(leftover),
+            Plan::Bytes(bytes) => Some(bytes),
+        }
+    }
+
+    /// Whether this direction has stopped reading for a park.
+    pub(super) fn is_parked(&self) -> bool {
+        self.end.parked.is_some()
     }
 
     /// Toward the client: back to plain relaying; a held-back frame start goes out next.
@@ -226,6 +311,11 @@ impl Direction<'_> {
                         // The rest belongs to the next upstream, unread by the tracker.
                         self.end.handover = Some(data[pos..].to_vec());
                         return Plan::Bytes(buf);
+                    }
+                    Some(Injection::Park) => {
+                        // The rest goes to whoever resumes the relay, unread by the tracker.
+                        self.park(data[pos..].to_vec());
+                        return Plan::Bytes(data[..pos].to_vec());
                     }
                     None => {}
                 }
@@ -344,9 +434,14 @@ impl Direction<'_> {
 
     /// The earliest deadline this direction waits on, counting the relay-wide one.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        [self.deadline, self.switch_deadline, self.shared.end_by()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.deadline,
+            self.switch_deadline,
+            self.park_deadline,
+            self.shared.end_by(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }

@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Duration,
@@ -223,6 +223,9 @@ pub enum RelayCommand {
     /// boundary of the client, stop reading from it and close the old upstream; forward what
     /// the old upstream still sends up to its close; then relay to the new upstream.
     Switch,
+    /// Stop at the next message boundary of each direction, without a close, and hand both
+    /// sockets to [`RelayHandle::park`]'s caller.
+    Park,
 }
 
 /// Why [`RelayHandle::switch_to`] did not switch.
@@ -246,6 +249,70 @@ pub enum SwitchError {
     /// boundary to switch at. The relay goes on with the old upstream.
     NoBoundary,
 }
+
+/// Why [`RelayHandle::park`] did not park the relay; in every case it goes on relaying (or
+/// ends, as it was going to).
+///
+/// ```
+/// use tower_ws_proxy::ParkError;
+///
+/// assert_eq!(ParkError::NotTransferable.to_string(), "the connection cannot leave this process");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParkError {
+    /// A switch or another park is in progress.
+    Busy,
+    /// The relay is closing, has ended, or has not started yet.
+    Ended,
+    /// A side is not a bare TCP socket (TLS, an HTTP/2 stream, a wrapped connection): its
+    /// state lives in this process.
+    NotTransferable,
+    /// A side stayed inside a message for the whole switch timeout.
+    NoBoundary,
+}
+
+impl fmt::Display for ParkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ParkError::Busy => "another switch or park is in progress",
+            ParkError::Ended => "the connection is closing, has ended or has not started",
+            ParkError::NotTransferable => "the connection cannot leave this process",
+            ParkError::NoBoundary => "a side did not reach a message boundary in time",
+        })
+    }
+}
+
+impl std::error::Error for ParkError {}
+
+/// A relay stopped between messages in both directions, with nothing half-forwarded: its
+/// two sockets and the bytes read past the boundaries, everything another relay (in this
+/// process or another) needs to go on with no byte lost, repeated or reordered.
+///
+/// ```
+/// use tower_ws_proxy::ParkedRelay;
+///
+/// fn resumable(parked: &ParkedRelay) -> bool {
+///     parked.client_preread.len() < 16 * 1024
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ParkedRelay {
+    /// The client's socket (non-blocking).
+    pub client: std::net::TcpStream,
+    /// The upstream's socket (non-blocking).
+    pub upstream: std::net::TcpStream,
+    /// Read from the client past its last message boundary: relayed to the upstream first.
+    pub client_preread: bytes::Bytes,
+    /// Read from the upstream past its last message boundary: relayed to the client first.
+    pub upstream_preread: bytes::Bytes,
+    /// How long nothing moved either way (for the idle timeout of the relay that resumes).
+    pub idle_for: Duration,
+}
+
+/// Who waits for a relay to park.
+pub(super) type ParkSender = oneshot::Sender<Result<ParkedRelay, ParkError>>;
 
 impl fmt::Display for SwitchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -277,6 +344,8 @@ pub(super) struct Control {
     version: AtomicU64,
     /// Set once the relay's end ([`RelayCommands`]) is gone.
     finished: AtomicBool,
+    /// Whether the running relay's sockets could be handed to another process.
+    pub(super) transferable: AtomicU8,
     /// Wakes the relay's pumps: a command was sent, or their shared state changed.
     pub(super) changed: Notify,
 }
@@ -285,6 +354,7 @@ pub(super) struct Control {
 pub(super) struct ControlState {
     command: RelayCommand,
     pub(super) switch: Option<PendingSwitch>,
+    pub(super) park: Option<ParkSender>,
 }
 
 impl Control {
@@ -293,9 +363,11 @@ impl Control {
             state: Mutex::new(ControlState {
                 command: RelayCommand::Run,
                 switch: None,
+                park: None,
             }),
             version: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            transferable: AtomicU8::new(Transferable::NOT_STARTED),
             changed: Notify::new(),
         }
     }
@@ -344,6 +416,15 @@ impl Control {
     }
 }
 
+/// Whether a relay's sockets can leave the process: [`Control::transferable`]'s values.
+pub(super) struct Transferable;
+
+impl Transferable {
+    pub(super) const NOT_STARTED: u8 = 0;
+    pub(super) const YES: u8 = 1;
+    pub(super) const NO: u8 = 2;
+}
+
 /// Controls a running relay; cheap to clone.
 ///
 /// ```
@@ -374,6 +455,8 @@ pub struct RelayCommands {
     pub(super) control: Arc<Control>,
     /// Where the relay counts what it carries, if anywhere.
     pub(super) traffic: Option<Arc<Traffic>>,
+    /// A resumed relay: how long nothing had moved when it was parked.
+    pub(super) idle_for: Duration,
 }
 
 impl Drop for RelayCommands {
@@ -397,6 +480,21 @@ impl RelayCommands {
         self.traffic = Some(traffic);
         self
     }
+
+    /// For a relay that resumes a [`ParkedRelay`]: its idle timeout counts from the last
+    /// byte before the park, not from the resumption.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ws_proxy::RelayHandle;
+    ///
+    /// let (_handle, commands) = RelayHandle::new();
+    /// let _commands = commands.idle_for(Duration::from_secs(20));
+    /// ```
+    pub fn idle_for(mut self, idle: Duration) -> Self {
+        self.idle_for = idle;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +516,7 @@ impl RelayHandle {
             RelayCommands {
                 control,
                 traffic: None,
+                idle_for: Duration::ZERO,
             },
         )
     }
@@ -431,7 +530,7 @@ impl RelayHandle {
     pub async fn switch_to(&self, upstream: Peer) -> Result<(), SwitchError> {
         // The checks and the switch under one lock, so no close slips in between.
         let done = self.control.update(|state| {
-            if state.switch.is_some() {
+            if state.switch.is_some() || state.park.is_some() {
                 return Err(SwitchError::Busy);
             }
             if self.is_finished() || matches!(state.command, RelayCommand::Close { .. }) {
@@ -443,6 +542,39 @@ impl RelayHandle {
             Ok(receiver)
         })?;
         done.await.unwrap_or(Err(SwitchError::Ended))
+    }
+
+    /// Stops the relay at a message boundary of each direction, without a close to anyone,
+    /// and returns its sockets and the bytes read past the boundaries, for another relay
+    /// (typically in a new process, `server::handover`) to resume. Only a relay between two
+    /// bare TCP sockets can be parked. A direction that stays inside a message for the
+    /// switch timeout makes it [`ParkError::NoBoundary`], and the relay goes on.
+    pub async fn park(&self) -> Result<ParkedRelay, ParkError> {
+        match self.control.transferable.load(Ordering::Acquire) {
+            Transferable::YES => {}
+            Transferable::NO => return Err(ParkError::NotTransferable),
+            _ => return Err(ParkError::Ended),
+        }
+        let parked = self.control.update(|state| {
+            if state.switch.is_some() || state.park.is_some() {
+                return Err(ParkError::Busy);
+            }
+            if self.is_finished() || matches!(state.command, RelayCommand::Close { .. }) {
+                return Err(ParkError::Ended);
+            }
+            let (done, receiver) = oneshot::channel();
+            state.park = Some(done);
+            state.command = RelayCommand::Park;
+            Ok(receiver)
+        })?;
+        parked.await.unwrap_or(Err(ParkError::Ended))
+    }
+
+    /// Whether [`park`](Self::park) can be tried: the relay runs between two bare TCP
+    /// sockets.
+    pub fn is_transferable(&self) -> bool {
+        self.control.transferable.load(Ordering::Acquire) == Transferable::YES
+            && !self.is_finished()
     }
 
     /// Asks the relay to close both sides at their next message boundaries.
@@ -485,4 +617,7 @@ pub struct RelayOutcome {
     pub upstream_bytes: u64,
     /// How many times the connection moved to another upstream.
     pub switches: u32,
+    /// The relay was parked and its sockets handed to [`RelayHandle::park`]'s caller: the
+    /// connection goes on elsewhere.
+    pub parked: bool,
 }

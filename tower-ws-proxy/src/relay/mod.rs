@@ -13,7 +13,8 @@ mod upstream_stream;
 pub use self::{client::ClientStream, upstream_stream::UpstreamStream};
 
 pub use self::handle::{
-    RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome, SwitchError,
+    ParkError, ParkedRelay, RelayCommand, RelayCommands, RelayConfig, RelayHandle, RelayOutcome,
+    SwitchError,
 };
 
 use std::{
@@ -25,7 +26,7 @@ use std::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use self::handle::{keepalive_probes, Control};
+use self::handle::{keepalive_probes, Control, Transferable};
 
 /// Which way a direction flows; frames toward the upstream must be masked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,8 @@ struct DirectionEnd {
     /// Toward the client, switching: the old upstream has closed (or timed out, or gone) and
     /// everything it sent before that reached the client.
     handed_over: bool,
+    /// Parked at a message boundary: the bytes read past it, for whoever resumes.
+    parked: Option<Vec<u8>>,
 }
 
 /// Activity of the whole relay, across upstream switches.
@@ -63,6 +66,8 @@ struct Shared<'a> {
     commands: &'a RelayCommands,
     /// Close frames seen, one per direction at most; at 2 the close handshake is complete.
     closes: AtomicU8,
+    /// Directions parked; at 2 the relay is handed off.
+    parked: AtomicU8,
     /// Set when the other direction must stop too (the close handshake completed, a
     /// destination failed, or a switch failed).
     stopped: AtomicBool,
@@ -191,17 +196,80 @@ pub async fn relay<C: ClientStream>(
     config: RelayConfig,
     commands: RelayCommands,
 ) -> RelayOutcome {
+    let now = Instant::now();
     let activity = Activity {
-        start: Instant::now(),
+        // A resumed relay was last active before it was parked.
+        start: now.checked_sub(commands.idle_for).unwrap_or(now),
         last: AtomicU64::new(0),
     };
-    // The peers stay here and the futures below borrow them, and both futures are made
-    // inside `select!`: whatever a future is handed by value, or is held in a local before
-    // being moved, keeps its space in this one, and every idle connection pays for it.
-    tokio::select! {
-        outcome = phases(&mut client, &mut upstream, &config, &commands, &activity) => outcome,
-        never = idle_watch(config.idle_timeout, &activity, &commands.control) => match never {},
+    loop {
+        // The peers stay here and the futures below borrow them, and both futures are made
+        // inside `select!`: whatever a future is handed by value, or is held in a local
+        // before being moved, keeps its space in this one, and every idle connection pays
+        // for it.
+        let outcome = tokio::select! {
+            outcome = phases(&mut client, &mut upstream, &config, &commands, &activity) => outcome,
+            never = idle_watch(config.idle_timeout, &activity, &commands.control) => match never {},
+        };
+        if !outcome.parked {
+            return outcome;
+        }
+        // Boxed: the rare hand-off does not widen every relay's future.
+        match Box::pin(hand_off(client, upstream, &commands, &activity)).await {
+            None => return outcome,
+            // Nobody waits for the park any more: relay on.
+            Some((again_client, again_upstream)) => {
+                (client, upstream) = (again_client, again_upstream)
+            }
+        }
     }
+}
+
+/// Gives a parked relay's sockets to [`RelayHandle::park`]'s caller; returns them if the
+/// caller is gone.
+async fn hand_off<C: ClientStream>(
+    client: Peer<C>,
+    upstream: Peer,
+    commands: &RelayCommands,
+    activity: &Activity,
+) -> Option<(Peer<C>, Peer)> {
+    let waiting = commands.control.lock().park.take();
+    let Some(waiting) = waiting.filter(|waiting| !waiting.is_closed()) else {
+        commands.control.modify(|command| {
+            let parking = *command == RelayCommand::Park;
+            if parking {
+                *command = RelayCommand::Run;
+            }
+            parking
+        });
+        return Some((client, upstream));
+    };
+    let since_start = activity.start.elapsed().as_millis() as u64;
+    let idle_ms = since_start.saturating_sub(activity.last.load(Ordering::Relaxed));
+    let parked = match (client.stream.into_socket(), upstream.stream) {
+        (Some(Ok(client_socket)), UpstreamStream::Tcp(upstream_socket)) => upstream_socket
+            .into_std()
+            .map(|upstream_socket| ParkedRelay {
+                client: client_socket,
+                upstream: upstream_socket,
+                client_preread: client.preread,
+                upstream_preread: upstream.preread,
+                idle_for: Duration::from_millis(idle_ms),
+            }),
+        // Checked before the park was accepted; only a failing `into_std` gets here.
+        (Some(Err(error)), _) => Err(error),
+        _ => Err(std::io::Error::other("a side is not a bare TCP socket")),
+    };
+    match parked {
+        Ok(parked) => {
+            let _ = waiting.send(Ok(parked));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a parked connection's sockets were lost");
+            let _ = waiting.send(Err(ParkError::Ended));
+        }
+    }
+    None
 }
 
 /// Relays to one upstream after another (a switch hands the client over) until the end.
@@ -226,11 +294,18 @@ async fn phases<C: ClientStream>(
         client_bytes: 0,
         upstream_bytes: 0,
         switches: 0,
+        parked: false,
     };
     loop {
         let (up, down) = relay_to(client, upstream, config, commands, activity).await;
         outcome.client_bytes += up.bytes;
         outcome.upstream_bytes += down.bytes;
+        if let (Some(to_upstream), Some(to_client)) = (up.parked, down.parked) {
+            client.preread = to_upstream.into();
+            upstream.preread = to_client.into();
+            outcome.parked = true;
+            return outcome;
+        }
         let pending = commands.control.lock().switch.take();
         match (up.handover, down.handed_over, pending) {
             (Some(leftover), true, Some(next)) => {
@@ -286,11 +361,21 @@ async fn relay_to<C: ClientStream>(
     if let Some(idle) = config.tcp_keepalive {
         keepalive(upstream.stream.socket(), idle);
     }
+    let transferable = C::TRANSFERABLE && matches!(upstream.stream, UpstreamStream::Tcp(_));
+    commands.control.transferable.store(
+        if transferable {
+            Transferable::YES
+        } else {
+            Transferable::NO
+        },
+        Ordering::Release,
+    );
     let shared = Shared {
         config,
         activity,
         commands,
         closes: AtomicU8::new(0),
+        parked: AtomicU8::new(0),
         stopped: AtomicBool::new(false),
         opaque: AtomicBool::new(false),
         end_by: AtomicU64::new(u64::MAX),

@@ -57,7 +57,7 @@ impl<F: Future<Output = DirectionEnd>> Future for PumpEnd<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DirectionEnd> {
         let this = self.project();
         let end = std::task::ready!(this.until_done.poll(cx));
-        if end.handover.is_none() && !end.handed_over {
+        if end.handover.is_none() && !end.handed_over && end.parked.is_none() {
             this.shared
                 .end_within(this.shared.config.half_close_timeout);
         }
@@ -188,6 +188,9 @@ impl Direction<'_> {
         if self.end.handover.is_some() || self.end.handed_over {
             return Some(Ending::HandedOver);
         }
+        if self.is_parked() && self.shared.parked.load(Ordering::Acquire) == 2 {
+            return Some(Ending::HandedOver);
+        }
         let shared = self.shared;
         let out_of_time = shared.end_by().is_some_and(|at| Instant::now() >= at);
         if self.finished() || shared.stopped.load(Ordering::Acquire) || out_of_time {
@@ -212,14 +215,32 @@ impl Direction<'_> {
                 frame: self.close_frame(MOVED_CODE, MOVED_REASON),
                 then: AfterInjection::HandOver,
             },
+            // Already between messages: the park needs no frame.
+            Injection::Park => {
+                self.park(Vec::new());
+                return None;
+            }
         })
     }
 
     /// Takes a command into account; a frame start held back for a switch that is now
     /// over goes out next.
     fn take_in(&mut self, command: &RelayCommand) -> Option<Vec<u8>> {
+        let resumed = if *command == RelayCommand::Park {
+            None
+        } else {
+            self.cancel_park()
+        };
         self.on_command(command);
-        (!self.switching && !self.held.is_empty()).then(|| std::mem::take(&mut self.held))
+        let held =
+            (!self.switching && !self.held.is_empty()).then(|| std::mem::take(&mut self.held));
+        match (resumed, held) {
+            (Some(mut resumed), Some(held)) => {
+                resumed.extend_from_slice(&held);
+                Some(resumed)
+            }
+            (resumed, held) => resumed.or(held),
+        }
     }
 
     /// A deadline of this direction passed: a switch that found no message boundary is
@@ -228,6 +249,9 @@ impl Direction<'_> {
         let now = Instant::now();
         if self.switch_deadline.is_some_and(|at| now >= at) {
             self.give_up_switch();
+            false
+        } else if self.park_deadline.is_some_and(|at| now >= at) {
+            self.give_up_park();
             false
         } else {
             self.deadline.is_some_and(|at| now >= at)
@@ -314,8 +338,11 @@ impl<'a> Wakeups<'a> {
         }
         // `poll_read` (unlike `try_read`) marks the socket drained after a short read, so
         // each message costs one `read` and one `write`, with no `read` that finds nothing.
-        if let Poll::Ready(step) = read_and_forward(cx, src, dst, this) {
-            return Poll::Ready(step);
+        // A parked direction reads nothing more: what comes next is for whoever resumes.
+        if !this.is_parked() {
+            if let Poll::Ready(step) = read_and_forward(cx, src, dst, this) {
+                return Poll::Ready(step);
+            }
         }
         if let (Some(_), Some(timer)) = (this.next_deadline(), wakeups.timer) {
             if timer.as_mut().poll(cx).is_ready() {
