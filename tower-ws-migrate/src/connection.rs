@@ -17,6 +17,10 @@ use crate::{
 /// only reconnect. (The server's own head limit is normally far below it.)
 const MAX_KEPT_HEAD: usize = 16 * 1024;
 
+/// Carries why a connection cannot move live across an upgrade's handover, among the
+/// headers its handle is remade from in the new process.
+const LIVE_BLOCKER: HeaderName = HeaderName::from_static("x-wscluster-live-blocker");
+
 /// Tells the new owner of a live-migrated connection where its user came from, so it can
 /// restore state.
 pub const MIGRATED_FROM: HeaderName = HeaderName::from_static("x-wscluster-migrated-from");
@@ -80,7 +84,12 @@ impl ProxiedConnection {
             protocol: response_headers
                 .get(header::SEC_WEBSOCKET_PROTOCOL)
                 .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
-            live_blocker: too_large.or_else(|| Self::live_blocker(response_headers)),
+            live_blocker: too_large
+                .or_else(|| {
+                    let handed_over = response_headers.get(LIVE_BLOCKER)?;
+                    Some(String::from_utf8_lossy(handed_over.as_bytes()).into_owned())
+                })
+                .or_else(|| Self::live_blocker(response_headers)),
             upstreams,
             signing: None,
             policy: None,
@@ -263,6 +272,21 @@ impl ConnectionHandle for ProxiedConnection {
             policy: None,
         }
     }
+
+    /// The kept head, and the subprotocol and the reason it cannot move live (if any) as
+    /// the 101's headers: [`ProxiedConnection::new`] in the new process makes the same.
+    fn opened_by(&self) -> Option<(request::Parts, HeaderMap)> {
+        let mut response = HeaderMap::new();
+        if let Some(protocol) = &self.protocol {
+            response.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+        }
+        if let Some(blocker) = &self.live_blocker {
+            let value = HeaderValue::from_str(blocker)
+                .unwrap_or(HeaderValue::from_static("it cannot move live"));
+            response.insert(LIVE_BLOCKER, value);
+        }
+        Some((self.request.to_parts(), response))
+    }
 }
 
 impl Migrate for ProxiedConnection {
@@ -383,5 +407,39 @@ mod tests {
         assert!(connection.request.0.is_empty());
         let blocker = connection.live_blocker.expect("a live move is blocked");
         assert!(blocker.contains("request head"), "{blocker}");
+    }
+
+    /// What a handle gives for an upgrade's handover makes the same handle in the new
+    /// process: the head, the subprotocol, and a blocked connection stays blocked (even one
+    /// whose blocker was its head's size, which is not kept).
+    #[test]
+    fn a_handle_remade_from_what_it_hands_over_is_the_same() {
+        let request = http::Request::get("/connect/7")
+            .header("cookie", "session=1")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut answered = HeaderMap::new();
+        answered.insert(header::SEC_WEBSOCKET_PROTOCOL, "chat".parse().unwrap());
+        let (handle, _commands) = RelayHandle::new();
+        let movable = ProxiedConnection::new(handle.clone(), &request, &answered, no_upstreams());
+        let (head, response) = movable.opened_by().unwrap();
+        let again = ProxiedConnection::new(handle.clone(), &head, &response, no_upstreams());
+        assert_eq!(again.request.0, movable.request.0);
+        assert_eq!(again.protocol, movable.protocol);
+        assert_eq!(again.live_blocker, None);
+
+        let oversized = http::Request::get("/connect/7")
+            .header("cookie", "c".repeat(MAX_KEPT_HEAD))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let blocked = ProxiedConnection::new(handle.clone(), &oversized, &answered, no_upstreams());
+        let (head, response) = blocked.opened_by().unwrap();
+        let again = ProxiedConnection::new(handle, &head, &response, no_upstreams());
+        assert_eq!(again.live_blocker, blocked.live_blocker);
+        assert!(again.live_blocker.is_some());
     }
 }

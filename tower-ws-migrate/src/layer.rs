@@ -95,6 +95,13 @@ impl MigrateLayer {
         (Self::new(ring.clone()), migrator)
     }
 
+    /// What this layer puts in each request to make its connection's handle: also what
+    /// makes the handles of connections resumed after an upgrade
+    /// (`tower_ws_proxy::Resumer::resume`), with the same policy and signing.
+    pub fn make_handle(&self) -> MakeHandle<ProxiedConnection> {
+        self.make.clone()
+    }
+
     /// The policy of every connection through this layer.
     pub fn policy(self, policy: MigrationPolicy) -> Self {
         self.route_policy(Arc::new(policy))

@@ -55,6 +55,14 @@ pub trait ConnectionHandle: Clone + Send + Sync + 'static {
 
     /// The handle of a connection whose request carried no [`MakeHandle`] of this type.
     fn plain(opened: &OpenedConnection<'_>) -> Self;
+
+    /// What this handle was made from, for another process to make the same handle when
+    /// the connection is handed over ([`ParkedConnection`](crate::ParkedConnection)): the
+    /// request head and the 101's headers it keeps. `None` (the default): the handle keeps
+    /// nothing of them.
+    fn opened_by(&self) -> Option<(request::Parts, HeaderMap)> {
+        None
+    }
 }
 
 impl ConnectionHandle for RelayHandle {

@@ -235,6 +235,25 @@ impl<H> LiveConnections<H> {
         }
     }
 
+    /// Reads connection `id`'s record, if it is live.
+    pub(crate) fn with_record<T>(
+        &self,
+        id: ConnectionId,
+        read: impl FnOnce(&Tracked<H>) -> T,
+    ) -> Option<T> {
+        self.lock()
+            .connections
+            .get(&id)
+            .map(|tracked| read(tracked))
+    }
+
+    /// A resumed connection was established `age` ago.
+    pub(crate) fn established(&self, id: ConnectionId, age: std::time::Duration) {
+        if let Some(tracked) = self.lock().connections.get_mut(&id) {
+            tracked.started = Instant::now().checked_sub(age).unwrap_or(tracked.started);
+        }
+    }
+
     /// How many connections are live.
     pub fn len(&self) -> usize {
         self.lock().connections.len()
@@ -384,6 +403,13 @@ impl<H> LiveConnections<H> {
 }
 
 impl<H: ConnectionHandle> LiveConnections<H> {
+    /// Asks connection `id`'s relay to close both sides with `code` at their next message
+    /// boundaries; false if it is not live.
+    pub fn close(&self, id: ConnectionId, code: u16, reason: &str) -> bool {
+        let handle = self.with_record(id, |t| t.handle.clone());
+        handle.map(|h| h.relay().close(code, reason)).is_some()
+    }
+
     /// Closes the connections to one backend with `code`, paced evenly over `window`.
     pub async fn close_backend(&self, backend: &NodeId, code: u16, reason: &str, window: Duration) {
         let handles = self.handles(|t| &t.backend == backend);

@@ -58,6 +58,7 @@ mod handshake;
 mod headers;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod parked;
 mod proxy;
 mod record;
 mod relay;
@@ -77,6 +78,7 @@ pub use self::{
     failover::ProxyFailover,
     forwarded::set_forwarded_headers,
     headers::{end_to_end_headers, is_hop_by_hop, is_websocket_upgrade, strip_hop_by_hop},
+    parked::ParkedConnection,
     proxy::{text_response, HashRingProxy},
     relay::{
         relay, ClientStream, ParkError, ParkedRelay, Peer, RelayCommand, RelayCommands,
@@ -89,7 +91,9 @@ pub use self::{
         WebSocketAnswer,
     },
     // tower's name inside the middleware's module; the crate root keeps the name it had.
-    websocket::{ResponseFuture as WebSocketFuture, WebSocketLayer, WebSocketProxy},
+    websocket::{
+        ResponseFuture as WebSocketFuture, ResumeError, Resumer, WebSocketLayer, WebSocketProxy,
+    },
 };
 
 #[cfg(feature = "tls")]

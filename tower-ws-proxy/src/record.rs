@@ -68,6 +68,8 @@ pub enum OpenedVia {
     /// An HTTP/2 extended CONNECT with `:protocol websocket` (RFC 8441): one stream of the
     /// client's connection.
     h2_extended_connect,
+    /// Resumed from the process before this one, which handed it over in an upgrade.
+    handover,
 }
 
 /// The proxy's metrics, when it has some: cheap to clone, and empty without the `metrics`

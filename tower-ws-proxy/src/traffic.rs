@@ -118,6 +118,12 @@ impl Traffic {
         }
     }
 
+    /// Adds what a resumed connection carried before it was handed over.
+    pub(crate) fn add(&self, totals: TrafficTotals) {
+        self.count(true, totals.to_backend.messages, totals.to_backend.bytes);
+        self.count(false, totals.to_client.messages, totals.to_client.bytes);
+    }
+
     /// Counts one read's worth toward the backend (`true`) or the client.
     pub(crate) fn count(&self, to_backend: bool, messages: u64, bytes: u64) {
         let (m, b) = if to_backend {

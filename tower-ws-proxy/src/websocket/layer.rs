@@ -2,7 +2,7 @@ use std::fmt;
 
 use tower_layer::Layer;
 
-use super::WebSocketProxy;
+use super::{Resumer, WebSocketProxy};
 #[cfg(feature = "metrics")]
 use crate::ProxyMetrics;
 use crate::{record::Recorder, LiveConnections, RelayConfig, RelayHandle};
@@ -31,6 +31,16 @@ impl<H> WebSocketLayer<H> {
             connections,
             relay,
             metrics: Recorder::NONE,
+        }
+    }
+
+    /// What resumes parked WebSockets into this layer's live connections, with its relay
+    /// settings and metrics (an upgrade's new process, `server::handover`).
+    pub fn resumer(&self) -> Resumer<H> {
+        Resumer {
+            connections: self.connections.clone(),
+            relay: self.relay,
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -13,11 +13,16 @@ mod error;
 mod future;
 mod layer;
 mod relay_task;
+mod resume;
 #[cfg(test)]
 mod tests;
 mod upgrade;
 
-pub use self::{future::ResponseFuture, layer::WebSocketLayer};
+pub use self::{
+    future::ResponseFuture,
+    layer::WebSocketLayer,
+    resume::{ResumeError, Resumer},
+};
 
 use std::{
     convert::Infallible,

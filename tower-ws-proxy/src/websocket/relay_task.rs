@@ -107,9 +107,16 @@ impl<F: Future<Output = RelayOutcome>, H> Future for RelayTask<F, H> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if let Some(outcome) = std::task::ready!(this.stage.poll(cx)) {
-            tracing::debug!(backend = %this.backend, ?outcome, "websocket closed");
-            this.metrics.closed(this.started.elapsed());
+        match std::task::ready!(this.stage.poll(cx)) {
+            // It goes on elsewhere: not a close.
+            Some(outcome) if outcome.parked => {
+                tracing::debug!(backend = %this.backend, "websocket parked");
+            }
+            Some(outcome) => {
+                tracing::debug!(backend = %this.backend, ?outcome, "websocket closed");
+                this.metrics.closed(this.started.elapsed());
+            }
+            None => {}
         }
         // Out of the live connections (and their cap) as soon as the relay ends.
         this.registration.take();

@@ -49,8 +49,16 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
+};
+
+mod connections;
+mod transfer;
+
+pub use self::{
+    connections::{Arrivals, MAX_BATCH},
+    transfer::{finish, hand_over, receive, Handed, Received, TransferOptions},
 };
 
 /// Set in the new process's environment by [`Upgrader`]: where the old one offers its
@@ -96,11 +104,25 @@ pub struct Handover {
     running: Arc<AtomicBool>,
 }
 
-/// The new process has taken the listeners and accepts on them: stop accepting.
+/// The new process has taken the listeners and accepts on them: stop accepting, and hand
+/// it the live connections ([`hand_over`]). Until this is dropped, another offer is
+/// refused.
 #[derive(Debug)]
 pub struct Taken {
     /// The new process's pid, from its socket credentials.
     pub pid: u32,
+    pub(crate) stream: UnixStream,
+    _running: Running,
+}
+
+/// Marks an offer as running until dropped.
+#[derive(Debug)]
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Handover {
@@ -134,16 +156,21 @@ impl Handover {
         if self.running.swap(true, Ordering::AcqRel) {
             return Err(HandoverError::InProgress);
         }
+        let running = Running(self.running.clone());
         let offered = tokio::time::timeout(self.deadline, self.offer_once(listeners)).await;
         let _ = std::fs::remove_file(&self.path);
-        self.running.store(false, Ordering::Release);
-        offered.unwrap_or(Err(HandoverError::TimedOut(self.deadline)))
+        let (pid, stream) = offered.unwrap_or(Err(HandoverError::TimedOut(self.deadline)))?;
+        Ok(Taken {
+            pid,
+            stream,
+            _running: running,
+        })
     }
 
     async fn offer_once(
         &self,
         listeners: &[(&str, BorrowedFd<'_>)],
-    ) -> Result<Taken, HandoverError> {
+    ) -> Result<(u32, UnixStream), HandoverError> {
         if listeners.len() > MAX_LISTENERS || listeners.iter().any(|(name, _)| !valid(name)) {
             return Err(HandoverError::Protocol(
                 "listener names must be words".into(),
@@ -152,7 +179,7 @@ impl Handover {
         let _ = std::fs::remove_file(&self.path);
         let socket = UnixListener::bind(&self.path)?;
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))?;
-        let (stream, _) = socket.accept().await?;
+        let (mut stream, _) = socket.accept().await?;
         let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
         if peer.uid != rustix::process::getuid() {
             return Err(HandoverError::OtherUser(peer.uid.as_raw()));
@@ -161,16 +188,22 @@ impl Handover {
         let line = format!("{GREETING} {}\n", names.join(" "));
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).collect();
         send_with_fds(&stream, line.as_bytes(), &fds).await?;
-        let mut answer = String::new();
-        BufReader::new(stream).read_line(&mut answer).await?;
-        if answer.trim_end() != SERVING {
+        // Read byte by byte: what follows the line is the connections' protocol.
+        let mut answer = Vec::new();
+        while answer.last() != Some(&b'\n') && answer.len() <= SERVING.len() {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await? == 0 {
+                break;
+            }
+            answer.push(byte[0]);
+        }
+        if answer.strip_suffix(b"\n") != Some(SERVING.as_bytes()) {
             return Err(HandoverError::Protocol(format!(
-                "the new process answered {answer:?} instead of serving"
+                "the new process answered {:?} instead of serving",
+                String::from_utf8_lossy(&answer)
             )));
         }
-        Ok(Taken {
-            pid: peer.pid.as_raw_nonzero().get() as u32,
-        })
+        Ok((peer.pid.as_raw_nonzero().get() as u32, stream))
     }
 }
 
@@ -201,12 +234,16 @@ impl Inherited {
             .collect()
     }
 
-    /// Tells the old process that this one accepts on the listeners.
-    pub async fn serving(mut self) -> Result<(), HandoverError> {
+    /// Tells the old process that this one accepts on the listeners; its live connections
+    /// come next.
+    pub async fn serving(mut self) -> Result<Arrivals, HandoverError> {
         self.stream
             .write_all(format!("{SERVING}\n").as_bytes())
             .await?;
-        Ok(())
+        Ok(Arrivals {
+            stream: self.stream,
+            incoming: connections::Incoming::default(),
+        })
     }
 }
 
@@ -235,36 +272,33 @@ fn valid(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic())
 }
 
-/// One message: `bytes` with `fds` attached.
+/// One message: `bytes`, with `fds` attached to its first part.
 async fn send_with_fds(
     stream: &UnixStream,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> std::io::Result<()> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
-    loop {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+    let mut sent = 0;
+    while sent < bytes.len() {
         stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
+        let attach = if sent == 0 { fds } else { &[] };
+        let result = stream.try_io(Interest::WRITABLE, || {
             let mut control = SendAncillaryBuffer::new(&mut space);
-            if !fds.is_empty() {
-                control.push(SendAncillaryMessage::ScmRights(fds));
+            if !attach.is_empty() && !control.push(SendAncillaryMessage::ScmRights(attach)) {
+                return Err(std::io::Error::other("too many sockets for one message"));
             }
-            let iov = [IoSlice::new(bytes)];
+            let iov = [IoSlice::new(&bytes[sent..])];
             rustix::net::sendmsg(stream.as_fd(), &iov, &mut control, SendFlags::NOSIGNAL)
                 .map_err(std::io::Error::from)
         });
-        match sent {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(n) => {
-                return Err(std::io::Error::other(format!(
-                    "sent {n} of {} bytes",
-                    bytes.len()
-                )))
-            }
+        match result {
+            Ok(n) => sent += n,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
         }
     }
+    Ok(())
 }
 
 /// One message's line and the descriptors attached to it (close-on-exec).
@@ -307,10 +341,10 @@ async fn receive_with_fds(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>),
     }
 }
 
-/// Waits for SIGUSR2 and upgrades on each; returns the new process's pid once one took
+/// Waits for SIGUSR2 and upgrades on each; returns once a new process took the listeners
 /// over. A signal during an upgrade is refused (logged); a failed upgrade is logged and the
 /// next signal tries again.
-pub async fn upgraded_on_signal(upgrader: Upgrader) -> u32 {
+pub async fn upgraded_on_signal(upgrader: Upgrader) -> Taken {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut signals) = signal(SignalKind::user_defined2()) else {
         tracing::warn!("no SIGUSR2 handler: no in-place upgrade");
@@ -325,7 +359,7 @@ pub async fn upgraded_on_signal(upgrader: Upgrader) -> u32 {
                 tokio::spawn(async move { let _ = done.send(upgrader.upgrade().await); });
             }
             Some(result) = finished.recv() => match result {
-                Ok(pid) => return pid,
+                Ok(taken) => return taken,
                 Err(error) => tracing::error!(%error, "upgrade refused or failed: still serving"),
             },
         }
@@ -342,9 +376,9 @@ pub async fn upgraded_on_signal(upgrader: Upgrader) -> u32 {
 /// use tower_ws_proxy::server::handover::{upgraded_on_signal, Upgrader};
 ///
 /// let upgrader = Upgrader::new(vec![("public".into(), public.try_clone()?.into())]);
-/// let pid = upgraded_on_signal(upgrader).await; // SIGUSR2, and the new process serves
+/// let taken = upgraded_on_signal(upgrader).await; // SIGUSR2, and the new process serves
 /// // … stop accepting and drain.
-/// # let _ = pid; Ok(()) }
+/// # let _ = taken.pid; Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Upgrader {
@@ -367,7 +401,7 @@ impl Upgrader {
     /// Starts this executable again with the same arguments and hands it the listeners;
     /// returns its pid once it serves. Refused while an upgrade runs; on failure the new
     /// process is killed and this one goes on serving.
-    pub async fn upgrade(&self) -> Result<u32, HandoverError> {
+    pub async fn upgrade(&self) -> Result<Taken, HandoverError> {
         let exe = std::env::current_exe()?;
         let named: Vec<(&str, _)> = self
             .listeners
@@ -379,7 +413,7 @@ impl Upgrader {
         // The offer first, so a second upgrade is refused before anything starts.
         let first = std::future::poll_fn(|cx| Poll::Ready(Future::poll(offer.as_mut(), cx))).await;
         if let Poll::Ready(result) = first {
-            return result.map(|taken| taken.pid);
+            return result;
         }
         let mut child = tokio::process::Command::new(&exe)
             .args(std::env::args_os().skip(1))
@@ -394,7 +428,7 @@ impl Upgrader {
             ))),
         };
         match taken {
-            Ok(taken) => Ok(taken.pid),
+            Ok(taken) => Ok(taken),
             Err(error) => {
                 let _ = child.start_kill();
                 Err(error)

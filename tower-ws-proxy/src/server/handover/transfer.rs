@@ -1,0 +1,234 @@
+//! Both ends of handing live WebSockets over: [`hand_over`] parks and sends them in batches
+//! from the old process, [`receive`] resumes them in the new one.
+
+use std::time::Duration;
+
+use tokio::{task::JoinSet, time::Instant};
+
+use super::{connections, Arrivals, HandoverError, Taken, MAX_BATCH};
+use crate::{
+    close_code, ConnectionHandle, ConnectionId, LiveConnections, MakeHandle, ParkError,
+    ParkedConnection, Resumer,
+};
+
+/// How [`hand_over`] paces itself.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ws_proxy::server::handover::TransferOptions;
+///
+/// let options = TransferOptions::default().batch(50).deadline(Duration::from_secs(20));
+/// assert_eq!(options.batch_size(), 50);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct TransferOptions {
+    batch: usize,
+    deadline: Duration,
+}
+
+impl Default for TransferOptions {
+    /// Batches of 100 connections, everything within 30 s.
+    fn default() -> Self {
+        Self {
+            batch: 100,
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TransferOptions {
+    /// Connections parked and sent together (1 to [`MAX_BATCH`]): each waits, parked, for
+    /// its whole batch to be received.
+    pub fn batch(mut self, connections: usize) -> Self {
+        self.batch = connections.clamp(1, MAX_BATCH);
+        self
+    }
+
+    /// The batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Past this, no new batch starts: what is left stays with the old process.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+}
+
+/// What [`hand_over`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Handed {
+    /// Connections the new process took.
+    pub handed: usize,
+    /// Connections with no message boundary within the switch timeout: closed with 1012.
+    pub closed: usize,
+    /// Connections that stay here (TLS, HTTP/2, closing, or left at the deadline or after a
+    /// failure): the old process serves them until they end or it drains them.
+    pub kept: usize,
+    /// Batches sent.
+    pub batches: usize,
+    /// How long it took.
+    pub elapsed: Duration,
+    /// How long each handed connection stayed parked, in the order they went: from its
+    /// park to the new process's go.
+    pub pauses: Vec<Duration>,
+    /// Why it stopped early, if it did: the new process refused, broke off or died. The
+    /// batch in flight was resumed here.
+    pub failed: Option<String>,
+}
+
+/// Hands every live WebSocket that can leave this process to the new one that took the
+/// listeners: parked (each connection at a message boundary of both directions), sent in
+/// batches with their sockets, and dropped here once the new process has them.
+///
+/// A connection inside a message for the switch timeout is closed with 1012 (service
+/// restart), as a live move would. If the new process refuses or dies, the batch in flight
+/// is resumed here with `resumer` (its handles made by `make`) and nothing more is sent:
+/// this process keeps serving everything it still holds.
+pub async fn hand_over<H: ConnectionHandle>(
+    taken: &mut Taken,
+    connections: &LiveConnections<H>,
+    resumer: &Resumer<H>,
+    make: Option<&MakeHandle<H>>,
+    options: TransferOptions,
+) -> Handed {
+    let started = Instant::now();
+    let mut report = Handed::default();
+    let ids = connections.transferable();
+    'chunks: for chunk in ids.chunks(options.batch) {
+        if started.elapsed() >= options.deadline {
+            break;
+        }
+        let mut parking = park_each(connections, chunk);
+        while let Some(parked) = next_parked(&mut parking, connections, &mut report).await {
+            let (batch, since): (Vec<_>, Vec<Instant>) = parked.into_iter().unzip();
+            if let Err(error) = send(taken, &batch).await {
+                tracing::warn!(%error, "handover broke off: resuming the batch here");
+                for connection in batch {
+                    if let Err(error) = resumer.resume(connection, make) {
+                        tracing::warn!(%error, "a connection taken back was lost");
+                    }
+                }
+                report.failed = Some(error.to_string());
+                // The parks still running go on relaying here.
+                break 'chunks;
+            }
+            report.batches += 1;
+            report.handed += batch.len();
+            report.pauses.extend(since.iter().map(Instant::elapsed));
+            // Our copies of the sockets close here; the new process holds its own.
+            drop(batch);
+        }
+    }
+    report.kept = connections.len();
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// Tells the new process that no more connections come.
+pub async fn finish(taken: &Taken) -> Result<(), HandoverError> {
+    connections::send_done(&taken.stream).await
+}
+
+async fn send(taken: &Taken, batch: &[ParkedConnection]) -> Result<(), HandoverError> {
+    connections::send_batch(&taken.stream, batch).await?;
+    connections::send_go(&taken.stream).await
+}
+
+type Parking = JoinSet<(ConnectionId, Result<ParkedConnection, ParkError>)>;
+
+/// Parks `ids` at once, each on a task of its own.
+fn park_each<H: ConnectionHandle>(
+    connections: &LiveConnections<H>,
+    ids: &[ConnectionId],
+) -> Parking {
+    let mut parking = JoinSet::new();
+    for &id in ids {
+        let connections = connections.clone();
+        parking.spawn(async move { (id, connections.park(id).await) });
+    }
+    parking
+}
+
+/// The parks that completed together (those between messages complete at once; one stuck
+/// in a message does not hold the others back): `None` when every park has answered. A
+/// connection without a boundary is closed with 1012; others that cannot park stay.
+async fn next_parked<H: ConnectionHandle>(
+    parking: &mut Parking,
+    connections: &LiveConnections<H>,
+    report: &mut Handed,
+) -> Option<Vec<(ParkedConnection, Instant)>> {
+    const TOGETHER: Duration = Duration::from_millis(5);
+    let mut parked = Vec::new();
+    let mut next = parking.join_next().await;
+    loop {
+        match next {
+            None => break,
+            Some(Err(error)) => tracing::warn!(%error, "a park task failed"),
+            Some(Ok((_, Ok(connection)))) => parked.push((connection, Instant::now())),
+            Some(Ok((id, Err(ParkError::NoBoundary)))) => {
+                report.closed += 1;
+                connections.close(id, close_code::SERVICE_RESTART, "gateway restarting");
+            }
+            Some(Ok((_, Err(_)))) => {}
+        }
+        next = match tokio::time::timeout(TOGETHER, parking.join_next()).await {
+            Ok(next) => next,
+            Err(_) if parked.is_empty() => parking.join_next().await,
+            Err(_) => break,
+        };
+    }
+    (!parked.is_empty()).then_some(parked)
+}
+
+/// What [`receive`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Received {
+    /// Connections relayed here now.
+    pub resumed: usize,
+    /// Connections taken but not resumed (no place under the cap): closed with 1012.
+    pub refused: usize,
+    /// Batches taken.
+    pub batches: usize,
+    /// Why it stopped before the old process was done, if it did.
+    pub failed: Option<String>,
+}
+
+/// In the new process: resumes every connection the old one hands over, batch by batch
+/// (each relayed only once the old process said go), until it is done.
+pub async fn receive<H: ConnectionHandle>(
+    mut arrivals: Arrivals,
+    resumer: &Resumer<H>,
+    make: Option<&MakeHandle<H>>,
+) -> Received {
+    let mut report = Received::default();
+    loop {
+        let batch = match arrivals.next_batch().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(error) => {
+                report.failed = Some(error.to_string());
+                break;
+            }
+        };
+        if let Err(error) = arrivals.committed().await {
+            // Still the old process's: it takes the batch back.
+            report.failed = Some(error.to_string());
+            break;
+        }
+        report.batches += 1;
+        for connection in batch {
+            match resumer.resume(connection, make) {
+                Ok(()) => report.resumed += 1,
+                Err(error) => {
+                    tracing::warn!(%error, "a handed-over connection was refused");
+                    report.refused += 1;
+                }
+            }
+        }
+    }
+    report
+}
