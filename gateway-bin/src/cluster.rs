@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     hash::{BuildHasher, Hasher},
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -24,8 +24,22 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 use tower::discover::Change;
+use tower_ws_proxy::server::handover::Received;
 
 use crate::{admin::AdminState, config::ClusterConfig};
+
+/// A label after the version, left blank by a build: the upgrade test writes one into a
+/// copy of the binary to have a second build that says it is one.
+static BUILD_LABEL: [u8; 24] = *b"wscluster-build:        ";
+
+/// The version this binary reports: the crate's, and its build label if it has one.
+pub(crate) fn build() -> String {
+    let label = std::hint::black_box(&BUILD_LABEL);
+    match std::str::from_utf8(&label[16..]).map(str::trim) {
+        Ok(label) if !label.is_empty() => format!("{}+{label}", env!("CARGO_PKG_VERSION")),
+        _ => env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
 
 /// Where a replica says what it routes by.
 pub(crate) const REPLICA_PATH: &str = "/admin/replica";
@@ -52,6 +66,31 @@ pub(crate) struct ReplicaReport {
     pub(crate) members: usize,
     /// Its live WebSockets.
     pub(crate) connections: usize,
+    /// What the process before it handed over, if an upgrade started it.
+    #[serde(default)]
+    pub(crate) handover: Option<HandoverCounts>,
+}
+
+/// What an upgrade's new process took from the old one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct HandoverCounts {
+    resumed: usize,
+    refused: usize,
+    batches: usize,
+    ms: u64,
+    failed: Option<String>,
+}
+
+impl From<Received> for HandoverCounts {
+    fn from(received: Received) -> Self {
+        Self {
+            resumed: received.resumed,
+            refused: received.refused,
+            batches: received.batches,
+            ms: received.elapsed.as_millis() as u64,
+            failed: received.failed,
+        }
+    }
 }
 
 impl ReplicaReport {
@@ -61,13 +100,14 @@ impl ReplicaReport {
         let ring = snapshot.ring();
         Self {
             instance: state.cluster.identity.instance.clone(),
-            build: env!("CARGO_PKG_VERSION").to_owned(),
+            build: build(),
             pid: std::process::id(),
             started_ms: state.cluster.identity.started_ms,
             version: snapshot.version(),
             digest: crate::digest::ring_digest(ring, &state.members.members()),
             members: ring.nodes().len(),
             connections: state.connections.len(),
+            handover: state.cluster.identity.handover.get().cloned(),
         }
     }
 }
@@ -123,6 +163,7 @@ pub(crate) struct ClusterView {
 struct Identity {
     instance: String,
     started_ms: u64,
+    handover: OnceLock<HandoverCounts>,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +183,7 @@ impl ClusterView {
         let identity = Identity {
             instance: format!("{:016x}", random.finish()),
             started_ms: unix_ms(),
+            handover: OnceLock::new(),
         };
         let latest = Latest {
             agree: true,
@@ -152,6 +194,11 @@ impl ClusterView {
             identity: Arc::new(identity),
             latest: Arc::new(Mutex::new(latest)),
         }
+    }
+
+    /// Records what the process before this one handed over (shown by `/admin/replica`).
+    pub(crate) fn handed_over(&self, received: Received) {
+        let _ = self.identity.handover.set(received.into());
     }
 
     /// Asks the replicas every `interval` while the admin API lives; nothing without
@@ -418,6 +465,7 @@ mod tests {
                 digest: digest.to_owned(),
                 members: 1,
                 connections: 0,
+                handover: None,
             }),
             error: digest.is_none().then(|| "down".to_owned()),
             agrees: None,

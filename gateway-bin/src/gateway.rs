@@ -15,7 +15,7 @@ use tower_ws_migrate::{
     MigrateLayer, MigrationEvent, MigrationHook, MigrationMetrics, MigrationPolicy, MigrationStats,
     Outcome, ProxiedConnection,
 };
-use tower_ws_proxy::server::handover::Upgrader;
+use tower_ws_proxy::server::handover::{hand_over, Handed, Taken, TransferOptions, Upgrader};
 use tower_ws_proxy::{
     client_limit::ClientLimitLayer,
     server::{
@@ -23,7 +23,7 @@ use tower_ws_proxy::{
         tls::{Certificates, TlsAcceptor, TlsSettings},
         HttpLimits, Stopped,
     },
-    LiveConnections, ProxyFailover, ProxyMetrics, Upstream, WebSocketLayer,
+    LiveConnections, MakeHandle, ProxyFailover, ProxyMetrics, Resumer, Upstream, WebSocketLayer,
 };
 
 use crate::{
@@ -58,6 +58,8 @@ pub struct Gateway {
     shutdown_window: Duration,
     shutdown_grace: Duration,
     upgrader: Upgrader,
+    handover: Handover,
+    upgrade_drain: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -136,16 +138,15 @@ impl Gateway {
         );
         let migration_metrics = migration_metrics.clone();
         let own_listeners = OwnListeners::default();
+        // The accept loops give every client socket these options (serve.rs).
+        let relay = config.relay.client_keepalive_inherited(true);
+        let websockets = WebSocketLayer::new(connections.clone(), relay).metrics(proxy_metrics);
+        let handover = (websockets.resumer(), routing.migrate.make_handle());
         let public_app = public::public_stack(
             config.proxy.request_timeout,
             routing.migrate,
             client_limits,
-            // The accept loops give every client socket these options (serve.rs).
-            WebSocketLayer::new(
-                connections.clone(),
-                config.relay.client_keepalive_inherited(true),
-            )
-            .metrics(proxy_metrics),
+            websockets.clone(),
             routing.ring.clone().failover(ProxyFailover),
         );
         let ring = routing.ring.clone();
@@ -163,7 +164,7 @@ impl Gateway {
             migration_metrics,
             recent: routing.recent,
             history: Default::default(),
-            cluster,
+            cluster: cluster.clone(),
         });
         let apps = Apps {
             public: public_app,
@@ -174,6 +175,7 @@ impl Gateway {
                 .map(|_| admin::metrics_router(metrics)),
             tls,
             ring,
+            handover: (handover, cluster),
         };
         Self::serve(&config, apps, connections, own_listeners).await
     }
@@ -191,6 +193,7 @@ impl Gateway {
             metrics: metrics_app,
             tls,
             ring,
+            handover: (handover, cluster),
         } = apps;
         let certificates = tls.as_ref().map(|tls| tls.certificates().clone());
         let admin_tls = tls.clone().filter(|_| config.admin.tls);
@@ -237,9 +240,11 @@ impl Gateway {
             None => server::serve(admin_listener, admin_app, admin_limits, stopped),
         });
         tracing::info!(%public, %admin, workers = listen.workers, "listening");
-        crate::upgrade::answer_offer(offer, &ring).await;
+        crate::upgrade::answer_offer(offer, &ring, handover.clone(), cluster).await;
         Ok(Gateway {
             upgrader,
+            handover,
+            upgrade_drain: config.shutdown.upgrade_drain,
             public,
             admin,
             metrics,
@@ -267,6 +272,35 @@ impl Gateway {
     /// The live WebSocket connections.
     pub fn connections(&self) -> &LiveConnections<ProxiedConnection> {
         &self.connections
+    }
+
+    /// Whether the listeners are still served here.
+    pub fn accepting(&self) -> bool {
+        !*self.stop.borrow()
+    }
+
+    /// Hands the plaintext WebSockets to the process that took the listeners (SIGUSR2),
+    /// then stops accepting, unless the new process failed first: then this one keeps
+    /// serving everything ([`Handed::failed`]). Those that stay (TLS, HTTP/2) are served
+    /// until they end or `shutdown.upgrade_drain` passes.
+    pub async fn hand_over(&self, mut taken: Taken) -> Handed {
+        let (resumer, make) = &self.handover;
+        let stop = || {
+            self.stop.send_replace(true);
+        };
+        let options = TransferOptions::default();
+        let handed = hand_over(
+            &mut taken,
+            &self.connections,
+            (resumer, Some(make)),
+            options,
+            stop,
+        );
+        let handed = handed.await;
+        if !self.accepting() {
+            let _ = tokio::time::timeout(self.upgrade_drain, self.connections.emptied()).await;
+        }
+        handed
     }
 
     /// Stops accepting, closes WebSockets with 1001 over the shutdown window, and lets
@@ -300,7 +334,12 @@ struct Apps {
     tls: Option<TlsAcceptor>,
     /// The ring the public app routes by.
     ring: SharedHashRing<Upstream, HttpKey>,
+    /// What resumes WebSockets handed over by an upgrade, and where it says so.
+    handover: (Handover, ClusterView),
 }
+
+/// Resumes handed-over WebSockets, with their handles made as the migration layer makes them.
+type Handover = (Resumer<ProxiedConnection>, MakeHandle<ProxiedConnection>);
 
 /// A gateway whose admin API anyone who can reach it could use is not started, nor one
 /// asked to serve it over TLS without certificates.

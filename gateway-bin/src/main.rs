@@ -313,10 +313,23 @@ struct ServedTls {
 /// (SIGUSR2), then shuts down within its bound; a second signal exits at once. Returns the
 /// exit code.
 async fn run_until_signal(gateway: Gateway) -> i32 {
-    tokio::select! {
-        () = shutdown_signal() => {}
-        pid = tower_ws_proxy::server::handover::upgraded_on_signal(gateway.upgrader()) => {
-            println!("upgraded: process {pid} accepts on the listeners now; this one drains");
+    loop {
+        tokio::select! {
+            () = shutdown_signal() => break,
+            taken = tower_ws_proxy::server::handover::upgraded_on_signal(gateway.upgrader()) => {
+                let pid = taken.pid;
+                let handed = gateway.hand_over(taken).await;
+                let (p50, p99, max) = handed.pause_percentiles();
+                println!(
+                    "upgrade: {} websockets handed to process {pid} in {:?} (paused p50 {p50:?}, \
+                     p99 {p99:?}, max {max:?}), {} closed with 1012, {} kept",
+                    handed.handed, handed.elapsed, handed.closed, handed.kept
+                );
+                match handed.failed {
+                    Some(why) if gateway.accepting() => eprintln!("upgrade failed ({why}): still serving"),
+                    _ => break,
+                }
+            }
         }
     }
     let bound = gateway.shutdown_bound();

@@ -4,15 +4,17 @@
 
 use std::{net::TcpListener, os::fd::OwnedFd, path::PathBuf};
 
-use tower_ws_proxy::server::{
-    bind_workers,
-    handover::{take_listeners, Inherited, HANDOVER_ENV},
+use tower_hashring::{HttpKey, SharedHashRing};
+use tower_ws_migrate::ProxiedConnection;
+use tower_ws_proxy::{
+    server::{
+        bind_workers,
+        handover::{receive, take_listeners, Inherited, HANDOVER_ENV},
+    },
+    MakeHandle, Resumer, Upstream,
 };
 
-use tower_hashring::{HttpKey, SharedHashRing};
-use tower_ws_proxy::Upstream;
-
-use crate::config::Listen;
+use crate::{cluster::ClusterView, config::Listen};
 
 /// The gateway's listening sockets: bound here, or taken from the process before this one.
 #[derive(Debug)]
@@ -91,9 +93,12 @@ impl Listeners {
 
 /// Tells the old process, if this one took its listeners, that it serves: once the ring has
 /// members to route to (or after 10 s without), so that no request finds an empty ring.
+/// Then the old process's WebSockets are resumed here, in the background.
 pub(crate) async fn answer_offer(
     offer: Option<Inherited>,
     ring: &SharedHashRing<Upstream, HttpKey>,
+    (resumer, make): (Resumer<ProxiedConnection>, MakeHandle<ProxiedConnection>),
+    cluster: ClusterView,
 ) {
     let Some(offer) = offer else {
         return;
@@ -104,7 +109,12 @@ pub(crate) async fn answer_offer(
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), routable).await;
-    if let Err(error) = offer.serving().await {
-        tracing::warn!(%error, "the old process did not hear that this one serves");
+    match offer.serving().await {
+        Ok(arrivals) => drop(tokio::spawn(async move {
+            let received = receive(arrivals, &resumer, Some(&make)).await;
+            tracing::info!(?received, "took the old process's websockets");
+            cluster.handed_over(received);
+        })),
+        Err(error) => tracing::warn!(%error, "the old process did not hear that this one serves"),
     }
 }

@@ -1,16 +1,23 @@
 //! The in-place upgrade (SIGUSR2) with the real binary: a client connecting in a tight loop
 //! through the whole upgrade is never refused nor failed, the new process (another pid and
-//! instance) serves the same addresses, and the old one exits. (A second upgrade during one
+//! instance) serves the same addresses, and the old one exits. Live WebSockets under echo
+//! traffic pass to the new build with no close and no echo lost, repeated or reordered. (A second upgrade during one
 //! is refused: `tower-ws-proxy/tests/handover.rs`; two signals sent at once may merge into
 //! one, so it is not tested here.)
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
     process::{Child, ChildStdout, Command},
-    sync::watch,
+    sync::{watch, Semaphore},
     task::JoinHandle,
 };
 use wscluster_testkit::free_port;
@@ -86,11 +93,12 @@ fn signal(pid: u32, name: &str) {
 /// The gateway binary on `public` and `admin` over `backend`, its log lines, and its
 /// replica report once it answers.
 async fn start_gateway(
+    binary: &Path,
     public: SocketAddr,
     admin: SocketAddr,
     backend: SocketAddr,
 ) -> (Child, Lines<BufReader<ChildStdout>>, Value) {
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_gateway-bin"))
+    let mut gateway = Command::new(binary)
         .args([
             "--public",
             &public.to_string(),
@@ -143,7 +151,8 @@ async fn sigusr2_hands_the_listeners_to_a_new_process_and_no_connection_is_refus
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
     );
-    let (mut old, mut log, before) = start_gateway(public, admin, backend).await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_gateway-bin"));
+    let (mut old, mut log, before) = start_gateway(binary, public, admin, backend).await;
     let _new = KillOnDrop(admin);
     // Read, so that neither process ever blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
@@ -183,4 +192,185 @@ async fn sigusr2_hands_the_listeners_to_a_new_process_and_no_connection_is_refus
         }
     });
     assert!(gone.await.is_ok(), "the new process stops on SIGTERM");
+}
+
+/// The gateway binary installed in a directory of its own, as a deployment would have it.
+fn install(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let installed = dir.join("wscluster-gateway");
+    std::fs::copy(env!("CARGO_BIN_EXE_gateway-bin"), &installed).unwrap();
+    installed
+}
+
+/// Replaces the installed binary (rename, as a package manager does) with a second build:
+/// this one with `label` written into its build label, so that it reports
+/// `<version>+<label>`.
+fn roll_out_second_build(installed: &Path, label: &str) {
+    const FIELD: &[u8] = b"wscluster-build:        ";
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_gateway-bin")).unwrap();
+    let at = bytes
+        .windows(FIELD.len())
+        .position(|w| w == FIELD)
+        .expect("the binary has a build label");
+    let value = &mut bytes[at + 16..at + FIELD.len()];
+    value.fill(b' ');
+    value[..label.len()].copy_from_slice(label.as_bytes());
+    let next = installed.with_extension("next");
+    std::fs::write(&next, bytes).unwrap();
+    let mode = std::fs::metadata(installed).unwrap().permissions();
+    std::fs::set_permissions(&next, mode).unwrap();
+    std::fs::rename(&next, installed).unwrap();
+}
+
+/// A WebSocket client of `user` that sends a numbered message every `every` and checks each
+/// echo until `stop`, then closes: how many were echoed, or the first thing that went wrong
+/// (a close, an error, an echo missing, repeated or out of order).
+fn echo_client(
+    public: SocketAddr,
+    user: usize,
+    (every, handshakes): (Duration, Arc<Semaphore>),
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<usize, String>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::spawn(async move {
+        // Handshakes at once stay under the gateway's cap on open HTTP connections (512
+        // here), past which it turns connections away.
+        let permit = handshakes.acquire_owned().await.unwrap();
+        let url = format!("ws://{public}/connect/{user}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| format!("user {user} connect: {e}"))?;
+        let first = ws.next().await;
+        let Some(Ok(Message::Text(_))) = first else {
+            return Err(format!("user {user}: no greeting: {first:?}"));
+        };
+        drop(permit);
+        let mut sent = 0usize;
+        while !*stop.borrow() {
+            let text = format!("{user}:{sent}");
+            ws.send(Message::text(text.clone()))
+                .await
+                .map_err(|e| format!("user {user} send {sent}: {e}"))?;
+            let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+            let Ok(Some(Ok(Message::Text(echo)))) = echo else {
+                return Err(format!("user {user} echo of {sent}: {echo:?}"));
+            };
+            let echo: Value = serde_json::from_str(echo.as_str()).unwrap();
+            if echo["content"] != text.as_str() {
+                return Err(format!("user {user} sent {text}, echo {echo}"));
+            }
+            sent += 1;
+            tokio::time::sleep(every).await;
+        }
+        let _ = ws.close(None).await;
+        Ok(sent)
+    })
+}
+
+/// Live WebSockets under echo traffic, upgraded to a second build mid-traffic: none is
+/// closed, no echo is lost, repeated or reordered, the new process reports the new build
+/// and how many it took over, and the old one exits. `WSCLUSTER_UPGRADE_CLIENTS` sets how
+/// many (default 2,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_hands_live_websockets_to_the_new_build_with_no_close_and_no_lost_echo() {
+    let clients: usize = std::env::var("WSCLUSTER_UPGRADE_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    let backend = backend().await;
+    let (public, admin): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let dir = std::env::temp_dir().join(format!("wscluster-upgrade-{}", std::process::id()));
+    let installed = install(&dir);
+    let (mut old, log, before) = start_gateway(&installed, public, admin, backend).await;
+    let _new = KillOnDrop(admin);
+    let upgrade_line = tokio::spawn(async move {
+        let mut log = log;
+        let mut line = None;
+        while let Ok(Some(next)) = log.next_line().await {
+            if next.starts_with("upgrade:") {
+                line = Some(next);
+            }
+        }
+        line
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let handshakes = Arc::new(Semaphore::new(200));
+    let pace = (Duration::from_millis(500), handshakes);
+    let users: Vec<_> = (0..clients)
+        .map(|user| echo_client(public, user, pace.clone(), stop.clone()))
+        .collect();
+    let live = testkit_eventually(|| async {
+        replica(admin).await.map(|r| r["connections"].as_u64()) == Some(Some(clients as u64))
+    })
+    .await;
+    if !live {
+        let seen = replica(admin).await.map(|r| r["connections"].clone());
+        let finished = users.into_iter().filter(|u| u.is_finished());
+        let first = futures_util::future::join_all(finished)
+            .await
+            .into_iter()
+            .next();
+        panic!("not all {clients} clients connected: the gateway has {seen:?}; {first:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    roll_out_second_build(&installed, "second");
+    signal(old.id().unwrap(), "USR2");
+    let exited = tokio::time::timeout(Duration::from_secs(90), old.wait()).await;
+    assert!(exited.expect("the old process exits").unwrap().success());
+    // Traffic goes on through the new process for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = replica(admin).await.expect("the new process answers");
+    stop_tx.send_replace(true);
+    let mut failed = Vec::new();
+    let mut echoed = 0;
+    for user in users {
+        match user.await.unwrap() {
+            Ok(count) => echoed += count,
+            Err(why) => failed.push(why),
+        }
+    }
+    let new_pid = after["pid"].as_u64().unwrap() as u32;
+    signal(new_pid, "TERM");
+    let _ = std::fs::remove_dir_all(&dir);
+    let upgrade = upgrade_line.await.unwrap();
+    eprintln!(
+        "{clients} clients, {echoed} echoes; old process: {upgrade:?}; new: {}",
+        after["handover"]
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {clients} clients failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_ne!(after["pid"], before["pid"]);
+    assert_eq!(before["build"].as_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        after["build"].as_str().unwrap(),
+        format!("{}+second", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        after["handover"]["resumed"].as_u64(),
+        Some(clients as u64),
+        "{after}"
+    );
+    assert_eq!(after["connections"].as_u64(), Some(clients as u64));
+}
+
+/// Polls `check` for up to 60 s.
+async fn testkit_eventually<F: std::future::Future<Output = bool>>(
+    mut check: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..600 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

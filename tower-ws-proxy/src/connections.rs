@@ -410,6 +410,18 @@ impl<H: ConnectionHandle> LiveConnections<H> {
         handle.map(|h| h.relay().close(code, reason)).is_some()
     }
 
+    /// Resolves once no connection is live (at once if none is). Bound it with a timeout.
+    pub async fn emptied(&self) {
+        loop {
+            // Created before the check, so a wakeup between the two is not lost.
+            let emptied = self.inner.emptied.notified();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
     /// Closes the connections to one backend with `code`, paced evenly over `window`.
     pub async fn close_backend(&self, backend: &NodeId, code: u16, reason: &str, window: Duration) {
         let handles = self.handles(|t| &t.backend == backend);
@@ -423,16 +435,7 @@ impl<H: ConnectionHandle> LiveConnections<H> {
         let handles = self.handles(|_| true);
         let reason = "gateway shutting down";
         close_paced(handles, crate::close_code::GOING_AWAY, reason, window).await;
-        let _ = tokio::time::timeout(grace, async {
-            loop {
-                let emptied = self.inner.emptied.notified();
-                if self.is_empty() {
-                    return;
-                }
-                emptied.await;
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(grace, self.emptied()).await;
     }
 }
 

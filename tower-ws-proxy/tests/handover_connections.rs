@@ -175,12 +175,16 @@ async fn live_websockets_pass_to_the_taking_side_with_no_message_lost() {
         .offer(&[("public", listener.as_fd())])
         .await
         .unwrap();
-    let options = TransferOptions::default().batch(40);
-    let handed = hand_over(&mut taken, &old_live, &old_resumer, None, options).await;
-    tower_ws_proxy::server::handover::finish(&taken)
-        .await
-        .unwrap();
+    let options = TransferOptions::default()
+        .batch(40)
+        .settle(Duration::from_millis(300));
+    let mut stopped_accepting = false;
+    let handed = hand_over(&mut taken, &old_live, (&old_resumer, None), options, || {
+        stopped_accepting = true
+    })
+    .await;
     let received = taker.await.unwrap();
+    assert!(stopped_accepting);
 
     assert_eq!(handed.failed, None);
     assert_eq!((handed.handed, handed.closed, handed.kept), (CLIENTS, 0, 0));
@@ -238,15 +242,14 @@ async fn a_taker_that_dies_before_it_is_ready_leaves_everything_with_the_offerin
         .offer(&[("public", listener.as_fd())])
         .await
         .unwrap();
-    let handed = hand_over(
-        &mut taken,
-        &old_live,
-        &old_resumer,
-        None,
-        TransferOptions::default(),
-    )
+    let options = TransferOptions::default();
+    let mut stopped_accepting = false;
+    let handed = hand_over(&mut taken, &old_live, (&old_resumer, None), options, || {
+        stopped_accepting = true
+    })
     .await;
     taker.await.unwrap();
+    assert!(!stopped_accepting, "the old side goes on accepting");
     assert!(handed.failed.is_some(), "{handed:?}");
     assert_eq!((handed.handed, handed.kept), (0, CLIENTS));
     wait_for(&old_live, CLIENTS).await;

@@ -135,6 +135,10 @@ pub struct Shutdown {
     /// them. Default: 5 s.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// After an upgrade (SIGUSR2) handed the plaintext WebSockets over, the ones that stay
+    /// (TLS, HTTP/2 streams) are served this long before the 1001s. Default: 60 s.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_drain: Duration,
 }
 
 impl Default for Shutdown {
@@ -142,6 +146,7 @@ impl Default for Shutdown {
         Self {
             window: Duration::from_secs(5),
             grace: Duration::from_secs(5),
+            upgrade_drain: Duration::from_secs(60),
         }
     }
 }

@@ -58,7 +58,7 @@ mod transfer;
 
 pub use self::{
     connections::{Arrivals, MAX_BATCH},
-    transfer::{finish, hand_over, receive, Handed, Received, TransferOptions},
+    transfer::{hand_over, receive, Handed, Received, TransferOptions},
 };
 
 /// Set in the new process's environment by [`Upgrader`]: where the old one offers its
@@ -380,10 +380,26 @@ pub async fn upgraded_on_signal(upgrader: Upgrader) -> Taken {
 /// // … stop accepting and drain.
 /// # let _ = taken.pid; Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Upgrader {
     handover: Handover,
     listeners: Arc<Vec<(String, OwnedFd)>>,
+    /// Read at start: once the file is replaced, this process's own link to it names the
+    /// deleted file.
+    exe: std::io::Result<PathBuf>,
+}
+
+impl Clone for Upgrader {
+    fn clone(&self) -> Self {
+        Self {
+            handover: self.handover.clone(),
+            listeners: self.listeners.clone(),
+            exe: match &self.exe {
+                Ok(exe) => Ok(exe.clone()),
+                Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+            },
+        }
+    }
 }
 
 impl Upgrader {
@@ -395,6 +411,7 @@ impl Upgrader {
         Self {
             handover: Handover::new(path).deadline(UPGRADE_DEADLINE),
             listeners: Arc::new(listeners),
+            exe: std::env::current_exe(),
         }
     }
 
@@ -402,7 +419,10 @@ impl Upgrader {
     /// returns its pid once it serves. Refused while an upgrade runs; on failure the new
     /// process is killed and this one goes on serving.
     pub async fn upgrade(&self) -> Result<Taken, HandoverError> {
-        let exe = std::env::current_exe()?;
+        let exe = match &self.exe {
+            Ok(exe) => exe.clone(),
+            Err(error) => return Err(std::io::Error::new(error.kind(), error.to_string()).into()),
+        };
         let named: Vec<(&str, _)> = self
             .listeners
             .iter()

@@ -24,14 +24,16 @@ use crate::{
 pub struct TransferOptions {
     batch: usize,
     deadline: Duration,
+    settle: Duration,
 }
 
 impl Default for TransferOptions {
-    /// Batches of 100 connections, everything within 30 s.
+    /// Batches of 100 connections, everything within 30 s, a settle time of 2 s.
     fn default() -> Self {
         Self {
             batch: 100,
             deadline: Duration::from_secs(30),
+            settle: Duration::from_secs(2),
         }
     }
 }
@@ -52,6 +54,14 @@ impl TransferOptions {
     /// Past this, no new batch starts: what is left stays with the old process.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// After the old process stops accepting, how long it goes on handing over the
+    /// WebSockets whose upgrades were under way (a client's first request has a second to
+    /// arrive, then the backend answers).
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
         self
     }
 }
@@ -79,30 +89,108 @@ pub struct Handed {
     pub failed: Option<String>,
 }
 
+impl Handed {
+    /// The median, the 99th percentile and the longest of [`pauses`](Self::pauses) (zero
+    /// when nothing was handed over).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ws_proxy::server::handover::Handed;
+    ///
+    /// let mut handed = Handed::default();
+    /// handed.pauses = (1..=100).map(Duration::from_millis).collect();
+    /// let (p50, p99, max) = handed.pause_percentiles();
+    /// assert_eq!((p50, p99, max), (Duration::from_millis(51), Duration::from_millis(100), Duration::from_millis(100)));
+    /// ```
+    pub fn pause_percentiles(&self) -> (Duration, Duration, Duration) {
+        let mut pauses = self.pauses.clone();
+        pauses.sort_unstable();
+        let at = |share: f64| {
+            let index =
+                ((pauses.len() as f64 * share) as usize).min(pauses.len().saturating_sub(1));
+            pauses.get(index).copied().unwrap_or_default()
+        };
+        (
+            at(0.5),
+            at(0.99),
+            pauses.last().copied().unwrap_or_default(),
+        )
+    }
+}
+
 /// Hands every live WebSocket that can leave this process to the new one that took the
 /// listeners: parked (each connection at a message boundary of both directions), sent in
 /// batches with their sockets, and dropped here once the new process has them.
 ///
-/// A connection inside a message for the switch timeout is closed with 1012 (service
-/// restart), as a live move would. If the new process refuses or dies, the batch in flight
-/// is resumed here with `resumer` (its handles made by `make`) and nothing more is sent:
-/// this process keeps serving everything it still holds.
+/// The first pass runs while both processes accept. Then `stop_accepting` is called, and
+/// for the settle time the connections upgraded meanwhile go the same way; then the new
+/// process is told that none follow. A connection inside a message for the switch timeout
+/// is closed with 1012 (service restart), as a live move would. If the new process refuses
+/// or dies during the first pass, the batch in flight is resumed here with `resumer` (its
+/// handles made by `make`), `stop_accepting` is never called, and this process keeps serving
+/// everything: the report says why.
 pub async fn hand_over<H: ConnectionHandle>(
     taken: &mut Taken,
     connections: &LiveConnections<H>,
-    resumer: &Resumer<H>,
-    make: Option<&MakeHandle<H>>,
+    (resumer, make): (&Resumer<H>, Option<&MakeHandle<H>>),
     options: TransferOptions,
+    stop_accepting: impl FnOnce(),
 ) -> Handed {
     let started = Instant::now();
+    let deadline = started + options.deadline;
     let mut report = Handed::default();
+    pass(
+        taken,
+        connections,
+        (resumer, make),
+        (options.batch, deadline),
+        &mut report,
+    )
+    .await;
+    if report.failed.is_some() {
+        report.kept = connections.len();
+        report.elapsed = started.elapsed();
+        return report;
+    }
+    stop_accepting();
+    let settled = Instant::now() + options.settle;
+    while report.failed.is_none() && Instant::now() < settled.min(deadline) {
+        tokio::time::sleep(SETTLE_STEP).await;
+        pass(
+            taken,
+            connections,
+            (resumer, make),
+            (options.batch, deadline),
+            &mut report,
+        )
+        .await;
+    }
+    if let Err(error) = finish(taken).await {
+        report.failed.get_or_insert(error.to_string());
+    }
+    report.kept = connections.len();
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// How often the settle time looks for connections upgraded after the first pass.
+const SETTLE_STEP: Duration = Duration::from_millis(100);
+
+/// Hands over what can leave now, in batches; stops at the first failure.
+async fn pass<H: ConnectionHandle>(
+    taken: &mut Taken,
+    connections: &LiveConnections<H>,
+    (resumer, make): (&Resumer<H>, Option<&MakeHandle<H>>),
+    (batch_size, deadline): (usize, Instant),
+    report: &mut Handed,
+) {
     let ids = connections.transferable();
-    'chunks: for chunk in ids.chunks(options.batch) {
-        if started.elapsed() >= options.deadline {
-            break;
+    for chunk in ids.chunks(batch_size) {
+        if Instant::now() >= deadline {
+            return;
         }
         let mut parking = park_each(connections, chunk);
-        while let Some(parked) = next_parked(&mut parking, connections, &mut report).await {
+        while let Some(parked) = next_parked(&mut parking, connections, report).await {
             let (batch, since): (Vec<_>, Vec<Instant>) = parked.into_iter().unzip();
             if let Err(error) = send(taken, &batch).await {
                 tracing::warn!(%error, "handover broke off: resuming the batch here");
@@ -113,7 +201,7 @@ pub async fn hand_over<H: ConnectionHandle>(
                 }
                 report.failed = Some(error.to_string());
                 // The parks still running go on relaying here.
-                break 'chunks;
+                return;
             }
             report.batches += 1;
             report.handed += batch.len();
@@ -122,13 +210,10 @@ pub async fn hand_over<H: ConnectionHandle>(
             drop(batch);
         }
     }
-    report.kept = connections.len();
-    report.elapsed = started.elapsed();
-    report
 }
 
 /// Tells the new process that no more connections come.
-pub async fn finish(taken: &Taken) -> Result<(), HandoverError> {
+async fn finish(taken: &Taken) -> Result<(), HandoverError> {
     connections::send_done(&taken.stream).await
 }
 
@@ -184,7 +269,7 @@ async fn next_parked<H: ConnectionHandle>(
 }
 
 /// What [`receive`] did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Received {
     /// Connections relayed here now.
@@ -193,6 +278,8 @@ pub struct Received {
     pub refused: usize,
     /// Batches taken.
     pub batches: usize,
+    /// From the first batch's arrival to the old process's end.
+    pub elapsed: Duration,
     /// Why it stopped before the old process was done, if it did.
     pub failed: Option<String>,
 }
@@ -205,8 +292,12 @@ pub async fn receive<H: ConnectionHandle>(
     make: Option<&MakeHandle<H>>,
 ) -> Received {
     let mut report = Received::default();
+    let mut first = None;
     loop {
-        let batch = match arrivals.next_batch().await {
+        let next = arrivals.next_batch().await;
+        let started = *first.get_or_insert_with(Instant::now);
+        report.elapsed = started.elapsed();
+        let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => break,
             Err(error) => {
