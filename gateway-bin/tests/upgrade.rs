@@ -22,6 +22,10 @@ use tokio::{
 };
 use wscluster_testkit::free_port;
 
+/// The tests here run one at a time: each loads the machine (thousands of connections, or
+/// a tight loop), and two at once would measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A reference backend in this process.
 async fn backend() -> SocketAddr {
     let listener =
@@ -146,6 +150,7 @@ fn tight_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_hands_the_listeners_to_a_new_process_and_no_connection_is_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let backend = backend().await;
     let (public, admin): (SocketAddr, SocketAddr) = (
         format!("127.0.0.1:{}", free_port()).parse().unwrap(),
@@ -274,6 +279,7 @@ fn echo_client(
 /// many (default 2,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_hands_live_websockets_to_the_new_build_with_no_close_and_no_lost_echo() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let clients: usize = std::env::var("WSCLUSTER_UPGRADE_CLIENTS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -373,4 +379,116 @@ async fn testkit_eventually<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// The new process, once it runs: the old one's child.
+async fn child_of(pid: u32) -> u32 {
+    for _ in 0..2_000 {
+        // Any of its threads may have started it.
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children"));
+            let child = children
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok());
+            if let Some(child) = child {
+                return child;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("process {pid} started no new process");
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// The new process killed (SIGKILL) in the middle of the handover: the old one takes back
+/// the batch in flight and keeps serving, on the same listeners. Its clients lose no echo;
+/// those already handed over were the dead process's and are cut, none of them after a
+/// wrong echo; and new clients still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_process_keeps_serving_when_the_new_one_is_killed_mid_handover() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    const CLIENTS: usize = 1_000;
+    let backend = backend().await;
+    let (public, admin): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let binary = Path::new(env!("CARGO_BIN_EXE_gateway-bin"));
+    let (mut old, log, before) = start_gateway(binary, public, admin, backend).await;
+    let _both = KillOnDrop(admin);
+    let (line_tx, upgrade_line) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut log, mut line_tx) = (log, Some(line_tx));
+        // Read to the end: the gateway must never find its stdout closed.
+        while let Ok(Some(line)) = log.next_line().await {
+            if line.starts_with("upgrade:") {
+                line_tx.take().map(|tx| tx.send(line));
+            }
+        }
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    let pace = (Duration::from_millis(200), Arc::new(Semaphore::new(200)));
+    let users: Vec<_> = (0..CLIENTS)
+        .map(|user| echo_client(public, user, pace.clone(), stop.clone()))
+        .collect();
+    let all_in = testkit_eventually(|| async {
+        replica(admin).await.map(|r| r["connections"].as_u64()) == Some(Some(CLIENTS as u64))
+    });
+    assert!(all_in.await, "all clients connected");
+
+    let old_pid = old.id().unwrap();
+    signal(old_pid, "USR2");
+    let new_pid = child_of(old_pid).await;
+    let baseline = open_descriptors(new_pid);
+    // Killed once it holds about 100 connections' sockets (two each).
+    let mid = testkit_eventually(|| async { open_descriptors(new_pid) >= baseline + 200 });
+    assert!(mid.await, "the new process took connections");
+    signal(new_pid, "KILL");
+    let upgrade = tokio::time::timeout(Duration::from_secs(30), upgrade_line)
+        .await
+        .expect("the old process reports the upgrade")
+        .unwrap();
+    let handed: usize = upgrade.split_whitespace().nth(1).unwrap().parse().unwrap();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        old.try_wait().unwrap().is_none(),
+        "the old process still runs"
+    );
+    let now = replica(admin).await.expect("the old process answers");
+    assert_eq!(now["pid"], before["pid"]);
+    let newcomer = echo_client(public, CLIENTS, pace.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send_replace(true);
+    assert!(
+        newcomer.await.unwrap().unwrap() > 0,
+        "a new client gets in and is echoed"
+    );
+    let (mut kept, mut cut) = (0, Vec::new());
+    for user in users {
+        match user.await.unwrap() {
+            Ok(_) => kept += 1,
+            Err(why) => cut.push(why),
+        }
+    }
+    signal(old_pid, "TERM");
+    eprintln!(
+        "killed mid-handover: {upgrade}; {kept} clients kept, {} cut",
+        cut.len()
+    );
+    assert_eq!(
+        cut.len(),
+        handed,
+        "exactly the handed-over clients were cut: {:?}",
+        cut.first()
+    );
+    assert!(handed > 0 && kept > 0, "{upgrade}");
+    assert!(
+        !cut.iter().any(|why| why.contains(", echo ")),
+        "no client saw a wrong echo"
+    );
 }

@@ -193,14 +193,20 @@ async fn pass<H: ConnectionHandle>(
         while let Some(parked) = next_parked(&mut parking, connections, report).await {
             let (batch, since): (Vec<_>, Vec<Instant>) = parked.into_iter().unzip();
             if let Err(error) = send(taken, &batch).await {
-                tracing::warn!(%error, "handover broke off: resuming the batch here");
-                for connection in batch {
+                tracing::warn!(%error, "handover broke off: resuming the parked connections here");
+                // The batch, and the parks of this chunk that were not sent yet.
+                let mut parked = batch;
+                while let Some(result) = parking.join_next().await {
+                    if let Ok((_, Ok(connection))) = result {
+                        parked.push(connection);
+                    }
+                }
+                for connection in parked {
                     if let Err(error) = resumer.resume(connection, make) {
                         tracing::warn!(%error, "a connection taken back was lost");
                     }
                 }
                 report.failed = Some(error.to_string());
-                // The parks still running go on relaying here.
                 return;
             }
             report.batches += 1;
