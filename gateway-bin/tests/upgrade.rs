@@ -22,6 +22,8 @@ use tokio::{
 };
 use wscluster_testkit::free_port;
 
+mod common;
+
 /// The tests here run one at a time: each loads the machine (thousands of connections, or
 /// a tight loop), and two at once would measure each other.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -102,7 +104,20 @@ async fn start_gateway(
     admin: SocketAddr,
     backend: SocketAddr,
 ) -> (Child, Lines<BufReader<ChildStdout>>, Value) {
-    let mut gateway = Command::new(binary)
+    start_configured(binary, (public, admin, backend), None).await
+}
+
+/// [`start_gateway`] with a config file.
+async fn start_configured(
+    binary: &Path,
+    (public, admin, backend): (SocketAddr, SocketAddr, SocketAddr),
+    config: Option<&Path>,
+) -> (Child, Lines<BufReader<ChildStdout>>, Value) {
+    let mut gateway = Command::new(binary);
+    if let Some(config) = config {
+        gateway.env("WSCLUSTER_CONFIG", config);
+    }
+    let mut gateway = gateway
         .args([
             "--public",
             &public.to_string(),
@@ -491,4 +506,125 @@ async fn the_old_process_keeps_serving_when_the_new_one_is_killed_mid_handover()
         !cut.iter().any(|why| why.contains(", echo ")),
         "no client saw a wrong echo"
     );
+}
+
+/// How a client ended: its echoes, the close code it got, and when.
+type Closed = (usize, Option<u16>, Duration);
+
+/// A `wss://` client of `user` trusting `cert`, echoing every 200 ms until the gateway
+/// closes it: its echoes, and the close code and when it came (from `since`), or what went
+/// wrong before a close.
+fn wss_client(
+    public: SocketAddr,
+    user: usize,
+    cert: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    since: tokio::time::Instant,
+) -> JoinHandle<Result<Closed, String>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::spawn(async move {
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(public)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!("wss://localhost:{}/connect/{user}", public.port());
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        ws.next().await; // the greeting
+        let mut sent = 0;
+        loop {
+            let text = format!("{user}:{sent}");
+            if ws.send(Message::text(text.clone())).await.is_err() {
+                // Closed while sending: the close is read below.
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(echo)))) if echo.contains(&format!("\"{text}\"")) => {}
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Ok((sent, frame.map(|f| u16::from(f.code)), since.elapsed()));
+                }
+                other => return Err(format!("user {user} echo of {sent}: {other:?}")),
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// With TLS on the public listener nothing is handed over (a session's keys live in the
+/// process): the old process keeps serving its `wss://` clients through the upgrade, for
+/// `shutdown.upgrade_drain`, and then closes them with 1001, each after its last echo; the
+/// new process serves new clients meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_websockets_are_served_by_the_old_process_until_the_drain_then_closed_with_1001() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    const CLIENTS: usize = 20;
+    let (dir, cert) = common::localhost_certificate("wscluster-upgrade-tls");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n\
+             [shutdown]\nupgrade_drain = \"3s\"\nwindow = \"500ms\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let backend = backend().await;
+    let (public, admin): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let binary = Path::new(env!("CARGO_BIN_EXE_gateway-bin"));
+    let (mut old, mut log, before) =
+        start_configured(binary, (public, admin, backend), Some(&config)).await;
+    let _both = KillOnDrop(admin);
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let start = tokio::time::Instant::now();
+    let users: Vec<_> = (0..CLIENTS)
+        .map(|user| wss_client(public, user, cert.der().clone(), start))
+        .collect();
+    let all_in = testkit_eventually(|| async {
+        replica(admin).await.map(|r| r["connections"].as_u64()) == Some(Some(CLIENTS as u64))
+    });
+    assert!(all_in.await, "all clients connected");
+
+    let signalled = start.elapsed();
+    signal(old.id().unwrap(), "USR2");
+    let new_pid = child_of(old.id().unwrap()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let newcomer = wss_client(public, CLIENTS, cert.der().clone(), start);
+    let exited = tokio::time::timeout(Duration::from_secs(30), old.wait()).await;
+    assert!(exited.expect("the old process exits").unwrap().success());
+    let after = replica(admin).await.expect("the new process answers");
+    assert_eq!(after["pid"].as_u64(), Some(u64::from(new_pid)));
+    assert_ne!(after["pid"], before["pid"]);
+    for user in users {
+        let (echoes, close, at) = user.await.unwrap().expect("echoed until its close");
+        assert_eq!(close, Some(1001));
+        assert!(
+            at >= signalled + Duration::from_secs(3),
+            "closed {at:?}, before the drain ended"
+        );
+        assert!(echoes > 10, "{echoes} echoes");
+    }
+    assert!(
+        !newcomer.is_finished(),
+        "the new client is served by the new process"
+    );
+    signal(new_pid, "TERM");
+    let _ = newcomer.await;
+    std::fs::remove_dir_all(&dir).ok();
 }

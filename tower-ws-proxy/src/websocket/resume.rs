@@ -82,7 +82,7 @@ impl<H: ConnectionHandle> Resumer<H> {
             }
         };
         let (relay_handle, commands) = RelayHandle::new();
-        let handle = self.make_handle(&parked, &relay_handle, make);
+        let handle = Self::make_handle(&parked, &relay_handle, make);
         let key = &parked.key;
         let registration = self
             .connections
@@ -134,7 +134,6 @@ impl<H: ConnectionHandle> Resumer<H> {
 
     /// The handle the connection's request would have made here.
     fn make_handle(
-        &self,
         parked: &ParkedConnection,
         relay_handle: &RelayHandle,
         make: Option<&MakeHandle<H>>,
