@@ -68,29 +68,7 @@ pub(crate) struct ReplicaReport {
     pub(crate) connections: usize,
     /// What the process before it handed over, if an upgrade started it.
     #[serde(default)]
-    pub(crate) handover: Option<HandoverCounts>,
-}
-
-/// What an upgrade's new process took from the old one.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct HandoverCounts {
-    resumed: usize,
-    refused: usize,
-    batches: usize,
-    ms: u64,
-    failed: Option<String>,
-}
-
-impl From<Received> for HandoverCounts {
-    fn from(received: Received) -> Self {
-        Self {
-            resumed: received.resumed,
-            refused: received.refused,
-            batches: received.batches,
-            ms: received.elapsed.as_millis() as u64,
-            failed: received.failed,
-        }
-    }
+    pub(crate) handover: Option<Received>,
 }
 
 impl ReplicaReport {
@@ -163,7 +141,7 @@ pub(crate) struct ClusterView {
 struct Identity {
     instance: String,
     started_ms: u64,
-    handover: OnceLock<HandoverCounts>,
+    handover: OnceLock<Received>,
 }
 
 #[derive(Debug, Default)]
@@ -198,7 +176,7 @@ impl ClusterView {
 
     /// Records what the process before this one handed over (shown by `/admin/replica`).
     pub(crate) fn handed_over(&self, received: Received) {
-        let _ = self.identity.handover.set(received.into());
+        let _ = self.identity.handover.set(received);
     }
 
     /// Asks the replicas every `interval` while the admin API lives; nothing without

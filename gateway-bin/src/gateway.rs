@@ -198,9 +198,8 @@ impl Gateway {
         let certificates = tls.as_ref().map(|tls| tls.certificates().clone());
         let admin_tls = tls.clone().filter(|_| config.admin.tls);
         let listen = &config.listen;
-        let mut listeners = Listeners::open(listen).await?;
-        let upgrader = Upgrader::new(listeners.copies()?);
-        let offer = listeners.take_offer();
+        let (listeners, upgrader) = Listeners::open(listen).await?;
+        let offer = listeners.offer;
         let admin_listener = nonblocking(listeners.admin)?;
         let (stop, stopped) = watch::channel(false);
         let (exit, exited) = watch::channel(false);
@@ -284,19 +283,10 @@ impl Gateway {
     /// serving everything ([`Handed::failed`]). Those that stay (TLS, HTTP/2) are served
     /// until they end or `shutdown.upgrade_drain` passes.
     pub async fn hand_over(&self, mut taken: Taken) -> Handed {
-        let (resumer, make) = &self.handover;
-        let stop = || {
-            self.stop.send_replace(true);
-        };
+        let (live, (resumer, make)) = (&self.connections, &self.handover);
+        let stop = || _ = self.stop.send_replace(true);
         let options = TransferOptions::default();
-        let handed = hand_over(
-            &mut taken,
-            &self.connections,
-            (resumer, Some(make)),
-            options,
-            stop,
-        );
-        let handed = handed.await;
+        let handed = hand_over(&mut taken, live, (resumer, Some(make)), options, stop).await;
         if !self.accepting() {
             let _ = tokio::time::timeout(self.upgrade_drain, self.connections.emptied()).await;
         }

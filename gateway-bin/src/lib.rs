@@ -9,7 +9,6 @@ mod cluster;
 pub mod config;
 mod dashboard;
 pub mod demo;
-pub mod descriptors;
 mod digest;
 pub mod gateway;
 mod metrics;

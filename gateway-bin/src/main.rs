@@ -3,9 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use gateway_bin::{
-    admin_access::AdminToken, config::GatewayConfig, demo, descriptors, gateway::Gateway,
-};
+use gateway_bin::{admin_access::AdminToken, config::GatewayConfig, demo, gateway::Gateway};
 use tower_hashring::NodeId;
 use tower_ws_proxy::server::{
     shutdown_signal,
@@ -244,28 +242,21 @@ fn reload_on_hangup(certificates: &Arc<Certificates>) {
 
 /// Raises the descriptor limit, and sizes the caps the file leaves unset to it.
 fn fit_caps_to_descriptors(config: &mut GatewayConfig) {
-    match descriptors::raise_limit() {
-        Ok(limit) => {
-            let (websockets, http) = limit.default_caps();
-            let max_websockets = *config.proxy.max_websockets.get_or_insert(websockets);
-            if config.http.open_connections.is_none() {
-                config.http = config.http.clone().open_connections(http);
-            }
-            tracing::info!(
-                was = limit.was,
-                soft = limit.soft,
-                hard = limit.hard,
-                max_websockets,
-                open_connections = config
-                    .http
-                    .open_connections
-                    .as_ref()
-                    .map(|cap| cap.available_permits()),
-                "descriptor limit"
-            );
-        }
-        Err(error) => tracing::warn!(%error, "cannot read or raise the descriptor limit"),
+    // The limit, or why it could not be read, is logged by `raise_limit`.
+    let Ok(limit) = tower_ws_proxy::server::descriptors::raise_limit() else {
+        return;
+    };
+    let (websockets, http) = limit.default_caps();
+    let max_websockets = *config.proxy.max_websockets.get_or_insert(websockets);
+    if config.http.open_connections.is_none() {
+        config.http = config.http.clone().open_connections(http);
     }
+    let open = config
+        .http
+        .open_connections
+        .as_ref()
+        .map(|c| c.available_permits());
+    tracing::info!(max_websockets, open_connections = open, "connection caps");
 }
 
 /// Where to connect (`tls`: which listeners serve TLS), and ready-to-paste commands with the

@@ -1,15 +1,16 @@
 //! The gateway's listeners for an in-place upgrade (`kill -USR2 <pid>`, with
-//! `tower_ws_proxy::server::handover::Upgrader`): named `public.N`, `admin` and `metrics`,
-//! bound here or taken from the process before this one.
+//! `tower_ws_proxy::server::handover`): named `public.N`, `admin` and `metrics`, bound here
+//! or taken from the process before this one; and, in the new process, the old one's
+//! WebSockets resumed.
 
-use std::{net::TcpListener, os::fd::OwnedFd, path::PathBuf};
+use std::net::TcpListener;
 
 use tower_hashring::{HttpKey, SharedHashRing};
 use tower_ws_migrate::ProxiedConnection;
 use tower_ws_proxy::{
     server::{
         bind_workers,
-        handover::{receive, take_listeners, Inherited, HANDOVER_ENV},
+        handover::{receive, Inherited, NamedListeners, Upgrader},
     },
     MakeHandle, Resumer, Upstream,
 };
@@ -24,70 +25,46 @@ pub(crate) struct Listeners {
     pub(crate) admin: TcpListener,
     pub(crate) metrics: Option<TcpListener>,
     /// The old process's offer, answered once this one serves.
-    inherited: Option<Inherited>,
+    pub(crate) offer: Option<Inherited>,
 }
 
 impl Listeners {
-    /// With [`HANDOVER_ENV`] set, the old process's listeners (whatever `listen` says: the
-    /// sockets are the same); otherwise bound as `listen` says.
-    pub(crate) async fn open(listen: &Listen) -> std::io::Result<Self> {
-        if let Some(path) = std::env::var_os(HANDOVER_ENV) {
-            return Self::take(PathBuf::from(path)).await;
-        }
-        let public = match listen.workers {
-            0 => vec![TcpListener::bind(listen.public)?],
-            workers => bind_workers(listen.public, workers)?,
-        };
-        let metrics = listen.metrics.map(TcpListener::bind).transpose()?;
-        Ok(Self {
-            public,
-            admin: TcpListener::bind(listen.admin)?,
-            metrics,
-            inherited: None,
+    /// The old process's listeners when an upgrade started this one, otherwise bound as
+    /// `listen` says; and the upgrader that lends them to the next.
+    pub(crate) async fn open(listen: &Listen) -> std::io::Result<(Self, Upgrader)> {
+        let mut named = NamedListeners::bind_or_take(|| {
+            let public = match listen.workers {
+                0 => vec![TcpListener::bind(listen.public)?],
+                workers => bind_workers(listen.public, workers)?,
+            };
+            let mut named: Vec<_> = (public.into_iter().enumerate())
+                .map(|(n, listener)| (format!("public.{n}"), listener))
+                .collect();
+            named.push(("admin".into(), TcpListener::bind(listen.admin)?));
+            if let Some(metrics) = listen.metrics {
+                named.push(("metrics".into(), TcpListener::bind(metrics)?));
+            }
+            Ok(named)
         })
-    }
-
-    async fn take(path: PathBuf) -> std::io::Result<Self> {
-        let mut inherited = take_listeners(&path).await.map_err(std::io::Error::other)?;
-        let mut public = Vec::new();
-        while let Some(listener) = inherited.listener(&format!("public.{}", public.len())) {
-            public.push(listener);
-        }
-        let admin = inherited.listener("admin");
-        let (Some(admin), false) = (admin, public.is_empty()) else {
-            let names = inherited.names().join(", ");
-            return Err(std::io::Error::other(format!(
-                "the old process offered no public or admin listener ({names})"
-            )));
+        .await?;
+        let upgrader = Upgrader::new(named.copies()?);
+        let public = named.take_numbered("public");
+        let (Some(admin), false) = (named.take("admin"), public.is_empty()) else {
+            return Err(std::io::Error::other(
+                "no public or admin listener was offered",
+            ));
         };
-        tracing::info!(
-            listeners = public.len() + 1,
-            "took the listeners of the old process"
-        );
-        Ok(Self {
-            public,
-            admin,
-            metrics: inherited.listener("metrics"),
-            inherited: Some(inherited),
-        })
-    }
-
-    /// Copies of the sockets, named, for a later upgrade.
-    pub(crate) fn copies(&self) -> std::io::Result<Vec<(String, OwnedFd)>> {
-        let mut copies = Vec::new();
-        for (n, listener) in self.public.iter().enumerate() {
-            copies.push((format!("public.{n}"), listener.try_clone()?.into()));
-        }
-        copies.push(("admin".to_owned(), self.admin.try_clone()?.into()));
-        if let Some(metrics) = &self.metrics {
-            copies.push(("metrics".to_owned(), metrics.try_clone()?.into()));
-        }
-        Ok(copies)
-    }
-
-    /// The offer to answer once this process serves, if it was started by an upgrade.
-    pub(crate) fn take_offer(&mut self) -> Option<Inherited> {
-        self.inherited.take()
+        let metrics = named.take("metrics");
+        let offer = named.take_offer();
+        Ok((
+            Self {
+                public,
+                admin,
+                metrics,
+                offer,
+            },
+            upgrader,
+        ))
     }
 }
 

@@ -288,6 +288,31 @@ fn echo_client(
     })
 }
 
+/// `clients` echo clients (see [`echo_client`]), once the gateway at `admin` counts them all.
+async fn connect_all(
+    (public, admin): (SocketAddr, SocketAddr),
+    clients: usize,
+    pace: (Duration, Arc<Semaphore>),
+    stop: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<Result<usize, String>>> {
+    let users: Vec<_> = (0..clients)
+        .map(|user| echo_client(public, user, pace.clone(), stop.clone()))
+        .collect();
+    let live = testkit_eventually(|| async {
+        replica(admin).await.map(|r| r["connections"].as_u64()) == Some(Some(clients as u64))
+    });
+    if !live.await {
+        let seen = replica(admin).await.map(|r| r["connections"].clone());
+        let finished = users.into_iter().filter(|u| u.is_finished());
+        let first = futures_util::future::join_all(finished)
+            .await
+            .into_iter()
+            .next();
+        panic!("not all {clients} clients connected: the gateway has {seen:?}; {first:?}");
+    }
+    users
+}
+
 /// Live WebSockets under echo traffic, upgraded to a second build mid-traffic: none is
 /// closed, no echo is lost, repeated or reordered, the new process reports the new build
 /// and how many it took over, and the old one exits. `WSCLUSTER_UPGRADE_CLIENTS` sets how
@@ -319,24 +344,8 @@ async fn sigusr2_hands_live_websockets_to_the_new_build_with_no_close_and_no_los
         line
     });
     let (stop_tx, stop) = watch::channel(false);
-    let handshakes = Arc::new(Semaphore::new(200));
-    let pace = (Duration::from_millis(500), handshakes);
-    let users: Vec<_> = (0..clients)
-        .map(|user| echo_client(public, user, pace.clone(), stop.clone()))
-        .collect();
-    let live = testkit_eventually(|| async {
-        replica(admin).await.map(|r| r["connections"].as_u64()) == Some(Some(clients as u64))
-    })
-    .await;
-    if !live {
-        let seen = replica(admin).await.map(|r| r["connections"].clone());
-        let finished = users.into_iter().filter(|u| u.is_finished());
-        let first = futures_util::future::join_all(finished)
-            .await
-            .into_iter()
-            .next();
-        panic!("not all {clients} clients connected: the gateway has {seen:?}; {first:?}");
-    }
+    let pace = (Duration::from_millis(500), Arc::new(Semaphore::new(200)));
+    let users = connect_all((public, admin), clients, pace, &stop).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     roll_out_second_build(&installed, "second");
@@ -415,6 +424,22 @@ async fn child_of(pid: u32) -> u32 {
     panic!("process {pid} started no new process");
 }
 
+/// SIGKILLs the new process of an upgrade of `old_pid` once it holds about 100
+/// connections' sockets (two each): during the first pass, which takes well under a second,
+/// so it is looked at every millisecond.
+async fn kill_mid_handover(old_pid: u32) {
+    let new_pid = child_of(old_pid).await;
+    let baseline = open_descriptors(new_pid);
+    let mid = async {
+        while open_descriptors(new_pid) < baseline + 200 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let mid = tokio::time::timeout(Duration::from_secs(30), mid).await;
+    assert!(mid.is_ok(), "the new process took connections");
+    signal(new_pid, "KILL");
+}
+
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
@@ -447,22 +472,11 @@ async fn the_old_process_keeps_serving_when_the_new_one_is_killed_mid_handover()
     });
     let (stop_tx, stop) = watch::channel(false);
     let pace = (Duration::from_millis(200), Arc::new(Semaphore::new(200)));
-    let users: Vec<_> = (0..CLIENTS)
-        .map(|user| echo_client(public, user, pace.clone(), stop.clone()))
-        .collect();
-    let all_in = testkit_eventually(|| async {
-        replica(admin).await.map(|r| r["connections"].as_u64()) == Some(Some(CLIENTS as u64))
-    });
-    assert!(all_in.await, "all clients connected");
+    let users = connect_all((public, admin), CLIENTS, pace.clone(), &stop).await;
 
     let old_pid = old.id().unwrap();
     signal(old_pid, "USR2");
-    let new_pid = child_of(old_pid).await;
-    let baseline = open_descriptors(new_pid);
-    // Killed once it holds about 100 connections' sockets (two each).
-    let mid = testkit_eventually(|| async { open_descriptors(new_pid) >= baseline + 200 });
-    assert!(mid.await, "the new process took connections");
-    signal(new_pid, "KILL");
+    kill_mid_handover(old_pid).await;
     let upgrade = tokio::time::timeout(Duration::from_secs(30), upgrade_line)
         .await
         .expect("the old process reports the upgrade")

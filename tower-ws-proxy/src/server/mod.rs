@@ -33,6 +33,7 @@
 mod accept;
 mod client_addr;
 mod client_tls;
+pub mod descriptors;
 #[cfg(unix)]
 pub mod handover;
 mod handshake;

@@ -54,10 +54,12 @@ use tokio::{
 };
 
 mod connections;
+mod listeners;
 mod transfer;
 
 pub use self::{
     connections::{Arrivals, MAX_BATCH},
+    listeners::NamedListeners,
     transfer::{hand_over, receive, Handed, Received, TransferOptions},
 };
 

@@ -274,8 +274,9 @@ async fn next_parked<H: ConnectionHandle>(
     (!parked.is_empty()).then_some(parked)
 }
 
-/// What [`receive`] did.
+/// What [`receive`] did (with the `serde` feature, also as JSON: `elapsed` as `"2s 871ms"`).
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct Received {
     /// Connections relayed here now.
@@ -285,6 +286,7 @@ pub struct Received {
     /// Batches taken.
     pub batches: usize,
     /// From the first batch's arrival to the old process's end.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub elapsed: Duration,
     /// Why it stopped before the old process was done, if it did.
     pub failed: Option<String>,

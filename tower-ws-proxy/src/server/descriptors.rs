@@ -1,5 +1,5 @@
 //! File descriptors: the limit raised at start, and the default connection caps derived
-//! from it, so a full gateway sheds new connections instead of failing accepts, health
+//! from it, so a full server sheds new connections instead of failing accepts, health
 //! checks and admin requests.
 
 /// Descriptors kept out of the connection caps: listeners, the admin API, health checks,
@@ -24,7 +24,7 @@ impl DescriptorLimit {
     /// (at most 512: they are short-lived), WebSockets the rest.
     ///
     /// ```
-    /// use gateway_bin::descriptors::DescriptorLimit;
+    /// use tower_ws_proxy::server::descriptors::DescriptorLimit;
     ///
     /// let limit = DescriptorLimit { was: 1024, soft: 20_000, hard: 20_000 };
     /// let (websockets, http) = limit.default_caps();
@@ -44,8 +44,20 @@ impl DescriptorLimit {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (what nginx's `worker_rlimit_nofile`
 /// and HAProxy's automatic `ulimit-n` do).
+/// Logs the limits, or why they could not be read or raised.
 pub fn raise_limit() -> std::io::Result<DescriptorLimit> {
-    let (was, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
-    let soft = rlimit::increase_nofile_limit(hard)?;
-    Ok(DescriptorLimit { was, soft, hard })
+    let raised = rlimit::getrlimit(rlimit::Resource::NOFILE).and_then(|(was, hard)| {
+        let soft = rlimit::increase_nofile_limit(hard)?;
+        Ok(DescriptorLimit { was, soft, hard })
+    });
+    match &raised {
+        Ok(limit) => tracing::info!(
+            was = limit.was,
+            soft = limit.soft,
+            hard = limit.hard,
+            "descriptor limit"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot read or raise the descriptor limit"),
+    }
+    raised
 }
