@@ -340,21 +340,22 @@ impl Traffic {
     }
 
     /// Waits until each of `users` has moved live at least once since the last
-    /// [`take_events`](Self::take_events).
-    pub(crate) async fn wait_moved(&self, users: &[usize], within: Duration) {
+    /// [`take_events`](Self::take_events); those that did not, with their events.
+    pub(crate) async fn wait_moved(&self, users: &[usize], within: Duration) -> Result<(), String> {
         let moved = wscluster_testkit::eventually(within, async || {
             users
                 .iter()
                 .all(|&u| !self.users[u].log().events.moves.is_empty())
         });
-        if !moved.await {
-            let still: Vec<(&str, UserEvents)> = users
-                .iter()
-                .filter(|&&u| self.users[u].log().events.moves.is_empty())
-                .map(|&u| (self.keys[u].as_str(), self.users[u].log().events.clone()))
-                .collect();
-            panic!("not moved within {within:?}: {still:?}");
+        if moved.await {
+            return Ok(());
         }
+        let still: Vec<(&str, UserEvents)> = users
+            .iter()
+            .filter(|&&u| self.users[u].log().events.moves.is_empty())
+            .map(|&u| (self.keys[u].as_str(), self.users[u].log().events.clone()))
+            .collect();
+        Err(format!("not moved within {within:?}: {still:?}"))
     }
 
     /// Waits until each of `users` has moved live to `owners[u]` since the last
