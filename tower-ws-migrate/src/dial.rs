@@ -78,15 +78,14 @@ mod tests {
 
     use super::*;
 
+    type Dial = std::pin::Pin<Box<dyn Future<Output = Result<(), UpstreamError>> + Send>>;
+
     /// A dial that fails with each of `failures` in turn (then succeeds), taking `takes`
     /// each time; the times it was called, from the start.
     fn scripted(
         failures: Vec<UpstreamError>,
         takes: Duration,
-    ) -> (
-        impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = Result<(), UpstreamError>> + Send>>,
-        Arc<Mutex<Vec<Duration>>>,
-    ) {
+    ) -> (impl FnMut() -> Dial, Arc<Mutex<Vec<Duration>>>) {
         let start = Instant::now();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(failures.into_iter()));
@@ -97,7 +96,7 @@ mod tests {
             Box::pin(async move {
                 tokio::time::sleep(takes).await;
                 failures.lock().unwrap().next().map_or(Ok(()), Err)
-            }) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>
+            }) as Dial
         };
         (dial, calls)
     }
