@@ -140,21 +140,11 @@ impl Drop for Teardown {
     }
 }
 
-/// Set to run the multi-node tests.
-const OPT_IN: &str = "WSCLUSTER_MULTINODE";
-
 impl MultinodeSwarm {
-    /// Builds the swarm and deploys the stack; `None` (skip) unless `WSCLUSTER_MULTINODE` is set, or
-    /// where this machine cannot run it (unless `CI` is set, where that fails the test).
+    /// Builds the swarm and deploys the stack; `None` (skip) where this machine cannot run
+    /// it (not root, no dockerd, haproxy, nsenter, jq or curl, no images), unless `CI` is
+    /// set: there that fails the test.
     pub async fn start() -> Option<Self> {
-        // Opt-in until its scale-up step stops flaking (about 1 run in 5 falls back to a
-        // reconnect): tests/multinode/README.md.
-        if std::env::var_os(OPT_IN).is_none() {
-            crate::skipped(&format!(
-                "multi-node swarm: opt-in with {OPT_IN}=1 (not yet reliable enough for CI)"
-            ));
-            return None;
-        }
         if let Some(missing) = missing_prerequisite().await {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -262,6 +252,26 @@ impl MultinodeSwarm {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The docker CLI on node `node`'s engine: its stdout and stderr together, whatever its
+    /// exit status (for diagnostics: `service logs` writes the services' stderr to its own).
+    pub async fn docker_output(&self, node: usize, args: &[&str]) -> String {
+        let host = &self.env[&format!("WSNODE_{node}_DOCKER_HOST")];
+        let run = Command::new("docker")
+            .args(["-H", host])
+            .args(args)
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(60), run).await {
+            Ok(Ok(output)) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Ok(Err(error)) => format!("docker {args:?} on node {node}: {error}"),
+            Err(_) => format!("docker {args:?} on node {node}: no answer in 60 s"),
+        }
     }
 
     /// Cuts node `node` off the others and from the machine (its switch port down), or

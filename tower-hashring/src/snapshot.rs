@@ -84,8 +84,15 @@ impl RingPublisher {
         self.sender.borrow().clone()
     }
 
-    pub(crate) fn publish(&self, ring: Ring) -> Arc<RingSnapshot> {
+    /// Publishes the snapshot after `ring`, once `prepare` has seen it: what subscribers
+    /// may look up when they hear of it must be in place first.
+    pub(crate) fn publish_after(
+        &self,
+        ring: Ring,
+        prepare: impl FnOnce(&Arc<RingSnapshot>),
+    ) -> Arc<RingSnapshot> {
         let snapshot = Arc::new(self.current().next(ring));
+        prepare(&snapshot);
         self.sender.send_replace(snapshot.clone());
         snapshot
     }

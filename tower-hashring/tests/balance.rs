@@ -330,6 +330,58 @@ async fn weights_come_from_the_hook_and_a_discovery_error_surfaces() {
 mod shared {
     use super::*;
 
+    use std::future::Future;
+
+    /// Wakes a snapshot subscriber: notes, at that very moment, whether the service of
+    /// node `id` can be looked up.
+    struct LooksUp {
+        service: tower_hashring::SharedHashRing<Backend, fn(&Req) -> Option<String>>,
+        id: NodeId,
+        found: std::sync::Mutex<Vec<bool>>,
+    }
+
+    impl std::task::Wake for LooksUp {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let found = self.service.service(&self.id).is_some();
+            self.found.lock().unwrap().push(found);
+        }
+    }
+
+    /// A subscriber that hears of a new member (the migrator, which dials it at once for the
+    /// connections it now owns) finds its service: the route table is in place before the
+    /// snapshot is announced. Checked from inside the subscriber's wake-up, which the
+    /// announcement runs synchronously.
+    #[tokio::test]
+    async fn a_new_members_service_is_there_when_its_snapshot_is_announced() {
+        let (tx, discover) = discovery();
+        let (service, mut driver) =
+            HashRingLayer::new(by_request as fn(&Req) -> Option<String>).shared(discover);
+        let watch = service.subscribe();
+        let looks_up = Arc::new(LooksUp {
+            service: service.clone(),
+            id: NodeId::from("a"),
+            found: std::sync::Mutex::default(),
+        });
+        let waker = std::task::Waker::from(looks_up.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut changed = watch.clone();
+        let mut changed = std::pin::pin!(changed.changed());
+        assert!(changed.as_mut().poll(&mut cx).is_pending());
+
+        let (backend, _handle) = backend();
+        tx.send(insert("a", backend)).unwrap();
+        let noop = std::task::Waker::noop();
+        assert!(std::pin::Pin::new(&mut driver)
+            .poll(&mut std::task::Context::from_waker(noop))
+            .is_pending());
+        assert_eq!(watch.borrow().ring().nodes().len(), 1, "announced");
+        assert_eq!(*looks_up.found.lock().unwrap(), [true]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn clones_route_by_key_and_follow_discovery() {
         let (tx, discover) = discovery();

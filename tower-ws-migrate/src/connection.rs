@@ -9,8 +9,8 @@ use tower_ws_proxy::{
 };
 
 use crate::{
-    Fallback, FallbackKind, Migrate, MigrateFuture, MigrationPolicy, MigrationSecret, Outcome,
-    MIGRATION_SIGNATURE,
+    dial::DialRetry, Fallback, FallbackKind, Migrate, MigrateFuture, MigrationPolicy,
+    MigrationSecret, Outcome, MIGRATION_SIGNATURE,
 };
 
 /// The largest request head kept for a live move; a connection opened by a larger one can
@@ -134,28 +134,28 @@ impl ProxiedConnection {
         None
     }
 
-    /// Dials `to` with the original request and switches the relay to it.
+    /// Dials `to` with the original request (again, a few times, after a failure a moment
+    /// may cure: [`DialRetry`]) and switches the relay to it.
     async fn move_live(self, policy: MigrationPolicy, from: NodeId, to: NodeId) -> Outcome {
-        let Some(upstream) = self.upstreams.upstream(&to) else {
+        if self.upstreams.upstream(&to).is_none() {
             let why = Fallback::new(FallbackKind::NoNewOwner, format!("{to} has no service"));
             return self.reconnect(&policy, why);
-        };
-        let mut request = self.request.to_parts();
-        if let Ok(from) = HeaderValue::from_str(from.as_str()) {
-            request.headers.insert(MIGRATED_FROM, from);
         }
-        if let Some(signing) = &self.signing {
-            let (key, secret) = &**signing;
-            let signature = secret.sign_now(key, from.as_str(), to.as_str());
-            if let Ok(value) = HeaderValue::from_str(&signature) {
-                request.headers.insert(MIGRATION_SIGNATURE, value);
-            }
-        }
-        let peer = match upstream.open_websocket(&request).await {
-            Ok(WebSocketAnswer {
+        let request = self.live_request(&from, &to);
+        let dialed = DialRetry::DEFAULT
+            .run(|| async {
+                // Looked up on every attempt: the ring may have dropped `to` meanwhile.
+                match self.upstreams.upstream(&to) {
+                    Some(upstream) => upstream.open_websocket(&request).await.map(Some),
+                    None => Ok(None),
+                }
+            })
+            .await;
+        let peer = match dialed {
+            Ok(Some(WebSocketAnswer {
                 response,
                 upgraded: Some(peer),
-            }) => {
+            })) => {
                 let protocol = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL);
                 if protocol != self.protocol.as_ref() {
                     let why = format!("{to} chose another subprotocol");
@@ -164,9 +164,13 @@ impl ProxiedConnection {
                 }
                 peer
             }
-            Ok(answer) => {
+            Ok(Some(answer)) => {
                 let why = format!("{to} answered {}", answer.response.status());
                 return self.reconnect(&policy, Fallback::new(FallbackKind::Refused, why));
+            }
+            Ok(None) => {
+                let why = format!("{to} left the ring while it was being dialed");
+                return self.reconnect(&policy, Fallback::new(FallbackKind::NoNewOwner, why));
             }
             Err(error) => {
                 let why = format!("dialing {to}: {error}");
@@ -185,6 +189,23 @@ impl ProxiedConnection {
             ),
             Err(error) => Outcome::Failed(error.to_string()),
         }
+    }
+
+    /// The client's original request, as the new owner `to` is dialed with it: where the
+    /// user comes from, and the move signed where a secret is set.
+    fn live_request(&self, from: &NodeId, to: &NodeId) -> request::Parts {
+        let mut request = self.request.to_parts();
+        if let Ok(from) = HeaderValue::from_str(from.as_str()) {
+            request.headers.insert(MIGRATED_FROM, from);
+        }
+        if let Some(signing) = &self.signing {
+            let (key, secret) = &**signing;
+            let signature = secret.sign_now(key, from.as_str(), to.as_str());
+            if let Ok(value) = HeaderValue::from_str(&signature) {
+                request.headers.insert(MIGRATION_SIGNATURE, value);
+            }
+        }
+        request
     }
 
     fn reconnect(&self, policy: &MigrationPolicy, why: Fallback) -> Outcome {

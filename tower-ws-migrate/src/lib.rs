@@ -39,6 +39,7 @@
 mod connection;
 #[cfg(feature = "serde")]
 mod deserialize;
+mod dial;
 mod hook;
 mod layer;
 #[cfg(feature = "metrics")]

@@ -156,3 +156,62 @@ async fn a_client_parked_mid_message_falls_back_after_the_switch_timeout() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert_closed_with(&mut client, 1012, "Service Restart").await;
 }
+
+/// A new owner that does not listen yet when the move first dials it (a backend that has only
+/// just joined: on a Swarm, another node's gateway may dial it before its port is reachable
+/// from there) and listens 250 ms later: the move dials it again and goes live; the client
+/// gets no close, and its next frame reaches the new owner.
+#[tokio::test]
+async fn a_new_owner_listening_a_moment_late_is_dialed_again_instead_of_falling_back() {
+    let (mut client, relay_client) = common::socket_pair().await;
+    let (old_backend, relay_upstream) = common::socket_pair().await;
+    tokio::spawn(common::answer_the_close(old_backend));
+    let (handle, commands) = RelayHandle::new();
+    tokio::spawn(relay(
+        Peer::new(relay_client),
+        Peer::new(relay_upstream.into()),
+        RelayConfig::default(),
+        commands,
+    ));
+    // The new owner's port, free for now: the first dial is refused.
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = free.local_addr().unwrap();
+    drop(free);
+    let joined = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let listener = TcpListener::bind(address).await.unwrap();
+        common::accept_handshake(&listener).await
+    });
+    let lookup: Arc<dyn UpstreamLookup> = Arc::new(move |_: &NodeId| {
+        Some(Upstream::new(
+            address.to_string(),
+            UpstreamConfig::default(),
+        ))
+    });
+    let connection = ProxiedConnection::new(handle, &request(), &HeaderMap::new(), lookup);
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        connection.migrate(
+            &MigrationPolicy::live(),
+            &NodeId::from("a"),
+            Some(&NodeId::from("b")),
+        ),
+    )
+    .await
+    .expect("the move ends");
+    assert_eq!(outcome, Outcome::Moved);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let mut new_owner = tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .expect("the new owner was dialed")
+        .unwrap();
+    let masked_hi = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    client.write_all(&masked_hi).await.unwrap();
+    let mut got = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), new_owner.read_exact(&mut got))
+        .await
+        .expect("the client's frame reaches the new owner")
+        .unwrap();
+    assert_eq!(got, masked_hi);
+}

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use http::HeaderMap;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     runtime::{Builder, Runtime},
 };
 use tower_hashring::NodeId;
@@ -47,25 +47,6 @@ async fn ponging_backend() -> String {
     address
 }
 
-/// The old backend: answers the relay's close (its frames are masked) with 1001, so the
-/// switch need not wait for its deadline.
-async fn answer_the_close(mut tcp: TcpStream) {
-    loop {
-        let mut header = [0u8; 2];
-        if tcp.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let mut rest = vec![0u8; 4 + usize::from(header[1] & 0x7f)];
-        if tcp.read_exact(&mut rest).await.is_err() {
-            return;
-        }
-        if header[0] & 0x0f == 0x8 {
-            let _ = tcp.write_all(&[0x88, 2, 0x03, 0xe9]).await;
-            return;
-        }
-    }
-}
-
 #[test]
 fn a_moved_connection_outlives_the_migrators_runtime() {
     // The relay's runtime: the connection is opened and relayed here.
@@ -73,7 +54,7 @@ fn a_moved_connection_outlives_the_migrators_runtime() {
     let (mut client, connection) = relays.block_on(async {
         let (client, relay_client) = common::socket_pair().await;
         let (old_backend, relay_upstream) = common::socket_pair().await;
-        tokio::spawn(answer_the_close(old_backend));
+        tokio::spawn(common::answer_the_close(old_backend));
         let (handle, commands) = RelayHandle::new();
         tokio::spawn(relay(
             Peer::new(relay_client),

@@ -218,7 +218,8 @@ impl RecentMoves {
     pub(crate) fn record(&self, migration: &MigrationEvent<'_>) {
         let outcome = match migration.outcome {
             Outcome::Moved => "moved".to_owned(),
-            Outcome::FellBack(why) => format!("fell back: {}", why.kind.as_str()),
+            // The detail too: an operator (or a test) reading why needs the error itself.
+            Outcome::FellBack(why) => format!("fell back: {}: {why}", why.kind.as_str()),
             Outcome::Failed(why) => format!("failed: {why}"),
             _ => "other".to_owned(),
         };

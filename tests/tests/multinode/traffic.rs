@@ -37,6 +37,21 @@ pub(crate) struct Move {
 #[derive(Clone, Debug)]
 pub(crate) struct Close {
     pub(crate) code: Option<u16>,
+    /// When it ended.
+    pub(crate) at: Instant,
+    /// The backend it was on then.
+    pub(crate) on: Option<String>,
+}
+
+impl Close {
+    fn now(code: Option<u16>, log: &Mutex<UserLog>) -> Self {
+        let on = log.lock().unwrap_or_else(|e| e.into_inner()).on.clone();
+        Self {
+            code,
+            at: Instant::now(),
+            on,
+        }
+    }
 }
 
 /// What happened to one user since the last [`Traffic::take_events`].
@@ -187,7 +202,7 @@ async fn session(socket: Socket, log: &Mutex<UserLog>, control: &Control) -> Opt
     let resend: Vec<u64> = log.lock().unwrap().unacked.keys().copied().collect();
     for seq in resend {
         if sink.send(Message::text(seq.to_string())).await.is_err() {
-            return Some(Close { code: None });
+            return Some(Close::now(None, log));
         }
     }
     let mut ticks = tokio::time::interval(SEND_EVERY);
@@ -218,10 +233,10 @@ async fn session(socket: Socket, log: &Mutex<UserLog>, control: &Control) -> Opt
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map(|f| u16::from(f.code));
-                    return Some(Close { code });
+                    return Some(Close::now(code, log));
                 }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Some(Close { code: None }),
+                Some(Err(_)) | None => return Some(Close::now(None, log)),
             },
         }
     }
@@ -340,21 +355,22 @@ impl Traffic {
     }
 
     /// Waits until each of `users` has moved live at least once since the last
-    /// [`take_events`](Self::take_events).
-    pub(crate) async fn wait_moved(&self, users: &[usize], within: Duration) {
+    /// [`take_events`](Self::take_events); those that did not, with their events.
+    pub(crate) async fn wait_moved(&self, users: &[usize], within: Duration) -> Result<(), String> {
         let moved = wscluster_testkit::eventually(within, async || {
             users
                 .iter()
                 .all(|&u| !self.users[u].log().events.moves.is_empty())
         });
-        if !moved.await {
-            let still: Vec<(&str, UserEvents)> = users
-                .iter()
-                .filter(|&&u| self.users[u].log().events.moves.is_empty())
-                .map(|&u| (self.keys[u].as_str(), self.users[u].log().events.clone()))
-                .collect();
-            panic!("not moved within {within:?}: {still:?}");
+        if moved.await {
+            return Ok(());
         }
+        let still: Vec<(&str, UserEvents)> = users
+            .iter()
+            .filter(|&&u| self.users[u].log().events.moves.is_empty())
+            .map(|&u| (self.keys[u].as_str(), self.users[u].log().events.clone()))
+            .collect();
+        Err(format!("not moved within {within:?}: {still:?}"))
     }
 
     /// Waits until each of `users` has moved live to `owners[u]` since the last

@@ -132,6 +132,15 @@ impl Membership {
 
     /// Rebuilds and publishes the ring if anything changed since the last call.
     pub(crate) fn publish_if_changed(&mut self) -> Option<Arc<RingSnapshot>> {
+        self.publish_if_changed_after(|_| {})
+    }
+
+    /// Rebuilds the ring if anything changed since the last call, and publishes it to the
+    /// subscribers once `prepare` has seen it.
+    pub(crate) fn publish_if_changed_after(
+        &mut self,
+        prepare: impl FnOnce(&Arc<RingSnapshot>),
+    ) -> Option<Arc<RingSnapshot>> {
         let dirty = std::mem::take(&mut self.dirty);
         if dirty.is_empty() {
             return None;
@@ -156,7 +165,7 @@ impl Membership {
                 .build()
                 .ok()?
         };
-        let snapshot = self.publisher.publish(ring);
+        let snapshot = self.publisher.publish_after(ring, prepare);
         tracing::debug!(
             version = snapshot.version(),
             nodes = snapshot.ring().nodes().len(),

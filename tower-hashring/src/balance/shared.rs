@@ -457,20 +457,31 @@ where
     }
 
     fn publish_if_changed(&mut self) {
-        let snapshot = match self.membership.publish_if_changed() {
-            Some(snapshot) => snapshot,
-            None if self.services_changed => self.membership.current(),
-            None => return,
+        let (services, routes) = (&self.services, &self.routes);
+        let send_table = |snapshot: &Arc<RingSnapshot>| {
+            let table = snapshot
+                .ring()
+                .nodes()
+                .iter()
+                .map(|node| services.get(node.id()).cloned())
+                .collect();
+            let snapshot = snapshot.clone();
+            routes.send_replace(Arc::new(RouteTable {
+                snapshot,
+                services: table,
+            }));
         };
+        // The table first, then the snapshot's subscribers: one that hears of a new member
+        // (the migrator, to dial it for the connections it now owns) finds its service.
+        if self
+            .membership
+            .publish_if_changed_after(send_table)
+            .is_none()
+            && self.services_changed
+        {
+            send_table(&self.membership.current());
+        }
         self.services_changed = false;
-        let services = snapshot
-            .ring()
-            .nodes()
-            .iter()
-            .map(|node| self.services.get(node.id()).cloned())
-            .collect();
-        self.routes
-            .send_replace(Arc::new(RouteTable { snapshot, services }));
     }
 }
 
