@@ -240,6 +240,7 @@ impl Gateway {
         });
         tracing::info!(%public, %admin, workers = listen.workers, "listening");
         crate::upgrade::answer_offer(offer, &ring, handover.clone(), cluster).await;
+        server::notify_systemd_ready();
         Ok(Gateway {
             upgrader,
             handover,

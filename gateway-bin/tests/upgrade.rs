@@ -316,7 +316,7 @@ async fn connect_all(
 /// Live WebSockets under echo traffic, upgraded to a second build mid-traffic: none is
 /// closed, no echo is lost, repeated or reordered, the new process reports the new build
 /// and how many it took over, and the old one exits. `WSCLUSTER_UPGRADE_CLIENTS` sets how
-/// many (default 2,000).
+/// many (default 2,000), `WSCLUSTER_UPGRADE_EVERY_MS` how often each sends (default 500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_hands_live_websockets_to_the_new_build_with_no_close_and_no_lost_echo() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -344,7 +344,13 @@ async fn sigusr2_hands_live_websockets_to_the_new_build_with_no_close_and_no_los
         line
     });
     let (stop_tx, stop) = watch::channel(false);
-    let pace = (Duration::from_millis(500), Arc::new(Semaphore::new(200)));
+    let every = std::env::var("WSCLUSTER_UPGRADE_EVERY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok());
+    let pace = (
+        Duration::from_millis(every.unwrap_or(500)),
+        Arc::new(Semaphore::new(200)),
+    );
     let users = connect_all((public, admin), clients, pace, &stop).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 

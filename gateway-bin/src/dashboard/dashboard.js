@@ -114,8 +114,16 @@ function render(next) {
     renderReplicas(next.cluster);
     const own = next.cluster.replicas.find((r) => r.own);
     if (own) {
+      // An upgrade's new process says what it took over from the old one.
+      const taken = own.handover
+        ? ` · took over ${own.handover.resumed} websockets in ${own.handover.batches} batches` +
+          ` (${own.handover.elapsed})` +
+          (own.handover.refused ? `, ${own.handover.refused} refused` : '') +
+          (own.handover.failed ? `, broken off: ${own.handover.failed}` : '')
+        : '';
       $('process').textContent =
-        `v${own.build} · pid ${own.pid} · since ${new Date(own.started_ms).toLocaleString()}`;
+        `v${own.build} · pid ${own.pid} · since ${new Date(own.started_ms).toLocaleString()}` +
+        taken;
     }
   }
   try {

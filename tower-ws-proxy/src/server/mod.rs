@@ -43,6 +43,7 @@ mod proxy_protocol;
 mod service;
 mod signal;
 mod stopped;
+mod systemd;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod workers;
@@ -56,6 +57,7 @@ pub use self::{
     service::HttpService,
     signal::shutdown_signal,
     stopped::Stopped,
+    systemd::notify_systemd_ready,
     workers::{bind_workers, serve_on_listeners, serve_on_workers},
 };
 
