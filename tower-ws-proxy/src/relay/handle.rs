@@ -462,6 +462,17 @@ pub struct RelayCommands {
 impl Drop for RelayCommands {
     fn drop(&mut self) {
         self.control.finished.store(true, Ordering::Release);
+        // Whoever still waits on this relay hears that it ended.
+        let (park, switch) = {
+            let mut state = self.control.lock();
+            (state.park.take(), state.switch.take())
+        };
+        if let Some(park) = park {
+            let _ = park.send(Err(ParkError::Ended));
+        }
+        if let Some(switch) = switch {
+            let _ = switch.done.send(Err(SwitchError::Ended));
+        }
     }
 }
 

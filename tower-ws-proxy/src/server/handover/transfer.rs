@@ -123,8 +123,9 @@ impl Handed {
 /// batches with their sockets, and dropped here once the new process has them.
 ///
 /// The first pass runs while both processes accept. Then `stop_accepting` is called, and
-/// for the settle time the connections upgraded meanwhile go the same way; then the new
-/// process is told that none follow. A connection inside a message for the switch timeout
+/// for the settle time the connections upgraded meanwhile go the same way, as do those that
+/// were busy (in a live move) until none is left or the deadline; then the new process is
+/// told that none follow. A connection inside a message for the switch timeout
 /// is closed with 1012 (service restart), as a live move would. If the new process refuses
 /// or dies during the first pass, the batch in flight is resumed here with `resumer` (its
 /// handles made by `make`), `stop_accepting` is never called, and this process keeps serving
@@ -153,8 +154,15 @@ pub async fn hand_over<H: ConnectionHandle>(
         return report;
     }
     stop_accepting();
+    // Upgrades under way when accepting stopped, and connections that were busy (moving to
+    // another backend, say), go too: until the settle time is over and nothing that could
+    // leave is left, or the deadline.
     let settled = Instant::now() + options.settle;
-    while report.failed.is_none() && Instant::now() < settled.min(deadline) {
+    while report.failed.is_none() && Instant::now() < deadline {
+        let waiting = !connections.transferable().is_empty();
+        if Instant::now() >= settled && !waiting {
+            break;
+        }
         tokio::time::sleep(SETTLE_STEP).await;
         pass(
             taken,
@@ -189,7 +197,7 @@ async fn pass<H: ConnectionHandle>(
         if Instant::now() >= deadline {
             return;
         }
-        let mut parking = park_each(connections, chunk);
+        let mut parking = park_each(connections, chunk, deadline);
         while let Some(parked) = next_parked(&mut parking, connections, report).await {
             let (batch, since): (Vec<_>, Vec<Instant>) = parked.into_iter().unzip();
             if let Err(error) = send(taken, &batch).await {
@@ -230,15 +238,20 @@ async fn send(taken: &Taken, batch: &[ParkedConnection]) -> Result<(), HandoverE
 
 type Parking = JoinSet<(ConnectionId, Result<ParkedConnection, ParkError>)>;
 
-/// Parks `ids` at once, each on a task of its own.
+/// Parks `ids` at once, each on a task of its own, none past `deadline` (a relay that
+/// parks after its caller gave up relays on).
 fn park_each<H: ConnectionHandle>(
     connections: &LiveConnections<H>,
     ids: &[ConnectionId],
+    deadline: Instant,
 ) -> Parking {
     let mut parking = JoinSet::new();
     for &id in ids {
         let connections = connections.clone();
-        parking.spawn(async move { (id, connections.park(id).await) });
+        parking.spawn(async move {
+            let parked = tokio::time::timeout_at(deadline, connections.park(id)).await;
+            (id, parked.unwrap_or(Err(ParkError::Busy)))
+        });
     }
     parking
 }
