@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use super::{
+    client::CloseIsFin,
     direction::{Direction, Injection, Plan},
     DirectionEnd, Shared, Toward, MOVED_CODE, MOVED_REASON,
 };
@@ -32,7 +33,7 @@ pub(super) fn pump<'a, R, W>(
 ) -> impl Future<Output = DirectionEnd> + 'a
 where
     R: AsyncRead + Unpin + 'a,
-    W: AsyncWrite + Unpin + 'a,
+    W: AsyncWrite + CloseIsFin + Unpin + 'a,
 {
     PumpEnd {
         until_done: pump_until_done(src, dst, preread, toward, shared),
@@ -74,7 +75,7 @@ async fn pump_until_done<R, W>(
 ) -> DirectionEnd
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + CloseIsFin + Unpin,
 {
     let mut this = Direction::new(toward, shared);
     let mut pending = take_preread(&mut this, preread);
@@ -91,7 +92,11 @@ where
         match this.ending() {
             Some(Ending::HandedOver) => return this.end,
             Some(Ending::Done) => {
-                shutdown_write(&mut dst).await;
+                // Both directions end now and the relay drops both sockets right after:
+                // a plain TCP socket's `close` sends the same FIN, so no `shutdown` first.
+                if !dst.close_is_fin() {
+                    shutdown_write(&mut dst).await;
+                }
                 return this.end;
             }
             None => {}
@@ -184,6 +189,14 @@ enum AfterInjection {
 }
 
 impl Direction<'_> {
+    /// Toward the upstream: the client sent its Close, then ended its side of the
+    /// connection. A TCP half-close after a Close is legal, but no browser does it, and
+    /// the client cannot be told apart from one that left (its socket closed): the
+    /// backend's Close is not waited for.
+    fn client_left(&self) -> bool {
+        self.toward == Toward::Upstream && self.end.close.is_some() && !self.shared.is_opaque()
+    }
+
     fn ending(&self) -> Option<Ending> {
         if self.end.handover.is_some() || self.end.handed_over {
             return Some(Ending::HandedOver);
@@ -330,7 +343,7 @@ impl<'a> Wakeups<'a> {
 }
 
 /// The source ended, or missed its close deadline.
-async fn source_finished<W: AsyncWrite + Unpin>(
+async fn source_finished<W: AsyncWrite + CloseIsFin + Unpin>(
     mut this: Direction<'_>,
     seen: &mut u64,
     dst: &mut W,
@@ -366,6 +379,16 @@ async fn source_finished<W: AsyncWrite + Unpin>(
         };
         let frame = this.close_frame(code, &reason);
         let _ = dst.write_all(&frame).await;
+    }
+    if this.client_left() {
+        // Nothing can reach this client any more: the backend has its Close, and both
+        // sockets go now (as nginx does), instead of a half-close that waits for the
+        // backend's Close only to write it into a socket whose owner is gone.
+        this.shared.stop_both();
+        if !dst.close_is_fin() {
+            shutdown_write(dst).await;
+        }
+        return this.end;
     }
     shutdown_write(dst).await;
     this.end
