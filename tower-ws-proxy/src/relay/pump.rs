@@ -92,9 +92,13 @@ where
         match this.ending() {
             Some(Ending::HandedOver) => return this.end,
             Some(Ending::Done) => {
-                // Both directions end now and the relay drops both sockets right after:
-                // a plain TCP socket's `close` sends the same FIN, so no `shutdown` first.
-                if !dst.close_is_fin() {
+                // Both directions end now and the relay drops both sockets once the other
+                // has seen it: a plain TCP socket's `close` then sends the same FIN, so no
+                // `shutdown` first. Except from the direction that completed the close
+                // handshake: its destination (a browser, after the server's Close) waits
+                // for the TCP close, and gets the FIN now rather than after the other
+                // direction's next turn.
+                if this.handshake_complete || !dst.close_is_fin() {
                     shutdown_write(&mut dst).await;
                 }
                 return this.end;
