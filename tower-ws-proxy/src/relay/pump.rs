@@ -89,21 +89,11 @@ where
                 return broken(this);
             }
         }
-        match this.ending() {
-            Some(Ending::HandedOver) => return this.end,
-            Some(Ending::Done) => {
-                // Both directions end now and the relay drops both sockets once the other
-                // has seen it: a plain TCP socket's `close` then sends the same FIN, so no
-                // `shutdown` first. Except from the direction that completed the close
-                // handshake: its destination (a browser, after the server's Close) waits
-                // for the TCP close, and gets the FIN now rather than after the other
-                // direction's next turn.
-                if this.handshake_complete || !dst.close_is_fin() {
-                    shutdown_write(&mut dst).await;
-                }
-                return this.end;
+        if let Some(ending) = this.ending() {
+            if this.half_closes(ending, &dst) {
+                shutdown_write(&mut dst).await;
             }
-            None => {}
+            return this.end;
         }
         if let Some(injection) = this.injection_due() {
             // Flushed: after a hand-over nothing else writes here to push out what a TLS
@@ -199,6 +189,19 @@ impl Direction<'_> {
     /// backend's Close is not waited for.
     fn client_left(&self) -> bool {
         self.toward == Toward::Upstream && self.end.close.is_some() && !self.shared.is_opaque()
+    }
+
+    /// Whether a direction that ends so half-closes its destination first. Not after a
+    /// handover (nothing is closed), nor where both directions end now on plain TCP: the
+    /// relay drops both sockets once the other direction has seen it, and `close` sends the
+    /// same FIN. Except from the direction that completed the close handshake: its
+    /// destination (a browser, after the server's Close) waits for the TCP close, and gets
+    /// the FIN now rather than after the other direction's next turn.
+    fn half_closes(&self, ending: Ending, dst: &impl CloseIsFin) -> bool {
+        match ending {
+            Ending::HandedOver => false,
+            Ending::Done => self.handshake_complete || !dst.close_is_fin(),
+        }
     }
 
     fn ending(&self) -> Option<Ending> {
