@@ -31,7 +31,7 @@ tls=${TLS:-1} tls_handshakes=${TLS_HANDSHAKES:-2000} tls_idle=${TLS_IDLE:-5000}
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
 command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
 cargo build --release -q -p gateway-bin -p reference-backend -p wscluster-tools --bins
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 ulimit -n "$(ulimit -Hn)"
 
 tmp=$(mktemp -d); chmod 755 "$tmp"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-5} count=${2:-6000}
 shift $(( $# >= 2 ? 2 : $# ))
 cargo build --release -q -p gateway-bin -p reference-backend -p wscluster-tools --bins
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 gateways=("$@"); [ ${#gateways[@]} -gt 0 ] || gateways=("$bin/gateway-bin")
 ulimit -n "$(ulimit -Hn)"
 pids=()

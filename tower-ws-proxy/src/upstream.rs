@@ -178,7 +178,9 @@ pub struct WebSocketAnswer {
     pub upgraded: Option<Peer>,
 }
 
-/// One backend reached at `host:port` over HTTP/1.1.
+/// One backend reached at `host:port` over HTTP/1.1. A backend at a loopback address
+/// (`127.0.0.0/8`, `[::1]`, `localhost`) shares the gateway's kernel, which reports its end,
+/// so its relayed sockets get no TCP keepalive (see [`RelayConfig::tcp_keepalive`](crate::RelayConfig::tcp_keepalive)).
 ///
 /// ```
 /// use tower_ws_proxy::{Upstream, UpstreamConfig};
@@ -189,6 +191,8 @@ pub struct WebSocketAnswer {
 #[derive(Clone)]
 pub struct Upstream {
     authority: Arc<str>,
+    /// The authority is a loopback address: see [`Peer`]'s keepalive.
+    same_host: bool,
     client: Client<HttpConnector, ProxyBody>,
     /// TLS to this backend, and the pooled client that speaks it.
     #[cfg(feature = "tls")]
@@ -201,8 +205,10 @@ impl Upstream {
     pub fn new(authority: impl Into<Arc<str>>, config: UpstreamConfig) -> Self {
         #[cfg(feature = "tls")]
         let tls = config.tls.clone();
+        let authority = authority.into();
         let upstream = Self {
-            authority: authority.into(),
+            same_host: is_loopback(&authority),
+            authority,
             client: Client::builder(TokioExecutor::new()).build(http_connector(&config)),
             #[cfg(feature = "tls")]
             tls: None,
@@ -297,6 +303,7 @@ impl Upstream {
         if upgraded.is_some() {
             set_upgrade_headers(response.headers_mut());
         }
+        let upgraded = upgraded.map(|peer| peer.on_same_host(self.same_host));
         Ok(WebSocketAnswer { response, upgraded })
     }
 
@@ -325,6 +332,16 @@ impl Upstream {
             .parse()
             .map_err(|e: http::uri::InvalidUri| UpstreamError::Http(e.into()))
     }
+}
+
+/// Whether `host:port` names this host: a loopback address, or `localhost` (RFC 6761).
+fn is_loopback(authority: &str) -> bool {
+    if let Ok(address) = authority.parse::<std::net::SocketAddr>() {
+        return address.ip().is_loopback();
+    }
+    authority
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 /// The backend's side of an upgraded WebSocket, carried in the extensions of the `101`
@@ -411,3 +428,6 @@ pub fn tcp_peer(upgraded: Upgraded) -> Result<Peer<TcpStream>, Upgraded> {
     let preread = Bytes::copy_from_slice(&parts.read_buf);
     Ok(Peer::with_preread(parts.io.into_inner(), preread))
 }
+
+#[cfg(test)]
+mod tests;

@@ -131,6 +131,51 @@ async fn a_half_close_ends_the_relay_within_the_half_close_timeout() {
     read_to_end_within(&mut client, Duration::from_secs(1)).await;
 }
 
+/// A client that sends its Close and then leaves (its socket closed, not waiting for the
+/// server's Close) ends the relay at once, as nginx does: the backend gets the Close and
+/// then EOF, and is not waited for, where a half-close would have waited up to the
+/// half-close timeout for the backend's Close only to write it into a socket whose owner is
+/// gone.
+#[tokio::test]
+async fn a_client_that_leaves_after_its_close_ends_the_relay_at_once() {
+    let config = RelayConfig::default().half_close_timeout(Duration::from_secs(30));
+    let (mut client, mut backend, _handle, task) = relayed(config).await;
+    let close = masked(0x88, &[0x03, 0xe8]); // 1000
+    client.write_all(&close).await.unwrap();
+    drop(client);
+    let started = Instant::now();
+    // The backend stays silent, its socket open: the relay ends anyway.
+    let outcome = ended_within(task, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(outcome.client_close, Some(1000));
+    assert_eq!(outcome.upstream_close, None);
+    let received = read_to_end_within(&mut backend, Duration::from_secs(1)).await;
+    assert_eq!(received, close, "the client's Close, then EOF");
+}
+
+/// A client that half-closes without a Close is still a half-close: the backend's last
+/// messages reach it until the backend ends too.
+#[tokio::test]
+async fn a_half_close_without_a_close_still_carries_the_backends_messages() {
+    let config = RelayConfig::default().half_close_timeout(Duration::from_secs(30));
+    let (mut client, mut backend, _handle, task) = relayed(config).await;
+    client.shutdown().await.unwrap();
+    let mut eof = [0u8; 1];
+    assert_eq!(
+        backend.read(&mut eof).await.unwrap(),
+        0,
+        "the FIN passed on"
+    );
+    let last = [0x81, 0x04, b'l', b'a', b's', b't'];
+    backend.write_all(&last).await.unwrap();
+    drop(backend);
+    let received = read_to_end_within(&mut client, Duration::from_secs(2)).await;
+    // Then the relay's own close for a backend that vanished without one.
+    assert!(received.starts_with(&last), "{received:?}");
+    ended_within(task, Duration::from_secs(2)).await;
+}
+
 /// A client that vanishes with a reset stops both directions at once.
 #[tokio::test]
 async fn a_reset_client_releases_the_backend_socket() {

@@ -26,7 +26,7 @@ pub trait ClientStream: Send + Unpin + 'static + sealed::Sealed {
     where
         Self: 'a;
     /// The write half.
-    type WriteHalf<'a>: AsyncWrite + Unpin + Send
+    type WriteHalf<'a>: AsyncWrite + Unpin + Send + sealed::CloseIsFin
     where
         Self: 'a;
 
@@ -99,10 +99,32 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+pub(crate) use sealed::CloseIsFin;
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for tokio::net::TcpStream {}
     impl Sealed for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
     #[cfg(feature = "tls")]
     impl Sealed for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
+
+    /// Whether closing a write half's stream sends the same FIN a `shutdown` would, so a
+    /// relay that drops both sockets right away can skip the `shutdown`. Not for TLS (its
+    /// shutdown sends close_notify) nor an upgraded hyper connection (over HTTP/2 it ends
+    /// the stream, where a drop would reset it).
+    pub trait CloseIsFin {
+        fn close_is_fin(&self) -> bool;
+    }
+
+    impl CloseIsFin for tokio::net::tcp::WriteHalf<'_> {
+        fn close_is_fin(&self) -> bool {
+            true
+        }
+    }
+
+    impl<T> CloseIsFin for tokio::io::WriteHalf<T> {
+        fn close_is_fin(&self) -> bool {
+            false
+        }
+    }
 }

@@ -77,7 +77,9 @@ pub struct RelayConfig {
     /// (default: 16 MiB a frame, 64 MiB a message).
     pub limits: FrameLimits,
     /// TCP keepalive on both sockets, to find half-open peers: the idle time before the
-    /// first probe (default: 30 s; then 3 probes 10 s apart).
+    /// first probe (default: 30 s; then 3 probes 10 s apart). Not on an upstream that
+    /// [`Upstream`](crate::Upstream) dialed at a loopback address: the kernel itself reports
+    /// that peer's end.
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "crate::deserialize::off_or_duration")

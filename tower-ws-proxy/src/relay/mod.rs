@@ -141,6 +141,9 @@ impl Shared<'_> {
 pub struct Peer<S = UpstreamStream> {
     stream: S,
     preread: Bytes,
+    /// Dialed at a loopback address: the same kernel holds both ends and reports the
+    /// other's end, so TCP keepalive would have nothing to find.
+    same_host: bool,
 }
 
 impl Peer {
@@ -152,6 +155,7 @@ impl Peer {
         Ok(Peer {
             stream: self.stream.on_this_runtime()?,
             preread: self.preread,
+            same_host: self.same_host,
         })
     }
 }
@@ -164,7 +168,11 @@ impl<S> Peer<S> {
 
     /// A peer whose first bytes were already read (they are relayed first).
     pub fn with_preread(stream: S, preread: Bytes) -> Self {
-        Self { stream, preread }
+        Self {
+            stream,
+            preread,
+            same_host: false,
+        }
     }
 }
 
@@ -358,7 +366,7 @@ async fn relay_to<C: ClientStream>(
     commands: &RelayCommands,
     activity: &Activity,
 ) -> (DirectionEnd, DirectionEnd) {
-    if let Some(idle) = config.tcp_keepalive {
+    if let Some(idle) = config.tcp_keepalive.filter(|_| !upstream.same_host) {
         keepalive(upstream.stream.socket(), idle);
     }
     let transferable = C::TRANSFERABLE && matches!(upstream.stream, UpstreamStream::Tcp(_));

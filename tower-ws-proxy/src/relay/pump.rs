@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use super::{
+    client::CloseIsFin,
     direction::{Direction, Injection, Plan},
     DirectionEnd, Shared, Toward, MOVED_CODE, MOVED_REASON,
 };
@@ -32,7 +33,7 @@ pub(super) fn pump<'a, R, W>(
 ) -> impl Future<Output = DirectionEnd> + 'a
 where
     R: AsyncRead + Unpin + 'a,
-    W: AsyncWrite + Unpin + 'a,
+    W: AsyncWrite + CloseIsFin + Unpin + 'a,
 {
     PumpEnd {
         until_done: pump_until_done(src, dst, preread, toward, shared),
@@ -74,7 +75,7 @@ async fn pump_until_done<R, W>(
 ) -> DirectionEnd
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + CloseIsFin + Unpin,
 {
     let mut this = Direction::new(toward, shared);
     let mut pending = take_preread(&mut this, preread);
@@ -88,13 +89,11 @@ where
                 return broken(this);
             }
         }
-        match this.ending() {
-            Some(Ending::HandedOver) => return this.end,
-            Some(Ending::Done) => {
+        if let Some(ending) = this.ending() {
+            if this.half_closes(ending, &dst) {
                 shutdown_write(&mut dst).await;
-                return this.end;
             }
-            None => {}
+            return this.end;
         }
         if let Some(injection) = this.injection_due() {
             // Flushed: after a hand-over nothing else writes here to push out what a TLS
@@ -184,6 +183,27 @@ enum AfterInjection {
 }
 
 impl Direction<'_> {
+    /// Toward the upstream: the client sent its Close, then ended its side of the
+    /// connection. A TCP half-close after a Close is legal, but no browser does it, and
+    /// the client cannot be told apart from one that left (its socket closed): the
+    /// backend's Close is not waited for.
+    fn client_left(&self) -> bool {
+        self.toward == Toward::Upstream && self.end.close.is_some() && !self.shared.is_opaque()
+    }
+
+    /// Whether a direction that ends so half-closes its destination first. Not after a
+    /// handover (nothing is closed), nor where both directions end now on plain TCP: the
+    /// relay drops both sockets once the other direction has seen it, and `close` sends the
+    /// same FIN. Except from the direction that completed the close handshake: its
+    /// destination (a browser, after the server's Close) waits for the TCP close, and gets
+    /// the FIN now rather than after the other direction's next turn.
+    fn half_closes(&self, ending: Ending, dst: &impl CloseIsFin) -> bool {
+        match ending {
+            Ending::HandedOver => false,
+            Ending::Done => self.handshake_complete || !dst.close_is_fin(),
+        }
+    }
+
     fn ending(&self) -> Option<Ending> {
         if self.end.handover.is_some() || self.end.handed_over {
             return Some(Ending::HandedOver);
@@ -357,7 +377,7 @@ impl<'a> Wakeups<'a> {
 }
 
 /// The source ended, or missed its close deadline.
-async fn source_finished<W: AsyncWrite + Unpin>(
+async fn source_finished<W: AsyncWrite + CloseIsFin + Unpin>(
     mut this: Direction<'_>,
     seen: &mut u64,
     dst: &mut W,
@@ -393,6 +413,16 @@ async fn source_finished<W: AsyncWrite + Unpin>(
         };
         let frame = this.close_frame(code, &reason);
         let _ = dst.write_all(&frame).await;
+    }
+    if this.client_left() {
+        // Nothing can reach this client any more: the backend has its Close, and both
+        // sockets go now (as nginx does), instead of a half-close that waits for the
+        // backend's Close only to write it into a socket whose owner is gone.
+        this.shared.stop_both();
+        if !dst.close_is_fin() {
+            shutdown_write(dst).await;
+        }
+        return this.end;
     }
     shutdown_write(dst).await;
     this.end

@@ -79,6 +79,24 @@ impl UpstreamStream {
 #[cfg(feature = "tls")]
 type TlsHalf<'a> = &'a mut tokio_rustls::client::TlsStream<TcpStream>;
 
+impl super::Peer {
+    /// Marks a peer dialed at a loopback address (see [`Upstream`](crate::Upstream)): the
+    /// relay sets no TCP keepalive on it. Keepalive finds a peer whose host vanished or
+    /// whose path dropped the connection's state; on loopback the same kernel holds both
+    /// ends, and a backend that dies is closed (FIN or RST) by it, so probes have nothing to
+    /// find and cost four `setsockopt`s per connection.
+    pub(crate) fn on_same_host(mut self, same_host: bool) -> Self {
+        self.same_host = same_host;
+        self
+    }
+
+    /// The TCP socket beneath, for tests to read its options.
+    #[cfg(test)]
+    pub(crate) fn socket(&self) -> socket2::SockRef<'_> {
+        self.stream.socket()
+    }
+}
+
 /// The read half of an [`UpstreamStream`].
 pub(crate) enum UpstreamRead<'a> {
     Tcp(tcp::ReadHalf<'a>),
@@ -155,6 +173,16 @@ impl AsyncRead for UpstreamRead<'_> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl super::client::CloseIsFin for UpstreamWrite<'_> {
+    fn close_is_fin(&self) -> bool {
+        match self {
+            Self::Tcp(_) => true,
+            #[cfg(feature = "tls")]
+            Self::Tls(_) => false,
+        }
     }
 }
 

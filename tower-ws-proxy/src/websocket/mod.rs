@@ -155,6 +155,17 @@ where
     }
 }
 
+/// The request a handshake sends below: `head`'s method, URI, version and headers, no body,
+/// no extensions.
+fn request_below(head: &http::request::Parts) -> Request<ProxyBody> {
+    let mut request = Request::new(ProxyBody::default());
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request
+}
+
 impl<S, H> WebSocketProxy<S, H>
 where
     S: Service<Request<ProxyBody>> + Clone,
@@ -196,10 +207,13 @@ where
         };
         // Out of the head before it is kept: held by the relay, not by every copy of it.
         let kept = parts.extensions.remove::<KeepWhileOpen>();
-        // The head as the client sent it, for the handle a layer above makes (a migration
-        // layer dials a new owner with it); the request itself goes down.
-        let head = parts.clone();
-        let request = Request::from_parts(parts, ProxyBody::default());
+        // The head as the client sent it stays here, extensions and all, for the handle a
+        // layer above makes (a migration layer dials a new owner with it). What goes down
+        // is its method, URI and headers: the extensions would be cloned one boxed value at
+        // a time, for a service that reads none of them (an `Upstream` takes only the
+        // `Route` the balancer sets, and a failover's replay carries none either).
+        let request = request_below(&parts);
+        let head = parts;
         let upgrade = PendingUpgrade {
             via,
             admission,

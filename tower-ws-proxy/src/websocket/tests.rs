@@ -284,6 +284,26 @@ async fn an_upgraded_websocket_is_registered_until_its_relay_ends() {
     assert!(connections.admit().is_ok(), "and frees its place");
 }
 
+/// An upgrade goes below with the client's method, URI and headers but not its extensions,
+/// which stay with the head the relay keeps (cloning them costs an allocation each).
+#[tokio::test]
+async fn an_upgrade_goes_below_without_the_requests_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Marker(u32);
+    let (mut proxy, mut handle, _connections, _counts) = proxy(1);
+    let mut request = upgrade().body(body("")).unwrap();
+    request.extensions_mut().insert(Marker(7));
+    let backend = async {
+        let (below, send) = handle.next_request().await.unwrap();
+        send.send_response(response(503, "busy"));
+        below
+    };
+    let (_, below) = tokio::join!(proxy.call(request), backend);
+    assert_eq!(below.uri(), "/connect/7?userId=7");
+    assert_eq!(below.headers()["sec-websocket-key"], KEY);
+    assert!(below.extensions().get::<Marker>().is_none());
+}
+
 /// A connected socket, as the backend's side of an upgrade.
 async fn backend_socket() -> Peer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
