@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     task::JoinHandle,
 };
 use tokio_tungstenite::tungstenite::{
@@ -16,62 +16,8 @@ use tokio_tungstenite::tungstenite::{
 };
 use tower_ws_proxy::{relay, ParkError, ParkedRelay, Peer, RelayConfig, RelayHandle, RelayOutcome};
 
-/// An echo server that returns the close code it received.
-async fn echo_server() -> (std::net::SocketAddr, JoinHandle<Option<u16>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let mut close = None;
-        while let Some(Ok(message)) = ws.next().await {
-            match message {
-                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
-                Message::Text(_) | Message::Binary(_) => {
-                    let Ok(()) = ws.send(message).await else {
-                        break;
-                    };
-                }
-                _ => {}
-            }
-        }
-        close
-    });
-    (addr, task)
-}
-
-/// A relay between the next client of a listener and `upstream`, after copying the upgrade
-/// exchange byte by byte.
-async fn proxy(
-    upstream: std::net::SocketAddr,
-    config: RelayConfig,
-) -> (std::net::SocketAddr, RelayHandle, JoinHandle<RelayOutcome>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (handle, commands) = RelayHandle::new();
-    let task = tokio::spawn(async move {
-        let (mut client, _) = listener.accept().await.unwrap();
-        let mut server = TcpStream::connect(upstream).await.unwrap();
-        copy_head(&mut client, &mut server).await;
-        copy_head(&mut server, &mut client).await;
-        relay(
-            Peer::new(client),
-            Peer::new(server.into()),
-            config,
-            commands,
-        )
-        .await
-    });
-    (addr, handle, task)
-}
-
-async fn copy_head(from: &mut TcpStream, to: &mut TcpStream) {
-    let mut head = vec![];
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(from.read_u8().await.unwrap());
-    }
-    to.write_all(&head).await.unwrap();
-}
+mod support;
+use support::{echo_server, proxy};
 
 /// A new relay over a parked one's sockets and bytes read ahead.
 fn resume(parked: ParkedRelay) -> (RelayHandle, JoinHandle<RelayOutcome>) {

@@ -230,6 +230,14 @@ pub(super) struct Incoming {
 }
 
 impl Incoming {
+    /// A whole line and every descriptor received, if the line is here (the offer's).
+    pub(super) fn take_line(&mut self) -> Option<(String, Vec<OwnedFd>)> {
+        let end = self.bytes.iter().position(|b| *b == b'\n')?;
+        let line = String::from_utf8_lossy(&self.bytes[..end]).into_owned();
+        self.bytes.drain(..=end);
+        Some((line, self.fds.drain(..).collect()))
+    }
+
     /// A whole message, if one is here.
     fn take_message(&mut self) -> Result<Option<(u8, Bytes)>, HandoverError> {
         if self.bytes.len() < 5 {
@@ -252,7 +260,7 @@ impl Incoming {
     }
 
     /// Reads what is there (descriptors close-on-exec); 0 at the end.
-    async fn fill(&mut self, stream: &UnixStream) -> std::io::Result<usize> {
+    pub(super) async fn fill(&mut self, stream: &UnixStream) -> std::io::Result<usize> {
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
         let mut chunk = vec![0u8; 256 * 1024];
         loop {

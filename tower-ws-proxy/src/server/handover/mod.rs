@@ -29,7 +29,7 @@
 
 use std::{
     future::Future,
-    io::{IoSlice, IoSliceMut},
+    io::IoSlice,
     mem::MaybeUninit,
     os::{
         fd::{AsFd, BorrowedFd, OwnedFd},
@@ -44,10 +44,7 @@ use std::{
     time::Duration,
 };
 
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
@@ -303,42 +300,15 @@ async fn send_with_fds(
     Ok(())
 }
 
-/// One message's line and the descriptors attached to it (close-on-exec).
+/// The offer's line and the descriptors attached to it (close-on-exec).
 async fn receive_with_fds(stream: &UnixStream) -> Result<(String, Vec<OwnedFd>), HandoverError> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTENERS))];
-    let mut bytes = vec![0u8; 4096];
+    let mut incoming = connections::Incoming::default();
     loop {
-        stream.readable().await?;
-        let received = stream.try_io(Interest::READABLE, || {
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let mut iov = [IoSliceMut::new(&mut bytes)];
-            let message = rustix::net::recvmsg(
-                stream.as_fd(),
-                &mut iov,
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)?;
-            let fds: Vec<OwnedFd> = control
-                .drain()
-                .flat_map(|message| match message {
-                    RecvAncillaryMessage::ScmRights(fds) => fds.collect(),
-                    _ => Vec::new(),
-                })
-                .collect();
-            Ok((message.bytes, fds))
-        });
-        match received {
-            Ok((0, _)) => return Err(HandoverError::Protocol("the offer closed".into())),
-            Ok((n, fds)) => {
-                let line = String::from_utf8_lossy(&bytes[..n]);
-                let line = line
-                    .strip_suffix('\n')
-                    .ok_or_else(|| HandoverError::Protocol("the offer's line is cut".into()))?;
-                return Ok((line.to_owned(), fds));
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error.into()),
+        if let Some((line, fds)) = incoming.take_line() {
+            return Ok((line, fds));
+        }
+        if incoming.fill(stream).await? == 0 {
+            return Err(HandoverError::Protocol("the offer closed".into()));
         }
     }
 }

@@ -149,9 +149,7 @@ pub async fn hand_over<H: ConnectionHandle>(
     )
     .await;
     if report.failed.is_some() {
-        report.kept = connections.len();
-        report.elapsed = started.elapsed();
-        return report;
+        return report.ended(connections, started);
     }
     stop_accepting();
     // Upgrades under way when accepting stopped, and connections that were busy (moving to
@@ -176,9 +174,16 @@ pub async fn hand_over<H: ConnectionHandle>(
     if let Err(error) = finish(taken).await {
         report.failed.get_or_insert(error.to_string());
     }
-    report.kept = connections.len();
-    report.elapsed = started.elapsed();
-    report
+    report.ended(connections, started)
+}
+
+impl Handed {
+    /// The report once handing over ended: what stays, and how long it took.
+    fn ended<H>(mut self, connections: &LiveConnections<H>, started: Instant) -> Self {
+        self.kept = connections.len();
+        self.elapsed = started.elapsed();
+        self
+    }
 }
 
 /// How often the settle time looks for connections upgraded after the first pass.
