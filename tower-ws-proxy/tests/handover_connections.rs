@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tower_hashring::NodeId;
 use tower_ws_proxy::{
     relay,
-    server::handover::{hand_over, receive, take_listeners, Handover, TransferOptions},
+    server::handover::{hand_over, receive, take_listeners, Arrivals, Handover, TransferOptions},
     LiveConnections, Peer, RelayConfig, RelayHandle, Resumer, WebSocketLayer,
 };
 
@@ -124,6 +124,18 @@ fn client(
     })
 }
 
+/// The taking side: takes the listeners offered at `path` once the offer is there, and
+/// says it serves.
+async fn taking(path: &std::path::Path) -> Arrivals {
+    let inherited = loop {
+        match take_listeners(path).await {
+            Ok(inherited) => break inherited,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    inherited.serving().await.unwrap()
+}
+
 /// Both sides' live connections and resumers.
 fn side() -> (LiveConnections, Resumer) {
     let live = LiveConnections::new(10_000);
@@ -161,13 +173,7 @@ async fn live_websockets_pass_to_the_taking_side_with_no_message_lost() {
     let taker = tokio::spawn({
         let path = path.clone();
         async move {
-            let inherited = loop {
-                match take_listeners(&path).await {
-                    Ok(inherited) => break inherited,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            };
-            let arrivals = inherited.serving().await.unwrap();
+            let arrivals = taking(&path).await;
             receive(arrivals, &new_resumer, None).await
         }
     });
@@ -226,14 +232,8 @@ async fn a_taker_that_dies_before_it_is_ready_leaves_everything_with_the_offerin
     let taker = tokio::spawn({
         let path = path.clone();
         async move {
-            let inherited = loop {
-                match take_listeners(&path).await {
-                    Ok(inherited) => break inherited,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            };
             // Serves, then dies before reading a single batch.
-            let arrivals = inherited.serving().await.unwrap();
+            let arrivals = taking(&path).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(arrivals);
         }
