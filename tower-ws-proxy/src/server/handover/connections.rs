@@ -60,7 +60,7 @@ pub(super) async fn send_batch(
     send_message(stream, BATCH, &payload, &fds).await?;
     let answer = tokio::time::timeout(STEP_DEADLINE, read_byte(stream))
         .await
-        .map_err(|_| HandoverError::TimedOut(STEP_DEADLINE))??;
+        .map_err(|_| HandoverError::Silent(STEP_DEADLINE))??;
     match answer {
         READY => Ok(()),
         REFUSED => Err(HandoverError::Protocol(
@@ -214,7 +214,7 @@ impl Arrivals {
             }
             let received = tokio::time::timeout(STEP_DEADLINE, self.incoming.fill(&self.stream))
                 .await
-                .map_err(|_| HandoverError::TimedOut(STEP_DEADLINE))??;
+                .map_err(|_| HandoverError::Silent(STEP_DEADLINE))??;
             if received == 0 {
                 return Err(HandoverError::Protocol("the old process went away".into()));
             }

@@ -83,6 +83,9 @@ pub enum HandoverError {
     /// No new process took the listeners, or it did not say it serves, in time.
     #[error("no new process took over within {0:?}")]
     TimedOut(Duration),
+    /// The other process did not take its next step (a batch, its answer, the go) in time.
+    #[error("the other process did not answer within {0:?}")]
+    Silent(Duration),
     /// The process that connected is another user's.
     #[error("refused a handover peer of user {0}: only this process's user may take over")]
     OtherUser(u32),
