@@ -301,8 +301,8 @@ struct ServedTls {
 }
 
 /// Serves until Ctrl-C or SIGTERM, or until a new process took the listeners over
-/// (SIGUSR2), then shuts down within its bound; a second signal exits at once. Returns the
-/// exit code.
+/// (SIGUSR2), then shuts down within its bound; a second Ctrl-C exits at once, a repeated
+/// SIGTERM does not (see [`ctrl_c_again`]). Returns the exit code.
 async fn run_until_signal(gateway: Gateway) -> i32 {
     loop {
         tokio::select! {
@@ -325,12 +325,12 @@ async fn run_until_signal(gateway: Gateway) -> i32 {
     }
     let bound = gateway.shutdown_bound();
     println!(
-        "shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)"
+        "shutting down: closing websockets with 1001 (at most {bound:?}; Ctrl-C again to exit now)"
     );
     tokio::select! {
         () = gateway.shutdown() => 0,
-        () = shutdown_signal() => {
-            eprintln!("second signal: exiting now");
+        () = ctrl_c_again() => {
+            eprintln!("second Ctrl-C: exiting now");
             130
         }
         // The shutdown bounds itself; this only guards against a bug in that.
@@ -338,6 +338,32 @@ async fn run_until_signal(gateway: Gateway) -> i32 {
             eprintln!("shutdown overran {bound:?}: exiting");
             1
         }
+    }
+}
+
+/// Resolves on a Ctrl-C (SIGINT) during the shutdown. A repeated SIGTERM is only noted: an
+/// orchestrator sends it again while the shutdown runs (Docker's engine sends the stop signal
+/// on every stop request, and Swarm's agent asks again when the task changes meanwhile), and
+/// exiting on it would drop every WebSocket not yet closed with no close frame at all; its
+/// hard stop is SIGKILL after the grace period, which the shutdown's bound stays under.
+async fn ctrl_c_again() {
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut again) => {
+                while again.recv().await.is_some() {
+                    eprintln!("SIGTERM again: still closing websockets with 1001");
+                }
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => std::future::pending().await,
     }
 }
 
