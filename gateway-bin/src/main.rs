@@ -301,8 +301,8 @@ struct ServedTls {
 }
 
 /// Serves until Ctrl-C or SIGTERM, or until a new process took the listeners over
-/// (SIGUSR2), then shuts down within its bound; a second signal exits at once. Returns the
-/// exit code.
+/// (SIGUSR2), then shuts down within its bound; a second Ctrl-C exits at once, a repeated
+/// SIGTERM does not (`interrupted_again`). Returns the exit code.
 async fn run_until_signal(gateway: Gateway) -> i32 {
     loop {
         tokio::select! {
@@ -325,12 +325,12 @@ async fn run_until_signal(gateway: Gateway) -> i32 {
     }
     let bound = gateway.shutdown_bound();
     println!(
-        "shutting down: closing websockets with 1001 (at most {bound:?}; signal again to exit now)"
+        "shutting down: closing websockets with 1001 (at most {bound:?}; Ctrl-C again to exit now)"
     );
     tokio::select! {
         () = gateway.shutdown() => 0,
-        () = shutdown_signal() => {
-            eprintln!("second signal: exiting now");
+        () = tower_ws_proxy::server::interrupted_again() => {
+            eprintln!("second Ctrl-C: exiting now");
             130
         }
         // The shutdown bounds itself; this only guards against a bug in that.

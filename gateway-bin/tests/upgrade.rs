@@ -747,3 +747,60 @@ async fn an_upgrade_during_a_live_migration_and_a_backend_failure_loses_no_echo(
         "{untouched} of {CLIENTS} untouched"
     );
 }
+
+/// A repeated SIGTERM, as Docker sends on every stop request while a container stops (Swarm's
+/// agent asks again when the task changes meanwhile), does not cut the shutdown short: every
+/// WebSocket, closed after it too, still gets its 1001, and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_sigterm_still_closes_every_websocket_with_1001() {
+    use futures_util::StreamExt;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    const CLIENTS: usize = 10;
+    let dir = std::env::temp_dir().join(format!("wscluster-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    // Closes paced over 2 s: most come after the second SIGTERM.
+    std::fs::write(&config, "[shutdown]\nwindow = \"2s\"\n").unwrap();
+    let backend = backend().await;
+    let (public, admin): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let binary = Path::new(env!("CARGO_BIN_EXE_gateway-bin"));
+    let (mut gateway, mut log, _) =
+        start_configured(binary, (public, admin, backend), Some(&config)).await;
+    let _gone = KillOnDrop(admin);
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let mut clients = Vec::new();
+    for user in 0..CLIENTS {
+        let url = format!("ws://{public}/connect/{user}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.next().await; // the greeting
+        clients.push(ws);
+    }
+    let pid = gateway.id().unwrap();
+    signal(pid, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(pid, "TERM");
+    for (user, mut ws) in clients.into_iter().enumerate() {
+        let close = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                        return frame.map(|f| u16::from(f.code));
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("user {user}: no close frame: {other:?}"),
+                }
+            }
+        });
+        assert_eq!(
+            close.await.expect("closed in time"),
+            Some(1001),
+            "user {user}"
+        );
+    }
+    let exited = tokio::time::timeout(Duration::from_secs(15), gateway.wait()).await;
+    assert!(exited.expect("the gateway exits").unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -245,6 +245,12 @@ impl MultinodeSwarm {
         serde_json::from_str(&answer).expect("the route as JSON")
     }
 
+    /// HAProxy's log (`swarm.sh log`): each session's end with its termination state, each
+    /// server going up or down, with timestamps.
+    pub async fn balancer_log(&self) -> String {
+        run_script(&["log"]).await
+    }
+
     /// The docker CLI on node `node`'s engine (never the machine's): its stdout.
     pub async fn docker(&self, node: usize, args: &[&str]) -> String {
         let host = &self.env[&format!("WSNODE_{node}_DOCKER_HOST")];

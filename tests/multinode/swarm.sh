@@ -10,6 +10,7 @@
 #   tests/multinode/swarm.sh status     # nodes, tasks per node, every gateway's ring
 #   tests/multinode/swarm.sh check      # every ring lists every task; echo across nodes
 #   tests/multinode/swarm.sh env [N]    # addresses for tests (shell syntax); node N's DOCKER_HOST
+#   tests/multinode/swarm.sh log        # HAProxy's log: sessions' ends, servers up and down
 #   tests/multinode/swarm.sh down       # whatever state it is in; safe to repeat
 #
 # Addresses (fixed: docker/swarm-gateway-multinode.toml names one): the machine is 10.231.0.1,
@@ -295,8 +296,17 @@ start_haproxy() {
     echo "global"
     # Within the usual open-files limit (two descriptors a connection).
     echo "  maxconn 4000"
+    # Its log (every session's end with its termination state, every server going up or
+    # down) in a ring in memory, read by `swarm.sh log` through the admin socket.
+    echo "  log ring@events local0"
+    echo "  stats socket $state/haproxy.sock mode 600 level admin"
+    echo "ring events"
+    echo "  format timed"
+    echo "  size 8388608"
     echo "defaults"
     echo "  mode tcp"
+    echo "  log global"
+    echo "  option tcplog"
     # A connect to a gateway that is cut off but not yet marked down gets no answer: give
     # up on it after 1 s (gateways answer within milliseconds), and send the retry to
     # another gateway (redispatch on every retry), instead of 3 s and three more tries at
@@ -394,6 +404,20 @@ deploy() {
       python3 "$repo/tests/multinode/ws_echo.py" "$balancer_ip" "$public_port" /connect/probe
   fi
   say "deployed in $((SECONDS - started))s"
+}
+
+# HAProxy's log ring: sessions as they end (termination state: `K`, killed by HAProxy, as
+# shutdown-sessions does; `S`/`C`, closed by the server or the client), servers up and down.
+haproxy_log() {
+  [ -S "$state/haproxy.sock" ] || die "no haproxy admin socket ($state/haproxy.sock)"
+  python3 - "$state/haproxy.sock" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"show events events\n")
+while chunk := s.recv(65536):
+    sys.stdout.buffer.write(chunk)
+PY
 }
 
 # ---------------------------------------------------------------------------------------
@@ -632,6 +656,7 @@ case "${1:-}" in
   status) status ;;
   check) check ;;
   env) shift; env_ "$@" ;;
+  log) haproxy_log ;;
   down) down ;;
   *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac

@@ -55,7 +55,7 @@ pub use self::{
     http2::Http2Limits,
     limits::HttpLimits,
     service::HttpService,
-    signal::shutdown_signal,
+    signal::{interrupted_again, shutdown_signal},
     stopped::Stopped,
     systemd::notify_systemd_ready,
     workers::{bind_workers, serve_on_listeners, serve_on_workers},
