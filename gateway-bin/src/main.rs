@@ -251,12 +251,7 @@ fn fit_caps_to_descriptors(config: &mut GatewayConfig) {
     if config.http.open_connections.is_none() {
         config.http = config.http.clone().open_connections(http);
     }
-    let open = config
-        .http
-        .open_connections
-        .as_ref()
-        .map(|c| c.available_permits());
-    tracing::info!(max_websockets, open_connections = open, "connection caps");
+    tracing::info!(soft = limit.soft, max_websockets, "connection caps");
 }
 
 /// Where to connect (`tls`: which listeners serve TLS), and ready-to-paste commands with the

@@ -155,7 +155,8 @@ impl LimitedGateway {
         let mut log = BufReader::new(process.stdout.take().unwrap()).lines();
         let limits = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = log.next_line().await.unwrap() {
-                if line.contains("descriptor limit") {
+                // The caps the gateway sized from its descriptor limit, with that limit.
+                if line.contains("connection caps") {
                     return without_colours(&line);
                 }
             }
