@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{
     client::TlsStream,
-    rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore},
+    rustls::{pki_types::ServerName, ClientConfig},
     TlsConnector,
 };
 use tokio_tungstenite::{
@@ -53,14 +53,7 @@ impl TlsGateway {
         let gateway = gateway_bin::demo::start(config, vec![], backends)
             .await
             .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut client = common::client_trusting(cert.der());
         client.alpn_protocols = vec![b"h2".to_vec()];
         Self {
             gateway,

@@ -9,7 +9,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use gateway_bin::config::GatewayConfig;
 use tokio_rustls::{
-    rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore},
+    rustls::{self, pki_types::ServerName},
     TlsConnector,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -29,14 +29,7 @@ async fn the_tls_section_serves_wss_to_plain_backends() {
     let gateway = gateway_bin::demo::start(config, vec![], 2).await.unwrap();
     assert!(gateway.certificates().is_some());
 
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client = common::client_trusting(cert.der());
     let tcp = tokio::net::TcpStream::connect(gateway.public)
         .await
         .unwrap();

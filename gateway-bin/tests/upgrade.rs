@@ -553,17 +553,10 @@ fn wss_client(
     since: tokio::time::Instant,
 ) -> JoinHandle<Result<Closed, String>> {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+    use tokio_rustls::rustls::pki_types::ServerName;
     use tokio_tungstenite::tungstenite::Message;
     tokio::spawn(async move {
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let client = common::client_trusting(&cert);
         let tcp = tokio::net::TcpStream::connect(public)
             .await
             .map_err(|e| e.to_string())?;

@@ -397,3 +397,19 @@ pub fn localhost_certificate(name: &str) -> (std::path::PathBuf, rcgen::Certific
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
     (dir, cert)
 }
+
+/// A TLS client config (rustls, aws-lc-rs) that trusts `cert` alone, as the tests' clients of
+/// a gateway serving `localhost`'s test certificate.
+pub fn client_trusting(
+    cert: &tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::rustls::ClientConfig {
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
