@@ -153,13 +153,10 @@ impl Direction<'_> {
             let _ = pending.done.send(Err(SwitchError::NoBoundary));
         }
         // Tells the other direction to stop waiting for the old upstream's close.
-        self.shared.commands.control.modify(|command| {
-            let switching = *command == RelayCommand::Switch;
-            if switching {
-                *command = RelayCommand::Run;
-            }
-            switching
-        });
+        self.shared
+            .commands
+            .control
+            .back_to_run(&RelayCommand::Switch);
     }
 
     /// A park asked of a direction that is closing or switching: answered at once, and the
@@ -176,13 +173,7 @@ impl Direction<'_> {
         if let Some(pending) = pending {
             let _ = pending.send(Err(error));
         }
-        control.modify(|command| {
-            let parking = *command == RelayCommand::Park;
-            if parking {
-                *command = RelayCommand::Run;
-            }
-            parking
-        });
+        control.back_to_run(&RelayCommand::Park);
     }
 
     /// A requested park found no message boundary here within the switch timeout.

@@ -392,6 +392,18 @@ impl Control {
         let _ = self.update(|state| change(&mut state.command).then_some(()).ok_or(()));
     }
 
+    /// Back to [`RelayCommand::Run`] if the command is still `command` (a switch or a park
+    /// that ended, or was given up), waking the pumps; nothing if another came meanwhile.
+    pub(super) fn back_to_run(&self, command: &RelayCommand) {
+        self.modify(|current| {
+            let still = current == command;
+            if still {
+                *current = RelayCommand::Run;
+            }
+            still
+        });
+    }
+
     /// Changes the state under the lock: `Ok` means the command was changed, and it is
     /// sent (the version bumped under the same lock, so versions and commands are seen in
     /// the same order, then the pumps woken); `Err` leaves it unsent.

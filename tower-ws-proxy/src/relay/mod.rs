@@ -243,13 +243,7 @@ async fn hand_off<C: ClientStream>(
 ) -> Option<(Peer<C>, Peer)> {
     let waiting = commands.control.lock().park.take();
     let Some(waiting) = waiting.filter(|waiting| !waiting.is_closed()) else {
-        commands.control.modify(|command| {
-            let parking = *command == RelayCommand::Park;
-            if parking {
-                *command = RelayCommand::Run;
-            }
-            parking
-        });
+        commands.control.back_to_run(&RelayCommand::Park);
         return Some((client, upstream));
     };
     let since_start = activity.start.elapsed().as_millis() as u64;
@@ -329,13 +323,7 @@ async fn phases<C: ClientStream>(
                     }
                 };
                 outcome.switches += 1;
-                commands.control.modify(|command| {
-                    let switching = *command == RelayCommand::Switch;
-                    if switching {
-                        *command = RelayCommand::Run;
-                    }
-                    switching
-                });
+                commands.control.back_to_run(&RelayCommand::Switch);
                 let _ = next.done.send(Ok(()));
             }
             (_, _, pending) => {
