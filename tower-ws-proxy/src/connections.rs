@@ -19,6 +19,9 @@ use tower_hashring::{LoadSource, NodeId};
 
 use crate::{client_limit::KeepWhileOpen, ConnectionHandle, Traffic, TrafficTotals};
 
+/// The reason of the 1001 that every WebSocket gets when the gateway shuts down.
+const SHUTDOWN_REASON: &str = "gateway shutting down";
+
 /// Why a new connection was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -202,7 +205,10 @@ impl<H> LiveConnections<H> {
         backend: NodeId,
         ring_version: u64,
         handle: H,
-    ) -> Registered<H> {
+    ) -> Registered<H>
+    where
+        H: ConnectionHandle,
+    {
         let traffic = Arc::new(Traffic::default());
         let mut entries = self.lock();
         let id = ConnectionId(entries.next_id);
@@ -212,6 +218,14 @@ impl<H> LiveConnections<H> {
             entries.stragglers.push(id);
             self.inner.stragglers_waiting.notify_one();
         }
+        // Read under the lock that `shutdown` takes its list under: a connection admitted
+        // before the shutdown but registered after that list was taken closes itself, or the
+        // process would exit with it open and drop it with no close frame.
+        let late = self
+            .inner
+            .shutting_down
+            .load(Ordering::Acquire)
+            .then(|| handle.clone());
         entries.connections.insert(
             id,
             Box::new(Tracked {
@@ -226,6 +240,12 @@ impl<H> LiveConnections<H> {
                 counted: TrafficTotals::default(),
             }),
         );
+        drop(entries);
+        if let Some(handle) = late {
+            handle
+                .relay()
+                .close(crate::close_code::GOING_AWAY, SHUTDOWN_REASON);
+        }
         Registered {
             connections: self.clone(),
             id,
@@ -433,8 +453,8 @@ impl<H: ConnectionHandle> LiveConnections<H> {
     pub async fn shutdown(&self, window: Duration, grace: Duration) {
         self.inner.shutting_down.store(true, Ordering::Release);
         let handles = self.handles(|_| true);
-        let reason = "gateway shutting down";
-        close_paced(handles, crate::close_code::GOING_AWAY, reason, window).await;
+        let code = crate::close_code::GOING_AWAY;
+        close_paced(handles, code, SHUTDOWN_REASON, window).await;
         let _ = tokio::time::timeout(grace, self.emptied()).await;
     }
 }
@@ -672,6 +692,42 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(closed(&held), 100_000);
+    }
+
+    /// A connection admitted before the shutdown began but registered after its list was
+    /// taken (its backend's handshake still in flight) gets its 1001 too, instead of being
+    /// dropped with no close frame when the process exits.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_registered_during_the_shutdown_is_closed_with_1001() {
+        let live = LiveConnections::new(10);
+        let admitted = live.admit().unwrap();
+        let (before, before_commands) = RelayHandle::new();
+        let _early = live.register(b"early", 1, NodeId::from("a"), 1, before);
+        let shutdown = live.shutdown(Duration::from_secs(5), Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        // The shutdown takes its list and starts pacing.
+        tokio::select! {
+            () = &mut shutdown => panic!("a live connection cannot let the shutdown end"),
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        let (late, late_commands) = RelayHandle::new();
+        let _late = live
+            .register(b"late", 2, NodeId::from("a"), 1, late)
+            .holding(admitted);
+        assert!(
+            matches!(
+                late_commands.current(),
+                RelayCommand::Close { code: 1001, .. }
+            ),
+            "{:?}",
+            late_commands.current()
+        );
+        shutdown.await;
+        assert!(matches!(
+            before_commands.current(),
+            RelayCommand::Close { code: 1001, .. }
+        ));
+        assert!(live.admit().is_err(), "no admission once shutting down");
     }
 
     /// The cap, the per-backend counts and a live move's bookkeeping are one record: a move
