@@ -140,22 +140,11 @@ impl Drop for Teardown {
     }
 }
 
-/// Set to run the multi-node tests.
-const OPT_IN: &str = "WSCLUSTER_MULTINODE";
-
 impl MultinodeSwarm {
-    /// Builds the swarm and deploys the stack; `None` (skip) unless `WSCLUSTER_MULTINODE` is
-    /// set, or where this machine cannot run it (not root, no dockerd, haproxy, nsenter, jq or
-    /// curl, no images), unless `CI` is set: there that fails the test.
+    /// Builds the swarm and deploys the stack; `None` (skip) where this machine cannot run it
+    /// (not root, no dockerd, haproxy, nsenter, jq or curl, no images), unless `CI` is set:
+    /// there that fails the test.
     pub async fn start() -> Option<Self> {
-        // Opt-in until the rolling update stops dropping a few connections without a close
-        // (2 of 21 runs): tests/multinode/README.md.
-        if std::env::var_os(OPT_IN).is_none() {
-            crate::skipped(&format!(
-                "multi-node swarm: opt-in with {OPT_IN}=1 (not yet reliable enough for CI)"
-            ));
-            return None;
-        }
         if let Some(missing) = missing_prerequisite().await {
             assert!(
                 std::env::var_os("CI").is_none(),
