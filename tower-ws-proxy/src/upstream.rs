@@ -189,7 +189,13 @@ pub struct WebSocketAnswer {
 /// assert_eq!(upstream.authority(), "127.0.0.1:7100");
 /// ```
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Upstream(Arc<Shared>);
+
+/// What every clone of an [`Upstream`] shares. Behind one `Arc`: the balancer clones the
+/// chosen backend's service for each request, and a hyper client's clone is half a dozen
+/// reference counts, touched from every worker thread.
+#[derive(Clone)]
+struct Shared {
     authority: Arc<str>,
     /// The authority is a loopback address: see [`Peer`]'s keepalive.
     same_host: bool,
@@ -206,14 +212,14 @@ impl Upstream {
         #[cfg(feature = "tls")]
         let tls = config.tls.clone();
         let authority = authority.into();
-        let upstream = Self {
+        let upstream = Self(Arc::new(Shared {
             same_host: is_loopback(&authority),
             authority,
             client: Client::builder(TokioExecutor::new()).build(http_connector(&config)),
             #[cfg(feature = "tls")]
             tls: None,
             config,
-        };
+        }));
         #[cfg(feature = "tls")]
         if let Some(tls) = tls {
             return upstream.tls(tls);
@@ -226,22 +232,22 @@ impl Upstream {
     /// the balancer tries the next candidate.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: UpstreamTls) -> Self {
-        let mut http = http_connector(&self.config);
+        let mut http = http_connector(&self.0.config);
         // `https://` URIs reach it through the TLS connector above it.
         http.enforce_http(false);
         let connector = BoundedConnector {
             inner: tls.https_connector(http),
             // The TCP connect has its own deadline inside; the handshake gets the rest.
-            deadline: self.config.connect_timeout + self.config.handshake_timeout,
+            deadline: self.0.config.connect_timeout + self.0.config.handshake_timeout,
         };
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        self.tls = Some((tls, client));
+        Arc::make_mut(&mut self.0).tls = Some((tls, client));
         self
     }
 
     /// The backend's `host:port`.
     pub fn authority(&self) -> &str {
-        &self.authority
+        &self.0.authority
     }
 
     /// Forwards an ordinary HTTP request (pooled connections).
@@ -262,12 +268,12 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         let request = Request::from_parts(parts, body);
         #[cfg(feature = "tls")]
-        let response = match &self.tls {
+        let response = match &self.0.tls {
             Some((_, client)) => client.request(request).await,
-            None => self.client.request(request).await,
+            None => self.0.client.request(request).await,
         };
         #[cfg(not(feature = "tls"))]
-        let response = self.client.request(request).await;
+        let response = self.0.client.request(request).await;
         let mut response = response.map_err(|e| {
             if e.is_connect() {
                 UpstreamError::Connect(std::io::Error::other(e))
@@ -286,32 +292,33 @@ impl Upstream {
         client: &request::Parts,
     ) -> Result<WebSocketAnswer, UpstreamError> {
         let tcp = tokio::time::timeout(
-            self.config.connect_timeout,
-            TcpStream::connect(&*self.authority),
+            self.0.config.connect_timeout,
+            TcpStream::connect(&*self.0.authority),
         )
         .await
         .map_err(|_| UpstreamError::Connect(std::io::ErrorKind::TimedOut.into()))?
         .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
 
-        let (mut response, upgraded) = tokio::time::timeout(self.config.handshake_timeout, async {
-            let stream = self.secure(tcp).await.map_err(UpstreamError::Connect)?;
-            handshake::handshake(stream, client).await
-        })
-        .await
-        .map_err(|_| UpstreamError::HandshakeTimeout)??;
+        let (mut response, upgraded) =
+            tokio::time::timeout(self.0.config.handshake_timeout, async {
+                let stream = self.secure(tcp).await.map_err(UpstreamError::Connect)?;
+                handshake::handshake(stream, client).await
+            })
+            .await
+            .map_err(|_| UpstreamError::HandshakeTimeout)??;
         if upgraded.is_some() {
             set_upgrade_headers(response.headers_mut());
         }
-        let upgraded = upgraded.map(|peer| peer.on_same_host(self.same_host));
+        let upgraded = upgraded.map(|peer| peer.on_same_host(self.0.same_host));
         Ok(WebSocketAnswer { response, upgraded })
     }
 
     /// The socket as the relay's upstream: in TLS if this backend speaks it.
     async fn secure(&self, tcp: TcpStream) -> std::io::Result<UpstreamStream> {
         #[cfg(feature = "tls")]
-        if let Some((tls, _)) = &self.tls {
-            let stream = tls.connect(tcp, &self.authority).await?;
+        if let Some((tls, _)) = &self.0.tls {
+            let stream = tls.connect(tcp, &self.0.authority).await?;
             return Ok(UpstreamStream::Tls(Box::new(stream)));
         }
         Ok(tcp.into())
@@ -320,7 +327,7 @@ impl Upstream {
     #[cfg_attr(not(feature = "tls"), allow(clippy::unused_self))]
     fn scheme(&self) -> &'static str {
         #[cfg(feature = "tls")]
-        if self.tls.is_some() {
+        if self.0.tls.is_some() {
             return "https";
         }
         "http"
@@ -328,7 +335,7 @@ impl Upstream {
 
     fn absolute_uri(&self, uri: &Uri) -> Result<Uri, UpstreamError> {
         let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{}://{}{path}", self.scheme(), self.authority)
+        format!("{}://{}{path}", self.scheme(), self.0.authority)
             .parse()
             .map_err(|e: http::uri::InvalidUri| UpstreamError::Http(e.into()))
     }
@@ -412,9 +419,9 @@ impl Service<Request<ProxyBody>> for Upstream {
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
-            .field("authority", &self.authority)
+            .field("authority", &self.0.authority)
             .field("scheme", &self.scheme())
-            .field("config", &self.config)
+            .field("config", &self.0.config)
             .finish_non_exhaustive()
     }
 }

@@ -199,7 +199,12 @@ impl Protocols {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.head_timeout)
             .max_buf_size(limits.max_head_bytes.max(8192))
-            .max_headers(limits.max_headers);
+            .max_headers(limits.max_headers)
+            // A client may half-close once its request is out, and still gets its answer.
+            // It also spares each upgrade a read while the backend answers, which finds
+            // nothing and costs a second 8 KiB read buffer (the head's header values still
+            // share the first); a client that leaves is seen when its answer is written.
+            .half_close(true);
         Self {
             http1,
             http2: limits.http2.builder(limits.max_head_bytes),

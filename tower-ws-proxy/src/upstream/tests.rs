@@ -29,6 +29,20 @@ fn loopback_authorities_are_on_this_host() {
 }
 
 /// A backend on 127.0.0.1 that takes one WebSocket handshake and then stays silent.
+/// The balancer clones the chosen backend's service for every request: one reference
+/// count, not a hyper client's half dozen.
+#[tokio::test]
+async fn a_clone_of_an_upstream_is_one_shared_pointer() {
+    let upstream = Upstream::new("127.0.0.1:7100", UpstreamConfig::default());
+    assert_eq!(
+        std::mem::size_of::<Upstream>(),
+        std::mem::size_of::<usize>()
+    );
+    let clone = upstream.clone();
+    assert!(Arc::ptr_eq(&upstream.0, &clone.0));
+    assert_eq!(Arc::strong_count(&upstream.0), 2);
+}
+
 async fn accepting_backend() -> (String, tokio::task::JoinHandle<TcpStream>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let authority = listener.local_addr().unwrap().to_string();
