@@ -32,12 +32,9 @@ pub(super) enum Injection {
     Park,
 }
 
-/// The state of one direction.
-pub(super) struct Direction<'a> {
-    pub(super) toward: Toward,
-    pub(super) shared: &'a Shared<'a>,
-    pub(super) tracker: FrameTracker,
-    pub(super) end: DirectionEnd,
+/// What a direction keeps while a close, switch or park is under way.
+#[derive(Default)]
+pub(super) struct Underway {
     pub(super) requested: Option<Injection>,
     /// When this direction gives up waiting for its source's close.
     pub(super) deadline: Option<Instant>,
@@ -45,12 +42,23 @@ pub(super) struct Direction<'a> {
     pub(super) switch_deadline: Option<Instant>,
     /// When a requested park gives up waiting for this direction's boundary.
     pub(super) park_deadline: Option<Instant>,
-    pub(super) handshake_complete: bool,
-    /// Toward the client, switching: forward the old upstream's frames up to its close.
-    pub(super) switching: bool,
     /// Toward the client, switching: the start of a frame that may be the old upstream's
     /// close, held back until it is known.
     pub(super) held: Vec<u8>,
+}
+
+/// The state of one direction.
+pub(super) struct Direction<'a> {
+    pub(super) toward: Toward,
+    pub(super) shared: &'a Shared<'a>,
+    pub(super) tracker: FrameTracker,
+    pub(super) end: DirectionEnd,
+    /// Boxed, and made the first time a close, switch or park is: an idle relay's two
+    /// directions keep a pointer each instead.
+    pub(super) underway: Option<Box<Underway>>,
+    pub(super) handshake_complete: bool,
+    /// Toward the client, switching: forward the old upstream's frames up to its close.
+    pub(super) switching: bool,
     /// This direction's source broke the framing: its bytes pass through untracked.
     pub(super) opaque: bool,
     /// Data messages completed since the last [`count`](Self::count).
@@ -65,13 +73,9 @@ impl<'a> Direction<'a> {
             shared,
             tracker: FrameTracker::with_limits(shared.config.limits),
             end: DirectionEnd::default(),
-            requested: None,
-            deadline: None,
-            switch_deadline: None,
-            park_deadline: None,
+            underway: None,
             handshake_complete: false,
             switching: false,
-            held: Vec::new(),
             opaque: false,
             messages: 0,
         }
@@ -79,6 +83,37 @@ impl<'a> Direction<'a> {
 }
 
 impl Direction<'_> {
+    /// The state of a close, switch or park under way, made the first time one is.
+    pub(super) fn underway(&mut self) -> &mut Underway {
+        self.underway.get_or_insert_default()
+    }
+
+    /// The close, handover or park requested and not yet in.
+    pub(super) fn take_requested(&mut self) -> Option<Injection> {
+        self.underway.as_deref_mut()?.requested.take()
+    }
+
+    /// Takes back a request of `kind` that found no boundary, with its deadline.
+    fn withdraw(
+        &mut self,
+        kind: fn(&Injection) -> bool,
+        deadline: fn(&mut Underway) -> &mut Option<Instant>,
+    ) {
+        if let Some(underway) = self.underway.as_deref_mut() {
+            *deadline(underway) = None;
+            if underway.requested.as_ref().is_some_and(kind) {
+                underway.requested = None;
+            }
+        }
+    }
+
+    /// Moves the held-back frame start to the end of `out`.
+    fn release_held(&mut self, out: &mut Vec<u8>) {
+        if let Some(underway) = self.underway.as_deref_mut() {
+            out.append(&mut underway.held);
+        }
+    }
+
     fn count_message(&mut self, frame: &FrameEnd) {
         let data = matches!(
             frame.opcode,
@@ -111,29 +146,36 @@ impl Direction<'_> {
             // The switch was given up (or overtaken by a close): back to plain relaying.
             self.stop_switching();
         }
-        let closing =
-            self.end.close.is_some() || self.end.injected.is_some() || self.requested.is_some();
+        let requested = self
+            .underway
+            .as_ref()
+            .is_some_and(|u| u.requested.is_some());
+        let closing = self.end.close.is_some() || self.end.injected.is_some() || requested;
         match command {
             RelayCommand::Park if closing || self.switching => self.refuse_park(),
             RelayCommand::Park if self.end.parked.is_none() => {
-                self.requested = Some(Injection::Park);
-                self.park_deadline = Some(Instant::now() + self.shared.config.switch_timeout);
+                let at = Instant::now() + self.shared.config.switch_timeout;
+                let underway = self.underway();
+                underway.requested = Some(Injection::Park);
+                underway.park_deadline = Some(at);
             }
             RelayCommand::Close { code, reason } if !closing && !self.switching => {
-                self.requested = Some(Injection::Close(*code, reason.clone()));
+                self.underway().requested = Some(Injection::Close(*code, reason.clone()));
             }
             RelayCommand::Switch if !closing && !self.switching => match self.toward {
                 Toward::Upstream => {
-                    self.requested = Some(Injection::Handover);
-                    self.switch_deadline = Some(Instant::now() + self.shared.config.switch_timeout);
+                    let at = Instant::now() + self.shared.config.switch_timeout;
+                    let underway = self.underway();
+                    underway.requested = Some(Injection::Handover);
+                    underway.switch_deadline = Some(at);
                 }
                 // A close frame the client has partly seen cannot be taken back.
                 Toward::Client if self.tracker.current_opcode() != Some(OpCode::Close) => {
                     self.switching = true;
                     let config = &self.shared.config;
                     // The old upstream's close comes only after the client's boundary.
-                    self.deadline =
-                        Some(Instant::now() + config.switch_timeout + config.close_timeout);
+                    let at = Instant::now() + config.switch_timeout + config.close_timeout;
+                    self.underway().deadline = Some(at);
                 }
                 Toward::Client => {}
             },
@@ -144,10 +186,10 @@ impl Direction<'_> {
     /// Toward the upstream: the client stayed inside a message for the whole switch
     /// timeout. The switch is answered [`SwitchError::NoBoundary`] and the relay goes on.
     pub(super) fn give_up_switch(&mut self) {
-        self.switch_deadline = None;
-        if matches!(self.requested, Some(Injection::Handover)) {
-            self.requested = None;
-        }
+        self.withdraw(
+            |request| matches!(request, Injection::Handover),
+            |underway| &mut underway.switch_deadline,
+        );
         let pending = self.shared.commands.control.lock().switch.take();
         if let Some(pending) = pending {
             let _ = pending.done.send(Err(SwitchError::NoBoundary));
@@ -178,16 +220,18 @@ impl Direction<'_> {
 
     /// A requested park found no message boundary here within the switch timeout.
     pub(super) fn give_up_park(&mut self) {
-        self.park_deadline = None;
-        if matches!(self.requested, Some(Injection::Park)) {
-            self.requested = None;
-        }
+        self.withdraw(
+            |request| matches!(request, Injection::Park),
+            |underway| &mut underway.park_deadline,
+        );
         self.answer_park(ParkError::NoBoundary);
     }
 
     /// Stops reading from the source here; `leftover` was read past the boundary.
     pub(super) fn park(&mut self, leftover: Vec<u8>) {
-        self.park_deadline = None;
+        if let Some(underway) = self.underway.as_deref_mut() {
+            underway.park_deadline = None;
+        }
         self.end.parked = Some(leftover);
         if self.shared.parked.fetch_add(1, Ordering::AcqRel) == 1 {
             // Both directions are parked: the other one may be waiting.
@@ -199,10 +243,10 @@ impl Direction<'_> {
     /// relaying, with the bytes read past the boundary first (planned like any read).
     /// Nothing changes once both are parked: the relay is handed off.
     pub(super) fn cancel_park(&mut self) -> Option<Vec<u8>> {
-        self.park_deadline = None;
-        if matches!(self.requested, Some(Injection::Park)) {
-            self.requested = None;
-        }
+        self.withdraw(
+            |request| matches!(request, Injection::Park),
+            |underway| &mut underway.park_deadline,
+        );
         self.end.parked.as_ref()?;
         let shared = self.shared;
         if shared
@@ -229,7 +273,9 @@ impl Direction<'_> {
     fn stop_switching(&mut self) {
         self.switching = false;
         if self.end.injected.is_none() && self.end.close.is_none() {
-            self.deadline = None;
+            if let Some(underway) = self.underway.as_deref_mut() {
+                underway.deadline = None;
+            }
         }
     }
 
@@ -278,8 +324,8 @@ impl Direction<'_> {
             self.count_message(&frame);
             if frame.opcode == OpCode::Close && self.end.close.is_none() {
                 self.end.close = Some(frame.close_code.unwrap_or(close_code::NO_STATUS));
-                self.deadline
-                    .get_or_insert(Instant::now() + self.shared.config.close_timeout);
+                let at = Instant::now() + self.shared.config.close_timeout;
+                self.underway().deadline.get_or_insert(at);
                 if self.shared.closes.fetch_add(1, Ordering::AcqRel) == 1 {
                     // Both sides have closed: nothing valid can follow either way.
                     self.handshake_complete = true;
@@ -290,7 +336,7 @@ impl Direction<'_> {
                 && frame.message_boundary
                 && frame.opcode != OpCode::Close
             {
-                match self.requested.take() {
+                match self.take_requested() {
                     Some(Injection::Close(code, reason)) => {
                         let mut buf = data[..pos].to_vec();
                         buf.extend_from_slice(&self.close_frame(code, &reason));
@@ -337,7 +383,7 @@ impl Direction<'_> {
             buf.extend_from_slice(&self.close_frame(close_code::MESSAGE_TOO_BIG, REASON));
         } else {
             self.end.injected = Some(close_code::MESSAGE_TOO_BIG);
-            self.deadline = Some(Instant::now() + self.shared.config.half_close_timeout);
+            self.underway().deadline = Some(Instant::now() + self.shared.config.half_close_timeout);
         }
         self.shared.commands.control.send(RelayCommand::Close {
             code: close_code::MESSAGE_TOO_BIG,
@@ -359,7 +405,7 @@ impl Direction<'_> {
                 // close, forward it otherwise.
                 Ok(None) => {
                     if self.tracker.current_opcode() == Some(OpCode::Close) {
-                        self.held.extend_from_slice(&data[pos..]);
+                        self.underway().held.extend_from_slice(&data[pos..]);
                     } else {
                         out.extend_from_slice(&data[pos..]);
                     }
@@ -371,7 +417,7 @@ impl Direction<'_> {
                     self.switching = false;
                     self.opaque = true;
                     self.shared.go_opaque();
-                    out.append(&mut self.held);
+                    self.release_held(&mut out);
                     out.extend_from_slice(&data[pos..]);
                     break;
                 }
@@ -379,7 +425,9 @@ impl Direction<'_> {
             pos += consumed;
             self.count_message(&frame);
             if frame.opcode == OpCode::Close {
-                self.held = Vec::new();
+                if let Some(underway) = self.underway.as_deref_mut() {
+                    underway.held = Vec::new();
+                }
                 self.end.close = Some(frame.close_code.unwrap_or(close_code::NO_STATUS));
                 if self.tracker.at_message_boundary() {
                     self.end.handed_over = true;
@@ -396,7 +444,7 @@ impl Direction<'_> {
                 self.switching = false;
                 return out;
             }
-            out.append(&mut self.held);
+            self.release_held(&mut out);
             out.extend_from_slice(&data[frame_start..pos]);
         }
         out
@@ -404,7 +452,7 @@ impl Direction<'_> {
 
     pub(super) fn close_frame(&mut self, code: u16, reason: &str) -> Bytes {
         self.end.injected = Some(code);
-        self.deadline = Some(Instant::now() + self.shared.config.close_timeout);
+        self.underway().deadline = Some(Instant::now() + self.shared.config.close_timeout);
         close_frame(code, reason, self.toward == Toward::Upstream)
     }
 
@@ -425,11 +473,15 @@ impl Direction<'_> {
 
     /// The earliest deadline this direction waits on, counting the relay-wide one.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let end_by = self.shared.end_by();
+        let Some(underway) = self.underway.as_deref() else {
+            return end_by;
+        };
         [
-            self.deadline,
-            self.switch_deadline,
-            self.park_deadline,
-            self.shared.end_by(),
+            underway.deadline,
+            underway.switch_deadline,
+            underway.park_deadline,
+            end_by,
         ]
         .into_iter()
         .flatten()

@@ -355,7 +355,8 @@ pub(super) struct Control {
 #[derive(Debug)]
 pub(super) struct ControlState {
     command: RelayCommand,
-    pub(super) switch: Option<PendingSwitch>,
+    // Boxed: a switch is rare, and its socket would otherwise widen every connection's block.
+    pub(super) switch: Option<Box<PendingSwitch>>,
     pub(super) park: Option<ParkSender>,
 }
 
@@ -562,7 +563,7 @@ impl RelayHandle {
                 return Err(SwitchError::Ended);
             }
             let (done, receiver) = oneshot::channel();
-            state.switch = Some(PendingSwitch { upstream, done });
+            state.switch = Some(Box::new(PendingSwitch { upstream, done }));
             state.command = RelayCommand::Switch;
             Ok(receiver)
         })?;

@@ -18,7 +18,9 @@ pub use self::handle::{
 };
 
 use std::{
+    borrow::Borrow,
     convert::Infallible,
+    future::Future,
     sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
     time::Duration,
 };
@@ -57,6 +59,17 @@ struct Activity {
     start: Instant,
     /// Milliseconds since `start` of the last byte read either way.
     last: AtomicU64,
+}
+
+impl Activity {
+    /// A relay last active `idle_for` ago (a resumed one was, before it was parked).
+    fn since(idle_for: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            start: now.checked_sub(idle_for).unwrap_or(now),
+            last: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Shared by both directions while they relay to one upstream.
@@ -198,36 +211,49 @@ const MOVED_REASON: &str = "moved to another backend";
 /// The relay waits for socket readiness and reads into a per-thread buffer that it writes
 /// out before waiting again, so an idle connection holds no buffer at all; bytes are copied
 /// to the heap only while the destination cannot take them.
-pub async fn relay<C: ClientStream>(
-    mut client: Peer<C>,
-    mut upstream: Peer,
+pub fn relay<C: ClientStream>(
+    client: Peer<C>,
+    upstream: Peer,
     config: RelayConfig,
     commands: RelayCommands,
-) -> RelayOutcome {
-    let now = Instant::now();
-    let activity = Activity {
-        // A resumed relay was last active before it was parked.
-        start: now.checked_sub(commands.idle_for).unwrap_or(now),
-        last: AtomicU64::new(0),
-    };
-    loop {
-        // The peers stay here and the futures below borrow them, and both futures are made
-        // inside `select!`: whatever a future is handed by value, or is held in a local
-        // before being moved, keeps its space in this one, and every idle connection pays
-        // for it.
-        let outcome = tokio::select! {
-            outcome = phases(&mut client, &mut upstream, &config, &commands, &activity) => outcome,
-            never = idle_watch(config.idle_timeout, &activity, &commands.control) => match never {},
-        };
-        if !outcome.parked {
-            return outcome;
-        }
-        // Boxed: the rare hand-off does not widen every relay's future.
-        match Box::pin(hand_off(client, upstream, &commands, &activity)).await {
-            None => return outcome,
-            // Nobody waits for the park any more: relay on.
-            Some((again_client, again_upstream)) => {
-                (client, upstream) = (again_client, again_upstream)
+) -> impl Future<Output = RelayOutcome> + Send {
+    relay_sharing_config(client, upstream, config, commands)
+}
+
+/// [`relay`], with a config that many relays may share (an `Arc` of the proxy's): a pointer
+/// in each instead of a copy.
+// Not an `async fn`: it would keep its arguments twice.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn relay_sharing_config<C: ClientStream, K: Borrow<RelayConfig> + Send + Sync>(
+    mut client: Peer<C>,
+    mut upstream: Peer,
+    config: K,
+    commands: RelayCommands,
+) -> impl Future<Output = RelayOutcome> + Send {
+    // An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice
+    // (as passed in, and moved into its body), and every idle connection would pay for it.
+    async move {
+        let activity = Activity::since(commands.idle_for);
+        let config = config.borrow();
+        loop {
+            // The peers stay here and the futures below borrow them, and both futures are
+            // made inside `select!`: whatever a future is handed by value, or is held in a
+            // local before being moved, keeps its space in this one, and every idle
+            // connection pays for it.
+            let outcome = tokio::select! {
+                outcome = phases(&mut client, &mut upstream, config, &commands, &activity) => outcome,
+                never = idle_watch(config.idle_timeout, &activity, &commands.control) => match never {},
+            };
+            if !outcome.parked {
+                return outcome;
+            }
+            // Boxed: the rare hand-off does not widen every relay's future.
+            match Box::pin(hand_off(client, upstream, &commands, &activity)).await {
+                None => return outcome,
+                // Nobody waits for the park any more: relay on.
+                Some((again_client, again_upstream)) => {
+                    (client, upstream) = (again_client, again_upstream)
+                }
             }
         }
     }
@@ -275,70 +301,74 @@ async fn hand_off<C: ClientStream>(
 }
 
 /// Relays to one upstream after another (a switch hands the client over) until the end.
-async fn phases<C: ClientStream>(
-    client: &mut Peer<C>,
-    upstream: &mut Peer,
-    config: &RelayConfig,
-    commands: &RelayCommands,
-    activity: &Activity,
-) -> RelayOutcome {
-    if let (Some(idle), Some(socket), false) = (
-        config.tcp_keepalive,
-        client.stream.socket(),
-        config.client_keepalive_inherited,
-    ) {
-        keepalive(socket, idle);
-    }
-    let mut outcome = RelayOutcome {
-        client_close: None,
-        upstream_close: None,
-        relay_close: None,
-        client_bytes: 0,
-        upstream_bytes: 0,
-        switches: 0,
-        parked: false,
-    };
-    loop {
-        let (up, down) = relay_to(client, upstream, config, commands, activity).await;
-        outcome.client_bytes += up.bytes;
-        outcome.upstream_bytes += down.bytes;
-        if let (Some(to_upstream), Some(to_client)) = (up.parked, down.parked) {
-            client.preread = to_upstream.into();
-            upstream.preread = to_client.into();
-            outcome.parked = true;
-            return outcome;
+// Not an `async fn`: it would keep its arguments twice (see `relay_sharing_config`).
+#[allow(clippy::manual_async_fn)]
+fn phases<'a, C: ClientStream>(
+    client: &'a mut Peer<C>,
+    upstream: &'a mut Peer,
+    config: &'a RelayConfig,
+    commands: &'a RelayCommands,
+    activity: &'a Activity,
+) -> impl Future<Output = RelayOutcome> + 'a {
+    async move {
+        if let (Some(idle), Some(socket), false) = (
+            config.tcp_keepalive,
+            client.stream.socket(),
+            config.client_keepalive_inherited,
+        ) {
+            keepalive(socket, idle);
         }
-        let pending = commands.control.lock().switch.take();
-        match (up.handover, down.handed_over, pending) {
-            (Some(leftover), true, Some(next)) => {
-                client.preread = leftover.into();
-                *upstream = match next.upstream.on_this_runtime() {
-                    Ok(peer) => peer,
-                    Err(error) => {
-                        // Only when the dialing runtime is gone mid-switch: the new socket
-                        // went with it, and the old upstream is closed.
-                        tracing::warn!(%error, "the switched-to socket was lost");
-                        let _ = next.done.send(Err(SwitchError::Ended));
-                        return outcome;
-                    }
-                };
-                outcome.switches += 1;
-                commands.control.back_to_run(&RelayCommand::Switch);
-                let _ = next.done.send(Ok(()));
-            }
-            (_, _, pending) => {
-                if let Some(pending) = pending {
-                    let error = if down.injected == Some(crate::close_code::SERVICE_RESTART) {
-                        SwitchError::Interrupted
-                    } else {
-                        SwitchError::Ended
-                    };
-                    let _ = pending.done.send(Err(error));
-                }
-                outcome.client_close = up.close;
-                outcome.upstream_close = down.close;
-                outcome.relay_close = up.injected.or(down.injected);
+        let mut outcome = RelayOutcome {
+            client_close: None,
+            upstream_close: None,
+            relay_close: None,
+            client_bytes: 0,
+            upstream_bytes: 0,
+            switches: 0,
+            parked: false,
+        };
+        loop {
+            let (up, down) = relay_to(client, upstream, config, commands, activity).await;
+            outcome.client_bytes += up.bytes;
+            outcome.upstream_bytes += down.bytes;
+            if let (Some(to_upstream), Some(to_client)) = (up.parked, down.parked) {
+                client.preread = to_upstream.into();
+                upstream.preread = to_client.into();
+                outcome.parked = true;
                 return outcome;
+            }
+            let pending = commands.control.lock().switch.take();
+            match (up.handover, down.handed_over, pending) {
+                (Some(leftover), true, Some(next)) => {
+                    client.preread = leftover.into();
+                    *upstream = match next.upstream.on_this_runtime() {
+                        Ok(peer) => peer,
+                        Err(error) => {
+                            // Only when the dialing runtime is gone mid-switch: the new socket
+                            // went with it, and the old upstream is closed.
+                            tracing::warn!(%error, "the switched-to socket was lost");
+                            let _ = next.done.send(Err(SwitchError::Ended));
+                            return outcome;
+                        }
+                    };
+                    outcome.switches += 1;
+                    commands.control.back_to_run(&RelayCommand::Switch);
+                    let _ = next.done.send(Ok(()));
+                }
+                (_, _, pending) => {
+                    if let Some(pending) = pending {
+                        let error = if down.injected == Some(crate::close_code::SERVICE_RESTART) {
+                            SwitchError::Interrupted
+                        } else {
+                            SwitchError::Ended
+                        };
+                        let _ = pending.done.send(Err(error));
+                    }
+                    outcome.client_close = up.close;
+                    outcome.upstream_close = down.close;
+                    outcome.relay_close = up.injected.or(down.injected);
+                    return outcome;
+                }
             }
         }
     }
@@ -347,13 +377,13 @@ async fn phases<C: ClientStream>(
 /// Relays between the client and one upstream until both have closed, or until a switch
 /// handed the client over (then the caller drops the upstream). Each side's bytes read
 /// ahead are relayed first.
-async fn relay_to<C: ClientStream>(
-    client: &mut Peer<C>,
-    upstream: &mut Peer,
-    config: &RelayConfig,
-    commands: &RelayCommands,
-    activity: &Activity,
-) -> (DirectionEnd, DirectionEnd) {
+fn relay_to<'a, C: ClientStream>(
+    client: &'a mut Peer<C>,
+    upstream: &'a mut Peer,
+    config: &'a RelayConfig,
+    commands: &'a RelayCommands,
+    activity: &'a Activity,
+) -> impl Future<Output = (DirectionEnd, DirectionEnd)> + 'a {
     if let Some(idle) = config.tcp_keepalive.filter(|_| !upstream.same_host) {
         keepalive(upstream.stream.socket(), idle);
     }
@@ -366,60 +396,66 @@ async fn relay_to<C: ClientStream>(
         },
         Ordering::Release,
     );
-    let shared = Shared {
-        config,
-        activity,
-        commands,
-        closes: AtomicU8::new(0),
-        parked: AtomicU8::new(0),
-        stopped: AtomicBool::new(false),
-        opaque: AtomicBool::new(false),
-        end_by: AtomicU64::new(u64::MAX),
-    };
-    let (client_read, client_write) = client.stream.halves();
-    let (upstream_read, upstream_write) = upstream.stream.halves();
-    tokio::join!(
-        pump::pump(
-            client_read,
-            upstream_write,
-            &mut client.preread,
-            Toward::Upstream,
-            &shared,
-        ),
-        pump::pump(
-            upstream_read,
-            client_write,
-            &mut upstream.preread,
-            Toward::Client,
-            &shared,
-        ),
-    )
+    async move {
+        let shared = Shared {
+            config,
+            activity,
+            commands,
+            closes: AtomicU8::new(0),
+            parked: AtomicU8::new(0),
+            stopped: AtomicBool::new(false),
+            opaque: AtomicBool::new(false),
+            end_by: AtomicU64::new(u64::MAX),
+        };
+        let (client_read, client_write) = client.stream.halves();
+        let (upstream_read, upstream_write) = upstream.stream.halves();
+        tokio::join!(
+            pump::pump(
+                client_read,
+                upstream_write,
+                &mut client.preread,
+                Toward::Upstream,
+                &shared,
+            ),
+            pump::pump(
+                upstream_read,
+                client_write,
+                &mut upstream.preread,
+                Toward::Client,
+                &shared,
+            ),
+        )
+    }
 }
 
 /// Requests a 1001 close once nothing has moved for the idle timeout; never completes.
-async fn idle_watch(
+// Not an `async fn`: it would keep its arguments twice (see `relay_sharing_config`).
+#[allow(clippy::manual_async_fn)]
+fn idle_watch<'a>(
     idle_timeout: Option<Duration>,
-    activity: &Activity,
-    commands: &Control,
-) -> Infallible {
-    if let Some(idle) = idle_timeout {
-        // Boxed: without an idle timeout a relay keeps no room for a timer here.
-        let mut timer = Box::pin(tokio::time::sleep(idle));
-        loop {
-            let last =
-                activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
-            if Instant::now() >= last + idle {
-                commands.send(RelayCommand::Close {
-                    code: crate::close_code::GOING_AWAY,
-                    reason: "idle timeout".into(),
-                });
-                break;
+    activity: &'a Activity,
+    commands: &'a Control,
+) -> impl Future<Output = Infallible> + 'a {
+    async move {
+        if let Some(idle) = idle_timeout {
+            // Boxed: without an idle timeout a relay keeps no room for a timer here.
+            let mut timer = Box::pin(tokio::time::sleep(idle));
+            loop {
+                let last =
+                    activity.start + Duration::from_millis(activity.last.load(Ordering::Relaxed));
+                if Instant::now() >= last + idle {
+                    commands.send(RelayCommand::Close {
+                        code: crate::close_code::GOING_AWAY,
+                        reason: "idle timeout".into(),
+                    });
+                    break;
+                }
+                timer.as_mut().reset(last + idle);
+                timer.as_mut().await;
             }
-            timer.as_mut().reset(last + idle);
-            timer.as_mut().await;
         }
+        std::future::pending().await
     }
-    std::future::pending().await
 }
 
 /// Sets [`keepalive_probes`] on a socket.

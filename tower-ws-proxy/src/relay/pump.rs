@@ -66,82 +66,88 @@ impl<F: Future<Output = DirectionEnd>> Future for PumpEnd<'_, F> {
     }
 }
 
-async fn pump_until_done<R, W>(
+/// An `async` block rather than an `async fn` (which keeps its arguments twice), with the
+/// direction's state made before it and moved in once: two of these live in every relay.
+fn pump_until_done<'a, R, W>(
     mut src: R,
     mut dst: W,
-    preread: &mut Bytes,
+    preread: &'a mut Bytes,
     toward: Toward,
-    shared: &Shared<'_>,
-) -> DirectionEnd
+    shared: &'a Shared<'a>,
+) -> impl Future<Output = DirectionEnd> + 'a
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + CloseIsFin + Unpin,
+    R: AsyncRead + Unpin + 'a,
+    W: AsyncWrite + CloseIsFin + Unpin + 'a,
 {
     let mut this = Direction::new(toward, shared);
     let mut pending = take_preread(&mut this, preread);
-    let wakeups = Wakeups::new(&shared.commands.control.changed);
-    tokio::pin!(wakeups);
-    wakeups.as_mut().listen();
-
-    loop {
-        if let Some(bytes) = pending.take() {
-            if dst.write_all(&bytes).await.is_err() {
-                return broken(this);
-            }
-        }
-        if let Some(ending) = this.ending() {
-            if this.half_closes(ending, &dst) {
-                shutdown_write(&mut dst).await;
-            }
-            return this.end;
-        }
-        if let Some(injection) = this.injection_due() {
-            // Flushed: after a hand-over nothing else writes here to push out what a TLS
-            // stream may still hold.
-            let written = match dst.write_all(&injection.frame).await {
-                Ok(()) => dst.flush().await,
-                Err(error) => Err(error),
-            };
-            match injection.then {
-                AfterInjection::Relay if written.is_ok() => continue,
-                AfterInjection::Relay => return broken(this),
-                AfterInjection::HandOver => {
-                    this.end.handover = Some(Vec::new());
-                    return this.end;
+    async move {
+        let mut wakeups = std::pin::pin!(Wakeups::new(&shared.commands.control.changed));
+        wakeups.as_mut().listen();
+        loop {
+            if let Some(bytes) = &pending {
+                // Written from where it is: a copy moved out would keep room of its own.
+                let written = dst.write_all(bytes).await;
+                pending = None;
+                if written.is_err() {
+                    return broken(this);
                 }
             }
-        }
-        wakeups.as_mut().arm_timer(this.next_deadline());
-        let step = std::future::poll_fn(|cx| {
-            wakeups
-                .as_mut()
-                .poll_step(cx, &mut src, &mut dst, &mut this)
-        })
-        .await;
-        match step {
-            Step::Sent => {}
-            Step::Command(command) => pending = this.take_in(&command),
-            Step::Pending(bytes) => pending = Some(bytes),
-            // A command is read on the next turn of the loop, by `has_changed`; a change of
-            // the shared state by the loop's checks.
-            Step::Changed => wakeups
-                .as_mut()
-                .listen_again(&shared.commands.control.changed),
-            Step::Timer => {
-                if this.source_overdue() {
+            if let Some(ending) = this.ending() {
+                if this.half_closes(ending, &dst) {
+                    shutdown_write(&mut dst).await;
+                }
+                return this.end;
+            }
+            // Boxed: a close or handover going in is rare, and its frame would otherwise
+            // keep room in every relay's future.
+            if let Some((then, writing)) = this
+                .injection_due()
+                .map(|due| (due.then, Box::pin(write_flushed(&mut dst, due.frame))))
+            {
+                match (then, writing.await) {
+                    (AfterInjection::Relay, Ok(())) => continue,
+                    (AfterInjection::Relay, Err(_)) => return broken(this),
+                    (AfterInjection::HandOver, _) => {
+                        this.end.handover = Some(Vec::new());
+                        return this.end;
+                    }
+                }
+            }
+            wakeups.as_mut().arm_timer(this.next_deadline());
+            let step = std::future::poll_fn(|cx| {
+                wakeups
+                    .as_mut()
+                    .poll_step(cx, &mut src, &mut dst, &mut this)
+            })
+            .await;
+            match step {
+                Step::Sent => {}
+                Step::Command(command) => pending = this.take_in(&command),
+                Step::Pending(bytes) => pending = Some(bytes),
+                // A command is read on the next turn of the loop, by `has_changed`; a change
+                // of the shared state by the loop's checks.
+                Step::Changed => wakeups
+                    .as_mut()
+                    .listen_again(&shared.commands.control.changed),
+                // Otherwise the relay-wide deadline: the loop's check ends the direction.
+                Step::Timer if !this.source_overdue() => {}
+                // Boxed: the rare end of a direction does not widen every relay's future.
+                Step::Timer | Step::Finished => {
                     let seen = wakeups.as_mut().project().seen;
                     return Box::pin(source_finished(this, seen, &mut dst)).await;
                 }
-                // Otherwise the relay-wide deadline: the loop's check ends the direction.
+                Step::Broken => return broken(this),
             }
-            // Boxed: the rare end of a direction does not widen every relay's future.
-            Step::Finished => {
-                let seen = wakeups.as_mut().project().seen;
-                return Box::pin(source_finished(this, seen, &mut dst)).await;
-            }
-            Step::Broken => return broken(this),
         }
     }
+}
+
+/// Writes an injected frame and flushes it: after a hand-over nothing else writes here to
+/// push out what a TLS stream may still hold.
+async fn write_flushed<W: AsyncWrite + Unpin>(dst: &mut W, frame: Bytes) -> std::io::Result<()> {
+    dst.write_all(&frame).await?;
+    dst.flush().await
 }
 
 /// The bytes read before the relay began (along with the handshake, or held over from a
@@ -226,7 +232,7 @@ impl Direction<'_> {
         if !between_messages || self.shared.is_opaque() {
             return None;
         }
-        Some(match self.requested.take()? {
+        Some(match self.take_requested()? {
             Injection::Close(code, reason) => DueInjection {
                 frame: self.close_frame(code, &reason),
                 then: AfterInjection::Relay,
@@ -252,8 +258,12 @@ impl Direction<'_> {
             self.cancel_park()
         };
         self.on_command(command);
-        let held =
-            (!self.switching && !self.held.is_empty()).then(|| std::mem::take(&mut self.held));
+        let held = match self.underway.as_deref_mut() {
+            Some(underway) if !self.switching && !underway.held.is_empty() => {
+                Some(std::mem::take(&mut underway.held))
+            }
+            _ => None,
+        };
         match (resumed, held) {
             (Some(mut resumed), Some(held)) => {
                 resumed.extend_from_slice(&held);
@@ -267,14 +277,18 @@ impl Direction<'_> {
     /// given up; true when the source missed its close deadline.
     fn source_overdue(&mut self) -> bool {
         let now = Instant::now();
-        if self.switch_deadline.is_some_and(|at| now >= at) {
+        let Some(underway) = self.underway.as_deref() else {
+            return false;
+        };
+        let passed = |deadline: Option<Instant>| deadline.is_some_and(|at| now >= at);
+        if passed(underway.switch_deadline) {
             self.give_up_switch();
             false
-        } else if self.park_deadline.is_some_and(|at| now >= at) {
+        } else if passed(underway.park_deadline) {
             self.give_up_park();
             false
         } else {
-            self.deadline.is_some_and(|at| now >= at)
+            passed(underway.deadline)
         }
     }
 }
@@ -403,7 +417,7 @@ async fn source_finished<W: AsyncWrite + CloseIsFin + Unpin>(
         // Tell the client, between messages, rather than leave it a bare EOF: with the
         // close it was about to get, or a "try again".
         let (command, _) = this.shared.commands.control.command();
-        let (code, reason) = match (this.requested.take(), command) {
+        let (code, reason) = match (this.take_requested(), command) {
             (Some(Injection::Close(code, reason)), _)
             | (_, RelayCommand::Close { code, reason }) => (code, reason),
             _ => (

@@ -1,4 +1,4 @@
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use tower_layer::Layer;
 
@@ -39,7 +39,7 @@ impl<H> WebSocketLayer<H> {
     pub fn resumer(&self) -> Resumer<H> {
         Resumer {
             connections: self.connections.clone(),
-            relay: self.relay,
+            relay: Arc::new(self.relay),
             metrics: self.metrics.clone(),
         }
     }
@@ -78,7 +78,8 @@ impl<S, H> Layer<S> for WebSocketLayer<H> {
         WebSocketProxy {
             inner,
             connections: self.connections.clone(),
-            relay: self.relay,
+            // One copy for all of the proxy's relays.
+            relay: Arc::new(self.relay),
             metrics: self.metrics.clone(),
         }
     }

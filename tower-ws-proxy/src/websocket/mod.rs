@@ -27,6 +27,7 @@ pub use self::{
 use std::{
     convert::Infallible,
     fmt,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -76,7 +77,7 @@ use crate::{
 pub struct WebSocketProxy<S, H = RelayHandle> {
     inner: S,
     connections: LiveConnections<H>,
-    relay: RelayConfig,
+    relay: Arc<RelayConfig>,
     metrics: Recorder,
 }
 
@@ -85,7 +86,7 @@ impl<S: Clone, H> Clone for WebSocketProxy<S, H> {
         Self {
             inner: self.inner.clone(),
             connections: self.connections.clone(),
-            relay: self.relay,
+            relay: self.relay.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -221,7 +222,7 @@ where
             head,
             client_upgrade,
             connections: self.connections.clone(),
-            relay: self.relay,
+            relay: self.relay.clone(),
             metrics: self.metrics.clone(),
             started,
         };

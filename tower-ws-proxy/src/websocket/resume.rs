@@ -3,17 +3,16 @@
 
 use std::fmt;
 
+use super::relay_task::{RelayTask, SharedConfig, Stage};
+use crate::{
+    record::{OpenedVia, Recorder},
+    relay::relay_sharing_config,
+    ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection, ParkedConnection, Peer,
+    Refusal, RelayHandle,
+};
 use http::HeaderMap;
 use tokio::{net::TcpStream, time::Instant};
 use tower_hashring::RoutingKey;
-use tracing::Instrument;
-
-use super::relay_task::{RelayTask, Stage};
-use crate::{
-    record::{OpenedVia, Recorder},
-    relay, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection, ParkedConnection, Peer,
-    Refusal, RelayConfig, RelayHandle,
-};
 
 /// Resumes [`ParkedConnection`]s (from this process, or handed over by the one before it)
 /// with the relay settings, live connections and metrics of a [`WebSocketLayer`](crate::WebSocketLayer).
@@ -28,7 +27,7 @@ use crate::{
 /// ```
 pub struct Resumer<H = RelayHandle> {
     pub(super) connections: LiveConnections<H>,
-    pub(super) relay: RelayConfig,
+    pub(super) relay: SharedConfig,
     pub(super) metrics: Recorder,
 }
 
@@ -36,7 +35,7 @@ impl<H> Clone for Resumer<H> {
     fn clone(&self) -> Self {
         Self {
             connections: self.connections.clone(),
-            relay: self.relay,
+            relay: self.relay.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -100,11 +99,7 @@ impl<H: ConnectionHandle> Resumer<H> {
             backend = %parked.backend,
             resumed = true,
         );
-        let ParkedConnection {
-            relay: parts,
-            backend,
-            ..
-        } = parked;
+        let ParkedConnection { relay: parts, .. } = parked;
         let (client, upstream) = match (
             TcpStream::from_std(parts.client),
             TcpStream::from_std(parts.upstream),
@@ -116,19 +111,18 @@ impl<H: ConnectionHandle> Resumer<H> {
         };
         let task = RelayTask {
             stage: Stage::Raw {
-                relay: relay(
+                relay: relay_sharing_config(
                     Peer::with_preread(client, parts.client_preread),
                     Peer::with_preread(upstream.into(), parts.upstream_preread),
-                    self.relay,
+                    self.relay.clone(),
                     commands,
                 ),
             },
             registration: Some(registration),
             metrics: self.metrics.clone(),
-            backend,
             started: Instant::now(),
         };
-        tokio::spawn(task.instrument(span));
+        task.spawn(span);
         Ok(())
     }
 

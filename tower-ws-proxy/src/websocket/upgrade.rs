@@ -2,18 +2,18 @@ use http::{request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tower_hashring::{balance::Route, NodeId};
-use tracing::Instrument;
 
 use super::{
     error::error_response,
-    relay_task::{RelayTask, Stage},
+    relay_task::{RelayTask, SharedConfig, Stage},
 };
 use crate::{
     client_limit::KeepWhileOpen,
     extended_connect,
     record::{HandshakeResult, OpenedVia, Recorder},
-    relay, Admission, BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection,
-    Peer, ProxyBody, Registered, RelayConfig, RelayHandle, UpstreamSocket,
+    relay::relay_sharing_config,
+    Admission, BoxError, ConnectionHandle, LiveConnections, MakeHandle, OpenedConnection, Peer,
+    ProxyBody, Registered, RelayHandle, UpstreamSocket,
 };
 
 /// An admitted WebSocket upgrade whose handshake is on its way to a backend: what answering
@@ -29,7 +29,7 @@ pub(super) struct PendingUpgrade<H> {
     pub(super) head: request::Parts,
     pub(super) client_upgrade: OnUpgrade,
     pub(super) connections: LiveConnections<H>,
-    pub(super) relay: RelayConfig,
+    pub(super) relay: SharedConfig,
     pub(super) metrics: Recorder,
     pub(super) started: Instant,
 }
@@ -94,14 +94,13 @@ impl<H: ConnectionHandle> PendingUpgrade<H> {
             stage: Stage::Upgrading {
                 upgrade: self.client_upgrade,
                 relay: Some((upstream, self.relay, commands)),
-                start: relay::<tokio::net::TcpStream>,
+                start: relay_sharing_config::<tokio::net::TcpStream, SharedConfig>,
             },
             registration: Some(registration),
             metrics: self.metrics,
-            backend: route.node,
             started: self.started,
         };
-        tokio::spawn(task.instrument(span));
+        task.spawn(span);
     }
 
     /// Records the connection among the live connections, with the handle the request's
