@@ -100,6 +100,8 @@ struct Inner<H> {
     // Woken when some backend's last connection leaves it.
     backend_emptied: Notify,
     stragglers_waiting: Notify,
+    // Woken when a connection registers during the shutdown (see `register`).
+    late_waiting: Notify,
     entries: Mutex<Entries<H>>,
 }
 
@@ -117,6 +119,8 @@ struct Entries<H> {
     // one that registers later was missed by that plan and is queued here for a check.
     planned_version: u64,
     stragglers: Vec<ConnectionId>,
+    // Registered after the shutdown took its list of connections to close.
+    late: Vec<ConnectionId>,
 }
 
 impl<H> Entries<H> {
@@ -166,6 +170,7 @@ impl<H> LiveConnections<H> {
                 emptied: Notify::new(),
                 backend_emptied: Notify::new(),
                 stragglers_waiting: Notify::new(),
+                late_waiting: Notify::new(),
                 entries: Mutex::new(Entries {
                     next_id: 0,
                     connections: BTreeMap::new(),
@@ -173,6 +178,7 @@ impl<H> LiveConnections<H> {
                     retired: HashMap::new(),
                     planned_version: 0,
                     stragglers: Vec::new(),
+                    late: Vec::new(),
                 }),
             }),
         }
@@ -205,10 +211,7 @@ impl<H> LiveConnections<H> {
         backend: NodeId,
         ring_version: u64,
         handle: H,
-    ) -> Registered<H>
-    where
-        H: ConnectionHandle,
-    {
+    ) -> Registered<H> {
         let traffic = Arc::new(Traffic::default());
         let mut entries = self.lock();
         let id = ConnectionId(entries.next_id);
@@ -219,13 +222,12 @@ impl<H> LiveConnections<H> {
             self.inner.stragglers_waiting.notify_one();
         }
         // Read under the lock that `shutdown` takes its list under: a connection admitted
-        // before the shutdown but registered after that list was taken closes itself, or the
-        // process would exit with it open and drop it with no close frame.
-        let late = self
-            .inner
-            .shutting_down
-            .load(Ordering::Acquire)
-            .then(|| handle.clone());
+        // before the shutdown but registered after that list was taken is closed by the
+        // shutdown too, or the process would exit with it open and drop it with no close frame.
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            entries.late.push(id);
+            self.inner.late_waiting.notify_one();
+        }
         entries.connections.insert(
             id,
             Box::new(Tracked {
@@ -240,12 +242,6 @@ impl<H> LiveConnections<H> {
                 counted: TrafficTotals::default(),
             }),
         );
-        drop(entries);
-        if let Some(handle) = late {
-            handle
-                .relay()
-                .close(crate::close_code::GOING_AWAY, SHUTDOWN_REASON);
-        }
         Registered {
             connections: self.clone(),
             id,
@@ -454,8 +450,28 @@ impl<H: ConnectionHandle> LiveConnections<H> {
         self.inner.shutting_down.store(true, Ordering::Release);
         let handles = self.handles(|_| true);
         let code = crate::close_code::GOING_AWAY;
-        close_paced(handles, code, SHUTDOWN_REASON, window).await;
-        let _ = tokio::time::timeout(grace, self.emptied()).await;
+        let closing = async {
+            close_paced(handles, code, SHUTDOWN_REASON, window).await;
+            let _ = tokio::time::timeout(grace, self.emptied()).await;
+        };
+        tokio::select! {
+            () = closing => {}
+            () = self.close_late_arrivals() => {}
+        }
+    }
+
+    /// Closes with 1001, as they arrive, the connections registered after the shutdown took
+    /// its list (admitted before it, their backend's handshake still under way); never ends.
+    async fn close_late_arrivals(&self) {
+        loop {
+            // Created before the list is taken, so an arrival between the two is not lost.
+            let arrived = self.inner.late_waiting.notified();
+            let late = std::mem::take(&mut self.lock().late);
+            for id in late {
+                self.close(id, crate::close_code::GOING_AWAY, SHUTDOWN_REASON);
+            }
+            arrived.await;
+        }
     }
 }
 
@@ -714,6 +730,11 @@ mod tests {
         let _late = live
             .register(b"late", 2, NodeId::from("a"), 1, late)
             .holding(admitted);
+        // The shutdown closes it at its next turn, long before its window ends.
+        tokio::select! {
+            () = &mut shutdown => panic!("a live connection cannot let the shutdown end"),
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
         assert!(
             matches!(
                 late_commands.current(),
