@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client_limit;
+mod client_upgrade;
 pub mod close_code;
 mod connection_handle;
 mod connections;

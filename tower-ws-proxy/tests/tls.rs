@@ -17,7 +17,6 @@ use std::{
 
 use futures_util::{stream, SinkExt, StreamExt};
 use http::Request;
-use hyper::body::Incoming;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SerialNumber};
 use tokio::{
     io::AsyncReadExt,
@@ -27,6 +26,7 @@ use tokio::{
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 use tower::{discover::Change, ServiceBuilder};
 use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+use tower_ws_proxy::server::RequestBody;
 use tower_ws_proxy::{
     server::{
         self,
@@ -261,7 +261,7 @@ fn app(backend: SocketAddr) -> impl HttpService {
     tokio::spawn(driver);
     let proxy = HashRingProxy::new(ring, LiveConnections::new(100), RelayConfig::default());
     ServiceBuilder::new()
-        .map_request(|mut request: Request<Incoming>| {
+        .map_request(|mut request: Request<RequestBody>| {
             if let Some(ClientAddr(client)) = request.extensions().get::<ClientAddr>().copied() {
                 let proto = ClientTls::forwarded_proto(request.extensions());
                 set_forwarded_headers(request.headers_mut(), client, proto);

@@ -16,7 +16,6 @@ use std::{
 use bytes::Bytes;
 use futures_util::{stream, SinkExt, StreamExt};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
@@ -26,6 +25,7 @@ use tokio::{
 use tokio_tungstenite::tungstenite::Message;
 use tower::discover::Change;
 use tower_hashring::{HashRingLayer, HttpKey, NodeId};
+use tower_ws_proxy::server::RequestBody;
 use tower_ws_proxy::{
     server::{
         self,
@@ -165,7 +165,7 @@ async fn slow_wss_backend(leaf: &TlsSettings, pause: Duration) -> SocketAddr {
 
 /// An `https://` backend (this crate's TLS server) that names the scheme it was reached by.
 async fn https_backend(leaf: &TlsSettings) -> (SocketAddr, watch::Sender<bool>) {
-    let app = tower::service_fn(|request: http::Request<Incoming>| async move {
+    let app = tower::service_fn(|request: http::Request<RequestBody>| async move {
         let body = format!("over tls to {}", request.uri().path());
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
     });

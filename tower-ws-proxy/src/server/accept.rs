@@ -30,9 +30,10 @@ use tokio::{
 use tower_service::Service;
 
 use super::{
+    direct::{self, FirstRequest as Direct, HeadLimits},
     handshake::{Handshake, Plaintext},
     proxy_protocol::read_proxy_header,
-    ClientAddr, ClientTls, HttpLimits, HttpService, Stopped,
+    ClientAddr, ClientTls, HttpLimits, HttpService, RequestBody, Stopped,
 };
 use crate::client_limit::is_in;
 
@@ -46,7 +47,7 @@ use crate::client_limit::is_in;
 /// use tokio::{net::TcpListener, sync::watch};
 /// use tower_ws_proxy::server::{serve, HttpLimits};
 ///
-/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+/// let app = tower::service_fn(|_: http::Request<tower_ws_proxy::server::RequestBody>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
 /// });
 /// let (stop, stopped) = watch::channel(false);
@@ -76,7 +77,7 @@ where
 /// use tokio::{net::TcpListener, sync::watch};
 /// use tower_ws_proxy::server::{serve_tls, tls::{TlsAcceptor, TlsSettings}, HttpLimits};
 ///
-/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+/// let app = tower::service_fn(|_: http::Request<tower_ws_proxy::server::RequestBody>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
 /// });
 /// let tls = TlsAcceptor::new(&TlsSettings::new("cert.pem", "key.pem"))?;
@@ -190,6 +191,8 @@ pub(super) async fn accept_loop<S, H>(
 struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// A plaintext connection's first head, read without hyper.
+    direct: HeadLimits,
 }
 
 impl Protocols {
@@ -208,6 +211,7 @@ impl Protocols {
         Self {
             http1,
             http2: limits.http2.builder(limits.max_head_bytes),
+            direct: HeadLimits::new(limits),
         }
     }
 }
@@ -247,7 +251,7 @@ impl Shed {
 async fn serve_connection<S, H>(
     http: Protocols,
     mut tcp: TcpStream,
-    (handshake, within): (H, Duration),
+    (handshake, head_timeout): (H, Duration),
     mut service: WithClientAddr<S>,
     proxied: bool,
     permit: Option<OwnedSemaphorePermit>,
@@ -259,7 +263,7 @@ async fn serve_connection<S, H>(
     let _permit = permit;
     let accepted = tokio::time::Instant::now();
     if proxied {
-        let header = tokio::time::timeout(within, read_proxy_header(&mut tcp));
+        let header = tokio::time::timeout(head_timeout, read_proxy_header(&mut tcp));
         let header = tokio::select! {
             header = header => header,
             () = stopped(&mut stop) => return,
@@ -278,36 +282,67 @@ async fn serve_connection<S, H>(
         }
     }
     // The PROXY header and the TLS handshake share one head deadline.
-    let within = within.saturating_sub(accepted.elapsed());
+    let within = head_timeout.saturating_sub(accepted.elapsed());
     let Some((io, tls)) = handshake.handshake(tcp, within, &mut stop).await else {
         return;
     };
     let http2 = tls.as_ref().is_some_and(|tls| tls.http2);
     service.tls = tls;
-    let first_request = service.first_request.clone();
-    let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
-    let result = if http2 {
+    if http2 {
         // Its WebSockets are streams of this connection, which serves them until they end
         // (their relays close them on a shutdown); GOAWAY tells the client to open no more.
+        let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
         let connection = http.http2.serve_connection(io, service);
-        until_stopped(connection, &mut stop, http2::Connection::graceful_shutdown).await
-    } else {
-        let connection = http.http1.serve_connection(io, service).with_upgrades();
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => result,
-            () = stopped(&mut stop) => {
-                // Accepted just before the stop, its request on the way: let it arrive, or
-                // the graceful shutdown would close an idle connection under it (a client
-                // connecting while an upgrade hands the listeners over).
-                let arrived = tokio::time::timeout(FIRST_REQUEST_GRACE, first_request.arrived());
-                tokio::select! {
-                    result = connection.as_mut() => return log_end(result),
-                    _ = arrived => {}
-                }
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        return log_end(
+            until_stopped(connection, &mut stop, http2::Connection::graceful_shutdown).await,
+        );
+    }
+    match H::into_tcp(io) {
+        Ok(tcp) => {
+            let first = direct::serve_first_request(
+                tcp,
+                &mut service,
+                http.direct,
+                (accepted + head_timeout, FIRST_REQUEST_GRACE),
+                &mut stop,
+            );
+            match first.await {
+                Direct::ToHyper(io) => serve_http1(&http, io, service, &mut stop).await,
+                Direct::Answered | Direct::Gone => {}
             }
+        }
+        Err(io) => serve_http1(&http, io, service, &mut stop).await,
+    }
+}
+
+/// hyper's HTTP/1.1 connection, upgrades on, until it ends; once `stop` turns true, after
+/// the request in flight is answered.
+async fn serve_http1<S, I>(
+    http: &Protocols,
+    io: I,
+    service: WithClientAddr<S>,
+    stop: &mut watch::Receiver<bool>,
+) where
+    S: HttpService,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let first_request = service.first_request.clone();
+    let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
+    let connection = http.http1.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopped(stop) => {
+            // Accepted just before the stop, its request on the way: let it arrive, or
+            // the graceful shutdown would close an idle connection under it (a client
+            // connecting while an upgrade hands the listeners over).
+            let arrived = tokio::time::timeout(FIRST_REQUEST_GRACE, first_request.arrived());
+            tokio::select! {
+                result = connection.as_mut() => return log_end(result),
+                _ = arrived => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
     };
     log_end(result);
@@ -387,7 +422,18 @@ struct WithClientAddr<S> {
     first_request: Arc<FirstRequest>,
 }
 
-impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAddr<S> {
+impl<S> WithClientAddr<S> {
+    fn tag<B>(&self, request: &mut Request<B>) {
+        self.first_request.mark();
+        request.extensions_mut().insert(self.client);
+        if let Some(tls) = &self.tls {
+            request.extensions_mut().insert(tls.clone());
+        }
+    }
+}
+
+/// A request hyper read.
+impl<S: Service<Request<RequestBody>>> Service<Request<Incoming>> for WithClientAddr<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -397,11 +443,23 @@ impl<S: Service<Request<Incoming>>> Service<Request<Incoming>> for WithClientAdd
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> S::Future {
-        self.first_request.mark();
-        request.extensions_mut().insert(self.client);
-        if let Some(tls) = &self.tls {
-            request.extensions_mut().insert(tls.clone());
-        }
+        self.tag(&mut request);
+        self.inner.call(request.map(RequestBody::from))
+    }
+}
+
+/// A WebSocket handshake read without hyper.
+impl<S: Service<Request<RequestBody>>> Service<Request<RequestBody>> for WithClientAddr<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<RequestBody>) -> S::Future {
+        self.tag(&mut request);
         self.inner.call(request)
     }
 }

@@ -24,6 +24,12 @@ pub(crate) trait Handshake: Clone + Send + Sync + 'static {
         within: Duration,
         stop: &mut watch::Receiver<bool>,
     ) -> impl Future<Output = Option<(Self::Io, Option<ClientTls>)>> + Send;
+
+    /// The bare socket, where the stream is one: its first request may then be read
+    /// without hyper (`direct`).
+    fn into_tcp(io: Self::Io) -> Result<TcpStream, Self::Io> {
+        Err(io)
+    }
 }
 
 /// Plaintext: the socket as accepted, with nothing to wait for.
@@ -40,5 +46,9 @@ impl Handshake for Plaintext {
         _: &mut watch::Receiver<bool>,
     ) -> impl Future<Output = Option<(TcpStream, Option<ClientTls>)>> + Send {
         std::future::ready(Some((tcp, None)))
+    }
+
+    fn into_tcp(io: TcpStream) -> Result<TcpStream, TcpStream> {
+        Ok(io)
     }
 }

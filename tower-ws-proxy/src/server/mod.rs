@@ -15,7 +15,7 @@
 //! use tokio::{net::TcpListener, sync::watch};
 //! use tower_ws_proxy::server::{self, ClientAddr, HttpLimits};
 //!
-//! let app = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+//! let app = tower::service_fn(|request: http::Request<tower_ws_proxy::server::RequestBody>| async move {
 //!     // Where the client connected from (for X-Forwarded-For, logs, limits).
 //!     let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
 //!     assert!(client.is_some());
@@ -31,9 +31,11 @@
 //! ```
 
 mod accept;
+mod body;
 mod client_addr;
 mod client_tls;
 pub mod descriptors;
+mod direct;
 #[cfg(unix)]
 pub mod handover;
 mod handshake;
@@ -50,6 +52,7 @@ mod workers;
 
 pub use self::{
     accept::serve,
+    body::RequestBody,
     client_addr::ClientAddr,
     client_tls::ClientTls,
     http2::Http2Limits,

@@ -1,9 +1,10 @@
 //! What the server can serve, named once.
 
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tower_service::Service;
 
+use super::RequestBody;
 use crate::BoxError;
 
 /// A `tower::Service` the server can serve: it answers HTTP requests, can be cloned for each
@@ -14,13 +15,13 @@ use crate::BoxError;
 /// use tower_ws_proxy::server::HttpService;
 ///
 /// fn servable(_: impl HttpService) {}
-/// servable(tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+/// servable(tower::service_fn(|_: http::Request<tower_ws_proxy::server::RequestBody>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 /// }));
 /// ```
 pub trait HttpService:
     Service<
-        Request<Incoming>,
+        Request<RequestBody>,
         Response = Response<Self::ResponseBody>,
         Error: Into<BoxError>,
         Future: Send + 'static,
@@ -34,7 +35,7 @@ pub trait HttpService:
 
 impl<S, B> HttpService for S
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,

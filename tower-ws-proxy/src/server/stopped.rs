@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 /// use tokio::{net::TcpListener, sync::watch};
 /// use tower_ws_proxy::server::{self, HttpLimits, Stopped};
 ///
-/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+/// let app = tower::service_fn(|_: http::Request<tower_ws_proxy::server::RequestBody>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
 /// });
 /// let (stop, stopped) = watch::channel(false);

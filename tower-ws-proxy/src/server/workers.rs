@@ -28,7 +28,7 @@ use super::{
 /// use tokio::sync::watch;
 /// use tower_ws_proxy::server::{serve_on_workers, HttpLimits};
 ///
-/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+/// let app = tower::service_fn(|_: http::Request<tower_ws_proxy::server::RequestBody>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
 /// });
 /// let (stop, stopped) = watch::channel(false);
@@ -125,7 +125,7 @@ fn local_addr(listeners: &[std::net::TcpListener], bound: SocketAddr) -> SocketA
 /// use tokio::sync::watch;
 /// use tower_ws_proxy::server::{serve_tls_on_workers, tls::{TlsAcceptor, TlsSettings}, HttpLimits};
 ///
-/// let app = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+/// let app = tower::service_fn(|_: http::Request<tower_ws_proxy::server::RequestBody>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
 /// });
 /// let tls = TlsAcceptor::new(&TlsSettings::new("cert.pem", "key.pem"))?;

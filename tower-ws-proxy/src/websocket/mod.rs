@@ -42,6 +42,7 @@ use self::{error::NotAdmitted, upgrade::PendingUpgrade};
 use crate::{
     check_upgrade,
     client_limit::KeepWhileOpen,
+    client_upgrade::ClientUpgrade,
     extended_connect::{self, is_extended_connect_head},
     is_websocket_upgrade,
     record::{OpenedVia, Recorder},
@@ -197,7 +198,7 @@ where
         admission: Admission,
         started: Instant,
     ) -> ResponseFuture<S, H> {
-        let client_upgrade = hyper::upgrade::on(&mut request);
+        let client_upgrade = ClientUpgrade::take(&mut request);
         let (mut parts, _) = request.into_parts();
         // An HTTP/2 stream's WebSocket goes to its backend as an HTTP/1.1 upgrade.
         let via = if is_extended_connect_head(&parts) {

@@ -7,15 +7,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::{net::TcpStream, time::Instant};
 use tracing::Instrument;
 
 use crate::{
-    record::Recorder, relay::relay_sharing_config, tcp_peer, Peer, Registered, RelayCommands,
-    RelayConfig, RelayOutcome,
+    client_upgrade::{ClientUpgrade, UpgradedClient},
+    record::Recorder,
+    relay::relay_sharing_config,
+    Peer, Registered, RelayCommands, RelayConfig, RelayOutcome,
 };
 
 /// The proxy's config, shared by all its relays.
@@ -42,7 +44,7 @@ pin_project! {
     #[project = StageProj]
     pub(super) enum Stage<F> {
         Upgrading {
-            upgrade: OnUpgrade,
+            upgrade: ClientUpgrade,
             relay: Option<RelayArgs>,
             start: fn(Peer<TcpStream>, Peer, SharedConfig, RelayCommands) -> F,
         },
@@ -70,11 +72,11 @@ impl<F: Future<Output = RelayOutcome>> Future for Stage<F> {
                     let Some((upstream, config, commands)) = args.take() else {
                         return Poll::Ready(None);
                     };
-                    match upgraded.map(tcp_peer) {
-                        Ok(Ok(client)) => Stage::Raw {
+                    match upgraded {
+                        Ok(UpgradedClient::Tcp(client)) => Stage::Raw {
                             relay: start(client, upstream, config, commands),
                         },
-                        Ok(Err(upgraded)) => Stage::Wrapped {
+                        Ok(UpgradedClient::Wrapped(upgraded)) => Stage::Wrapped {
                             relay: wrapped_relay(upgraded, (upstream, config, commands)),
                         },
                         Err(error) => {

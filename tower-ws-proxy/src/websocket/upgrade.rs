@@ -1,5 +1,4 @@
 use http::{request, Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tower_hashring::{balance::Route, NodeId};
 
@@ -9,6 +8,7 @@ use super::{
 };
 use crate::{
     client_limit::KeepWhileOpen,
+    client_upgrade::ClientUpgrade,
     extended_connect,
     record::{HandshakeResult, OpenedVia, Recorder},
     relay::relay_sharing_config,
@@ -27,7 +27,7 @@ pub(super) struct PendingUpgrade<H> {
     pub(super) kept: Option<KeepWhileOpen>,
     /// The head as the client sent it.
     pub(super) head: request::Parts,
-    pub(super) client_upgrade: OnUpgrade,
+    pub(super) client_upgrade: ClientUpgrade,
     pub(super) connections: LiveConnections<H>,
     pub(super) relay: SharedConfig,
     pub(super) metrics: Recorder,

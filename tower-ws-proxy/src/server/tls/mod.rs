@@ -38,7 +38,7 @@
 //! use tokio::{net::TcpListener, sync::watch};
 //! use tower_ws_proxy::server::{self, tls::{TlsAcceptor, TlsSettings}, ClientTls, HttpLimits};
 //!
-//! let app = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+//! let app = tower::service_fn(|request: http::Request<tower_ws_proxy::server::RequestBody>| async move {
 //!     let proto = ClientTls::forwarded_proto(request.extensions());
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(proto))))
 //! });
