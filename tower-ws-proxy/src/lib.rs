@@ -18,7 +18,8 @@
 //!   backend, found by key and ring position (a migrator moves them and records their new
 //!   backend there), and closed with 1001 over a paced window on shutdown.
 //! - [`server`]: the fast path that hosts them: hyper's HTTP/1.1 server with upgrades on
-//!   `SO_REUSEPORT` worker threads, bounded heads, a connection cap and a graceful stop.
+//!   `SO_REUSEPORT` worker threads, bounded heads, a connection cap and a graceful stop; a
+//!   plaintext WebSocket handshake is read and answered without hyper.
 //! - [`MakeHandle`]: a request extension through which a layer above the proxy chooses
 //!   what the live connections keep of each WebSocket ([`ConnectionHandle`]; a migration layer
 //!   keeps what a live move needs).

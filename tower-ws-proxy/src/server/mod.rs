@@ -6,7 +6,15 @@
 //!
 //! Why not `axum::serve`: the relay needs the raw TCP socket back from an upgrade, which
 //! the auto-detecting builder wraps; and a relay whose two sockets live on one thread never
-//! wakes another, as in nginx's worker model.
+//! wakes another, as in nginx's worker model. And a plaintext connection whose first request
+//! is a WebSocket handshake never meets hyper: the server reads that head itself, hands the
+//! service a [`Request<RequestBody>`](RequestBody) built on its read buffer, writes the
+//! `101` and gives the bare socket to the relay (a refusal is written whole, with
+//! `Connection: close`). hyper's HTTP/1 connection (its dispatcher, two 8 KiB buffers, the
+//! upgrade's channel) cost more user time per WebSocket than the rest of the handshake. Every
+//! other connection (an ordinary request first, a malformed or oversized head, TLS) is
+//! hyper's from its first byte, so its answers (400, 431, keep-alive) are as before. The
+//! service is the same `tower::Service` either way.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {

@@ -37,7 +37,12 @@ where
         return Ok(());
     }
     drop(upgrade);
-    let written = tokio::time::timeout_at(deadline, write_final(&mut tcp, head, body, out)).await;
+    // Boxed: a refusal is rare, and its state would take room in every connection's task.
+    let written = Box::pin(tokio::time::timeout_at(
+        deadline,
+        write_final(&mut tcp, head, body, out),
+    ))
+    .await;
     let _ = tcp.shutdown().await;
     written?
 }
