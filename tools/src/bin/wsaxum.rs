@@ -4,8 +4,9 @@
 //!
 //! - `--server axum`: `axum::serve`, which wraps the socket, so WebSockets take the generic
 //!   path over hyper's `Upgraded`;
-//! - `--server hyper`: `tower_ws_proxy::server::serve` (hyper's HTTP/1 builder with upgrades),
-//!   which gives the raw `TcpStream` back, so they take the fast path.
+//! - `--server hyper`: `tower_ws_proxy::server::serve`, which reads a WebSocket handshake
+//!   itself and gives the relay the raw `TcpStream` (hyper's HTTP/1 builder serves the
+//!   rest), so they take the fast path.
 //!
 //! ```sh
 //! wsaxum --listen 127.0.0.1:17020 --server axum --backend backend-1=127.0.0.1:17101
@@ -31,12 +32,12 @@ use tower_ws_proxy::{
 enum Server {
     /// `axum::serve`: the relay's generic path.
     Axum,
-    /// hyper's HTTP/1 builder with upgrades: the relay's fast path.
+    /// `tower_ws_proxy::server::serve`: the relay's fast path.
     Hyper,
 }
 
 #[derive(Parser)]
-#[command(about = "The axum example app, served by axum::serve or by hyper's HTTP/1 builder")]
+#[command(about = "The axum example app, served by axum::serve or by tower_ws_proxy::server::serve")]
 struct Args {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:17020")]
