@@ -37,7 +37,9 @@ enum Server {
 }
 
 #[derive(Parser)]
-#[command(about = "The axum example app, served by axum::serve or by tower_ws_proxy::server::serve")]
+#[command(
+    about = "The axum example app, served by axum::serve or by tower_ws_proxy::server::serve"
+)]
 struct Args {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:17020")]
