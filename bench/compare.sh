@@ -21,6 +21,7 @@
 # Usage: [BASELINE=path] bench/compare.sh [rounds] [connections] [messages] [size] [idle-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3} conns=${2:-1000} msgs=${3:-200} size=${4:-64} idle=${5:-9000}
 read -r large_conns large_msgs large_size <<<"${LARGE:-50 20 1048576}"
 handshakes=${HANDSHAKES:-3000}
@@ -205,15 +206,12 @@ done
 # Idle memory: RSS before and while holding $idle idle connections, per proxy.
 # The RSS is read 2 s after every handshake is over (wsload says `holding`), 10 s into the hold.
 hold_idle() { # $1: target, $2: connections, $3: the file of "<target> rss_per_conn <bytes>" lines
-  local target=$1 count=$2 pid before during loader waited=0
+  local target=$1 count=$2 pid before during loader
   pid=${proxy_pid[$target]}
   before=$(rss_kb "$pid")
   "$bin/wsload" --url "${url[$target]}" --ca "$tmp/ca.pem" --connections "$count" --hold 12 \
     --time-limit 180 --label "$target-idle" >"$tmp/idle-$target.txt" & loader=$!
-  until grep -q holding "$tmp/idle-$target.txt" || [ "$waited" -ge 1500 ] || ! kill -0 "$loader" 2>/dev/null; do
-    sleep 0.1; waited=$(( waited + 1 ))
-  done
-  sleep 2
+  wait_for_hold "$tmp/idle-$target.txt" "$loader" 1500
   during=$(rss_kb "$pid")
   wait "$loader" || true
   echo "$target idle: $(tail -1 "$tmp/idle-$target.txt"); RSS ${before} KiB -> ${during} KiB" | tee -a "$tmp/idle.txt"

@@ -10,6 +10,7 @@
 # (default: this build; NO_BUILD=1 takes the tools as they are in the target directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3} count=${2:-9000}
 shift $(( $# >= 2 ? 2 : $# ))
 base=${PORT_BASE:-19000}
@@ -55,11 +56,8 @@ for round in $(seq "$rounds"); do
     fi
     before=$(rss_kb "$gw")
     "$bin/wsload" --url "$url" --connections "$count" --hold 8 --time-limit 120 --label idle >"$out" &
-    loader=$! waited=0
-    until grep -q holding "$out" || [ "$waited" -ge 1200 ] || ! kill -0 "$loader" 2>/dev/null; do
-      sleep 0.1; waited=$(( waited + 1 ))
-    done
-    sleep 2
+    loader=$!
+    wait_for_hold "$out" "$loader" 1200
     during=$(rss_kb "$gw")
     wait "$loader" || true
     kill "$gw"; wait "$gw" 2>/dev/null || true
