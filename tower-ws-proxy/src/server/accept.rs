@@ -30,7 +30,7 @@ use tokio::{
 use tower_service::Service;
 
 use super::{
-    direct::{self, FirstRequest as Direct, HeadLimits},
+    direct::{self, HeadLimits, Served},
     handshake::{Handshake, Plaintext},
     proxy_protocol::read_proxy_header,
     ClientAddr, ClientTls, HttpLimits, HttpService, RequestBody, Stopped,
@@ -316,8 +316,8 @@ async fn serve_connection<S, H>(
                 &mut stop,
             );
             match first.await {
-                Direct::ToHyper(io) => serve_http1(&http, io, service, &mut stop).await,
-                Direct::Answered | Direct::Gone => {}
+                Served::ToHyper(io) => serve_http1(&http, io, service, &mut stop).await,
+                Served::Answered | Served::Gone => {}
             }
         }
         Err(io) => serve_http1(&http, io, service, &mut stop).await,

@@ -45,7 +45,7 @@ impl HeadLimits {
 }
 
 /// What became of a connection's first request.
-pub(super) enum FirstRequest {
+pub(super) enum Served {
     /// A WebSocket handshake, answered here; the connection is the relay's or closed.
     Answered,
     /// The client left, sent nothing in time, or the server stopped first.
@@ -62,20 +62,20 @@ pub(super) async fn serve_first_request<S>(
     limits: HeadLimits,
     (deadline, grace): (Instant, Duration),
     stop: &mut watch::Receiver<bool>,
-) -> FirstRequest
+) -> Served
 where
     S: HttpService,
 {
     let mut buffer = BytesMut::with_capacity(2048);
     let head_len = match read_head(&mut tcp, &mut buffer, limits, (deadline, grace), stop).await {
         Some(FirstHead::WebSocket(len)) => len,
-        Some(_) => return FirstRequest::ToHyper(Prefixed::new(buffer.freeze(), tcp)),
-        None => return FirstRequest::Gone,
+        Some(_) => return Served::ToHyper(Prefixed::new(buffer.freeze(), tcp)),
+        None => return Served::Gone,
     };
     let buffer = buffer.freeze();
     let head = buffer.slice(..head_len);
     let Some(mut request) = head::request(&head, limits.max_headers) else {
-        return FirstRequest::ToHyper(Prefixed::new(buffer, tcp));
+        return Served::ToHyper(Prefixed::new(buffer, tcp));
     };
     // Usually nothing: copied, so that the head's buffer goes with the head.
     let rest = Bytes::copy_from_slice(&buffer[head_len..]);
@@ -83,21 +83,21 @@ where
     let (upgrade, upgraded) = DirectUpgrade::new();
     request.extensions_mut().insert(upgrade);
     if poll_fn(|cx| service.poll_ready(cx)).await.is_err() {
-        return FirstRequest::Gone;
+        return Served::Gone;
     }
     let response = match service.call(request).await {
         Ok(response) => response,
         Err(error) => {
             // As hyper does with a service error: the connection ends without an answer.
             tracing::debug!(error = %Into::<crate::BoxError>::into(error), "the service failed a websocket handshake");
-            return FirstRequest::Gone;
+            return Served::Gone;
         }
     };
     let deadline = Instant::now() + limits.timeout;
     if let Err(error) = answer::answer(tcp, response, rest, upgraded, deadline).await {
         tracing::debug!(%error, "writing the answer to a websocket handshake failed");
     }
-    FirstRequest::Answered
+    Served::Answered
 }
 
 /// Reads until the head is whole, or is not a WebSocket handshake, or is past the limits
