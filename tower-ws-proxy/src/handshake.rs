@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    headers::{end_to_end_headers, strip_hop_by_hop},
+    headers::{end_to_end_headers, put_header_lines, strip_hop_by_hop},
     Peer, ProxyBody, UpstreamError, UpstreamStream,
 };
 
@@ -35,12 +35,7 @@ pub(crate) async fn handshake(
     head.extend_from_slice(b" ");
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in end_to_end_headers(&client.headers) {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    put_header_lines(&mut head, end_to_end_headers(&client.headers));
     head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
     tcp.write_all(&head).await.map_err(UpstreamError::Connect)?;
     // Over TLS the head may sit in the session until flushed.

@@ -148,6 +148,19 @@ fn header_tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = 
         .filter(|t| !t.is_empty())
 }
 
+/// Appends `headers` to an HTTP/1.1 head being written, one `name: value` line each.
+pub(crate) fn put_header_lines<'a>(
+    out: &mut Vec<u8>,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Sets the `Connection` and `Upgrade` headers of a WebSocket upgrade.
 pub(crate) fn set_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

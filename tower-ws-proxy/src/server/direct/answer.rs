@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::oneshot, time::Instant};
 
-use crate::{BoxError, Peer};
+use crate::{headers::put_header_lines, BoxError, Peer};
 
 /// Bytes gathered before a write, for a response that is not a `101`.
 const WRITE_CHUNK: usize = 16 * 1024;
@@ -126,12 +126,7 @@ fn encode_head(status: StatusCode, headers: &HeaderMap, out: &mut Vec<u8>) {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    put_header_lines(out, headers);
 }
 
 #[cfg(test)]
